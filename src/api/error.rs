@@ -1,0 +1,94 @@
+//! The API's one error type: detailed inside (logs), stable outside (clients get
+//! `{"error": "...", "code": "..."}`, plus `field` when one field is to blame).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::store::StoreError;
+use crate::workflow::request::FieldError;
+
+/// An error answer: a status, a stable kebab-case code, a message for people, and
+/// the request field at fault if there is one.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// The store could not answer in time: 503, so clients retry later.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+            message,
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => {
+                tracing::warn!(error = %m, "store unavailable");
+                ApiError::unavailable(format!(
+                    "the job store is unavailable ({m}); try again shortly"
+                ))
+            }
+            StoreError::Internal(m) => {
+                tracing::error!(error = %m, "store error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the job store gave an unexpected answer; the error is in the server log",
+                )
+            }
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: e.code,
+            message: e.message,
+            field: e.field,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": self.message, "code": self.code});
+        if let Some(f) = self.field {
+            body["field"] = f.into();
+        }
+        (self.status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,109 @@
+//! Extractors whose rejections are [`ApiError`]s, so malformed requests get the same
+//! JSON error shape as everything else, never axum's plain-text rejections.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::error::ApiError;
+use crate::job::JobId;
+
+/// Largest request body accepted, in bytes: room for two maximal prompts and
+/// every workflow parameter.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// A JSON request body: `Content-Type: application/json` (415 otherwise), at most
+/// [`MAX_BODY_BYTES`] (413 otherwise), valid JSON (400 otherwise).
+pub struct JsonBody(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let ctype = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let mime = ctype
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if mime != "application/json" {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                if ctype.is_empty() {
+                    "Content-Type must be application/json (none was given)".to_owned()
+                } else {
+                    format!("Content-Type must be application/json, not {ctype:?}")
+                },
+            ));
+        }
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                format!("request body must be at most {MAX_BODY_BYTES} bytes"),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+            return Err(too_large());
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|_| too_large())?;
+        if bytes.len() > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+        let value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request(
+                "invalid-json",
+                format!("request body is not valid JSON: {e}"),
+            )
+        })?;
+        Ok(JsonBody(value))
+    }
+}
+
+/// A job id from the path: 400 `invalid-job-id` when malformed (so it can never
+/// reach a store key), before any lookup.
+pub struct JobIdPath(pub JobId);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let invalid = |m: String| ApiError::bad_request("invalid-job-id", m).with_field("job_id");
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| invalid(format!("malformed job id in the path: {e}")))?;
+        JobId::parse(&raw)
+            .map(JobIdPath)
+            .map_err(|e| invalid(e.to_string()))
+    }
+}
+
+/// Query parameters, with a JSON 400 naming the problem when they do not parse.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(t)| QueryParams(t))
+            .map_err(|e| ApiError::bad_request("invalid-query", e.body_text()))
+    }
+}

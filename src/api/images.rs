@@ -1,0 +1,55 @@
+//! `GET /images/{job_id}/{file}`: a job's stored outputs, with the right content
+//! type and long cache headers (a stored file never changes).
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio_util::io::ReaderStream;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::job::JobId;
+
+/// `Cache-Control` of stored outputs: names are unique per job, contents final.
+pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+pub async fn image(
+    State(state): State<AppState>,
+    Path((job, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let missing = || {
+        ApiError::not_found(
+            "file-not-found",
+            format!("no file {name:?} for job {job:?}"),
+        )
+    };
+    let Ok(id) = JobId::parse(&job) else {
+        return Err(missing());
+    };
+    let blob = state.images.open(&id, &name).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot read a stored output");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage-error",
+            "the stored file cannot be read",
+        )
+    })?;
+    let Some(blob) = blob else {
+        return Err(missing());
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, blob.content_type.to_owned()),
+            (header::CONTENT_LENGTH, blob.size.to_string()),
+            (header::CACHE_CONTROL, IMMUTABLE.to_owned()),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("inline; filename=\"{}\"", name.replace('"', "")),
+            ),
+        ],
+        Body::from_stream(ReaderStream::new(blob.reader)),
+    )
+        .into_response())
+}

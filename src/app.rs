@@ -1,0 +1,150 @@
+//! Building and running the service: bind first (so tests can use port 0 and read
+//! the address), then run until the shutdown future completes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{self, AppState, CorsOrigins};
+use crate::config::{Role, ServerArgs, StoreChoice};
+use crate::storage::{FsImageStore, ImageStore};
+use crate::store::{JobStore, RedisStore, SqliteStore};
+use crate::worker::Workers;
+use crate::workflow::WorkflowRegistry;
+
+/// How long open HTTP connections get to finish after shutdown starts.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+
+/// A built, bound, not yet running service.
+pub struct App {
+    role: Role,
+    listener: Option<TcpListener>,
+    router: Option<axum::Router>,
+    workers: Option<Workers>,
+    store: Arc<dyn JobStore>,
+}
+
+/// Opens the store the settings ask for.
+pub fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn JobStore>> {
+    Ok(match args.store_choice() {
+        StoreChoice::Redis { url, prefix } => {
+            Arc::new(RedisStore::connect(&url, &prefix, args.store_settings())?)
+        }
+        StoreChoice::Sqlite { dir } => Arc::new(
+            SqliteStore::open(&dir, args.store_settings())
+                .with_context(|| format!("cannot open the embedded store in {}", dir.display()))?,
+        ),
+    })
+}
+
+impl App {
+    /// Opens the store, loads the workflows, binds the listener (API roles) and sets
+    /// up the backends (worker roles).
+    pub async fn build(role: Role, args: &ServerArgs) -> anyhow::Result<App> {
+        let store = open_store(args)?;
+        let workflows = Arc::new(
+            WorkflowRegistry::load(args.workflows.as_deref()).context("cannot load workflows")?,
+        );
+        let images: Arc<dyn ImageStore> = Arc::new(FsImageStore::new(args.data_dir.join("images")));
+        let workers = role.runs_workers().then(|| {
+            Workers::start(
+                args.worker_config(),
+                store.clone(),
+                workflows.clone(),
+                images.clone(),
+            )
+        });
+        let (listener, router) = if role.runs_api() {
+            let addr = format!("{}:{}", args.host, args.port);
+            let listener = TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            let state = AppState {
+                store: store.clone(),
+                workflows,
+                images,
+                public_url: args.public_url.trim_end_matches('/').to_owned(),
+                backends: workers.as_ref().map(Workers::report),
+            };
+            (
+                Some(listener),
+                Some(api::router(state, &CorsOrigins::parse(&args.cors_origins))),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(App {
+            role,
+            listener,
+            router,
+            workers,
+            store,
+        })
+    }
+
+    /// The address the API listens on (with port 0, the port picked).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn store(&self) -> Arc<dyn JobStore> {
+        self.store.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops: no new claims, running jobs
+    /// finish or are handed back, open requests get a few seconds.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        if let (Some(listener), Some(router)) = (self.listener, self.router) {
+            let addr = listener.local_addr()?;
+            tracing::info!(role = self.role.as_str(), "listening on http://{addr}");
+            let (mut graceful, mut deadline) = (stop_rx.clone(), stop_rx.clone());
+            tasks.spawn(async move {
+                let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+                    let _ = graceful.wait_for(|s| *s).await;
+                });
+                tokio::select! {
+                    r = server => r.context("HTTP server failed"),
+                    _ = async {
+                        let _ = deadline.wait_for(|s| *s).await;
+                        tokio::time::sleep(HTTP_DRAIN).await;
+                    } => Ok(()),
+                }
+            });
+        }
+        if let Some(workers) = self.workers {
+            let stop = stop_rx.clone();
+            tasks.spawn(async move {
+                workers.run(stop).await;
+                Ok(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tasks.abort_all();
+                    return Err(e);
+                }
+                Err(e) => {
+                    tasks.abort_all();
+                    return Err(anyhow::anyhow!("a service task failed: {e}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,330 @@
+//! ComfyUI's WebSocket messages, typed. The parser is lenient the way the
+//! transcripts require: unknown message types and keys are kept or ignored, numbers
+//! may be integers or floats, node ids may be strings or numbers, and binary frames
+//! are recognised by their 4-byte event type.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+/// The progress of one node in a `progress_state` message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeProgress {
+    pub value: f64,
+    pub max: f64,
+    /// `running` or `finished`.
+    pub state: String,
+}
+
+/// The details of a run-time error (`execution_error`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecutionError {
+    pub node_id: String,
+    pub node_type: String,
+    pub exception_type: String,
+    pub exception_message: String,
+}
+
+impl ExecutionError {
+    /// A message a person can act on: which node, what kind of error, what it said.
+    pub fn describe(&self) -> String {
+        format!(
+            "ComfyUI failed while running node {} ({}): {}: {}",
+            self.node_id,
+            self.node_type,
+            self.exception_type,
+            self.exception_message.trim_end()
+        )
+    }
+
+    /// Reads the `execution_error` data object (from the socket or from history).
+    pub fn from_data(d: &Value) -> Self {
+        ExecutionError {
+            node_id: id_of(d.get("node_id")).unwrap_or_default(),
+            node_type: str_of(d, "node_type"),
+            exception_type: str_of(d, "exception_type"),
+            exception_message: str_of(d, "exception_message"),
+        }
+    }
+}
+
+/// One message from ComfyUI's `/ws`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WsMessage {
+    /// Queue size changed (also the first message on connect, with the socket's sid).
+    Status {
+        queue_remaining: Option<u64>,
+        sid: Option<String>,
+    },
+    ExecutionStart {
+        prompt_id: String,
+    },
+    /// Nodes whose cached results will be reused.
+    ExecutionCached {
+        prompt_id: String,
+        nodes: Vec<String>,
+    },
+    /// A node started; `node: None` with a prompt id means the prompt is done and
+    /// its history is written. After a reconnect the server resends the running
+    /// node without a prompt id.
+    Executing {
+        prompt_id: Option<String>,
+        node: Option<String>,
+    },
+    /// Steps of the running node (e.g. sampler steps).
+    Progress {
+        prompt_id: Option<String>,
+        node: Option<String>,
+        value: f64,
+        max: f64,
+    },
+    /// Every non-pending node of a prompt with its progress.
+    ProgressState {
+        prompt_id: String,
+        nodes: BTreeMap<String, NodeProgress>,
+    },
+    /// A node produced UI output (images...).
+    Executed {
+        prompt_id: String,
+        node: String,
+        output: Value,
+    },
+    ExecutionSuccess {
+        prompt_id: String,
+    },
+    ExecutionError {
+        prompt_id: String,
+        error: ExecutionError,
+    },
+    ExecutionInterrupted {
+        prompt_id: String,
+        node_id: Option<String>,
+    },
+    FeatureFlags(Value),
+    /// A binary frame: 1 preview, 3 progress text, 4 preview with metadata.
+    Binary {
+        event: u32,
+        len: usize,
+    },
+    /// A message type this client does not use.
+    Other {
+        kind: String,
+    },
+}
+
+/// Why a text frame could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("a {0} message without the {1} it needs")]
+    Missing(String, &'static str),
+}
+
+fn str_of(d: &Value, k: &str) -> String {
+    d.get(k)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A node or prompt id written as a string or as a number.
+fn id_of(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn num_of(v: Option<&Value>) -> Option<f64> {
+    match v? {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+impl WsMessage {
+    /// Parses a text frame.
+    pub fn parse(text: &str) -> Result<WsMessage, ParseError> {
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| ParseError::NotJson(e.to_string()))?;
+        let kind = v
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let d = v.get("data").cloned().unwrap_or(Value::Null);
+        let prompt = |what: &str| {
+            id_of(d.get("prompt_id"))
+                .ok_or_else(|| ParseError::Missing(what.to_owned(), "prompt_id"))
+        };
+        Ok(match kind.as_str() {
+            "status" => WsMessage::Status {
+                queue_remaining: d
+                    .pointer("/status/exec_info/queue_remaining")
+                    .and_then(|n| num_of(Some(n)))
+                    .map(|n| n.max(0.0) as u64),
+                sid: d.get("sid").and_then(Value::as_str).map(str::to_owned),
+            },
+            "execution_start" => WsMessage::ExecutionStart {
+                prompt_id: prompt(&kind)?,
+            },
+            "execution_cached" => WsMessage::ExecutionCached {
+                prompt_id: prompt(&kind)?,
+                nodes: d
+                    .get("nodes")
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(|n| id_of(Some(n))).collect())
+                    .unwrap_or_default(),
+            },
+            "executing" => WsMessage::Executing {
+                prompt_id: id_of(d.get("prompt_id")),
+                node: id_of(d.get("node")),
+            },
+            "progress" => WsMessage::Progress {
+                prompt_id: id_of(d.get("prompt_id")),
+                node: id_of(d.get("node")),
+                value: num_of(d.get("value")).unwrap_or(0.0),
+                max: num_of(d.get("max")).unwrap_or(0.0),
+            },
+            "progress_state" => WsMessage::ProgressState {
+                prompt_id: prompt(&kind)?,
+                nodes: d
+                    .get("nodes")
+                    .and_then(Value::as_object)
+                    .map(|m| {
+                        m.iter()
+                            .map(|(id, n)| {
+                                (
+                                    id.clone(),
+                                    NodeProgress {
+                                        value: num_of(n.get("value")).unwrap_or(0.0),
+                                        max: num_of(n.get("max")).unwrap_or(0.0),
+                                        state: str_of(n, "state"),
+                                    },
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            },
+            "executed" => WsMessage::Executed {
+                prompt_id: prompt(&kind)?,
+                node: id_of(d.get("node")).unwrap_or_default(),
+                output: d.get("output").cloned().unwrap_or(Value::Null),
+            },
+            "execution_success" => WsMessage::ExecutionSuccess {
+                prompt_id: prompt(&kind)?,
+            },
+            "execution_error" => WsMessage::ExecutionError {
+                prompt_id: prompt(&kind)?,
+                error: ExecutionError::from_data(&d),
+            },
+            "execution_interrupted" => WsMessage::ExecutionInterrupted {
+                prompt_id: prompt(&kind)?,
+                node_id: id_of(d.get("node_id")),
+            },
+            "feature_flags" => WsMessage::FeatureFlags(d),
+            _ => WsMessage::Other { kind },
+        })
+    }
+
+    /// Reads a binary frame's event type (the first big-endian u32).
+    pub fn binary(frame: &[u8]) -> WsMessage {
+        let event = frame
+            .get(..4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .unwrap_or(0);
+        WsMessage::Binary {
+            event,
+            len: frame.len(),
+        }
+    }
+
+    /// The prompt this message is about, if it says.
+    pub fn prompt_id(&self) -> Option<&str> {
+        match self {
+            WsMessage::ExecutionStart { prompt_id }
+            | WsMessage::ExecutionCached { prompt_id, .. }
+            | WsMessage::ProgressState { prompt_id, .. }
+            | WsMessage::Executed { prompt_id, .. }
+            | WsMessage::ExecutionSuccess { prompt_id }
+            | WsMessage::ExecutionError { prompt_id, .. }
+            | WsMessage::ExecutionInterrupted { prompt_id, .. } => Some(prompt_id),
+            WsMessage::Executing { prompt_id, .. } | WsMessage::Progress { prompt_id, .. } => {
+                prompt_id.as_deref()
+            }
+            _ => None,
+        }
+    }
+
+    /// `executing` with `node: null` for this prompt: done, and history is written.
+    pub fn is_done_for(&self, id: &str) -> bool {
+        matches!(self, WsMessage::Executing { prompt_id: Some(p), node: None } if p == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_may_be_floats_and_ids_numbers() {
+        let m = WsMessage::parse(
+            r#"{"type":"progress","data":{"value":3.0,"max":20,"prompt_id":"p","node":3}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            WsMessage::Progress {
+                prompt_id: Some("p".into()),
+                node: Some("3".into()),
+                value: 3.0,
+                max: 20.0
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_types_and_keys_are_accepted() {
+        let m = WsMessage::parse(r#"{"type":"crystools.monitor","data":{"cpu":3}}"#).unwrap();
+        assert_eq!(
+            m,
+            WsMessage::Other {
+                kind: "crystools.monitor".into()
+            }
+        );
+        let m = WsMessage::parse(
+            r#"{"type":"execution_start","data":{"prompt_id":"p","timestamp":1,"new":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(m.prompt_id(), Some("p"));
+        assert!(WsMessage::parse("nope").is_err());
+    }
+
+    #[test]
+    fn executing_null_is_completion() {
+        let m = WsMessage::parse(r#"{"type":"executing","data":{"node":null,"prompt_id":"p"}}"#)
+            .unwrap();
+        assert!(m.is_done_for("p"));
+        assert!(!m.is_done_for("q"));
+        // After a reconnect: a node without a prompt id is not completion.
+        let m = WsMessage::parse(r#"{"type":"executing","data":{"node":"10"}}"#).unwrap();
+        assert!(!m.is_done_for("p"));
+        assert_eq!(m.prompt_id(), None);
+    }
+
+    #[test]
+    fn binary_frames_give_their_event_type() {
+        assert_eq!(
+            WsMessage::binary(&[0, 0, 0, 3, 0, 0, 0, 1, b'4']),
+            WsMessage::Binary { event: 3, len: 9 }
+        );
+        assert_eq!(
+            WsMessage::binary(&[1]),
+            WsMessage::Binary { event: 0, len: 1 }
+        );
+    }
+}

@@ -1,0 +1,350 @@
+//! Configuration: command-line flags, each also an environment variable (the
+//! prototype's `REDIS_HOST`, `REDIS_PORT` and `PORT` included). Code defaults →
+//! environment → flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use crate::store::StoreSettings;
+use crate::worker::WorkerConfig;
+
+/// Studio Core: a job API, a reliable queue and workers for ComfyUI.
+#[derive(Parser, Debug)]
+#[command(name = "studio", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the API and the workers in one process (what `studio` alone does).
+    Serve(ServerArgs),
+    /// Run the API only (workers run elsewhere, against the same Redis).
+    Api(ServerArgs),
+    /// Run workers only.
+    Worker(ServerArgs),
+    /// Submit a job, follow its progress and download its outputs.
+    Generate(crate::cli::GenerateArgs),
+    /// Show a job's status.
+    Status(crate::cli::JobArgs),
+    /// Cancel a job.
+    Cancel(crate::cli::JobArgs),
+    /// List recent jobs.
+    Jobs(crate::cli::JobsArgs),
+}
+
+/// What a server process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Serve,
+    Api,
+    Worker,
+}
+
+impl Role {
+    pub fn runs_api(self) -> bool {
+        matches!(self, Role::Serve | Role::Api)
+    }
+
+    pub fn runs_workers(self) -> bool {
+        matches!(self, Role::Serve | Role::Worker)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Serve => "serve",
+            Role::Api => "api",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// Settings of `serve`, `api` and `worker`.
+#[derive(Args, Clone, Debug)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, env = "STUDIO_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0: any free port).
+    #[arg(long, env = "PORT", default_value_t = 5000)]
+    pub port: u16,
+    /// Directory for the embedded database, stored images and the log file.
+    #[arg(long, env = "STUDIO_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Redis URL (redis://[:password@]host:port[/db]). Without it (and without
+    /// REDIS_HOST) the embedded SQLite store is used.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Redis host, as in the prototype (used when REDIS_URL is not set).
+    #[arg(long, env = "REDIS_HOST")]
+    pub redis_host: Option<String>,
+    /// Redis port, as in the prototype.
+    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    pub redis_port: u16,
+    /// Prefix for every Redis key and channel (empty: the prototype's names).
+    #[arg(long, env = "STUDIO_REDIS_PREFIX", default_value = "")]
+    pub redis_prefix: String,
+    /// Log file (default: backend.log in the data directory).
+    #[arg(long, env = "STUDIO_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Browser origins allowed to call the API: `*` or a comma-separated list.
+    #[arg(long, env = "STUDIO_CORS_ORIGINS", default_value = "*")]
+    pub cors_origins: String,
+    /// Prefix of the image URLs handed out (e.g. https://studio.example.com);
+    /// empty gives relative URLs (/images/...).
+    #[arg(long, env = "STUDIO_PUBLIC_URL", default_value = "")]
+    pub public_url: String,
+    /// Directory of extra workflow templates (*.json).
+    #[arg(long, env = "STUDIO_WORKFLOWS")]
+    pub workflows: Option<PathBuf>,
+    /// ComfyUI server URL; repeat the flag (or comma-separate COMFYUI_URL) for
+    /// several backends.
+    #[arg(
+        long = "comfyui",
+        env = "COMFYUI_URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8188"
+    )]
+    pub comfyui: Vec<String>,
+    /// Prompts submitted ahead of the running one on each backend.
+    #[arg(long, env = "STUDIO_PREFETCH", default_value_t = 1)]
+    pub prefetch: usize,
+    /// Longest a job may run on a backend before it is stopped and retried.
+    #[arg(long, env = "STUDIO_JOB_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub job_timeout: Duration,
+    /// Attempts before a job fails for good (and is dead-lettered).
+    #[arg(long, env = "STUDIO_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+    /// A worker silent for this long is dead and its jobs are requeued.
+    #[arg(long, env = "STUDIO_WORKER_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub worker_ttl: Duration,
+    /// First retry delay (doubling per attempt, with jitter).
+    #[arg(long, env = "STUDIO_RETRY_BASE", default_value = "2s", value_parser = parse_duration)]
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    #[arg(long, env = "STUDIO_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub retry_max: Duration,
+    /// How long job records live after their last change.
+    #[arg(long, env = "STUDIO_JOB_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub job_ttl: Duration,
+    /// How often /history is polled while the socket is healthy.
+    #[arg(long, env = "STUDIO_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+    /// How often each backend is health-checked.
+    #[arg(long, env = "STUDIO_HEALTH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub health_interval: Duration,
+    /// After SIGTERM/ctrl-c, how long running jobs may take before they are handed
+    /// back to the queue.
+    #[arg(long, env = "STUDIO_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerArgs {
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: ServerArgs,
+        }
+        Only::parse_from(["studio"]).args
+    }
+}
+
+/// Which job store to use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreChoice {
+    Sqlite { dir: PathBuf },
+    Redis { url: String, prefix: String },
+}
+
+impl ServerArgs {
+    /// Redis if `REDIS_URL` or `REDIS_HOST` is set, else the embedded store.
+    pub fn store_choice(&self) -> StoreChoice {
+        let url = match (&self.redis_url, &self.redis_host) {
+            (Some(u), _) if !u.trim().is_empty() => Some(u.trim().to_owned()),
+            (_, Some(h)) if !h.trim().is_empty() => {
+                let h = h.trim();
+                let host = if h.contains(':') && !h.starts_with('[') {
+                    format!("[{h}]")
+                } else {
+                    h.to_owned()
+                };
+                Some(format!("redis://{host}:{}/", self.redis_port))
+            }
+            _ => None,
+        };
+        match url {
+            Some(url) => StoreChoice::Redis {
+                url,
+                prefix: self.redis_prefix.clone(),
+            },
+            None => StoreChoice::Sqlite {
+                dir: self.data_dir.clone(),
+            },
+        }
+    }
+
+    pub fn store_settings(&self) -> StoreSettings {
+        StoreSettings {
+            job_ttl: self.job_ttl,
+            max_attempts: self.max_attempts,
+            worker_ttl: self.worker_ttl,
+            ..StoreSettings::default()
+        }
+    }
+
+    pub fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig {
+            backends: self
+                .comfyui
+                .iter()
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect(),
+            prefetch: self.prefetch,
+            job_timeout: self.job_timeout,
+            retry_base: self.retry_base,
+            retry_max: self.retry_max,
+            poll_interval: self.poll_interval,
+            health_interval: self.health_interval,
+            heartbeat_interval: (self.worker_ttl / 3).max(Duration::from_millis(50)),
+            maintenance_interval: (self.worker_ttl / 10)
+                .clamp(Duration::from_millis(50), Duration::from_secs(1)),
+            claim_wait: Duration::from_secs(1),
+            shutdown_grace: self.shutdown_grace,
+            public_url: self.public_url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.log_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("backend.log"))
+    }
+}
+
+/// Parses `500ms`, `30s`, `5m`, `2h`, `1d`, or a bare number of seconds (`1.5`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (try 500ms, 30s, 5m, 2h)"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        u => {
+            return Err(format!(
+                "unknown unit {u:?} in {s:?} (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Environment variables named `STUDIO_*` that no setting reads (typos, mostly).
+pub fn unknown_studio_env() -> Vec<String> {
+    let cmd = Cli::command();
+    let mut known: Vec<String> = Vec::new();
+    for sub in cmd.get_subcommands() {
+        for arg in sub.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                known.push(env.to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut unknown: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("STUDIO_") && !known.contains(k))
+        .collect();
+    unknown.sort();
+    unknown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    fn args(list: &[&str]) -> ServerArgs {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            args: ServerArgs,
+        }
+        Only::try_parse_from(std::iter::once("studio").chain(list.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn redis_host_and_port_build_a_url_and_nothing_means_sqlite() {
+        let a = args(&["--redis-host", "redis", "--redis-port", "6380"]);
+        assert_eq!(
+            a.store_choice(),
+            StoreChoice::Redis {
+                url: "redis://redis:6380/".into(),
+                prefix: String::new()
+            }
+        );
+        let a = args(&["--redis-url", "redis://h/2", "--redis-host", "ignored"]);
+        assert_eq!(
+            a.store_choice(),
+            StoreChoice::Redis {
+                url: "redis://h/2".into(),
+                prefix: String::new()
+            }
+        );
+        let a = args(&["--redis-host", "::1"]);
+        assert_eq!(
+            a.store_choice(),
+            StoreChoice::Redis {
+                url: "redis://[::1]:6379/".into(),
+                prefix: String::new()
+            }
+        );
+        let a = args(&["--data-dir", "/tmp/x"]);
+        assert_eq!(
+            a.store_choice(),
+            StoreChoice::Sqlite {
+                dir: "/tmp/x".into()
+            }
+        );
+    }
+
+    #[test]
+    fn several_backends_by_flag_or_comma() {
+        let a = args(&[
+            "--comfyui",
+            "http://a:1",
+            "--comfyui",
+            "http://b:2,http://c:3",
+        ]);
+        assert_eq!(
+            a.worker_config().backends,
+            ["http://a:1", "http://b:2", "http://c:3"]
+        );
+    }
+}

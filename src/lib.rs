@@ -1,0 +1,17 @@
+//! Studio Core: an HTTP API, a reliable job queue and workers that run image
+//! generation jobs on ComfyUI servers.
+//!
+//! The map is in `docs/architecture.md`; `main.rs` shows how the parts start.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod comfy;
+pub mod config;
+pub mod job;
+pub mod storage;
+pub mod store;
+pub mod telemetry;
+pub mod worker;
+pub mod workflow;

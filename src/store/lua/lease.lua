@@ -1,0 +1,42 @@
+-- Leases a claimed job to a worker, or says why it must be dropped.
+-- KEYS[1] job:status:<id>
+-- ARGV[1] channel, ARGV[2] worker id, ARGV[3] lease token, ARGV[4] now (ISO),
+-- ARGV[5] now (ms), ARGV[6] max attempts, ARGV[7] ttl seconds, ARGV[8] payload,
+-- ARGV[9..] field, value pairs from the payload, written only where missing (a
+-- job pushed by another program may come without a status hash)
+-- Returns {'ok', attempt, field, value, ...} | {'drop', reason} | {'dead', attempts, last_error}
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'finished' or st == 'failed' then return {'drop', st} end
+if st == 'processing' and redis.call('HEXISTS', KEYS[1], 'lease_token') == 1 then
+  return {'drop', 'running'}
+end
+for i = 9, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'error', 'cancelled', 'cancelled', '1',
+    'updated_at', ARGV[4], 'updated_ms', ARGV[5])
+  redis.call('EXPIRE', KEYS[1], ARGV[7])
+  publish_snapshot(ARGV[1], KEYS[1])
+  return {'drop', 'cancelled'}
+end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+if attempt > tonumber(ARGV[6]) then
+  local used = attempt - 1
+  local last = redis.call('HGET', KEYS[1], 'last_error') or ''
+  local msg = 'gave up after ' .. used .. ' attempts'
+  if last ~= '' then msg = msg .. '; last error: ' .. last end
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'error', msg, 'attempt', used,
+    'updated_at', ARGV[4], 'updated_ms', ARGV[5])
+  redis.call('HDEL', KEYS[1], 'lease_token')
+  redis.call('EXPIRE', KEYS[1], ARGV[7])
+  publish_snapshot(ARGV[1], KEYS[1])
+  return {'dead', tostring(used), msg}
+end
+redis.call('HSET', KEYS[1], 'status', 'processing', 'worker_id', ARGV[2],
+  'lease_token', ARGV[3], 'updated_at', ARGV[4], 'updated_ms', ARGV[5], 'payload', ARGV[8],
+  'progress', '0', 'retry_at', '0')
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+publish_snapshot(ARGV[1], KEYS[1])
+local out = {'ok', tostring(attempt)}
+local flat = redis.call('HGETALL', KEYS[1])
+for i = 1, #flat do out[#out + 1] = flat[i] end
+return out

@@ -1,0 +1,24 @@
+-- The reaper's half on the queue: moves a dead worker's payloads back to the
+-- consuming end of job_queue (first in line), then forgets the worker once its list
+-- is empty and it has not come back.
+-- KEYS[1] job_queue, KEYS[2] {job_queue}:processing:<worker>, KEYS[3] {job_queue}:hb:<worker>,
+-- KEYS[4] {job_queue}:workers, KEYS[5] {job_queue}:pending
+-- ARGV[1] worker id, ARGV[2..] payloads (as read before the statuses were reset),
+-- each followed by its job id ('' when unparseable)
+local moved = 0
+for i = 2, #ARGV, 2 do
+  if redis.call('LREM', KEYS[2], 1, ARGV[i]) > 0 then
+    redis.call('RPUSH', KEYS[1], ARGV[i])
+    moved = moved + 1
+    if ARGV[i + 1] ~= '' then
+      local first = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+      local score = 0
+      if first[2] then score = tonumber(first[2]) - 1 end
+      redis.call('ZADD', KEYS[5], score, ARGV[i + 1])
+    end
+  end
+end
+if redis.call('LLEN', KEYS[2]) == 0 and redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('SREM', KEYS[4], ARGV[1])
+end
+return moved

@@ -1,0 +1,43 @@
+-- The queue side of a claim's fate, all in the {job_queue} slot.
+-- KEYS[1] {job_queue}:processing:<worker>, KEYS[2] {job_queue}:pending,
+-- KEYS[3] {job_queue}:index, KEYS[4] {job_queue}:seq, KEYS[5] {job_queue}:delayed,
+-- KEYS[6] {job_queue}:dead, KEYS[7] job_queue
+-- ARGV[1] action, ARGV[2] payload, ARGV[3] job id, ARGV[4] index cap,
+-- ARGV[5] due (ms), ARGV[6] dead letter JSON
+local action = ARGV[1]
+if action == 'claimed' then
+  -- leased: no longer waiting; listed even if another program pushed it
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  if not redis.call('ZSCORE', KEYS[3], ARGV[3]) then
+    redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), ARGV[3])
+    local cap = tonumber(ARGV[4])
+    if redis.call('ZCARD', KEYS[3]) > cap then
+      redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(cap + 1))
+    end
+  end
+elseif action == 'drop' then
+  redis.call('LREM', KEYS[1], 1, ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[3])
+elseif action == 'done' then
+  redis.call('LREM', KEYS[1], 1, ARGV[2])
+elseif action == 'delay' then
+  redis.call('LREM', KEYS[1], 1, ARGV[2])
+  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[2])
+elseif action == 'dead' then
+  redis.call('LREM', KEYS[1], 1, ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  redis.call('LPUSH', KEYS[6], ARGV[6])
+  redis.call('LTRIM', KEYS[6], 0, 9999)
+elseif action == 'release' then
+  -- back to the consuming end, first in line
+  if redis.call('LREM', KEYS[1], 1, ARGV[2]) > 0 then
+    redis.call('RPUSH', KEYS[7], ARGV[2])
+    local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+    local score = 0
+    if first[2] then score = tonumber(first[2]) - 1 end
+    redis.call('ZADD', KEYS[2], score, ARGV[3])
+  end
+else
+  return redis.error_reply('unknown settle action ' .. action)
+end
+return 1

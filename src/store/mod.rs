@@ -1,0 +1,350 @@
+//! The job store: the queue and the job records, behind one trait with two real
+//! implementations ([`RedisStore`] for many machines, [`SqliteStore`] embedded) that
+//! pass one conformance suite (`tests/it/store_conformance.rs`).
+//!
+//! Semantics shared by both:
+//! - `enqueue` records a job `queued` and puts it at the back of the queue.
+//! - `claim` hands the oldest due job to a worker under a **lease**: a fresh token,
+//!   `attempt + 1`, status `processing`. Jobs already final are dropped at claim
+//!   time (so a duplicated payload runs once); a cancelled job becomes
+//!   `failed`/`cancelled`; a job past `max_attempts` becomes `failed` and is
+//!   dead-lettered.
+//! - A worker keeps its leases alive by heartbeating. `reap` returns the jobs of a
+//!   worker whose heartbeat stopped to the front of the queue.
+//! - Only the current lease holder may write progress or the outcome (fencing);
+//!   a final state never changes.
+
+pub mod redis;
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use crate::job::{JobId, JobRecord, JobStatus, NewJob, Output};
+
+pub use self::redis::RedisStore;
+pub use self::sqlite::SqliteStore;
+
+/// Which implementation is in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Redis,
+    Sqlite,
+}
+
+impl StoreKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Redis => "redis",
+            StoreKind::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// A store operation that did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or did not answer in time; try again later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered, but with something we did not expect.
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed later (the store is down, not broken).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// Tunables shared by both stores. Defaults follow DESIGN.md §4.
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    /// How long a job record lives after its last change (the prototype's 24 h TTL).
+    pub job_ttl: Duration,
+    /// Leases after which a job fails for good (and is dead-lettered).
+    pub max_attempts: u32,
+    /// A worker whose heartbeat is older than this is dead; its jobs are requeued.
+    pub worker_ttl: Duration,
+    /// How many recent jobs `GET /api/jobs` can page through.
+    pub index_cap: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            job_ttl: Duration::from_secs(24 * 3600),
+            max_attempts: 3,
+            worker_ttl: Duration::from_secs(30),
+            index_cap: 100_000,
+        }
+    }
+}
+
+/// A worker's identity: `host:pid:nonce`, so a restarted process never adopts a
+/// live worker's jobs by accident, and the embedded store can tell that a worker on
+/// this host has died.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WorkerId(String);
+
+impl WorkerId {
+    /// A new id for this process.
+    pub fn generate() -> Self {
+        let host = hostname();
+        let nonce = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        WorkerId(format!("{host}:{}:{nonce}", std::process::id()))
+    }
+
+    pub fn from_string(s: String) -> Self {
+        WorkerId(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The host and pid parts, if this id has the `host:pid:nonce` shape.
+    pub fn host_pid(&self) -> Option<(&str, u32)> {
+        let mut parts = self.0.rsplitn(3, ':');
+        let _nonce = parts.next()?;
+        let pid = parts.next()?.parse().ok()?;
+        Some((parts.next()?, pid))
+    }
+}
+
+impl std::fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// This machine's name, for worker ids.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().replace(':', "_"))
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The right to work on one job, held by one worker.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    pub job_id: JobId,
+    pub worker: WorkerId,
+    pub token: String,
+    pub attempt: u32,
+    /// The queue entry exactly as claimed (Redis removes it by value).
+    pub payload: String,
+}
+
+/// A claimed job: the lease and the job's record as of the claim.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    pub lease: Lease,
+    pub job: JobRecord,
+}
+
+/// What a lease-holder learns when it writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseState {
+    /// The lease is ours; carry on.
+    Held,
+    /// The lease is ours, and someone asked to cancel the job.
+    CancelRequested,
+    /// The lease is gone (reaped, or the job was finished by another worker): stop,
+    /// and do not write again.
+    Lost,
+}
+
+/// How a job ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Completion {
+    Finished {
+        image_url: String,
+        outputs: Vec<Output>,
+    },
+    Failed {
+        error: String,
+    },
+    Cancelled,
+}
+
+/// What happened to a job handed back for a later retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// Queued again, due at this time (ms since epoch).
+    Scheduled { due_ms: u64 },
+    /// Out of attempts: failed and dead-lettered.
+    GaveUp,
+    /// Cancel was requested meanwhile: failed/cancelled.
+    Cancelled,
+    /// The lease was no longer ours; nothing was written.
+    Lost,
+}
+
+/// What a cancel request did.
+#[derive(Clone, Debug)]
+pub enum CancelOutcome {
+    /// The job was queued and is now `failed` with error `cancelled`.
+    Cancelled(JobRecord),
+    /// The job is running; its worker has been asked to stop it.
+    Requested(JobRecord),
+    /// The job had already finished or failed; nothing changed.
+    AlreadyFinal(JobRecord),
+    NotFound,
+}
+
+/// A change to a job: its record right after the change.
+#[derive(Clone, Debug)]
+pub struct JobEvent {
+    pub job: JobRecord,
+}
+
+/// A page request for `GET /api/jobs`.
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    pub status: Option<JobStatus>,
+    pub limit: usize,
+    /// Opaque position from a previous page's `next_cursor`.
+    pub cursor: Option<u64>,
+}
+
+/// One page of jobs, newest first.
+#[derive(Clone, Debug)]
+pub struct JobPage {
+    pub jobs: Vec<JobRecord>,
+    pub next_cursor: Option<u64>,
+}
+
+/// A job that failed for good after running out of attempts.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetter {
+    pub job_id: String,
+    pub error: String,
+    pub attempts: u32,
+    pub payload: String,
+    pub failed_at: String,
+}
+
+/// Counts for `/health` and dashboards.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct QueueStats {
+    /// Entries waiting in the queue (due now).
+    pub queued: u64,
+    /// Jobs waiting for a delayed retry.
+    pub delayed: u64,
+    /// Dead letters kept.
+    pub dead: u64,
+    /// Workers with a live heartbeat.
+    pub workers: u64,
+}
+
+/// The queue and the job records. Every method is safe to call from many tasks and
+/// many processes at once.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    fn kind(&self) -> StoreKind;
+
+    /// Where the store lives, for logs (no secrets).
+    fn describe(&self) -> String;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Records a new job as queued and puts it at the back of the queue.
+    async fn enqueue(&self, job: &NewJob) -> Result<JobRecord, StoreError>;
+
+    /// A job's record, or `None` if unknown (or expired).
+    async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError>;
+
+    /// How many jobs are ahead of a queued job, if the store can tell cheaply.
+    async fn queue_position(&self, id: &JobId) -> Result<Option<u64>, StoreError>;
+
+    /// Recent jobs, newest first.
+    async fn list(&self, query: &ListQuery) -> Result<JobPage, StoreError>;
+
+    /// Cancels a queued job at once, or asks the worker of a running one to stop.
+    async fn cancel(&self, id: &JobId) -> Result<CancelOutcome, StoreError>;
+
+    /// Queue counts.
+    async fn stats(&self) -> Result<QueueStats, StoreError>;
+
+    /// Registers the worker and renews its liveness for one `worker_ttl`.
+    async fn heartbeat(&self, worker: &WorkerId) -> Result<(), StoreError>;
+
+    /// Removes a worker that has handed back all its jobs.
+    async fn deregister(&self, worker: &WorkerId) -> Result<(), StoreError>;
+
+    /// Takes the oldest due job, waiting up to `wait` for one.
+    async fn claim(&self, worker: &WorkerId, wait: Duration) -> Result<Option<Claim>, StoreError>;
+
+    /// Writes progress (it never goes down) and, optionally, the backend running the
+    /// job; also how a worker learns that a cancel was requested.
+    async fn update(
+        &self,
+        lease: &Lease,
+        progress: Option<u8>,
+        backend: Option<&str>,
+    ) -> Result<LeaseState, StoreError>;
+
+    /// Records the outcome. `false` if the lease was no longer ours (nothing written).
+    async fn complete(&self, lease: &Lease, completion: Completion) -> Result<bool, StoreError>;
+
+    /// Hands the job back to be retried after `delay`, or fails it for good when it
+    /// has used its attempts.
+    async fn retry_later(
+        &self,
+        lease: &Lease,
+        error: &str,
+        delay: Duration,
+    ) -> Result<RetryOutcome, StoreError>;
+
+    /// Hands a job back untouched (graceful shutdown): front of the queue, status
+    /// `queued`, and the attempt does not count.
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// Returns the jobs of dead workers to the front of the queue. Returns their ids.
+    async fn reap(&self) -> Result<Vec<JobId>, StoreError>;
+
+    /// Moves delayed retries that are due onto the queue. Returns how many.
+    async fn promote_due(&self) -> Result<u64, StoreError>;
+
+    /// The most recent dead letters.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Every change to every job, from now on.
+    fn subscribe(&self) -> broadcast::Receiver<JobEvent>;
+}
+
+/// The error text of a job that ran out of attempts.
+pub fn gave_up_message(attempts: u32, last_error: &str) -> String {
+    if last_error.is_empty() {
+        format!("gave up after {attempts} attempts")
+    } else {
+        format!("gave up after {attempts} attempts; last error: {last_error}")
+    }
+}
+
+/// Capacity of the in-process event fan-out. A subscriber that falls this far
+/// behind skips ahead (and re-reads the job), rather than slowing the writers.
+pub const EVENT_BUFFER: usize = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_ids_carry_host_and_pid() {
+        let w = WorkerId::generate();
+        let (host, pid) = w.host_pid().unwrap();
+        assert_eq!(pid, std::process::id());
+        assert_eq!(host, hostname());
+        assert_eq!(WorkerId::from_string("nonsense".into()).host_pid(), None);
+    }
+}

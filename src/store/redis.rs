@@ -1,0 +1,1118 @@
+//! The Redis job store: the prototype's keys plus leases, heartbeats, a reaper,
+//! fencing, delayed retries, dead letters and change events (DESIGN.md §4).
+//!
+//! Every multi-key step is one Lua script (`lua/*.lua`), and every script touches
+//! either only `{job_queue}`-slot keys or only one status hash, so the layout works
+//! on Redis Cluster. Steps that must touch both (claim, retry, reap) are two
+//! scripts, ordered so that a crash between them leaves nothing lost: at worst a job
+//! is run again, and the lease token fences off the stale runner.
+
+mod keys;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use ::redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, watch};
+
+pub use self::keys::Keys;
+use super::{
+    CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, JobEvent, JobPage, JobStore, Lease,
+    LeaseState, ListQuery, QueueStats, RetryOutcome, StoreError, StoreKind, StoreSettings,
+    WorkerId,
+};
+use crate::clock;
+use crate::job::{JobId, JobRecord, NewJob, QueuePayload};
+use crate::workflow::DEFAULT_WORKFLOW;
+
+/// How long any single Redis command may take before the caller gets
+/// [`StoreError::Unavailable`]: an outage answers 503 within a second.
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// How long the reaper lock is held at most (one reaper across all processes).
+const REAPER_LOCK_MS: u64 = 10_000;
+
+/// Delayed retries moved per promotion call.
+const PROMOTE_BATCH: u64 = 500;
+
+/// Index entries examined at most by one `list` call when filtering by status.
+const LIST_SCAN_LIMIT: usize = 2000;
+
+/// The compiled scripts. Those that change a status hash carry the prelude that
+/// publishes the change.
+struct Scripts {
+    enqueue_status: Script,
+    enqueue_push: Script,
+    lease: Script,
+    update: Script,
+    complete: Script,
+    retry_status: Script,
+    release_status: Script,
+    requeue_status: Script,
+    cancel: Script,
+    settle: Script,
+    reap: Script,
+    promote: Script,
+    heartbeat: Script,
+    unlock: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let prelude = include_str!("lua/prelude.lua");
+        let publishing = |body: &str| Script::new(&format!("{prelude}\n{body}"));
+        Scripts {
+            enqueue_status: publishing(include_str!("lua/enqueue_status.lua")),
+            enqueue_push: Script::new(include_str!("lua/enqueue_push.lua")),
+            lease: publishing(include_str!("lua/lease.lua")),
+            update: publishing(include_str!("lua/update.lua")),
+            complete: publishing(include_str!("lua/complete.lua")),
+            retry_status: publishing(include_str!("lua/retry_status.lua")),
+            release_status: publishing(include_str!("lua/release_status.lua")),
+            requeue_status: publishing(include_str!("lua/requeue_status.lua")),
+            cancel: publishing(include_str!("lua/cancel.lua")),
+            settle: Script::new(include_str!("lua/settle.lua")),
+            reap: Script::new(include_str!("lua/reap.lua")),
+            promote: Script::new(include_str!("lua/promote.lua")),
+            heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
+            unlock: Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            ),
+        }
+    }
+}
+
+/// The queue side of what happens to a claimed payload (`settle.lua`).
+enum Settle<'a> {
+    Claimed,
+    Drop,
+    Done,
+    Delay(u64),
+    Dead(&'a DeadLetter),
+    Release,
+}
+
+/// A job store on Redis ≥ 6.2.
+pub struct RedisStore {
+    client: Client,
+    conn: ConnectionManager,
+    /// Connections for `BLMOVE`: a blocking command holds up every other command on
+    /// a multiplexed connection, so each claim borrows one of its own.
+    blocking: Mutex<Vec<MultiplexedConnection>>,
+    keys: Keys,
+    settings: StoreSettings,
+    scripts: Scripts,
+    events: broadcast::Sender<JobEvent>,
+    subscriber: Mutex<Option<watch::Sender<bool>>>,
+    op_timeout: Duration,
+    url_for_logs: String,
+}
+
+impl RedisStore {
+    /// A store on the Redis at `url` (`redis://[user:pass@]host:port[/db]`). Connects
+    /// lazily: the service starts, and reports 503, while Redis is down.
+    pub fn connect(url: &str, prefix: &str, settings: StoreSettings) -> Result<Self, StoreError> {
+        let client = Client::open(url)
+            .map_err(|e| StoreError::Internal(format!("invalid Redis URL: {e}")))?;
+        let op_timeout = DEFAULT_OP_TIMEOUT;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(op_timeout / 2))
+            .set_response_timeout(Some(op_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| StoreError::Internal(format!("cannot set up Redis connection: {e}")))?;
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Ok(RedisStore {
+            client,
+            conn,
+            blocking: Mutex::new(Vec::new()),
+            keys: Keys::new(prefix),
+            settings,
+            scripts: Scripts::new(),
+            events,
+            subscriber: Mutex::new(None),
+            op_timeout,
+            url_for_logs: redact(url),
+        })
+    }
+
+    /// The key names in use.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// A handle for raw commands (tests, tools).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    fn ttl_secs(&self) -> u64 {
+        self.settings.job_ttl.as_secs().max(1)
+    }
+
+    /// Runs one Redis call under the operation timeout.
+    async fn run<T>(
+        &self,
+        f: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        self.run_for(self.op_timeout, f).await
+    }
+
+    async fn run_for<T>(
+        &self,
+        limit: Duration,
+        f: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(limit, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(map_err(e)),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "Redis did not answer within {} ms",
+                limit.as_millis()
+            ))),
+        }
+    }
+
+    async fn settle(
+        &self,
+        worker: &WorkerId,
+        payload: &str,
+        job_id: &str,
+        action: Settle<'_>,
+    ) -> Result<(), StoreError> {
+        let k = &self.keys;
+        let (name, due, dead) = match action {
+            Settle::Claimed => ("claimed", 0, String::new()),
+            Settle::Drop => ("drop", 0, String::new()),
+            Settle::Done => ("done", 0, String::new()),
+            Settle::Delay(due) => ("delay", due, String::new()),
+            Settle::Dead(d) => ("dead", 0, serde_json::to_string(d).unwrap_or_default()),
+            Settle::Release => ("release", 0, String::new()),
+        };
+        let mut inv = self.scripts.settle.prepare_invoke();
+        inv.key(k.processing(worker.as_str()))
+            .key(k.pending())
+            .key(k.index())
+            .key(k.seq())
+            .key(k.delayed())
+            .key(k.dead())
+            .key(k.queue())
+            .arg(name)
+            .arg(payload)
+            .arg(job_id)
+            .arg(self.settings.index_cap)
+            .arg(due)
+            .arg(dead);
+        let mut conn = self.conn.clone();
+        self.run(inv.invoke_async::<i64>(&mut conn)).await?;
+        Ok(())
+    }
+
+    /// Takes a blocking connection from the pool, or opens one.
+    async fn blocking_conn(&self) -> Result<MultiplexedConnection, StoreError> {
+        if let Some(c) = self.blocking.lock().expect("pool lock").pop() {
+            return Ok(c);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.op_timeout / 2))
+            .set_response_timeout(None);
+        self.run(
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+    }
+
+    /// Leases a payload just moved into the worker's processing list. `None` if it
+    /// had to be dropped (final, running elsewhere, cancelled, dead).
+    async fn lease_payload(
+        &self,
+        worker: &WorkerId,
+        raw: String,
+    ) -> Result<Option<Claim>, StoreError> {
+        let Some((payload, id)) = QueuePayload::parse(&raw) else {
+            tracing::warn!(payload = %truncate(&raw, 200), "unreadable queue entry moved to dead letters");
+            let dl = DeadLetter {
+                job_id: String::new(),
+                error: "unreadable queue entry (not JSON with a valid job_id)".into(),
+                attempts: 0,
+                payload: raw.clone(),
+                failed_at: clock::iso8601(clock::now_micros()),
+            };
+            self.settle(worker, &raw, "", Settle::Dead(&dl)).await?;
+            return Ok(None);
+        };
+        let micros = clock::now_micros();
+        let now_iso = clock::iso8601(micros);
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut inv = self.scripts.lease.prepare_invoke();
+        inv.key(self.keys.status(id.as_str()))
+            .arg(self.keys.events())
+            .arg(worker.as_str())
+            .arg(&token)
+            .arg(&now_iso)
+            .arg(micros / 1000)
+            .arg(self.settings.max_attempts)
+            .arg(self.ttl_secs())
+            .arg(&raw);
+        // What a hash written by nobody (or by another program) lacks.
+        let created_at = payload
+            .created_at
+            .clone()
+            .unwrap_or_else(|| now_iso.clone());
+        let mut defaults: Vec<(&str, String)> = vec![
+            ("job_id", id.to_string()),
+            ("prompt", payload.prompt.clone()),
+            (
+                "workflow",
+                payload
+                    .workflow
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_WORKFLOW.into()),
+            ),
+            ("created_at", created_at),
+            ("progress", "0".into()),
+            ("image_url", String::new()),
+            ("error", String::new()),
+        ];
+        if let Some(seed) = payload.seed {
+            defaults.push(("seed", seed.to_string()));
+        }
+        if let Some(params) = &payload.params {
+            defaults.push((
+                "params",
+                serde_json::Value::Object(params.clone()).to_string(),
+            ));
+        }
+        for (k, v) in &defaults {
+            inv.arg(*k).arg(v);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self.run(inv.invoke_async(&mut conn)).await?;
+        match reply.first().map(String::as_str) {
+            Some("ok") => {
+                let attempt = reply.get(1).and_then(|a| a.parse().ok()).unwrap_or(1);
+                let job = JobRecord::from_fields(
+                    reply[2..]
+                        .chunks(2)
+                        .filter(|c| c.len() == 2)
+                        .map(|c| (c[0].as_str(), c[1].as_str())),
+                );
+                self.settle(worker, &raw, id.as_str(), Settle::Claimed)
+                    .await?;
+                tracing::info!(job_id = %id, attempt, worker = %worker, "job processing");
+                Ok(Some(Claim {
+                    lease: Lease {
+                        job_id: id,
+                        worker: worker.clone(),
+                        token,
+                        attempt,
+                        payload: raw,
+                    },
+                    job,
+                }))
+            }
+            Some("dead") => {
+                let attempts = reply.get(1).and_then(|a| a.parse().ok()).unwrap_or(0);
+                let error = reply.get(2).cloned().unwrap_or_default();
+                let dl = DeadLetter {
+                    job_id: id.to_string(),
+                    error: error.clone(),
+                    attempts,
+                    payload: raw.clone(),
+                    failed_at: now_iso,
+                };
+                self.settle(worker, &raw, id.as_str(), Settle::Dead(&dl))
+                    .await?;
+                tracing::warn!(job_id = %id, attempts, %error, "job failed: out of attempts, dead-lettered");
+                Ok(None)
+            }
+            Some("drop") => {
+                let reason = reply.get(1).map(String::as_str).unwrap_or("");
+                self.settle(worker, &raw, id.as_str(), Settle::Drop).await?;
+                if reason == "cancelled" {
+                    tracing::info!(job_id = %id, "job failed: cancelled before it started");
+                } else {
+                    tracing::debug!(job_id = %id, reason, "dropped a queue entry for a job that is {reason}");
+                }
+                Ok(None)
+            }
+            other => Err(StoreError::Internal(format!(
+                "unexpected lease reply {other:?}"
+            ))),
+        }
+    }
+
+    fn start_subscriber(&self) {
+        let mut guard = self.subscriber.lock().expect("subscriber lock");
+        if guard.is_some() {
+            return;
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        *guard = Some(stop_tx);
+        let client = self.client.clone();
+        let channel = self.keys.events();
+        let tx = self.events.clone();
+        let connect_timeout = self.op_timeout;
+        tokio::spawn(subscribe_loop(
+            client,
+            channel,
+            tx,
+            stop_rx,
+            connect_timeout,
+        ));
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        if let Some(stop) = self.subscriber.lock().ok().and_then(|mut g| g.take()) {
+            let _ = stop.send(true);
+        }
+    }
+}
+
+/// One pub/sub connection per process: every change published by any script on any
+/// process reaches this process's subscribers. Reconnects with backoff.
+async fn subscribe_loop(
+    client: Client,
+    channel: String,
+    tx: broadcast::Sender<JobEvent>,
+    mut stop: watch::Receiver<bool>,
+    connect_timeout: Duration,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let connected = tokio::time::timeout(connect_timeout, async {
+            let mut ps = client.get_async_pubsub().await?;
+            ps.subscribe(&channel).await?;
+            Ok::<_, RedisError>(ps)
+        })
+        .await;
+        match connected {
+            Ok(Ok(ps)) => {
+                tracing::debug!(%channel, "subscribed to job events");
+                backoff = Duration::from_millis(100);
+                let mut stream = ps.into_on_message();
+                loop {
+                    tokio::select! {
+                        msg = stream.next() => match msg {
+                            Some(msg) => {
+                                if let Some(job) = decode_event(msg.get_payload_bytes()) {
+                                    let _ = tx.send(JobEvent { job });
+                                }
+                            }
+                            None => break,
+                        },
+                        _ = stop.changed() => return,
+                    }
+                }
+                tracing::warn!("job events subscription lost; reconnecting");
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot subscribe to job events yet"),
+            Err(_) => tracing::debug!("subscribing to job events timed out"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// An event published by a script: a JSON object of the hash's string fields.
+fn decode_event(bytes: &[u8]) -> Option<JobRecord> {
+    let map: HashMap<String, serde_json::Value> = serde_json::from_slice(bytes).ok()?;
+    let fields: Vec<(String, String)> = map
+        .into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => (k, s),
+            other => (k, other.to_string()),
+        })
+        .collect();
+    let job = JobRecord::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    (!job.id.is_empty()).then_some(job)
+}
+
+fn map_err(e: RedisError) -> StoreError {
+    if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
+        StoreError::Unavailable(format!("Redis: {e}"))
+    } else {
+        StoreError::Internal(format!("Redis: {e}"))
+    }
+}
+
+/// The URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn record_from_map(id: &str, map: HashMap<String, String>) -> Option<JobRecord> {
+    if map.is_empty() {
+        return None;
+    }
+    let mut job = JobRecord::from_fields(map.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    if job.id.is_empty() {
+        job.id = id.to_owned();
+    }
+    Some(job)
+}
+
+#[async_trait]
+impl JobStore for RedisStore {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Redis
+    }
+
+    fn describe(&self) -> String {
+        if self.keys.prefix().is_empty() {
+            format!("redis at {}", self.url_for_logs)
+        } else {
+            format!(
+                "redis at {} (key prefix {:?})",
+                self.url_for_logs,
+                self.keys.prefix()
+            )
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let pong: String = self
+            .run(::redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Internal(format!(
+                "unexpected PING reply {pong:?}"
+            )))
+        }
+    }
+
+    async fn enqueue(&self, job: &NewJob) -> Result<JobRecord, StoreError> {
+        let record = JobRecord::queued(job);
+        let k = &self.keys;
+        let mut status = self.scripts.enqueue_status.prepare_invoke();
+        status
+            .key(k.status(job.id.as_str()))
+            .arg(k.events())
+            .arg(self.ttl_secs());
+        for (f, v) in record.to_fields() {
+            status.arg(f).arg(v);
+        }
+        let mut conn = self.conn.clone();
+        self.run(status.invoke_async::<i64>(&mut conn)).await?;
+        let mut push = self.scripts.enqueue_push.prepare_invoke();
+        push.key(k.queue())
+            .key(k.index())
+            .key(k.pending())
+            .key(k.seq())
+            .arg(job.payload())
+            .arg(job.id.as_str())
+            .arg(self.settings.index_cap);
+        if let Err(e) = self.run(push.invoke_async::<i64>(&mut conn)).await {
+            // The status says queued but nothing is queued: say so, best effort. The
+            // caller answers 503, so nobody waits for this job.
+            let _ = self
+                .run(
+                    ::redis::cmd("HSET")
+                        .arg(k.status(job.id.as_str()))
+                        .arg("status")
+                        .arg("failed")
+                        .arg("error")
+                        .arg("not queued: the store failed while enqueuing")
+                        .query_async::<i64>(&mut conn),
+                )
+                .await;
+            return Err(e);
+        }
+        tracing::info!(job_id = %job.id, workflow = %job.workflow, "job queued");
+        Ok(record)
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
+        let mut conn = self.conn.clone();
+        let map: HashMap<String, String> = self
+            .run(
+                ::redis::cmd("HGETALL")
+                    .arg(self.keys.status(id.as_str()))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(record_from_map(id.as_str(), map))
+    }
+
+    async fn queue_position(&self, id: &JobId) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.conn.clone();
+        let rank: Option<u64> = self
+            .run(
+                ::redis::cmd("ZRANK")
+                    .arg(self.keys.pending())
+                    .arg(id.as_str())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(rank)
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<JobPage, StoreError> {
+        let limit = query.limit.max(1);
+        let mut max = match query.cursor {
+            Some(c) => format!("({c}"),
+            None => "+inf".to_owned(),
+        };
+        let mut jobs = Vec::new();
+        let mut scanned = 0;
+        let mut last_score: Option<u64> = None;
+        let mut conn = self.conn.clone();
+        loop {
+            let batch = (limit - jobs.len()).clamp(1, 200);
+            let entries: Vec<(String, f64)> = self
+                .run(
+                    ::redis::cmd("ZREVRANGEBYSCORE")
+                        .arg(self.keys.index())
+                        .arg(&max)
+                        .arg("-inf")
+                        .arg("WITHSCORES")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(batch)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            if entries.is_empty() {
+                return Ok(JobPage {
+                    jobs,
+                    next_cursor: None,
+                });
+            }
+            let mut pipe = ::redis::pipe();
+            for (id, _) in &entries {
+                pipe.cmd("HGETALL").arg(self.keys.status(id));
+            }
+            let maps: Vec<HashMap<String, String>> = self.run(pipe.query_async(&mut conn)).await?;
+            let mut expired = Vec::new();
+            for ((id, score), map) in entries.iter().zip(maps) {
+                scanned += 1;
+                last_score = Some(*score as u64);
+                match record_from_map(id, map) {
+                    None => expired.push(id.clone()),
+                    Some(job) => {
+                        if query.status.as_ref().is_none_or(|s| *s == job.status) {
+                            jobs.push(job);
+                        }
+                    }
+                }
+                if jobs.len() == limit {
+                    break;
+                }
+            }
+            if !expired.is_empty() {
+                let _ = self
+                    .run(
+                        ::redis::cmd("ZREM")
+                            .arg(self.keys.index())
+                            .arg(&expired)
+                            .query_async::<i64>(&mut conn),
+                    )
+                    .await;
+            }
+            let full = jobs.len() == limit;
+            let exhausted = entries.len() < batch;
+            if full || scanned >= LIST_SCAN_LIMIT {
+                // There may be more: a cursor lets the client continue where we stopped.
+                return Ok(JobPage {
+                    jobs,
+                    next_cursor: if exhausted && !full { None } else { last_score },
+                });
+            }
+            if exhausted {
+                return Ok(JobPage {
+                    jobs,
+                    next_cursor: None,
+                });
+            }
+            max = format!("({}", last_score.unwrap_or(0));
+        }
+    }
+
+    async fn cancel(&self, id: &JobId) -> Result<CancelOutcome, StoreError> {
+        let micros = clock::now_micros();
+        let mut inv = self.scripts.cancel.prepare_invoke();
+        inv.key(self.keys.status(id.as_str()))
+            .arg(self.keys.events())
+            .arg(clock::iso8601(micros))
+            .arg(micros / 1000)
+            .arg(self.ttl_secs());
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self.run(inv.invoke_async(&mut conn)).await?;
+        let outcome = reply.first().cloned().unwrap_or_default();
+        if outcome == "missing" {
+            return Ok(CancelOutcome::NotFound);
+        }
+        if outcome == "cancelled" {
+            let _ = self
+                .run(
+                    ::redis::cmd("ZREM")
+                        .arg(self.keys.pending())
+                        .arg(id.as_str())
+                        .query_async::<i64>(&mut conn),
+                )
+                .await;
+            tracing::info!(job_id = %id, "job failed: cancelled while queued");
+        } else if outcome == "requested" {
+            tracing::info!(job_id = %id, "cancel requested for running job");
+        }
+        let Some(job) = self.get(id).await? else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        Ok(match outcome.as_str() {
+            "final" => CancelOutcome::AlreadyFinal(job),
+            "requested" => CancelOutcome::Requested(job),
+            "cancelled" => CancelOutcome::Cancelled(job),
+            other => {
+                return Err(StoreError::Internal(format!(
+                    "unexpected cancel reply {other:?}"
+                )));
+            }
+        })
+    }
+
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
+        let k = &self.keys;
+        let mut conn = self.conn.clone();
+        let (queued, delayed, dead, workers): (u64, u64, u64, Vec<String>) = self
+            .run(
+                ::redis::pipe()
+                    .cmd("LLEN")
+                    .arg(k.queue())
+                    .cmd("ZCARD")
+                    .arg(k.delayed())
+                    .cmd("LLEN")
+                    .arg(k.dead())
+                    .cmd("SMEMBERS")
+                    .arg(k.workers())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut live = 0;
+        if !workers.is_empty() {
+            let mut pipe = ::redis::pipe();
+            for w in &workers {
+                pipe.cmd("EXISTS").arg(k.heartbeat(w));
+            }
+            let alive: Vec<u64> = self.run(pipe.query_async(&mut conn)).await?;
+            live = alive.iter().sum();
+        }
+        Ok(QueueStats {
+            queued,
+            delayed,
+            dead,
+            workers: live,
+        })
+    }
+
+    async fn heartbeat(&self, worker: &WorkerId) -> Result<(), StoreError> {
+        let mut inv = self.scripts.heartbeat.prepare_invoke();
+        inv.key(self.keys.heartbeat(worker.as_str()))
+            .key(self.keys.workers())
+            .arg(worker.as_str())
+            .arg(self.settings.worker_ttl.as_millis() as u64)
+            .arg(clock::now_ms());
+        let mut conn = self.conn.clone();
+        self.run(inv.invoke_async::<i64>(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn deregister(&self, worker: &WorkerId) -> Result<(), StoreError> {
+        let k = &self.keys;
+        let mut conn = self.conn.clone();
+        self.run(
+            ::redis::cmd("DEL")
+                .arg(k.heartbeat(worker.as_str()))
+                .query_async::<i64>(&mut conn),
+        )
+        .await?;
+        // With no payloads given, reap.lua only forgets the worker if its list is empty.
+        let mut inv = self.scripts.reap.prepare_invoke();
+        inv.key(k.queue())
+            .key(k.processing(worker.as_str()))
+            .key(k.heartbeat(worker.as_str()))
+            .key(k.workers())
+            .key(k.pending())
+            .arg(worker.as_str());
+        self.run(inv.invoke_async::<i64>(&mut conn)).await?;
+        Ok(())
+    }
+
+    async fn claim(&self, worker: &WorkerId, wait: Duration) -> Result<Option<Claim>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // BLMOVE's timeout 0 means "forever"; 10 ms is the shortest wait we ask for.
+            let block = left.max(Duration::from_millis(10));
+            let mut conn = self.blocking_conn().await?;
+            let moved: Option<String> = self
+                .run_for(
+                    block + self.op_timeout,
+                    ::redis::cmd("BLMOVE")
+                        .arg(self.keys.queue())
+                        .arg(self.keys.processing(worker.as_str()))
+                        .arg("RIGHT")
+                        .arg("LEFT")
+                        .arg(block.as_secs_f64())
+                        .query_async(&mut conn),
+                )
+                .await?;
+            self.blocking.lock().expect("pool lock").push(conn);
+            let Some(raw) = moved else { return Ok(None) };
+            if let Some(claim) = self.lease_payload(worker, raw).await? {
+                return Ok(Some(claim));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn update(
+        &self,
+        lease: &Lease,
+        progress: Option<u8>,
+        backend: Option<&str>,
+    ) -> Result<LeaseState, StoreError> {
+        let micros = clock::now_micros();
+        let mut inv = self.scripts.update.prepare_invoke();
+        inv.key(self.keys.status(lease.job_id.as_str()))
+            .arg(self.keys.events())
+            .arg(&lease.token)
+            .arg(progress.map(|p| p.min(100).to_string()).unwrap_or_default())
+            .arg(clock::iso8601(micros))
+            .arg(micros / 1000)
+            .arg(self.ttl_secs());
+        if let Some(b) = backend {
+            inv.arg("backend").arg(b);
+        }
+        let mut conn = self.conn.clone();
+        let r: i64 = self.run(inv.invoke_async(&mut conn)).await?;
+        Ok(match r {
+            1 => LeaseState::Held,
+            2 => LeaseState::CancelRequested,
+            _ => LeaseState::Lost,
+        })
+    }
+
+    async fn complete(&self, lease: &Lease, completion: Completion) -> Result<bool, StoreError> {
+        let micros = clock::now_micros();
+        let mut inv = self.scripts.complete.prepare_invoke();
+        inv.key(self.keys.status(lease.job_id.as_str()))
+            .arg(self.keys.events())
+            .arg(&lease.token);
+        let (status, fields): (&str, Vec<(&str, String)>) = match &completion {
+            Completion::Finished { image_url, outputs } => (
+                "finished",
+                vec![
+                    ("image_url", image_url.clone()),
+                    (
+                        "outputs",
+                        serde_json::to_string(outputs).unwrap_or_default(),
+                    ),
+                    ("error", String::new()),
+                ],
+            ),
+            Completion::Failed { error } => ("failed", vec![("error", error.clone())]),
+            Completion::Cancelled => (
+                "failed",
+                vec![("error", "cancelled".into()), ("cancelled", "1".into())],
+            ),
+        };
+        inv.arg(status)
+            .arg(clock::iso8601(micros))
+            .arg(micros / 1000)
+            .arg(self.ttl_secs());
+        for (k, v) in fields {
+            inv.arg(k).arg(v);
+        }
+        let mut conn = self.conn.clone();
+        let written: i64 = self.run(inv.invoke_async(&mut conn)).await?;
+        self.settle(
+            &lease.worker,
+            &lease.payload,
+            lease.job_id.as_str(),
+            Settle::Done,
+        )
+        .await?;
+        if written == 1 {
+            match &completion {
+                Completion::Finished { .. } => {
+                    tracing::info!(job_id = %lease.job_id, "job finished")
+                }
+                Completion::Failed { error } => {
+                    tracing::info!(job_id = %lease.job_id, %error, "job failed")
+                }
+                Completion::Cancelled => {
+                    tracing::info!(job_id = %lease.job_id, "job failed: cancelled")
+                }
+            }
+        } else {
+            tracing::warn!(job_id = %lease.job_id, "outcome refused: this worker no longer holds the lease");
+        }
+        Ok(written == 1)
+    }
+
+    async fn retry_later(
+        &self,
+        lease: &Lease,
+        error: &str,
+        delay: Duration,
+    ) -> Result<RetryOutcome, StoreError> {
+        let micros = clock::now_micros();
+        let due = micros / 1000 + delay.as_millis() as u64;
+        let mut inv = self.scripts.retry_status.prepare_invoke();
+        inv.key(self.keys.status(lease.job_id.as_str()))
+            .arg(self.keys.events())
+            .arg(&lease.token)
+            .arg(clock::iso8601(micros))
+            .arg(micros / 1000)
+            .arg(self.ttl_secs())
+            .arg(due)
+            .arg(error)
+            .arg(self.settings.max_attempts);
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self.run(inv.invoke_async(&mut conn)).await?;
+        let id = lease.job_id.as_str();
+        match reply.first().map(String::as_str) {
+            Some("scheduled") => {
+                self.settle(&lease.worker, &lease.payload, id, Settle::Delay(due))
+                    .await?;
+                tracing::info!(job_id = id, %error, retry_in_ms = delay.as_millis() as u64, "job queued for retry");
+                Ok(RetryOutcome::Scheduled { due_ms: due })
+            }
+            Some("dead") => {
+                let dl = DeadLetter {
+                    job_id: id.to_owned(),
+                    error: reply.get(2).cloned().unwrap_or_default(),
+                    attempts: reply.get(1).and_then(|a| a.parse().ok()).unwrap_or(0),
+                    payload: lease.payload.clone(),
+                    failed_at: clock::iso8601(micros),
+                };
+                self.settle(&lease.worker, &lease.payload, id, Settle::Dead(&dl))
+                    .await?;
+                tracing::warn!(job_id = id, error = %dl.error, "job failed: out of attempts, dead-lettered");
+                Ok(RetryOutcome::GaveUp)
+            }
+            Some("cancelled") => {
+                self.settle(&lease.worker, &lease.payload, id, Settle::Done)
+                    .await?;
+                tracing::info!(job_id = id, "job failed: cancelled");
+                Ok(RetryOutcome::Cancelled)
+            }
+            _ => {
+                self.settle(&lease.worker, &lease.payload, id, Settle::Done)
+                    .await?;
+                Ok(RetryOutcome::Lost)
+            }
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let micros = clock::now_micros();
+        let mut inv = self.scripts.release_status.prepare_invoke();
+        inv.key(self.keys.status(lease.job_id.as_str()))
+            .arg(self.keys.events())
+            .arg(&lease.token)
+            .arg(clock::iso8601(micros))
+            .arg(micros / 1000)
+            .arg(self.ttl_secs());
+        let mut conn = self.conn.clone();
+        let released: i64 = self.run(inv.invoke_async(&mut conn)).await?;
+        let action = if released == 1 {
+            Settle::Release
+        } else {
+            Settle::Done
+        };
+        self.settle(&lease.worker, &lease.payload, lease.job_id.as_str(), action)
+            .await?;
+        if released == 1 {
+            tracing::info!(job_id = %lease.job_id, "job handed back to the queue");
+        }
+        Ok(())
+    }
+
+    async fn reap(&self) -> Result<Vec<JobId>, StoreError> {
+        let k = &self.keys;
+        let mut conn = self.conn.clone();
+        let lock_token = uuid::Uuid::new_v4().simple().to_string();
+        let locked: Option<String> = self
+            .run(
+                ::redis::cmd("SET")
+                    .arg(k.reaper_lock())
+                    .arg(&lock_token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(REAPER_LOCK_MS)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if locked.is_none() {
+            return Ok(Vec::new());
+        }
+        let result = self.reap_locked(&mut conn).await;
+        let mut unlock = self.scripts.unlock.prepare_invoke();
+        unlock.key(k.reaper_lock()).arg(&lock_token);
+        let _ = self.run(unlock.invoke_async::<i64>(&mut conn)).await;
+        result
+    }
+
+    async fn promote_due(&self) -> Result<u64, StoreError> {
+        let k = &self.keys;
+        let mut inv = self.scripts.promote.prepare_invoke();
+        inv.key(k.delayed())
+            .key(k.queue())
+            .key(k.pending())
+            .key(k.seq())
+            .arg(clock::now_ms())
+            .arg(PROMOTE_BATCH);
+        let mut conn = self.conn.clone();
+        self.run(inv.invoke_async(&mut conn)).await
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut conn = self.conn.clone();
+        let raw: Vec<String> = self
+            .run(
+                ::redis::cmd("LRANGE")
+                    .arg(self.keys.dead())
+                    .arg(0)
+                    .arg(limit.saturating_sub(1) as i64)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(raw
+            .iter()
+            .filter_map(|r| serde_json::from_str(r).ok())
+            .collect())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+        self.start_subscriber();
+        self.events.subscribe()
+    }
+}
+
+impl RedisStore {
+    async fn reap_locked(&self, conn: &mut ConnectionManager) -> Result<Vec<JobId>, StoreError> {
+        let k = &self.keys;
+        let workers: Vec<String> = self
+            .run(::redis::cmd("SMEMBERS").arg(k.workers()).query_async(conn))
+            .await?;
+        let mut reaped = Vec::new();
+        for w in workers {
+            let alive: bool = self
+                .run(
+                    ::redis::cmd("EXISTS")
+                        .arg(k.heartbeat(&w))
+                        .query_async(conn),
+                )
+                .await?;
+            if alive {
+                continue;
+            }
+            let payloads: Vec<String> = self
+                .run(
+                    ::redis::cmd("LRANGE")
+                        .arg(k.processing(&w))
+                        .arg(0)
+                        .arg(-1)
+                        .query_async(conn),
+                )
+                .await?;
+            // Statuses first: once a job is `queued` again with no lease token, a
+            // claim of the returned payload leases it, and the dead worker (if it was
+            // only paused) is fenced off.
+            let micros = clock::now_micros();
+            let mut args: Vec<(String, String)> = Vec::new();
+            for p in &payloads {
+                let id = QueuePayload::parse(p).map(|(_, id)| id);
+                if let Some(id) = &id {
+                    let mut inv = self.scripts.requeue_status.prepare_invoke();
+                    inv.key(k.status(id.as_str()))
+                        .arg(k.events())
+                        .arg(&w)
+                        .arg(clock::iso8601(micros))
+                        .arg(micros / 1000)
+                        .arg(self.ttl_secs());
+                    let n: i64 = self.run(inv.invoke_async(conn)).await?;
+                    if n == 1 {
+                        tracing::warn!(job_id = %id, worker = %w, "job queued again: its worker stopped heartbeating");
+                    }
+                    reaped.push(id.clone());
+                }
+                args.push((p.clone(), id.map(|i| i.to_string()).unwrap_or_default()));
+            }
+            let mut inv = self.scripts.reap.prepare_invoke();
+            inv.key(k.queue())
+                .key(k.processing(&w))
+                .key(k.heartbeat(&w))
+                .key(k.workers())
+                .key(k.pending())
+                .arg(&w);
+            for (p, id) in &args {
+                inv.arg(p).arg(id);
+            }
+            self.run(inv.invoke_async::<i64>(conn)).await?;
+        }
+        Ok(reaped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobStatus;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("redis://:hunter2@db:6379/0"),
+            "redis://:***@db:6379/0"
+        );
+        assert_eq!(redact("redis://me:hunter2@db"), "redis://me:***@db");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn events_decode_to_records() {
+        let job =
+            decode_event(br#"{"job_id":"j1","status":"processing","progress":"40"}"#).unwrap();
+        assert_eq!(job.id, "j1");
+        assert_eq!(job.status, JobStatus::Processing);
+        assert_eq!(job.progress, 40);
+        assert!(decode_event(b"not json").is_none());
+        assert!(decode_event(b"{}").is_none());
+    }
+}

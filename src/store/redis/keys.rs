@@ -1,0 +1,149 @@
+//! Every Redis key and channel name Studio Core uses, in one place.
+//!
+//! With an empty prefix these are exactly the prototype's names (`job_queue`,
+//! `job:status:<id>`) plus the reliable extensions of DESIGN.md §4, all tagged
+//! `{job_queue}` so that they hash to the same Redis Cluster slot as `job_queue`.
+//! A prefix (`--redis-prefix`) lets several studios, or parallel tests, share one Redis.
+
+/// Key names for one prefix.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+    tag: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Keys {
+            prefix: prefix.to_owned(),
+            tag: format!("{{{prefix}job_queue}}"),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The prototype's queue: producers `LPUSH`, consumers take from the right.
+    pub fn queue(&self) -> String {
+        format!("{}job_queue", self.prefix)
+    }
+
+    /// The prototype's status hash of one job.
+    pub fn status(&self, job_id: &str) -> String {
+        format!("{}job:status:{job_id}", self.prefix)
+    }
+
+    /// A worker's in-flight list (`BLMOVE` destination).
+    pub fn processing(&self, worker: &str) -> String {
+        format!("{}:processing:{worker}", self.tag)
+    }
+
+    /// A worker's heartbeat (a string with a TTL).
+    pub fn heartbeat(&self, worker: &str) -> String {
+        format!("{}:hb:{worker}", self.tag)
+    }
+
+    /// The set of registered workers, so the reaper needs no `SCAN`.
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.tag)
+    }
+
+    /// Delayed retries: payload → due time (ms).
+    pub fn delayed(&self) -> String {
+        format!("{}:delayed", self.tag)
+    }
+
+    /// Dead letters (JSON), newest first, capped.
+    pub fn dead(&self) -> String {
+        format!("{}:dead", self.tag)
+    }
+
+    /// Recent jobs for listing: job id → sequence number.
+    pub fn index(&self) -> String {
+        format!("{}:index", self.tag)
+    }
+
+    /// Queued jobs in queue order, for `queue_position` by `ZRANK`.
+    pub fn pending(&self) -> String {
+        format!("{}:pending", self.tag)
+    }
+
+    /// The sequence counter behind `index` and `pending`.
+    pub fn seq(&self) -> String {
+        format!("{}:seq", self.tag)
+    }
+
+    /// Held by the one process reaping at a time.
+    pub fn reaper_lock(&self) -> String {
+        format!("{}:reaper-lock", self.tag)
+    }
+
+    /// The pub/sub channel every status change is published on.
+    pub fn events(&self) -> String {
+        format!("{}job:events", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_prefix_gives_the_prototype_names() {
+        let k = Keys::new("");
+        assert_eq!(k.queue(), "job_queue");
+        assert_eq!(k.status("abc"), "job:status:abc");
+        assert_eq!(k.processing("w1"), "{job_queue}:processing:w1");
+        assert_eq!(k.heartbeat("w1"), "{job_queue}:hb:w1");
+        assert_eq!(k.events(), "job:events");
+    }
+
+    /// Redis Cluster's key slot: CRC16 (XMODEM) of the hash tag, mod 16384.
+    fn slot(key: &str) -> u16 {
+        let b = key.as_bytes();
+        let hashed = match b.iter().position(|&c| c == b'{') {
+            Some(s) => match b[s + 1..].iter().position(|&c| c == b'}') {
+                Some(len) if len > 0 => &b[s + 1..s + 1 + len],
+                _ => b,
+            },
+            None => b,
+        };
+        let mut crc: u16 = 0;
+        for &byte in hashed {
+            crc ^= (byte as u16) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc % 16384
+    }
+
+    #[test]
+    fn queue_keys_share_the_slot_of_job_queue() {
+        // 6010 is the slot measured on a real cluster (research/queue-anchors.md §2.6).
+        assert_eq!(slot("job_queue"), 6010);
+        for prefix in ["", "studio1:"] {
+            let k = Keys::new(prefix);
+            let s = slot(&k.queue());
+            for key in [
+                k.processing("w"),
+                k.heartbeat("w"),
+                k.workers(),
+                k.delayed(),
+                k.dead(),
+                k.index(),
+                k.pending(),
+                k.seq(),
+                k.reaper_lock(),
+            ] {
+                assert_eq!(slot(&key), s, "{key}");
+            }
+        }
+        assert_eq!(slot("job:status:j1"), 14166);
+    }
+}

@@ -1,0 +1,930 @@
+//! The embedded job store: one SQLite file in the data directory (WAL mode), with
+//! the same states and semantics as the Redis store.
+//!
+//! All writes go through one writer thread that commits whatever has piled up in one
+//! transaction (group commit), each operation in its own savepoint; reads use a small
+//! pool of connections. Events are published in-process after each commit.
+//! Several processes may share the file (SQLite's locking; `busy_timeout`), but
+//! events only reach the process that wrote them.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use tokio::sync::{Notify, broadcast, oneshot};
+
+use super::{
+    CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, JobEvent, JobPage, JobStore, Lease,
+    LeaseState, ListQuery, QueueStats, RetryOutcome, StoreError, StoreKind, StoreSettings,
+    WorkerId, gave_up_message, hostname,
+};
+use crate::clock;
+use crate::job::{JobId, JobRecord, JobStatus, NewJob};
+
+/// The database file's name inside the data directory.
+pub const DB_FILE: &str = "studio.db";
+
+/// Read connections kept open (reads run on tokio's blocking pool).
+const READERS: usize = 4;
+
+/// Operations committed together at most (bounds one transaction's latency).
+const MAX_BATCH: usize = 512;
+
+/// How often a waiting claim looks again for jobs enqueued by another process (this
+/// process's own enqueues wake it at once).
+const CLAIM_POLL: Duration = Duration::from_millis(200);
+
+/// Above this estimated position, `queue_position` reports the estimate instead of
+/// counting exactly, so a status read stays cheap on a million-job queue.
+const EXACT_POSITION_LIMIT: i64 = 10_000;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS jobs (
+    id               TEXT PRIMARY KEY,
+    list_seq         INTEGER NOT NULL,
+    queue_seq        INTEGER NOT NULL,
+    status           TEXT NOT NULL,
+    progress         INTEGER NOT NULL DEFAULT 0,
+    image_url        TEXT NOT NULL DEFAULT '',
+    error            TEXT NOT NULL DEFAULT '',
+    created_at       TEXT NOT NULL,
+    updated_at       TEXT NOT NULL,
+    updated_ms       INTEGER NOT NULL,
+    prompt           TEXT NOT NULL,
+    seed             TEXT,
+    workflow         TEXT NOT NULL,
+    params           TEXT NOT NULL DEFAULT '{}',
+    attempt          INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    cancelled        INTEGER NOT NULL DEFAULT 0,
+    outputs          TEXT NOT NULL DEFAULT '[]',
+    backend          TEXT NOT NULL DEFAULT '',
+    worker_id        TEXT NOT NULL DEFAULT '',
+    lease_token      TEXT,
+    last_error       TEXT NOT NULL DEFAULT '',
+    run_at           INTEGER NOT NULL DEFAULT 0,
+    payload          TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_list_seq ON jobs(list_seq);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, list_seq);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(status, queue_seq);
+CREATE INDEX IF NOT EXISTS jobs_by_worker ON jobs(worker_id) WHERE status = 'processing';
+CREATE TABLE IF NOT EXISTS workers (
+    id           TEXT PRIMARY KEY,
+    host         TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    heartbeat_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id    TEXT NOT NULL,
+    error     TEXT NOT NULL,
+    attempts  INTEGER NOT NULL,
+    payload   TEXT NOT NULL,
+    failed_at TEXT NOT NULL
+);
+"#;
+
+/// The columns every record query selects, in [`record_from_row`]'s order.
+const COLUMNS: &str = "id, status, progress, image_url, error, created_at, updated_at, updated_ms, \
+    prompt, seed, workflow, params, attempt, cancel_requested, cancelled, outputs, backend, \
+    worker_id, last_error, run_at";
+
+/// One write: runs inside the writer's transaction (or, given `None`, learns that no
+/// transaction could be started), returns the changed records (to publish) and a
+/// function that delivers its result once the commit is known.
+type WriteOp = Box<dyn FnOnce(Option<&Connection>) -> (Vec<JobRecord>, Deliver) + Send>;
+type Deliver = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// A job store in one SQLite file.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<mpsc::Sender<WriteOp>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    settings: StoreSettings,
+    events: broadcast::Sender<JobEvent>,
+    /// Woken whenever a job becomes claimable in this process.
+    wake: Arc<Notify>,
+    /// Worker ids this process registered (never reaped as "a previous life").
+    own_workers: Mutex<Vec<String>>,
+}
+
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // NORMAL in WAL mode: a commit survives a crash of the process (kill -9); only a
+    // power loss can lose the last commits.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+fn internal(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Internal(format!("SQLite: {e}"))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `dir/studio.db`.
+    pub fn open(dir: &Path, settings: StoreSettings) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| internal(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join(DB_FILE);
+        let conn = open(&path).map_err(internal)?;
+        conn.execute_batch(SCHEMA).map_err(internal)?;
+        let mut readers = Vec::new();
+        for _ in 0..READERS {
+            readers.push(open(&path).map_err(internal)?);
+        }
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (tx, rx) = mpsc::channel::<WriteOp>();
+        let ev = events.clone();
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, ev))
+            .map_err(internal)?;
+        Ok(SqliteStore {
+            path,
+            writer: Mutex::new(tx),
+            readers: Arc::new(Mutex::new(readers)),
+            settings,
+            events,
+            wake: Arc::new(Notify::new()),
+            own_workers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Runs `f` in the writer's next transaction.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<(T, Vec<JobRecord>)> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
+        let op: WriteOp = Box::new(move |conn| {
+            let Some(conn) = conn else {
+                let deliver: Deliver = Box::new(move |r| {
+                    let _ = tx.send(Err(internal(r.err().unwrap_or_default())));
+                });
+                return (Vec::new(), deliver);
+            };
+            let r = in_savepoint(conn, f);
+            let (value, events) = match r {
+                Ok((v, ev)) => (Ok(v), ev),
+                Err(e) => (Err(internal(e)), Vec::new()),
+            };
+            let deliver: Deliver = Box::new(move |committed| {
+                let out = match committed {
+                    Ok(()) => value,
+                    Err(e) => Err(internal(e)),
+                };
+                let _ = tx.send(out);
+            });
+            (events, deliver)
+        });
+        self.writer
+            .lock()
+            .expect("writer lock")
+            .send(op)
+            .map_err(|_| internal("the writer thread has stopped"))?;
+        rx.await
+            .map_err(|_| internal("the writer thread has stopped"))?
+    }
+
+    /// Runs `f` on a pooled read connection.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let pool = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.lock().expect("reader pool").pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open(&path)?,
+            };
+            let r = f(&conn);
+            pool.lock().expect("reader pool").push(conn);
+            r
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)
+    }
+
+    fn ttl_ms(&self) -> i64 {
+        self.settings.job_ttl.as_millis() as i64
+    }
+
+    /// Leases the oldest due job, or drops what must be dropped; `Ok(None)` when
+    /// nothing is due.
+    async fn try_claim(&self, worker: &WorkerId) -> Result<ClaimTry, StoreError> {
+        let w = worker.as_str().to_owned();
+        let max_attempts = self.settings.max_attempts as i64;
+        self.write(move |conn| {
+            let micros = clock::now_micros();
+            let now_ms = (micros / 1000) as i64;
+            let now = clock::iso8601(micros);
+            let next: Option<(String, i64, i64, String, String)> = conn
+                .query_row(
+                    "SELECT id, attempt, cancel_requested, payload, last_error FROM jobs \
+                     WHERE status = 'queued' AND run_at <= ?1 ORDER BY queue_seq LIMIT 1",
+                    params![now_ms],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .optional()?;
+            let Some((id, attempt, cancel_requested, payload, last_error)) = next else {
+                return Ok((ClaimTry::Empty, Vec::new()));
+            };
+            if cancel_requested == 1 {
+                conn.execute(
+                    "UPDATE jobs SET status = 'failed', error = 'cancelled', cancelled = 1, \
+                     updated_at = ?2, updated_ms = ?3 WHERE id = ?1",
+                    params![id, now, now_ms],
+                )?;
+                let rec = get_record(conn, &id)?;
+                return Ok((ClaimTry::Dropped, rec.into_iter().collect()));
+            }
+            if attempt >= max_attempts {
+                let msg = gave_up_message(attempt as u32, &last_error);
+                conn.execute(
+                    "UPDATE jobs SET status = 'failed', error = ?2, lease_token = NULL, \
+                     updated_at = ?3, updated_ms = ?4 WHERE id = ?1",
+                    params![id, msg, now, now_ms],
+                )?;
+                insert_dead_letter(conn, &id, &msg, attempt, &payload, &now)?;
+                tracing::warn!(job_id = %id, attempts = attempt, error = %msg, "job failed: out of attempts, dead-lettered");
+                let rec = get_record(conn, &id)?;
+                return Ok((ClaimTry::Dropped, rec.into_iter().collect()));
+            }
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            conn.execute(
+                "UPDATE jobs SET status = 'processing', attempt = attempt + 1, worker_id = ?2, \
+                 lease_token = ?3, progress = 0, run_at = 0, updated_at = ?4, updated_ms = ?5 \
+                 WHERE id = ?1",
+                params![id, w, token, now, now_ms],
+            )?;
+            let rec = get_record(conn, &id)?.expect("the row just updated exists");
+            let lease = Lease {
+                job_id: JobId::parse(&id).unwrap_or_else(|_| JobId::random()),
+                worker: WorkerId::from_string(w.clone()),
+                token,
+                attempt: rec.attempt,
+                payload,
+            };
+            tracing::info!(job_id = %id, attempt = rec.attempt, worker = %w, "job processing");
+            Ok((ClaimTry::Leased(Box::new(Claim { lease, job: rec.clone() })), vec![rec]))
+        })
+        .await
+    }
+
+    /// Whether a worker row on this host belongs to a process that no longer runs.
+    fn dead_local_worker(&self, id: &str, host: &str, pid: u32) -> bool {
+        if host != hostname() || !Path::new("/proc/self").exists() {
+            return false;
+        }
+        if self
+            .own_workers
+            .lock()
+            .expect("own workers")
+            .iter()
+            .any(|w| w == id)
+        {
+            return false;
+        }
+        // Our own pid under an id we did not register: our previous life (a restarted
+        // container gets the same pid).
+        pid == std::process::id() || !Path::new(&format!("/proc/{pid}")).exists()
+    }
+}
+
+enum ClaimTry {
+    Leased(Box<Claim>),
+    Dropped,
+    Empty,
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.execute_batch("SAVEPOINT op")?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE op")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+            Err(e)
+        }
+    }
+}
+
+/// The writer thread: takes every operation waiting, commits them together, then
+/// answers each caller and publishes the changes.
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteOp>, events: broadcast::Sender<JobEvent>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut done = Vec::with_capacity(batch.len());
+        let committed = match conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => {
+                for op in batch {
+                    done.push(op(Some(&conn)));
+                }
+                let c = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+                if c.is_err() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                c
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SQLite: cannot begin a transaction");
+                for op in batch {
+                    done.push(op(None));
+                }
+                Err(format!("cannot begin a transaction: {e}"))
+            }
+        };
+        for (changed, deliver) in done {
+            deliver(committed.clone());
+            if committed.is_ok() {
+                for job in changed {
+                    let _ = events.send(JobEvent { job });
+                }
+            }
+        }
+    }
+}
+
+fn record_from_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
+    let seed: Option<String> = r.get(9)?;
+    let params: String = r.get(11)?;
+    let outputs: String = r.get(15)?;
+    Ok(JobRecord {
+        id: r.get(0)?,
+        status: JobStatus::parse(&r.get::<_, String>(1)?),
+        progress: r.get::<_, i64>(2)?.clamp(0, 100) as u8,
+        image_url: r.get(3)?,
+        error: r.get(4)?,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+        updated_ms: r.get::<_, i64>(7)?.max(0) as u64,
+        prompt: r.get(8)?,
+        seed: seed.and_then(|s| s.parse().ok()),
+        workflow: r.get(10)?,
+        params: serde_json::from_str(&params).unwrap_or_default(),
+        attempt: r.get::<_, i64>(12)?.max(0) as u32,
+        cancel_requested: r.get::<_, i64>(13)? == 1,
+        cancelled: r.get::<_, i64>(14)? == 1,
+        outputs: serde_json::from_str(&outputs).unwrap_or_default(),
+        backend: r.get(16)?,
+        worker_id: r.get(17)?,
+        last_error: r.get(18)?,
+        retry_at: r.get::<_, i64>(19)?.max(0) as u64,
+        extra: Default::default(),
+    })
+}
+
+fn get_record(conn: &Connection, id: &str) -> rusqlite::Result<Option<JobRecord>> {
+    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))?
+        .query_row(params![id], record_from_row)
+        .optional()
+}
+
+fn insert_dead_letter(
+    conn: &Connection,
+    id: &str,
+    error: &str,
+    attempts: i64,
+    payload: &str,
+    now: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO dead_letters (job_id, error, attempts, payload, failed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, error, attempts, payload, now],
+    )?;
+    // Keep the newest 10,000, as the Redis store does.
+    conn.execute(
+        "DELETE FROM dead_letters WHERE seq <= (SELECT MAX(seq) FROM dead_letters) - 10000",
+        [],
+    )?;
+    Ok(())
+}
+
+/// A lease-checked write: `None` if `token` is not the job's current lease.
+fn holds_lease(
+    conn: &Connection,
+    id: &str,
+    token: &str,
+) -> rusqlite::Result<Option<(String, bool)>> {
+    conn.query_row(
+        "SELECT status, cancel_requested FROM jobs WHERE id = ?1 AND lease_token = ?2",
+        params![id, token],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? == 1)),
+    )
+    .optional()
+}
+
+#[async_trait]
+impl JobStore for SqliteStore {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Sqlite
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite at {}", self.path.display())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
+            .await?;
+        Ok(())
+    }
+
+    async fn enqueue(&self, job: &NewJob) -> Result<JobRecord, StoreError> {
+        let rec = JobRecord::queued(job);
+        let payload = job.payload();
+        let params_json = serde_json::Value::Object(job.params.clone()).to_string();
+        let r = rec.clone();
+        let out = self
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO jobs (id, list_seq, queue_seq, status, created_at, updated_at, \
+                     updated_ms, prompt, seed, workflow, params, payload) VALUES (?1, \
+                     (SELECT COALESCE(MAX(list_seq), 0) + 1 FROM jobs), \
+                     (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM jobs), \
+                     'queued', ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?
+                .execute(params![
+                    r.id,
+                    r.created_at,
+                    r.updated_ms as i64,
+                    r.prompt,
+                    r.seed.map(|s| s.to_string()),
+                    r.workflow,
+                    params_json,
+                    payload
+                ])?;
+                Ok((r.clone(), vec![r]))
+            })
+            .await?;
+        self.wake.notify_waiters();
+        tracing::info!(job_id = %job.id, workflow = %job.workflow, "job queued");
+        Ok(out)
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
+        let id = id.to_string();
+        self.read(move |c| get_record(c, &id)).await
+    }
+
+    async fn queue_position(&self, id: &JobId) -> Result<Option<u64>, StoreError> {
+        let id = id.to_string();
+        self.read(move |c| {
+            let mine: Option<i64> = c
+                .prepare_cached("SELECT queue_seq FROM jobs WHERE id = ?1 AND status = 'queued'")?
+                .query_row(params![id], |r| r.get(0))
+                .optional()?;
+            let Some(mine) = mine else { return Ok(None) };
+            let head: i64 = c
+                .prepare_cached("SELECT MIN(queue_seq) FROM jobs WHERE status = 'queued'")?
+                .query_row([], |r| r.get(0))?;
+            let estimate = mine - head;
+            if estimate > EXACT_POSITION_LIMIT {
+                return Ok(Some(estimate as u64));
+            }
+            let exact: i64 = c
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND queue_seq < ?1",
+                )?
+                .query_row(params![mine], |r| r.get(0))?;
+            Ok(Some(exact as u64))
+        })
+        .await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<JobPage, StoreError> {
+        let limit = query.limit.max(1) as i64;
+        let cursor = query.cursor.map(|c| c as i64).unwrap_or(i64::MAX);
+        let status = query.status.as_ref().map(|s| s.as_str().to_owned());
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {COLUMNS}, list_seq FROM jobs WHERE list_seq < ?1 {} ORDER BY list_seq DESC LIMIT ?2",
+                if status.is_some() { "AND status = ?3" } else { "" }
+            );
+            let mut stmt = c.prepare_cached(&sql)?;
+            let map = |r: &Row<'_>| Ok((record_from_row(r)?, r.get::<_, i64>(20)?));
+            let rows: Vec<(JobRecord, i64)> = match &status {
+                Some(s) => stmt.query_map(params![cursor, limit + 1, s], map)?.collect::<Result<_, _>>()?,
+                None => stmt.query_map(params![cursor, limit + 1], map)?.collect::<Result<_, _>>()?,
+            };
+            let more = rows.len() as i64 > limit;
+            let mut jobs: Vec<(JobRecord, i64)> = rows;
+            jobs.truncate(limit as usize);
+            let next_cursor = if more { jobs.last().map(|(_, s)| *s as u64) } else { None };
+            Ok(JobPage { jobs: jobs.into_iter().map(|(j, _)| j).collect(), next_cursor })
+        })
+        .await
+    }
+
+    async fn cancel(&self, id: &JobId) -> Result<CancelOutcome, StoreError> {
+        let id = id.to_string();
+        let out = self
+            .write(move |conn| {
+                let Some(rec) = get_record(conn, &id)? else {
+                    return Ok((CancelOutcome::NotFound, Vec::new()));
+                };
+                if rec.status.is_final() {
+                    return Ok((CancelOutcome::AlreadyFinal(rec), Vec::new()));
+                }
+                let micros = clock::now_micros();
+                let (now, now_ms) = (clock::iso8601(micros), (micros / 1000) as i64);
+                if rec.status == JobStatus::Processing {
+                    conn.execute(
+                        "UPDATE jobs SET cancel_requested = 1, updated_at = ?2, updated_ms = ?3 WHERE id = ?1",
+                        params![id, now, now_ms],
+                    )?;
+                    let rec = get_record(conn, &id)?.expect("exists");
+                    return Ok((CancelOutcome::Requested(rec.clone()), vec![rec]));
+                }
+                conn.execute(
+                    "UPDATE jobs SET status = 'failed', error = 'cancelled', cancelled = 1, \
+                     cancel_requested = 1, lease_token = NULL, updated_at = ?2, updated_ms = ?3 WHERE id = ?1",
+                    params![id, now, now_ms],
+                )?;
+                let rec = get_record(conn, &id)?.expect("exists");
+                Ok((CancelOutcome::Cancelled(rec.clone()), vec![rec]))
+            })
+            .await?;
+        match &out {
+            CancelOutcome::Cancelled(j) => {
+                tracing::info!(job_id = %j.id, "job failed: cancelled while queued")
+            }
+            CancelOutcome::Requested(j) => {
+                tracing::info!(job_id = %j.id, "cancel requested for running job")
+            }
+            _ => {}
+        }
+        Ok(out)
+    }
+
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
+        let ttl = self.settings.worker_ttl.as_millis() as i64;
+        self.read(move |c| {
+            let now = clock::now_ms() as i64;
+            let (queued, delayed): (i64, i64) = c.query_row(
+                "SELECT COALESCE(SUM(run_at <= ?1), 0), COALESCE(SUM(run_at > ?1), 0) FROM jobs WHERE status = 'queued'",
+                params![now],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let dead: i64 = c.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get(0))?;
+            let workers: i64 = c.query_row(
+                "SELECT COUNT(*) FROM workers WHERE heartbeat_ms > ?1",
+                params![now - ttl],
+                |r| r.get(0),
+            )?;
+            Ok(QueueStats {
+                queued: queued as u64,
+                delayed: delayed as u64,
+                dead: dead as u64,
+                workers: workers as u64,
+            })
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, worker: &WorkerId) -> Result<(), StoreError> {
+        {
+            let mut own = self.own_workers.lock().expect("own workers");
+            if !own.iter().any(|w| w == worker.as_str()) {
+                own.push(worker.as_str().to_owned());
+            }
+        }
+        let w = worker.clone();
+        self.write(move |conn| {
+            let (host, pid) = w
+                .host_pid()
+                .map(|(h, p)| (h.to_owned(), p))
+                .unwrap_or_default();
+            conn.execute(
+                "INSERT INTO workers (id, host, pid, heartbeat_ms) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT(id) DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms",
+                params![w.as_str(), host, pid, clock::now_ms() as i64],
+            )?;
+            Ok(((), Vec::new()))
+        })
+        .await
+    }
+
+    async fn deregister(&self, worker: &WorkerId) -> Result<(), StoreError> {
+        let w = worker.as_str().to_owned();
+        self.own_workers
+            .lock()
+            .expect("own workers")
+            .retain(|x| *x != w);
+        self.write(move |conn| {
+            conn.execute("DELETE FROM workers WHERE id = ?1", params![w])?;
+            Ok(((), Vec::new()))
+        })
+        .await
+    }
+
+    async fn claim(&self, worker: &WorkerId, wait: Duration) -> Result<Option<Claim>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register interest before looking, so an enqueue between the look and
+            // the wait is not missed.
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.try_claim(worker).await? {
+                ClaimTry::Leased(c) => return Ok(Some(*c)),
+                ClaimTry::Dropped => continue,
+                ClaimTry::Empty => {}
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let nap = (deadline - now).min(CLAIM_POLL);
+            let _ = tokio::time::timeout(nap, notified).await;
+        }
+    }
+
+    async fn update(
+        &self,
+        lease: &Lease,
+        progress: Option<u8>,
+        backend: Option<&str>,
+    ) -> Result<LeaseState, StoreError> {
+        let (id, token) = (lease.job_id.to_string(), lease.token.clone());
+        let backend = backend.map(str::to_owned);
+        self.write(move |conn| {
+            let Some((_, cancel)) = holds_lease(conn, &id, &token)? else {
+                return Ok((LeaseState::Lost, Vec::new()));
+            };
+            let micros = clock::now_micros();
+            let changed = conn.execute(
+                "UPDATE jobs SET progress = MAX(progress, COALESCE(?2, progress)), \
+                 backend = COALESCE(?3, backend), updated_at = ?4, updated_ms = ?5 \
+                 WHERE id = ?1 AND (progress < COALESCE(?2, -1) OR backend != COALESCE(?3, backend))",
+                params![id, progress.map(|p| p.min(100) as i64), backend, clock::iso8601(micros), (micros / 1000) as i64],
+            )?;
+            let events = if changed > 0 { get_record(conn, &id)?.into_iter().collect() } else { Vec::new() };
+            let state = if cancel { LeaseState::CancelRequested } else { LeaseState::Held };
+            Ok((state, events))
+        })
+        .await
+    }
+
+    async fn complete(&self, lease: &Lease, completion: Completion) -> Result<bool, StoreError> {
+        let (id, token) = (lease.job_id.to_string(), lease.token.clone());
+        let c = completion.clone();
+        let written = self
+            .write(move |conn| {
+                match holds_lease(conn, &id, &token)? {
+                    Some((status, _)) if status == "processing" => {}
+                    _ => return Ok((false, Vec::new())),
+                }
+                let micros = clock::now_micros();
+                let (now, now_ms) = (clock::iso8601(micros), (micros / 1000) as i64);
+                match &c {
+                    Completion::Finished { image_url, outputs } => conn.execute(
+                        "UPDATE jobs SET status = 'finished', progress = 100, image_url = ?2, outputs = ?3, \
+                         error = '', lease_token = NULL, updated_at = ?4, updated_ms = ?5 WHERE id = ?1",
+                        params![id, image_url, serde_json::to_string(outputs).unwrap_or_default(), now, now_ms],
+                    )?,
+                    Completion::Failed { error } => conn.execute(
+                        "UPDATE jobs SET status = 'failed', error = ?2, lease_token = NULL, \
+                         updated_at = ?3, updated_ms = ?4 WHERE id = ?1",
+                        params![id, error, now, now_ms],
+                    )?,
+                    Completion::Cancelled => conn.execute(
+                        "UPDATE jobs SET status = 'failed', error = 'cancelled', cancelled = 1, \
+                         lease_token = NULL, updated_at = ?2, updated_ms = ?3 WHERE id = ?1",
+                        params![id, now, now_ms],
+                    )?,
+                };
+                Ok((true, get_record(conn, &id)?.into_iter().collect()))
+            })
+            .await?;
+        if written {
+            match &completion {
+                Completion::Finished { .. } => {
+                    tracing::info!(job_id = %lease.job_id, "job finished")
+                }
+                Completion::Failed { error } => {
+                    tracing::info!(job_id = %lease.job_id, %error, "job failed")
+                }
+                Completion::Cancelled => {
+                    tracing::info!(job_id = %lease.job_id, "job failed: cancelled")
+                }
+            }
+        } else {
+            tracing::warn!(job_id = %lease.job_id, "outcome refused: this worker no longer holds the lease");
+        }
+        Ok(written)
+    }
+
+    async fn retry_later(
+        &self,
+        lease: &Lease,
+        error: &str,
+        delay: Duration,
+    ) -> Result<RetryOutcome, StoreError> {
+        let (id, token) = (lease.job_id.to_string(), lease.token.clone());
+        let err_text = error.to_owned();
+        let max_attempts = self.settings.max_attempts as i64;
+        let payload = lease.payload.clone();
+        let out = self
+            .write(move |conn| {
+                let cancel = match holds_lease(conn, &id, &token)? {
+                    Some((status, cancel)) if status == "processing" => cancel,
+                    _ => return Ok((RetryOutcome::Lost, Vec::new())),
+                };
+                let micros = clock::now_micros();
+                let (now, now_ms) = (clock::iso8601(micros), (micros / 1000) as i64);
+                let attempt: i64 = conn.query_row("SELECT attempt FROM jobs WHERE id = ?1", params![id], |r| r.get(0))?;
+                let outcome = if cancel {
+                    conn.execute(
+                        "UPDATE jobs SET status = 'failed', error = 'cancelled', cancelled = 1, \
+                         lease_token = NULL, updated_at = ?2, updated_ms = ?3 WHERE id = ?1",
+                        params![id, now, now_ms],
+                    )?;
+                    RetryOutcome::Cancelled
+                } else if attempt >= max_attempts {
+                    let msg = gave_up_message(attempt as u32, &err_text);
+                    conn.execute(
+                        "UPDATE jobs SET status = 'failed', error = ?2, last_error = ?3, lease_token = NULL, \
+                         updated_at = ?4, updated_ms = ?5 WHERE id = ?1",
+                        params![id, msg, err_text, now, now_ms],
+                    )?;
+                    insert_dead_letter(conn, &id, &msg, attempt, &payload, &now)?;
+                    RetryOutcome::GaveUp
+                } else {
+                    let due = now_ms + delay.as_millis() as i64;
+                    conn.execute(
+                        "UPDATE jobs SET status = 'queued', progress = 0, last_error = ?2, run_at = ?3, \
+                         queue_seq = (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM jobs), \
+                         lease_token = NULL, worker_id = '', updated_at = ?4, updated_ms = ?5 WHERE id = ?1",
+                        params![id, err_text, due, now, now_ms],
+                    )?;
+                    RetryOutcome::Scheduled { due_ms: due as u64 }
+                };
+                Ok((outcome, get_record(conn, &id)?.into_iter().collect()))
+            })
+            .await?;
+        match out {
+            RetryOutcome::Scheduled { .. } => {
+                tracing::info!(job_id = %lease.job_id, error, retry_in_ms = delay.as_millis() as u64, "job queued for retry")
+            }
+            RetryOutcome::GaveUp => {
+                tracing::warn!(job_id = %lease.job_id, error, "job failed: out of attempts, dead-lettered")
+            }
+            RetryOutcome::Cancelled => {
+                tracing::info!(job_id = %lease.job_id, "job failed: cancelled")
+            }
+            RetryOutcome::Lost => {}
+        }
+        Ok(out)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let (id, token) = (lease.job_id.to_string(), lease.token.clone());
+        let released = self
+            .write(move |conn| {
+                match holds_lease(conn, &id, &token)? {
+                    Some((status, _)) if status == "processing" => {}
+                    _ => return Ok((false, Vec::new())),
+                }
+                let micros = clock::now_micros();
+                conn.execute(
+                    "UPDATE jobs SET status = 'queued', progress = 0, attempt = MAX(attempt - 1, 0), \
+                     queue_seq = (SELECT COALESCE(MIN(queue_seq), 0) - 1 FROM jobs WHERE status = 'queued'), \
+                     lease_token = NULL, worker_id = '', updated_at = ?2, updated_ms = ?3 WHERE id = ?1",
+                    params![id, clock::iso8601(micros), (micros / 1000) as i64],
+                )?;
+                Ok((true, get_record(conn, &id)?.into_iter().collect()))
+            })
+            .await?;
+        if released {
+            self.wake.notify_waiters();
+            tracing::info!(job_id = %lease.job_id, "job handed back to the queue");
+        }
+        Ok(())
+    }
+
+    async fn reap(&self) -> Result<Vec<JobId>, StoreError> {
+        let ttl = self.settings.worker_ttl.as_millis() as i64;
+        let rows: Vec<(String, String, u32)> = self
+            .read(|c| {
+                c.prepare("SELECT id, host, pid FROM workers")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .await?;
+        let dead_local: Vec<String> = rows
+            .into_iter()
+            .filter(|(id, host, pid)| self.dead_local_worker(id, host, *pid))
+            .map(|(id, ..)| id)
+            .collect();
+        let reaped = self
+            .write(move |conn| {
+                let micros = clock::now_micros();
+                let now_ms = (micros / 1000) as i64;
+                for id in &dead_local {
+                    conn.execute("DELETE FROM workers WHERE id = ?1", params![id])?;
+                }
+                let ids: Vec<String> = conn
+                    .prepare(
+                        "SELECT id FROM jobs WHERE status = 'processing' AND worker_id NOT IN \
+                         (SELECT id FROM workers WHERE heartbeat_ms > ?1)",
+                    )?
+                    .query_map(params![now_ms - ttl], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let mut changed = Vec::new();
+                for id in &ids {
+                    conn.execute(
+                        "UPDATE jobs SET status = 'queued', progress = 0, lease_token = NULL, worker_id = '', \
+                         queue_seq = (SELECT COALESCE(MIN(queue_seq), 0) - 1 FROM jobs WHERE status = 'queued'), \
+                         updated_at = ?2, updated_ms = ?3 WHERE id = ?1",
+                        params![id, clock::iso8601(micros), now_ms],
+                    )?;
+                    changed.extend(get_record(conn, id)?);
+                }
+                // Forget workers long gone that hold nothing.
+                conn.execute(
+                    "DELETE FROM workers WHERE heartbeat_ms <= ?1 AND id NOT IN \
+                     (SELECT worker_id FROM jobs WHERE status = 'processing')",
+                    params![now_ms - ttl],
+                )?;
+                Ok((ids, changed))
+            })
+            .await?;
+        for id in &reaped {
+            tracing::warn!(job_id = %id, "job queued again: its worker stopped heartbeating");
+        }
+        if !reaped.is_empty() {
+            self.wake.notify_waiters();
+        }
+        Ok(reaped
+            .into_iter()
+            .filter_map(|id| JobId::parse(&id).ok())
+            .collect())
+    }
+
+    async fn promote_due(&self) -> Result<u64, StoreError> {
+        // Delayed retries need no moving here (a claim checks `run_at`); this is the
+        // periodic housekeeping: wake claimers if retries are due, and drop records
+        // past their time to live, as Redis's TTL does.
+        let ttl = self.ttl_ms();
+        let due: i64 = self
+            .write(move |conn| {
+                let now = clock::now_ms() as i64;
+                conn.execute(
+                    "DELETE FROM jobs WHERE status IN ('finished', 'failed') AND updated_ms < ?1",
+                    params![now - ttl],
+                )?;
+                let due: i64 = conn.query_row(
+                    "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND run_at > 0 AND run_at <= ?1",
+                    params![now],
+                    |r| r.get(0),
+                )?;
+                Ok((due, Vec::new()))
+            })
+            .await?;
+        if due > 0 {
+            self.wake.notify_waiters();
+        }
+        Ok(due as u64)
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read(move |c| {
+            c.prepare("SELECT job_id, error, attempts, payload, failed_at FROM dead_letters ORDER BY seq DESC LIMIT ?1")?
+                .query_map(params![limit as i64], |r| {
+                    Ok(DeadLetter {
+                        job_id: r.get(0)?,
+                        error: r.get(1)?,
+                        attempts: r.get::<_, i64>(2)? as u32,
+                        payload: r.get(3)?,
+                        failed_at: r.get(4)?,
+                    })
+                })?
+                .collect()
+        })
+        .await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+        self.events.subscribe()
+    }
+}

@@ -1,0 +1,151 @@
+//! A ComfyUI backend as the worker sees it: its client, its socket, and its health
+//! (checked with `/system_stats`; a backend that stops answering is `down`, claims
+//! nothing, and rejoins by itself when it answers again).
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::clock;
+use crate::comfy::{ComfyClient, ComfySocket};
+
+/// A backend's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Not checked yet.
+    Unknown,
+    Up,
+    Down,
+}
+
+impl Health {
+    fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Info {
+    last_error: String,
+    last_error_at: String,
+    last_ok_at: String,
+    queue_remaining: Option<u64>,
+    device: String,
+}
+
+/// One ComfyUI server.
+pub struct Backend {
+    pub url: String,
+    pub client: ComfyClient,
+    pub socket: ComfySocket,
+    health: watch::Sender<Health>,
+    info: Mutex<Info>,
+    /// Jobs this process is running on it right now.
+    pub in_flight: AtomicUsize,
+    /// Jobs finished (any outcome) on it since start.
+    pub done: AtomicUsize,
+}
+
+impl Backend {
+    /// Opens the backend's socket at once (before any submit) with a stable client id.
+    pub fn start(url: &str, client_id: &str, stop: watch::Receiver<bool>) -> Backend {
+        let client = ComfyClient::new(url, client_id);
+        let socket = ComfySocket::spawn(client.ws_url(), stop);
+        Backend {
+            url: client.base_url().to_owned(),
+            client,
+            socket,
+            health: watch::channel(Health::Unknown).0,
+            info: Mutex::new(Info::default()),
+            in_flight: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn health(&self) -> Health {
+        *self.health.borrow()
+    }
+
+    /// Waits until the backend is up (or returns at once if it is).
+    pub async fn wait_up(&self) {
+        let mut rx = self.health.subscribe();
+        let _ = rx.wait_for(|h| *h == Health::Up).await;
+    }
+
+    /// Records a failure seen by anyone (a health check, a job): the backend is down
+    /// until a health check passes again.
+    pub fn mark_down(&self, error: &str) {
+        {
+            let mut info = self.info.lock().expect("backend info");
+            info.last_error = error.to_owned();
+            info.last_error_at = clock::iso8601(clock::now_micros());
+        }
+        if self.health.send_replace(Health::Down) != Health::Down {
+            tracing::warn!(backend = %self.url, %error, "backend down");
+        }
+    }
+
+    fn mark_up(&self, stats: &Value) {
+        {
+            let mut info = self.info.lock().expect("backend info");
+            info.last_ok_at = clock::iso8601(clock::now_micros());
+            info.device = stats
+                .pointer("/devices/0/name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+        }
+        if self.health.send_replace(Health::Up) != Health::Up {
+            tracing::info!(backend = %self.url, "backend up");
+        }
+    }
+
+    /// One health check.
+    pub async fn check(&self) {
+        match self.client.system_stats().await {
+            Ok(stats) => {
+                self.mark_up(&stats);
+                if let Ok(q) = self.client.queue().await {
+                    self.info.lock().expect("backend info").queue_remaining =
+                        Some((q.running.len() + q.pending.len()) as u64);
+                }
+            }
+            Err(e) => self.mark_down(&e.to_string()),
+        }
+    }
+
+    /// Checks the backend every `every` until `stop`.
+    pub async fn health_loop(&self, every: Duration, mut stop: watch::Receiver<bool>) {
+        loop {
+            self.check().await;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// The backend as `/health` shows it.
+    pub fn snapshot(&self) -> Value {
+        let info = self.info.lock().expect("backend info");
+        json!({
+            "url": self.url,
+            "state": self.health().as_str(),
+            "socket": if self.socket.is_connected() { "connected" } else { "disconnected" },
+            "in_flight": self.in_flight.load(Ordering::Relaxed),
+            "done": self.done.load(Ordering::Relaxed),
+            "queue_remaining": info.queue_remaining,
+            "device": info.device,
+            "last_ok_at": info.last_ok_at,
+            "last_error": info.last_error,
+            "last_error_at": info.last_error_at,
+        })
+    }
+}

@@ -1,0 +1,309 @@
+//! Workers: one dispatcher per ComfyUI backend, plus this process's heartbeat and
+//! the queue's maintenance (reaping dead workers' jobs, promoting due retries).
+//!
+//! A dispatcher claims a job only when its backend is up and has room: one prompt
+//! running plus `prefetch` already submitted, so the GPU starts the next prompt the
+//! moment the last one ends while the finished one's outputs are collected.
+
+pub mod backend;
+pub mod progress;
+pub mod run;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use self::backend::{Backend, Health};
+use self::run::{RunContext, run_job};
+use crate::api::BackendReport;
+use crate::storage::ImageStore;
+use crate::store::{JobStore, StoreError, WorkerId};
+use crate::workflow::WorkflowRegistry;
+
+/// How workers behave. Defaults are for production; tests shorten the durations.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// ComfyUI servers, one dispatcher each.
+    pub backends: Vec<String>,
+    /// Prompts submitted ahead of the running one on each backend.
+    pub prefetch: usize,
+    /// Longest a job may take on a backend (queue wait included) before it is
+    /// stopped and retried.
+    pub job_timeout: Duration,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How often `/history` is polled while the socket is healthy (a safety net for
+    /// a silent socket; with the socket down, polling is every 250 ms).
+    pub poll_interval: Duration,
+    /// How often each backend's `/system_stats` is checked.
+    pub health_interval: Duration,
+    /// How often this process heartbeats (well inside the store's worker TTL).
+    pub heartbeat_interval: Duration,
+    /// How often the reaper and the retry promoter run.
+    pub maintenance_interval: Duration,
+    /// How long one claim call waits for a job (bounds shutdown latency).
+    pub claim_wait: Duration,
+    /// After a shutdown signal, how long running jobs may take to finish before
+    /// they are handed back to the queue.
+    pub shutdown_grace: Duration,
+    /// Prefix of output URLs.
+    pub public_url: String,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            backends: vec!["http://127.0.0.1:8188".into()],
+            prefetch: 1,
+            job_timeout: Duration::from_secs(600),
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(300),
+            poll_interval: Duration::from_secs(2),
+            health_interval: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(10),
+            maintenance_interval: Duration::from_secs(1),
+            claim_wait: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(30),
+            public_url: String::new(),
+        }
+    }
+}
+
+/// All the workers of one process.
+pub struct Workers {
+    pub id: WorkerId,
+    store: Arc<dyn JobStore>,
+    workflows: Arc<WorkflowRegistry>,
+    images: Arc<dyn ImageStore>,
+    config: Arc<WorkerConfig>,
+    backends: Vec<Arc<Backend>>,
+    /// Stops the sockets and health checks, last of all.
+    stop_backends: watch::Sender<bool>,
+}
+
+/// The backends of a process, as `/health` lists them.
+pub struct BackendList(Vec<Arc<Backend>>);
+
+impl BackendReport for BackendList {
+    fn snapshot(&self) -> serde_json::Value {
+        serde_json::Value::Array(self.0.iter().map(|b| b.snapshot()).collect())
+    }
+}
+
+impl Workers {
+    /// Sets up the backends (their sockets open at once).
+    pub fn start(
+        config: WorkerConfig,
+        store: Arc<dyn JobStore>,
+        workflows: Arc<WorkflowRegistry>,
+        images: Arc<dyn ImageStore>,
+    ) -> Workers {
+        let (stop_backends, stop_rx) = watch::channel(false);
+        let backends = config
+            .backends
+            .iter()
+            .map(|url| {
+                let client_id = format!("studio-{}", uuid::Uuid::new_v4().simple());
+                Arc::new(Backend::start(url, &client_id, stop_rx.clone()))
+            })
+            .collect();
+        Workers {
+            id: WorkerId::generate(),
+            store,
+            workflows,
+            images,
+            config: Arc::new(config),
+            backends,
+            stop_backends,
+        }
+    }
+
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    /// A view of the backends for `/health`.
+    pub fn report(&self) -> Arc<dyn BackendReport> {
+        Arc::new(BackendList(self.backends.clone()))
+    }
+
+    /// Runs until `shutdown` turns true; then stops claiming, lets running jobs
+    /// finish for the grace period, hands back the rest, and deregisters.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let id = self.id.clone();
+        tracing::info!(worker = %id, backends = ?self.config.backends, prefetch = self.config.prefetch, "workers starting");
+        if let Err(e) = self.store.heartbeat(&id).await {
+            tracing::warn!(error = %e, "first heartbeat failed; retrying in the background");
+        }
+        let (abort_tx, abort_rx) = watch::channel(false);
+        let stop_rx = self.stop_backends.subscribe();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(heartbeat_loop(
+            self.store.clone(),
+            id.clone(),
+            self.config.heartbeat_interval,
+            stop_rx.clone(),
+        ));
+        tasks.spawn(maintenance_loop(
+            self.store.clone(),
+            self.config.maintenance_interval,
+            shutdown.clone(),
+        ));
+        for b in &self.backends {
+            let b = b.clone();
+            let every = self.config.health_interval;
+            let stop = stop_rx.clone();
+            tasks.spawn(async move { b.health_loop(every, stop).await });
+        }
+        let mut dispatchers = JoinSet::new();
+        for b in &self.backends {
+            let ctx = RunContext {
+                store: self.store.clone(),
+                workflows: self.workflows.clone(),
+                images: self.images.clone(),
+                config: self.config.clone(),
+                backend: b.clone(),
+                abort: abort_rx.clone(),
+            };
+            dispatchers.spawn(dispatch(ctx, id.clone(), shutdown.clone()));
+        }
+        until_true(&mut shutdown.clone()).await;
+        tracing::info!(
+            grace_s = self.config.shutdown_grace.as_secs_f64(),
+            "workers stopping: no new claims; finishing running jobs"
+        );
+        let drained = tokio::time::timeout(self.config.shutdown_grace, async {
+            while dispatchers.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::info!("grace period over: handing running jobs back to the queue");
+            let _ = abort_tx.send(true);
+            while dispatchers.join_next().await.is_some() {}
+        }
+        if let Err(e) = self.store.deregister(&id).await {
+            tracing::warn!(error = %e, "could not deregister; the reaper will clean up");
+        }
+        let _ = self.stop_backends.send(true);
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        tracing::info!(worker = %id, "workers stopped");
+    }
+}
+
+/// One backend's dispatcher: claims while the backend is up and has room.
+async fn dispatch(ctx: RunContext, worker: WorkerId, mut shutdown: watch::Receiver<bool>) {
+    let backend = ctx.backend.clone();
+    let slots = Arc::new(Semaphore::new(1 + ctx.config.prefetch));
+    let mut runners = JoinSet::new();
+    loop {
+        while runners.try_join_next().is_some() {}
+        if *shutdown.borrow() {
+            break;
+        }
+        tokio::select! {
+            _ = backend.wait_up() => {}
+            _ = until_true(&mut shutdown) => break,
+        }
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = until_true(&mut shutdown) => break,
+        };
+        if backend.health() != Health::Up {
+            continue;
+        }
+        match ctx.store.claim(&worker, ctx.config.claim_wait).await {
+            Ok(Some(claim)) => {
+                backend.in_flight.fetch_add(1, Ordering::Relaxed);
+                let ctx = ctx.clone();
+                runners.spawn(async move {
+                    let b = ctx.backend.clone();
+                    run_job(ctx, claim).await;
+                    b.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    b.done.fetch_add(1, Ordering::Relaxed);
+                    drop(permit);
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, backend = %backend.url, "claim failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = until_true(&mut shutdown) => break,
+                }
+            }
+        }
+    }
+    while runners.join_next().await.is_some() {}
+}
+
+/// Claims one job for `backend` and runs it to its end, waiting up to `wait` for a
+/// job. The dispatcher's step, callable from tests; `Ok(false)` if none came.
+pub async fn run_one(
+    ctx: RunContext,
+    worker: &WorkerId,
+    wait: Duration,
+) -> Result<bool, StoreError> {
+    match ctx.store.claim(worker, wait).await? {
+        Some(claim) => {
+            run_job(ctx, claim).await;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+async fn heartbeat_loop(
+    store: Arc<dyn JobStore>,
+    id: WorkerId,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failing = false;
+    loop {
+        match store.heartbeat(&id).await {
+            Ok(()) if failing => {
+                tracing::info!("heartbeat restored");
+                failing = false;
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "heartbeat failed");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn maintenance_loop(
+    store: Arc<dyn JobStore>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(e) = store.reap().await {
+            tracing::debug!(error = %e, "reaper skipped");
+        }
+        if let Err(e) = store.promote_due().await {
+            tracing::debug!(error = %e, "retry promotion skipped");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = until_true(&mut stop) => return,
+        }
+    }
+}
+
+/// Waits until a shutdown-style flag turns true (or its sender is gone).
+pub(crate) async fn until_true(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|v| *v).await;
+}

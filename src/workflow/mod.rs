@@ -1,0 +1,335 @@
+//! Workflows: named ComfyUI API-format graphs with declared parameters.
+//!
+//! A template file is JSON: `{"name", "description", "params": {name: ParamSpec},
+//! "graph": {node id: {"class_type", "inputs"}}}`. Built-in templates live in
+//! `workflows/` and are compiled into the binary; users add their own in a directory
+//! (`--workflows DIR`). See `docs/workflows.md`.
+
+pub mod param;
+pub mod request;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+pub use param::{ParamKind, ParamSpec, Target, Transform};
+
+/// The workflow used when a request names none (as in the prototype).
+pub const DEFAULT_WORKFLOW: &str = "sdxl";
+
+/// Templates compiled into the binary.
+const BUILT_IN: &[(&str, &str)] = &[
+    ("sdxl.json", include_str!("../../workflows/sdxl.json")),
+    ("sd15.json", include_str!("../../workflows/sd15.json")),
+    ("smoke.json", include_str!("../../workflows/smoke.json")),
+];
+
+/// Parameters every workflow has, because the prototype's contract has them.
+pub const CONTRACT_PARAMS: &[&str] = &["prompt", "seed"];
+
+/// Why a template could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    #[error("{file}: {message}")]
+    Invalid { file: String, message: String },
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        file: String,
+        source: std::io::Error,
+    },
+}
+
+/// A loaded, checked template.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workflow {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub params: BTreeMap<String, ParamSpec>,
+    pub graph: Map<String, Value>,
+}
+
+impl Workflow {
+    /// Parses and checks one template file's text.
+    pub fn parse(file: &str, text: &str) -> Result<Workflow, WorkflowError> {
+        let invalid = |message: String| WorkflowError::Invalid {
+            file: file.to_owned(),
+            message,
+        };
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+        if is_ui_format(&value) || value.get("graph").is_some_and(is_ui_format) {
+            return Err(invalid(
+                "this is a ComfyUI UI-format workflow (it has \"nodes\" and \"links\"); \
+                 Studio Core needs the API format. In ComfyUI, open the workflow and use \
+                 Workflow → Export (API) (older versions: enable Dev mode in the settings, \
+                 then \"Save (API Format)\"), then put that graph under \"graph\" in a \
+                 template file (see docs/workflows.md)"
+                    .into(),
+            ));
+        }
+        let wf: Workflow =
+            serde_json::from_value(value).map_err(|e| invalid(format!("not a template: {e}")))?;
+        wf.check().map_err(invalid)?;
+        Ok(wf)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "workflow name {:?} must be letters, digits, '-' or '_'",
+                self.name
+            ));
+        }
+        if self.graph.is_empty() {
+            return Err("the graph has no nodes".into());
+        }
+        for (id, node) in &self.graph {
+            if node.get("class_type").and_then(Value::as_str).is_none() {
+                return Err(format!("node {id} has no class_type"));
+            }
+            if !node.get("inputs").is_some_and(Value::is_object) {
+                return Err(format!("node {id} has no inputs object"));
+            }
+        }
+        for (name, spec) in &self.params {
+            if name == "workflow" {
+                return Err("a parameter cannot be named \"workflow\"".into());
+            }
+            if spec.kind == ParamKind::Enum && spec.choices.is_empty() {
+                return Err(format!("parameter {name}: an enum needs choices"));
+            }
+            for t in &spec.targets {
+                if !self.graph.contains_key(&t.node) {
+                    return Err(format!("parameter {name}: no node {} in the graph", t.node));
+                }
+            }
+            if let Some(d) = &spec.default {
+                spec.check(d)
+                    .map_err(|e| format!("parameter {name}: default {d} {}", e.message))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The graph for one job: parameters written into their targets, every
+    /// `filename_prefix` made unique to the job.
+    pub fn render(
+        &self,
+        job_id: &str,
+        prompt: &str,
+        seed: u64,
+        params: &Map<String, Value>,
+    ) -> Value {
+        let mut graph = Value::Object(self.graph.clone());
+        for (name, spec) in &self.params {
+            let value = match name.as_str() {
+                "prompt" => Some(Value::from(prompt)),
+                "seed" => Some(Value::from(seed)),
+                _ => params.get(name).cloned().or_else(|| spec.default.clone()),
+            };
+            if let Some(v) = value {
+                spec.apply(&mut graph, &v);
+            }
+        }
+        let prefix = filename_prefix(job_id);
+        let savers: Vec<String> = self
+            .graph
+            .iter()
+            .filter(|(_, n)| n["inputs"].get("filename_prefix").is_some())
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &savers {
+            let p = if savers.len() == 1 {
+                prefix.clone()
+            } else {
+                format!("{prefix}_{}", sanitize(id))
+            };
+            graph[id]["inputs"]["filename_prefix"] = Value::from(p);
+        }
+        graph
+    }
+
+    /// Declared defaults for the parameters a request did not give.
+    pub fn resolve_defaults(&self, params: &mut Map<String, Value>) {
+        for (name, spec) in &self.params {
+            if CONTRACT_PARAMS.contains(&name.as_str()) || params.contains_key(name) {
+                continue;
+            }
+            if let Some(d) = &spec.default {
+                params.insert(name.clone(), d.clone());
+            }
+        }
+    }
+}
+
+/// The per-job file name prefix: every saved file starts with it, so a cached run can
+/// never hand back another job's file.
+pub fn filename_prefix(job_id: &str) -> String {
+    format!("studio_{}", sanitize(job_id))
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A UI-format graph (what ComfyUI's "Save" writes) has `nodes` and `links` lists, or
+/// `last_node_id`; an API-format graph is a map of node ids.
+pub fn is_ui_format(v: &Value) -> bool {
+    v.get("last_node_id").is_some()
+        || (v.get("nodes").is_some_and(Value::is_array) && v.get("links").is_some())
+}
+
+/// All known workflows, by name.
+#[derive(Clone, Debug)]
+pub struct WorkflowRegistry {
+    by_name: BTreeMap<String, Workflow>,
+}
+
+impl WorkflowRegistry {
+    /// The built-in templates only.
+    pub fn built_in() -> Self {
+        let by_name = BUILT_IN
+            .iter()
+            .map(|(file, text)| {
+                let wf = Workflow::parse(file, text).expect("built-in templates are valid");
+                (wf.name.clone(), wf)
+            })
+            .collect();
+        WorkflowRegistry { by_name }
+    }
+
+    /// Built-ins plus every `*.json` in `dir` (a user template replaces a built-in of
+    /// the same name). Any invalid file is an error: better to refuse to start than
+    /// to run without a workflow someone counts on.
+    pub fn load(dir: Option<&Path>) -> Result<Self, WorkflowError> {
+        let mut reg = Self::built_in();
+        let Some(dir) = dir else { return Ok(reg) };
+        let io = |file: &Path, source| WorkflowError::Io {
+            file: file.display().to_string(),
+            source,
+        };
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| io(dir, e))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        for path in files {
+            let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
+            let wf = Workflow::parse(&path.display().to_string(), &text)?;
+            reg.by_name.insert(wf.name.clone(), wf);
+        }
+        Ok(reg)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Workflow> {
+        self.by_name.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Workflow> {
+        self.by_name.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn built_ins_load() {
+        let reg = WorkflowRegistry::built_in();
+        assert_eq!(reg.names().collect::<Vec<_>>(), ["sd15", "sdxl", "smoke"]);
+    }
+
+    #[test]
+    fn ui_format_is_refused_with_export_instructions() {
+        let text = r#"{"last_node_id": 9, "nodes": [], "links": []}"#;
+        let e = Workflow::parse("mine.json", text).unwrap_err().to_string();
+        assert!(e.contains("UI-format"), "{e}");
+        assert!(e.contains("Export (API)"), "{e}");
+    }
+
+    #[test]
+    fn templates_with_dangling_targets_are_refused() {
+        let t = json!({"name": "x", "graph": {"1": {"class_type": "A", "inputs": {}}},
+            "params": {"steps": {"type": "int", "targets": [{"node": "9", "input": "steps"}]}}});
+        let e = Workflow::parse("x.json", &t.to_string())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no node 9"), "{e}");
+    }
+
+    #[test]
+    fn render_writes_values_as_json_and_prefixes_outputs() {
+        let reg = WorkflowRegistry::built_in();
+        let wf = reg.get("sdxl").unwrap();
+        let prompt = "a \"quoted\" {brace} prompt, ünïcødé \\ and\nnewline";
+        let mut params = Map::new();
+        params.insert("steps".into(), json!(7));
+        wf.resolve_defaults(&mut params);
+        let g = wf.render("job-1", prompt, u64::MAX, &params);
+        let text = g.to_string();
+        let back: Value = serde_json::from_str(&text).unwrap();
+        let positive =
+            back.as_object().unwrap().values().find(|n| {
+                n["class_type"] == "CLIPTextEncode" && n["inputs"]["text"] == json!(prompt)
+            });
+        assert!(positive.is_some(), "prompt arrives intact: {text}");
+        let sampler = back
+            .as_object()
+            .unwrap()
+            .values()
+            .find(|n| n["class_type"] == "KSampler")
+            .unwrap();
+        assert_eq!(sampler["inputs"]["seed"], json!(u64::MAX));
+        assert_eq!(sampler["inputs"]["steps"], json!(7));
+        let saver = back
+            .as_object()
+            .unwrap()
+            .values()
+            .find(|n| n["class_type"] == "SaveImage")
+            .unwrap();
+        assert_eq!(saver["inputs"]["filename_prefix"], json!("studio_job-1"));
+    }
+
+    #[test]
+    fn user_templates_load_from_a_directory() {
+        let dir = std::env::temp_dir().join(format!("wf-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("mine.json"),
+            json!({"name": "mine", "graph": {"1": {"class_type": "A", "inputs": {}}}}).to_string(),
+        )
+        .unwrap();
+        let reg = WorkflowRegistry::load(Some(&dir)).unwrap();
+        assert!(reg.get("mine").is_some());
+        assert!(reg.get("sdxl").is_some());
+        std::fs::write(dir.join("ui.json"), r#"{"nodes": [], "links": []}"#).unwrap();
+        assert!(WorkflowRegistry::load(Some(&dir)).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

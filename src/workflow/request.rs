@@ -1,0 +1,258 @@
+//! `POST /api/generate` bodies: parsed once, at the edge, into a [`NewJob`] that is
+//! valid by construction.
+
+use serde_json::{Map, Value};
+
+use super::param::MAX_STRING_CHARS;
+use super::{CONTRACT_PARAMS, DEFAULT_WORKFLOW, WorkflowRegistry};
+use crate::job::NewJob;
+
+/// A request that cannot become a job: which field, a stable code, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: Option<String>,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: &str, code: &'static str, message: impl Into<String>) -> Self {
+        FieldError {
+            field: (!field.is_empty()).then(|| field.to_owned()),
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks a submission body and turns it into a new job. A missing seed becomes a
+/// random one; parameters the request leaves out get their declared defaults.
+pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<NewJob, FieldError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| FieldError::new("", "invalid-body", "request body must be a JSON object"))?;
+
+    let prompt = match obj.get("prompt") {
+        None | Some(Value::Null) => {
+            return Err(FieldError::new(
+                "prompt",
+                "invalid-prompt",
+                "prompt is required",
+            ));
+        }
+        Some(Value::String(s)) => s,
+        Some(_) => {
+            return Err(FieldError::new(
+                "prompt",
+                "invalid-prompt",
+                "prompt must be a string",
+            ));
+        }
+    };
+    if prompt.trim().is_empty() {
+        return Err(FieldError::new(
+            "prompt",
+            "invalid-prompt",
+            "prompt must not be empty or only whitespace",
+        ));
+    }
+
+    let name = match obj.get("workflow") {
+        None | Some(Value::Null) => DEFAULT_WORKFLOW,
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => {
+            return Err(FieldError::new(
+                "workflow",
+                "invalid-workflow",
+                "workflow must be a string",
+            ));
+        }
+    };
+    let workflow = workflows.get(name).ok_or_else(|| {
+        FieldError::new(
+            "workflow",
+            "unknown-workflow",
+            format!(
+                "unknown workflow {name:?}; known workflows: {}",
+                workflows.names().collect::<Vec<_>>().join(", ")
+            ),
+        )
+    })?;
+
+    let limit = workflow
+        .params
+        .get("prompt")
+        .and_then(|p| p.max_length)
+        .unwrap_or(MAX_STRING_CHARS);
+    let chars = prompt.chars().count();
+    if chars > limit {
+        return Err(FieldError::new(
+            "prompt",
+            "prompt-too-long",
+            format!("prompt must be at most {limit} characters (got {chars})"),
+        ));
+    }
+
+    let seed = match obj.get("seed") {
+        None | Some(Value::Null) => fastrand::u64(..),
+        Some(v) => v.as_u64().ok_or_else(|| {
+            FieldError::new(
+                "seed",
+                "invalid-seed",
+                format!("seed must be an integer from 0 to {}", u64::MAX),
+            )
+        })?,
+    };
+
+    let unknown: Vec<&str> = obj
+        .keys()
+        .map(String::as_str)
+        .filter(|k| {
+            *k != "workflow" && !CONTRACT_PARAMS.contains(k) && !workflow.params.contains_key(*k)
+        })
+        .collect();
+    if !unknown.is_empty() {
+        let accepted: Vec<&str> = ["prompt", "seed", "workflow"]
+            .into_iter()
+            .chain(
+                workflow
+                    .params
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|k| !CONTRACT_PARAMS.contains(k)),
+            )
+            .collect();
+        return Err(FieldError::new(
+            &unknown.join(","),
+            "unknown-field",
+            format!(
+                "unknown field{} {}; workflow {:?} accepts: {}",
+                if unknown.len() == 1 { "" } else { "s" },
+                unknown
+                    .iter()
+                    .map(|k| format!("{k:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                workflow.name,
+                accepted.join(", ")
+            ),
+        ));
+    }
+
+    let mut params = Map::new();
+    for (key, spec) in &workflow.params {
+        if CONTRACT_PARAMS.contains(&key.as_str()) {
+            continue;
+        }
+        match obj.get(key) {
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                let v = spec.check(v).map_err(|e| {
+                    FieldError::new(key, "invalid-param", format!("{key} {}", e.message))
+                })?;
+                params.insert(key.clone(), v);
+            }
+        }
+    }
+    workflow.resolve_defaults(&mut params);
+
+    Ok(NewJob::new(
+        prompt.clone(),
+        seed,
+        workflow.name.clone(),
+        params,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<NewJob, FieldError> {
+        parse_submission(&v, &WorkflowRegistry::built_in())
+    }
+
+    #[test]
+    fn the_prototype_body_is_accepted() {
+        let job = parse(json!({"prompt": "a cat", "seed": 42, "workflow": "sdxl"})).unwrap();
+        assert_eq!(job.prompt, "a cat");
+        assert_eq!(job.seed, 42);
+        assert_eq!(job.workflow, "sdxl");
+        assert_eq!(job.params["steps"], json!(25), "defaults are resolved");
+    }
+
+    #[test]
+    fn missing_workflow_means_sdxl_and_missing_seed_is_random() {
+        let a = parse(json!({"prompt": "x"})).unwrap();
+        let b = parse(json!({"prompt": "x", "seed": null})).unwrap();
+        assert_eq!(a.workflow, "sdxl");
+        assert_ne!(a.seed, b.seed, "two random seeds differ (1 in 2^64 flake)");
+    }
+
+    #[test]
+    fn bad_prompts_name_the_field() {
+        for body in [
+            json!({}),
+            json!({"prompt": ""}),
+            json!({"prompt": " \n\t"}),
+            json!({"prompt": 5}),
+        ] {
+            let e = parse(body).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("prompt"));
+            assert_eq!(e.code, "invalid-prompt");
+        }
+        let e = parse(json!({"prompt": "x".repeat(MAX_STRING_CHARS + 1)})).unwrap_err();
+        assert_eq!(e.code, "prompt-too-long");
+    }
+
+    #[test]
+    fn seeds_must_be_u64() {
+        for seed in [
+            json!(-1),
+            json!(1.5),
+            json!("42"),
+            json!(18446744073709551616.0),
+            json!(true),
+        ] {
+            let e = parse(json!({"prompt": "x", "seed": seed})).unwrap_err();
+            assert_eq!(e.code, "invalid-seed", "{seed}");
+        }
+        assert_eq!(
+            parse(json!({"prompt": "x", "seed": u64::MAX}))
+                .unwrap()
+                .seed,
+            u64::MAX
+        );
+        assert_eq!(parse(json!({"prompt": "x", "seed": 0})).unwrap().seed, 0);
+    }
+
+    #[test]
+    fn unknown_workflows_list_the_known_ones() {
+        let e = parse(json!({"prompt": "x", "workflow": "nope"})).unwrap_err();
+        assert_eq!(e.code, "unknown-workflow");
+        assert!(e.message.contains("sd15, sdxl, smoke"), "{}", e.message);
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e = parse(json!({"prompt": "x", "colour": 1, "size": 2})).unwrap_err();
+        assert_eq!(e.code, "unknown-field");
+        assert_eq!(e.field.as_deref(), Some("colour,size"));
+        assert!(e.message.contains("\"colour\""), "{}", e.message);
+    }
+
+    #[test]
+    fn params_are_checked_against_the_declaration() {
+        let e = parse(json!({"prompt": "x", "steps": 0})).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("invalid-param", Some("steps"))
+        );
+        let e = parse(json!({"prompt": "x", "workflow": "smoke", "width": 100000})).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("width"));
+        let ok =
+            parse(json!({"prompt": "x", "workflow": "smoke", "width": 32, "height": 16})).unwrap();
+        assert_eq!(ok.params["width"], json!(32));
+    }
+}
