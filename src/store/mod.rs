@@ -257,7 +257,8 @@ pub trait JobStore: Send + Sync + 'static {
     /// Checks that the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Records a new job as queued and puts it at the back of the queue.
+    /// Records a new job as queued and puts it at the back of the queue. Idempotent
+    /// by job id: a job already known is returned as it is, not queued again.
     async fn enqueue(&self, job: &NewJob) -> Result<JobRecord, StoreError>;
 
     /// A job's record, or `None` if unknown (or expired).
@@ -324,10 +325,11 @@ pub trait JobStore: Send + Sync + 'static {
 
 /// The error text of a job that ran out of attempts.
 pub fn gave_up_message(attempts: u32, last_error: &str) -> String {
+    let plural = if attempts == 1 { "" } else { "s" };
     if last_error.is_empty() {
-        format!("gave up after {attempts} attempts")
+        format!("gave up after {attempts} attempt{plural}")
     } else {
-        format!("gave up after {attempts} attempts; last error: {last_error}")
+        format!("gave up after {attempts} attempt{plural}; last error: {last_error}")
     }
 }
 

@@ -525,7 +525,10 @@ impl JobStore for RedisStore {
             status.arg(f).arg(v);
         }
         let mut conn = self.conn.clone();
-        self.run(status.invoke_async::<i64>(&mut conn)).await?;
+        let created: i64 = self.run(status.invoke_async(&mut conn)).await?;
+        if created == 0 {
+            return Ok(self.get(&job.id).await?.unwrap_or(record));
+        }
         let mut push = self.scripts.enqueue_push.prepare_invoke();
         push.key(k.queue())
             .key(k.index())

@@ -456,12 +456,12 @@ impl JobStore for SqliteStore {
         let r = rec.clone();
         let out = self
             .write(move |conn| {
-                conn.prepare_cached(
+                let inserted = conn.prepare_cached(
                     "INSERT INTO jobs (id, list_seq, queue_seq, status, created_at, updated_at, \
                      updated_ms, prompt, seed, workflow, params, payload) VALUES (?1, \
                      (SELECT COALESCE(MAX(list_seq), 0) + 1 FROM jobs), \
                      (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM jobs), \
-                     'queued', ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                     'queued', ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO NOTHING",
                 )?
                 .execute(params![
                     r.id,
@@ -473,6 +473,10 @@ impl JobStore for SqliteStore {
                     params_json,
                     payload
                 ])?;
+                if inserted == 0 {
+                    let existing = get_record(conn, &r.id)?.unwrap_or(r);
+                    return Ok((existing, Vec::new()));
+                }
                 Ok((r.clone(), vec![r]))
             })
             .await?;

@@ -22,7 +22,8 @@ local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 if attempt > tonumber(ARGV[6]) then
   local used = attempt - 1
   local last = redis.call('HGET', KEYS[1], 'last_error') or ''
-  local msg = 'gave up after ' .. used .. ' attempts'
+  local msg = 'gave up after ' .. used .. ' attempt'
+  if used ~= 1 then msg = msg .. 's' end
   if last ~= '' then msg = msg .. '; last error: ' .. last end
   redis.call('HSET', KEYS[1], 'status', 'failed', 'error', msg, 'attempt', used,
     'updated_at', ARGV[4], 'updated_ms', ARGV[5])

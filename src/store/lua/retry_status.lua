@@ -15,7 +15,9 @@ if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
   return {'cancelled'}
 end
 if attempt >= tonumber(ARGV[8]) then
-  local msg = 'gave up after ' .. attempt .. ' attempts; last error: ' .. ARGV[7]
+  local msg = 'gave up after ' .. attempt .. ' attempt'
+  if attempt ~= 1 then msg = msg .. 's' end
+  msg = msg .. '; last error: ' .. ARGV[7]
   redis.call('HSET', KEYS[1], 'status', 'failed', 'error', msg, 'last_error', ARGV[7],
     'updated_at', ARGV[3], 'updated_ms', ARGV[4])
   redis.call('HDEL', KEYS[1], 'lease_token', 'payload')

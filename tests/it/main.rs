@@ -1,0 +1,5 @@
+//! The integration test binary (one binary: one link, shared harness).
+
+mod support;
+
+mod store_conformance;

@@ -1,0 +1,324 @@
+//! Test harness: the real app on port 0, a real Redis (each test under its own key
+//! prefix), the ComfyUI stand-in, typed HTTP helpers.
+
+#![allow(dead_code)]
+
+pub mod standin;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use serde_json::Value;
+use studio_core::app::App;
+use studio_core::config::{Role, ServerArgs};
+use studio_core::store::{JobStore, RedisStore, SqliteStore, StoreSettings};
+use tokio::sync::oneshot;
+
+/// The Redis the tests use: `TEST_REDIS_URL`, or the one every developer and CI
+/// machine runs on 127.0.0.1:6379. Tests fail (never skip) when it is not there.
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+/// Logs to stderr when `TEST_LOG` is set.
+pub fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(
+                    std::env::var("TEST_LOG").unwrap_or_else(|_| "info".into()),
+                ))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// A unique Redis key prefix; every key under it is deleted when dropped.
+pub struct RedisPrefix {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl RedisPrefix {
+    pub fn new() -> Self {
+        RedisPrefix {
+            url: redis_url(),
+            prefix: format!("t{}:", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        }
+    }
+
+    /// A synchronous connection for arranging and inspecting keys directly.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap_or_else(|e| panic!("Redis at {} is required for this test: {e}", self.url))
+    }
+
+    /// All keys under this prefix.
+    pub fn keys(&self) -> Vec<String> {
+        let mut c = self.conn();
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("*{}*", self.prefix))
+            .query(&mut c)
+            .unwrap();
+        keys.sort();
+        keys
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        if let Ok(mut c) = redis::Client::open(self.url.as_str()).and_then(|c| c.get_connection()) {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("*{}*", self.prefix))
+                .query(&mut c)
+                .unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query(&mut c);
+            }
+        }
+    }
+}
+
+/// A temporary directory, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let p = std::env::temp_dir().join(format!("studio-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Which store a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backing {
+    Sqlite,
+    Redis,
+}
+
+/// Store settings with short times, so lease expiry and retries take milliseconds.
+pub fn fast_settings() -> StoreSettings {
+    StoreSettings {
+        job_ttl: Duration::from_secs(3600),
+        max_attempts: 3,
+        worker_ttl: Duration::from_millis(400),
+        index_cap: 1000,
+    }
+}
+
+/// A store for conformance tests, with what keeps it alive.
+pub struct TestStore {
+    pub store: Arc<dyn JobStore>,
+    pub redis: Option<RedisPrefix>,
+    pub dir: TempDir,
+}
+
+pub fn test_store(kind: Backing, settings: StoreSettings) -> TestStore {
+    init_logs();
+    let dir = TempDir::new();
+    match kind {
+        Backing::Sqlite => TestStore {
+            store: Arc::new(SqliteStore::open(dir.path(), settings).unwrap()),
+            redis: None,
+            dir,
+        },
+        Backing::Redis => {
+            let r = RedisPrefix::new();
+            let store = Arc::new(RedisStore::connect(&r.url, &r.prefix, settings).unwrap());
+            TestStore {
+                store,
+                redis: Some(r),
+                dir,
+            }
+        }
+    }
+}
+
+/// Server settings for tests: port 0, a temporary data directory, short times, no
+/// ComfyUI backends unless the test adds some.
+pub fn test_args(data_dir: &Path) -> ServerArgs {
+    let mut a = ServerArgs::default();
+    a.host = "127.0.0.1".into();
+    a.port = 0;
+    a.data_dir = data_dir.to_path_buf();
+    a.redis_url = None;
+    a.redis_host = None;
+    a.redis_prefix = String::new();
+    a.comfyui = Vec::new();
+    a.worker_ttl = Duration::from_millis(900);
+    a.retry_base = Duration::from_millis(100);
+    a.retry_max = Duration::from_millis(400);
+    a.poll_interval = Duration::from_millis(500);
+    a.health_interval = Duration::from_millis(200);
+    a.shutdown_grace = Duration::from_millis(500);
+    a.job_timeout = Duration::from_secs(30);
+    a.workflows = None;
+    a.public_url = String::new();
+    a.cors_origins = "*".into();
+    a
+}
+
+/// The app, running in this process.
+pub struct TestApp {
+    pub addr: Option<SocketAddr>,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub store: Arc<dyn JobStore>,
+    pub redis: Option<RedisPrefix>,
+    pub dir: Arc<TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// Builds and starts the app; `configure` adjusts the settings.
+    pub async fn spawn(
+        kind: Backing,
+        role: Role,
+        configure: impl FnOnce(&mut ServerArgs),
+    ) -> TestApp {
+        let redis = (kind == Backing::Redis).then(RedisPrefix::new);
+        Self::spawn_with(kind, role, redis, Arc::new(TempDir::new()), configure).await
+    }
+
+    /// Like `spawn`, sharing a Redis prefix or data directory with another app.
+    pub async fn spawn_with(
+        kind: Backing,
+        role: Role,
+        redis: Option<RedisPrefix>,
+        dir: Arc<TempDir>,
+        configure: impl FnOnce(&mut ServerArgs),
+    ) -> TestApp {
+        init_logs();
+        let mut args = test_args(dir.path());
+        if kind == Backing::Redis {
+            let r = redis.as_ref().expect("a Redis prefix");
+            args.redis_url = Some(r.url.clone());
+            args.redis_prefix = r.prefix.clone();
+        }
+        configure(&mut args);
+        let app = App::build(role, &args).await.expect("app builds");
+        let addr = app.local_addr();
+        let store = app.store();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        TestApp {
+            addr,
+            base: addr.map(|a| format!("http://{a}")).unwrap_or_default(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            store,
+            redis,
+            dir,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the app the way SIGTERM does, and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), t).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let res = self.http.get(self.url(path)).send().await.expect("GET");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let res = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Submits a job; panics unless accepted. Returns its id.
+    pub async fn submit(&self, body: Value) -> String {
+        let (status, v) = self.post_json("/api/generate", &body).await;
+        assert_eq!(status, 202, "submission refused: {v}");
+        v["job_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn status(&self, id: &str) -> Value {
+        let (code, v) = self.get(&format!("/api/status/{id}")).await;
+        assert_eq!(code, 200, "status of {id}: {v}");
+        v
+    }
+
+    /// Polls the status until `done` says so; panics after `limit`.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let v = self.status(id).await;
+            if done(&v) {
+                return v;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("job {id} did not reach the expected state in {limit:?}; last status: {v}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits for a final status.
+    pub async fn wait_final(&self, id: &str, limit: Duration) -> Value {
+        self.wait_for(id, limit, |v| {
+            v["status"] == "finished" || v["status"] == "failed"
+        })
+        .await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The `studio` binary cargo built for these tests.
+pub fn studio_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_studio"))
+}

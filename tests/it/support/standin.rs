@@ -1,0 +1,915 @@
+//! A ComfyUI stand-in: an axum app on port 0 that speaks ComfyUI's HTTP and
+//! WebSocket protocol as the transcripts in `tests/fixtures/comfyui/` show it.
+//!
+//! - One prompt runs at a time, in queue order; `POST /prompt` accepts a client
+//!   `prompt_id` and routes the prompt's events to the socket of its `client_id`.
+//! - Per node: `progress_state` (running), `executing`, optional `progress` steps,
+//!   `executed` for SaveImage, `progress_state` (finished); then
+//!   `execution_success`, history written, `status`, `executing` with `node: null`.
+//! - An identical graph right after itself is fully cached (no `executing`; the
+//!   cached `executed`; the same files).
+//! - Validation (400 with `node_errors`) for EmptyImage sizes out of 1..=16384 and
+//!   unknown `class_type`s; ImageBlur with a radius ≥ the image side fails at run
+//!   time with `execution_error`, like the real server.
+//! - `POST /interrupt {prompt_id}` stops that prompt at its next node;
+//!   `POST /queue {delete}` removes waiting prompts.
+//! - A reconnecting socket of the running prompt's client gets `executing` without
+//!   a `prompt_id`, as the real server does.
+//!
+//! Knobs: per-prompt duration and steps, socket silence, dropping sockets, failing
+//! submissions, and a real crash (the server's runtime is dropped: every connection
+//! closes, new ones are refused) with restart on the same port. It counts submitted
+//! prompts per id, to prove there was no double work, and records when each prompt
+//! ran, for the idle-gap benchmark.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Map, Value, json};
+use tokio::sync::{Notify, mpsc};
+
+/// The 64×64 PNG the real server produced (a1), the base of every file we make.
+const BASE_PNG: &[u8] = include_bytes!("../../fixtures/comfyui/files/view_studio_view_00001_.png");
+
+/// One prompt's run, as the benchmark needs it.
+#[derive(Clone, Debug)]
+pub struct RunRecord {
+    pub prompt_id: String,
+    pub started: Instant,
+    pub ended: Instant,
+}
+
+/// Behaviour knobs; change them at any time through [`StandIn::knobs`].
+#[derive(Clone, Debug)]
+pub struct Knobs {
+    /// How long one prompt takes (split over its nodes).
+    pub duration: Duration,
+    /// Sampler-like steps reported with `progress` messages on the node marked by
+    /// `steps_node` (default: the first node).
+    pub steps: u32,
+    /// Send nothing on the sockets (they stay open and answer pings).
+    pub silent: bool,
+    /// Answer the next N `POST /prompt` with a 500.
+    pub fail_submits: u32,
+    /// Send a binary preview frame (type 1) after each node, like samplers do.
+    pub previews: bool,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Knobs {
+            duration: Duration::from_millis(60),
+            steps: 4,
+            silent: false,
+            fail_submits: 0,
+            previews: true,
+        }
+    }
+}
+
+struct Item {
+    number: u64,
+    id: String,
+    prompt: Value,
+    extra: Value,
+    client_id: Option<String>,
+}
+
+#[derive(Default)]
+struct Inner {
+    knobs: Knobs,
+    pending: VecDeque<Item>,
+    running: Option<(u64, String, Value, Value)>,
+    running_node: Option<String>,
+    interrupt: Option<String>,
+    history: HashMap<String, Value>,
+    files: HashMap<String, Vec<u8>>,
+    counters: HashMap<String, u32>,
+    last_graph: Option<(Value, Value)>,
+    submitted: HashMap<String, u32>,
+    runs: Vec<RunRecord>,
+    sockets: HashMap<String, (u64, mpsc::UnboundedSender<Message>)>,
+}
+
+struct Shared {
+    inner: Mutex<Inner>,
+    wake: Notify,
+    number: AtomicU64,
+    socket_seq: AtomicU64,
+}
+
+type St = Arc<Shared>;
+
+/// A running stand-in.
+pub struct StandIn {
+    pub addr: SocketAddr,
+    shared: St,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StandIn {
+    /// Starts on a free loopback port.
+    pub fn start() -> StandIn {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), Knobs::default())
+    }
+
+    pub fn start_with(knobs: Knobs) -> StandIn {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), knobs)
+    }
+
+    fn start_on(addr: SocketAddr, knobs: Knobs) -> StandIn {
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                knobs,
+                ..Default::default()
+            }),
+            wake: Notify::new(),
+            number: AtomicU64::new(0),
+            socket_seq: AtomicU64::new(0),
+        });
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let st = shared.clone();
+        // Its own runtime, so a crash can drop every task and connection at once.
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut bound = None;
+                for _ in 0..50 {
+                    match tokio::net::TcpListener::bind(addr).await {
+                        Ok(l) => {
+                            bound = Some(l);
+                            break;
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+                let listener = bound.expect("stand-in cannot bind");
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                tokio::spawn(executor(st.clone()));
+                let app = router(st);
+                tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+                tokio::task::spawn_blocking(move || {
+                    let _ = stop_rx.recv();
+                })
+                .await
+                .ok();
+            });
+            rt.shutdown_background();
+        });
+        let addr = addr_rx.recv().expect("stand-in started");
+        StandIn {
+            addr,
+            shared,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Changes knobs.
+    pub fn knobs(&self, f: impl FnOnce(&mut Knobs)) {
+        f(&mut self.shared.inner.lock().unwrap().knobs);
+    }
+
+    /// Closes every socket now (clients must reconnect).
+    pub fn drop_sockets(&self) {
+        self.shared.inner.lock().unwrap().sockets.clear();
+    }
+
+    /// How many times a prompt id was accepted by `POST /prompt`.
+    pub fn submitted(&self, prompt_id: &str) -> u32 {
+        self.shared
+            .inner
+            .lock()
+            .unwrap()
+            .submitted
+            .get(prompt_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// How many prompts were accepted in all.
+    pub fn submitted_total(&self) -> u32 {
+        self.shared.inner.lock().unwrap().submitted.values().sum()
+    }
+
+    /// Prompts that ran to an end (success, error or interrupt), in order.
+    pub fn runs(&self) -> Vec<RunRecord> {
+        self.shared.inner.lock().unwrap().runs.clone()
+    }
+
+    /// The bytes of a file this stand-in produced.
+    pub fn file(&self, name: &str) -> Option<Vec<u8>> {
+        self.shared.inner.lock().unwrap().files.get(name).cloned()
+    }
+
+    /// Whether a prompt is running or waiting.
+    pub fn is_queued_or_running(&self, prompt_id: &str) -> bool {
+        let g = self.shared.inner.lock().unwrap();
+        g.running.as_ref().is_some_and(|r| r.1 == prompt_id)
+            || g.pending.iter().any(|i| i.id == prompt_id)
+    }
+
+    /// The prompt running now, if any.
+    pub fn running(&self) -> Option<String> {
+        self.shared
+            .inner
+            .lock()
+            .unwrap()
+            .running
+            .as_ref()
+            .map(|r| r.1.clone())
+    }
+
+    /// Kills the server: every connection closes, the port refuses connections,
+    /// and queue and history are lost.
+    pub fn crash(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Starts a fresh server (empty queue and history) on the same port.
+    pub fn restart(&mut self) {
+        self.crash();
+        let knobs = self.shared.inner.lock().unwrap().knobs.clone();
+        let fresh = StandIn::start_on(self.addr, knobs);
+        let mut fresh = std::mem::ManuallyDrop::new(fresh);
+        self.shared = fresh.shared.clone();
+        self.stop = fresh.stop.take();
+        self.thread = fresh.thread.take();
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+fn router(st: St) -> Router {
+    Router::new()
+        .route("/prompt", post(submit).get(prompt_info))
+        .route("/queue", get(queue).post(queue_manage))
+        .route("/history/{id}", get(history))
+        .route("/interrupt", post(interrupt))
+        .route("/view", get(view))
+        .route("/system_stats", get(system_stats))
+        .route("/object_info", get(object_info))
+        .route("/ws", get(ws))
+        .with_state(st)
+}
+
+fn send_to(g: &Inner, sid: Option<&str>, msg: Value) {
+    if g.knobs.silent {
+        return;
+    }
+    let text = Message::Text(msg.to_string().into());
+    match sid {
+        Some(sid) => {
+            if let Some((_, tx)) = g.sockets.get(sid) {
+                let _ = tx.send(text);
+            }
+        }
+        None => {
+            for (_, tx) in g.sockets.values() {
+                let _ = tx.send(text.clone());
+            }
+        }
+    }
+}
+
+fn send_binary(g: &Inner, sid: Option<&str>, bytes: Vec<u8>) {
+    if g.knobs.silent {
+        return;
+    }
+    if let Some((_, tx)) = sid.and_then(|s| g.sockets.get(s)) {
+        let _ = tx.send(Message::Binary(bytes.into()));
+    }
+}
+
+fn status_msg(remaining: usize) -> Value {
+    json!({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining}}}})
+}
+
+fn remaining(g: &Inner) -> usize {
+    g.pending.len() + usize::from(g.running.is_some())
+}
+
+fn node_error(id: &str, class: &str, typ: &str, message: String, input: &str) -> Value {
+    json!({id: {"errors": [{"type": typ, "message": message, "details": input, "extra_info": {"input_name": input}}],
+        "dependent_outputs": [], "class_type": class}})
+}
+
+/// Checks the graph the way ComfyUI's validation would for the nodes we know.
+fn validate(prompt: &Value) -> Result<(), Value> {
+    let Some(nodes) = prompt.as_object() else {
+        return Err(
+            json!({"error": {"type": "invalid_prompt", "message": "Cannot execute because the prompt is not an object.", "details": "", "extra_info": {}}, "node_errors": {}}),
+        );
+    };
+    let mut errors = Map::new();
+    for (id, node) in nodes {
+        let Some(class) = node.get("class_type").and_then(Value::as_str) else {
+            return Err(
+                json!({"error": {"type": "invalid_prompt", "message": "Cannot execute because a node is missing the class_type property.", "details": format!("Node ID '#{id}'"), "extra_info": {}}, "node_errors": {}}),
+            );
+        };
+        if class.starts_with("NoSuch") {
+            return Err(
+                json!({"error": {"type": "invalid_prompt", "message": format!("Cannot execute because node {class} does not exist."), "details": format!("Node ID '#{id}'"), "extra_info": {}}, "node_errors": {}}),
+            );
+        }
+        if class == "EmptyImage" {
+            for input in ["width", "height"] {
+                let v = node["inputs"][input].as_i64().unwrap_or(0);
+                let e = if v < 1 {
+                    Some(node_error(
+                        id,
+                        class,
+                        "value_smaller_than_min",
+                        format!("Value {v} smaller than min of 1"),
+                        input,
+                    ))
+                } else if v > 16384 {
+                    Some(node_error(
+                        id,
+                        class,
+                        "value_bigger_than_max",
+                        format!("Value {v} bigger than max of 16384"),
+                        input,
+                    ))
+                } else {
+                    None
+                };
+                if let Some(Value::Object(m)) = e {
+                    errors.extend(m);
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(
+            json!({"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation", "details": "", "extra_info": {}}, "node_errors": errors}),
+        )
+    }
+}
+
+async fn submit(State(st): State<St>, body: Bytes) -> Response {
+    let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "500 Internal Server Error\n\nServer got itself in trouble",
+        )
+            .into_response();
+    };
+    let number = st.number.fetch_add(1, Ordering::SeqCst);
+    let mut g = st.inner.lock().unwrap();
+    if g.knobs.fail_submits > 0 {
+        g.knobs.fail_submits -= 1;
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "500 Internal Server Error\n\nServer got itself in trouble",
+        )
+            .into_response();
+    }
+    let Some(prompt) = v.get("prompt").cloned() else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}}, "node_errors": {}}))).into_response();
+    };
+    if let Err(e) = validate(&prompt) {
+        return (StatusCode::BAD_REQUEST, Json(e)).into_response();
+    }
+    let id = match v.get("prompt_id") {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let client_id = v
+        .get("client_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let mut extra = v.get("extra_data").cloned().unwrap_or_else(|| json!({}));
+    if let Some(c) = &client_id {
+        extra["client_id"] = c.clone().into();
+    }
+    *g.submitted.entry(id.clone()).or_default() += 1;
+    g.pending.push_back(Item {
+        number,
+        id: id.clone(),
+        prompt,
+        extra,
+        client_id,
+    });
+    let r = remaining(&g);
+    send_to(&g, None, status_msg(r));
+    drop(g);
+    st.wake.notify_one();
+    Json(json!({"prompt_id": id, "number": number, "node_errors": {}})).into_response()
+}
+
+async fn prompt_info(State(st): State<St>) -> Json<Value> {
+    let g = st.inner.lock().unwrap();
+    Json(json!({"exec_info": {"queue_remaining": remaining(&g)}}))
+}
+
+fn outputs_of(prompt: &Value) -> Vec<String> {
+    prompt
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, n)| n["class_type"] == "SaveImage")
+                .map(|(id, _)| id.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn queue(State(st): State<St>) -> Json<Value> {
+    let g = st.inner.lock().unwrap();
+    let running: Vec<Value> = g
+        .running
+        .iter()
+        .map(|(n, id, p, e)| json!([n, id, p, e, outputs_of(p)]))
+        .collect();
+    let pending: Vec<Value> = g
+        .pending
+        .iter()
+        .map(|i| json!([i.number, i.id, i.prompt, i.extra, outputs_of(&i.prompt)]))
+        .collect();
+    Json(json!({"queue_running": running, "queue_pending": pending}))
+}
+
+async fn queue_manage(State(st): State<St>, body: Bytes) -> StatusCode {
+    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let mut g = st.inner.lock().unwrap();
+    if v.get("clear").and_then(Value::as_bool) == Some(true) {
+        g.pending.clear();
+    }
+    if let Some(ids) = v.get("delete").and_then(Value::as_array) {
+        let ids: Vec<&str> = ids.iter().filter_map(Value::as_str).collect();
+        g.pending.retain(|i| !ids.contains(&i.id.as_str()));
+    }
+    let r = remaining(&g);
+    send_to(&g, None, status_msg(r));
+    StatusCode::OK
+}
+
+async fn history(State(st): State<St>, Path(id): Path<String>) -> Json<Value> {
+    let g = st.inner.lock().unwrap();
+    match g.history.get(&id) {
+        Some(h) => Json(json!({ id: h })),
+        None => Json(json!({})),
+    }
+}
+
+async fn interrupt(State(st): State<St>, body: Bytes) -> StatusCode {
+    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let mut g = st.inner.lock().unwrap();
+    let running = g.running.as_ref().map(|r| r.1.clone());
+    match (v.get("prompt_id").and_then(Value::as_str), running) {
+        (Some(target), Some(run)) if target == run => g.interrupt = Some(run),
+        (None, Some(run)) => g.interrupt = Some(run),
+        _ => {}
+    }
+    StatusCode::OK
+}
+
+async fn view(State(st): State<St>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let name = q.get("filename").cloned().unwrap_or_default();
+    if name.starts_with('/') || name.contains("..") {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    let g = st.inner.lock().unwrap();
+    match g.files.get(&name) {
+        Some(bytes) => ([(header::CONTENT_TYPE, "image/png")], bytes.clone()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn system_stats() -> Json<Value> {
+    Json(
+        json!({"system": {"os": "posix", "ram_total": 1, "ram_free": 1, "comfyui_version": "0.3.64", "python_version": "3.11.7", "pytorch_version": "stand-in", "embedded_python": false, "argv": ["main.py"]},
+        "devices": [{"name": "stand-in", "type": "cpu", "index": null, "vram_total": 1, "vram_free": 1, "torch_vram_total": 1, "torch_vram_free": 1}]}),
+    )
+}
+
+async fn object_info() -> Json<Value> {
+    Json(
+        json!({"EmptyImage": {"input": {"required": {}}, "output_node": false}, "SaveImage": {"input": {"required": {}}, "output_node": true}}),
+    )
+}
+
+async fn ws(
+    State(st): State<St>,
+    Query(q): Query<HashMap<String, String>>,
+    up: WebSocketUpgrade,
+) -> Response {
+    let sid = q
+        .get("clientId")
+        .cloned()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    up.on_upgrade(move |socket| serve_socket(st, sid, socket))
+}
+
+async fn serve_socket(st: St, sid: String, socket: WebSocket) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let conn = st.socket_seq.fetch_add(1, Ordering::SeqCst);
+    {
+        let mut g = st.inner.lock().unwrap();
+        g.sockets.insert(sid.clone(), (conn, tx.clone()));
+        let first = json!({"type": "status", "data": {"status": {"exec_info": {"queue_remaining": remaining(&g)}}, "sid": sid}});
+        if !g.knobs.silent {
+            let _ = tx.send(Message::Text(first.to_string().into()));
+        }
+        // Like the real server: the running prompt's client gets the current node
+        // again, without a prompt id.
+        let ours = g
+            .running
+            .as_ref()
+            .is_some_and(|r| r.3.get("client_id").and_then(Value::as_str) == Some(sid.as_str()));
+        if let (true, Some(node)) = (ours, g.running_node.clone()) {
+            send_to(
+                &g,
+                Some(&sid),
+                json!({"type": "executing", "data": {"node": node}}),
+            );
+        }
+    }
+    drop(tx);
+    let (mut sink, mut stream) = socket.split();
+    loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(m) => if sink.send(m).await.is_err() { break },
+                // Dropped from the registry (drop_sockets, or replaced): close.
+                None => break,
+            },
+            inc = stream.next() => match inc {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = sink.close().await;
+    let mut g = st.inner.lock().unwrap();
+    // Only remove our own registration (a newer socket with the same id may exist).
+    if g.sockets.get(&sid).is_some_and(|(c, _)| *c == conn) {
+        g.sockets.remove(&sid);
+    }
+}
+
+/// A PNG that is the real server's 64×64 image plus text chunks, as SaveImage writes
+/// `prompt` and each `extra_pnginfo` key.
+fn make_png(prompt_id: &str, extra: &Value) -> Vec<u8> {
+    let iend = BASE_PNG.len() - 12;
+    let mut out = BASE_PNG[..iend].to_vec();
+    let mut chunks = vec![("standin_prompt_id".to_owned(), prompt_id.to_owned())];
+    if let Some(info) = extra.get("extra_pnginfo").and_then(Value::as_object) {
+        for (k, v) in info {
+            chunks.push((k.clone(), v.to_string()));
+        }
+    }
+    for (k, v) in chunks {
+        let mut data = k.into_bytes();
+        data.push(0);
+        data.extend(v.as_bytes());
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut typed = b"tEXt".to_vec();
+        typed.extend(&data);
+        out.extend(&typed);
+        out.extend(crc32(&typed).to_be_bytes());
+    }
+    out.extend(&BASE_PNG[iend..]);
+    out
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = 0xffff_ffffu32;
+    for &b in bytes {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xedb8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// Node order: dependencies first (ids ascending among the ready ones).
+fn order(prompt: &Value) -> Vec<String> {
+    let nodes = prompt.as_object().cloned().unwrap_or_default();
+    let deps = |n: &Value| -> Vec<String> {
+        n["inputs"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter_map(|v| {
+                        v.as_array()
+                            .filter(|a| a.len() == 2)
+                            .and_then(|a| a[0].as_str())
+                            .map(str::to_owned)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut done: Vec<String> = Vec::new();
+    let mut ids: Vec<String> = nodes.keys().cloned().collect();
+    ids.sort_by_key(|i| (i.parse::<u64>().unwrap_or(u64::MAX), i.clone()));
+    while done.len() < ids.len() {
+        let before = done.len();
+        for id in &ids {
+            if !done.contains(id)
+                && deps(&nodes[id])
+                    .iter()
+                    .all(|d| done.contains(d) || !nodes.contains_key(d))
+            {
+                done.push(id.clone());
+            }
+        }
+        if done.len() == before {
+            break;
+        }
+    }
+    done
+}
+
+fn progress_state(prompt_id: &str, states: &BTreeMap<String, (f64, f64, &str)>) -> Value {
+    let nodes: Map<String, Value> = states
+        .iter()
+        .map(|(id, (v, m, s))| {
+            (id.clone(), json!({"value": v, "max": m, "state": s, "node_id": id, "prompt_id": prompt_id, "display_node_id": id, "parent_node_id": null, "real_node_id": id}))
+        })
+        .collect();
+    json!({"type": "progress_state", "data": {"prompt_id": prompt_id, "nodes": nodes}})
+}
+
+fn ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+/// Runs prompts one at a time, in queue order.
+async fn executor(st: St) {
+    loop {
+        let item = loop {
+            let next = {
+                let mut g = st.inner.lock().unwrap();
+                let next = g.pending.pop_front();
+                if let Some(i) = &next {
+                    g.running = Some((i.number, i.id.clone(), i.prompt.clone(), i.extra.clone()));
+                    g.interrupt = None;
+                }
+                next
+            };
+            match next {
+                Some(i) => break i,
+                None => st.wake.notified().await,
+            }
+        };
+        let started = Instant::now();
+        run_prompt(&st, &item).await;
+        let mut g = st.inner.lock().unwrap();
+        g.running = None;
+        g.running_node = None;
+        g.runs.push(RunRecord {
+            prompt_id: item.id.clone(),
+            started,
+            ended: Instant::now(),
+        });
+        let r = remaining(&g);
+        send_to(&g, None, status_msg(r));
+        let sid = item.client_id.as_deref();
+        send_to(
+            &g,
+            sid,
+            json!({"type": "executing", "data": {"node": null, "prompt_id": item.id}}),
+        );
+    }
+}
+
+async fn run_prompt(st: &St, item: &Item) {
+    let id = item.id.as_str();
+    let sid = item.client_id.as_deref();
+    let (knobs, cached) = {
+        let mut g = st.inner.lock().unwrap();
+        let r = remaining(&g);
+        send_to(&g, None, status_msg(r));
+        send_to(
+            &g,
+            sid,
+            json!({"type": "execution_start", "data": {"prompt_id": id, "timestamp": ms()}}),
+        );
+        let cached = g
+            .last_graph
+            .as_ref()
+            .filter(|(graph, _)| *graph == item.prompt)
+            .map(|(_, outputs)| outputs.clone());
+        let nodes: Vec<String> = match &cached {
+            Some(_) => order(&item.prompt),
+            None => Vec::new(),
+        };
+        send_to(
+            &g,
+            sid,
+            json!({"type": "execution_cached", "data": {"nodes": nodes, "prompt_id": id, "timestamp": ms()}}),
+        );
+        if cached.is_none() {
+            g.last_graph = None;
+        }
+        (g.knobs.clone(), cached)
+    };
+    let mut messages = vec![
+        json!(["execution_start", {"prompt_id": id, "timestamp": ms()}]),
+        json!(["execution_cached", {"nodes": [], "prompt_id": id, "timestamp": ms()}]),
+    ];
+    if let Some(outputs) = cached {
+        // Fully cached: no executing, the cached executed, the same files.
+        let g = st.inner.lock().unwrap();
+        for (node, out) in outputs.as_object().cloned().unwrap_or_default() {
+            send_to(
+                &g,
+                sid,
+                json!({"type": "executed", "data": {"node": node, "display_node": node, "output": out, "prompt_id": id}}),
+            );
+        }
+        drop(g);
+        finish(st, item, outputs, "success", messages);
+        return;
+    }
+    let nodes = order(&item.prompt);
+    let per_node = knobs.duration / nodes.len().max(1) as u32;
+    let mut states: BTreeMap<String, (f64, f64, &str)> = BTreeMap::new();
+    let mut executed: Vec<String> = Vec::new();
+    let mut outputs = Map::new();
+    for (idx, node) in nodes.iter().enumerate() {
+        let class = item.prompt[node]["class_type"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        {
+            let mut g = st.inner.lock().unwrap();
+            if g.interrupt.as_deref() == Some(id) {
+                let data = json!({"prompt_id": id, "node_id": node, "node_type": class, "executed": executed, "timestamp": ms()});
+                send_to(
+                    &g,
+                    sid,
+                    json!({"type": "execution_interrupted", "data": data}),
+                );
+                drop(g);
+                messages.push(json!(["execution_interrupted", data]));
+                finish(st, item, Value::Object(outputs), "error", messages);
+                return;
+            }
+            g.running_node = Some(node.clone());
+            states.insert(node.clone(), (0.0, 1.0, "running"));
+            send_to(&g, sid, progress_state(id, &states));
+            send_to(
+                &g,
+                sid,
+                json!({"type": "executing", "data": {"node": node, "display_node": node, "prompt_id": id}}),
+            );
+        }
+        let steps = if idx == 0 { knobs.steps.max(1) } else { 1 };
+        for step in 1..=steps {
+            tokio::time::sleep(per_node / steps).await;
+            if steps > 1 {
+                let g = st.inner.lock().unwrap();
+                send_to(
+                    &g,
+                    sid,
+                    json!({"type": "progress", "data": {"value": step, "max": steps, "prompt_id": id, "node": node}}),
+                );
+                states.insert(node.clone(), (step as f64, steps as f64, "running"));
+                send_to(&g, sid, progress_state(id, &states));
+            }
+        }
+        if class == "ImageBlur" {
+            let radius = item.prompt[node]["inputs"]["blur_radius"]
+                .as_i64()
+                .unwrap_or(1);
+            let side = item
+                .prompt
+                .as_object()
+                .and_then(|m| m.values().find(|n| n["class_type"] == "EmptyImage"))
+                .map(|n| {
+                    n["inputs"]["width"]
+                        .as_i64()
+                        .unwrap_or(64)
+                        .min(n["inputs"]["height"].as_i64().unwrap_or(64))
+                })
+                .unwrap_or(64);
+            if radius >= side {
+                let data = json!({"prompt_id": id, "node_id": node, "node_type": class, "executed": executed,
+                    "exception_message": format!("Argument #4: Padding size should be less than the corresponding input dimension, but got: padding ({radius}, {radius}) at dimension 3 of input [1, 3, {side}, {side}]\n"),
+                    "exception_type": "RuntimeError", "traceback": ["  File \"/srv/ComfyUI/execution.py\", line 496, in execute\n"],
+                    "current_inputs": {}, "current_outputs": nodes, "timestamp": ms()});
+                let g = st.inner.lock().unwrap();
+                send_to(&g, sid, json!({"type": "execution_error", "data": data}));
+                drop(g);
+                messages.push(json!(["execution_error", data]));
+                finish(st, item, Value::Object(outputs), "error", messages);
+                return;
+            }
+        }
+        let mut g = st.inner.lock().unwrap();
+        if class == "SaveImage" {
+            let prefix = item.prompt[node]["inputs"]["filename_prefix"]
+                .as_str()
+                .unwrap_or("ComfyUI")
+                .to_owned();
+            let batch = item
+                .prompt
+                .as_object()
+                .and_then(|m| m.values().find(|n| n["class_type"] == "EmptyImage"))
+                .and_then(|n| n["inputs"]["batch_size"].as_u64())
+                .unwrap_or(1);
+            let mut images = Vec::new();
+            for _ in 0..batch {
+                let counter = g.counters.entry(prefix.clone()).or_insert(0);
+                *counter += 1;
+                let filename = format!("{prefix}_{:05}_.png", *counter);
+                let png = make_png(id, &item.extra);
+                g.files.insert(filename.clone(), png);
+                images.push(json!({"filename": filename, "subfolder": "", "type": "output"}));
+            }
+            let out = json!({"images": images});
+            send_to(
+                &g,
+                sid,
+                json!({"type": "executed", "data": {"node": node, "display_node": node, "output": out, "prompt_id": id}}),
+            );
+            outputs.insert(node.clone(), out);
+        }
+        if knobs.previews {
+            send_binary(
+                &g,
+                sid,
+                [&1u32.to_be_bytes()[..], &2u32.to_be_bytes()[..], BASE_PNG].concat(),
+            );
+        }
+        states.insert(node.clone(), (1.0, 1.0, "finished"));
+        send_to(&g, sid, progress_state(id, &states));
+        executed.push(node.clone());
+    }
+    {
+        let mut g = st.inner.lock().unwrap();
+        g.last_graph = Some((item.prompt.clone(), Value::Object(outputs.clone())));
+    }
+    finish(st, item, Value::Object(outputs), "success", messages);
+}
+
+/// Writes history (before the final `executing null`, as the real server does).
+fn finish(st: &St, item: &Item, outputs: Value, status: &str, mut messages: Vec<Value>) {
+    let id = item.id.as_str();
+    let mut g = st.inner.lock().unwrap();
+    if status == "success" {
+        let data = json!({"prompt_id": id, "timestamp": ms()});
+        send_to(
+            &g,
+            item.client_id.as_deref(),
+            json!({"type": "execution_success", "data": data}),
+        );
+        messages.push(json!(["execution_success", data]));
+    }
+    let entry = json!({
+        "prompt": [item.number, id, item.prompt, item.extra, outputs_of(&item.prompt)],
+        "outputs": outputs,
+        "status": {"status_str": status, "completed": status == "success", "messages": messages},
+        "meta": {},
+    });
+    g.history.insert(id.to_owned(), entry);
+}
