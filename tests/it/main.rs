@@ -3,3 +3,5 @@
 mod support;
 
 mod store_conformance;
+mod api;
+mod redis_interop;
