@@ -217,6 +217,13 @@ async fn dispatch(ctx: RunContext, worker: WorkerId, mut shutdown: watch::Receiv
             continue;
         }
         match ctx.store.claim(&worker, ctx.config.claim_wait).await {
+            Ok(Some(claim)) if backend.health() != Health::Up => {
+                // The backend went down while we waited for a job: hand the job back
+                // untouched (the attempt does not count) for a backend that is up.
+                if let Err(e) = ctx.store.release(&claim.lease).await {
+                    tracing::warn!(error = %e, job_id = %claim.lease.job_id, "could not hand back a job; it returns when its lease expires");
+                }
+            }
             Ok(Some(claim)) => {
                 backend.in_flight.fetch_add(1, Ordering::Relaxed);
                 let ctx = ctx.clone();

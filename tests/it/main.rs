@@ -2,6 +2,8 @@
 
 mod support;
 
-mod store_conformance;
 mod api;
+mod comfy_protocol;
 mod redis_interop;
+mod store_conformance;
+mod worker_e2e;

@@ -23,9 +23,14 @@ fn worker() -> WorkerId {
 #[tokio::test]
 async fn the_prototype_keys_and_formats_are_kept_to_the_letter() {
     let base = redis_url();
-    let base = base.trim_end_matches(|c: char| c.is_ascii_digit()).trim_end_matches('/');
+    let base = base
+        .trim_end_matches(|c: char| c.is_ascii_digit())
+        .trim_end_matches('/');
     let url = format!("{base}/15");
-    let mut c = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+    let mut c = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection()
+        .unwrap();
     let _: () = redis::cmd("FLUSHDB").query(&mut c).unwrap();
     let store = RedisStore::connect(&url, "", StoreSettings::default()).unwrap();
     let job = NewJob::new("a cat".into(), 42, "sdxl".into(), Map::new());
@@ -34,14 +39,26 @@ async fn the_prototype_keys_and_formats_are_kept_to_the_letter() {
     let queued: Vec<String> = c.lrange("job_queue", 0, -1).unwrap();
     assert_eq!(queued.len(), 1);
     let payload: Value = serde_json::from_str(&queued[0]).unwrap();
-    let keys: Vec<&str> = payload.as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: Vec<&str> = payload
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(keys, ["created_at", "job_id", "prompt", "seed", "workflow"]);
     assert_eq!(payload["job_id"], job.id.as_str());
     assert_eq!(payload["seed"], 42);
 
     let status_key = format!("job:status:{}", job.id);
     let hash: HashMap<String, String> = c.hgetall(&status_key).unwrap();
-    for f in ["job_id", "status", "progress", "image_url", "error", "updated_at"] {
+    for f in [
+        "job_id",
+        "status",
+        "progress",
+        "image_url",
+        "error",
+        "updated_at",
+    ] {
         assert!(hash.contains_key(f), "field {f} in {hash:?}");
     }
     assert_eq!(hash["status"], "queued");
@@ -52,15 +69,44 @@ async fn the_prototype_keys_and_formats_are_kept_to_the_letter() {
     let w = worker();
     store.heartbeat(&w).await.unwrap();
     let claim = store.claim(&w, WAIT).await.unwrap().unwrap();
-    let processing: Vec<String> = c.lrange(format!("{{job_queue}}:processing:{w}"), 0, -1).unwrap();
-    assert_eq!(processing, queued, "claimed by BLMOVE into the worker's list");
-    assert!(c.exists::<_, bool>(format!("{{job_queue}}:hb:{w}")).unwrap());
-    assert!(c.sismember::<_, _, bool>("{job_queue}:workers", w.as_str()).unwrap());
-    store.complete(&claim.lease, Completion::Finished { image_url: "/images/a.png".into(), outputs: vec![] }).await.unwrap();
-    let processing: Vec<String> = c.lrange(format!("{{job_queue}}:processing:{w}"), 0, -1).unwrap();
+    let processing: Vec<String> = c
+        .lrange(format!("{{job_queue}}:processing:{w}"), 0, -1)
+        .unwrap();
+    assert_eq!(
+        processing, queued,
+        "claimed by BLMOVE into the worker's list"
+    );
+    assert!(
+        c.exists::<_, bool>(format!("{{job_queue}}:hb:{w}"))
+            .unwrap()
+    );
+    assert!(
+        c.sismember::<_, _, bool>("{job_queue}:workers", w.as_str())
+            .unwrap()
+    );
+    store
+        .complete(
+            &claim.lease,
+            Completion::Finished {
+                image_url: "/images/a.png".into(),
+                outputs: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    let processing: Vec<String> = c
+        .lrange(format!("{{job_queue}}:processing:{w}"), 0, -1)
+        .unwrap();
     assert!(processing.is_empty());
     let hash: HashMap<String, String> = c.hgetall(&status_key).unwrap();
-    assert_eq!((hash["status"].as_str(), hash["progress"].as_str(), hash["image_url"].as_str()), ("finished", "100", "/images/a.png"));
+    assert_eq!(
+        (
+            hash["status"].as_str(),
+            hash["progress"].as_str(),
+            hash["image_url"].as_str()
+        ),
+        ("finished", "100", "/images/a.png")
+    );
     assert!(!hash.contains_key("lease_token"));
     let _: () = redis::cmd("FLUSHDB").query(&mut c).unwrap();
 }
@@ -85,15 +131,34 @@ async fn a_job_another_program_pushes_without_a_hash_is_claimed_and_its_hash_cre
     assert_eq!(claim.job.seed, Some(5));
     assert_eq!(claim.job.workflow, "smoke");
     assert_eq!(claim.job.created_at, "2024-05-01T10:00:00");
-    let hash: HashMap<String, String> = c.hgetall(format!("{}job:status:legacy-1", p.prefix)).unwrap();
+    let hash: HashMap<String, String> = c
+        .hgetall(format!("{}job:status:legacy-1", p.prefix))
+        .unwrap();
     assert_eq!(hash["status"], "processing");
     assert_eq!(hash["job_id"], "legacy-1");
     assert_eq!(hash["image_url"], "");
-    s.complete(&claim.lease, Completion::Finished { image_url: "/images/legacy-1/a.png".into(), outputs: vec![] }).await.unwrap();
-    let hash: HashMap<String, String> = c.hgetall(format!("{}job:status:legacy-1", p.prefix)).unwrap();
+    s.complete(
+        &claim.lease,
+        Completion::Finished {
+            image_url: "/images/legacy-1/a.png".into(),
+            outputs: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let hash: HashMap<String, String> = c
+        .hgetall(format!("{}job:status:legacy-1", p.prefix))
+        .unwrap();
     assert_eq!(hash["status"], "finished");
     // It is listed like our own jobs.
-    let page = s.list(&studio_core::store::ListQuery { status: None, limit: 10, cursor: None }).await.unwrap();
+    let page = s
+        .list(&studio_core::store::ListQuery {
+            status: None,
+            limit: 10,
+            cursor: None,
+        })
+        .await
+        .unwrap();
     assert_eq!(page.jobs[0].id, "legacy-1");
 }
 
@@ -105,7 +170,22 @@ async fn a_job_pushed_with_its_own_hash_updates_that_hash() {
     let key = format!("{}job:status:legacy-2", p.prefix);
     let _: () = redis::cmd("HSET")
         .arg(&key)
-        .arg(&["job_id", "legacy-2", "status", "queued", "progress", "0", "image_url", "", "error", "", "updated_at", "2024-05-01T10:00:00", "owner", "batch-script"])
+        .arg(&[
+            "job_id",
+            "legacy-2",
+            "status",
+            "queued",
+            "progress",
+            "0",
+            "image_url",
+            "",
+            "error",
+            "",
+            "updated_at",
+            "2024-05-01T10:00:00",
+            "owner",
+            "batch-script",
+        ])
         .query(&mut c)
         .unwrap();
     let _: () = c.lpush(format!("{}job_queue", p.prefix), r#"{"job_id": "legacy-2", "prompt": "p", "seed": 1, "workflow": "sdxl", "created_at": "2024-05-01T10:00:00"}"#).unwrap();
@@ -114,9 +194,18 @@ async fn a_job_pushed_with_its_own_hash_updates_that_hash() {
     let claim = s.claim(&w, WAIT).await.unwrap().expect("claimed");
     s.update(&claim.lease, Some(30), None).await.unwrap();
     let hash: HashMap<String, String> = c.hgetall(&key).unwrap();
-    assert_eq!((hash["status"].as_str(), hash["progress"].as_str()), ("processing", "30"));
-    assert_eq!(hash["owner"], "batch-script", "fields of the other program are kept");
-    assert_eq!(claim.job.extra.get("owner").map(String::as_str), Some("batch-script"));
+    assert_eq!(
+        (hash["status"].as_str(), hash["progress"].as_str()),
+        ("processing", "30")
+    );
+    assert_eq!(
+        hash["owner"], "batch-script",
+        "fields of the other program are kept"
+    );
+    assert_eq!(
+        claim.job.extra.get("owner").map(String::as_str),
+        Some("batch-script")
+    );
 }
 
 #[tokio::test]
@@ -126,7 +215,22 @@ async fn a_status_hash_written_by_another_program_is_reported_as_written() {
     let mut c = p.conn();
     let _: () = redis::cmd("HSET")
         .arg(format!("{}job:status:ext-7", p.prefix))
-        .arg(&["job_id", "ext-7", "status", "processing", "progress", "37", "image_url", "http://cdn.example/x.png", "error", "", "updated_at", "2024-05-01T10:00:00", "gpu", "A100"])
+        .arg(&[
+            "job_id",
+            "ext-7",
+            "status",
+            "processing",
+            "progress",
+            "37",
+            "image_url",
+            "http://cdn.example/x.png",
+            "error",
+            "",
+            "updated_at",
+            "2024-05-01T10:00:00",
+            "gpu",
+            "A100",
+        ])
         .query(&mut c)
         .unwrap();
     let v = app.status("ext-7").await;
@@ -142,7 +246,9 @@ async fn a_status_hash_written_by_another_program_is_reported_as_written() {
 #[tokio::test]
 async fn a_job_submitted_through_the_api_is_what_a_prototype_worker_would_pop() {
     let app = TestApp::spawn(Backing::Redis, Role::Api, |_| {}).await;
-    let id = app.submit(json!({"prompt": "for an old worker", "seed": 9, "workflow": "sd15"})).await;
+    let id = app
+        .submit(json!({"prompt": "for an old worker", "seed": 9, "workflow": "sd15"}))
+        .await;
     let p = app.redis.as_ref().unwrap();
     let mut c = p.conn();
     // The prototype's consumer: BRPOP from the right end.
@@ -162,17 +268,37 @@ async fn a_duplicated_payload_runs_once() {
     let mut c = p.conn();
     let job = NewJob::new("dup".into(), 1, "smoke".into(), Map::new());
     s.enqueue(&job).await.unwrap();
-    let _: () = c.lpush(format!("{}job_queue", p.prefix), job.payload()).unwrap();
+    let _: () = c
+        .lpush(format!("{}job_queue", p.prefix), job.payload())
+        .unwrap();
     let (a, b) = (worker(), worker());
     s.heartbeat(&a).await.unwrap();
     s.heartbeat(&b).await.unwrap();
     let first = s.claim(&a, WAIT).await.unwrap().expect("one run");
-    assert!(s.claim(&b, WAIT).await.unwrap().is_none(), "the copy is dropped while the job runs");
-    s.complete(&first.lease, Completion::Finished { image_url: "u".into(), outputs: vec![] }).await.unwrap();
-    let _: () = c.lpush(format!("{}job_queue", p.prefix), job.payload()).unwrap();
-    assert!(s.claim(&b, WAIT).await.unwrap().is_none(), "a copy of a finished job is dropped");
+    assert!(
+        s.claim(&b, WAIT).await.unwrap().is_none(),
+        "the copy is dropped while the job runs"
+    );
+    s.complete(
+        &first.lease,
+        Completion::Finished {
+            image_url: "u".into(),
+            outputs: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let _: () = c
+        .lpush(format!("{}job_queue", p.prefix), job.payload())
+        .unwrap();
+    assert!(
+        s.claim(&b, WAIT).await.unwrap().is_none(),
+        "a copy of a finished job is dropped"
+    );
     for w in [&a, &b] {
-        let left: Vec<String> = c.lrange(format!("{{{}job_queue}}:processing:{w}", p.prefix), 0, -1).unwrap();
+        let left: Vec<String> = c
+            .lrange(format!("{{{}job_queue}}:processing:{w}", p.prefix), 0, -1)
+            .unwrap();
         assert!(left.is_empty(), "nothing left in {w}'s processing list");
     }
     assert_eq!(s.get(&job.id).await.unwrap().unwrap().attempt, 1);
@@ -183,7 +309,10 @@ async fn a_reaped_job_goes_back_to_the_consuming_end() {
     let p = RedisPrefix::new();
     let s = store(&p);
     let mut c = p.conn();
-    let (a, b) = (NewJob::new("a".into(), 1, "smoke".into(), Map::new()), NewJob::new("b".into(), 1, "smoke".into(), Map::new()));
+    let (a, b) = (
+        NewJob::new("a".into(), 1, "smoke".into(), Map::new()),
+        NewJob::new("b".into(), 1, "smoke".into(), Map::new()),
+    );
     s.enqueue(&a).await.unwrap();
     s.enqueue(&b).await.unwrap();
     let w = worker();
@@ -196,8 +325,13 @@ async fn a_reaped_job_goes_back_to_the_consuming_end() {
     assert_eq!(right, a.payload(), "next to be consumed");
     assert_eq!(s.queue_position(&a.id).await.unwrap(), Some(0));
     assert_eq!(s.queue_position(&b.id).await.unwrap(), Some(1));
-    let workers: Vec<String> = c.smembers(format!("{{{}job_queue}}:workers", p.prefix)).unwrap();
-    assert!(!workers.contains(&w.to_string()), "the dead worker is forgotten");
+    let workers: Vec<String> = c
+        .smembers(format!("{{{}job_queue}}:workers", p.prefix))
+        .unwrap();
+    assert!(
+        !workers.contains(&w.to_string()),
+        "the dead worker is forgotten"
+    );
 }
 
 #[tokio::test]
@@ -205,14 +339,18 @@ async fn an_unreadable_queue_entry_is_dead_lettered_not_lost() {
     let p = RedisPrefix::new();
     let s = store(&p);
     let mut c = p.conn();
-    let _: () = c.lpush(format!("{}job_queue", p.prefix), "this is not JSON").unwrap();
+    let _: () = c
+        .lpush(format!("{}job_queue", p.prefix), "this is not JSON")
+        .unwrap();
     let w = worker();
     s.heartbeat(&w).await.unwrap();
     assert!(s.claim(&w, WAIT).await.unwrap().is_none());
     let dead = s.dead_letters(5).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].payload, "this is not JSON");
-    let left: i64 = c.llen(format!("{{{}job_queue}}:processing:{w}", p.prefix)).unwrap();
+    let left: i64 = c
+        .llen(format!("{{{}job_queue}}:processing:{w}", p.prefix))
+        .unwrap();
     assert_eq!(left, 0);
 }
 
@@ -223,12 +361,26 @@ async fn a_cancel_requested_before_claim_is_honoured_by_the_claim() {
     let mut c = p.conn();
     // Another program flags a queued job (the prototype has no cancel endpoint).
     let _: () = c
-        .lpush(format!("{}job_queue", p.prefix), r#"{"job_id": "legacy-3", "prompt": "p"}"#)
+        .lpush(
+            format!("{}job_queue", p.prefix),
+            r#"{"job_id": "legacy-3", "prompt": "p"}"#,
+        )
         .unwrap();
-    let _: () = redis::cmd("HSET").arg(format!("{}job:status:legacy-3", p.prefix)).arg(&["status", "queued", "cancel_requested", "1"]).query(&mut c).unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{}job:status:legacy-3", p.prefix))
+        .arg(&["status", "queued", "cancel_requested", "1"])
+        .query(&mut c)
+        .unwrap();
     let w = worker();
     s.heartbeat(&w).await.unwrap();
     assert!(s.claim(&w, WAIT).await.unwrap().is_none());
-    let rec = s.get(&JobId::parse("legacy-3").unwrap()).await.unwrap().unwrap();
-    assert_eq!((rec.status, rec.error.as_str()), (JobStatus::Failed, "cancelled"));
+    let rec = s
+        .get(&JobId::parse("legacy-3").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (rec.status, rec.error.as_str()),
+        (JobStatus::Failed, "cancelled")
+    );
 }

@@ -101,6 +101,7 @@ struct Inner {
     counters: HashMap<String, u32>,
     last_graph: Option<(Value, Value)>,
     submitted: HashMap<String, u32>,
+    graphs: HashMap<String, Value>,
     runs: Vec<RunRecord>,
     sockets: HashMap<String, (u64, mpsc::UnboundedSender<Message>)>,
 }
@@ -224,6 +225,23 @@ impl StandIn {
     /// The bytes of a file this stand-in produced.
     pub fn file(&self, name: &str) -> Option<Vec<u8>> {
         self.shared.inner.lock().unwrap().files.get(name).cloned()
+    }
+
+    /// The graph submitted under a prompt id (the last one, if several).
+    pub fn graph_of(&self, prompt_id: &str) -> Option<Value> {
+        self.shared
+            .inner
+            .lock()
+            .unwrap()
+            .graphs
+            .get(prompt_id)
+            .cloned()
+    }
+
+    /// Forgets all history (as `POST /history {"clear": true}` does); the cache and
+    /// the files stay.
+    pub fn clear_history(&self) {
+        self.shared.inner.lock().unwrap().history.clear();
     }
 
     /// Whether a prompt is running or waiting.
@@ -421,6 +439,7 @@ async fn submit(State(st): State<St>, body: Bytes) -> Response {
         extra["client_id"] = c.clone().into();
     }
     *g.submitted.entry(id.clone()).or_default() += 1;
+    g.graphs.insert(id.clone(), prompt.clone());
     g.pending.push_back(Item {
         number,
         id: id.clone(),
