@@ -40,10 +40,10 @@ impl ProgressTracker {
                 prompt_id: Some(p),
                 node: Some(n),
             } if *p == self.prompt_id => {
-                if let Some(prev) = self.running.replace(n.clone()) {
-                    if prev != *n {
-                        self.done.insert(prev);
-                    }
+                if let Some(prev) = self.running.replace(n.clone())
+                    && prev != *n
+                {
+                    self.done.insert(prev);
                 }
                 self.fraction = 0.0;
             }

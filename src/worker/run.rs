@@ -165,10 +165,11 @@ async fn execute(ctx: &RunContext, lease: &Lease, job: &JobRecord) -> Outcome {
     let id = lease.job_id.as_str();
     // A job that ran before may have run on a backend that is still there: adopt
     // that run instead of using a GPU twice.
-    if lease.attempt > 1 && !job.backend.is_empty() {
-        if let Some(outcome) = adopt(ctx, lease, job).await {
-            return outcome;
-        }
+    if lease.attempt > 1
+        && !job.backend.is_empty()
+        && let Some(outcome) = adopt(ctx, lease, job).await
+    {
+        return outcome;
     }
 
     let Some(workflow) = ctx.workflows.get(&job.workflow) else {

@@ -4,6 +4,7 @@ mod support;
 
 mod api;
 mod comfy_protocol;
+mod faults;
 mod redis_interop;
 mod store_conformance;
 mod worker_e2e;

@@ -154,25 +154,26 @@ pub fn test_store(kind: Backing, settings: StoreSettings) -> TestStore {
 /// Server settings for tests: port 0, a temporary data directory, short times, no
 /// ComfyUI backends unless the test adds some.
 pub fn test_args(data_dir: &Path) -> ServerArgs {
-    let mut a = ServerArgs::default();
-    a.host = "127.0.0.1".into();
-    a.port = 0;
-    a.data_dir = data_dir.to_path_buf();
-    a.redis_url = None;
-    a.redis_host = None;
-    a.redis_prefix = String::new();
-    a.comfyui = Vec::new();
-    a.worker_ttl = Duration::from_millis(900);
-    a.retry_base = Duration::from_millis(100);
-    a.retry_max = Duration::from_millis(400);
-    a.poll_interval = Duration::from_millis(500);
-    a.health_interval = Duration::from_millis(200);
-    a.shutdown_grace = Duration::from_millis(500);
-    a.job_timeout = Duration::from_secs(30);
-    a.workflows = None;
-    a.public_url = String::new();
-    a.cors_origins = "*".into();
-    a
+    ServerArgs {
+        host: "127.0.0.1".into(),
+        port: 0,
+        data_dir: data_dir.to_path_buf(),
+        redis_url: None,
+        redis_host: None,
+        redis_prefix: String::new(),
+        comfyui: Vec::new(),
+        worker_ttl: Duration::from_millis(900),
+        retry_base: Duration::from_millis(100),
+        retry_max: Duration::from_millis(400),
+        poll_interval: Duration::from_millis(500),
+        health_interval: Duration::from_millis(200),
+        shutdown_grace: Duration::from_millis(500),
+        job_timeout: Duration::from_secs(30),
+        workflows: None,
+        public_url: String::new(),
+        cors_origins: "*".into(),
+        ..ServerArgs::default()
+    }
 }
 
 /// The app, running in this process.
