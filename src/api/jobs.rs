@@ -5,14 +5,16 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{JobIdPath, JsonBody, QueryParams};
 use crate::clock;
-use crate::job::{JobRecord, JobStatus};
+use crate::job::{JobRecord, JobStatus, Output};
 use crate::store::{CancelOutcome, ListQuery};
 use crate::workflow::request::parse_submission;
 
@@ -42,16 +44,11 @@ pub async fn generate(
 pub async fn status(
     State(state): State<AppState>,
     JobIdPath(id): JobIdPath,
-) -> Result<Json<Value>, ApiError> {
-    let Some(job) = state.with_timeout(state.store.get(&id)).await? else {
+) -> Result<Response, ApiError> {
+    let Some((job, position)) = state.with_timeout(state.store.status(&id)).await? else {
         return Err(not_found(id.as_str()));
     };
-    let position = if job.status == JobStatus::Queued {
-        state.with_timeout(state.store.queue_position(&id)).await?
-    } else {
-        None
-    };
-    Ok(Json(job_json(&job, position)))
+    Ok(Json(JobView::new(&job, position)).into_response())
 }
 
 /// Query of `GET /api/jobs`.
@@ -112,7 +109,7 @@ pub async fn list(
         }))
         .await?;
     Ok(Json(json!({
-        "jobs": page.jobs.iter().map(|j| job_json(j, None)).collect::<Vec<_>>(),
+        "jobs": page.jobs.iter().map(|j| JobView::new(j, None)).collect::<Vec<_>>(),
         "next_cursor": page.next_cursor.map(|c| c.to_string()),
     })))
 }
@@ -124,10 +121,10 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     match state.with_timeout(state.store.cancel(&id)).await? {
         CancelOutcome::Cancelled(job) => {
-            Ok((StatusCode::OK, Json(job_json(&job, None))).into_response())
+            Ok((StatusCode::OK, Json(JobView::new(&job, None))).into_response())
         }
         CancelOutcome::Requested(job) => {
-            Ok((StatusCode::ACCEPTED, Json(job_json(&job, None))).into_response())
+            Ok((StatusCode::ACCEPTED, Json(JobView::new(&job, None))).into_response())
         }
         CancelOutcome::AlreadyFinal(job) => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -153,47 +150,60 @@ fn not_found(id: &str) -> ApiError {
 /// A job as the API shows it: the prototype's `job_id`, `status`, `progress`,
 /// `image_url`, `error` (strings empty when unset), then ours, then any fields other
 /// programs wrote, as written.
-pub fn job_json(job: &JobRecord, queue_position: Option<u64>) -> Value {
-    let mut m = Map::new();
-    for (k, v) in &job.extra {
-        m.insert(k.clone(), Value::from(v.as_str()));
-    }
-    let mut put = |k: &str, v: Value| {
-        m.insert(k.to_owned(), v);
-    };
-    put("job_id", job.id.as_str().into());
-    put("status", job.status.as_str().into());
-    put("progress", job.progress.into());
-    put("image_url", job.image_url.as_str().into());
-    put("error", job.error.as_str().into());
-    put("workflow", job.workflow.as_str().into());
-    put("seed", job.seed.map(Value::from).unwrap_or(Value::Null));
-    put("prompt", job.prompt.as_str().into());
-    put("params", Value::Object(job.params.clone()));
-    put("created_at", job.created_at.as_str().into());
-    put("updated_at", job.updated_at.as_str().into());
-    put("attempt", job.attempt.into());
-    put(
-        "outputs",
-        serde_json::to_value(&job.outputs).unwrap_or_default(),
-    );
-    put("cancelled", job.cancelled.into());
-    if job.cancel_requested && !job.status.is_final() {
-        put("cancel_requested", true.into());
-    }
-    if !job.backend.is_empty() {
-        put("backend", job.backend.as_str().into());
-    }
-    if job.status == JobStatus::Queued {
-        if let Some(p) = queue_position {
-            put("queue_position", p.into());
+#[derive(Serialize)]
+pub struct JobView<'a> {
+    job_id: &'a str,
+    status: &'a str,
+    progress: u8,
+    image_url: &'a str,
+    error: &'a str,
+    workflow: &'a str,
+    seed: Option<u64>,
+    prompt: &'a str,
+    params: &'a Map<String, Value>,
+    created_at: &'a str,
+    updated_at: &'a str,
+    attempt: u32,
+    outputs: &'a [Output],
+    cancelled: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    cancel_requested: bool,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    backend: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_position: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_at: Option<String>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    last_error: &'a str,
+    #[serde(flatten)]
+    extra: &'a BTreeMap<String, String>,
+}
+
+impl<'a> JobView<'a> {
+    pub fn new(job: &'a JobRecord, queue_position: Option<u64>) -> Self {
+        let queued = job.status == JobStatus::Queued;
+        JobView {
+            job_id: &job.id,
+            status: job.status.as_str(),
+            progress: job.progress,
+            image_url: &job.image_url,
+            error: &job.error,
+            workflow: &job.workflow,
+            seed: job.seed,
+            prompt: &job.prompt,
+            params: &job.params,
+            created_at: &job.created_at,
+            updated_at: &job.updated_at,
+            attempt: job.attempt,
+            outputs: &job.outputs,
+            cancelled: job.cancelled,
+            cancel_requested: job.cancel_requested && !job.status.is_final(),
+            backend: &job.backend,
+            queue_position: queue_position.filter(|_| queued),
+            retry_at: (queued && job.retry_at > 0).then(|| clock::iso8601(job.retry_at * 1000)),
+            last_error: &job.last_error,
+            extra: &job.extra,
         }
-        if job.retry_at > 0 {
-            put("retry_at", clock::iso8601(job.retry_at * 1000).into());
-        }
     }
-    if !job.last_error.is_empty() {
-        put("last_error", job.last_error.as_str().into());
-    }
-    Value::Object(m)
 }

@@ -267,6 +267,20 @@ pub trait JobStore: Send + Sync + 'static {
     /// How many jobs are ahead of a queued job, if the store can tell cheaply.
     async fn queue_position(&self, id: &JobId) -> Result<Option<u64>, StoreError>;
 
+    /// A job's record and, while it is queued, its queue position: what
+    /// `GET /api/status` shows. Stores that can answer both in one round trip do.
+    async fn status(&self, id: &JobId) -> Result<Option<(JobRecord, Option<u64>)>, StoreError> {
+        let Some(job) = self.get(id).await? else {
+            return Ok(None);
+        };
+        let position = if job.status == JobStatus::Queued {
+            self.queue_position(id).await?
+        } else {
+            None
+        };
+        Ok(Some((job, position)))
+    }
+
     /// Recent jobs, newest first.
     async fn list(&self, query: &ListQuery) -> Result<JobPage, StoreError>;
 

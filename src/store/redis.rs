@@ -582,6 +582,28 @@ impl JobStore for RedisStore {
         Ok(rank)
     }
 
+    async fn status(&self, id: &JobId) -> Result<Option<(JobRecord, Option<u64>)>, StoreError> {
+        // One round trip for both (a plain pipeline: the two need not be atomic).
+        let mut conn = self.conn.clone();
+        let (map, rank): (HashMap<String, String>, Option<u64>) = self
+            .run(
+                ::redis::pipe()
+                    .cmd("HGETALL")
+                    .arg(self.keys.status(id.as_str()))
+                    .cmd("ZRANK")
+                    .arg(self.keys.pending())
+                    .arg(id.as_str())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(record_from_map(id.as_str(), map).map(|job| {
+            let position = (job.status == crate::job::JobStatus::Queued)
+                .then_some(rank)
+                .flatten();
+            (job, position)
+        }))
+    }
+
     async fn list(&self, query: &ListQuery) -> Result<JobPage, StoreError> {
         let limit = query.limit.max(1);
         let mut max = match query.cursor {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use tokio::sync::{Notify, broadcast, oneshot};
+use tokio::sync::{Notify, Semaphore, broadcast, oneshot};
 
 use super::{
     CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, JobEvent, JobPage, JobStore, Lease,
@@ -77,6 +77,12 @@ CREATE TABLE IF NOT EXISTS workers (
     pid          INTEGER NOT NULL,
     heartbeat_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO counters (name, value)
+    VALUES ('seq', COALESCE((SELECT MAX(list_seq) FROM jobs), 0));
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id    TEXT NOT NULL,
@@ -103,6 +109,7 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<mpsc::Sender<WriteOp>>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    read_permits: Arc<Semaphore>,
     settings: StoreSettings,
     events: broadcast::Sender<JobEvent>,
     /// Woken whenever a job becomes claimable in this process.
@@ -148,6 +155,7 @@ impl SqliteStore {
             path,
             writer: Mutex::new(tx),
             readers: Arc::new(Mutex::new(readers)),
+            read_permits: Arc::new(Semaphore::new(READERS)),
             settings,
             events,
             wake: Arc::new(Notify::new()),
@@ -196,16 +204,24 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
+        // At most READERS reads at once: each holds one pooled connection, so the
+        // pool (and its page caches) never grows under load.
+        let permit = self
+            .read_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(internal)?;
         let pool = self.readers.clone();
-        let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = pool.lock().expect("reader pool").pop();
-            let conn = match conn {
-                Some(c) => c,
-                None => open(&path)?,
-            };
+            let conn = pool
+                .lock()
+                .expect("reader pool")
+                .pop()
+                .expect("a permit guarantees a connection");
             let r = f(&conn);
             pool.lock().expect("reader pool").push(conn);
+            drop(permit);
             r
         })
         .await
@@ -364,6 +380,13 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteOp>, events: broadcast:
     }
 }
 
+/// The next number of the one sequence that orders both the listing and the queue:
+/// O(1), where `MAX(queue_seq)` would scan the whole queue index.
+fn next_seq(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'seq' RETURNING value")?
+        .query_row([], |r| r.get(0))
+}
+
 fn record_from_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
     let seed: Option<String> = r.get(9)?;
     let params: String = r.get(11)?;
@@ -456,14 +479,14 @@ impl JobStore for SqliteStore {
         let r = rec.clone();
         let out = self
             .write(move |conn| {
-                let inserted = conn.prepare_cached(
-                    "INSERT INTO jobs (id, list_seq, queue_seq, status, created_at, updated_at, \
-                     updated_ms, prompt, seed, workflow, params, payload) VALUES (?1, \
-                     (SELECT COALESCE(MAX(list_seq), 0) + 1 FROM jobs), \
-                     (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM jobs), \
-                     'queued', ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO NOTHING",
-                )?
-                .execute(params![
+                let seq = next_seq(conn)?;
+                let inserted = conn
+                    .prepare_cached(
+                        "INSERT INTO jobs (id, list_seq, queue_seq, status, created_at, updated_at, \
+                         updated_ms, prompt, seed, workflow, params, payload) VALUES (?1, ?9, ?9, \
+                         'queued', ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO NOTHING",
+                    )?
+                    .execute(params![
                     r.id,
                     r.created_at,
                     r.updated_ms as i64,
@@ -471,7 +494,8 @@ impl JobStore for SqliteStore {
                     r.seed.map(|s| s.to_string()),
                     r.workflow,
                     params_json,
-                    payload
+                    payload,
+                    seq
                 ])?;
                 if inserted == 0 {
                     let existing = get_record(conn, &r.id)?.unwrap_or(r);
@@ -777,9 +801,9 @@ impl JobStore for SqliteStore {
                     let due = now_ms + delay.as_millis() as i64;
                     conn.execute(
                         "UPDATE jobs SET status = 'queued', progress = 0, last_error = ?2, run_at = ?3, \
-                         queue_seq = (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM jobs), \
-                         lease_token = NULL, worker_id = '', updated_at = ?4, updated_ms = ?5 WHERE id = ?1",
-                        params![id, err_text, due, now, now_ms],
+                         queue_seq = ?6, lease_token = NULL, worker_id = '', updated_at = ?4, \
+                         updated_ms = ?5 WHERE id = ?1",
+                        params![id, err_text, due, now, now_ms, next_seq(conn)?],
                     )?;
                     RetryOutcome::Scheduled { due_ms: due as u64 }
                 };

@@ -1,0 +1,267 @@
+//! HTTP load on `studio api`: `POST /api/generate` then `GET /api/status/<id>`, at
+//! 32 concurrent keep-alive connections, against Redis and against the embedded
+//! SQLite store. Prints requests/s, p50/p99/max latency and the server's peak
+//! memory. A benchmark, not a test: it prints figures and never fails on them.
+//!
+//! Run: `cargo bench --bench http_load` (Redis at 127.0.0.1:6379, or
+//! `TEST_REDIS_URL`; `BENCH_SECONDS` per phase, default 10; `BENCH_CONNECTIONS`,
+//! default 32). Loopback only; bounded in time.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(store: &str, prefix: &str) -> Server {
+    let dir = std::env::temp_dir().join(format!("studio-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_studio"));
+    cmd.arg("api")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PORT", port.to_string())
+        .env("STUDIO_DATA_DIR", &dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if store == "redis" {
+        cmd.env("REDIS_URL", redis_url())
+            .env("STUDIO_REDIS_PREFIX", prefix);
+    }
+    let child = cmd.spawn().expect("studio starts");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "studio did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server { child, addr, dir }
+}
+
+fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+/// Peak resident memory of a process (VmHWM), in MiB.
+fn peak_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+#[derive(Clone, Copy)]
+enum Phase {
+    Submit,
+    Status,
+}
+
+struct Result {
+    count: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    ids: Vec<String>,
+}
+
+async fn run_phase(
+    addr: SocketAddr,
+    phase: Phase,
+    conns: usize,
+    secs: u64,
+    ids: Arc<Vec<String>>,
+) -> Result {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let stop = stop.clone();
+        let ids = ids.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = TcpStream::connect(addr).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let (mut send, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+            tokio::spawn(conn);
+            let mut lat = Vec::with_capacity(100_000);
+            let mut errors = 0;
+            let mut mine = Vec::new();
+            let mut i = c;
+            while !stop.load(Ordering::Relaxed) {
+                let req = match phase {
+                    Phase::Submit => Request::post("/api/generate")
+                        .header("host", "bench")
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(format!(
+                            r#"{{"prompt": "a lighthouse at dusk, oil painting, number {i}", "seed": {i}, "workflow": "sdxl"}}"#
+                        ))))
+                        .unwrap(),
+                    Phase::Status => Request::get(format!("/api/status/{}", ids[i % ids.len()]))
+                        .header("host", "bench")
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                };
+                i += conns;
+                let t = Instant::now();
+                let res = match send.send_request(req).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        errors += 1;
+                        break;
+                    }
+                };
+                let status = res.status().as_u16();
+                let body = res.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                lat.push(t.elapsed());
+                let ok = matches!((phase, status), (Phase::Submit, 202) | (Phase::Status, 200));
+                if !ok {
+                    errors += 1;
+                } else if let Phase::Submit = phase {
+                    if mine.len() < 2000 {
+                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        mine.push(v["job_id"].as_str().unwrap().to_owned());
+                    }
+                }
+            }
+            (lat, errors, mine)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut out = Result {
+        count: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+        ids: Vec::new(),
+    };
+    for t in tasks {
+        let (lat, errors, mine) = t.await.unwrap();
+        out.count += lat.len();
+        out.errors += errors;
+        out.latencies.extend(lat);
+        out.ids.extend(mine);
+    }
+    out.elapsed = started.elapsed();
+    out
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn report(store: &str, what: &str, r: &mut Result) {
+    r.latencies.sort();
+    println!(
+        "{store:<7} {what:<22} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  ({} requests, {} errors, {:.1} s)",
+        r.count as f64 / r.elapsed.as_secs_f64(),
+        pct(&r.latencies, 0.50),
+        pct(&r.latencies, 0.99),
+        r.latencies
+            .last()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(f64::NAN),
+        r.count,
+        r.errors,
+        r.elapsed.as_secs_f64(),
+    );
+}
+
+fn cleanup_redis(prefix: &str) {
+    if let Ok(mut c) = redis::Client::open(redis_url().as_str()).and_then(|c| c.get_connection()) {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("*{prefix}*"))
+            .query(&mut c)
+            .unwrap_or_default();
+        for chunk in keys.chunks(1000) {
+            let _: std::result::Result<i64, _> = redis::cmd("DEL").arg(chunk).query(&mut c);
+        }
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; accept and ignore harness flags.
+    let secs: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let conns: usize = std::env::var("BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(32);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "Studio Core HTTP load: {conns} connections, {secs} s per phase, release build, one machine ({} CPUs)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    for store in ["redis", "sqlite"] {
+        let prefix = format!("bench{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let server = start(store, &prefix);
+        rt.block_on(async {
+            // Warm up connections and caches.
+            run_phase(server.addr, Phase::Submit, conns, 1, Arc::new(Vec::new())).await;
+            let mut submit = run_phase(
+                server.addr,
+                Phase::Submit,
+                conns,
+                secs,
+                Arc::new(Vec::new()),
+            )
+            .await;
+            report(store, "POST /api/generate", &mut submit);
+            let ids = Arc::new(std::mem::take(&mut submit.ids));
+            let mut status = run_phase(server.addr, Phase::Status, conns, secs, ids).await;
+            report(store, "GET /api/status/<id>", &mut status);
+        });
+        println!(
+            "{store:<7} peak server memory (VmHWM): {:.1} MiB",
+            peak_mib(server.child.id())
+        );
+        drop(server);
+        if store == "redis" {
+            cleanup_redis(&prefix);
+        }
+    }
+}
