@@ -790,6 +790,9 @@ async fn run_prompt(st: &St, item: &Item) {
         return;
     }
     let nodes = order(&item.prompt);
+    // Deadlines from the start, not sleeps in a row: timer rounding must not add up,
+    // so a prompt takes `duration`, not `duration` plus a millisecond per step.
+    let started = tokio::time::Instant::now();
     let per_node = knobs.duration / nodes.len().max(1) as u32;
     let mut states: BTreeMap<String, (f64, f64, &str)> = BTreeMap::new();
     let mut executed: Vec<String> = Vec::new();
@@ -824,7 +827,8 @@ async fn run_prompt(st: &St, item: &Item) {
         }
         let steps = if idx == 0 { knobs.steps.max(1) } else { 1 };
         for step in 1..=steps {
-            tokio::time::sleep(per_node / steps).await;
+            tokio::time::sleep_until(started + per_node * idx as u32 + per_node / steps * step)
+                .await;
             if steps > 1 {
                 let g = st.inner.lock().unwrap();
                 send_to(
