@@ -149,11 +149,11 @@ async fn run_phase(
                 let ok = matches!((phase, status), (Phase::Submit, 202) | (Phase::Status, 200));
                 if !ok {
                     errors += 1;
-                } else if let Phase::Submit = phase {
-                    if mine.len() < 2000 {
-                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                        mine.push(v["job_id"].as_str().unwrap().to_owned());
-                    }
+                } else if let Phase::Submit = phase
+                    && mine.len() < 2000
+                {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    mine.push(v["job_id"].as_str().unwrap().to_owned());
                 }
             }
             (lat, errors, mine)
