@@ -1,7 +1,7 @@
 //! A ComfyUI client of our own: HTTP ([`client`]), the WebSocket ([`socket`]) and
-//! its typed messages ([`messages`]). The reference is `docs/comfyui-protocol.md`
-//! (a summary of what the real server does, with the transcripts in
-//! `tests/fixtures/comfyui/`).
+//! its typed messages ([`messages`]). It follows ComfyUI 0.3.64's public API as
+//! recorded from a real server in `tests/fixtures/comfyui/` (see that folder's
+//! README and `docs/architecture.md`).
 
 pub mod client;
 pub mod messages;
