@@ -159,6 +159,9 @@ pub struct JobRecord {
     pub last_error: String,
     /// When a delayed retry becomes due (ms since epoch), 0 if none.
     pub retry_at: u64,
+    /// The record's revision: raised by every change the stores make, so event
+    /// consumers can order changes without trusting clocks.
+    pub rev: u64,
     /// Fields written by other programs that we do not know; reported as written.
     pub extra: BTreeMap<String, String>,
 }
@@ -188,6 +191,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "lease_token",
     "created_ms",
     "payload",
+    "rev",
 ];
 
 impl JobRecord {
@@ -214,6 +218,7 @@ impl JobRecord {
             worker_id: String::new(),
             last_error: String::new(),
             retry_at: 0,
+            rev: 0,
             extra: BTreeMap::new(),
         }
     }
@@ -242,6 +247,7 @@ impl JobRecord {
             worker_id: String::new(),
             last_error: String::new(),
             retry_at: 0,
+            rev: 0,
             extra: BTreeMap::new(),
         };
         for (k, v) in fields {
@@ -266,6 +272,7 @@ impl JobRecord {
                 "worker_id" => r.worker_id = v.to_owned(),
                 "last_error" => r.last_error = v.to_owned(),
                 "retry_at" => r.retry_at = v.parse().unwrap_or(0),
+                "rev" => r.rev = v.parse().unwrap_or(0),
                 k if KNOWN_FIELDS.contains(&k) => {}
                 k => {
                     r.extra.insert(k.to_owned(), v.to_owned());
@@ -289,6 +296,7 @@ impl JobRecord {
             ("prompt", self.prompt.clone()),
             ("workflow", self.workflow.clone()),
             ("attempt", self.attempt.to_string()),
+            ("rev", self.rev.to_string()),
         ];
         if let Some(seed) = self.seed {
             f.push(("seed", seed.to_string()));

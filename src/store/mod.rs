@@ -17,6 +17,7 @@
 pub mod redis;
 pub mod sqlite;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -200,10 +201,11 @@ pub enum CancelOutcome {
     NotFound,
 }
 
-/// A change to a job: its record right after the change.
+/// A change to a job: its record right after the change (shared, so fanning one
+/// event out to thousands of streams copies a pointer, not the record).
 #[derive(Clone, Debug)]
 pub struct JobEvent {
-    pub job: JobRecord,
+    pub job: Arc<JobRecord>,
 }
 
 /// A page request for `GET /api/jobs`.

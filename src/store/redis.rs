@@ -408,7 +408,7 @@ async fn subscribe_loop(
                         msg = stream.next() => match msg {
                             Some(msg) => {
                                 if let Some(job) = decode_event(msg.get_payload_bytes()) {
-                                    let _ = tx.send(JobEvent { job });
+                                    let _ = tx.send(JobEvent { job: std::sync::Arc::new(job) });
                                 }
                             }
                             None => break,

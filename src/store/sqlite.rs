@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_token      TEXT,
     last_error       TEXT NOT NULL DEFAULT '',
     run_at           INTEGER NOT NULL DEFAULT 0,
+    rev              INTEGER NOT NULL DEFAULT 1,
     payload          TEXT NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_list_seq ON jobs(list_seq);
@@ -93,10 +94,29 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 "#;
 
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// Creates the schema in a new file; refuses a file written by a newer version.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(internal)?;
+    if version > SCHEMA_VERSION {
+        return Err(internal(format!(
+            "the database has schema version {version}, newer than this Studio Core ({SCHEMA_VERSION}); upgrade Studio Core"
+        )));
+    }
+    conn.execute_batch(SCHEMA).map_err(internal)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(internal)?;
+    Ok(())
+}
+
 /// The columns every record query selects, in [`record_from_row`]'s order.
 const COLUMNS: &str = "id, status, progress, image_url, error, created_at, updated_at, updated_ms, \
     prompt, seed, workflow, params, attempt, cancel_requested, cancelled, outputs, backend, \
-    worker_id, last_error, run_at";
+    worker_id, last_error, run_at, rev";
 
 /// One write: runs inside the writer's transaction (or, given `None`, learns that no
 /// transaction could be started), returns the changed records (to publish) and a
@@ -139,7 +159,7 @@ impl SqliteStore {
             .map_err(|e| internal(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
         let conn = open(&path).map_err(internal)?;
-        conn.execute_batch(SCHEMA).map_err(internal)?;
+        migrate(&conn)?;
         let mut readers = Vec::new();
         for _ in 0..READERS {
             readers.push(open(&path).map_err(internal)?);
@@ -259,7 +279,7 @@ impl SqliteStore {
                      updated_at = ?2, updated_ms = ?3 WHERE id = ?1",
                     params![id, now, now_ms],
                 )?;
-                let rec = get_record(conn, &id)?;
+                let rec = changed(conn, &id)?;
                 return Ok((ClaimTry::Dropped, rec.into_iter().collect()));
             }
             if attempt >= max_attempts {
@@ -271,7 +291,7 @@ impl SqliteStore {
                 )?;
                 insert_dead_letter(conn, &id, &msg, attempt, &payload, &now)?;
                 tracing::warn!(job_id = %id, attempts = attempt, error = %msg, "job failed: out of attempts, dead-lettered");
-                let rec = get_record(conn, &id)?;
+                let rec = changed(conn, &id)?;
                 return Ok((ClaimTry::Dropped, rec.into_iter().collect()));
             }
             let token = uuid::Uuid::new_v4().simple().to_string();
@@ -281,7 +301,7 @@ impl SqliteStore {
                  WHERE id = ?1",
                 params![id, w, token, now, now_ms],
             )?;
-            let rec = get_record(conn, &id)?.expect("the row just updated exists");
+            let rec = changed(conn, &id)?.expect("the row just updated exists");
             let lease = Lease {
                 job_id: JobId::parse(&id).unwrap_or_else(|_| JobId::random()),
                 worker: WorkerId::from_string(w.clone()),
@@ -373,7 +393,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteOp>, events: broadcast:
             deliver(committed.clone());
             if committed.is_ok() {
                 for job in changed {
-                    let _ = events.send(JobEvent { job });
+                    let _ = events.send(JobEvent { job: Arc::new(job) });
                 }
             }
         }
@@ -412,8 +432,17 @@ fn record_from_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
         worker_id: r.get(17)?,
         last_error: r.get(18)?,
         retry_at: r.get::<_, i64>(19)?.max(0) as u64,
+        rev: r.get::<_, i64>(20)?.max(0) as u64,
         extra: Default::default(),
     })
+}
+
+/// A job just changed: bumps its revision (what event consumers order by) and reads
+/// it back for publishing.
+fn changed(conn: &Connection, id: &str) -> rusqlite::Result<Option<JobRecord>> {
+    conn.prepare_cached("UPDATE jobs SET rev = rev + 1 WHERE id = ?1")?
+        .execute(params![id])?;
+    get_record(conn, id)
 }
 
 fn get_record(conn: &Connection, id: &str) -> rusqlite::Result<Option<JobRecord>> {
@@ -549,7 +578,7 @@ impl JobStore for SqliteStore {
                 if status.is_some() { "AND status = ?3" } else { "" }
             );
             let mut stmt = c.prepare_cached(&sql)?;
-            let map = |r: &Row<'_>| Ok((record_from_row(r)?, r.get::<_, i64>(20)?));
+            let map = |r: &Row<'_>| Ok((record_from_row(r)?, r.get::<_, i64>(21)?));
             let rows: Vec<(JobRecord, i64)> = match &status {
                 Some(s) => stmt.query_map(params![cursor, limit + 1, s], map)?.collect::<Result<_, _>>()?,
                 None => stmt.query_map(params![cursor, limit + 1], map)?.collect::<Result<_, _>>()?,
@@ -580,7 +609,7 @@ impl JobStore for SqliteStore {
                         "UPDATE jobs SET cancel_requested = 1, updated_at = ?2, updated_ms = ?3 WHERE id = ?1",
                         params![id, now, now_ms],
                     )?;
-                    let rec = get_record(conn, &id)?.expect("exists");
+                    let rec = changed(conn, &id)?.expect("exists");
                     return Ok((CancelOutcome::Requested(rec.clone()), vec![rec]));
                 }
                 conn.execute(
@@ -588,7 +617,7 @@ impl JobStore for SqliteStore {
                      cancel_requested = 1, lease_token = NULL, updated_at = ?2, updated_ms = ?3 WHERE id = ?1",
                     params![id, now, now_ms],
                 )?;
-                let rec = get_record(conn, &id)?.expect("exists");
+                let rec = changed(conn, &id)?.expect("exists");
                 Ok((CancelOutcome::Cancelled(rec.clone()), vec![rec]))
             })
             .await?;
@@ -700,13 +729,13 @@ impl JobStore for SqliteStore {
                 return Ok((LeaseState::Lost, Vec::new()));
             };
             let micros = clock::now_micros();
-            let changed = conn.execute(
+            let updated = conn.execute(
                 "UPDATE jobs SET progress = MAX(progress, COALESCE(?2, progress)), \
                  backend = COALESCE(?3, backend), updated_at = ?4, updated_ms = ?5 \
                  WHERE id = ?1 AND (progress < COALESCE(?2, -1) OR backend != COALESCE(?3, backend))",
                 params![id, progress.map(|p| p.min(100) as i64), backend, clock::iso8601(micros), (micros / 1000) as i64],
             )?;
-            let events = if changed > 0 { get_record(conn, &id)?.into_iter().collect() } else { Vec::new() };
+            let events = if updated > 0 { changed(conn, &id)?.into_iter().collect() } else { Vec::new() };
             let state = if cancel { LeaseState::CancelRequested } else { LeaseState::Held };
             Ok((state, events))
         })
@@ -741,7 +770,7 @@ impl JobStore for SqliteStore {
                         params![id, now, now_ms],
                     )?,
                 };
-                Ok((true, get_record(conn, &id)?.into_iter().collect()))
+                Ok((true, changed(conn, &id)?.into_iter().collect()))
             })
             .await?;
         if written {
@@ -807,7 +836,7 @@ impl JobStore for SqliteStore {
                     )?;
                     RetryOutcome::Scheduled { due_ms: due as u64 }
                 };
-                Ok((outcome, get_record(conn, &id)?.into_iter().collect()))
+                Ok((outcome, changed(conn, &id)?.into_iter().collect()))
             })
             .await?;
         match out {
@@ -840,7 +869,7 @@ impl JobStore for SqliteStore {
                      lease_token = NULL, worker_id = '', updated_at = ?2, updated_ms = ?3 WHERE id = ?1",
                     params![id, clock::iso8601(micros), (micros / 1000) as i64],
                 )?;
-                Ok((true, get_record(conn, &id)?.into_iter().collect()))
+                Ok((true, changed(conn, &id)?.into_iter().collect()))
             })
             .await?;
         if released {
@@ -878,7 +907,7 @@ impl JobStore for SqliteStore {
                     )?
                     .query_map(params![now_ms - ttl], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
-                let mut changed = Vec::new();
+                let mut requeued = Vec::new();
                 for id in &ids {
                     conn.execute(
                         "UPDATE jobs SET status = 'queued', progress = 0, lease_token = NULL, worker_id = '', \
@@ -886,7 +915,7 @@ impl JobStore for SqliteStore {
                          updated_at = ?2, updated_ms = ?3 WHERE id = ?1",
                         params![id, clock::iso8601(micros), now_ms],
                     )?;
-                    changed.extend(get_record(conn, id)?);
+                    requeued.extend(changed(conn, id)?);
                 }
                 // Forget workers long gone that hold nothing.
                 conn.execute(
@@ -894,7 +923,7 @@ impl JobStore for SqliteStore {
                      (SELECT worker_id FROM jobs WHERE status = 'processing')",
                     params![now_ms - ttl],
                 )?;
-                Ok((ids, changed))
+                Ok((ids, requeued))
             })
             .await?;
         for id in &reaped {
