@@ -10,8 +10,10 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::api::events::EventHub;
 use crate::api::{self, AppState, CorsOrigins};
 use crate::config::{Role, ServerArgs, StoreChoice};
+use crate::shutdown;
 use crate::storage::{FsImageStore, ImageStore};
 use crate::store::{JobStore, RedisStore, SqliteStore};
 use crate::worker::Workers;
@@ -27,6 +29,7 @@ pub struct App {
     router: Option<axum::Router>,
     workers: Option<Workers>,
     store: Arc<dyn JobStore>,
+    stop: watch::Sender<bool>,
 }
 
 /// Opens the store the settings ask for.
@@ -59,6 +62,7 @@ impl App {
                 images.clone(),
             )
         });
+        let (stop, stop_rx) = shutdown::flag();
         let (listener, router) = if role.runs_api() {
             let addr = format!("{}:{}", args.host, args.port);
             let listener = TcpListener::bind(&addr)
@@ -70,6 +74,8 @@ impl App {
                 images,
                 public_url: args.public_url.trim_end_matches('/').to_owned(),
                 backends: workers.as_ref().map(Workers::report),
+                hub: EventHub::start(store.clone()),
+                shutdown: stop_rx,
             };
             (
                 Some(listener),
@@ -84,6 +90,7 @@ impl App {
             router,
             workers,
             store,
+            stop,
         })
     }
 
@@ -102,7 +109,8 @@ impl App {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop_tx = self.stop;
+        let stop_rx = stop_tx.subscribe();
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
@@ -114,12 +122,12 @@ impl App {
             let (mut graceful, mut deadline) = (stop_rx.clone(), stop_rx.clone());
             tasks.spawn(async move {
                 let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-                    let _ = graceful.wait_for(|s| *s).await;
+                    shutdown::signalled(&mut graceful).await;
                 });
                 tokio::select! {
                     r = server => r.context("HTTP server failed"),
                     _ = async {
-                        let _ = deadline.wait_for(|s| *s).await;
+                        shutdown::signalled(&mut deadline).await;
                         tokio::time::sleep(HTTP_DRAIN).await;
                     } => Ok(()),
                 }

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod comfy;
 pub mod config;
 pub mod job;
+pub mod shutdown;
 pub mod storage;
 pub mod store;
 pub mod telemetry;

@@ -2,6 +2,7 @@
 //! passes (request log, CORS, panic guard). One file per resource.
 
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod health;
 pub mod images;
@@ -46,6 +47,10 @@ pub struct AppState {
     pub public_url: String,
     /// The backends of the workers in this process, if any.
     pub backends: Option<Arc<dyn BackendReport>>,
+    /// Fans store changes out to event streams.
+    pub hub: Arc<events::EventHub>,
+    /// Set when the service stops: event streams end.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AppState {
@@ -110,6 +115,8 @@ pub fn router(state: AppState, cors: &CorsOrigins) -> Router {
         .route("/api/jobs", get(jobs::list))
         .route("/api/jobs/{job_id}", get(jobs::status))
         .route("/api/jobs/{job_id}/cancel", post(jobs::cancel))
+        .route("/api/jobs/{job_id}/events", get(events::job_events))
+        .route("/api/events", get(events::all_events))
         .route("/api/workflows", get(workflows::list))
         .route("/images/{job_id}/{file}", get(images::image))
         .fallback(not_found)

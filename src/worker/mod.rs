@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use self::backend::{Backend, Health};
 use self::run::{RunContext, run_job};
 use crate::api::BackendReport;
+use crate::shutdown::signalled;
 use crate::storage::ImageStore;
 use crate::store::{JobStore, StoreError, WorkerId};
 use crate::workflow::WorkflowRegistry;
@@ -171,7 +172,7 @@ impl Workers {
             };
             dispatchers.spawn(dispatch(ctx, id.clone(), shutdown.clone()));
         }
-        until_true(&mut shutdown.clone()).await;
+        signalled(&mut shutdown.clone()).await;
         tracing::info!(
             grace_s = self.config.shutdown_grace.as_secs_f64(),
             "workers stopping: no new claims; finishing running jobs"
@@ -207,11 +208,11 @@ async fn dispatch(ctx: RunContext, worker: WorkerId, mut shutdown: watch::Receiv
         }
         tokio::select! {
             _ = backend.wait_up() => {}
-            _ = until_true(&mut shutdown) => break,
+            _ = signalled(&mut shutdown) => break,
         }
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            _ = until_true(&mut shutdown) => break,
+            _ = signalled(&mut shutdown) => break,
         };
         if backend.health() != Health::Up {
             continue;
@@ -240,7 +241,7 @@ async fn dispatch(ctx: RunContext, worker: WorkerId, mut shutdown: watch::Receiv
                 tracing::warn!(error = %e, backend = %backend.url, "claim failed");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = until_true(&mut shutdown) => break,
+                    _ = signalled(&mut shutdown) => break,
                 }
             }
         }
@@ -305,12 +306,7 @@ async fn maintenance_loop(
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = until_true(&mut stop) => return,
+            _ = signalled(&mut stop) => return,
         }
     }
-}
-
-/// Waits until a shutdown-style flag turns true (or its sender is gone).
-pub(crate) async fn until_true(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|v| *v).await;
 }

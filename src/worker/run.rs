@@ -493,7 +493,7 @@ async fn follow(
                 Err(broadcast::error::RecvError::Closed) => cancels = ctx.store.subscribe(),
             },
             _ = tokio::time::sleep_until(deadline) => return Followed::TimedOut,
-            _ = super::until_true(&mut abort) => return Followed::HandBack,
+            _ = crate::shutdown::signalled(&mut abort) => return Followed::HandBack,
         }
     }
 }

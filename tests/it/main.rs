@@ -4,6 +4,7 @@ mod support;
 
 mod api;
 mod comfy_protocol;
+mod events;
 mod faults;
 mod redis_interop;
 mod store_conformance;

@@ -323,3 +323,76 @@ impl Drop for TestApp {
 pub fn studio_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_studio"))
 }
+
+/// One Server-Sent Event.
+#[derive(Clone, Debug, Default)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: String,
+    pub data: String,
+}
+
+impl SseEvent {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data).unwrap_or(Value::Null)
+    }
+}
+
+/// Reads an SSE response event by event.
+pub struct SseReader {
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+impl SseReader {
+    pub async fn open(
+        http: &reqwest::Client,
+        url: &str,
+        last_event_id: Option<&str>,
+    ) -> (u16, SseReader) {
+        let mut req = http.get(url).header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let res = req.send().await.expect("stream opens");
+        let status = res.status().as_u16();
+        (
+            status,
+            SseReader {
+                body: Box::pin(res.bytes_stream()),
+                buf: String::new(),
+            },
+        )
+    }
+
+    /// The next event (comments skipped); `None` when the stream ends.
+    pub async fn next(&mut self, limit: Duration) -> Option<SseEvent> {
+        use futures_util::StreamExt;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = SseEvent::default();
+                let mut data = Vec::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        ev.event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        ev.id = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push(v.strip_prefix(' ').unwrap_or(v).to_owned());
+                    }
+                }
+                if !data.is_empty() || !ev.event.is_empty() {
+                    ev.data = data.join("\n");
+                    return Some(ev);
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(_) => return None,
+                Err(_) => panic!("no event within {limit:?}; buffered: {:?}", self.buf),
+            }
+        }
+    }
+}
