@@ -1,0 +1,283 @@
+//! Live-event latency: 1,000 open SSE streams (one per running job), then rounds of
+//! progress writes through the store as a worker makes them; for each write, the
+//! time until the stream of that job receives it. Prints p50/p99/max and the
+//! server's memory. Redis: `studio api` in its own process, the writes from this
+//! one (so every event crosses Redis pub/sub); SQLite: the app in this process.
+//!
+//! Run: `cargo bench --bench sse_latency` (`BENCH_STREAMS` (1000), `BENCH_ROUNDS`
+//! (10)). Loopback only.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use serde_json::Map;
+use studio_core::job::NewJob;
+use studio_core::store::{JobStore, Lease, RedisStore, StoreSettings, WorkerId};
+use tokio::net::TcpStream;
+
+type Arrivals = Arc<Mutex<HashMap<(String, u64), Instant>>>;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
+}
+
+/// Opens one stream and records when each progress value arrives.
+async fn stream(
+    addr: SocketAddr,
+    id: String,
+    arrivals: Arrivals,
+    ready: Arc<tokio::sync::Semaphore>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("/api/jobs/{id}/events"))
+        .header("host", "bench")
+        .header("accept", "text/event-stream")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let mut body = send.send_request(req).await.unwrap().into_body();
+    let mut buf = String::new();
+    let mut first = true;
+    while let Some(Ok(frame)) = body.frame().await {
+        let now = Instant::now();
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.push_str(&String::from_utf8_lossy(&data));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            if first {
+                first = false;
+                ready.add_permits(1);
+            }
+            if let Some(line) = block.lines().find_map(|l| l.strip_prefix("data:")) {
+                let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_default();
+                if let Some(p) = v["progress"].as_u64() {
+                    arrivals
+                        .lock()
+                        .unwrap()
+                        .entry((id.clone(), p))
+                        .or_insert(now);
+                }
+            }
+        }
+    }
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn rss_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+async fn measure(
+    label: &str,
+    addr: SocketAddr,
+    store: Arc<dyn JobStore>,
+    streams: usize,
+    rounds: u64,
+    server_pid: u32,
+    whose: &str,
+) {
+    let worker = WorkerId::from_string(format!("bench-{}", uuid::Uuid::new_v4().simple()));
+    store.heartbeat(&worker).await.unwrap();
+    let mut leases: Vec<Lease> = Vec::new();
+    for i in 0..streams {
+        store
+            .enqueue(&NewJob::new(
+                format!("sse {i}"),
+                i as u64,
+                "smoke".into(),
+                Map::new(),
+            ))
+            .await
+            .unwrap();
+    }
+    while leases.len() < streams {
+        let c = store
+            .claim(&worker, Duration::from_secs(1))
+            .await
+            .unwrap()
+            .expect("claim");
+        leases.push(c.lease);
+    }
+    let arrivals: Arrivals = Arc::new(Mutex::new(HashMap::new()));
+    let ready = Arc::new(tokio::sync::Semaphore::new(0));
+    for l in &leases {
+        tokio::spawn(stream(
+            addr,
+            l.job_id.to_string(),
+            arrivals.clone(),
+            ready.clone(),
+        ));
+    }
+    let _all = ready.acquire_many(streams as u32).await.unwrap();
+    let mem_open = rss_mib(server_pid, "VmRSS:");
+    let mut writes: Vec<(String, u64, Instant)> = Vec::new();
+    let started = Instant::now();
+    for p in 1..=rounds {
+        for l in &leases {
+            let t = Instant::now();
+            store.update(l, Some(p as u8), None).await.unwrap();
+            writes.push((l.job_id.to_string(), p, t));
+        }
+        store.heartbeat(&worker).await.unwrap();
+    }
+    let write_time = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = arrivals.lock().unwrap();
+    let mut lat: Vec<f64> = Vec::new();
+    let mut missing = 0;
+    for (id, p, t) in &writes {
+        match got.get(&(id.clone(), *p)) {
+            Some(a) => lat.push(a.saturating_duration_since(*t).as_secs_f64() * 1000.0),
+            None => missing += 1,
+        }
+    }
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "{label:<7} {streams} open streams, {} progress writes in {:.2} s ({:.0}/s): write→event p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {missing} not received; {whose} RSS with streams open {:.1} MiB, peak {:.1} MiB",
+        writes.len(),
+        write_time.as_secs_f64(),
+        writes.len() as f64 / write_time.as_secs_f64(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN),
+        mem_open,
+        rss_mib(server_pid, "VmHWM:"),
+    );
+}
+
+struct Server(Child, std::path::PathBuf);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+fn main() {
+    let streams: usize = env_or("BENCH_STREAMS", 1000);
+    let rounds: u64 = env_or("BENCH_ROUNDS", 10);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "Studio Core live events: {streams} SSE streams, {rounds} progress writes per job, release build"
+    );
+
+    // Redis: the API in its own process; every event crosses Redis pub/sub.
+    let prefix = format!("sse{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let dir = std::env::temp_dir().join(format!("studio-sse-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_studio"))
+        .arg("api")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("PORT", port.to_string())
+        .env("STUDIO_DATA_DIR", &dir)
+        .env("REDIS_URL", redis_url())
+        .env("STUDIO_REDIS_PREFIX", &prefix)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server(child, dir);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    while std::net::TcpStream::connect(addr).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rt.block_on(async {
+        let store: Arc<dyn JobStore> =
+            Arc::new(RedisStore::connect(&redis_url(), &prefix, StoreSettings::default()).unwrap());
+        measure(
+            "redis",
+            addr,
+            store,
+            streams,
+            rounds,
+            server.0.id(),
+            "server",
+        )
+        .await;
+    });
+    drop(server);
+    if let Ok(mut c) = redis::Client::open(redis_url().as_str()).and_then(|c| c.get_connection()) {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("*{prefix}*"))
+            .query(&mut c)
+            .unwrap_or_default();
+        for chunk in keys.chunks(1000) {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query(&mut c);
+        }
+    }
+
+    // SQLite: the app in this process (its events are in-process).
+    rt.block_on(async {
+        let dir =
+            std::env::temp_dir().join(format!("studio-sse-{}", uuid::Uuid::new_v4().simple()));
+        let args = studio_core::config::ServerArgs {
+            port: 0,
+            data_dir: dir.clone(),
+            redis_url: None,
+            redis_host: None,
+            ..Default::default()
+        };
+        let app = studio_core::app::App::build(studio_core::config::Role::Api, &args)
+            .await
+            .unwrap();
+        let addr = app.local_addr().unwrap();
+        let store = app.store();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        measure(
+            "sqlite",
+            addr,
+            store,
+            streams,
+            rounds,
+            std::process::id(),
+            "process (server and clients)",
+        )
+        .await;
+        let _ = tx.send(());
+        let _ = task.await;
+        let _ = std::fs::remove_dir_all(dir);
+    });
+}
