@@ -222,21 +222,20 @@ pub async fn all_events(
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let rx = state.hub.subscribe_all();
     let shutdown = state.shutdown.clone();
-    let events =
-        futures_util::stream::unfold((rx, shutdown), |(mut rx, mut shutdown)| async move {
-            loop {
-                tokio::select! {
-                    r = rx.recv() => match r {
-                        Ok(job) => return Some((Ok(event_of(&job, None)), (rx, shutdown))),
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            let ev = Event::default().event("lagged").data(n.to_string());
-                            return Some((Ok(ev), (rx, shutdown)));
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    },
-                    _ = signalled(&mut shutdown) => return None,
-                }
-            }
-        });
+    let events = futures_util::stream::unfold(
+        (rx, shutdown),
+        |(mut rx, mut shutdown)| async move {
+            let ev = tokio::select! {
+                r = rx.recv() => match r {
+                    Ok(job) => event_of(&job, None),
+                    // A slow client: say how many changes it missed (it can re-read).
+                    Err(broadcast::error::RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+                _ = signalled(&mut shutdown) => return None,
+            };
+            Some((Ok(ev), (rx, shutdown)))
+        },
+    );
     Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }
