@@ -9,3 +9,4 @@ mod faults;
 mod redis_interop;
 mod store_conformance;
 mod worker_e2e;
+mod cli;
