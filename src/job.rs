@@ -109,7 +109,7 @@ impl Serialize for JobStatus {
 }
 
 /// One file a job produced, as stored by the image store and served by the API.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Output {
     /// The ComfyUI node that produced it.
     pub node: String,

@@ -3,7 +3,8 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::store::StoreError;
 use crate::workflow::request::FieldError;
@@ -83,12 +84,28 @@ impl From<FieldError> for ApiError {
     }
 }
 
+/// Every error answer's body.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, for people.
+    #[schema(example = "prompt must not be empty or only whitespace")]
+    pub error: String,
+    /// A stable kebab-case code, for programs.
+    #[schema(example = "invalid-prompt")]
+    pub code: &'static str,
+    /// The request field at fault, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "prompt")]
+    pub field: Option<String>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({"error": self.message, "code": self.code});
-        if let Some(f) = self.field {
-            body["field"] = f.into();
-        }
+        let body = ErrorBody {
+            error: self.message,
+            code: self.code,
+            field: self.field,
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }

@@ -25,7 +25,7 @@ use futures_util::Stream;
 use tokio::sync::{broadcast, watch};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::JobIdPath;
 use super::jobs::JobView;
 use crate::job::{JobId, JobRecord};
@@ -187,7 +187,17 @@ impl JobStream {
     }
 }
 
-/// `GET /api/jobs/{job_id}/events`.
+/// A job's live events (Server-Sent Events): a snapshot first, then every change,
+/// ending after the final state. Each event is `event: job`, `id: <revision>`,
+/// `data: <the job, as GET /api/status shows it>`; keep-alive comments every 15 s. On
+/// reconnect (with or without `Last-Event-ID`) a fresh snapshot comes first.
+#[utoipa::path(get, path = "/api/jobs/{job_id}/events", tag = "events",
+    params(("job_id" = String, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "An event stream; each `data` is a JobView", content_type = "text/event-stream", body = JobView),
+        (status = 400, description = "Malformed job id", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+    ))]
 pub async fn job_events(
     State(state): State<AppState>,
     JobIdPath(id): JobIdPath,
@@ -216,7 +226,11 @@ pub async fn job_events(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
 }
 
-/// `GET /api/events`: every change of every job.
+/// Every change of every job (Server-Sent Events), from now on: `event: job` with
+/// the job as `data`; `event: lagged` (data: how many changes were skipped) if the
+/// client reads too slowly.
+#[utoipa::path(get, path = "/api/events", tag = "events",
+    responses((status = 200, description = "An event stream; each `data` is a JobView", content_type = "text/event-stream", body = JobView)))]
 pub async fn all_events(
     State(state): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {

@@ -4,51 +4,96 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
-use crate::store::StoreKind;
+use crate::store::{QueueStats, StoreKind};
 
-/// The prototype's `{"status": "ok", "redis": "healthy"}`, plus the store kind,
-/// version, queue counts and (with workers in this process) the backends.
+/// The prototype's `{"status": "ok", "redis": "healthy"}`, plus more.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `unavailable` when the store does not answer.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+    /// `healthy`, `unavailable: <why>`, or `not used (embedded store)`.
+    #[schema(example = "healthy")]
+    pub redis: String,
+    /// `redis` or `sqlite`.
+    pub store: &'static str,
+    pub version: &'static str,
+    /// Queue counts (when the store answers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueStats>,
+    /// The ComfyUI backends of the workers in this process, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backends: Option<Vec<BackendState>>,
+    /// What is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One ComfyUI backend as `/health` shows it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct BackendState {
+    pub url: String,
+    /// `up`, `down` or `unknown` (not checked yet).
+    pub state: &'static str,
+    /// `connected` or `disconnected`.
+    pub socket: &'static str,
+    /// Jobs this process runs on it now.
+    pub in_flight: usize,
+    /// Jobs ended on it since start.
+    pub done: usize,
+    /// Prompts in its own queue (running + pending) at the last check.
+    pub queue_remaining: Option<u64>,
+    /// Its first device (`cpu`, a GPU name).
+    pub device: String,
+    pub last_ok_at: String,
+    pub last_error: String,
+    pub last_error_at: String,
+}
+
+/// Health of the store and of this process's backends.
+#[utoipa::path(get, path = "/health", tag = "service",
+    responses(
+        (status = 200, description = "The store answers", body = Health),
+        (status = 503, description = "The store does not answer (within about a second)", body = Health),
+    ))]
 pub async fn health(State(state): State<AppState>) -> Response {
     let kind = state.store.kind();
     let checked = match state.with_timeout(state.store.ping()).await {
-        Ok(()) => state.with_timeout(state.store.stats()).await.map(Some),
+        Ok(()) => state.with_timeout(state.store.stats()).await,
         Err(e) => Err(e),
     };
-    let redis_word = |ok: bool, err: &str| match (kind, ok) {
-        (StoreKind::Sqlite, _) => "not used (embedded store)".to_owned(),
-        (StoreKind::Redis, true) => "healthy".to_owned(),
-        (StoreKind::Redis, false) => format!("unavailable: {err}"),
+    let mut body = Health {
+        status: "ok",
+        redis: String::new(),
+        store: kind.as_str(),
+        version: env!("CARGO_PKG_VERSION"),
+        queue: None,
+        backends: state.backends.as_ref().map(|b| b.snapshot()),
+        error: None,
     };
-    let backends = state.backends.as_ref().map(|b| b.snapshot());
-    match checked {
+    let code = match checked {
         Ok(stats) => {
-            let mut body = json!({
-                "status": "ok",
-                "redis": redis_word(true, ""),
-                "store": kind.as_str(),
-                "version": env!("CARGO_PKG_VERSION"),
-                "queue": stats,
-            });
-            if let Some(b) = backends {
-                body["backends"] = b;
-            }
-            (StatusCode::OK, Json(body)).into_response()
+            body.queue = Some(stats);
+            StatusCode::OK
         }
         Err(e) => {
-            let mut body = json!({
-                "status": "unavailable",
-                "redis": redis_word(false, &e.message),
-                "store": kind.as_str(),
-                "version": env!("CARGO_PKG_VERSION"),
-                "error": format!("the {} store is unavailable: {}", kind.as_str(), e.message),
-            });
-            if let Some(b) = backends {
-                body["backends"] = b;
-            }
-            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+            body.status = "unavailable";
+            body.error = Some(format!(
+                "the {} store is unavailable: {}",
+                kind.as_str(),
+                e.message
+            ));
+            StatusCode::SERVICE_UNAVAILABLE
         }
-    }
+    };
+    body.redis = match (kind, &body.error) {
+        (StoreKind::Sqlite, _) => "not used (embedded store)".to_owned(),
+        (StoreKind::Redis, None) => "healthy".to_owned(),
+        (StoreKind::Redis, Some(e)) => format!("unavailable: {e}"),
+    };
+    (code, Json(body)).into_response()
 }

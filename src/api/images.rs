@@ -8,12 +8,19 @@ use axum::response::{IntoResponse, Response};
 use tokio_util::io::ReaderStream;
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use crate::job::JobId;
 
 /// `Cache-Control` of stored outputs: names are unique per job, contents final.
 pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
+/// A stored output file, with its content type and long cache headers.
+#[utoipa::path(get, path = "/images/{job_id}/{file}", tag = "jobs",
+    params(("job_id" = String, Path, description = "The job id"), ("file" = String, Path, description = "A file name from the job's outputs")),
+    responses(
+        (status = 200, description = "The file (image/png, image/webp, video/mp4, ...)", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, description = "No such file (`file-not-found`)", body = ErrorBody),
+    ))]
 pub async fn image(
     State(state): State<AppState>,
     Path((job, name)): Path<(String, String)>,

@@ -8,10 +8,11 @@ use axum::response::{IntoResponse, Response};
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::extract::{JobIdPath, JsonBody, QueryParams};
 use crate::clock;
 use crate::job::{JobRecord, JobStatus, Output};
@@ -23,24 +24,74 @@ pub const DEFAULT_PAGE: usize = 20;
 /// Most jobs per page.
 pub const MAX_PAGE: usize = 100;
 
-/// `POST /api/generate`: 202 `{"job_id", "status": "queued", ...}`.
+/// A submission: `prompt`, `seed` and `workflow`, plus the workflow's declared
+/// parameters (`negative_prompt`, `steps`, `cfg`, `width`, `height`, `batch_size`,
+/// ... as `GET /api/workflows` lists them), each checked against its type and
+/// bounds; undeclared fields are refused. (The body is read as JSON and checked
+/// field by field by `parse_submission`, so errors can name the field; this type
+/// documents it.)
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(example = json!({"prompt": "a lighthouse at dusk", "seed": 42, "workflow": "sdxl", "steps": 30}))]
+pub struct GenerateRequest {
+    /// What to draw: not empty, not only whitespace, at most 10,000 characters.
+    pub prompt: String,
+    /// 0..=18446744073709551615; random (and returned) when absent.
+    pub seed: Option<u64>,
+    /// A workflow name from `GET /api/workflows` (default `sdxl`).
+    pub workflow: Option<String>,
+}
+
+/// `202` to a submission: the prototype's `{"job_id", "status": "queued"}` plus more.
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    /// A UUID v4.
+    pub job_id: String,
+    /// Always `queued`.
+    #[schema(example = "queued")]
+    pub status: &'static str,
+    /// The seed used (chosen at random when the request had none).
+    pub seed: u64,
+    pub workflow: String,
+    /// Where to follow it.
+    pub status_url: String,
+}
+
+/// Submits a job.
+#[utoipa::path(post, path = "/api/generate", tag = "jobs",
+    request_body(content = GenerateRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Queued", body = Accepted),
+        (status = 400, description = "A field is missing or invalid (`invalid-prompt`, `prompt-too-long`, `invalid-seed`, `unknown-workflow`, `invalid-workflow`, `unknown-field`, `invalid-param`, `invalid-json`, `invalid-body`)", body = ErrorBody),
+        (status = 413, description = "Body over 256 KiB (`payload-too-large`)", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json (`unsupported-media-type`)", body = ErrorBody),
+        (status = 503, description = "The store is unavailable (`store-unavailable`)", body = ErrorBody),
+    ))]
 pub async fn generate(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let job = parse_submission(&body, &state.workflows)?;
     let record = state.with_timeout(state.store.enqueue(&job)).await?;
-    let body = json!({
-        "job_id": record.id,
-        "status": "queued",
-        "seed": job.seed,
-        "workflow": job.workflow,
-        "status_url": format!("{}/api/status/{}", state.public_url, record.id),
-    });
+    let body = Accepted {
+        status_url: format!("{}/api/status/{}", state.public_url, record.id),
+        job_id: record.id,
+        status: "queued",
+        seed: job.seed,
+        workflow: job.workflow,
+    };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-/// `GET /api/status/{job_id}`: the prototype's five keys plus ours.
+/// A job's status: the prototype's five keys plus ours.
+#[utoipa::path(get, path = "/api/status/{job_id}", tag = "jobs",
+    params(("job_id" = String, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 400, description = "Malformed job id (`invalid-job-id`)", body = ErrorBody),
+        (status = 404, description = "Unknown or expired job (`job-not-found`)", body = ErrorBody),
+        (status = 503, description = "The store is unavailable", body = ErrorBody),
+    ))]
 pub async fn status(
     State(state): State<AppState>,
     JobIdPath(id): JobIdPath,
@@ -51,20 +102,49 @@ pub async fn status(
     Ok(Json(JobView::new(&job, position)).into_response())
 }
 
+/// The same as `GET /api/status/{job_id}`.
+#[utoipa::path(get, path = "/api/jobs/{job_id}", tag = "jobs",
+    params(("job_id" = String, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 400, description = "Malformed job id (`invalid-job-id`)", body = ErrorBody),
+        (status = 404, description = "Unknown or expired job (`job-not-found`)", body = ErrorBody),
+    ))]
+pub async fn get(state: State<AppState>, id: JobIdPath) -> Result<Response, ApiError> {
+    status(state, id).await
+}
+
 /// Query of `GET /api/jobs`.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only jobs in this state: `queued`, `processing`, `finished`, `failed`.
     status: Option<String>,
+    /// Jobs per page, 1–100 (default 20).
     limit: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
-/// `GET /api/jobs?status=&limit=&cursor=`: recent jobs, newest first.
+/// A page of jobs, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct JobPage<'a> {
+    pub jobs: Vec<JobView<'a>>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// Recent jobs, newest first.
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs", params(ListParams),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobPage),
+        (status = 400, description = "A bad query parameter (`invalid-status`, `invalid-limit`, `invalid-cursor`, `invalid-query`)", body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     QueryParams(p): QueryParams<ListParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let status = match p.status.as_deref() {
         None | Some("") => None,
         Some(s @ ("queued" | "processing" | "finished" | "failed")) => Some(JobStatus::parse(s)),
@@ -108,13 +188,23 @@ pub async fn list(
             cursor,
         }))
         .await?;
-    Ok(Json(json!({
-        "jobs": page.jobs.iter().map(|j| JobView::new(j, None)).collect::<Vec<_>>(),
-        "next_cursor": page.next_cursor.map(|c| c.to_string()),
-    })))
+    Ok(Json(JobPage {
+        jobs: page.jobs.iter().map(|j| JobView::new(j, None)).collect(),
+        next_cursor: page.next_cursor.map(|c| c.to_string()),
+    })
+    .into_response())
 }
 
-/// `POST /api/jobs/{job_id}/cancel`.
+/// Cancels a job: a queued one at once, a running one by asking its worker.
+#[utoipa::path(post, path = "/api/jobs/{job_id}/cancel", tag = "jobs",
+    params(("job_id" = String, Path, description = "The job id")),
+    responses(
+        (status = 200, description = "It was queued: now `failed` with error `cancelled`", body = JobView),
+        (status = 202, description = "It is running: its worker stops it (`cancel_requested: true`); it ends `failed`/`cancelled` within seconds", body = JobView),
+        (status = 400, description = "Malformed job id", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+        (status = 409, description = "It already finished or failed (`job-final`)", body = ErrorBody),
+    ))]
 pub async fn cancel(
     State(state): State<AppState>,
     JobIdPath(id): JobIdPath,
@@ -149,34 +239,50 @@ fn not_found(id: &str) -> ApiError {
 
 /// A job as the API shows it: the prototype's `job_id`, `status`, `progress`,
 /// `image_url`, `error` (strings empty when unset), then ours, then any fields other
-/// programs wrote, as written.
-#[derive(Serialize)]
+/// programs wrote into its Redis status hash, as written (strings).
+#[derive(Serialize, ToSchema)]
 pub struct JobView<'a> {
     job_id: &'a str,
+    /// `queued`, `processing`, `finished` or `failed` (or a word another program wrote).
+    #[schema(example = "processing")]
     status: &'a str,
+    /// 0–100; 100 only when finished.
     progress: u8,
+    /// The first image, once finished; empty before.
     image_url: &'a str,
+    /// Why it failed (`cancelled` for a cancelled job); empty otherwise.
     error: &'a str,
     workflow: &'a str,
     seed: Option<u64>,
     prompt: &'a str,
+    /// The workflow parameters used (with defaults filled in).
+    #[schema(value_type = Object)]
     params: &'a Map<String, Value>,
     created_at: &'a str,
     updated_at: &'a str,
+    /// How many times a worker has taken it.
     attempt: u32,
+    /// Every file it produced, once finished.
+    #[schema(value_type = Vec<Output>)]
     outputs: &'a [Output],
     cancelled: bool,
+    /// A cancel was asked for and its worker is stopping it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     cancel_requested: bool,
+    /// The ComfyUI backend it runs (or ran) on.
     #[serde(skip_serializing_if = "str::is_empty")]
     backend: &'a str,
+    /// While queued: how many jobs are ahead.
     #[serde(skip_serializing_if = "Option::is_none")]
     queue_position: Option<u64>,
+    /// While waiting for a retry: when it becomes due.
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_at: Option<String>,
+    /// The error of the last attempt, when it was retried.
     #[serde(skip_serializing_if = "str::is_empty")]
     last_error: &'a str,
     #[serde(flatten)]
+    #[schema(ignore)]
     extra: &'a BTreeMap<String, String>,
 }
 

@@ -7,6 +7,8 @@ pub mod extract;
 pub mod health;
 pub mod images;
 pub mod jobs;
+pub mod openapi;
+pub mod pages;
 pub mod workflows;
 
 use std::future::Future;
@@ -18,7 +20,6 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
@@ -34,7 +35,7 @@ pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Something that can describe the ComfyUI backends this process drives, for
 /// `/health`.
 pub trait BackendReport: Send + Sync {
-    fn snapshot(&self) -> serde_json::Value;
+    fn snapshot(&self) -> Vec<health::BackendState>;
 }
 
 /// What every handler can reach. Cheap to clone.
@@ -106,19 +107,39 @@ impl CorsOrigins {
     }
 }
 
+/// Declares the routes once: the router is built from this list, and `ROUTES`
+/// lets the OpenAPI test check that the document lists every one of them.
+macro_rules! routes {
+    ($($method:ident $path:literal => $handler:path),* $(,)?) => {
+        /// Every route: (method, path).
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path)),*];
+
+        fn add_routes(router: Router<AppState>) -> Router<AppState> {
+            router$(.route($path, axum::routing::$method($handler)))*
+        }
+    };
+}
+
+routes! {
+    get "/health" => health::health,
+    post "/api/generate" => jobs::generate,
+    get "/api/status/{job_id}" => jobs::status,
+    get "/api/jobs" => jobs::list,
+    get "/api/jobs/{job_id}" => jobs::get,
+    post "/api/jobs/{job_id}/cancel" => jobs::cancel,
+    get "/api/jobs/{job_id}/events" => events::job_events,
+    get "/api/events" => events::all_events,
+    get "/api/workflows" => workflows::list,
+    get "/images/{job_id}/{file}" => images::image,
+    get "/" => pages::index,
+    get "/docs" => pages::docs,
+    get "/openapi.json" => pages::openapi_json,
+    get "/assets/{file}" => pages::asset,
+}
+
 /// The whole router.
 pub fn router(state: AppState, cors: &CorsOrigins) -> Router {
-    Router::new()
-        .route("/health", get(health::health))
-        .route("/api/generate", post(jobs::generate))
-        .route("/api/status/{job_id}", get(jobs::status))
-        .route("/api/jobs", get(jobs::list))
-        .route("/api/jobs/{job_id}", get(jobs::status))
-        .route("/api/jobs/{job_id}/cancel", post(jobs::cancel))
-        .route("/api/jobs/{job_id}/events", get(events::job_events))
-        .route("/api/events", get(events::all_events))
-        .route("/api/workflows", get(workflows::list))
-        .route("/images/{job_id}/{file}", get(images::image))
+    add_routes(Router::new())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

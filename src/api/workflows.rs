@@ -3,21 +3,78 @@
 
 use axum::Json;
 use axum::extract::State;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::{Number, Value};
+use utoipa::ToSchema;
 
 use super::AppState;
-use crate::workflow::{DEFAULT_WORKFLOW, Workflow};
+use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, Workflow};
 
 /// Parameters shown first, in this order; the rest alphabetically.
 const FIRST: &[&str] = &["prompt", "negative_prompt", "seed"];
 
-pub async fn list(State(state): State<AppState>) -> Json<Value> {
-    let workflows: Vec<Value> = state.workflows.iter().map(describe).collect();
-    Json(json!({"default": DEFAULT_WORKFLOW, "workflows": workflows}))
+/// Every workflow.
+#[derive(Serialize, ToSchema)]
+pub struct WorkflowList {
+    /// The workflow used when a request names none.
+    #[schema(example = "sdxl")]
+    pub default: &'static str,
+    pub workflows: Vec<WorkflowInfo>,
+}
+
+/// One workflow.
+#[derive(Serialize, ToSchema)]
+pub struct WorkflowInfo {
+    pub name: String,
+    pub description: String,
+    /// Whether this is the default workflow.
+    pub default: bool,
+    /// Its parameters: `prompt` first, then `negative_prompt` and `seed`.
+    pub params: Vec<ParamInfo>,
+}
+
+/// One declared parameter.
+#[derive(Serialize, ToSchema)]
+pub struct ParamInfo {
+    pub name: String,
+    /// `string`, `int`, `float`, `bool` or `enum`.
+    #[serde(rename = "type")]
+    #[schema(value_type = String, example = "int")]
+    pub kind: ParamKind,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// Used when a request leaves the parameter out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub default: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = f64)]
+    pub min: Option<Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = f64)]
+    pub max: Option<Number>,
+    /// For strings: the most characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
+    /// For enums: the allowed values.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
+    /// Only `prompt` is required.
+    pub required: bool,
+}
+
+/// Lists the workflows and their parameters.
+#[utoipa::path(get, path = "/api/workflows", tag = "workflows",
+    responses((status = 200, description = "Every workflow", body = WorkflowList)))]
+pub async fn list(State(state): State<AppState>) -> Json<WorkflowList> {
+    Json(WorkflowList {
+        default: DEFAULT_WORKFLOW,
+        workflows: state.workflows.iter().map(describe).collect(),
+    })
 }
 
 /// One workflow as the API shows it.
-pub fn describe(w: &Workflow) -> Value {
+pub fn describe(w: &Workflow) -> WorkflowInfo {
     let mut names: Vec<&String> = w.params.keys().collect();
     names.sort_by_key(|n| {
         (
@@ -25,19 +82,27 @@ pub fn describe(w: &Workflow) -> Value {
             n.as_str(),
         )
     });
-    let params: Vec<Value> = names
+    let params = names
         .into_iter()
         .map(|n| {
-            let mut v = serde_json::to_value(&w.params[n]).unwrap_or_default();
-            v["name"] = n.as_str().into();
-            v["required"] = (n == "prompt").into();
-            v
+            let p = &w.params[n];
+            ParamInfo {
+                name: n.clone(),
+                kind: p.kind,
+                description: p.description.clone(),
+                default: p.default.clone(),
+                min: p.min.clone(),
+                max: p.max.clone(),
+                max_length: p.max_length,
+                choices: p.choices.clone(),
+                required: n == "prompt",
+            }
         })
         .collect();
-    json!({
-        "name": w.name,
-        "description": w.description,
-        "default": w.name == DEFAULT_WORKFLOW,
-        "params": params,
-    })
+    WorkflowInfo {
+        name: w.name.clone(),
+        description: w.description.clone(),
+        default: w.name == DEFAULT_WORKFLOW,
+        params,
+    }
 }

@@ -105,7 +105,9 @@ impl Client {
     fn new(server: &ServerUrl) -> Result<Self, Fail> {
         let base = server.server.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(Fail::usage(format!("--server must be an http:// or https:// URL, not {base:?}")));
+            return Err(Fail::usage(format!(
+                "--server must be an http:// or https:// URL, not {base:?}"
+            )));
         }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -128,7 +130,11 @@ impl Client {
 
     /// Sends a request; a JSON body back, or the server's error message.
     async fn call(&self, req: reqwest::RequestBuilder) -> Result<(u16, Value), Fail> {
-        let res = req.timeout(Duration::from_secs(30)).send().await.map_err(|e| self.unreachable(e))?;
+        let res = req
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
         let status = res.status().as_u16();
         let body: Value = res.json().await.unwrap_or(Value::Null);
         Ok((status, body))
@@ -144,7 +150,9 @@ fn server_error(status: u16, body: &Value) -> String {
 
 /// `name=value` → (name, JSON value): numbers and booleans as such, the rest text.
 pub fn parse_param(p: &str) -> Result<(String, Value), String> {
-    let (k, v) = p.split_once('=').ok_or_else(|| format!("--param {p:?} is not NAME=VALUE"))?;
+    let (k, v) = p
+        .split_once('=')
+        .ok_or_else(|| format!("--param {p:?} is not NAME=VALUE"))?;
     let k = k.trim();
     if k.is_empty() {
         return Err(format!("--param {p:?} has no name"));
@@ -176,7 +184,9 @@ async fn generate_inner(a: GenerateArgs) -> Result<(), Fail> {
         let (k, v) = parse_param(p).map_err(Fail::usage)?;
         body.insert(k, v);
     }
-    let (status, v) = client.call(client.http.post(client.url("/api/generate")).json(&body)).await?;
+    let (status, v) = client
+        .call(client.http.post(client.url("/api/generate")).json(&body))
+        .await?;
     if status != 202 {
         return Err(Fail::usage(server_error(status, &v)));
     }
@@ -198,7 +208,13 @@ async fn generate_inner(a: GenerateArgs) -> Result<(), Fail> {
             }
             Ok(())
         }
-        _ => Err(Fail(FAILED, format!("job {id} failed: {}", job["error"].as_str().unwrap_or("unknown error")))),
+        _ => Err(Fail(
+            FAILED,
+            format!(
+                "job {id} failed: {}",
+                job["error"].as_str().unwrap_or("unknown error")
+            ),
+        )),
     }
 }
 
@@ -218,7 +234,11 @@ async fn follow(client: &Client, id: &str, tty: bool) -> Result<Value, Fail> {
         }
         if tty {
             let filled = (progress as usize) / 5;
-            print!("\r[{}{}] {line:<24}", "#".repeat(filled), "-".repeat(20 - filled));
+            print!(
+                "\r[{}{}] {line:<24}",
+                "#".repeat(filled),
+                "-".repeat(20 - filled)
+            );
             let _ = std::io::stdout().flush();
         } else {
             println!("{line}");
@@ -227,7 +247,13 @@ async fn follow(client: &Client, id: &str, tty: bool) -> Result<Value, Fail> {
     };
     let mut failures = 0;
     loop {
-        match sse::follow_job(&client.http, &client.url(&format!("/api/jobs/{id}/events")), &mut show).await {
+        match sse::follow_job(
+            &client.http,
+            &client.url(&format!("/api/jobs/{id}/events")),
+            &mut show,
+        )
+        .await
+        {
             Ok(Some(job)) => {
                 if tty {
                     println!();
@@ -243,7 +269,9 @@ async fn follow(client: &Client, id: &str, tty: bool) -> Result<Value, Fail> {
     }
     // The stream is not available: poll.
     loop {
-        let (status, job) = client.call(client.http.get(client.url(&format!("/api/status/{id}")))).await?;
+        let (status, job) = client
+            .call(client.http.get(client.url(&format!("/api/status/{id}"))))
+            .await?;
         if status != 200 {
             return Err(Fail::usage(server_error(status, &job)));
         }
@@ -260,22 +288,37 @@ async fn follow(client: &Client, id: &str, tty: bool) -> Result<Value, Fail> {
 
 /// Saves every output of a finished job into `dir`.
 async fn download(client: &Client, job: &Value, dir: &Path) -> Result<Vec<PathBuf>, Fail> {
-    std::fs::create_dir_all(dir).map_err(|e| Fail::usage(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Fail::usage(format!("cannot create {}: {e}", dir.display())))?;
     let mut saved = Vec::new();
     for o in job["outputs"].as_array().into_iter().flatten() {
-        let (Some(url), Some(name)) = (o["url"].as_str(), o["filename"].as_str()) else { continue };
+        let (Some(url), Some(name)) = (o["url"].as_str(), o["filename"].as_str()) else {
+            continue;
+        };
         // The server checks names; still, only a plain file name lands on disk.
-        let name = Path::new(name).file_name().map(|n| n.to_owned()).unwrap_or_default();
+        let name = Path::new(name)
+            .file_name()
+            .map(|n| n.to_owned())
+            .unwrap_or_default();
         if name.is_empty() {
             continue;
         }
-        let res = client.http.get(client.url(url)).send().await.map_err(|e| client.unreachable(e))?;
+        let res = client
+            .http
+            .get(client.url(url))
+            .send()
+            .await
+            .map_err(|e| client.unreachable(e))?;
         if !res.status().is_success() {
-            return Err(Fail::usage(format!("cannot download {url}: HTTP {}", res.status().as_u16())));
+            return Err(Fail::usage(format!(
+                "cannot download {url}: HTTP {}",
+                res.status().as_u16()
+            )));
         }
         let bytes = res.bytes().await.map_err(|e| client.unreachable(e))?;
         let path = dir.join(name);
-        std::fs::write(&path, &bytes).map_err(|e| Fail::usage(format!("cannot write {}: {e}", path.display())))?;
+        std::fs::write(&path, &bytes)
+            .map_err(|e| Fail::usage(format!("cannot write {}: {e}", path.display())))?;
         saved.push(path);
     }
     Ok(saved)
@@ -288,7 +331,13 @@ pub async fn status(a: JobArgs) -> ExitCode {
 
 async fn status_inner(a: JobArgs) -> Result<(), Fail> {
     let client = Client::new(&a.server)?;
-    let (status, job) = client.call(client.http.get(client.url(&format!("/api/status/{}", a.job_id)))).await?;
+    let (status, job) = client
+        .call(
+            client
+                .http
+                .get(client.url(&format!("/api/status/{}", a.job_id))),
+        )
+        .await?;
     if status != 200 {
         return Err(Fail::usage(server_error(status, &job)));
     }
@@ -298,18 +347,33 @@ async fn status_inner(a: JobArgs) -> Result<(), Fail> {
         print_job(&job);
     }
     if job["status"] == "failed" {
-        return Err(Fail(FAILED, format!("job {} failed: {}", a.job_id, job["error"].as_str().unwrap_or(""))));
+        return Err(Fail(
+            FAILED,
+            format!(
+                "job {} failed: {}",
+                a.job_id,
+                job["error"].as_str().unwrap_or("")
+            ),
+        ));
     }
     Ok(())
 }
 
 fn print_job(job: &Value) {
     println!("job       {}", job["job_id"].as_str().unwrap_or(""));
-    println!("status    {} {}%", job["status"].as_str().unwrap_or(""), job["progress"]);
+    println!(
+        "status    {} {}%",
+        job["status"].as_str().unwrap_or(""),
+        job["progress"]
+    );
     if let Some(p) = job["queue_position"].as_u64() {
         println!("queue     {p} ahead");
     }
-    println!("workflow  {} (seed {})", job["workflow"].as_str().unwrap_or(""), job["seed"]);
+    println!(
+        "workflow  {} (seed {})",
+        job["workflow"].as_str().unwrap_or(""),
+        job["seed"]
+    );
     println!("prompt    {}", job["prompt"].as_str().unwrap_or(""));
     println!("attempt   {}", job["attempt"]);
     println!("created   {}", job["created_at"].as_str().unwrap_or(""));
@@ -329,11 +393,19 @@ pub async fn cancel(a: JobArgs) -> ExitCode {
 async fn cancel_inner(a: JobArgs) -> Result<(), Fail> {
     let client = Client::new(&a.server)?;
     let (status, job) = client
-        .call(client.http.post(client.url(&format!("/api/jobs/{}/cancel", a.job_id))).json(&json!({})))
+        .call(
+            client
+                .http
+                .post(client.url(&format!("/api/jobs/{}/cancel", a.job_id)))
+                .json(&json!({})),
+        )
         .await?;
     match status {
         200 => println!("job {} cancelled", a.job_id),
-        202 => println!("job {} is running; its worker has been asked to stop it", a.job_id),
+        202 => println!(
+            "job {} is running; its worker has been asked to stop it",
+            a.job_id
+        ),
         409 => return Err(Fail(FAILED, server_error(status, &job))),
         _ => return Err(Fail::usage(server_error(status, &job))),
     }
@@ -354,7 +426,9 @@ async fn jobs_inner(a: JobsArgs) -> Result<(), Fail> {
     if let Some(s) = &a.status {
         query.push(("status", s.clone()));
     }
-    let (status, page) = client.call(client.http.get(client.url("/api/jobs")).query(&query)).await?;
+    let (status, page) = client
+        .call(client.http.get(client.url("/api/jobs")).query(&query))
+        .await?;
     if status != 200 {
         return Err(Fail::usage(server_error(status, &page)));
     }
@@ -362,9 +436,17 @@ async fn jobs_inner(a: JobsArgs) -> Result<(), Fail> {
         println!("{page}");
         return Ok(());
     }
-    println!("{:<36}  {:<10}  {:>4}  {:<8}  {:<32}  prompt", "job", "status", "%", "workflow", "created");
+    println!(
+        "{:<36}  {:<10}  {:>4}  {:<8}  {:<32}  prompt",
+        "job", "status", "%", "workflow", "created"
+    );
     for j in page["jobs"].as_array().into_iter().flatten() {
-        let prompt: String = j["prompt"].as_str().unwrap_or("").chars().take(40).collect();
+        let prompt: String = j["prompt"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(40)
+            .collect();
         println!(
             "{:<36}  {:<10}  {:>4}  {:<8}  {:<32}  {}",
             j["job_id"].as_str().unwrap_or(""),
@@ -384,11 +466,23 @@ mod tests {
 
     #[test]
     fn params_become_numbers_booleans_or_text() {
-        assert_eq!(parse_param("steps=30").unwrap(), ("steps".into(), json!(30)));
+        assert_eq!(
+            parse_param("steps=30").unwrap(),
+            ("steps".into(), json!(30))
+        );
         assert_eq!(parse_param("cfg=6.5").unwrap(), ("cfg".into(), json!(6.5)));
-        assert_eq!(parse_param("hires=true").unwrap(), ("hires".into(), json!(true)));
-        assert_eq!(parse_param("sampler=euler").unwrap(), ("sampler".into(), json!("euler")));
-        assert_eq!(parse_param("negative_prompt=a=b, c").unwrap(), ("negative_prompt".into(), json!("a=b, c")));
+        assert_eq!(
+            parse_param("hires=true").unwrap(),
+            ("hires".into(), json!(true))
+        );
+        assert_eq!(
+            parse_param("sampler=euler").unwrap(),
+            ("sampler".into(), json!("euler"))
+        );
+        assert_eq!(
+            parse_param("negative_prompt=a=b, c").unwrap(),
+            ("negative_prompt".into(), json!("a=b, c"))
+        );
         assert!(parse_param("nothing").is_err());
         assert!(parse_param("=3").is_err());
     }

@@ -10,7 +10,11 @@ pub async fn follow_job(
     url: &str,
     show: &mut impl FnMut(&Value),
 ) -> Result<Option<Value>, reqwest::Error> {
-    let res = http.get(url).header("accept", "text/event-stream").send().await?;
+    let res = http
+        .get(url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await?;
     if !res.status().is_success() {
         return Ok(None);
     }
@@ -25,11 +29,15 @@ pub async fn follow_job(
                 .filter_map(|l| l.strip_prefix("data:"))
                 .map(|d| d.strip_prefix(' ').unwrap_or(d))
                 .collect();
-            let is_job = block.lines().any(|l| l.trim() == "event: job" || l.trim() == "event:job");
+            let is_job = block
+                .lines()
+                .any(|l| l.trim() == "event: job" || l.trim() == "event:job");
             if !is_job || data.is_empty() {
                 continue;
             }
-            let Ok(job) = serde_json::from_str::<Value>(&data.join("\n")) else { continue };
+            let Ok(job) = serde_json::from_str::<Value>(&data.join("\n")) else {
+                continue;
+            };
             show(&job);
             if matches!(job["status"].as_str(), Some("finished" | "failed")) {
                 return Ok(Some(job));

@@ -235,7 +235,7 @@ pub struct DeadLetter {
 }
 
 /// Counts for `/health` and dashboards.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct QueueStats {
     /// Entries waiting in the queue (due now).
     pub queued: u64,

@@ -6,9 +6,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::api::health::BackendState;
 use crate::clock;
 use crate::comfy::{ComfyClient, ComfySocket};
 
@@ -133,19 +134,23 @@ impl Backend {
     }
 
     /// The backend as `/health` shows it.
-    pub fn snapshot(&self) -> Value {
+    pub fn snapshot(&self) -> BackendState {
         let info = self.info.lock().expect("backend info");
-        json!({
-            "url": self.url,
-            "state": self.health().as_str(),
-            "socket": if self.socket.is_connected() { "connected" } else { "disconnected" },
-            "in_flight": self.in_flight.load(Ordering::Relaxed),
-            "done": self.done.load(Ordering::Relaxed),
-            "queue_remaining": info.queue_remaining,
-            "device": info.device,
-            "last_ok_at": info.last_ok_at,
-            "last_error": info.last_error,
-            "last_error_at": info.last_error_at,
-        })
+        BackendState {
+            url: self.url.clone(),
+            state: self.health().as_str(),
+            socket: if self.socket.is_connected() {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            done: self.done.load(Ordering::Relaxed),
+            queue_remaining: info.queue_remaining,
+            device: info.device.clone(),
+            last_ok_at: info.last_ok_at.clone(),
+            last_error: info.last_error.clone(),
+            last_error_at: info.last_error_at.clone(),
+        }
     }
 }

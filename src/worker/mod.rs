@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use self::backend::{Backend, Health};
 use self::run::{RunContext, run_job};
 use crate::api::BackendReport;
+use crate::api::health::BackendState;
 use crate::shutdown::signalled;
 use crate::storage::ImageStore;
 use crate::store::{JobStore, StoreError, WorkerId};
@@ -90,8 +91,8 @@ pub struct Workers {
 pub struct BackendList(Vec<Arc<Backend>>);
 
 impl BackendReport for BackendList {
-    fn snapshot(&self) -> serde_json::Value {
-        serde_json::Value::Array(self.0.iter().map(|b| b.snapshot()).collect())
+    fn snapshot(&self) -> Vec<BackendState> {
+        self.0.iter().map(|b| b.snapshot()).collect()
     }
 }
 

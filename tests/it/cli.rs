@@ -39,22 +39,54 @@ async fn serve(standin: &StandIn) -> TestApp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generate_follows_progress_downloads_the_outputs_and_exits_0() {
-    let standin = StandIn::start_with(Knobs { duration: Duration::from_millis(600), steps: 6, ..Knobs::default() });
+    let standin = StandIn::start_with(Knobs {
+        duration: Duration::from_millis(600),
+        steps: 6,
+        ..Knobs::default()
+    });
     let app = serve(&standin).await;
     let out = TempDir::new();
     let r = studio(&[
-        "generate", "a cyberpunk cat", "--workflow", "smoke", "--seed", "7", "--param", "batch_size=2", "--param", "width=32",
-        "--server", &app.base, "--out", out.path().to_str().unwrap(),
+        "generate",
+        "a cyberpunk cat",
+        "--workflow",
+        "smoke",
+        "--seed",
+        "7",
+        "--param",
+        "batch_size=2",
+        "--param",
+        "width=32",
+        "--server",
+        &app.base,
+        "--out",
+        out.path().to_str().unwrap(),
     ])
     .await;
     assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
-    assert!(r.stdout.lines().any(|l| l.starts_with("processing ")), "a line per change when not a terminal:\n{}", r.stdout);
-    let saved: Vec<&str> = r.stdout.lines().filter_map(|l| l.strip_prefix("saved ")).collect();
+    assert!(
+        r.stdout.lines().any(|l| l.starts_with("processing ")),
+        "a line per change when not a terminal:\n{}",
+        r.stdout
+    );
+    let saved: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("saved "))
+        .collect();
     assert_eq!(saved.len(), 2, "{}", r.stdout);
     for path in saved {
         let bytes = std::fs::read(path).unwrap();
-        let name = std::path::Path::new(path).file_name().unwrap().to_str().unwrap();
-        assert_eq!(bytes, standin.file(name).unwrap(), "the bytes the backend made");
+        let name = std::path::Path::new(path)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert_eq!(
+            bytes,
+            standin.file(name).unwrap(),
+            "the bytes the backend made"
+        );
     }
 }
 
@@ -63,21 +95,59 @@ async fn a_failed_job_exits_1_with_its_error_on_stderr() {
     let standin = StandIn::start();
     let app = serve(&standin).await;
     let r = studio(&[
-        "generate", "doomed", "--workflow", "smoke", "--param", "width=8", "--param", "height=8", "--param", "blur_radius=31",
-        "--server", &app.base, "--out", TempDir::new().path().to_str().unwrap(),
+        "generate",
+        "doomed",
+        "--workflow",
+        "smoke",
+        "--param",
+        "width=8",
+        "--param",
+        "height=8",
+        "--param",
+        "blur_radius=31",
+        "--server",
+        &app.base,
+        "--out",
+        TempDir::new().path().to_str().unwrap(),
     ])
     .await;
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("failed") && r.stderr.contains("ImageBlur") && r.stderr.contains("RuntimeError"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("failed")
+            && r.stderr.contains("ImageBlur")
+            && r.stderr.contains("RuntimeError"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[tokio::test]
 async fn an_unreachable_server_exits_2() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let r = studio(&["generate", "x", "--server", &format!("http://127.0.0.1:{port}")]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = studio(&[
+        "generate",
+        "x",
+        "--server",
+        &format!("http://127.0.0.1:{port}"),
+    ])
+    .await;
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("cannot reach Studio Core"), "{}", r.stderr);
-    let r = studio(&["status", "abc", "--server", &format!("http://127.0.0.1:{port}")]).await;
+    assert!(
+        r.stderr.contains("cannot reach Studio Core"),
+        "{}",
+        r.stderr
+    );
+    let r = studio(&[
+        "status",
+        "abc",
+        "--server",
+        &format!("http://127.0.0.1:{port}"),
+    ])
+    .await;
     assert_eq!(r.code, 2);
 }
 
@@ -87,7 +157,11 @@ async fn a_refused_request_exits_2_with_the_servers_reason() {
     let app = serve(&standin).await;
     let r = studio(&["generate", "x", "--workflow", "nope", "--server", &app.base]).await;
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("unknown workflow \"nope\""), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("unknown workflow \"nope\""),
+        "{}",
+        r.stderr
+    );
     let r = studio(&["generate", "x", "--param", "steps", "--server", &app.base]).await;
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("NAME=VALUE"), "{}", r.stderr);
@@ -97,20 +171,57 @@ async fn a_refused_request_exits_2_with_the_servers_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_wait_status_cancel_and_jobs() {
-    let standin = StandIn::start_with(Knobs { duration: Duration::from_secs(5), ..Knobs::default() });
+    let standin = StandIn::start_with(Knobs {
+        duration: Duration::from_secs(5),
+        ..Knobs::default()
+    });
     let app = serve(&standin).await;
-    let first = studio(&["generate", "first", "--workflow", "smoke", "--no-wait", "--server", &app.base]).await;
+    let first = studio(&[
+        "generate",
+        "first",
+        "--workflow",
+        "smoke",
+        "--no-wait",
+        "--server",
+        &app.base,
+    ])
+    .await;
     assert_eq!(first.code, 0);
     let first_id = first.stdout.trim().to_owned();
-    assert_eq!(uuid::Uuid::parse_str(&first_id).unwrap().get_version_num(), 4);
-    let r = studio(&["generate", "second", "--workflow", "smoke", "--no-wait", "--server", &app.base]).await;
+    assert_eq!(
+        uuid::Uuid::parse_str(&first_id).unwrap().get_version_num(),
+        4
+    );
+    let r = studio(&[
+        "generate",
+        "second",
+        "--workflow",
+        "smoke",
+        "--no-wait",
+        "--server",
+        &app.base,
+    ])
+    .await;
     let second_id = r.stdout.trim().to_owned();
-    let third = studio(&["generate", "third", "--workflow", "smoke", "--no-wait", "--server", &app.base]).await;
+    let third = studio(&[
+        "generate",
+        "third",
+        "--workflow",
+        "smoke",
+        "--no-wait",
+        "--server",
+        &app.base,
+    ])
+    .await;
     let third_id = third.stdout.trim().to_owned();
 
     let r = studio(&["status", &third_id, "--server", &app.base]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(r.stdout.contains(&third_id) && r.stdout.contains("status    queued"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&third_id) && r.stdout.contains("status    queued"),
+        "{}",
+        r.stdout
+    );
 
     let r = studio(&["cancel", &third_id, "--server", &app.base]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -127,7 +238,10 @@ async fn no_wait_status_cancel_and_jobs() {
     for id in [&first_id, &second_id, &third_id] {
         assert!(r.stdout.contains(id.as_str()), "{}", r.stdout);
     }
-    let r = studio(&["jobs", "--status", "failed", "--json", "--server", &app.base]).await;
+    let r = studio(&[
+        "jobs", "--status", "failed", "--json", "--server", &app.base,
+    ])
+    .await;
     let page: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
     let r = studio(&["status", "no-such-job", "--server", &app.base]).await;

@@ -3,10 +3,11 @@
 mod support;
 
 mod api;
+mod cli;
 mod comfy_protocol;
 mod events;
 mod faults;
+mod openapi;
 mod redis_interop;
 mod store_conformance;
 mod worker_e2e;
-mod cli;

@@ -1,0 +1,97 @@
+//! The studio page (`/`), the API documentation (`/docs`, `/openapi.json`) and
+//! their static assets, all embedded in the binary: no CDN, no network, works
+//! offline and behind a firewall.
+
+use axum::extract::Path;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use utoipa::OpenApi;
+
+use super::error::{ApiError, ErrorBody};
+use super::openapi::ApiDoc;
+
+/// The page's files, and Swagger UI (vendored, `web/vendor/swagger-ui/README.md`).
+const ASSETS: &[(&str, &str, &[u8])] = &[
+    (
+        "app.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/app.js"),
+    ),
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../web/app.css"),
+    ),
+    (
+        "docs.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/docs.js"),
+    ),
+    (
+        "swagger-ui-bundle.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/vendor/swagger-ui/swagger-ui-bundle.js"),
+    ),
+    (
+        "swagger-ui.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../../web/vendor/swagger-ui/swagger-ui.css"),
+    ),
+];
+
+/// Pages carry the version in their asset URLs, so assets can be cached for long.
+fn page(template: &str) -> Response {
+    let html = template.replace("{{VERSION}}", env!("CARGO_PKG_VERSION"));
+    ([(header::CACHE_CONTROL, "no-cache")], Html(html)).into_response()
+}
+
+/// The studio page.
+#[utoipa::path(get, path = "/", tag = "pages",
+    responses((status = 200, description = "The studio page", content_type = "text/html", body = String)))]
+pub async fn index() -> Response {
+    page(include_str!("../../web/index.html"))
+}
+
+/// Readable API documentation (Swagger UI over `/openapi.json`).
+#[utoipa::path(get, path = "/docs", tag = "pages",
+    responses((status = 200, description = "The documentation page", content_type = "text/html", body = String)))]
+pub async fn docs() -> Response {
+    page(include_str!("../../web/docs.html"))
+}
+
+/// This API's OpenAPI 3 document, generated from the code.
+#[utoipa::path(get, path = "/openapi.json", tag = "pages",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
+pub async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        ApiDoc::openapi().to_json().unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// A static file of the page or the docs.
+#[utoipa::path(get, path = "/assets/{file}", tag = "pages",
+    params(("file" = String, Path, description = "app.js, app.css, docs.js, swagger-ui-bundle.js, swagger-ui.css")),
+    responses(
+        (status = 200, description = "The file", content_type = "text/javascript", body = String),
+        (status = 404, description = "No such file", body = ErrorBody),
+    ))]
+pub async fn asset(Path(file): Path<String>) -> Result<Response, ApiError> {
+    let Some((_, ctype, bytes)) = ASSETS.iter().find(|(name, _, _)| *name == file) else {
+        return Err(ApiError::not_found(
+            "not-found",
+            format!("no asset {file:?}"),
+        ));
+    };
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, *ctype),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        *bytes,
+    )
+        .into_response())
+}

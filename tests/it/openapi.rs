@@ -1,0 +1,154 @@
+//! The API, documented: `/openapi.json` is a valid OpenAPI 3 document that lists
+//! every route the router has; `/docs` and the studio page load only local assets.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+use studio_core::api::ROUTES;
+use studio_core::config::Role;
+
+use crate::support::{Backing, TestApp};
+
+async fn app() -> TestApp {
+    TestApp::spawn(Backing::Sqlite, Role::Api, |_| {}).await
+}
+
+/// Every `$ref` in the document points at something in it.
+fn check_refs(v: &Value, doc: &Value, at: &str) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get("$ref") {
+                let pointer = r
+                    .strip_prefix('#')
+                    .unwrap_or_else(|| panic!("external $ref {r} at {at}"));
+                assert!(doc.pointer(pointer).is_some(), "dangling $ref {r} at {at}");
+            }
+            for (k, x) in m {
+                check_refs(x, doc, &format!("{at}/{k}"));
+            }
+        }
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .for_each(|(i, x)| check_refs(x, doc, &format!("{at}/{i}"))),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_valid_and_lists_every_route() {
+    let app = app().await;
+    let (code, doc) = app.get("/openapi.json").await;
+    assert_eq!(code, 200);
+    // It parses as an OpenAPI document.
+    let parsed: utoipa::openapi::OpenApi =
+        serde_json::from_value(doc.clone()).expect("a valid OpenAPI document");
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert_eq!(parsed.info.title, "Studio Core");
+    check_refs(&doc, &doc, "");
+
+    let documented: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.clone(), path.clone()))
+        })
+        .collect();
+    let routed: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(
+        documented, routed,
+        "the document and the router list the same routes"
+    );
+
+    for (method, path) in &routed {
+        let op = &doc["paths"][path][method];
+        let responses = op["responses"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{method} {path} has responses"));
+        assert!(!responses.is_empty());
+        assert!(
+            op["summary"].is_string() || op["description"].is_string(),
+            "{method} {path} is described"
+        );
+        for (status, r) in responses {
+            // /health's 503 keeps the prototype's health shape; every other error is ErrorBody.
+            if (status.starts_with('4') || status.starts_with('5')) && path != "/health" {
+                assert_eq!(
+                    r["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
+    // The shapes of the contract.
+    let job = &doc["components"]["schemas"]["JobView"]["properties"];
+    for key in ["job_id", "status", "progress", "image_url", "error"] {
+        assert!(job.get(key).is_some(), "JobView has {key}");
+    }
+    assert_eq!(
+        doc["paths"]["/api/generate"]["post"]["responses"]["202"]["content"]["application/json"]["schema"]
+            ["$ref"],
+        "#/components/schemas/Accepted"
+    );
+    assert!(doc["paths"]["/api/jobs/{job_id}/events"]["get"]["responses"]["200"]["content"]["text/event-stream"].is_object());
+}
+
+fn local_assets(html: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for attr in ["src=\"", "href=\""] {
+        let mut rest = html;
+        while let Some(i) = rest.find(attr) {
+            rest = &rest[i + attr.len()..];
+            let end = rest.find('"').unwrap();
+            out.push(rest[..end].to_owned());
+            rest = &rest[end..];
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_page_and_the_docs_load_only_from_this_server() {
+    let app = app().await;
+    for page in ["/", "/docs"] {
+        let res = app.http.get(app.url(page)).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        let html = res.text().await.unwrap();
+        let assets = local_assets(&html);
+        assert!(!assets.is_empty());
+        for a in assets {
+            assert!(a.starts_with('/'), "{page} loads {a} from elsewhere");
+            let res = app.http.get(app.url(&a)).send().await.unwrap();
+            assert_eq!(res.status(), 200, "{a}");
+        }
+    }
+    let js = app
+        .http
+        .get(app.url("/assets/app.js"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !js.contains("http://") && !js.contains("https://"),
+        "no remote URLs in the page script"
+    );
+    let (s, v) = app.get("/assets/nope.js").await;
+    assert_eq!((s, v["code"].as_str()), (404, Some("not-found")));
+}

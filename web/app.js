@@ -1,0 +1,373 @@
+// Studio Core's page. Plain JavaScript, no build step, no network beyond this server.
+// Live updates come from one Server-Sent Events stream of all jobs (/api/events):
+// browsers allow few connections per server, so not one stream per job.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const TERMINAL = new Set(["finished", "failed"]);
+// Fields with their own inputs; every other declared parameter gets a generated one.
+const OWN_INPUTS = new Set(["prompt", "negative_prompt", "seed"]);
+
+const state = {
+  workflows: [],
+  jobs: new Map(), // job id -> card element
+  shownInGallery: new Set(),
+  galleryCursor: null,
+};
+
+async function api(path, options = {}) {
+  const res = await fetch(path, options);
+  let body = null;
+  try { body = await res.json(); } catch (_) { /* not JSON */ }
+  return { status: res.status, body };
+}
+
+// ---------- health ----------
+
+async function refreshHealth() {
+  const el = $("health");
+  try {
+    const { status, body } = await api("/health");
+    const backends = (body && body.backends) || [];
+    const up = backends.filter((b) => b.state === "up").length;
+    let text = status === 200 ? `store: ${body.store}` : `store unavailable: ${body && body.error}`;
+    if (backends.length) text += ` · ${up}/${backends.length} ComfyUI up`;
+    el.textContent = text;
+    el.classList.toggle("bad", status !== 200 || (backends.length > 0 && up === 0));
+  } catch (e) {
+    el.textContent = "server unreachable";
+    el.classList.add("bad");
+  }
+}
+
+// ---------- the form ----------
+
+function currentWorkflow() {
+  return state.workflows.find((w) => w.name === $("workflow").value);
+}
+
+function renderParams() {
+  const wf = currentWorkflow();
+  const box = $("params-fields");
+  box.replaceChildren();
+  $("workflow-description").textContent = wf ? wf.description : "";
+  if (!wf) return;
+  $("negative-row").hidden = !wf.params.some((p) => p.name === "negative_prompt");
+  const promptParam = wf.params.find((p) => p.name === "prompt");
+  $("prompt").maxLength = (promptParam && promptParam.max_length) || 10000;
+  const shown = wf.params.filter((p) => !OWN_INPUTS.has(p.name));
+  $("params").hidden = shown.length === 0;
+  for (const p of shown) {
+    const id = `param-${p.name}`;
+    const wrap = document.createElement("div");
+    const label = document.createElement("label");
+    label.htmlFor = id;
+    label.textContent = p.name.replace(/_/g, " ");
+    let input;
+    if (p.type === "enum") {
+      input = document.createElement("select");
+      for (const c of p.choices) {
+        const o = document.createElement("option");
+        o.value = o.textContent = c;
+        input.append(o);
+      }
+      if (p.default != null) input.value = p.default;
+    } else if (p.type === "bool") {
+      input = document.createElement("input");
+      input.type = "checkbox";
+      input.checked = p.default === true;
+    } else {
+      input = document.createElement("input");
+      if (p.type === "int" || p.type === "float") {
+        input.type = "number";
+        input.step = p.type === "int" ? "1" : "any";
+        if (p.min != null) input.min = p.min;
+        if (p.max != null) input.max = p.max;
+      } else if (p.max_length) {
+        input.maxLength = p.max_length;
+      }
+      if (p.default != null) input.value = p.default;
+    }
+    input.id = id;
+    input.dataset.param = p.name;
+    input.dataset.type = p.type;
+    if (p.description) input.title = p.description;
+    wrap.append(label, input);
+    box.append(wrap);
+  }
+}
+
+async function loadWorkflows() {
+  const { status, body } = await api("/api/workflows");
+  if (status !== 200) return;
+  state.workflows = body.workflows;
+  const select = $("workflow");
+  select.replaceChildren();
+  for (const w of body.workflows) {
+    const o = document.createElement("option");
+    o.value = w.name;
+    o.textContent = w.default ? `${w.name} (default)` : w.name;
+    select.append(o);
+  }
+  select.value = localStorage.getItem("studio.workflow") || body.default;
+  if (!currentWorkflow()) select.value = body.default;
+  renderParams();
+}
+
+function randomSeed() {
+  // Up to 2^53 - 1, exact in JavaScript numbers.
+  const hi = Math.floor(Math.random() * 0x200000);
+  const lo = Math.floor(Math.random() * 0x100000000);
+  return String(hi * 0x100000000 + lo);
+}
+
+function showFormError(message) {
+  const el = $("form-error");
+  el.textContent = message || "";
+  el.hidden = !message;
+}
+
+async function submit(event) {
+  event.preventDefault();
+  showFormError("");
+  const prompt = $("prompt").value;
+  if (!prompt.trim()) {
+    showFormError("Write a prompt first.");
+    $("prompt").focus();
+    return;
+  }
+  const body = { prompt, workflow: $("workflow").value };
+  if (!$("negative-row").hidden) body.negative_prompt = $("negative_prompt").value;
+  for (const input of $("params-fields").querySelectorAll("[data-param]")) {
+    const name = input.dataset.param;
+    if (input.dataset.type === "bool") body[name] = input.checked;
+    else if (input.value === "") continue;
+    else if (input.dataset.type === "int" || input.dataset.type === "float") body[name] = Number(input.value);
+    else body[name] = input.value;
+  }
+  // The seed is written as typed digits: 64-bit seeds do not fit a JavaScript number.
+  const seed = $("seed").value.trim();
+  if (seed && !/^[0-9]+$/.test(seed)) {
+    showFormError("The seed must be a whole number (or empty for a random one).");
+    $("seed").focus();
+    return;
+  }
+  let json = JSON.stringify(body);
+  if (seed) json = json.slice(0, -1) + `,"seed":${seed}}`;
+  const button = $("generate");
+  button.disabled = true;
+  try {
+    const { status, body: answer } = await api("/api/generate", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: json,
+    });
+    if (status !== 202) {
+      showFormError((answer && answer.error) || `The server answered ${status}.`);
+      return;
+    }
+    localStorage.setItem("studio.workflow", body.workflow);
+    upsertJob({ job_id: answer.job_id, status: "queued", progress: 0, prompt, workflow: answer.workflow, seed: answer.seed, error: "", outputs: [] }, true);
+    const fresh = await api(`/api/status/${answer.job_id}`);
+    if (fresh.status === 200) upsertJob(fresh.body);
+  } catch (e) {
+    showFormError("Cannot reach the server.");
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---------- jobs ----------
+
+function plainError(error) {
+  if (!error) return "Something went wrong.";
+  if (error === "cancelled") return "Cancelled.";
+  let m = error.match(/^gave up after (\d+) attempts?; last error: (.*)$/s);
+  if (m) return `Gave up after ${m[1]} tries. Last problem: ${plainError(m[2])}`;
+  m = error.match(/^ComfyUI rejected the workflow: (.*)$/s);
+  if (m) return `The workflow was refused by ComfyUI: ${m[1]}`;
+  m = error.match(/^ComfyUI failed while running (.*)$/s);
+  if (m) return `ComfyUI failed while running ${m[1]}`;
+  return error;
+}
+
+function stateWords(job) {
+  switch (job.status) {
+    case "queued":
+      if (job.retry_at) return `Waiting to retry after a problem: ${plainError(job.last_error)}`;
+      if (job.queue_position != null) return job.queue_position === 0 ? "Next in line" : `Waiting in line — ${job.queue_position} ahead`;
+      return "Waiting in line";
+    case "processing":
+      return job.cancel_requested ? "Cancelling…" : `Generating… ${job.progress}%`;
+    case "finished":
+      return "Done";
+    case "failed":
+      return job.error === "cancelled" ? "Cancelled" : `Failed: ${plainError(job.error)}`;
+    default:
+      return job.status;
+  }
+}
+
+function upsertJob(job, create = false) {
+  let card = state.jobs.get(job.job_id);
+  if (!card) {
+    if (!create) {
+      // Someone else's job: its pictures still belong in the gallery.
+      if (job.status === "finished") addToGallery(job, true);
+      return;
+    }
+    card = document.createElement("li");
+    card.className = "job";
+    card.dataset.jobId = job.job_id;
+    card.innerHTML = `
+      <p class="prompt"></p>
+      <div class="side"></div>
+      <p class="meta"></p>
+      <progress max="100" value="0"></progress>
+      <p class="state" aria-live="polite"></p>`;
+    card.querySelector("progress").setAttribute("aria-label", "progress");
+    state.jobs.set(job.job_id, card);
+    $("jobs").prepend(card);
+    $("jobs-empty").hidden = true;
+  }
+  const last = Number(card.dataset.rev || 0);
+  if (job._rev != null && job._rev < last) return;
+  if (job._rev != null) card.dataset.rev = job._rev;
+  card.className = `job ${job.status}`;
+  card.dataset.status = job.status;
+  card.querySelector(".prompt").textContent = job.prompt || "(no prompt)";
+  card.querySelector(".meta").textContent = `${job.workflow || ""} · seed ${job.seed ?? "random"} · ${job.job_id.slice(0, 8)}`;
+  const bar = card.querySelector("progress");
+  bar.value = job.progress || 0;
+  bar.hidden = TERMINAL.has(job.status);
+  card.querySelector(".state").textContent = stateWords(job);
+  const side = card.querySelector(".side");
+  side.replaceChildren();
+  if (!TERMINAL.has(job.status) && !job.cancel_requested) {
+    const cancel = document.createElement("button");
+    cancel.type = "button";
+    cancel.className = "cancel";
+    cancel.textContent = "Cancel";
+    cancel.setAttribute("aria-label", `Cancel “${(job.prompt || "").slice(0, 40)}”`);
+    cancel.addEventListener("click", () => cancelJob(job.job_id, cancel));
+    side.append(cancel);
+  }
+  if (job.status === "finished") {
+    const image = (job.outputs || []).find((o) => o.kind === "image");
+    if (image) {
+      const a = document.createElement("a");
+      a.className = "thumb";
+      a.href = image.url;
+      a.addEventListener("click", (e) => { e.preventDefault(); openViewer(image, job); });
+      const img = document.createElement("img");
+      img.src = image.url;
+      img.alt = `Result of “${job.prompt}”`;
+      a.append(img);
+      side.append(a);
+    }
+    addToGallery(job, true);
+  }
+}
+
+async function cancelJob(id, button) {
+  button.disabled = true;
+  const { status, body } = await api(`/api/jobs/${id}/cancel`, { method: "POST" });
+  if (status === 200 || status === 202) upsertJob(body);
+  else if (body && body.error) showFormError(body.error);
+}
+
+// ---------- gallery ----------
+
+function addToGallery(job, newest) {
+  for (const o of job.outputs || []) {
+    if (o.kind !== "image" || state.shownInGallery.has(o.url)) continue;
+    state.shownInGallery.add(o.url);
+    const li = document.createElement("li");
+    li.dataset.jobId = job.job_id;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.setAttribute("aria-label", `Open “${job.prompt}” full size`);
+    const figure = document.createElement("figure");
+    figure.style.margin = "0";
+    const img = document.createElement("img");
+    img.src = o.url;
+    img.alt = job.prompt || "";
+    img.loading = "lazy";
+    const cap = document.createElement("figcaption");
+    cap.textContent = job.prompt || "";
+    figure.append(img, cap);
+    button.append(figure);
+    button.addEventListener("click", () => openViewer(o, job));
+    li.append(button);
+    if (newest) $("gallery").prepend(li);
+    else $("gallery").append(li);
+    $("gallery-empty").hidden = true;
+  }
+}
+
+async function loadGallery() {
+  const cursor = state.galleryCursor ? `&cursor=${encodeURIComponent(state.galleryCursor)}` : "";
+  const { status, body } = await api(`/api/jobs?status=finished&limit=24${cursor}`);
+  if (status !== 200) return;
+  for (const job of body.jobs) addToGallery(job, false);
+  state.galleryCursor = body.next_cursor;
+  $("more").hidden = !body.next_cursor;
+}
+
+function openViewer(output, job) {
+  $("viewer-img").src = output.url;
+  $("viewer-img").alt = job.prompt || "";
+  $("viewer-caption").textContent = `${job.prompt || ""} — ${job.workflow || ""}, seed ${job.seed ?? ""}`;
+  $("viewer-download").href = output.url;
+  $("viewer-download").setAttribute("download", output.filename || "");
+  $("viewer").showModal();
+  $("viewer-close").focus();
+}
+
+// ---------- live events ----------
+
+function connectEvents() {
+  const source = new EventSource("/api/events");
+  source.addEventListener("job", (e) => {
+    const job = JSON.parse(e.data);
+    job._rev = Number(e.lastEventId || 0);
+    upsertJob(job);
+  });
+  // After a (re)connect, changes may have been missed: re-read what is still open.
+  source.addEventListener("open", refreshOpenJobs);
+}
+
+async function refreshOpenJobs() {
+  for (const [id, card] of state.jobs) {
+    if (TERMINAL.has(card.dataset.status)) continue;
+    const { status, body } = await api(`/api/status/${id}`);
+    if (status === 200) upsertJob(body);
+  }
+}
+
+async function loadActiveJobs() {
+  for (const s of ["queued", "processing"]) {
+    const { status, body } = await api(`/api/jobs?status=${s}&limit=20`);
+    if (status !== 200) continue;
+    for (const job of body.jobs.reverse()) upsertJob(job, true);
+  }
+}
+
+// ---------- start ----------
+
+$("form").addEventListener("submit", submit);
+$("prompt").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("form").requestSubmit();
+});
+$("workflow").addEventListener("change", renderParams);
+$("dice").addEventListener("click", () => { $("seed").value = randomSeed(); });
+$("more").addEventListener("click", loadGallery);
+$("viewer-close").addEventListener("click", () => $("viewer").close());
+$("viewer").addEventListener("click", (e) => { if (e.target === $("viewer")) $("viewer").close(); });
+
+connectEvents();
+loadWorkflows();
+loadActiveJobs();
+loadGallery();
+refreshHealth();
+setInterval(refreshHealth, 15000);
