@@ -230,9 +230,10 @@ function upsertJob(job, create = false) {
     $("jobs").prepend(card);
     $("jobs-empty").hidden = true;
   }
+  // Answers and events can cross: never let an older view replace a newer one.
   const last = Number(card.dataset.rev || 0);
-  if (job._rev != null && job._rev < last) return;
-  if (job._rev != null) card.dataset.rev = job._rev;
+  if (job.rev != null && job.rev < last) return;
+  if (job.rev != null) card.dataset.rev = job.rev;
   card.className = `job ${job.status}`;
   card.dataset.status = job.status;
   card.querySelector(".prompt").textContent = job.prompt || "(no prompt)";
@@ -329,9 +330,7 @@ function openViewer(output, job) {
 function connectEvents() {
   const source = new EventSource("/api/events");
   source.addEventListener("job", (e) => {
-    const job = JSON.parse(e.data);
-    job._rev = Number(e.lastEventId || 0);
-    upsertJob(job);
+    upsertJob(JSON.parse(e.data));
   });
   // After a (re)connect, changes may have been missed: re-read what is still open.
   source.addEventListener("open", refreshOpenJobs);

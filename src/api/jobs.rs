@@ -281,6 +281,9 @@ pub struct JobView<'a> {
     /// The error of the last attempt, when it was retried.
     #[serde(skip_serializing_if = "str::is_empty")]
     last_error: &'a str,
+    /// The record's revision, raised by every change: of two views of a job, the
+    /// higher `rev` is the newer (also the `id` of its live events).
+    rev: u64,
     #[serde(flatten)]
     #[schema(ignore)]
     extra: &'a BTreeMap<String, String>,
@@ -309,6 +312,7 @@ impl<'a> JobView<'a> {
             queue_position: queue_position.filter(|_| queued),
             retry_at: (queued && job.retry_at > 0).then(|| clock::iso8601(job.retry_at * 1000)),
             last_error: &job.last_error,
+            rev: job.rev,
             extra: &job.extra,
         }
     }

@@ -3,6 +3,7 @@
 mod support;
 
 mod api;
+mod browser;
 mod cli;
 mod comfy_protocol;
 mod events;

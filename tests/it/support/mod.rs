@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod standin;
+pub mod webdriver;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,208 @@
+//! The studio page in headless Chromium (Debian's `chromium` via `chromedriver`),
+//! against a running `studio serve` and the ComfyUI stand-in: type a prompt, click
+//! Generate, watch the progress bar advance and the picture reach the gallery,
+//! cancel a second job, reload, open the picture full size, then look at the page
+//! at phone width. Screenshots go to `target/screenshots/`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use studio_core::config::Role;
+
+use crate::support::standin::{Knobs, StandIn};
+use crate::support::webdriver::Browser;
+use crate::support::{Backing, TestApp};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_generates_shows_progress_fills_the_gallery_and_cancels() {
+    let standin = StandIn::start_with(Knobs {
+        duration: Duration::from_millis(2500),
+        steps: 20,
+        ..Knobs::default()
+    });
+    let url = standin.url();
+    let app = TestApp::spawn(Backing::Sqlite, Role::Serve, move |a| a.comfyui = vec![url]).await;
+    let browser = Browser::start(1280, 1000).await;
+    browser.goto(&app.base).await;
+
+    // The workflow picker fills from /api/workflows; pick `smoke` with the keyboard-free API.
+    browser
+        .wait_for(
+            "return document.querySelectorAll('#workflow option').length >= 3",
+            WAIT,
+        )
+        .await;
+    browser
+        .exec("const s = document.getElementById('workflow'); s.value = 'smoke'; s.dispatchEvent(new Event('change')); return true;")
+        .await;
+    let width_max = browser
+        .exec("return document.getElementById('param-width').max")
+        .await;
+    assert_eq!(
+        width_max, "4096",
+        "parameter inputs carry the declared bounds"
+    );
+    assert_eq!(
+        browser
+            .exec("return document.getElementById('negative-row').hidden")
+            .await,
+        true,
+        "smoke has no negative prompt"
+    );
+
+    // Type a prompt and click Generate.
+    let prompt = browser.find("#prompt").await;
+    browser
+        .type_into(&prompt, "a lighthouse at dusk, \"oil\" {painting}")
+        .await;
+    let dice = browser.find("#dice").await;
+    browser.click(&dice).await;
+    let seed = browser
+        .exec("return document.getElementById('seed').value")
+        .await;
+    assert!(
+        seed.as_str().unwrap().parse::<u64>().is_ok(),
+        "the dice gives a number: {seed}"
+    );
+    let generate = browser.find("#generate").await;
+    browser.click(&generate).await;
+
+    // The job appears at once, and its progress bar advances.
+    let job_id = browser
+        .wait_for(
+            "const c = document.querySelector('.job'); return c && c.dataset.jobId",
+            WAIT,
+        )
+        .await;
+    let job_id = job_id.as_str().unwrap().to_owned();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = browser
+            .exec(&format!("const c = document.querySelector('.job[data-job-id=\"{job_id}\"]'); return [c.dataset.status, c.querySelector('progress').value, c.querySelector('.state').textContent]"))
+            .await;
+        let (status, value) = (v[0].as_str().unwrap().to_owned(), v[1].as_f64().unwrap());
+        seen.push((status.clone(), value, v[2].as_str().unwrap().to_owned()));
+        if status == "finished" || status == "failed" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job never finished: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let last = seen.last().unwrap();
+    assert_eq!(
+        (last.0.as_str(), last.2.as_str()),
+        ("finished", "Done"),
+        "{seen:?}"
+    );
+    let mid: Vec<f64> = seen
+        .iter()
+        .filter(|s| s.0 == "processing")
+        .map(|s| s.1)
+        .collect();
+    assert!(
+        mid.iter().any(|v| *v > 0.0 && *v < 100.0),
+        "the bar advanced while running: {seen:?}"
+    );
+    assert!(
+        mid.windows(2).all(|w| w[0] <= w[1]),
+        "and never went back: {mid:?}"
+    );
+    assert!(
+        seen.iter().any(|s| s.2.starts_with("Generating… ")),
+        "its state in words: {seen:?}"
+    );
+
+    // The picture reaches the gallery and loads.
+    let loaded = format!(
+        "const i = [...document.querySelectorAll('#gallery img')].find(i => i.src.includes('{job_id}')); return !!(i && i.complete && i.naturalWidth > 0)"
+    );
+    browser.wait_for(&loaded, WAIT).await;
+    std::fs::write(
+        screenshots().join("studio-page-finished.png"),
+        browser.screenshot().await,
+    )
+    .unwrap();
+
+    // A second, slow job: cancel it while it runs.
+    standin.knobs(|k| k.duration = Duration::from_secs(20));
+    browser
+        .exec("document.getElementById('prompt').value = ''; return true;")
+        .await;
+    browser.type_into(&prompt, "cancel me").await;
+    browser.click(&generate).await;
+    let second = browser
+        .wait_for(&format!("const c = document.querySelector('.job'); return c && c.dataset.jobId !== '{job_id}' && c.dataset.status === 'processing' && c.dataset.jobId"), WAIT)
+        .await;
+    let second = second.as_str().unwrap().to_owned();
+    let cancel = browser
+        .find(&format!(".job[data-job-id=\"{second}\"] button.cancel"))
+        .await;
+    browser.click(&cancel).await;
+    browser
+        .wait_for(&format!("const c = document.querySelector('.job[data-job-id=\"{second}\"]'); return c.dataset.status === 'failed' && c.querySelector('.state').textContent === 'Cancelled'"), WAIT)
+        .await;
+    std::fs::write(
+        screenshots().join("studio-page-cancelled.png"),
+        browser.screenshot().await,
+    )
+    .unwrap();
+    let v = app.status(&second).await;
+    assert_eq!(
+        (v["status"].as_str(), v["error"].as_str()),
+        (Some("failed"), Some("cancelled"))
+    );
+
+    // The gallery persists across reloads; a picture opens full size; Escape closes it.
+    browser.goto(&app.base).await;
+    browser.wait_for(&loaded, WAIT).await;
+    let thumb = browser
+        .find(&format!("#gallery li[data-job-id=\"{job_id}\"] button"))
+        .await;
+    browser.click(&thumb).await;
+    browser
+        .wait_for("return document.getElementById('viewer').open", WAIT)
+        .await;
+    let download = browser
+        .exec("return document.getElementById('viewer-download').getAttribute('href')")
+        .await;
+    assert!(
+        download
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("/images/{job_id}/")),
+        "{download}"
+    );
+    let close = browser.find("#viewer-close").await;
+    browser.type_into(&close, "\u{E00C}").await; // Escape
+    browser
+        .wait_for("return !document.getElementById('viewer').open", WAIT)
+        .await;
+
+    // Phone width: one column, nothing wider than the screen.
+    browser.set_size(390, 844).await;
+    browser
+        .wait_for("return window.innerWidth <= 400", WAIT)
+        .await;
+    let overflow = browser
+        .exec("return document.documentElement.scrollWidth - window.innerWidth")
+        .await;
+    assert!(
+        overflow.as_i64().unwrap() <= 0,
+        "no sideways scrolling on a phone: {overflow}"
+    );
+    let png = browser.screenshot().await;
+    assert_eq!(&png[1..4], b"PNG");
+    std::fs::write(screenshots().join("studio-page-phone.png"), png).unwrap();
+}
