@@ -551,10 +551,12 @@ impl JobStore for SqliteStore {
                 .query_row(params![id], |r| r.get(0))
                 .optional()?;
             let Some(mine) = mine else { return Ok(None) };
-            let head: i64 = c
+            // NULL when the last queued job was claimed since the line above.
+            let head: Option<i64> = c
                 .prepare_cached("SELECT MIN(queue_seq) FROM jobs WHERE status = 'queued'")?
                 .query_row([], |r| r.get(0))?;
-            let estimate = mine - head;
+            let Some(head) = head else { return Ok(None) };
+            let estimate = (mine - head).max(0);
             if estimate > EXACT_POSITION_LIMIT {
                 return Ok(Some(estimate as u64));
             }

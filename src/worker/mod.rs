@@ -17,7 +17,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use self::backend::{Backend, Health};
-use self::run::{RunContext, run_job};
+use self::run::{RunContext, Turn, run_job};
 use crate::api::BackendReport;
 use crate::api::health::BackendState;
 use crate::shutdown::signalled;
@@ -229,13 +229,20 @@ async fn dispatch(ctx: RunContext, worker: WorkerId, mut shutdown: watch::Receiv
             Ok(Some(claim)) => {
                 backend.in_flight.fetch_add(1, Ordering::Relaxed);
                 let ctx = ctx.clone();
+                let (turn, submitted) = Turn::new();
                 runners.spawn(async move {
                     let b = ctx.backend.clone();
-                    run_job(ctx, claim).await;
+                    run_job(ctx, claim, turn).await;
                     b.in_flight.fetch_sub(1, Ordering::Relaxed);
                     b.done.fetch_add(1, Ordering::Relaxed);
                     drop(permit);
                 });
+                // Claim the next job only once this one is in the backend's queue, so
+                // jobs reach ComfyUI in claim order.
+                tokio::select! {
+                    _ = submitted => {}
+                    _ = signalled(&mut shutdown) => break,
+                }
             }
             Ok(None) => {}
             Err(e) => {
@@ -259,7 +266,7 @@ pub async fn run_one(
 ) -> Result<bool, StoreError> {
     match ctx.store.claim(worker, wait).await? {
         Some(claim) => {
-            run_job(ctx, claim).await;
+            run_job(ctx, claim, Turn::new().0).await;
             Ok(true)
         }
         None => Ok(false),

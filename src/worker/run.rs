@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
@@ -74,12 +74,37 @@ enum Followed {
     HandBack,
 }
 
+/// The dispatcher's turn: given back once this job has been submitted to its
+/// backend (or never will be), so jobs reach ComfyUI's queue in the order they were
+/// claimed. Given back on drop at the latest.
+pub struct Turn(Option<oneshot::Sender<()>>);
+
+impl Turn {
+    pub fn new() -> (Turn, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        (Turn(Some(tx)), rx)
+    }
+
+    fn give_back(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
 /// Runs one claimed job to its end and records the outcome.
-pub async fn run_job(ctx: RunContext, claim: Claim) {
+pub async fn run_job(ctx: RunContext, claim: Claim, mut turn: Turn) {
     let span = tracing::info_span!("job", job_id = %claim.lease.job_id, backend = %ctx.backend.url, attempt = claim.lease.attempt);
     async move {
         let lease = claim.lease.clone();
-        let outcome = execute(&ctx, &lease, &claim.job).await;
+        let outcome = execute(&ctx, &lease, &claim.job, &mut turn).await;
+        turn.give_back();
         tracing::debug!(?outcome, "attempt over");
         settle(&ctx, &lease, &outcome).await;
         if let Outcome::Cancelled {
@@ -161,13 +186,13 @@ async fn settle(ctx: &RunContext, lease: &Lease, outcome: &Outcome) {
     );
 }
 
-async fn execute(ctx: &RunContext, lease: &Lease, job: &JobRecord) -> Outcome {
+async fn execute(ctx: &RunContext, lease: &Lease, job: &JobRecord, turn: &mut Turn) -> Outcome {
     let id = lease.job_id.as_str();
     // A job that ran before may have run on a backend that is still there: adopt
     // that run instead of using a GPU twice.
     if lease.attempt > 1
         && !job.backend.is_empty()
-        && let Some(outcome) = adopt(ctx, lease, job).await
+        && let Some(outcome) = adopt(ctx, lease, job, turn).await
     {
         return outcome;
     }
@@ -220,7 +245,9 @@ async fn execute(ctx: &RunContext, lease: &Lease, job: &JobRecord) -> Outcome {
         "params": Value::Object(params.clone()),
     }});
     let client = &ctx.backend.client;
-    match client.submit(id, &graph, extra).await {
+    let submitted = client.submit(id, &graph, extra).await;
+    turn.give_back();
+    match submitted {
         Ok(s) => {
             if s.node_errors.as_object().is_some_and(|m| !m.is_empty()) {
                 tracing::warn!(node_errors = %s.node_errors, "ComfyUI dropped some output branches as invalid");
@@ -249,7 +276,12 @@ async fn execute(ctx: &RunContext, lease: &Lease, job: &JobRecord) -> Outcome {
 
 /// Looks for an earlier run of this job on the backend recorded for it. `None` when
 /// there is nothing to adopt (then the job is submitted afresh).
-async fn adopt(ctx: &RunContext, lease: &Lease, job: &JobRecord) -> Option<Outcome> {
+async fn adopt(
+    ctx: &RunContext,
+    lease: &Lease,
+    job: &JobRecord,
+    turn: &mut Turn,
+) -> Option<Outcome> {
     let id = lease.job_id.as_str();
     let ours = job.backend == ctx.backend.url;
     let client = if ours {
@@ -264,6 +296,7 @@ async fn adopt(ctx: &RunContext, lease: &Lease, job: &JobRecord) -> Option<Outco
     let cancels = ctx.store.subscribe();
     let known = match client.history(id).await {
         Ok(Some(entry)) => {
+            turn.give_back();
             tracing::info!(recorded = %job.backend, "adopting the run that already finished");
             return Some(conclude(ctx, lease, &client, Followed::Done(entry)).await);
         }
@@ -277,6 +310,7 @@ async fn adopt(ctx: &RunContext, lease: &Lease, job: &JobRecord) -> Option<Outco
     if !known {
         return None;
     }
+    turn.give_back();
     tracing::info!(recorded = %job.backend, "adopting the run still on the backend");
     if let Ok(LeaseState::Lost) = ctx.store.update(lease, None, Some(&job.backend)).await {
         return Some(Outcome::LeaseLost);
