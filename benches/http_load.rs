@@ -7,8 +7,9 @@
 //! `TEST_REDIS_URL`; `BENCH_SECONDS` per phase, default 10; `BENCH_CONNECTIONS`,
 //! default 32). Loopback only; bounded in time.
 
+mod support;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -18,70 +19,19 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use support::{Studio, cleanup_redis, env_or, pct, prefix, redis_url};
 use tokio::net::TcpStream;
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start(store: &str, prefix: &str) -> Server {
-    let dir = std::env::temp_dir().join(format!("studio-bench-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_studio"));
-    cmd.arg("api")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("PORT", port.to_string())
-        .env("STUDIO_DATA_DIR", &dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if store == "redis" {
-        cmd.env("REDIS_URL", redis_url())
-            .env("STUDIO_REDIS_PREFIX", prefix);
-    }
-    let child = cmd.spawn().expect("studio starts");
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "studio did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Server { child, addr, dir }
-}
-
-fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
-}
-
-/// Peak resident memory of a process (VmHWM), in MiB.
-fn peak_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
+fn start(store: &str, prefix: &str) -> Studio {
+    let envs = if store == "redis" {
+        vec![
+            ("REDIS_URL", redis_url()),
+            ("STUDIO_REDIS_PREFIX", prefix.to_owned()),
+        ]
+    } else {
+        Vec::new()
+    };
+    Studio::start("api", &envs)
 }
 
 #[derive(Clone, Copy)]
@@ -179,12 +129,8 @@ async fn run_phase(
     out
 }
 
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1000.0
+fn ms(d: Option<Duration>) -> f64 {
+    d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
 }
 
 fn report(store: &str, what: &str, r: &mut Result) {
@@ -192,40 +138,18 @@ fn report(store: &str, what: &str, r: &mut Result) {
     println!(
         "{store:<7} {what:<22} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  ({} requests, {} errors, {:.1} s)",
         r.count as f64 / r.elapsed.as_secs_f64(),
-        pct(&r.latencies, 0.50),
-        pct(&r.latencies, 0.99),
-        r.latencies
-            .last()
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(f64::NAN),
+        ms(pct(&r.latencies, 0.50)),
+        ms(pct(&r.latencies, 0.99)),
+        ms(r.latencies.last().copied()),
         r.count,
         r.errors,
         r.elapsed.as_secs_f64(),
     );
 }
 
-fn cleanup_redis(prefix: &str) {
-    if let Ok(mut c) = redis::Client::open(redis_url().as_str()).and_then(|c| c.get_connection()) {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("*{prefix}*"))
-            .query(&mut c)
-            .unwrap_or_default();
-        for chunk in keys.chunks(1000) {
-            let _: std::result::Result<i64, _> = redis::cmd("DEL").arg(chunk).query(&mut c);
-        }
-    }
-}
-
 fn main() {
-    // `cargo bench` passes `--bench`; accept and ignore harness flags.
-    let secs: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    let conns: usize = std::env::var("BENCH_CONNECTIONS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(32);
+    let secs: u64 = env_or("BENCH_SECONDS", 10);
+    let conns: usize = env_or("BENCH_CONNECTIONS", 32);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -237,27 +161,22 @@ fn main() {
             .unwrap_or(0)
     );
     for store in ["redis", "sqlite"] {
-        let prefix = format!("bench{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let prefix = prefix("bench");
         let server = start(store, &prefix);
+        let addr: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
         rt.block_on(async {
             // Warm up connections and caches.
-            run_phase(server.addr, Phase::Submit, conns, 1, Arc::new(Vec::new())).await;
-            let mut submit = run_phase(
-                server.addr,
-                Phase::Submit,
-                conns,
-                secs,
-                Arc::new(Vec::new()),
-            )
-            .await;
+            run_phase(addr, Phase::Submit, conns, 1, Arc::new(Vec::new())).await;
+            let mut submit =
+                run_phase(addr, Phase::Submit, conns, secs, Arc::new(Vec::new())).await;
             report(store, "POST /api/generate", &mut submit);
             let ids = Arc::new(std::mem::take(&mut submit.ids));
-            let mut status = run_phase(server.addr, Phase::Status, conns, secs, ids).await;
+            let mut status = run_phase(addr, Phase::Status, conns, secs, ids).await;
             report(store, "GET /api/status/<id>", &mut status);
         });
         println!(
             "{store:<7} peak server memory (VmHWM): {:.1} MiB",
-            peak_mib(server.child.id())
+            server.memory_mib("VmHWM:")
         );
         drop(server);
         if store == "redis" {

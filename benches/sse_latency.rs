@@ -7,9 +7,10 @@
 //! Run: `cargo bench --bench sse_latency` (`BENCH_STREAMS` (1000), `BENCH_ROUNDS`
 //! (10)). Loopback only.
 
+mod support;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,20 +22,10 @@ use hyper_util::rt::TokioIo;
 use serde_json::Map;
 use studio_core::job::NewJob;
 use studio_core::store::{JobStore, Lease, RedisStore, StoreSettings, WorkerId};
+use support::{Studio, cleanup_redis, env_or, memory_mib, pct, prefix, redis_url};
 use tokio::net::TcpStream;
 
 type Arrivals = Arc<Mutex<HashMap<(String, u64), Instant>>>;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
-}
 
 /// Opens one stream and records when each progress value arrives.
 async fn stream(
@@ -80,23 +71,6 @@ async fn stream(
     }
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
-}
-
-fn rss_mib(pid: u32, field: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
 async fn measure(
     label: &str,
     addr: SocketAddr,
@@ -139,7 +113,7 @@ async fn measure(
         ));
     }
     let _all = ready.acquire_many(streams as u32).await.unwrap();
-    let mem_open = rss_mib(server_pid, "VmRSS:");
+    let mem_open = memory_mib(server_pid, "VmRSS:");
     let mut writes: Vec<(String, u64, Instant)> = Vec::new();
     let started = Instant::now();
     for p in 1..=rounds {
@@ -167,21 +141,12 @@ async fn measure(
         writes.len(),
         write_time.as_secs_f64(),
         writes.len() as f64 / write_time.as_secs_f64(),
-        pct(&lat, 0.5),
-        pct(&lat, 0.99),
+        pct(&lat, 0.5).unwrap_or(f64::NAN),
+        pct(&lat, 0.99).unwrap_or(f64::NAN),
         lat.last().copied().unwrap_or(f64::NAN),
         mem_open,
-        rss_mib(server_pid, "VmHWM:"),
+        memory_mib(server_pid, "VmHWM:"),
     );
-}
-
-struct Server(Child, std::path::PathBuf);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
 }
 
 fn main() {
@@ -196,31 +161,15 @@ fn main() {
     );
 
     // Redis: the API in its own process; every event crosses Redis pub/sub.
-    let prefix = format!("sse{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let dir = std::env::temp_dir().join(format!("studio-sse-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_studio"))
-        .arg("api")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("PORT", port.to_string())
-        .env("STUDIO_DATA_DIR", &dir)
-        .env("REDIS_URL", redis_url())
-        .env("STUDIO_REDIS_PREFIX", &prefix)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server(child, dir);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    while std::net::TcpStream::connect(addr).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let prefix = prefix("sse");
+    let server = Studio::start(
+        "api",
+        &[
+            ("REDIS_URL", redis_url()),
+            ("STUDIO_REDIS_PREFIX", prefix.clone()),
+        ],
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
     rt.block_on(async {
         let store: Arc<dyn JobStore> =
             Arc::new(RedisStore::connect(&redis_url(), &prefix, StoreSettings::default()).unwrap());
@@ -230,21 +179,13 @@ fn main() {
             store,
             streams,
             rounds,
-            server.0.id(),
+            server.child.id(),
             "server",
         )
         .await;
     });
     drop(server);
-    if let Ok(mut c) = redis::Client::open(redis_url().as_str()).and_then(|c| c.get_connection()) {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("*{prefix}*"))
-            .query(&mut c)
-            .unwrap_or_default();
-        for chunk in keys.chunks(1000) {
-            let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query(&mut c);
-        }
-    }
+    cleanup_redis(&prefix);
 
     // SQLite: the app in this process (its events are in-process).
     rt.block_on(async {

@@ -11,73 +11,29 @@
 #[path = "../tests/it/support/standin.rs"]
 mod standin;
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use standin::{Knobs, StandIn};
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-struct Studio {
-    child: Child,
-    base: String,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Studio {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use support::{Studio, cleanup_redis, env_or, pct, prefix, redis_url};
 
 fn start_studio(backends: &[String], prefetch: usize, redis_prefix: Option<&str>) -> Studio {
-    let dir = std::env::temp_dir().join(format!("studio-tput-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_studio"));
-    cmd.arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("PORT", port.to_string())
-        .env("STUDIO_DATA_DIR", &dir)
-        .env("COMFYUI_URL", backends.join(","))
-        .env("STUDIO_PREFETCH", prefetch.to_string())
-        .env("STUDIO_HEALTH_INTERVAL", "1s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    let mut envs = vec![
+        ("COMFYUI_URL", backends.join(",")),
+        ("STUDIO_PREFETCH", prefetch.to_string()),
+        ("STUDIO_HEALTH_INTERVAL", "1s".to_owned()),
+    ];
     if let Some(p) = redis_prefix {
-        cmd.env(
-            "REDIS_URL",
-            std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into()),
-        )
-        .env("STUDIO_REDIS_PREFIX", p);
+        envs.push(("REDIS_URL", redis_url()));
+        envs.push(("STUDIO_REDIS_PREFIX", p.to_owned()));
     }
-    let child = cmd.spawn().expect("studio starts");
-    Studio {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        dir,
-    }
+    Studio::start("serve", &envs)
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
+fn ms(v: Option<f64>) -> f64 {
+    v.unwrap_or(f64::NAN)
 }
 
 async fn run(n: usize, d: Duration, m: usize, prefetch: usize, store: &str) {
@@ -92,7 +48,7 @@ async fn run(n: usize, d: Duration, m: usize, prefetch: usize, store: &str) {
         })
         .collect();
     let urls: Vec<String> = standins.iter().map(|s| s.url()).collect();
-    let prefix = format!("tput{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let prefix = prefix("tput");
     let studio = start_studio(
         &urls,
         prefetch,
@@ -102,7 +58,7 @@ async fn run(n: usize, d: Duration, m: usize, prefetch: usize, store: &str) {
     // Wait until every backend is up.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(r) = http.get(format!("{}/health", studio.base)).send().await
+        if let Ok(r) = http.get(format!("{}/health", studio.base())).send().await
             && let Ok(v) = r.json::<Value>().await
             && v["backends"]
                 .as_array()
@@ -121,7 +77,7 @@ async fn run(n: usize, d: Duration, m: usize, prefetch: usize, store: &str) {
     let mut ids = Vec::with_capacity(m);
     for i in 0..m {
         let v: Value = http
-            .post(format!("{}/api/generate", studio.base))
+            .post(format!("{}/api/generate", studio.base()))
             .json(&json!({"prompt": format!("bench {i}"), "workflow": "smoke", "seed": i}))
             .send()
             .await
@@ -138,7 +94,7 @@ async fn run(n: usize, d: Duration, m: usize, prefetch: usize, store: &str) {
         let mut still = Vec::new();
         for id in pending {
             let v: Value = http
-                .get(format!("{}/api/status/{id}", studio.base))
+                .get(format!("{}/api/status/{id}", studio.base()))
                 .send()
                 .await
                 .unwrap()
@@ -191,27 +147,14 @@ async fn run(n: usize, d: Duration, m: usize, prefetch: usize, store: &str) {
         n as f64 / d.as_secs_f64(),
         m as f64 / total.as_secs_f64(),
         100.0 * busy / (n as f64 * total.as_secs_f64()),
-        pct(&gaps, 0.5),
-        pct(&gaps, 0.99),
+        ms(pct(&gaps, 0.5)),
+        ms(pct(&gaps, 0.99)),
         gaps.last().copied().unwrap_or(f64::NAN),
         submitted.as_secs_f64(),
     );
     drop(studio);
-    if store == "redis"
-        && let Ok(mut c) = redis::Client::open(
-            std::env::var("TEST_REDIS_URL")
-                .unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
-                .as_str(),
-        )
-        .and_then(|c| c.get_connection())
-    {
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("*{prefix}*"))
-            .query(&mut c)
-            .unwrap_or_default();
-        for chunk in keys.chunks(1000) {
-            let _: Result<i64, _> = redis::cmd("DEL").arg(chunk).query(&mut c);
-        }
+    if store == "redis" {
+        cleanup_redis(&prefix);
     }
 }
 

@@ -194,39 +194,10 @@ const KNOWN_FIELDS: &[&str] = &[
     "rev",
 ];
 
-impl JobRecord {
-    /// A fresh queued record for a new job.
-    pub fn queued(job: &NewJob) -> Self {
+impl Default for JobRecord {
+    /// An empty queued record (what a hash with no fields reads as).
+    fn default() -> Self {
         JobRecord {
-            id: job.id.to_string(),
-            status: JobStatus::Queued,
-            progress: 0,
-            image_url: String::new(),
-            error: String::new(),
-            created_at: job.created_at.clone(),
-            updated_at: job.created_at.clone(),
-            updated_ms: job.created_ms,
-            prompt: job.prompt.clone(),
-            seed: Some(job.seed),
-            workflow: job.workflow.clone(),
-            params: job.params.clone(),
-            attempt: 0,
-            cancel_requested: false,
-            cancelled: false,
-            outputs: Vec::new(),
-            backend: String::new(),
-            worker_id: String::new(),
-            last_error: String::new(),
-            retry_at: 0,
-            rev: 0,
-            extra: BTreeMap::new(),
-        }
-    }
-
-    /// Reads a record from string fields (a Redis hash, or an event). Lenient: a
-    /// hash written by another program may lack fields or hold odd values.
-    pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        let mut r = JobRecord {
             id: String::new(),
             status: JobStatus::Queued,
             progress: 0,
@@ -249,7 +220,30 @@ impl JobRecord {
             retry_at: 0,
             rev: 0,
             extra: BTreeMap::new(),
-        };
+        }
+    }
+}
+
+impl JobRecord {
+    /// A fresh queued record for a new job.
+    pub fn queued(job: &NewJob) -> Self {
+        JobRecord {
+            id: job.id.to_string(),
+            created_at: job.created_at.clone(),
+            updated_at: job.created_at.clone(),
+            updated_ms: job.created_ms,
+            prompt: job.prompt.clone(),
+            seed: Some(job.seed),
+            workflow: job.workflow.clone(),
+            params: job.params.clone(),
+            ..JobRecord::default()
+        }
+    }
+
+    /// Reads a record from string fields (a Redis hash, or an event). Lenient: a
+    /// hash written by another program may lack fields or hold odd values.
+    pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        let mut r = JobRecord::default();
         for (k, v) in fields {
             match k {
                 "job_id" => r.id = v.to_owned(),

@@ -349,6 +349,33 @@ pub fn gave_up_message(attempts: u32, last_error: &str) -> String {
     }
 }
 
+/// The job-state log line of a recorded (or refused) outcome, the same for every
+/// store.
+fn log_completion(job_id: &JobId, completion: &Completion, written: bool) {
+    match (written, completion) {
+        (false, _) => {
+            tracing::warn!(%job_id, "outcome refused: this worker no longer holds the lease")
+        }
+        (true, Completion::Finished { .. }) => tracing::info!(%job_id, "job finished"),
+        (true, Completion::Failed { error }) => tracing::info!(%job_id, %error, "job failed"),
+        (true, Completion::Cancelled) => tracing::info!(%job_id, "job failed: cancelled"),
+    }
+}
+
+/// The job-state log line of a retry decision, the same for every store.
+fn log_retry(job_id: &JobId, error: &str, delay: Duration, outcome: RetryOutcome) {
+    match outcome {
+        RetryOutcome::Scheduled { .. } => {
+            tracing::info!(%job_id, %error, retry_in_ms = delay.as_millis() as u64, "job queued for retry")
+        }
+        RetryOutcome::GaveUp => {
+            tracing::warn!(%job_id, %error, "job failed: out of attempts, dead-lettered")
+        }
+        RetryOutcome::Cancelled => tracing::info!(%job_id, "job failed: cancelled"),
+        RetryOutcome::Lost => {}
+    }
+}
+
 /// Capacity of the in-process event fan-out. A subscriber that falls this far
 /// behind skips ahead (and re-reads the job), rather than slowing the writers.
 pub const EVENT_BUFFER: usize = 4096;

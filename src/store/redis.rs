@@ -24,7 +24,7 @@ pub use self::keys::Keys;
 use super::{
     CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, JobEvent, JobPage, JobStore, Lease,
     LeaseState, ListQuery, QueueStats, RetryOutcome, StoreError, StoreKind, StoreSettings,
-    WorkerId,
+    WorkerId, log_completion, log_retry,
 };
 use crate::clock;
 use crate::job::{JobId, JobRecord, NewJob, QueuePayload};
@@ -891,21 +891,7 @@ impl JobStore for RedisStore {
             Settle::Done,
         )
         .await?;
-        if written == 1 {
-            match &completion {
-                Completion::Finished { .. } => {
-                    tracing::info!(job_id = %lease.job_id, "job finished")
-                }
-                Completion::Failed { error } => {
-                    tracing::info!(job_id = %lease.job_id, %error, "job failed")
-                }
-                Completion::Cancelled => {
-                    tracing::info!(job_id = %lease.job_id, "job failed: cancelled")
-                }
-            }
-        } else {
-            tracing::warn!(job_id = %lease.job_id, "outcome refused: this worker no longer holds the lease");
-        }
+        log_completion(&lease.job_id, &completion, written == 1);
         Ok(written == 1)
     }
 
@@ -930,12 +916,11 @@ impl JobStore for RedisStore {
         let mut conn = self.conn.clone();
         let reply: Vec<String> = self.run(inv.invoke_async(&mut conn)).await?;
         let id = lease.job_id.as_str();
-        match reply.first().map(String::as_str) {
+        let outcome = match reply.first().map(String::as_str) {
             Some("scheduled") => {
                 self.settle(&lease.worker, &lease.payload, id, Settle::Delay(due))
                     .await?;
-                tracing::info!(job_id = id, %error, retry_in_ms = delay.as_millis() as u64, "job queued for retry");
-                Ok(RetryOutcome::Scheduled { due_ms: due })
+                RetryOutcome::Scheduled { due_ms: due }
             }
             Some("dead") => {
                 let dl = DeadLetter {
@@ -947,21 +932,21 @@ impl JobStore for RedisStore {
                 };
                 self.settle(&lease.worker, &lease.payload, id, Settle::Dead(&dl))
                     .await?;
-                tracing::warn!(job_id = id, error = %dl.error, "job failed: out of attempts, dead-lettered");
-                Ok(RetryOutcome::GaveUp)
+                RetryOutcome::GaveUp
             }
             Some("cancelled") => {
                 self.settle(&lease.worker, &lease.payload, id, Settle::Done)
                     .await?;
-                tracing::info!(job_id = id, "job failed: cancelled");
-                Ok(RetryOutcome::Cancelled)
+                RetryOutcome::Cancelled
             }
             _ => {
                 self.settle(&lease.worker, &lease.payload, id, Settle::Done)
                     .await?;
-                Ok(RetryOutcome::Lost)
+                RetryOutcome::Lost
             }
-        }
+        };
+        log_retry(&lease.job_id, error, delay, outcome);
+        Ok(outcome)
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {

@@ -18,7 +18,7 @@ use tokio::sync::{Notify, Semaphore, broadcast, oneshot};
 use super::{
     CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, JobEvent, JobPage, JobStore, Lease,
     LeaseState, ListQuery, QueueStats, RetryOutcome, StoreError, StoreKind, StoreSettings,
-    WorkerId, gave_up_message, hostname,
+    WorkerId, gave_up_message, hostname, log_completion, log_retry,
 };
 use crate::clock;
 use crate::job::{JobId, JobRecord, JobStatus, NewJob};
@@ -775,21 +775,7 @@ impl JobStore for SqliteStore {
                 Ok((true, changed(conn, &id)?.into_iter().collect()))
             })
             .await?;
-        if written {
-            match &completion {
-                Completion::Finished { .. } => {
-                    tracing::info!(job_id = %lease.job_id, "job finished")
-                }
-                Completion::Failed { error } => {
-                    tracing::info!(job_id = %lease.job_id, %error, "job failed")
-                }
-                Completion::Cancelled => {
-                    tracing::info!(job_id = %lease.job_id, "job failed: cancelled")
-                }
-            }
-        } else {
-            tracing::warn!(job_id = %lease.job_id, "outcome refused: this worker no longer holds the lease");
-        }
+        log_completion(&lease.job_id, &completion, written);
         Ok(written)
     }
 
@@ -841,18 +827,7 @@ impl JobStore for SqliteStore {
                 Ok((outcome, changed(conn, &id)?.into_iter().collect()))
             })
             .await?;
-        match out {
-            RetryOutcome::Scheduled { .. } => {
-                tracing::info!(job_id = %lease.job_id, error, retry_in_ms = delay.as_millis() as u64, "job queued for retry")
-            }
-            RetryOutcome::GaveUp => {
-                tracing::warn!(job_id = %lease.job_id, error, "job failed: out of attempts, dead-lettered")
-            }
-            RetryOutcome::Cancelled => {
-                tracing::info!(job_id = %lease.job_id, "job failed: cancelled")
-            }
-            RetryOutcome::Lost => {}
-        }
+        log_retry(&lease.job_id, error, delay, out);
         Ok(out)
     }
 

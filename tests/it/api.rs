@@ -393,19 +393,6 @@ async fn stored_files_that_do_not_exist_are_404_never_500(kind: Backing) {
     }
 }
 
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            use crate::support::Backing;
-            $( #[tokio::test] async fn $name() { super::$name(Backing::Sqlite).await } )*
-        }
-        mod redis {
-            use crate::support::Backing;
-            $( #[tokio::test] async fn $name() { super::$name(Backing::Redis).await } )*
-        }
-    };
-}
-
 both_stores!(
     health_reports_the_store,
     a_submission_is_accepted_and_its_status_has_the_prototype_shape,

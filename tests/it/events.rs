@@ -146,19 +146,6 @@ async fn the_all_jobs_stream_shows_every_jobs_changes(kind: Backing) {
     assert_eq!(finished, [a, b].into_iter().collect());
 }
 
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            use crate::support::Backing;
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(Backing::Sqlite).await } )*
-        }
-        mod redis {
-            use crate::support::Backing;
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(Backing::Redis).await } )*
-        }
-    };
-}
-
 both_stores!(
     a_job_stream_gives_a_snapshot_then_every_change_then_ends,
     a_stream_reopened_mid_job_still_sees_the_end,

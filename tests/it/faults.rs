@@ -74,6 +74,23 @@ impl Drop for Proc {
     }
 }
 
+/// Submits a job to a server over HTTP; its id.
+async fn submit(base: &str, body: serde_json::Value) -> String {
+    let v: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/api/generate"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not accepted: {v}"))
+        .to_owned()
+}
+
 async fn get(url: &str) -> serde_json::Value {
     reqwest::get(url).await.unwrap().json().await.unwrap()
 }
@@ -211,19 +228,15 @@ async fn the_embedded_store_survives_kill_9_of_the_whole_service() {
     ];
     let mut first = Proc::spawn(&["serve"], &env, data.path().join("first.log"));
     let base = first.wait_listening();
-    let http = reqwest::Client::new();
     let mut ids = Vec::new();
     for i in 0..3 {
-        let v: serde_json::Value = http
-            .post(format!("{base}/api/generate"))
-            .json(&json!({"prompt": format!("job {i}"), "workflow": "smoke"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        ids.push(v["job_id"].as_str().unwrap().to_owned());
+        ids.push(
+            submit(
+                &base,
+                json!({"prompt": format!("job {i}"), "workflow": "smoke"}),
+            )
+            .await,
+        );
     }
     wait_status(&base, &ids[0], Duration::from_secs(15), |v| {
         v["status"] == "processing"
@@ -418,16 +431,7 @@ async fn the_log_file_has_the_store_first_then_requests_and_job_changes() {
     ];
     let mut server = Proc::spawn(&["serve"], &env, data.path().join("backend.log"));
     let base = server.wait_listening();
-    let v: serde_json::Value = reqwest::Client::new()
-        .post(format!("{base}/api/generate"))
-        .json(&json!({"prompt": "logged", "workflow": "smoke"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = v["job_id"].as_str().unwrap().to_owned();
+    let id = submit(&base, json!({"prompt": "logged", "workflow": "smoke"})).await;
     wait_status(&base, &id, Duration::from_secs(15), |v| {
         v["status"] == "finished"
     })

@@ -1,5 +1,6 @@
 //! The integration test binary (one binary: one link, shared harness).
 
+#[macro_use]
 mod support;
 
 mod api;

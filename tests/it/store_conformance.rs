@@ -421,53 +421,35 @@ async fn listing_is_newest_first_paginated_and_filtered(kind: Backing) {
         t.store.enqueue(j).await.unwrap();
     }
     t.store.cancel(&jobs[2].id).await.unwrap();
-    let page1 = t
-        .store
-        .list(&ListQuery {
-            status: None,
-            limit: 3,
-            cursor: None,
-        })
-        .await
-        .unwrap();
-    let ids: Vec<&str> = page1.jobs.iter().map(|j| j.id.as_str()).collect();
-    assert_eq!(
-        ids,
-        [
-            jobs[6].id.as_str(),
-            jobs[5].id.as_str(),
-            jobs[4].id.as_str()
-        ]
-    );
-    let page2 = t
-        .store
-        .list(&ListQuery {
-            status: None,
-            limit: 3,
-            cursor: page1.next_cursor,
-        })
-        .await
-        .unwrap();
-    let ids: Vec<&str> = page2.jobs.iter().map(|j| j.id.as_str()).collect();
-    assert_eq!(
-        ids,
-        [
-            jobs[3].id.as_str(),
-            jobs[2].id.as_str(),
-            jobs[1].id.as_str()
-        ]
-    );
-    let page3 = t
-        .store
-        .list(&ListQuery {
-            status: None,
-            limit: 3,
-            cursor: page2.next_cursor,
-        })
-        .await
-        .unwrap();
-    assert_eq!(page3.jobs.len(), 1);
-    assert_eq!(page3.next_cursor, None);
+    let page = |cursor| {
+        let store = t.store.clone();
+        async move {
+            let p = store
+                .list(&ListQuery {
+                    status: None,
+                    limit: 3,
+                    cursor,
+                })
+                .await
+                .unwrap();
+            (
+                p.jobs.into_iter().map(|j| j.id).collect::<Vec<_>>(),
+                p.next_cursor,
+            )
+        }
+    };
+    let ids_of = |idx: &[usize]| {
+        idx.iter()
+            .map(|i| jobs[*i].id.to_string())
+            .collect::<Vec<_>>()
+    };
+    let (first, cursor) = page(None).await;
+    assert_eq!(first, ids_of(&[6, 5, 4]));
+    let (second, cursor) = page(cursor).await;
+    assert_eq!(second, ids_of(&[3, 2, 1]));
+    let (third, cursor) = page(cursor).await;
+    assert_eq!(third, ids_of(&[0]));
+    assert_eq!(cursor, None);
     let failed = t
         .store
         .list(&ListQuery {
@@ -523,26 +505,7 @@ async fn changes_are_published_as_events(kind: Backing) {
     );
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            use crate::support::Backing;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(Backing::Sqlite).await }
-            )*
-        }
-        mod redis {
-            use crate::support::Backing;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() { super::$name(Backing::Redis).await }
-            )*
-        }
-    };
-}
-
-conformance!(
+both_stores!(
     enqueued_jobs_are_queued_and_readable,
     claims_are_fifo,
     an_expired_lease_requeues_and_the_first_workers_late_writes_are_refused,

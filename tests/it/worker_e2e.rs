@@ -500,19 +500,6 @@ async fn many_jobs_on_two_backends_all_finish_once(kind: Backing) {
     );
 }
 
-macro_rules! both_stores {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            use crate::support::Backing;
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(Backing::Sqlite).await } )*
-        }
-        mod redis {
-            use crate::support::Backing;
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)] async fn $name() { super::$name(Backing::Redis).await } )*
-        }
-    };
-}
-
 both_stores!(
     a_job_runs_end_to_end_and_its_image_is_served,
     a_batch_gives_every_image,

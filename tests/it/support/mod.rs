@@ -6,6 +6,27 @@
 pub mod standin;
 pub mod webdriver;
 
+/// Runs each named `async fn(Backing)` as two tests, one on the embedded store and
+/// one on Redis: `mod sqlite { fn name }` and `mod redis { fn name }`.
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use crate::support::Backing;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name(Backing::Sqlite).await }
+            )*
+        }
+        mod redis {
+            use crate::support::Backing;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name(Backing::Redis).await }
+            )*
+        }
+    };
+}
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
