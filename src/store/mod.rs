@@ -7,8 +7,9 @@
 //! - `claim` hands the oldest due job to a worker under a **lease**: a fresh token,
 //!   `attempt + 1`, status `processing`. Jobs already final are dropped at claim
 //!   time (so a duplicated payload runs once); a cancelled job becomes
-//!   `failed`/`cancelled`; a job past `max_attempts` becomes `failed` and is
-//!   dead-lettered.
+//!   `failed`/`cancelled`; a job that has used `max_attempts` (its workers kept
+//!   dying) becomes `failed` and is dead-lettered (Redis at the claim, SQLite when
+//!   reaped).
 //! - A worker keeps its leases alive by heartbeating. `reap` returns the jobs of a
 //!   worker whose heartbeat stopped to the front of the queue.
 //! - Only the current lease holder may write progress or the outcome (fencing);

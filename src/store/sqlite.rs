@@ -253,64 +253,46 @@ impl SqliteStore {
         self.settings.job_ttl.as_millis() as i64
     }
 
-    /// Leases the oldest due job, or drops what must be dropped; `Ok(None)` when
-    /// nothing is due.
-    async fn try_claim(&self, worker: &WorkerId) -> Result<ClaimTry, StoreError> {
+    /// Leases the oldest due job in one `UPDATE … RETURNING`; `None` when nothing is
+    /// due. (A queued job here is never cancelled — cancel fails queued jobs at once —
+    /// and never out of attempts: the reaper fails those instead of requeueing them.)
+    async fn try_claim(&self, worker: &WorkerId) -> Result<Option<Claim>, StoreError> {
         let w = worker.as_str().to_owned();
-        let max_attempts = self.settings.max_attempts as i64;
         self.write(move |conn| {
             let micros = clock::now_micros();
-            let now_ms = (micros / 1000) as i64;
-            let now = clock::iso8601(micros);
-            let next: Option<(String, i64, i64, String, String)> = conn
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            let claimed = conn
+                .prepare_cached(&format!(
+                    "UPDATE jobs SET status = 'processing', attempt = attempt + 1, worker_id = ?1, \
+                     lease_token = ?2, progress = 0, run_at = 0, updated_at = ?3, updated_ms = ?4, \
+                     rev = rev + 1 \
+                     WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= ?4 \
+                                 ORDER BY queue_seq LIMIT 1) \
+                     RETURNING {COLUMNS}, payload"
+                ))?
                 .query_row(
-                    "SELECT id, attempt, cancel_requested, payload, last_error FROM jobs \
-                     WHERE status = 'queued' AND run_at <= ?1 ORDER BY queue_seq LIMIT 1",
-                    params![now_ms],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                    params![w, token, clock::iso8601(micros), (micros / 1000) as i64],
+                    |r| Ok((record_from_row(r)?, r.get::<_, String>(21)?)),
                 )
                 .optional()?;
-            let Some((id, attempt, cancel_requested, payload, last_error)) = next else {
-                return Ok((ClaimTry::Empty, Vec::new()));
+            let Some((rec, payload)) = claimed else {
+                return Ok((None, Vec::new()));
             };
-            if cancel_requested == 1 {
-                conn.execute(
-                    "UPDATE jobs SET status = 'failed', error = 'cancelled', cancelled = 1, \
-                     updated_at = ?2, updated_ms = ?3 WHERE id = ?1",
-                    params![id, now, now_ms],
-                )?;
-                let rec = changed(conn, &id)?;
-                return Ok((ClaimTry::Dropped, rec.into_iter().collect()));
-            }
-            if attempt >= max_attempts {
-                let msg = gave_up_message(attempt as u32, &last_error);
-                conn.execute(
-                    "UPDATE jobs SET status = 'failed', error = ?2, lease_token = NULL, \
-                     updated_at = ?3, updated_ms = ?4 WHERE id = ?1",
-                    params![id, msg, now, now_ms],
-                )?;
-                insert_dead_letter(conn, &id, &msg, attempt, &payload, &now)?;
-                tracing::warn!(job_id = %id, attempts = attempt, error = %msg, "job failed: out of attempts, dead-lettered");
-                let rec = changed(conn, &id)?;
-                return Ok((ClaimTry::Dropped, rec.into_iter().collect()));
-            }
-            let token = uuid::Uuid::new_v4().simple().to_string();
-            conn.execute(
-                "UPDATE jobs SET status = 'processing', attempt = attempt + 1, worker_id = ?2, \
-                 lease_token = ?3, progress = 0, run_at = 0, updated_at = ?4, updated_ms = ?5 \
-                 WHERE id = ?1",
-                params![id, w, token, now, now_ms],
-            )?;
-            let rec = changed(conn, &id)?.expect("the row just updated exists");
             let lease = Lease {
-                job_id: JobId::parse(&id).unwrap_or_else(|_| JobId::random()),
+                job_id: JobId::parse(&rec.id).unwrap_or_else(|_| JobId::random()),
                 worker: WorkerId::from_string(w.clone()),
                 token,
                 attempt: rec.attempt,
                 payload,
             };
-            tracing::info!(job_id = %id, attempt = rec.attempt, worker = %w, "job processing");
-            Ok((ClaimTry::Leased(Box::new(Claim { lease, job: rec.clone() })), vec![rec]))
+            tracing::info!(job_id = %rec.id, attempt = rec.attempt, worker = %w, "job processing");
+            Ok((
+                Some(Claim {
+                    lease,
+                    job: rec.clone(),
+                }),
+                vec![rec],
+            ))
         })
         .await
     }
@@ -333,12 +315,6 @@ impl SqliteStore {
         // container gets the same pid).
         pid == std::process::id() || !Path::new(&format!("/proc/{pid}")).exists()
     }
-}
-
-enum ClaimTry {
-    Leased(Box<Claim>),
-    Dropped,
-    Empty,
 }
 
 fn in_savepoint<T>(
@@ -704,10 +680,8 @@ impl JobStore for SqliteStore {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.try_claim(worker).await? {
-                ClaimTry::Leased(c) => return Ok(Some(*c)),
-                ClaimTry::Dropped => continue,
-                ClaimTry::Empty => {}
+            if let Some(claim) = self.try_claim(worker).await? {
+                return Ok(Some(claim));
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -858,6 +832,7 @@ impl JobStore for SqliteStore {
 
     async fn reap(&self) -> Result<Vec<JobId>, StoreError> {
         let ttl = self.settings.worker_ttl.as_millis() as i64;
+        let max_attempts = self.settings.max_attempts as i64;
         let rows: Vec<(String, String, u32)> = self
             .read(|c| {
                 c.prepare("SELECT id, host, pid FROM workers")?
@@ -886,12 +861,31 @@ impl JobStore for SqliteStore {
                     .collect::<Result<_, _>>()?;
                 let mut requeued = Vec::new();
                 for id in &ids {
-                    conn.execute(
-                        "UPDATE jobs SET status = 'queued', progress = 0, lease_token = NULL, worker_id = '', \
-                         queue_seq = (SELECT COALESCE(MIN(queue_seq), 0) - 1 FROM jobs WHERE status = 'queued'), \
-                         updated_at = ?2, updated_ms = ?3 WHERE id = ?1",
-                        params![id, clock::iso8601(micros), now_ms],
+                    let (attempt, last_error, payload): (i64, String, String) = conn.query_row(
+                        "SELECT attempt, last_error, payload FROM jobs WHERE id = ?1",
+                        params![id],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                     )?;
+                    let now = clock::iso8601(micros);
+                    if attempt >= max_attempts {
+                        // Its workers keep dying on it: a poison pill. Fail it.
+                        let msg = gave_up_message(attempt as u32, &last_error);
+                        conn.execute(
+                            "UPDATE jobs SET status = 'failed', error = ?2, lease_token = NULL, \
+                             updated_at = ?3, updated_ms = ?4 WHERE id = ?1",
+                            params![id, msg, now, now_ms],
+                        )?;
+                        insert_dead_letter(conn, id, &msg, attempt, &payload, &now)?;
+                        tracing::warn!(job_id = %id, attempts = attempt, error = %msg, "job failed: out of attempts, dead-lettered");
+                    } else {
+                        conn.execute(
+                            "UPDATE jobs SET status = 'queued', progress = 0, lease_token = NULL, worker_id = '', \
+                             queue_seq = (SELECT COALESCE(MIN(queue_seq), 0) - 1 FROM jobs WHERE status = 'queued'), \
+                             updated_at = ?2, updated_ms = ?3 WHERE id = ?1",
+                            params![id, now, now_ms],
+                        )?;
+                        tracing::warn!(job_id = %id, "job queued again: its worker stopped heartbeating");
+                    }
                     requeued.extend(changed(conn, id)?);
                 }
                 // Forget workers long gone that hold nothing.
@@ -903,9 +897,6 @@ impl JobStore for SqliteStore {
                 Ok((ids, requeued))
             })
             .await?;
-        for id in &reaped {
-            tracing::warn!(job_id = %id, "job queued again: its worker stopped heartbeating");
-        }
         if !reaped.is_empty() {
             self.wake.notify_waiters();
         }

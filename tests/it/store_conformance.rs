@@ -198,7 +198,7 @@ async fn a_job_retried_past_max_attempts_fails_and_is_dead_lettered(kind: Backin
     );
 }
 
-async fn a_job_whose_worker_keeps_dying_is_dead_lettered_at_claim(kind: Backing) {
+async fn a_job_whose_workers_keep_dying_fails_and_is_dead_lettered(kind: Backing) {
     let t = test_store(
         kind,
         StoreSettings {
@@ -510,7 +510,7 @@ both_stores!(
     claims_are_fifo,
     an_expired_lease_requeues_and_the_first_workers_late_writes_are_refused,
     a_job_retried_past_max_attempts_fails_and_is_dead_lettered,
-    a_job_whose_worker_keeps_dying_is_dead_lettered_at_claim,
+    a_job_whose_workers_keep_dying_fails_and_is_dead_lettered,
     cancelling_a_queued_job_fails_it_at_once,
     cancelling_a_running_job_asks_its_worker,
     enqueueing_the_same_job_twice_runs_it_once,
