@@ -514,4 +514,177 @@ both_stores!(
     a_backend_that_comes_back_rejoins,
     failing_submissions_are_retried_then_fail_with_the_backend_named,
     many_jobs_on_two_backends_all_finish_once,
+    every_output_kind_is_collected_and_odd_names_are_refused,
 );
+
+async fn every_output_kind_is_collected_and_odd_names_are_refused(kind: Backing) {
+    let standin = StandIn::start_with(Knobs {
+        extra_outputs: true,
+        ..Knobs::default()
+    });
+    let app = serve(kind, &[&standin], |_| {}).await;
+    let id = app
+        .submit(json!({"prompt": "a clip with sound", "workflow": "smoke"}))
+        .await;
+    let v = app.wait_final(&id, Duration::from_secs(20)).await;
+    assert_eq!(v["status"], "finished", "{v}");
+    let outputs = v["outputs"].as_array().unwrap();
+    let kinds: Vec<(&str, &str)> = outputs
+        .iter()
+        .map(|o| {
+            (
+                o["kind"].as_str().unwrap(),
+                o["content_type"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("image", "image/png"),
+            ("audio", "audio/flac"),
+            ("video", "video/mp4")
+        ],
+        "{v}"
+    );
+    let names: Vec<&str> = outputs
+        .iter()
+        .map(|o| o["filename"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.contains("..") && !n.contains('/')),
+        "{names:?}"
+    );
+    assert!(
+        names[1].starts_with("clips_"),
+        "the subfolder becomes part of the name: {names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.contains("_temp_")),
+        "temp previews are not outputs"
+    );
+    assert!(v["image_url"].as_str().unwrap().ends_with(".png"));
+    for o in outputs {
+        let res = app
+            .http
+            .get(app.url(o["url"].as_str().unwrap()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(
+            res.headers()["content-type"],
+            o["content_type"].as_str().unwrap()
+        );
+        let original = o["filename"].as_str().unwrap().trim_start_matches("clips_");
+        assert_eq!(
+            res.bytes().await.unwrap().as_ref(),
+            standin.file(original).unwrap().as_slice()
+        );
+    }
+    let escaped = app.dir.path().join("images").join("escape.png");
+    assert!(
+        !escaped.exists() && !app.dir.path().join("escape.png").exists(),
+        "nothing written outside the job's folder"
+    );
+}
+
+mod cached {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::json;
+    use studio_core::comfy::ComfyClient;
+    use studio_core::job::JobStatus;
+    use studio_core::storage::FsImageStore;
+    use studio_core::store::WorkerId;
+    use studio_core::worker::backend::Backend;
+    use studio_core::worker::run::RunContext;
+    use studio_core::worker::{WorkerConfig, run_one};
+    use studio_core::workflow::WorkflowRegistry;
+    use studio_core::workflow::request::parse_submission;
+
+    use crate::support::standin::StandIn;
+    use crate::support::{Backing, fast_settings, test_store};
+
+    /// A job's first run finished on ComfyUI, but its history is gone (ComfyUI keeps
+    /// 10,000 entries; an operator may clear them). The rerun is the identical graph,
+    /// which ComfyUI serves entirely from its cache: no node runs, no file is written,
+    /// and the job must still finish with its outputs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_fully_cached_run_still_finishes_with_its_outputs() {
+        let standin = StandIn::start();
+        let t = test_store(Backing::Sqlite, fast_settings());
+        let workflows = Arc::new(WorkflowRegistry::built_in());
+        let job = parse_submission(
+            &json!({"prompt": "cached", "workflow": "smoke", "seed": 5}),
+            &workflows,
+        )
+        .unwrap();
+        t.store.enqueue(&job).await.unwrap();
+        let graph = workflows.get("smoke").unwrap().render(
+            job.id.as_str(),
+            &job.prompt,
+            job.seed,
+            &job.params,
+        );
+        let client = ComfyClient::new(&standin.url(), "earlier-run");
+        client
+            .submit(job.id.as_str(), &graph, json!({}))
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while standin.runs().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let files_before = standin.files();
+        standin.clear_history();
+
+        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+        let ctx = RunContext {
+            store: t.store.clone(),
+            workflows,
+            images: Arc::new(FsImageStore::new(t.dir.path().join("images"))),
+            config: Arc::new(WorkerConfig {
+                poll_interval: Duration::from_millis(200),
+                ..WorkerConfig::default()
+            }),
+            backend: Arc::new(Backend::start(
+                &standin.url(),
+                "studio-test",
+                stop_rx.clone(),
+            )),
+            abort: stop_rx,
+        };
+        let worker = WorkerId::from_string("w-cached".into());
+        t.store.heartbeat(&worker).await.unwrap();
+        assert!(
+            run_one(ctx, &worker, Duration::from_secs(1)).await.unwrap(),
+            "a job was run"
+        );
+
+        let rec = t.store.get(&job.id).await.unwrap().unwrap();
+        assert_eq!(rec.status, JobStatus::Finished, "{rec:?}");
+        assert_eq!(rec.outputs.len(), 1);
+        assert_eq!(
+            standin.submitted(job.id.as_str()),
+            2,
+            "submitted again (no history to adopt)"
+        );
+        assert_eq!(
+            standin.files(),
+            files_before,
+            "served from the cache: no new file"
+        );
+        let stored = std::fs::read(
+            t.dir
+                .path()
+                .join("images")
+                .join(job.id.as_str())
+                .join(&rec.outputs[0].filename),
+        )
+        .unwrap();
+        assert_eq!(stored, standin.file(&rec.outputs[0].filename).unwrap());
+    }
+}

@@ -67,6 +67,9 @@ pub struct Knobs {
     pub fail_submits: u32,
     /// Send a binary preview frame (type 1) after each node, like samplers do.
     pub previews: bool,
+    /// SaveImage also reports a video (`gifs`), an audio file (`audio`, in a
+    /// subfolder), a temp preview, and a file name that tries to escape (`../`).
+    pub extra_outputs: bool,
 }
 
 impl Default for Knobs {
@@ -77,6 +80,7 @@ impl Default for Knobs {
             silent: false,
             fail_submits: 0,
             previews: true,
+            extra_outputs: false,
         }
     }
 }
@@ -242,6 +246,21 @@ impl StandIn {
     /// the files stay.
     pub fn clear_history(&self) {
         self.shared.inner.lock().unwrap().history.clear();
+    }
+
+    /// The names of the files this stand-in produced.
+    pub fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .shared
+            .inner
+            .lock()
+            .unwrap()
+            .files
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
     }
 
     /// Whether a prompt is running or waiting.
@@ -889,7 +908,23 @@ async fn run_prompt(st: &St, item: &Item) {
                 g.files.insert(filename.clone(), png);
                 images.push(json!({"filename": filename, "subfolder": "", "type": "output"}));
             }
-            let out = json!({"images": images});
+            let mut out = json!({"images": images});
+            if knobs.extra_outputs {
+                let video = format!("{prefix}_00001_.mp4");
+                let audio = format!("{prefix}_00001_.flac");
+                g.files.insert(
+                    video.clone(),
+                    b"\x00\x00\x00\x18ftypmp42 stand-in video".to_vec(),
+                );
+                g.files
+                    .insert(audio.clone(), b"fLaC stand-in audio".to_vec());
+                out["gifs"] = json!([{"filename": video, "subfolder": "", "type": "output", "format": "video/h264-mp4"}]);
+                out["audio"] = json!([{"filename": audio, "subfolder": "clips", "type": "output"}]);
+                out["images"].as_array_mut().unwrap().extend([
+                    json!({"filename": "../escape.png", "subfolder": "", "type": "output"}),
+                    json!({"filename": format!("{prefix}_temp_00001_.png"), "subfolder": "", "type": "temp"}),
+                ]);
+            }
             send_to(
                 &g,
                 sid,
