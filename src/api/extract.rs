@@ -15,6 +15,10 @@ use crate::job::JobId;
 /// every workflow parameter.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
+/// Oversized bodies up to this size are read and dropped before the 413, so the
+/// client gets the answer rather than a reset connection.
+const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
+
 /// A JSON request body: `Content-Type: application/json` (415 otherwise), at most
 /// [`MAX_BODY_BYTES`] (413 otherwise), valid JSON (400 otherwise).
 pub struct JsonBody(pub Value);
@@ -57,7 +61,13 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        if let Some(n) = declared.filter(|n| *n > MAX_BODY_BYTES) {
+            // Read (and drop) a moderately oversized body before answering: a client
+            // still sending it would otherwise see the connection reset instead of
+            // our 413. Beyond DRAIN_LIMIT, answer at once and let the connection go.
+            if n <= DRAIN_LIMIT {
+                let _ = axum::body::to_bytes(req.into_body(), DRAIN_LIMIT).await;
+            }
             return Err(too_large());
         }
         let bytes = Bytes::from_request(req, state)

@@ -144,11 +144,14 @@ impl Workers {
         let (abort_tx, abort_rx) = watch::channel(false);
         let stop_rx = self.stop_backends.subscribe();
         let mut tasks = JoinSet::new();
-        tasks.spawn(heartbeat_loop(
+        // The heartbeat stops first at the end, so it cannot re-register the worker
+        // after it has deregistered.
+        let (stop_heartbeat, heartbeat_stop_rx) = watch::channel(false);
+        let heartbeat = tokio::spawn(heartbeat_loop(
             self.store.clone(),
             id.clone(),
             self.config.heartbeat_interval,
-            stop_rx.clone(),
+            heartbeat_stop_rx,
         ));
         tasks.spawn(maintenance_loop(
             self.store.clone(),
@@ -187,6 +190,8 @@ impl Workers {
             let _ = abort_tx.send(true);
             while dispatchers.join_next().await.is_some() {}
         }
+        let _ = stop_heartbeat.send(true);
+        let _ = heartbeat.await;
         if let Err(e) = self.store.deregister(&id).await {
             tracing::warn!(error = %e, "could not deregister; the reaper will clean up");
         }
