@@ -95,13 +95,6 @@ impl EventHub {
     pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<JobRecord>> {
         self.all.subscribe()
     }
-
-    /// Jobs with at least one open stream (for tests and metrics).
-    pub fn watched_jobs(&self) -> usize {
-        let mut map = self.per_job.lock().expect("hub lock");
-        map.retain(|_, tx| tx.receiver_count() > 0);
-        map.len()
-    }
 }
 
 fn event_of(job: &JobRecord, position: Option<u64>) -> Event {

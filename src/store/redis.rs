@@ -7,7 +7,10 @@
 //! scripts, ordered so that a crash between them leaves nothing lost: at worst a job
 //! is run again, and the lease token fences off the stale runner.
 
+mod events;
 mod keys;
+mod lease;
+mod scripts;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,20 +18,20 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use ::redis::{AsyncConnectionConfig, Client, RedisError, Script};
+use ::redis::{Client, RedisError};
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use tokio::sync::{broadcast, watch};
 
+use self::events::subscribe_loop;
 pub use self::keys::Keys;
+use self::scripts::{Scripts, Settle};
 use super::{
     CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, JobEvent, JobPage, JobStore, Lease,
     LeaseState, ListQuery, QueueStats, RetryOutcome, StoreError, StoreKind, StoreSettings,
     WorkerId, log_completion, log_retry,
 };
 use crate::clock;
-use crate::job::{JobId, JobRecord, NewJob, QueuePayload};
-use crate::workflow::DEFAULT_WORKFLOW;
+use crate::job::{JobId, JobRecord, NewJob};
 
 /// How long any single Redis command may take before the caller gets
 /// [`StoreError::Unavailable`]: an outage answers 503 within a second.
@@ -42,60 +45,6 @@ const PROMOTE_BATCH: u64 = 500;
 
 /// Index entries examined at most by one `list` call when filtering by status.
 const LIST_SCAN_LIMIT: usize = 2000;
-
-/// The compiled scripts. Those that change a status hash carry the prelude that
-/// publishes the change.
-struct Scripts {
-    enqueue_status: Script,
-    enqueue_push: Script,
-    lease: Script,
-    update: Script,
-    complete: Script,
-    retry_status: Script,
-    release_status: Script,
-    requeue_status: Script,
-    cancel: Script,
-    settle: Script,
-    reap: Script,
-    promote: Script,
-    heartbeat: Script,
-    unlock: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        let prelude = include_str!("lua/prelude.lua");
-        let publishing = |body: &str| Script::new(&format!("{prelude}\n{body}"));
-        Scripts {
-            enqueue_status: publishing(include_str!("lua/enqueue_status.lua")),
-            enqueue_push: Script::new(include_str!("lua/enqueue_push.lua")),
-            lease: publishing(include_str!("lua/lease.lua")),
-            update: publishing(include_str!("lua/update.lua")),
-            complete: publishing(include_str!("lua/complete.lua")),
-            retry_status: publishing(include_str!("lua/retry_status.lua")),
-            release_status: publishing(include_str!("lua/release_status.lua")),
-            requeue_status: publishing(include_str!("lua/requeue_status.lua")),
-            cancel: publishing(include_str!("lua/cancel.lua")),
-            settle: Script::new(include_str!("lua/settle.lua")),
-            reap: Script::new(include_str!("lua/reap.lua")),
-            promote: Script::new(include_str!("lua/promote.lua")),
-            heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
-            unlock: Script::new(
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-            ),
-        }
-    }
-}
-
-/// The queue side of what happens to a claimed payload (`settle.lua`).
-enum Settle<'a> {
-    Claimed,
-    Drop,
-    Done,
-    Delay(u64),
-    Dead(&'a DeadLetter),
-    Release,
-}
 
 /// A job store on Redis ≥ 6.2.
 pub struct RedisStore {
@@ -179,176 +128,6 @@ impl RedisStore {
         }
     }
 
-    async fn settle(
-        &self,
-        worker: &WorkerId,
-        payload: &str,
-        job_id: &str,
-        action: Settle<'_>,
-    ) -> Result<(), StoreError> {
-        let k = &self.keys;
-        let (name, due, dead) = match action {
-            Settle::Claimed => ("claimed", 0, String::new()),
-            Settle::Drop => ("drop", 0, String::new()),
-            Settle::Done => ("done", 0, String::new()),
-            Settle::Delay(due) => ("delay", due, String::new()),
-            Settle::Dead(d) => ("dead", 0, serde_json::to_string(d).unwrap_or_default()),
-            Settle::Release => ("release", 0, String::new()),
-        };
-        let mut inv = self.scripts.settle.prepare_invoke();
-        inv.key(k.processing(worker.as_str()))
-            .key(k.pending())
-            .key(k.index())
-            .key(k.seq())
-            .key(k.delayed())
-            .key(k.dead())
-            .key(k.queue())
-            .arg(name)
-            .arg(payload)
-            .arg(job_id)
-            .arg(self.settings.index_cap)
-            .arg(due)
-            .arg(dead);
-        let mut conn = self.conn.clone();
-        self.run(inv.invoke_async::<i64>(&mut conn)).await?;
-        Ok(())
-    }
-
-    /// Takes a blocking connection from the pool, or opens one.
-    async fn blocking_conn(&self) -> Result<MultiplexedConnection, StoreError> {
-        if let Some(c) = self.blocking.lock().expect("pool lock").pop() {
-            return Ok(c);
-        }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.op_timeout / 2))
-            .set_response_timeout(None);
-        self.run(
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-    }
-
-    /// Leases a payload just moved into the worker's processing list. `None` if it
-    /// had to be dropped (final, running elsewhere, cancelled, dead).
-    async fn lease_payload(
-        &self,
-        worker: &WorkerId,
-        raw: String,
-    ) -> Result<Option<Claim>, StoreError> {
-        let Some((payload, id)) = QueuePayload::parse(&raw) else {
-            tracing::warn!(payload = %truncate(&raw, 200), "unreadable queue entry moved to dead letters");
-            let dl = DeadLetter {
-                job_id: String::new(),
-                error: "unreadable queue entry (not JSON with a valid job_id)".into(),
-                attempts: 0,
-                payload: raw.clone(),
-                failed_at: clock::iso8601(clock::now_micros()),
-            };
-            self.settle(worker, &raw, "", Settle::Dead(&dl)).await?;
-            return Ok(None);
-        };
-        let micros = clock::now_micros();
-        let now_iso = clock::iso8601(micros);
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        let mut inv = self.scripts.lease.prepare_invoke();
-        inv.key(self.keys.status(id.as_str()))
-            .arg(self.keys.events())
-            .arg(worker.as_str())
-            .arg(&token)
-            .arg(&now_iso)
-            .arg(micros / 1000)
-            .arg(self.settings.max_attempts)
-            .arg(self.ttl_secs())
-            .arg(&raw);
-        // What a hash written by nobody (or by another program) lacks.
-        let created_at = payload
-            .created_at
-            .clone()
-            .unwrap_or_else(|| now_iso.clone());
-        let mut defaults: Vec<(&str, String)> = vec![
-            ("job_id", id.to_string()),
-            ("prompt", payload.prompt.clone()),
-            (
-                "workflow",
-                payload
-                    .workflow
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_WORKFLOW.into()),
-            ),
-            ("created_at", created_at),
-            ("progress", "0".into()),
-            ("image_url", String::new()),
-            ("error", String::new()),
-        ];
-        if let Some(seed) = payload.seed {
-            defaults.push(("seed", seed.to_string()));
-        }
-        if let Some(params) = &payload.params {
-            defaults.push((
-                "params",
-                serde_json::Value::Object(params.clone()).to_string(),
-            ));
-        }
-        for (k, v) in &defaults {
-            inv.arg(*k).arg(v);
-        }
-        let mut conn = self.conn.clone();
-        let reply: Vec<String> = self.run(inv.invoke_async(&mut conn)).await?;
-        match reply.first().map(String::as_str) {
-            Some("ok") => {
-                let attempt = reply.get(1).and_then(|a| a.parse().ok()).unwrap_or(1);
-                let job = JobRecord::from_fields(
-                    reply[2..]
-                        .chunks(2)
-                        .filter(|c| c.len() == 2)
-                        .map(|c| (c[0].as_str(), c[1].as_str())),
-                );
-                self.settle(worker, &raw, id.as_str(), Settle::Claimed)
-                    .await?;
-                tracing::info!(job_id = %id, attempt, worker = %worker, "job processing");
-                Ok(Some(Claim {
-                    lease: Lease {
-                        job_id: id,
-                        worker: worker.clone(),
-                        token,
-                        attempt,
-                        payload: raw,
-                    },
-                    job,
-                }))
-            }
-            Some("dead") => {
-                let attempts = reply.get(1).and_then(|a| a.parse().ok()).unwrap_or(0);
-                let error = reply.get(2).cloned().unwrap_or_default();
-                let dl = DeadLetter {
-                    job_id: id.to_string(),
-                    error: error.clone(),
-                    attempts,
-                    payload: raw.clone(),
-                    failed_at: now_iso,
-                };
-                self.settle(worker, &raw, id.as_str(), Settle::Dead(&dl))
-                    .await?;
-                tracing::warn!(job_id = %id, attempts, %error, "job failed: out of attempts, dead-lettered");
-                Ok(None)
-            }
-            Some("drop") => {
-                let reason = reply.get(1).map(String::as_str).unwrap_or("");
-                self.settle(worker, &raw, id.as_str(), Settle::Drop).await?;
-                if reason == "cancelled" {
-                    tracing::info!(job_id = %id, "job failed: cancelled before it started");
-                } else {
-                    tracing::debug!(job_id = %id, reason, "dropped a queue entry for a job that is {reason}");
-                }
-                Ok(None)
-            }
-            other => Err(StoreError::Internal(format!(
-                "unexpected lease reply {other:?}"
-            ))),
-        }
-    }
-
     fn start_subscriber(&self) {
         let mut guard = self.subscriber.lock().expect("subscriber lock");
         if guard.is_some() {
@@ -376,71 +155,6 @@ impl Drop for RedisStore {
             let _ = stop.send(true);
         }
     }
-}
-
-/// One pub/sub connection per process: every change published by any script on any
-/// process reaches this process's subscribers. Reconnects with backoff.
-async fn subscribe_loop(
-    client: Client,
-    channel: String,
-    tx: broadcast::Sender<JobEvent>,
-    mut stop: watch::Receiver<bool>,
-    connect_timeout: Duration,
-) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        let connected = tokio::time::timeout(connect_timeout, async {
-            let mut ps = client.get_async_pubsub().await?;
-            ps.subscribe(&channel).await?;
-            Ok::<_, RedisError>(ps)
-        })
-        .await;
-        match connected {
-            Ok(Ok(ps)) => {
-                tracing::debug!(%channel, "subscribed to job events");
-                backoff = Duration::from_millis(100);
-                let mut stream = ps.into_on_message();
-                loop {
-                    tokio::select! {
-                        msg = stream.next() => match msg {
-                            Some(msg) => {
-                                if let Some(job) = decode_event(msg.get_payload_bytes()) {
-                                    let _ = tx.send(JobEvent { job: std::sync::Arc::new(job) });
-                                }
-                            }
-                            None => break,
-                        },
-                        _ = stop.changed() => return,
-                    }
-                }
-                tracing::warn!("job events subscription lost; reconnecting");
-            }
-            Ok(Err(e)) => tracing::debug!(error = %e, "cannot subscribe to job events yet"),
-            Err(_) => tracing::debug!("subscribing to job events timed out"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stop.changed() => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// An event published by a script: a JSON object of the hash's string fields.
-fn decode_event(bytes: &[u8]) -> Option<JobRecord> {
-    let map: HashMap<String, serde_json::Value> = serde_json::from_slice(bytes).ok()?;
-    let fields: Vec<(String, String)> = map
-        .into_iter()
-        .map(|(k, v)| match v {
-            serde_json::Value::String(s) => (k, s),
-            other => (k, other.to_string()),
-        })
-        .collect();
-    let job = JobRecord::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    (!job.id.is_empty()).then_some(job)
 }
 
 fn map_err(e: RedisError) -> StoreError {
@@ -1034,76 +748,9 @@ impl JobStore for RedisStore {
     }
 }
 
-impl RedisStore {
-    async fn reap_locked(&self, conn: &mut ConnectionManager) -> Result<Vec<JobId>, StoreError> {
-        let k = &self.keys;
-        let workers: Vec<String> = self
-            .run(::redis::cmd("SMEMBERS").arg(k.workers()).query_async(conn))
-            .await?;
-        let mut reaped = Vec::new();
-        for w in workers {
-            let alive: bool = self
-                .run(
-                    ::redis::cmd("EXISTS")
-                        .arg(k.heartbeat(&w))
-                        .query_async(conn),
-                )
-                .await?;
-            if alive {
-                continue;
-            }
-            let payloads: Vec<String> = self
-                .run(
-                    ::redis::cmd("LRANGE")
-                        .arg(k.processing(&w))
-                        .arg(0)
-                        .arg(-1)
-                        .query_async(conn),
-                )
-                .await?;
-            // Statuses first: once a job is `queued` again with no lease token, a
-            // claim of the returned payload leases it, and the dead worker (if it was
-            // only paused) is fenced off.
-            let micros = clock::now_micros();
-            let mut args: Vec<(String, String)> = Vec::new();
-            for p in &payloads {
-                let id = QueuePayload::parse(p).map(|(_, id)| id);
-                if let Some(id) = &id {
-                    let mut inv = self.scripts.requeue_status.prepare_invoke();
-                    inv.key(k.status(id.as_str()))
-                        .arg(k.events())
-                        .arg(&w)
-                        .arg(clock::iso8601(micros))
-                        .arg(micros / 1000)
-                        .arg(self.ttl_secs());
-                    let n: i64 = self.run(inv.invoke_async(conn)).await?;
-                    if n == 1 {
-                        tracing::warn!(job_id = %id, worker = %w, "job queued again: its worker stopped heartbeating");
-                    }
-                    reaped.push(id.clone());
-                }
-                args.push((p.clone(), id.map(|i| i.to_string()).unwrap_or_default()));
-            }
-            let mut inv = self.scripts.reap.prepare_invoke();
-            inv.key(k.queue())
-                .key(k.processing(&w))
-                .key(k.heartbeat(&w))
-                .key(k.workers())
-                .key(k.pending())
-                .arg(&w);
-            for (p, id) in &args {
-                inv.arg(p).arg(id);
-            }
-            self.run(inv.invoke_async::<i64>(conn)).await?;
-        }
-        Ok(reaped)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::JobStatus;
 
     #[test]
     fn passwords_are_redacted() {
@@ -1113,16 +760,5 @@ mod tests {
         );
         assert_eq!(redact("redis://me:hunter2@db"), "redis://me:***@db");
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-    }
-
-    #[test]
-    fn events_decode_to_records() {
-        let job =
-            decode_event(br#"{"job_id":"j1","status":"processing","progress":"40"}"#).unwrap();
-        assert_eq!(job.id, "j1");
-        assert_eq!(job.status, JobStatus::Processing);
-        assert_eq!(job.progress, 40);
-        assert!(decode_event(b"not json").is_none());
-        assert!(decode_event(b"{}").is_none());
     }
 }

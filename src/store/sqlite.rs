@@ -7,6 +7,10 @@
 //! Several processes may share the file (SQLite's locking; `busy_timeout`), but
 //! events only reach the process that wrote them.
 
+mod rows;
+mod schema;
+mod writer;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
@@ -15,6 +19,11 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::{Notify, Semaphore, broadcast, oneshot};
 
+use self::rows::{
+    COLUMNS, changed, get_record, holds_lease, insert_dead_letter, next_seq, record_from_row,
+};
+use self::schema::migrate;
+use self::writer::{Deliver, WriteOp, in_savepoint, writer_loop};
 use super::{
     CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, JobEvent, JobPage, JobStore, Lease,
     LeaseState, ListQuery, QueueStats, RetryOutcome, StoreError, StoreKind, StoreSettings,
@@ -29,9 +38,6 @@ pub const DB_FILE: &str = "studio.db";
 /// Read connections kept open (reads run on tokio's blocking pool).
 const READERS: usize = 4;
 
-/// Operations committed together at most (bounds one transaction's latency).
-const MAX_BATCH: usize = 512;
-
 /// How often a waiting claim looks again for jobs enqueued by another process (this
 /// process's own enqueues wake it at once).
 const CLAIM_POLL: Duration = Duration::from_millis(200);
@@ -39,90 +45,6 @@ const CLAIM_POLL: Duration = Duration::from_millis(200);
 /// Above this estimated position, `queue_position` reports the estimate instead of
 /// counting exactly, so a status read stays cheap on a million-job queue.
 const EXACT_POSITION_LIMIT: i64 = 10_000;
-
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS jobs (
-    id               TEXT PRIMARY KEY,
-    list_seq         INTEGER NOT NULL,
-    queue_seq        INTEGER NOT NULL,
-    status           TEXT NOT NULL,
-    progress         INTEGER NOT NULL DEFAULT 0,
-    image_url        TEXT NOT NULL DEFAULT '',
-    error            TEXT NOT NULL DEFAULT '',
-    created_at       TEXT NOT NULL,
-    updated_at       TEXT NOT NULL,
-    updated_ms       INTEGER NOT NULL,
-    prompt           TEXT NOT NULL,
-    seed             TEXT,
-    workflow         TEXT NOT NULL,
-    params           TEXT NOT NULL DEFAULT '{}',
-    attempt          INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    cancelled        INTEGER NOT NULL DEFAULT 0,
-    outputs          TEXT NOT NULL DEFAULT '[]',
-    backend          TEXT NOT NULL DEFAULT '',
-    worker_id        TEXT NOT NULL DEFAULT '',
-    lease_token      TEXT,
-    last_error       TEXT NOT NULL DEFAULT '',
-    run_at           INTEGER NOT NULL DEFAULT 0,
-    rev              INTEGER NOT NULL DEFAULT 1,
-    payload          TEXT NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_list_seq ON jobs(list_seq);
-CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, list_seq);
-CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(status, queue_seq);
-CREATE INDEX IF NOT EXISTS jobs_by_worker ON jobs(worker_id) WHERE status = 'processing';
-CREATE TABLE IF NOT EXISTS workers (
-    id           TEXT PRIMARY KEY,
-    host         TEXT NOT NULL,
-    pid          INTEGER NOT NULL,
-    heartbeat_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (
-    name  TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO counters (name, value)
-    VALUES ('seq', COALESCE((SELECT MAX(list_seq) FROM jobs), 0));
-CREATE TABLE IF NOT EXISTS dead_letters (
-    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id    TEXT NOT NULL,
-    error     TEXT NOT NULL,
-    attempts  INTEGER NOT NULL,
-    payload   TEXT NOT NULL,
-    failed_at TEXT NOT NULL
-);
-"#;
-
-/// The schema version this build writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
-
-/// Creates the schema in a new file; refuses a file written by a newer version.
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let version: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .map_err(internal)?;
-    if version > SCHEMA_VERSION {
-        return Err(internal(format!(
-            "the database has schema version {version}, newer than this Studio Core ({SCHEMA_VERSION}); upgrade Studio Core"
-        )));
-    }
-    conn.execute_batch(SCHEMA).map_err(internal)?;
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-        .map_err(internal)?;
-    Ok(())
-}
-
-/// The columns every record query selects, in [`record_from_row`]'s order.
-const COLUMNS: &str = "id, status, progress, image_url, error, created_at, updated_at, updated_ms, \
-    prompt, seed, workflow, params, attempt, cancel_requested, cancelled, outputs, backend, \
-    worker_id, last_error, run_at, rev";
-
-/// One write: runs inside the writer's transaction (or, given `None`, learns that no
-/// transaction could be started), returns the changed records (to publish) and a
-/// function that delivers its result once the commit is known.
-type WriteOp = Box<dyn FnOnce(Option<&Connection>) -> (Vec<JobRecord>, Deliver) + Send>;
-type Deliver = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// A job store in one SQLite file.
 pub struct SqliteStore {
@@ -315,150 +237,6 @@ impl SqliteStore {
         // container gets the same pid).
         pid == std::process::id() || !Path::new(&format!("/proc/{pid}")).exists()
     }
-}
-
-fn in_savepoint<T>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
-    conn.execute_batch("SAVEPOINT op")?;
-    match f(conn) {
-        Ok(v) => {
-            conn.execute_batch("RELEASE op")?;
-            Ok(v)
-        }
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
-            Err(e)
-        }
-    }
-}
-
-/// The writer thread: takes every operation waiting, commits them together, then
-/// answers each caller and publishes the changes.
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<WriteOp>, events: broadcast::Sender<JobEvent>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        let mut done = Vec::with_capacity(batch.len());
-        let committed = match conn.execute_batch("BEGIN IMMEDIATE") {
-            Ok(()) => {
-                for op in batch {
-                    done.push(op(Some(&conn)));
-                }
-                let c = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
-                if c.is_err() {
-                    let _ = conn.execute_batch("ROLLBACK");
-                }
-                c
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "SQLite: cannot begin a transaction");
-                for op in batch {
-                    done.push(op(None));
-                }
-                Err(format!("cannot begin a transaction: {e}"))
-            }
-        };
-        for (changed, deliver) in done {
-            deliver(committed.clone());
-            if committed.is_ok() {
-                for job in changed {
-                    let _ = events.send(JobEvent { job: Arc::new(job) });
-                }
-            }
-        }
-    }
-}
-
-/// The next number of the one sequence that orders both the listing and the queue:
-/// O(1), where `MAX(queue_seq)` would scan the whole queue index.
-fn next_seq(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'seq' RETURNING value")?
-        .query_row([], |r| r.get(0))
-}
-
-fn record_from_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
-    let seed: Option<String> = r.get(9)?;
-    let params: String = r.get(11)?;
-    let outputs: String = r.get(15)?;
-    Ok(JobRecord {
-        id: r.get(0)?,
-        status: JobStatus::parse(&r.get::<_, String>(1)?),
-        progress: r.get::<_, i64>(2)?.clamp(0, 100) as u8,
-        image_url: r.get(3)?,
-        error: r.get(4)?,
-        created_at: r.get(5)?,
-        updated_at: r.get(6)?,
-        updated_ms: r.get::<_, i64>(7)?.max(0) as u64,
-        prompt: r.get(8)?,
-        seed: seed.and_then(|s| s.parse().ok()),
-        workflow: r.get(10)?,
-        params: serde_json::from_str(&params).unwrap_or_default(),
-        attempt: r.get::<_, i64>(12)?.max(0) as u32,
-        cancel_requested: r.get::<_, i64>(13)? == 1,
-        cancelled: r.get::<_, i64>(14)? == 1,
-        outputs: serde_json::from_str(&outputs).unwrap_or_default(),
-        backend: r.get(16)?,
-        worker_id: r.get(17)?,
-        last_error: r.get(18)?,
-        retry_at: r.get::<_, i64>(19)?.max(0) as u64,
-        rev: r.get::<_, i64>(20)?.max(0) as u64,
-        extra: Default::default(),
-    })
-}
-
-/// A job just changed: bumps its revision (what event consumers order by) and reads
-/// it back for publishing.
-fn changed(conn: &Connection, id: &str) -> rusqlite::Result<Option<JobRecord>> {
-    conn.prepare_cached("UPDATE jobs SET rev = rev + 1 WHERE id = ?1")?
-        .execute(params![id])?;
-    get_record(conn, id)
-}
-
-fn get_record(conn: &Connection, id: &str) -> rusqlite::Result<Option<JobRecord>> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"))?
-        .query_row(params![id], record_from_row)
-        .optional()
-}
-
-fn insert_dead_letter(
-    conn: &Connection,
-    id: &str,
-    error: &str,
-    attempts: i64,
-    payload: &str,
-    now: &str,
-) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO dead_letters (job_id, error, attempts, payload, failed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id, error, attempts, payload, now],
-    )?;
-    // Keep the newest 10,000, as the Redis store does.
-    conn.execute(
-        "DELETE FROM dead_letters WHERE seq <= (SELECT MAX(seq) FROM dead_letters) - 10000",
-        [],
-    )?;
-    Ok(())
-}
-
-/// A lease-checked write: `None` if `token` is not the job's current lease.
-fn holds_lease(
-    conn: &Connection,
-    id: &str,
-    token: &str,
-) -> rusqlite::Result<Option<(String, bool)>> {
-    conn.query_row(
-        "SELECT status, cancel_requested FROM jobs WHERE id = ?1 AND lease_token = ?2",
-        params![id, token],
-        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? == 1)),
-    )
-    .optional()
 }
 
 #[async_trait]

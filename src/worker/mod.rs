@@ -6,6 +6,8 @@
 //! moment the last one ends while the finished one's outputs are collected.
 
 pub mod backend;
+mod follow;
+mod outputs;
 pub mod progress;
 pub mod run;
 

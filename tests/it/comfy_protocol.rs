@@ -291,6 +291,16 @@ async fn the_stand_in_follows_the_recorded_sequence() {
     assert_eq!(h.files[0].filename, "studio_chain_00001_.png");
     let (bytes, _) = client.view(&h.files[0]).await.unwrap();
     assert_eq!(&bytes[1..4], b"PNG");
+    let q = client.queue().await.unwrap();
+    assert!(q.running.is_empty() && q.pending.is_empty());
+    assert_eq!(
+        client.object_info().await.unwrap()["SaveImage"]["output_node"],
+        true
+    );
+    assert_eq!(
+        client.system_stats().await.unwrap()["system"]["comfyui_version"],
+        "0.3.64"
+    );
     // A rejected graph, as the real server answers it.
     let bad = json!({"1": {"class_type": "EmptyImage", "inputs": {"width": 0, "height": 8, "batch_size": 1, "color": 0}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}});
     let err = client.submit("p-2", &bad, json!({})).await.unwrap_err();

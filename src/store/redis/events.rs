@@ -1,0 +1,94 @@
+//! The process's one subscription to the events channel: every change published by
+//! any script, on any process, reaches this process's subscribers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use ::redis::{Client, RedisError};
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, watch};
+
+use crate::job::JobRecord;
+use crate::store::JobEvent;
+
+/// One pub/sub connection per process: every change published by any script on any
+/// process reaches this process's subscribers. Reconnects with backoff.
+pub(super) async fn subscribe_loop(
+    client: Client,
+    channel: String,
+    tx: broadcast::Sender<JobEvent>,
+    mut stop: watch::Receiver<bool>,
+    connect_timeout: Duration,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let connected = tokio::time::timeout(connect_timeout, async {
+            let mut ps = client.get_async_pubsub().await?;
+            ps.subscribe(&channel).await?;
+            Ok::<_, RedisError>(ps)
+        })
+        .await;
+        match connected {
+            Ok(Ok(ps)) => {
+                tracing::debug!(%channel, "subscribed to job events");
+                backoff = Duration::from_millis(100);
+                let mut stream = ps.into_on_message();
+                loop {
+                    tokio::select! {
+                        msg = stream.next() => match msg {
+                            Some(msg) => {
+                                if let Some(job) = decode_event(msg.get_payload_bytes()) {
+                                    let _ = tx.send(JobEvent { job: std::sync::Arc::new(job) });
+                                }
+                            }
+                            None => break,
+                        },
+                        _ = stop.changed() => return,
+                    }
+                }
+                tracing::warn!("job events subscription lost; reconnecting");
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot subscribe to job events yet"),
+            Err(_) => tracing::debug!("subscribing to job events timed out"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// An event published by a script: a JSON object of the hash's string fields.
+fn decode_event(bytes: &[u8]) -> Option<JobRecord> {
+    let map: HashMap<String, serde_json::Value> = serde_json::from_slice(bytes).ok()?;
+    let fields: Vec<(String, String)> = map
+        .into_iter()
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => (k, s),
+            other => (k, other.to_string()),
+        })
+        .collect();
+    let job = JobRecord::from_fields(fields.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    (!job.id.is_empty()).then_some(job)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobStatus;
+
+    #[test]
+    fn events_decode_to_records() {
+        let job =
+            decode_event(br#"{"job_id":"j1","status":"processing","progress":"40"}"#).unwrap();
+        assert_eq!(job.id, "j1");
+        assert_eq!(job.status, JobStatus::Processing);
+        assert_eq!(job.progress, 40);
+        assert!(decode_event(b"not json").is_none());
+        assert!(decode_event(b"{}").is_none());
+    }
+}

@@ -1,0 +1,60 @@
+//! The Lua scripts (`../lua/*.lua`), compiled once. Those that change a status hash
+//! carry the prelude that raises its revision and publishes the change.
+
+use ::redis::Script;
+
+use crate::store::DeadLetter;
+
+/// The compiled scripts. Those that change a status hash carry the prelude that
+/// publishes the change.
+pub(super) struct Scripts {
+    pub(super) enqueue_status: Script,
+    pub(super) enqueue_push: Script,
+    pub(super) lease: Script,
+    pub(super) update: Script,
+    pub(super) complete: Script,
+    pub(super) retry_status: Script,
+    pub(super) release_status: Script,
+    pub(super) requeue_status: Script,
+    pub(super) cancel: Script,
+    pub(super) settle: Script,
+    pub(super) reap: Script,
+    pub(super) promote: Script,
+    pub(super) heartbeat: Script,
+    pub(super) unlock: Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Self {
+        let prelude = include_str!("../lua/prelude.lua");
+        let publishing = |body: &str| Script::new(&format!("{prelude}\n{body}"));
+        Scripts {
+            enqueue_status: publishing(include_str!("../lua/enqueue_status.lua")),
+            enqueue_push: Script::new(include_str!("../lua/enqueue_push.lua")),
+            lease: publishing(include_str!("../lua/lease.lua")),
+            update: publishing(include_str!("../lua/update.lua")),
+            complete: publishing(include_str!("../lua/complete.lua")),
+            retry_status: publishing(include_str!("../lua/retry_status.lua")),
+            release_status: publishing(include_str!("../lua/release_status.lua")),
+            requeue_status: publishing(include_str!("../lua/requeue_status.lua")),
+            cancel: publishing(include_str!("../lua/cancel.lua")),
+            settle: Script::new(include_str!("../lua/settle.lua")),
+            reap: Script::new(include_str!("../lua/reap.lua")),
+            promote: Script::new(include_str!("../lua/promote.lua")),
+            heartbeat: Script::new(include_str!("../lua/heartbeat.lua")),
+            unlock: Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+            ),
+        }
+    }
+}
+
+/// The queue side of what happens to a claimed payload (`settle.lua`).
+pub(super) enum Settle<'a> {
+    Claimed,
+    Drop,
+    Done,
+    Delay(u64),
+    Dead(&'a DeadLetter),
+    Release,
+}

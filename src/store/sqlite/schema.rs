@@ -1,0 +1,79 @@
+//! The embedded store's schema and its version.
+
+use rusqlite::Connection;
+
+use super::internal;
+use crate::store::StoreError;
+
+pub(super) const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS jobs (
+    id               TEXT PRIMARY KEY,
+    list_seq         INTEGER NOT NULL,
+    queue_seq        INTEGER NOT NULL,
+    status           TEXT NOT NULL,
+    progress         INTEGER NOT NULL DEFAULT 0,
+    image_url        TEXT NOT NULL DEFAULT '',
+    error            TEXT NOT NULL DEFAULT '',
+    created_at       TEXT NOT NULL,
+    updated_at       TEXT NOT NULL,
+    updated_ms       INTEGER NOT NULL,
+    prompt           TEXT NOT NULL,
+    seed             TEXT,
+    workflow         TEXT NOT NULL,
+    params           TEXT NOT NULL DEFAULT '{}',
+    attempt          INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    cancelled        INTEGER NOT NULL DEFAULT 0,
+    outputs          TEXT NOT NULL DEFAULT '[]',
+    backend          TEXT NOT NULL DEFAULT '',
+    worker_id        TEXT NOT NULL DEFAULT '',
+    lease_token      TEXT,
+    last_error       TEXT NOT NULL DEFAULT '',
+    run_at           INTEGER NOT NULL DEFAULT 0,
+    rev              INTEGER NOT NULL DEFAULT 1,
+    payload          TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_list_seq ON jobs(list_seq);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, list_seq);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(status, queue_seq);
+CREATE INDEX IF NOT EXISTS jobs_by_worker ON jobs(worker_id) WHERE status = 'processing';
+CREATE TABLE IF NOT EXISTS workers (
+    id           TEXT PRIMARY KEY,
+    host         TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    heartbeat_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO counters (name, value)
+    VALUES ('seq', COALESCE((SELECT MAX(list_seq) FROM jobs), 0));
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id    TEXT NOT NULL,
+    error     TEXT NOT NULL,
+    attempts  INTEGER NOT NULL,
+    payload   TEXT NOT NULL,
+    failed_at TEXT NOT NULL
+);
+"#;
+
+/// The schema version this build writes (`PRAGMA user_version`).
+pub(super) const SCHEMA_VERSION: i64 = 1;
+
+/// Creates the schema in a new file; refuses a file written by a newer version.
+pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(internal)?;
+    if version > SCHEMA_VERSION {
+        return Err(internal(format!(
+            "the database has schema version {version}, newer than this Studio Core ({SCHEMA_VERSION}); upgrade Studio Core"
+        )));
+    }
+    conn.execute_batch(SCHEMA).map_err(internal)?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(internal)?;
+    Ok(())
+}

@@ -1,0 +1,220 @@
+//! Following a submitted prompt to its end: the socket as a hint, `/history` as the
+//! authority, always under the job's deadline; progress written as it rises; a
+//! cancel or a lost lease noticed on the way.
+
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::progress::ProgressTracker;
+use super::run::RunContext;
+use crate::comfy::{ComfyClient, ComfyError, HistoryEntry, SocketEvent, WsMessage};
+use crate::store::{JobEvent, Lease, LeaseState};
+
+/// Polling interval while the socket is down or silent about our prompt.
+const FAST_POLL: Duration = Duration::from_millis(250);
+/// How often a running job checks its lease (and learns of a cancel).
+const LEASE_CHECK: Duration = Duration::from_secs(2);
+/// Progress is written at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// A backend that cannot be reached for this long fails the attempt (retried).
+const UNREACHABLE_GRACE: Duration = Duration::from_secs(3);
+
+/// How following a prompt ended.
+pub(super) enum Followed {
+    Done(HistoryEntry),
+    Cancel,
+    LeaseLost,
+    Vanished,
+    Unreachable(ComfyError),
+    TimedOut,
+    HandBack,
+}
+
+/// Follows a submitted prompt to its end.
+pub(super) async fn follow(
+    ctx: &RunContext,
+    lease: &Lease,
+    client: &ComfyClient,
+    mut socket: Option<broadcast::Receiver<SocketEvent>>,
+    mut cancels: broadcast::Receiver<JobEvent>,
+    total_nodes: usize,
+) -> Followed {
+    let id = lease.job_id.as_str();
+    let deadline = Instant::now() + ctx.config.job_timeout;
+    let mut tracker = ProgressTracker::new(id, total_nodes);
+    let mut written: u8 = 0;
+    let mut last_write = Instant::now() - PROGRESS_EVERY;
+    let socket_ok = |s: &Option<broadcast::Receiver<SocketEvent>>| {
+        s.is_some() && ctx.backend.socket.is_connected()
+    };
+    let mut poll_every = if socket_ok(&socket) {
+        ctx.config.poll_interval
+    } else {
+        FAST_POLL
+    };
+    let mut next_poll = Instant::now() + poll_every;
+    let mut lease_check = tokio::time::interval(LEASE_CHECK);
+    lease_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    lease_check.tick().await;
+    let mut flush = tokio::time::interval(PROGRESS_EVERY);
+    flush.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut unreachable_since: Option<Instant> = None;
+    let mut missing = 0u32;
+    let mut abort = ctx.abort.clone();
+
+    loop {
+        tokio::select! {
+            ev = recv_socket(&mut socket) => match ev {
+                Some(SocketEvent::Message(m)) if m.prompt_id() == Some(id) => {
+                    if m.is_done_for(id) {
+                        // History is written before this message: look now.
+                        next_poll = Instant::now();
+                        continue;
+                    }
+                    if let WsMessage::ExecutionStart { .. } = *m {
+                        tracing::debug!("running");
+                    }
+                    tracker.apply(&m);
+                }
+                Some(SocketEvent::Message(_)) => {}
+                Some(SocketEvent::Connected) => {
+                    // Anything may have happened while the socket was down.
+                    poll_every = ctx.config.poll_interval;
+                    next_poll = Instant::now();
+                }
+                Some(SocketEvent::Disconnected(_)) => {
+                    poll_every = FAST_POLL;
+                    next_poll = next_poll.min(Instant::now() + FAST_POLL);
+                }
+                None => {
+                    // Lagged or closed: re-sync by polling.
+                    poll_every = FAST_POLL;
+                    next_poll = Instant::now();
+                }
+            },
+            _ = tokio::time::sleep_until(next_poll) => {
+                match poll(client, id).await {
+                    Ok(Some(entry)) => {
+                        flush_progress(ctx, lease, &tracker, &mut written).await;
+                        return Followed::Done(entry);
+                    }
+                    Ok(None) => {
+                        unreachable_since = None;
+                        missing = 0;
+                    }
+                    Err(PollError::Missing) => {
+                        unreachable_since = None;
+                        // Between "not in history" and "not in the queue" the prompt
+                        // may just have finished: only a second miss means it is gone.
+                        missing += 1;
+                        if missing >= 2 {
+                            return Followed::Vanished;
+                        }
+                        next_poll = Instant::now() + Duration::from_millis(50);
+                        continue;
+                    }
+                    Err(PollError::Comfy(e)) => {
+                        let since = *unreachable_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= UNREACHABLE_GRACE {
+                            return Followed::Unreachable(e);
+                        }
+                        poll_every = FAST_POLL;
+                    }
+                }
+                if socket_ok(&socket) && poll_every == FAST_POLL && unreachable_since.is_none() {
+                    poll_every = ctx.config.poll_interval;
+                }
+                next_poll = Instant::now() + poll_every;
+            }
+            _ = flush.tick() => {
+                if tracker.percent() > written && last_write.elapsed() >= PROGRESS_EVERY {
+                    match write_progress(ctx, lease, tracker.percent()).await {
+                        Some(LeaseState::Lost) => return Followed::LeaseLost,
+                        Some(LeaseState::CancelRequested) => return Followed::Cancel,
+                        Some(LeaseState::Held) => written = tracker.percent(),
+                        None => {}
+                    }
+                    last_write = Instant::now();
+                }
+            }
+            _ = lease_check.tick() => {
+                match ctx.store.update(lease, None, None).await {
+                    Ok(LeaseState::Lost) => return Followed::LeaseLost,
+                    Ok(LeaseState::CancelRequested) => return Followed::Cancel,
+                    _ => {}
+                }
+            }
+            ev = cancels.recv() => match ev {
+                Ok(JobEvent { job }) if job.id == id && job.cancel_requested => return Followed::Cancel,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => cancels = ctx.store.subscribe(),
+            },
+            _ = tokio::time::sleep_until(deadline) => return Followed::TimedOut,
+            _ = crate::shutdown::signalled(&mut abort) => return Followed::HandBack,
+        }
+    }
+}
+
+async fn recv_socket(socket: &mut Option<broadcast::Receiver<SocketEvent>>) -> Option<SocketEvent> {
+    match socket {
+        Some(rx) => match rx.recv().await {
+            Ok(ev) => Some(ev),
+            Err(broadcast::error::RecvError::Lagged(_)) => None,
+            Err(broadcast::error::RecvError::Closed) => {
+                *socket = None;
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+enum PollError {
+    /// Neither in history nor in the queue.
+    Missing,
+    Comfy(ComfyError),
+}
+
+/// History first (the authority), then the queue.
+async fn poll(client: &ComfyClient, id: &str) -> Result<Option<HistoryEntry>, PollError> {
+    if let Some(entry) = client.history(id).await.map_err(PollError::Comfy)? {
+        return Ok(Some(entry));
+    }
+    let q = client.queue().await.map_err(PollError::Comfy)?;
+    if q.contains(id) {
+        Ok(None)
+    } else {
+        // One more look: it may have finished between the two calls.
+        match client.history(id).await.map_err(PollError::Comfy)? {
+            Some(entry) => Ok(Some(entry)),
+            None => Err(PollError::Missing),
+        }
+    }
+}
+
+async fn write_progress(ctx: &RunContext, lease: &Lease, pct: u8) -> Option<LeaseState> {
+    match ctx.store.update(lease, Some(pct), None).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::debug!(error = %e, "progress not written");
+            None
+        }
+    }
+}
+
+async fn flush_progress(
+    ctx: &RunContext,
+    lease: &Lease,
+    tracker: &ProgressTracker,
+    written: &mut u8,
+) {
+    if tracker.percent() > *written
+        && write_progress(ctx, lease, tracker.percent())
+            .await
+            .is_some()
+    {
+        *written = tracker.percent();
+    }
+}
