@@ -209,6 +209,7 @@ async fn dispatch(ctx: RunContext, worker: WorkerId, mut shutdown: watch::Receiv
     let backend = ctx.backend.clone();
     let slots = Arc::new(Semaphore::new(1 + ctx.config.prefetch));
     let mut runners = JoinSet::new();
+    let mut claim_failing = false;
     loop {
         while runners.try_join_next().is_some() {}
         if *shutdown.borrow() {
@@ -225,7 +226,12 @@ async fn dispatch(ctx: RunContext, worker: WorkerId, mut shutdown: watch::Receiv
         if backend.health() != Health::Up {
             continue;
         }
-        match ctx.store.claim(&worker, ctx.config.claim_wait).await {
+        let claimed = ctx.store.claim(&worker, ctx.config.claim_wait).await;
+        if claimed.is_ok() && claim_failing {
+            tracing::info!(backend = %backend.url, "claiming jobs again");
+            claim_failing = false;
+        }
+        match claimed {
             Ok(Some(claim)) if backend.health() != Health::Up => {
                 // The backend went down while we waited for a job: hand the job back
                 // untouched (the attempt does not count) for a backend that is up.
@@ -253,7 +259,11 @@ async fn dispatch(ctx: RunContext, worker: WorkerId, mut shutdown: watch::Receiv
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(error = %e, backend = %backend.url, "claim failed");
+                // Once per outage, not every half second.
+                if !claim_failing {
+                    tracing::warn!(error = %e, backend = %backend.url, "cannot claim jobs; retrying every 500 ms");
+                    claim_failing = true;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     _ = signalled(&mut shutdown) => break,

@@ -341,20 +341,28 @@ impl Drop for PrivateRedis {
 async fn a_redis_outage_answers_503_fast_and_recovers_without_a_restart() {
     let mut redis = PrivateRedis::start();
     let url = redis.url();
+    // The worker's ComfyUI is down at first, so the jobs stay queued over the outage.
+    let mut standin = StandIn::start();
+    standin.crash();
+    let comfy = standin.url();
     let app = TestApp::spawn_with(
         Backing::Sqlite,
-        Role::Api,
+        Role::Serve,
         None,
         std::sync::Arc::new(TempDir::new()),
         move |a| {
             a.redis_url = Some(url);
+            a.comfyui = vec![comfy];
         },
     )
     .await;
     assert_eq!(app.get("/health").await.1["redis"], "healthy");
     let mut ids = Vec::new();
     for i in 0..20 {
-        ids.push(app.submit(json!({"prompt": format!("before {i}")})).await);
+        ids.push(
+            app.submit(json!({"prompt": format!("before {i}"), "workflow": "smoke"}))
+                .await,
+        );
     }
     // appendfsync everysec: what was acknowledged more than a second ago is on disk.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -414,8 +422,16 @@ async fn a_redis_outage_answers_503_fast_and_recovers_without_a_restart() {
     }
     let (_, page) = app.get("/api/jobs?limit=100").await;
     assert_eq!(page["jobs"].as_array().unwrap().len(), 20);
-    let after = app.submit(json!({"prompt": "after"})).await;
+    let after = app
+        .submit(json!({"prompt": "after", "workflow": "smoke"}))
+        .await;
     assert_eq!(app.status(&after).await["queue_position"], 20);
+    // The worker recovered too, without a restart: once ComfyUI is back, every job runs.
+    standin.restart();
+    for id in ids.iter().chain([&after]) {
+        let v = app.wait_final(id, Duration::from_secs(30)).await;
+        assert_eq!(v["status"], "finished", "{v}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
