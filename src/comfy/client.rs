@@ -347,13 +347,17 @@ impl ComfyClient {
         let parsed: Option<Value> = serde_json::from_str(&text).ok();
         match (status.as_u16(), parsed) {
             (200, Some(v)) => {
-                if v.get("prompt_id").and_then(Value::as_str) != Some(prompt_id) {
+                let given = v.get("prompt_id").and_then(Value::as_str).unwrap_or("");
+                if given != prompt_id {
+                    // A server older than July 2025 ignores our prompt id: the run
+                    // could not be followed or adopted, so take it back.
+                    let _ = self.delete_queued(&[given]).await;
+                    let _ = self.interrupt(given).await;
                     return Err(ComfyError::Protocol {
                         url: self.base.clone(),
                         what: "POST /prompt".into(),
                         reason: format!(
-                            "expected prompt_id {prompt_id}, got {}",
-                            v.get("prompt_id").unwrap_or(&Value::Null)
+                            "it ignored our prompt_id (answered {given:?}); Studio Core needs a ComfyUI that accepts a client prompt_id (from July 2025, ComfyUI PR #8189)"
                         ),
                     });
                 }
