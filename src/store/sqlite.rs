@@ -20,7 +20,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::{Notify, Semaphore, broadcast, oneshot};
 
 use self::rows::{
-    COLUMNS, changed, get_record, holds_lease, insert_dead_letter, next_seq, record_from_row,
+    COLUMNS, FRONT_OF_QUEUE, changed, get_record, holds_lease, insert_dead_letter, next_seq,
+    record_from_row,
 };
 use self::schema::migrate;
 use self::writer::{Deliver, WriteOp, in_savepoint, writer_loop};
@@ -239,6 +240,29 @@ impl SqliteStore {
     }
 }
 
+/// How many queued jobs are ahead of this one: exact up to [`EXACT_POSITION_LIMIT`],
+/// the sequence distance (an upper bound) beyond.
+fn queue_position(c: &Connection, id: &str) -> rusqlite::Result<Option<u64>> {
+    let mine: Option<i64> = c
+        .prepare_cached("SELECT queue_seq FROM jobs WHERE id = ?1 AND status = 'queued'")?
+        .query_row(params![id], |r| r.get(0))
+        .optional()?;
+    let Some(mine) = mine else { return Ok(None) };
+    // NULL when the last queued job was claimed since the line above.
+    let head: Option<i64> = c
+        .prepare_cached("SELECT MIN(queue_seq) FROM jobs WHERE status = 'queued'")?
+        .query_row([], |r| r.get(0))?;
+    let Some(head) = head else { return Ok(None) };
+    let estimate = (mine - head).max(0);
+    if estimate > EXACT_POSITION_LIMIT {
+        return Ok(Some(estimate as u64));
+    }
+    let exact: i64 = c
+        .prepare_cached("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND queue_seq < ?1")?
+        .query_row(params![mine], |r| r.get(0))?;
+    Ok(Some(exact as u64))
+}
+
 #[async_trait]
 impl JobStore for SqliteStore {
     fn kind(&self) -> StoreKind {
@@ -299,27 +323,22 @@ impl JobStore for SqliteStore {
 
     async fn queue_position(&self, id: &JobId) -> Result<Option<u64>, StoreError> {
         let id = id.to_string();
+        self.read(move |c| queue_position(c, &id)).await
+    }
+
+    async fn status(&self, id: &JobId) -> Result<Option<(JobRecord, Option<u64>)>, StoreError> {
+        // Both on one pooled connection, in one trip to the blocking pool.
+        let id = id.to_string();
         self.read(move |c| {
-            let mine: Option<i64> = c
-                .prepare_cached("SELECT queue_seq FROM jobs WHERE id = ?1 AND status = 'queued'")?
-                .query_row(params![id], |r| r.get(0))
-                .optional()?;
-            let Some(mine) = mine else { return Ok(None) };
-            // NULL when the last queued job was claimed since the line above.
-            let head: Option<i64> = c
-                .prepare_cached("SELECT MIN(queue_seq) FROM jobs WHERE status = 'queued'")?
-                .query_row([], |r| r.get(0))?;
-            let Some(head) = head else { return Ok(None) };
-            let estimate = (mine - head).max(0);
-            if estimate > EXACT_POSITION_LIMIT {
-                return Ok(Some(estimate as u64));
-            }
-            let exact: i64 = c
-                .prepare_cached(
-                    "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND queue_seq < ?1",
-                )?
-                .query_row(params![mine], |r| r.get(0))?;
-            Ok(Some(exact as u64))
+            let Some(job) = get_record(c, &id)? else {
+                return Ok(None);
+            };
+            let position = if job.status == JobStatus::Queued {
+                queue_position(c, &id)?
+            } else {
+                None
+            };
+            Ok(Some((job, position)))
         })
         .await
     }
@@ -479,7 +498,7 @@ impl JobStore for SqliteStore {
         let (id, token) = (lease.job_id.to_string(), lease.token.clone());
         let backend = backend.map(str::to_owned);
         self.write(move |conn| {
-            let Some((_, cancel)) = holds_lease(conn, &id, &token)? else {
+            let Some(cancel) = holds_lease(conn, &id, &token)? else {
                 return Ok((LeaseState::Lost, Vec::new()));
             };
             let micros = clock::now_micros();
@@ -501,9 +520,8 @@ impl JobStore for SqliteStore {
         let c = completion.clone();
         let written = self
             .write(move |conn| {
-                match holds_lease(conn, &id, &token)? {
-                    Some((status, _)) if status == "processing" => {}
-                    _ => return Ok((false, Vec::new())),
+                if holds_lease(conn, &id, &token)?.is_none() {
+                    return Ok((false, Vec::new()));
                 }
                 let micros = clock::now_micros();
                 let (now, now_ms) = (clock::iso8601(micros), (micros / 1000) as i64);
@@ -543,9 +561,8 @@ impl JobStore for SqliteStore {
         let payload = lease.payload.clone();
         let out = self
             .write(move |conn| {
-                let cancel = match holds_lease(conn, &id, &token)? {
-                    Some((status, cancel)) if status == "processing" => cancel,
-                    _ => return Ok((RetryOutcome::Lost, Vec::new())),
+                let Some(cancel) = holds_lease(conn, &id, &token)? else {
+                    return Ok((RetryOutcome::Lost, Vec::new()));
                 };
                 let micros = clock::now_micros();
                 let (now, now_ms) = (clock::iso8601(micros), (micros / 1000) as i64);
@@ -587,15 +604,16 @@ impl JobStore for SqliteStore {
         let (id, token) = (lease.job_id.to_string(), lease.token.clone());
         let released = self
             .write(move |conn| {
-                match holds_lease(conn, &id, &token)? {
-                    Some((status, _)) if status == "processing" => {}
-                    _ => return Ok((false, Vec::new())),
+                if holds_lease(conn, &id, &token)?.is_none() {
+                    return Ok((false, Vec::new()));
                 }
                 let micros = clock::now_micros();
                 conn.execute(
-                    "UPDATE jobs SET status = 'queued', progress = 0, attempt = MAX(attempt - 1, 0), \
-                     queue_seq = (SELECT COALESCE(MIN(queue_seq), 0) - 1 FROM jobs WHERE status = 'queued'), \
-                     lease_token = NULL, worker_id = '', updated_at = ?2, updated_ms = ?3 WHERE id = ?1",
+                    &format!(
+                        "UPDATE jobs SET status = 'queued', progress = 0, attempt = MAX(attempt - 1, 0), \
+                         queue_seq = {FRONT_OF_QUEUE}, lease_token = NULL, worker_id = '', \
+                         updated_at = ?2, updated_ms = ?3 WHERE id = ?1"
+                    ),
                     params![id, clock::iso8601(micros), (micros / 1000) as i64],
                 )?;
                 Ok((true, changed(conn, &id)?.into_iter().collect()))
@@ -657,9 +675,10 @@ impl JobStore for SqliteStore {
                         tracing::warn!(job_id = %id, attempts = attempt, error = %msg, "job failed: out of attempts, dead-lettered");
                     } else {
                         conn.execute(
-                            "UPDATE jobs SET status = 'queued', progress = 0, lease_token = NULL, worker_id = '', \
-                             queue_seq = (SELECT COALESCE(MIN(queue_seq), 0) - 1 FROM jobs WHERE status = 'queued'), \
-                             updated_at = ?2, updated_ms = ?3 WHERE id = ?1",
+                            &format!(
+                                "UPDATE jobs SET status = 'queued', progress = 0, lease_token = NULL, worker_id = '', \
+                                 queue_seq = {FRONT_OF_QUEUE}, updated_at = ?2, updated_ms = ?3 WHERE id = ?1"
+                            ),
                             params![id, now, now_ms],
                         )?;
                         tracing::warn!(job_id = %id, "job queued again: its worker stopped heartbeating");

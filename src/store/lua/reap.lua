@@ -11,10 +11,7 @@ for i = 2, #ARGV, 2 do
     redis.call('RPUSH', KEYS[1], ARGV[i])
     moved = moved + 1
     if ARGV[i + 1] ~= '' then
-      local first = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
-      local score = 0
-      if first[2] then score = tonumber(first[2]) - 1 end
-      redis.call('ZADD', KEYS[5], score, ARGV[i + 1])
+      pending_first(KEYS[5], ARGV[i + 1])
     end
   end
 end

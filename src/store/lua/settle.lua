@@ -32,10 +32,7 @@ elseif action == 'release' then
   -- back to the consuming end, first in line
   if redis.call('LREM', KEYS[1], 1, ARGV[2]) > 0 then
     redis.call('RPUSH', KEYS[7], ARGV[2])
-    local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-    local score = 0
-    if first[2] then score = tonumber(first[2]) - 1 end
-    redis.call('ZADD', KEYS[2], score, ARGV[3])
+    pending_first(KEYS[2], ARGV[3])
   end
 else
   return redis.error_reply('unknown settle action ' .. action)

@@ -28,6 +28,8 @@ impl Scripts {
     pub(super) fn new() -> Self {
         let prelude = include_str!("../lua/prelude.lua");
         let publishing = |body: &str| Script::new(&format!("{prelude}\n{body}"));
+        let queue_prelude = include_str!("../lua/queue_prelude.lua");
+        let requeueing = |body: &str| Script::new(&format!("{queue_prelude}\n{body}"));
         Scripts {
             enqueue_status: publishing(include_str!("../lua/enqueue_status.lua")),
             enqueue_push: Script::new(include_str!("../lua/enqueue_push.lua")),
@@ -38,8 +40,8 @@ impl Scripts {
             release_status: publishing(include_str!("../lua/release_status.lua")),
             requeue_status: publishing(include_str!("../lua/requeue_status.lua")),
             cancel: publishing(include_str!("../lua/cancel.lua")),
-            settle: Script::new(include_str!("../lua/settle.lua")),
-            reap: Script::new(include_str!("../lua/reap.lua")),
+            settle: requeueing(include_str!("../lua/settle.lua")),
+            reap: requeueing(include_str!("../lua/reap.lua")),
             promote: Script::new(include_str!("../lua/promote.lua")),
             heartbeat: Script::new(include_str!("../lua/heartbeat.lua")),
             unlock: Script::new(

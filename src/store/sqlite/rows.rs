@@ -81,16 +81,22 @@ pub(super) fn insert_dead_letter(
     Ok(())
 }
 
-/// A lease-checked write: `None` if `token` is not the job's current lease.
+/// Whether `token` is the current lease of a running job: `Some(cancel requested)`,
+/// or `None` when the lease is gone.
 pub(super) fn holds_lease(
     conn: &Connection,
     id: &str,
     token: &str,
-) -> rusqlite::Result<Option<(String, bool)>> {
+) -> rusqlite::Result<Option<bool>> {
     conn.query_row(
-        "SELECT status, cancel_requested FROM jobs WHERE id = ?1 AND lease_token = ?2",
+        "SELECT cancel_requested FROM jobs WHERE id = ?1 AND lease_token = ?2 AND status = 'processing'",
         params![id, token],
-        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? == 1)),
+        |r| Ok(r.get::<_, i64>(0)? == 1),
     )
     .optional()
 }
+
+/// The `queue_seq` that puts a job first in line (requeued by the reaper, handed
+/// back at shutdown).
+pub(super) const FRONT_OF_QUEUE: &str =
+    "(SELECT COALESCE(MIN(queue_seq), 0) - 1 FROM jobs WHERE status = 'queued')";
