@@ -264,10 +264,6 @@ impl ComfyClient {
         &self.base
     }
 
-    pub fn client_id(&self) -> &str {
-        &self.client_id
-    }
-
     /// The WebSocket URL for this client's id.
     pub fn ws_url(&self) -> String {
         let ws = if let Some(rest) = self.base.strip_prefix("https://") {

@@ -1,6 +1,6 @@
 //! Outputs in a local directory: `<root>/<job id>/<file name>`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 
@@ -17,10 +17,6 @@ impl FsImageStore {
     /// A store rooted at `root` (created on first write).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         FsImageStore { root: root.into() }
-    }
-
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     fn path(&self, job: &JobId, name: &str) -> Result<PathBuf, StorageError> {

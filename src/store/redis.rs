@@ -91,16 +91,6 @@ impl RedisStore {
         })
     }
 
-    /// The key names in use.
-    pub fn keys(&self) -> &Keys {
-        &self.keys
-    }
-
-    /// A handle for raw commands (tests, tools).
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.clone()
-    }
-
     fn ttl_secs(&self) -> u64 {
         self.settings.job_ttl.as_secs().max(1)
     }

@@ -126,10 +126,6 @@ impl Workers {
         }
     }
 
-    pub fn backends(&self) -> &[Arc<Backend>] {
-        &self.backends
-    }
-
     /// A view of the backends for `/health`.
     pub fn report(&self) -> Arc<dyn BackendReport> {
         Arc::new(BackendList(self.backends.clone()))
