@@ -10,7 +10,8 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::events::EventHub;
+use crate::api::connections::{ConnStats, Server, raise_fd_limit};
+use crate::api::events::{EventHub, StreamLimiter};
 use crate::api::{self, AppState, CorsOrigins};
 use crate::config::{Role, ServerArgs, StoreChoice};
 use crate::shutdown;
@@ -25,7 +26,7 @@ const HTTP_DRAIN: Duration = Duration::from_secs(5);
 /// A built, bound, not yet running service.
 pub struct App {
     role: Role,
-    listener: Option<TcpListener>,
+    server: Option<Server>,
     router: Option<axum::Router>,
     workers: Option<Workers>,
     store: Arc<dyn JobStore>,
@@ -63,11 +64,20 @@ impl App {
             )
         });
         let (stop, stop_rx) = shutdown::flag();
-        let (listener, router) = if role.runs_api() {
+        let (server, router) = if role.runs_api() {
             let addr = format!("{}:{}", args.host, args.port);
             let listener = TcpListener::bind(&addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
+            let fd_limit = raise_fd_limit();
+            let limits = args.conn_limits(fd_limit);
+            tracing::info!(
+                fd_limit,
+                max_connections = limits.max_connections,
+                max_streams = args.max_streams,
+                max_streams_per_client = args.max_streams_per_client,
+                "connection limits"
+            );
             let state = AppState {
                 store: store.clone(),
                 workflows,
@@ -76,17 +86,20 @@ impl App {
                 backends: workers.as_ref().map(Workers::report),
                 hub: EventHub::start(store.clone()),
                 shutdown: stop_rx,
+                streams: StreamLimiter::new(args.max_streams, args.max_streams_per_client),
+                body_timeout: args.body_timeout,
+                cors: CorsOrigins::parse(&args.cors_origins),
             };
             (
-                Some(listener),
-                Some(api::router(state, &CorsOrigins::parse(&args.cors_origins))),
+                Some(Server::new(listener, limits)),
+                Some(api::router(state)),
             )
         } else {
             (None, None)
         };
         Ok(App {
             role,
-            listener,
+            server,
             router,
             workers,
             store,
@@ -96,7 +109,12 @@ impl App {
 
     /// The address the API listens on (with port 0, the port picked).
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.server.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The HTTP listener's counts and limits (API roles).
+    pub fn connections(&self) -> Option<ConnStats> {
+        self.server.as_ref().map(Server::stats)
     }
 
     pub fn store(&self) -> Arc<dyn JobStore> {
@@ -116,16 +134,13 @@ impl App {
             let _ = stop_tx.send(true);
         });
         let mut tasks = tokio::task::JoinSet::new();
-        if let (Some(listener), Some(router)) = (self.listener, self.router) {
-            let addr = listener.local_addr()?;
+        if let (Some(server), Some(router)) = (self.server, self.router) {
+            let addr = server.local_addr()?;
             tracing::info!(role = self.role.as_str(), "listening on http://{addr}");
-            let (mut graceful, mut deadline) = (stop_rx.clone(), stop_rx.clone());
+            let (graceful, mut deadline) = (stop_rx.clone(), stop_rx.clone());
             tasks.spawn(async move {
-                let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-                    shutdown::signalled(&mut graceful).await;
-                });
                 tokio::select! {
-                    r = server => r.context("HTTP server failed"),
+                    r = server.run(router, graceful) => r.context("HTTP server failed"),
                     _ = async {
                         shutdown::signalled(&mut deadline).await;
                         tokio::time::sleep(HTTP_DRAIN).await;

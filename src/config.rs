@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
+use crate::api::connections::{ConnLimits, default_max_connections};
 use crate::store::StoreSettings;
 use crate::worker::WorkerConfig;
 
@@ -90,8 +91,10 @@ pub struct ServerArgs {
     /// Log file (default: backend.log in the data directory).
     #[arg(long, env = "STUDIO_LOG_FILE")]
     pub log_file: Option<PathBuf>,
-    /// Browser origins allowed to call the API: `*` or a comma-separated list.
-    #[arg(long, env = "STUDIO_CORS_ORIGINS", default_value = "*")]
+    /// Browser origins allowed to call the API: a comma-separated list of origins
+    /// (https://studio.example.com), `loopback` for any http(s)://localhost,
+    /// 127.0.0.1 or [::1] port, or `*` for every origin.
+    #[arg(long, env = "STUDIO_CORS_ORIGINS", default_value = "loopback")]
     pub cors_origins: String,
     /// Prefix of the image URLs handed out (e.g. https://studio.example.com);
     /// empty gives relative URLs (/images/...).
@@ -140,6 +143,41 @@ pub struct ServerArgs {
     /// back to the queue.
     #[arg(long, env = "STUDIO_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Open HTTP connections at most (default: the file-descriptor limit, raised to
+    /// its hard maximum at start, minus a reserve of 256 plus a tenth). Over the cap,
+    /// the connection idle the longest makes room; if none is idle, 503.
+    #[arg(long, env = "STUDIO_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Longest a client may take to send a request's headers once it has started.
+    #[arg(long, env = "STUDIO_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// A connection with no request in flight, or a request with no byte moving, is
+    /// closed after this long.
+    #[arg(long, env = "STUDIO_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Longest a client may take to send a request body.
+    #[arg(long, env = "STUDIO_BODY_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+    /// Open event streams (SSE) at most, in total.
+    #[arg(long, env = "STUDIO_MAX_STREAMS", default_value_t = 4096)]
+    pub max_streams: usize,
+    /// Open event streams at most per client address (an IPv6 client: per /64).
+    #[arg(long, env = "STUDIO_MAX_STREAMS_PER_CLIENT", default_value_t = 32)]
+    pub max_streams_per_client: usize,
+    /// Jobs waiting to run at most (queued or waiting for a retry); submissions
+    /// beyond get 503 queue-full.
+    #[arg(long, env = "STUDIO_MAX_QUEUED", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_queued: u64,
+    /// Largest output file a worker downloads from ComfyUI (bytes; KiB, MiB, GiB
+    /// suffixes); a job with a larger one fails.
+    #[arg(long, env = "STUDIO_MAX_OUTPUT_BYTES", default_value = "2GiB", value_parser = parse_size)]
+    pub max_output_bytes: u64,
+    /// The log file is rotated daily and when it reaches this size.
+    #[arg(long, env = "STUDIO_LOG_MAX_SIZE", default_value = "100MiB", value_parser = parse_size)]
+    pub log_max_size: u64,
+    /// Rotated log files kept (backend.log.1 … backend.log.N).
+    #[arg(long, env = "STUDIO_LOG_FILES", default_value_t = 5)]
+    pub log_files: usize,
 }
 
 impl Default for ServerArgs {
@@ -192,7 +230,21 @@ impl ServerArgs {
             job_ttl: self.job_ttl,
             max_attempts: self.max_attempts,
             worker_ttl: self.worker_ttl,
+            max_queued: self.max_queued,
             ..StoreSettings::default()
+        }
+    }
+
+    /// The HTTP listener's limits; `fd_limit` is the file-descriptor limit in force.
+    pub fn conn_limits(&self, fd_limit: u64) -> ConnLimits {
+        ConnLimits {
+            max_connections: self
+                .max_connections
+                .unwrap_or_else(|| default_max_connections(fd_limit))
+                .max(1),
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            stall_timeout: self.idle_timeout,
         }
     }
 
@@ -216,6 +268,7 @@ impl ServerArgs {
             claim_wait: Duration::from_secs(1),
             shutdown_grace: self.shutdown_grace,
             public_url: self.public_url.trim_end_matches('/').to_owned(),
+            max_output_bytes: self.max_output_bytes,
         }
     }
 
@@ -254,6 +307,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parses a size in bytes: `2GiB`, `500MiB`, `64KiB`, `1.5GB`, `4096` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (try 2GiB, 500MiB, 64KiB or bytes)"))?;
+    let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" => 1e12,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        u => return Err(format!("unknown unit {u:?} in {s:?} (use KiB, MiB, GiB)")),
+    };
+    let bytes = n * factor;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{s:?} is not a usable size"));
+    }
+    Ok(bytes as u64)
+}
+
 /// Environment variables named `STUDIO_*` that no setting reads (typos, mostly).
 pub fn unknown_studio_env() -> Vec<String> {
     let cmd = Cli::command();
@@ -276,6 +358,17 @@ pub fn unknown_studio_env() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("500MiB").unwrap(), 500 << 20);
+        assert_eq!(parse_size("1.5GB").unwrap(), 1_500_000_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("10 parsecs").is_err());
+        assert!(parse_size("").is_err());
+    }
 
     #[test]
     fn durations_parse() {

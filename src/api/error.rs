@@ -1,12 +1,12 @@
 //! The API's one error type: detailed inside (logs), stable outside (clients get
 //! `{"error": "...", "code": "..."}`, plus `field` when one field is to blame).
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::store::StoreError;
+use crate::store::{Refusal, StoreError};
 use crate::workflow::request::FieldError;
 
 /// An error answer: a status, a stable kebab-case code, a message for people, and
@@ -17,6 +17,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// Seconds after which a retry may succeed (`Retry-After`), for 429 and 503.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -26,7 +28,14 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
+    }
+
+    /// Tells the client when to try again.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
@@ -49,6 +58,7 @@ impl ApiError {
             "store-unavailable",
             message,
         )
+        .retry_after(2)
     }
 }
 
@@ -61,6 +71,7 @@ impl From<StoreError> for ApiError {
                     "the job store is unavailable ({m}); try again shortly"
                 ))
             }
+            StoreError::Refused(r) => r.into(),
             StoreError::Internal(m) => {
                 tracing::error!(error = %m, "store error");
                 ApiError::new(
@@ -73,6 +84,21 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::QueueFull { limit } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue-full",
+                format!(
+                    "the queue holds its maximum of {limit} waiting jobs (--max-queued); try again later"
+                ),
+            )
+            .retry_after(30),
+        }
+    }
+}
+
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
         ApiError {
@@ -80,6 +106,7 @@ impl From<FieldError> for ApiError {
             code: e.code,
             message: e.message,
             field: e.field,
+            retry_after: None,
         }
     }
 }
@@ -106,6 +133,11 @@ impl IntoResponse for ApiError {
             code: self.code,
             field: self.field,
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut res = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
     }
 }

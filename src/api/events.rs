@@ -16,10 +16,12 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use tokio::sync::{broadcast, watch};
@@ -74,26 +76,178 @@ impl EventHub {
 
     fn dispatch(&self, job: Arc<JobRecord>) {
         let _ = self.all.send(job.clone());
-        let mut map = self.per_job.lock().expect("hub lock");
-        if let Some(tx) = map.get(&job.id)
-            && tx.send(job.clone()).is_err()
-        {
-            // Nobody listens to this job any more.
-            map.remove(&job.id);
+        let map = self.per_job.lock().expect("hub lock");
+        if let Some(tx) = map.get(&job.id) {
+            let _ = tx.send(job.clone());
         }
     }
 
-    /// Changes of one job from now on.
-    pub fn subscribe_job(&self, id: &str) -> broadcast::Receiver<Arc<JobRecord>> {
+    /// Changes of one job from now on. The hub forgets the job when the last of its
+    /// subscriptions is dropped, whatever happens to the job (it may never change
+    /// again, or not exist at all).
+    pub fn subscribe_job(self: &Arc<Self>, id: &str) -> JobSubscription {
         let mut map = self.per_job.lock().expect("hub lock");
-        map.entry(id.to_owned())
+        let rx = map
+            .entry(id.to_owned())
             .or_insert_with(|| broadcast::channel(PER_JOB_BUFFER).0)
-            .subscribe()
+            .subscribe();
+        JobSubscription {
+            hub: self.clone(),
+            id: id.to_owned(),
+            rx: Some(rx),
+        }
     }
 
     /// Changes of every job from now on.
     pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<JobRecord>> {
         self.all.subscribe()
+    }
+
+    /// Jobs with at least one subscriber (what the hub keeps in memory).
+    pub fn jobs_watched(&self) -> usize {
+        self.per_job.lock().expect("hub lock").len()
+    }
+}
+
+/// A subscription to one job's changes; the hub's entry for the job goes with the
+/// last one.
+pub struct JobSubscription {
+    hub: Arc<EventHub>,
+    id: String,
+    rx: Option<broadcast::Receiver<Arc<JobRecord>>>,
+}
+
+impl JobSubscription {
+    pub async fn recv(&mut self) -> Result<Arc<JobRecord>, broadcast::error::RecvError> {
+        match self.rx.as_mut() {
+            Some(rx) => rx.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+}
+
+impl Drop for JobSubscription {
+    fn drop(&mut self) {
+        // Drop our receiver first, so the count below does not include it.
+        drop(self.rx.take());
+        let mut map = self.hub.per_job.lock().expect("hub lock");
+        if map.get(&self.id).is_some_and(|tx| tx.receiver_count() == 0) {
+            map.remove(&self.id);
+        }
+    }
+}
+
+/// Why an event stream was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StreamRefusal {
+    /// This client address holds its share already.
+    PerClient(usize),
+    /// The server holds as many streams as it will.
+    Total(usize),
+}
+
+/// Counts open event streams, in total and per client address, and refuses the
+/// ones over the caps.
+pub struct StreamLimiter {
+    max_total: usize,
+    max_per_client: usize,
+    open: Mutex<(usize, HashMap<IpKey, usize>)>,
+}
+
+/// A client address as the stream cap counts it: an IPv4 address, or an IPv6 /64
+/// (one host gets a whole /64, so counting single IPv6 addresses would count
+/// nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IpKey(u128);
+
+impl IpKey {
+    pub fn of(ip: IpAddr) -> IpKey {
+        match ip {
+            IpAddr::V4(v4) => IpKey(u32::from(v4) as u128),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpKey(u32::from(v4) as u128),
+                None => IpKey((u128::from(v6) & !((1u128 << 64) - 1)) | (1 << 127) | 1),
+            },
+        }
+    }
+}
+
+impl StreamLimiter {
+    pub fn new(max_total: usize, max_per_client: usize) -> Arc<Self> {
+        Arc::new(StreamLimiter {
+            max_total,
+            max_per_client,
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// A slot for one stream from `ip`, held until the guard is dropped.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<StreamGuard, StreamRefusal> {
+        let key = IpKey::of(ip);
+        let mut g = self.open.lock().expect("stream limiter");
+        let mine = g.1.get(&key).copied().unwrap_or(0);
+        if mine >= self.max_per_client {
+            return Err(StreamRefusal::PerClient(self.max_per_client));
+        }
+        if g.0 >= self.max_total {
+            return Err(StreamRefusal::Total(self.max_total));
+        }
+        g.0 += 1;
+        g.1.insert(key, mine + 1);
+        Ok(StreamGuard {
+            limiter: self.clone(),
+            key,
+        })
+    }
+
+    /// Streams open now.
+    pub fn open(&self) -> usize {
+        self.open.lock().expect("stream limiter").0
+    }
+
+    /// Client addresses with streams open now.
+    pub fn clients(&self) -> usize {
+        self.open.lock().expect("stream limiter").1.len()
+    }
+}
+
+/// One open stream's slot.
+pub struct StreamGuard {
+    limiter: Arc<StreamLimiter>,
+    key: IpKey,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let mut g = self.limiter.open.lock().expect("stream limiter");
+        g.0 -= 1;
+        if let Some(n) = g.1.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                g.1.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl From<StreamRefusal> for ApiError {
+    fn from(r: StreamRefusal) -> Self {
+        match r {
+            StreamRefusal::PerClient(n) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-streams",
+                format!(
+                    "this client already has {n} event streams open (--max-streams-per-client); close one, or follow every job on GET /api/events"
+                ),
+            )
+            .retry_after(5),
+            StreamRefusal::Total(n) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "streams-exhausted",
+                format!("the server has {n} event streams open (--max-streams); try again shortly"),
+            )
+            .retry_after(5),
+        }
     }
 }
 
@@ -122,7 +276,8 @@ fn is_news(last: &JobRecord, next: &JobRecord) -> bool {
 struct JobStream {
     id: JobId,
     state: AppState,
-    rx: broadcast::Receiver<Arc<JobRecord>>,
+    rx: JobSubscription,
+    _slot: StreamGuard,
     shutdown: watch::Receiver<bool>,
     last: Option<JobRecord>,
     first: Option<(JobRecord, Option<u64>)>,
@@ -190,12 +345,17 @@ impl JobStream {
         (status = 200, description = "An event stream; each `data` is a JobView", content_type = "text/event-stream", body = JobView),
         (status = 400, description = "Malformed job id", body = ErrorBody),
         (status = 404, description = "Unknown job", body = ErrorBody),
+        (status = 429, description = "This client has too many streams open (`too-many-streams`)", body = ErrorBody),
+        (status = 503, description = "The server has too many streams open (`streams-exhausted`), or the store is unavailable", body = ErrorBody),
     ))]
 pub async fn job_events(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     JobIdPath(id): JobIdPath,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    // Subscribe before reading the snapshot, so no change falls in between.
+    let slot = state.streams.acquire(peer.ip())?;
+    // Subscribe before reading the snapshot, so no change falls in between. The
+    // subscription is dropped (and the hub forgets the job) on every way out.
     let rx = state.hub.subscribe_job(id.as_str());
     let Some(first) = state.with_timeout(state.store.status(&id)).await? else {
         return Err(
@@ -208,6 +368,7 @@ pub async fn job_events(
         shutdown: state.shutdown.clone(),
         state,
         rx,
+        _slot: slot,
         last: None,
         first: Some(first),
         done: false,
@@ -223,15 +384,21 @@ pub async fn job_events(
 /// the job as `data`; `event: lagged` (data: how many changes were skipped) if the
 /// client reads too slowly.
 #[utoipa::path(get, path = "/api/events", tag = "events",
-    responses((status = 200, description = "An event stream; each `data` is a JobView", content_type = "text/event-stream", body = JobView)))]
+    responses(
+        (status = 200, description = "An event stream; each `data` is a JobView", content_type = "text/event-stream", body = JobView),
+        (status = 429, description = "This client has too many streams open (`too-many-streams`)", body = ErrorBody),
+        (status = 503, description = "The server has too many streams open (`streams-exhausted`)", body = ErrorBody),
+    ))]
 pub async fn all_events(
     State(state): State<AppState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let slot = state.streams.acquire(peer.ip())?;
     let rx = state.hub.subscribe_all();
     let shutdown = state.shutdown.clone();
     let events = futures_util::stream::unfold(
-        (rx, shutdown),
-        |(mut rx, mut shutdown)| async move {
+        (rx, shutdown, slot),
+        |(mut rx, mut shutdown, slot)| async move {
             let ev = tokio::select! {
                 r = rx.recv() => match r {
                     Ok(job) => event_of(&job, None),
@@ -241,8 +408,44 @@ pub async fn all_events(
                 },
                 _ = signalled(&mut shutdown) => return None,
             };
-            Some((Ok(ev), (rx, shutdown)))
+            Some((Ok(ev), (rx, shutdown, slot)))
         },
     );
-    Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_slots_are_capped_per_client_and_in_total_and_given_back() {
+        let l = StreamLimiter::new(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = l.acquire(a).unwrap();
+        let _a2 = l.acquire(a).unwrap();
+        assert_eq!(l.acquire(a).err(), Some(StreamRefusal::PerClient(2)));
+        let _b1 = l.acquire(b).unwrap();
+        assert_eq!(l.acquire(b).err(), Some(StreamRefusal::Total(3)));
+        drop(a1);
+        assert_eq!(l.open(), 2);
+        let _b2 = l.acquire(b).unwrap();
+        drop(_b1);
+        drop(_b2);
+        drop(_a2);
+        assert_eq!((l.open(), l.clients()), (0, 0), "nothing left behind");
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let x: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let y: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let z: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(IpKey::of(x), IpKey::of(y));
+        assert_ne!(IpKey::of(x), IpKey::of(z));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(IpKey::of(v4), IpKey::of(mapped));
+    }
 }

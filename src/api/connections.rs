@@ -1,0 +1,553 @@
+//! Accepting HTTP connections under limits: a cap on open connections, and
+//! timeouts for a request's headers, for an idle keep-alive connection and for a
+//! request that makes no progress. `axum::serve` has none of these, so one client
+//! with a slowloris script could hold every file descriptor.
+//!
+//! Each connection is tracked: whether a request is in flight (from its headers to
+//! the end of its response body), when it last moved a byte, and when the first byte
+//! of its next request arrived. A watchdog per connection closes it when
+//! - it is idle (no request in flight, nothing received) for `idle_timeout`;
+//! - a request has started arriving but its headers are not complete within
+//!   `header_timeout` (slowloris);
+//! - a request is in flight and no byte has moved either way for `stall_timeout`
+//!   (a client that stopped reading, or a handler stuck).
+//!
+//! At the connection cap, a new connection takes the place of the one that has been
+//! idle (or trickling headers) the longest; only when every connection is busy does
+//! it wait briefly, then get a `503` and the door. So the operator's `/health` still
+//! answers while a flood holds idle connections.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use crate::shutdown::signalled;
+
+/// Longest request head (request line and headers) accepted; 431 beyond.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// hyper's read and write buffer bound per connection (its default is ~400 KiB):
+/// ten thousand idle connections must not cost gigabytes.
+const MAX_BUF_BYTES: usize = 64 * 1024;
+/// How long a connection over the cap waits for a slot when no connection can be
+/// evicted, before it gets a 503.
+const OVERFLOW_WAIT: Duration = Duration::from_millis(250);
+/// Connections kept out of `max_connections` by default: Redis, the backends'
+/// sockets and HTTP pools, the database, the log, files being served or stored.
+const FD_RESERVE_MIN: u64 = 256;
+
+/// The limits of the HTTP listener.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Time from a request's first byte to the end of its headers.
+    pub header_timeout: Duration,
+    /// An open connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// A request in flight with no byte moving either way is cut after this long.
+    pub stall_timeout: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit (the default soft limit is
+/// often 1024 while the hard one allows far more), and returns the limit in force.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        // An unlimited hard limit is not a number we can use; the kernel caps
+        // open files per process at nr_open (1,048,576 by default) anyway.
+        let target = if lim.rlim_max == libc::RLIM_INFINITY {
+            1_048_576
+        } else {
+            lim.rlim_max
+        };
+        if lim.rlim_cur < target {
+            let raised = libc::rlimit {
+                rlim_cur: target,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return target;
+            }
+        }
+        lim.rlim_cur
+    }
+}
+
+/// The default connection cap for a file-descriptor limit: the limit minus a
+/// reserve for everything else the process opens (256 plus a tenth).
+pub fn default_max_connections(fd_limit: u64) -> usize {
+    let reserve = FD_RESERVE_MIN + fd_limit / 10;
+    fd_limit.saturating_sub(reserve).max(16) as usize
+}
+
+/// Milliseconds since the first call, for cheap atomic timestamps.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// One connection's state, shared by its I/O wrapper, its requests and its
+/// watchdog.
+struct ConnState {
+    /// Requests in flight (headers received, response body not yet done).
+    busy: AtomicUsize,
+    /// Last time a byte moved either way.
+    last_io: AtomicU64,
+    /// When the connection last became idle.
+    idle_since: AtomicU64,
+    /// When the first byte of the next request arrived while idle (0: none yet).
+    head_started: AtomicU64,
+    /// Told to close (evicted to make room).
+    evict: Notify,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        let now = now_ms();
+        ConnState {
+            busy: AtomicUsize::new(0),
+            last_io: AtomicU64::new(now),
+            idle_since: AtomicU64::new(now),
+            head_started: AtomicU64::new(0),
+            evict: Notify::new(),
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.busy.load(Ordering::Acquire) == 0
+    }
+
+    /// When the connection should be closed, given the limits; `None` while busy and
+    /// moving.
+    fn deadline(&self, l: &ConnLimits) -> u64 {
+        if self.is_idle() {
+            match self.head_started.load(Ordering::Acquire) {
+                0 => self.idle_since.load(Ordering::Acquire) + l.idle_timeout.as_millis() as u64,
+                t => t + l.header_timeout.as_millis() as u64,
+            }
+        } else {
+            self.last_io.load(Ordering::Acquire) + l.stall_timeout.as_millis() as u64
+        }
+    }
+
+    /// How long it has been "waiting for a client" (eviction order: longest first).
+    fn idle_rank(&self) -> Option<u64> {
+        if !self.is_idle() {
+            return None;
+        }
+        Some(match self.head_started.load(Ordering::Acquire) {
+            0 => self.idle_since.load(Ordering::Acquire),
+            t => t,
+        })
+    }
+}
+
+/// Marks a request in flight until dropped (with the response body).
+struct Busy(Arc<ConnState>);
+
+impl Busy {
+    fn start(state: &Arc<ConnState>) -> Busy {
+        state.busy.fetch_add(1, Ordering::AcqRel);
+        state.head_started.store(0, Ordering::Release);
+        Busy(state.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let now = now_ms();
+        self.0.idle_since.store(now, Ordering::Release);
+        self.0.last_io.store(now, Ordering::Release);
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request marked in flight until it is done.
+struct TrackedBody {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl HttpBody for TrackedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The socket, noting every byte that moves.
+struct TrackedIo {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl TrackedIo {
+    fn moved(&self, read: bool) {
+        let now = now_ms();
+        self.state.last_io.store(now, Ordering::Release);
+        if read && self.state.is_idle() {
+            // The first byte of a new request: the header clock starts.
+            let _ = self.state.head_started.compare_exchange(
+                0,
+                now,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+    }
+}
+
+impl AsyncRead for TrackedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.moved(true);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for TrackedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.moved(false);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Every open connection, for eviction.
+#[derive(Default)]
+struct Registry {
+    conns: Mutex<HashMap<u64, Arc<ConnState>>>,
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    fn add(&self, state: Arc<ConnState>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.conns.lock().expect("registry").insert(id, state);
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.conns.lock().expect("registry").remove(&id);
+    }
+
+    /// Tells the connection that has waited for its client the longest to close.
+    /// `false` if every connection is busy.
+    fn evict_one(&self) -> bool {
+        let conns = self.conns.lock().expect("registry");
+        let victim = conns
+            .values()
+            .filter_map(|c| c.idle_rank().map(|r| (r, c)))
+            .min_by_key(|(r, _)| *r);
+        match victim {
+            Some((_, c)) => {
+                c.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.conns.lock().expect("registry").len()
+    }
+}
+
+/// What `/health` and the logs can learn about the listener.
+#[derive(Clone)]
+pub struct ConnStats {
+    registry: Arc<Registry>,
+    pub limits: ConnLimits,
+}
+
+impl ConnStats {
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.registry.len()
+    }
+}
+
+/// The listener and its bookkeeping.
+pub struct Server {
+    listener: TcpListener,
+    limits: ConnLimits,
+    registry: Arc<Registry>,
+    permits: Arc<Semaphore>,
+}
+
+impl Server {
+    pub fn new(listener: TcpListener, limits: ConnLimits) -> Self {
+        Server {
+            listener,
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            limits,
+            registry: Arc::new(Registry::default()),
+        }
+    }
+
+    pub fn stats(&self) -> ConnStats {
+        ConnStats {
+            registry: self.registry.clone(),
+            limits: self.limits,
+        }
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves `router` until `stop` turns true; then stops accepting, asks every
+    /// connection to finish its request and close, and waits for them.
+    pub async fn run(self, router: Router, mut stop: watch::Receiver<bool>) -> io::Result<()> {
+        let mut conns = JoinSet::new();
+        let mut accept_failing = false;
+        loop {
+            while conns.try_join_next().is_some() {}
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = signalled(&mut stop) => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => {
+                    accept_failing = false;
+                    a
+                }
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait for some to close.
+                    if !accept_failing {
+                        tracing::warn!(error = %e, "cannot accept connections; retrying");
+                        accept_failing = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let permit = match self.permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => match self.make_room().await {
+                    Some(p) => p,
+                    None => {
+                        conns.spawn(refuse(stream));
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            conns.spawn(serve_one(
+                stream,
+                peer,
+                router.clone(),
+                self.limits,
+                self.registry.clone(),
+                permit,
+                stop.clone(),
+            ));
+        }
+        drop(self.listener);
+        while conns.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// At the cap: evict the longest-idle connection and take its slot, or wait a
+    /// little for one to close.
+    async fn make_room(&self) -> Option<OwnedSemaphorePermit> {
+        let wait = if self.registry.evict_one() {
+            // The evicted connection closes at once; its permit comes back.
+            OVERFLOW_WAIT * 4
+        } else {
+            OVERFLOW_WAIT
+        };
+        tokio::time::timeout(wait, self.permits.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+}
+
+/// Over the cap with every connection busy: a short JSON 503, then close.
+async fn refuse(mut stream: TcpStream) {
+    let body = r#"{"error":"the server has too many open connections; try again shortly","code":"too-many-connections"}"#;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
+async fn serve_one(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    limits: ConnLimits,
+    registry: Arc<Registry>,
+    _permit: OwnedSemaphorePermit,
+    mut stop: watch::Receiver<bool>,
+) {
+    let state = Arc::new(ConnState::new());
+    let id = registry.add(state.clone());
+    let io = TokioIo::new(TrackedIo {
+        inner: stream,
+        state: state.clone(),
+    });
+    let svc_state = state.clone();
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let busy = Busy::start(&svc_state);
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let router = router.clone();
+        async move {
+            let res = router
+                .oneshot(req)
+                .await
+                .unwrap_or_else(|never: Infallible| match never {});
+            Ok::<_, Infallible>(res.map(|inner| TrackedBody { inner, _busy: busy }))
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // Our watchdog keeps the clocks (hyper's own would also cut idle keep-alive
+        // connections at the header timeout).
+        .header_read_timeout(None)
+        .max_buf_size(MAX_BUF_BYTES)
+        .max_header_size(MAX_HEADER_BYTES);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut stopping = false;
+    loop {
+        let deadline = state.deadline(&limits);
+        let wake = Instant::now() + Duration::from_millis(deadline.saturating_sub(now_ms()));
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                }
+                break;
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                // The clocks may have moved meanwhile: look again.
+                if now_ms() >= state.deadline(&limits) {
+                    tracing::debug!(%peer, busy = !state.is_idle(), "connection timed out");
+                    break;
+                }
+            }
+            _ = state.evict.notified() => {
+                tracing::debug!(%peer, "idle connection closed to make room");
+                break;
+            }
+            _ = signalled(&mut stop), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    registry.remove(id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_cap_leaves_a_reserve() {
+        assert_eq!(default_max_connections(20_000), 20_000 - 256 - 2_000);
+        assert_eq!(default_max_connections(1024), 1024 - 256 - 102);
+        assert_eq!(default_max_connections(100), 16);
+    }
+
+    #[test]
+    fn deadlines_follow_the_state() {
+        let l = ConnLimits {
+            max_connections: 1,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(30),
+        };
+        let s = ConnState::new();
+        s.idle_since.store(1_000, Ordering::Release);
+        assert_eq!(s.deadline(&l), 61_000, "idle");
+        s.head_started.store(5_000, Ordering::Release);
+        assert_eq!(s.deadline(&l), 15_000, "headers trickling");
+        assert_eq!(s.idle_rank(), Some(5_000));
+        s.busy.store(1, Ordering::Release);
+        s.last_io.store(7_000, Ordering::Release);
+        assert_eq!(s.deadline(&l), 37_000, "busy");
+        assert_eq!(s.idle_rank(), None);
+    }
+}
