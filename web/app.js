@@ -16,7 +16,10 @@ const state = {
 };
 
 async function api(path, options = {}) {
-  const res = await fetch(path, options);
+  // A header no web form can send: the server refuses state changes without it
+  // (or a JSON body), so other sites cannot forge them.
+  const headers = { "x-requested-with": "studio-page", ...(options.headers || {}) };
+  const res = await fetch(path, { ...options, headers });
   let body = null;
   try { body = await res.json(); } catch (_) { /* not JSON */ }
   return { status: res.status, body };

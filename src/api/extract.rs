@@ -1,6 +1,8 @@
 //! Extractors whose rejections are [`ApiError`]s, so malformed requests get the same
 //! JSON error shape as everything else, never axum's plain-text rejections.
 
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
@@ -8,6 +10,7 @@ use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::AppState;
 use super::error::ApiError;
 use crate::job::JobId;
 
@@ -23,10 +26,10 @@ const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
 /// [`MAX_BODY_BYTES`] (413 otherwise), valid JSON (400 otherwise).
 pub struct JsonBody(pub Value);
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
+impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let ctype = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -49,19 +52,34 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 },
             ));
         }
-        let too_large = || {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                format!("request body must be at most {MAX_BODY_BYTES} bytes"),
+        let bytes = read_body(req, MAX_BODY_BYTES, state.body_timeout).await?;
+        let value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::bad_request(
+                "invalid-json",
+                format!("request body is not valid JSON: {e}"),
             )
-        };
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if let Some(n) = declared.filter(|n| *n > MAX_BODY_BYTES) {
+        })?;
+        Ok(JsonBody(value))
+    }
+}
+
+/// Reads a request body of at most `limit` bytes (413 beyond) within `timeout`
+/// (408 beyond: a client trickling its body must not hold a connection for ever).
+pub async fn read_body(req: Request, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!("request body must be at most {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let read = async move {
+        if let Some(n) = declared.filter(|n| *n > limit) {
             // Read (and drop) a moderately oversized body before answering: a client
             // still sending it would otherwise see the connection reset instead of
             // our 413. Beyond DRAIN_LIMIT, answer at once and let the connection go.
@@ -70,19 +88,20 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             }
             return Err(too_large());
         }
-        let bytes = Bytes::from_request(req, state)
+        axum::body::to_bytes(req.into_body(), limit)
             .await
-            .map_err(|_| too_large())?;
-        if bytes.len() > MAX_BODY_BYTES {
-            return Err(too_large());
-        }
-        let value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::bad_request(
-                "invalid-json",
-                format!("request body is not valid JSON: {e}"),
-            )
-        })?;
-        Ok(JsonBody(value))
+            .map_err(|_| too_large())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(r) => r,
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs_f64()
+            ),
+        )),
     }
 }
 
@@ -101,6 +120,21 @@ impl<S: Send + Sync> FromRequestParts<S> for JobIdPath {
         JobId::parse(&raw)
             .map(JobIdPath)
             .map_err(|e| invalid(e.to_string()))
+    }
+}
+
+/// Path parameters, with a JSON 400 when they do not decode (invalid
+/// percent-encoding or UTF-8), never axum's plain-text rejection.
+pub struct PathParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(t)| PathParams(t))
+            .map_err(|e| ApiError::bad_request("invalid-path", e.body_text()))
     }
 }
 

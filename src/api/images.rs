@@ -2,13 +2,14 @@
 //! type and long cache headers (a stored file never changes).
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio_util::io::ReaderStream;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
+use super::extract::PathParams;
 use crate::job::JobId;
 
 /// `Cache-Control` of stored outputs: names are unique per job, contents final.
@@ -23,7 +24,7 @@ pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
     ))]
 pub async fn image(
     State(state): State<AppState>,
-    Path((job, name)): Path<(String, String)>,
+    PathParams((job, name)): PathParams<(String, String)>,
 ) -> Result<Response, ApiError> {
     let missing = || {
         ApiError::not_found(

@@ -1,9 +1,11 @@
 //! The HTTP API (axum): the router, its state, and the middleware every request
 //! passes (request log, CORS, panic guard). One file per resource.
 
+pub mod connections;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod guard;
 pub mod health;
 pub mod images;
 pub mod jobs;
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderName, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -52,6 +54,12 @@ pub struct AppState {
     pub hub: Arc<events::EventHub>,
     /// Set when the service stops: event streams end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Open event streams, capped in total and per client.
+    pub streams: Arc<events::StreamLimiter>,
+    /// Longest a client may take to send a request body.
+    pub body_timeout: Duration,
+    /// Which browser origins may call the API.
+    pub cors: CorsOrigins,
 }
 
 impl AppState {
@@ -70,41 +78,103 @@ impl AppState {
     }
 }
 
-/// Which browser origins may call the API: `*` (the prototype's open CORS) or a
-/// comma-separated list.
-#[derive(Clone, Debug)]
+/// Which browser origins may call the API. The default is `loopback`: pages served
+/// from this machine (a front end in development) but no other site, because an
+/// open CORS policy lets any web page a user visits drive the API.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CorsOrigins {
+    /// Every origin (`*`, only when named explicitly).
     Any,
-    List(Vec<String>),
+    /// Exact origins, and loopback origins when `loopback` is set.
+    List {
+        loopback: bool,
+        origins: Vec<String>,
+    },
 }
 
 impl CorsOrigins {
+    /// Parses `--cors-origins`: comma-separated origins, `loopback`, or `*`.
     pub fn parse(s: &str) -> Self {
-        let list: Vec<String> = s
-            .split(',')
-            .map(|o| o.trim().trim_end_matches('/').to_owned())
-            .filter(|o| !o.is_empty())
-            .collect();
-        if list.is_empty() || list.iter().any(|o| o == "*") {
-            CorsOrigins::Any
-        } else {
-            CorsOrigins::List(list)
+        let mut loopback = false;
+        let mut origins = Vec::new();
+        for token in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            match token {
+                "*" => return CorsOrigins::Any,
+                "loopback" => loopback = true,
+                o => origins.push(o.trim_end_matches('/').to_ascii_lowercase()),
+            }
+        }
+        CorsOrigins::List { loopback, origins }
+    }
+
+    /// Whether a browser page from `origin` may call the API.
+    pub fn allows(&self, origin: &str) -> bool {
+        match self {
+            CorsOrigins::Any => true,
+            CorsOrigins::List { loopback, origins } => {
+                let o = origin.to_ascii_lowercase();
+                origins.contains(&o) || (*loopback && is_loopback_origin(&o))
+            }
         }
     }
 
     fn layer(&self) -> CorsLayer {
         let base = CorsLayer::new()
-            .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-            .allow_headers(Any)
+            .allow_methods([
+                Method::GET,
+                Method::POST,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
+            .allow_headers(ALLOWED_HEADERS.map(HeaderName::from_static))
+            .expose_headers(EXPOSED_HEADERS.map(HeaderName::from_static))
             .max_age(Duration::from_secs(3600));
         match self {
             CorsOrigins::Any => base.allow_origin(Any),
-            CorsOrigins::List(list) => {
-                let values: Vec<HeaderValue> = list.iter().filter_map(|o| o.parse().ok()).collect();
-                base.allow_origin(AllowOrigin::list(values))
+            list => {
+                let list = list.clone();
+                base.allow_origin(AllowOrigin::predicate(move |origin, _| {
+                    origin.to_str().is_ok_and(|o| list.allows(o))
+                }))
             }
         }
     }
+}
+
+/// Request headers a page on an allowed origin may send.
+const ALLOWED_HEADERS: [&str; 6] = [
+    "content-type",
+    "authorization",
+    "x-api-key",
+    "x-requested-with",
+    "idempotency-key",
+    "last-event-id",
+];
+
+/// Response headers a page on an allowed origin may read.
+const EXPOSED_HEADERS: [&str; 2] = ["retry-after", "content-disposition"];
+
+/// Headers no web form can send, so their presence shows a deliberate client (a
+/// script on an allowed origin, the CLI, curl).
+const INTENT_HEADERS: &[&str] = &["x-requested-with", "authorization", "x-api-key"];
+
+/// `http(s)://localhost`, `127.0.0.1` or `[::1]`, with any port.
+fn is_loopback_origin(origin: &str) -> bool {
+    let Some(authority) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    ["localhost", "127.0.0.1", "[::1]"].iter().any(|host| {
+        authority.strip_prefix(host).is_some_and(|rest| {
+            rest.is_empty()
+                || rest.strip_prefix(':').is_some_and(|p| {
+                    (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit())
+                })
+        })
+    })
 }
 
 /// Declares the routes once: the router is built from this list, and `ROUTES`
@@ -137,14 +207,24 @@ routes! {
     get "/assets/{file}" => pages::asset,
 }
 
-/// The whole router.
-pub fn router(state: AppState, cors: &CorsOrigins) -> Router {
+/// The whole router. Every request passes, outermost first: the panic guard, the
+/// security headers, the JSON error shape for whatever axum rejects, CORS, the
+/// request log, and (on matched routes) the guard against cross-site state changes.
+pub fn router(state: AppState) -> Router {
+    let cors = state.cors.clone();
     add_routes(Router::new())
+        // Only on matched routes, so a wrong method is still a 405.
+        .route_layer(middleware::from_fn_with_state(
+            cors.clone(),
+            guard::state_changes,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(middleware::from_fn(log_request))
         .layer(cors.layer())
+        .layer(middleware::from_fn(guard::json_errors))
+        .layer(middleware::from_fn(guard::security_headers))
         .layer(CatchPanicLayer::custom(panic_response))
 }
 

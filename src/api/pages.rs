@@ -2,12 +2,13 @@
 //! their static assets, all embedded in the binary: no CDN, no network, works
 //! offline and behind a firewall.
 
-use axum::extract::Path;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use utoipa::OpenApi;
 
 use super::error::{ApiError, ErrorBody};
+use super::extract::PathParams;
+use super::guard::PAGE_CSP;
 use super::openapi::ApiDoc;
 
 /// The page's files, and Swagger UI (vendored, `web/vendor/swagger-ui/README.md`).
@@ -40,9 +41,17 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
 ];
 
 /// Pages carry the version in their asset URLs, so assets can be cached for long.
+/// Pages allow scripts and styles from this server only (no inline script).
 fn page(template: &str) -> Response {
     let html = template.replace("{{VERSION}}", env!("CARGO_PKG_VERSION"));
-    ([(header::CACHE_CONTROL, "no-cache")], Html(html)).into_response()
+    (
+        [
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
+        ],
+        Html(html),
+    )
+        .into_response()
 }
 
 /// The studio page.
@@ -77,7 +86,7 @@ pub async fn openapi_json() -> Response {
         (status = 200, description = "The file", content_type = "text/javascript", body = String),
         (status = 404, description = "No such file", body = ErrorBody),
     ))]
-pub async fn asset(Path(file): Path<String>) -> Result<Response, ApiError> {
+pub async fn asset(PathParams(file): PathParams<String>) -> Result<Response, ApiError> {
     let Some((_, ctype, bytes)) = ASSETS.iter().find(|(name, _, _)| *name == file) else {
         return Err(ApiError::not_found(
             "not-found",

@@ -364,19 +364,28 @@ async fn workflows_are_listed_with_their_parameters(kind: Backing) {
     );
 }
 
-async fn cors_is_open_by_default(kind: Backing) {
+async fn cors_allows_only_loopback_origins_by_default(kind: Backing) {
     let app = api(kind).await;
-    let res = app
-        .http
-        .request(reqwest::Method::OPTIONS, app.url("/api/generate"))
-        .header("origin", "http://front.example")
-        .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "content-type")
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success());
-    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, app.url("/api/generate"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    // The prototype's front end in development (another port on this machine).
+    for origin in [
+        "http://localhost:3000",
+        "http://127.0.0.1:5173",
+        "http://[::1]:8080",
+    ] {
+        let res = preflight(origin).await.unwrap();
+        assert!(res.status().is_success());
+        assert_eq!(res.headers()["access-control-allow-origin"], origin);
+    }
+    let res = preflight("http://front.example").await.unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
 }
 
 async fn stored_files_that_do_not_exist_are_404_never_500(kind: Backing) {
@@ -404,7 +413,7 @@ both_stores!(
     cancel_fails_a_queued_job_at_once_and_refuses_a_final_one,
     jobs_are_listed_newest_first_with_pagination,
     workflows_are_listed_with_their_parameters,
-    cors_is_open_by_default,
+    cors_allows_only_loopback_origins_by_default,
     stored_files_that_do_not_exist_are_404_never_500,
 );
 
@@ -428,4 +437,21 @@ async fn cors_can_be_restricted_to_listed_origins() {
     );
     let other = preflight("https://evil.example").await.unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
+    // Naming origins replaces the loopback default.
+    let local = preflight("http://localhost:3000").await.unwrap();
+    assert!(local.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn every_origin_only_when_star_is_named() {
+    let app = TestApp::spawn(Backing::Sqlite, Role::Api, |a| a.cors_origins = "*".into()).await;
+    let res = app
+        .http
+        .request(reqwest::Method::OPTIONS, app.url("/api/generate"))
+        .header("origin", "http://front.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
 }
