@@ -3,6 +3,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use chrono::{DateTime, NaiveDateTime, Utc};
+
 /// Microseconds since the Unix epoch, now.
 pub fn now_micros() -> u64 {
     SystemTime::now()
@@ -23,51 +25,35 @@ pub fn now_ms() -> u64 {
 /// the offset added, which `datetime.fromisoformat` (3.7+) and JavaScript's `Date`
 /// both parse.
 pub fn iso8601(micros: u64) -> String {
-    let secs = micros / 1_000_000;
-    let frac = micros % 1_000_000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}+00:00",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    utc(micros as i64)
+        .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+        .to_string()
 }
 
 /// An HTTP date (RFC 9110 IMF-fixdate), e.g. `Sat, 28 Nov 2026 16:56:37 GMT`.
 pub fn http_date(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{}, {d:02} {} {y:04} {:02}:{:02}:{:02} GMT",
-        DAYS[(days.rem_euclid(7)) as usize],
-        MONTHS[(m - 1) as usize],
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
+    utc(secs as i64 * 1_000_000)
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string()
 }
 
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day).
-/// Howard Hinnant's `civil_from_days`, exact for every date we will meet.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// Milliseconds since the epoch of an ISO 8601 time as job records and queue
+/// entries carry it: with an offset (ours), or without one (Python's naive
+/// `isoformat()`, taken as UTC). `None` if it is not such a time.
+pub fn parse_iso8601_ms(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let ms = match DateTime::parse_from_rfc3339(s) {
+        Ok(t) => t.timestamp_millis(),
+        Err(_) => NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+            .ok()?
+            .and_utc()
+            .timestamp_millis(),
+    };
+    u64::try_from(ms).ok()
+}
+
+fn utc(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -86,6 +72,24 @@ mod tests {
             iso8601(951_782_400_000_001),
             "2000-02-29T00:00:00.000001+00:00"
         );
+    }
+
+    #[test]
+    fn iso8601_parses_ours_and_pythons() {
+        assert_eq!(
+            parse_iso8601_ms("2026-11-28T16:56:37.139000+00:00"),
+            Some(1_795_884_997_139)
+        );
+        assert_eq!(
+            parse_iso8601_ms("2026-11-28T16:56:37.139"),
+            Some(1_795_884_997_139)
+        );
+        assert_eq!(
+            parse_iso8601_ms("2026-11-28T17:56:37+01:00"),
+            Some(1_795_884_997_000)
+        );
+        assert_eq!(parse_iso8601_ms("yesterday"), None);
+        assert_eq!(parse_iso8601_ms(""), None);
     }
 
     #[test]

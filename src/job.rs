@@ -276,6 +276,19 @@ impl JobRecord {
         r
     }
 
+    /// The prototype's queue entry for this job (what `job_queue` holds).
+    pub fn payload(&self) -> String {
+        QueuePayload {
+            job_id: self.id.clone(),
+            prompt: self.prompt.clone(),
+            seed: self.seed,
+            workflow: Some(self.workflow.clone()),
+            created_at: Some(self.created_at.clone()),
+            params: (!self.params.is_empty()).then(|| self.params.clone()),
+        }
+        .to_json()
+    }
+
     /// The fields a new job's status hash starts with: the prototype's six plus ours.
     pub fn to_fields(&self) -> Vec<(&'static str, String)> {
         let mut f = vec![
@@ -344,15 +357,15 @@ impl NewJob {
     /// The JSON the prototype pushes onto `job_queue`, with our `params` added when
     /// there are any (other consumers ignore keys they do not know).
     pub fn payload(&self) -> String {
-        let p = QueuePayload {
+        QueuePayload {
             job_id: self.id.to_string(),
             prompt: self.prompt.clone(),
             seed: Some(self.seed),
             workflow: Some(self.workflow.clone()),
             created_at: Some(self.created_at.clone()),
             params: (!self.params.is_empty()).then(|| self.params.clone()),
-        };
-        serde_json::to_string(&p).expect("a payload always serializes")
+        }
+        .to_json()
     }
 }
 
@@ -374,6 +387,11 @@ pub struct QueuePayload {
 }
 
 impl QueuePayload {
+    /// The entry as pushed onto `job_queue`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a payload always serializes")
+    }
+
     /// Parses a queue entry; `None` when it is not JSON or has no usable job id.
     pub fn parse(raw: &str) -> Option<(QueuePayload, JobId)> {
         let p: QueuePayload = serde_json::from_str(raw).ok()?;

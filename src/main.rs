@@ -32,7 +32,11 @@ fn main() -> ExitCode {
 }
 
 async fn server(role: Role, args: ServerArgs) -> ExitCode {
-    let _telemetry = match telemetry::init(&args.log_file()) {
+    let rotation = telemetry::LogRotation {
+        max_bytes: args.log_max_size,
+        keep: args.log_files,
+    };
+    let _telemetry = match telemetry::init(&args.log_file(), rotation) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("studio: {e:#}");

@@ -5,16 +5,26 @@
 //! writes the buffer out every 100 ms (and a full buffer is written at once). A burst
 //! of requests costs a copy per line, not a system call or a thread wake-up per line.
 //! At most the last 100 ms of lines are lost if the process is killed.
+//!
+//! The file is rotated daily and by size (`backend.log.1` … `backend.log.N`, the
+//! oldest deleted), so a flood of requests cannot fill the disk. Every field value
+//! is written with its control characters escaped: text from outside (ComfyUI's
+//! error messages echo user input) can neither forge a log line nor colour a
+//! terminal.
 
-use std::fs::File;
+use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context;
+use rolling_file::{BasicRollingFileAppender, RollingConditionBasic};
+use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -25,7 +35,7 @@ const FLUSH_AT: usize = 64 * 1024;
 
 /// Where lines go: the log file, and the console too.
 struct Outputs {
-    file: File,
+    file: BasicRollingFileAppender,
     console: bool,
     buf: Vec<u8>,
 }
@@ -37,6 +47,7 @@ impl Outputs {
         }
         // A log that cannot be written must not take the service down.
         let _ = self.file.write_all(&self.buf);
+        let _ = self.file.flush();
         if self.console {
             let _ = std::io::stdout().write_all(&self.buf);
         }
@@ -90,19 +101,31 @@ impl Drop for Telemetry {
     }
 }
 
+/// How the log file is kept.
+#[derive(Clone, Copy, Debug)]
+pub struct LogRotation {
+    /// Rotate when the file reaches this many bytes (and daily in any case).
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep: usize,
+}
+
 /// Installs the global subscriber writing to the console and to `log_file`.
-pub fn init(log_file: &Path) -> anyhow::Result<Telemetry> {
+pub fn init(log_file: &Path, rotation: LogRotation) -> anyhow::Result<Telemetry> {
     let dir = log_file
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create log directory {}", dir.display()))?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_file)
-        .with_context(|| format!("cannot open log file {}", log_file.display()))?;
+    let file = BasicRollingFileAppender::new(
+        log_file,
+        RollingConditionBasic::new()
+            .daily()
+            .max_size(rotation.max_bytes),
+        rotation.keep.max(1),
+    )
+    .with_context(|| format!("cannot open log file {}", log_file.display()))?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     let terminal = std::io::stdout().is_terminal();
@@ -114,6 +137,7 @@ pub fn init(log_file: &Path) -> anyhow::Result<Telemetry> {
         buf: Vec::with_capacity(FLUSH_AT),
     }));
     let plain = tracing_subscriber::fmt::layer()
+        .fmt_fields(EscapedFields)
         .with_writer(Buffered(outputs.clone()))
         .with_ansi(false);
     let installed = if terminal {
@@ -121,6 +145,7 @@ pub fn init(log_file: &Path) -> anyhow::Result<Telemetry> {
             .with(plain)
             .with(
                 tracing_subscriber::fmt::layer()
+                    .fmt_fields(EscapedFields)
                     .with_writer(std::io::stdout)
                     .with_ansi(true),
             )
@@ -143,4 +168,126 @@ pub fn init(log_file: &Path) -> anyhow::Result<Telemetry> {
         })
         .context("cannot start the log writer")?;
     Ok(Telemetry { outputs })
+}
+
+/// Formats an event's fields like tracing's default (`message key=value …`), with
+/// every control character (newlines and terminal escapes included) and every
+/// bidirectional override escaped, whoever wrote the value.
+pub struct EscapedFields;
+
+impl<'w> FormatFields<'w> for EscapedFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut v = EscapingVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut v);
+        v.result
+    }
+}
+
+struct EscapingVisitor<'w> {
+    writer: Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl EscapingVisitor<'_> {
+    fn write(&mut self, field: &Field, value: &str) {
+        if self.result.is_err() {
+            return;
+        }
+        let sep = if self.first { "" } else { " " };
+        self.first = false;
+        let name = field.name();
+        self.result = if name == "message" {
+            write!(self.writer, "{sep}{}", Escaped(value))
+        } else {
+            write!(
+                self.writer,
+                "{sep}{}={}",
+                name.trim_start_matches("r#"),
+                Escaped(value)
+            )
+        };
+    }
+}
+
+impl Visit for EscapingVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.write(field, value)
+        } else {
+            self.write(field, &format!("{value:?}"))
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.write(field, &format!("{value:?}"))
+    }
+}
+
+/// Text with its control characters written as escapes (`\n`, `\u{1b}`).
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                c if c.is_control()
+                    || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
+                {
+                    write!(f, "\\u{{{:x}}}", c as u32)?
+                }
+                c => fmt::Write::write_char(f, c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn values_from_outside_cannot_forge_lines_or_colour_the_terminal() {
+        let out = Capture::default();
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(EscapedFields)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        let evil = "ckpt\n2026-11-28T00:00:00Z  INFO studio: forged line\u{1b}[31mred\u{202e}";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(error = %evil, name = evil, "job failed: {evil}");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{202e}'),
+            "{text:?}"
+        );
+        assert!(text.contains("forged line\\u{1b}[31mred"), "{text}");
+        assert!(text.contains("error=ckpt\\n2026"), "{text}");
+        assert!(text.contains("job failed: ckpt\\n"), "{text}");
+    }
 }

@@ -23,6 +23,9 @@ use crate::workflow::request::parse_submission;
 pub const DEFAULT_PAGE: usize = 20;
 /// Most jobs per page.
 pub const MAX_PAGE: usize = 100;
+/// Largest cursor: sequence numbers stay below 2^53, so they are exact as JSON
+/// numbers, SQLite integers and Redis scores alike (both stores answer the same).
+pub const MAX_CURSOR: u64 = (1 << 53) - 1;
 
 /// A submission: `prompt`, `seed` and `workflow`, plus the workflow's declared
 /// parameters (`negative_prompt`, `steps`, `cfg`, `width`, `height`, `batch_size`,
@@ -173,13 +176,20 @@ pub async fn list(
     };
     let cursor = match p.cursor.as_deref() {
         None | Some("") => None,
-        Some(s) => Some(s.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(
-                "invalid-cursor",
-                "cursor must be a next_cursor value from a previous page",
-            )
-            .with_field("cursor")
-        })?),
+        Some(s) => Some(
+            s.parse::<u64>()
+                .ok()
+                .filter(|c| *c <= MAX_CURSOR)
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid-cursor",
+                        format!(
+                            "cursor must be a next_cursor value from a previous page (an integer from 0 to {MAX_CURSOR})"
+                        ),
+                    )
+                    .with_field("cursor")
+                })?,
+        ),
     };
     let page = state
         .with_timeout(state.store.list(&ListQuery {

@@ -3,17 +3,24 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::messages::ExecutionError;
+use crate::storage::ByteStream;
 
 /// How long a connection attempt to a backend may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long an ordinary call may take (`/history` and `/queue` answer in ms).
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a `/view` download may take (large images, videos).
-const VIEW_TIMEOUT: Duration = Duration::from_secs(120);
+const VIEW_TIMEOUT: Duration = Duration::from_secs(600);
+/// Largest JSON answer read from `/history`, `/queue`, `/prompt` and the like: a
+/// history entry lists file names, not files; 32 MiB is far beyond any real one.
+pub const MAX_JSON_BYTES: usize = 32 << 20;
+/// Largest `/object_info` (every node type with its inputs; a few MiB on a big
+/// installation).
+pub const MAX_OBJECT_INFO_BYTES: usize = 64 << 20;
 
 /// What went wrong talking to a backend.
 #[derive(Debug, thiserror::Error)]
@@ -299,7 +306,11 @@ impl ComfyClient {
         if status.is_success() {
             return Ok(res);
         }
-        let body = res.text().await.unwrap_or_default();
+        let body = self
+            .read_limited(res, what, 4096)
+            .await
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         Err(ComfyError::Http {
             url: self.base.clone(),
             what: what.to_owned(),
@@ -309,12 +320,51 @@ impl ComfyClient {
     }
 
     async fn json(&self, req: reqwest::RequestBuilder, what: &str) -> Result<Value, ComfyError> {
+        self.json_within(req, what, MAX_JSON_BYTES).await
+    }
+
+    /// A JSON answer of at most `limit` bytes.
+    async fn json_within(
+        &self,
+        req: reqwest::RequestBuilder,
+        what: &str,
+        limit: usize,
+    ) -> Result<Value, ComfyError> {
         let res = self.send(req.timeout(CALL_TIMEOUT), what).await?;
-        res.json().await.map_err(|e| ComfyError::Protocol {
+        let body = self.read_limited(res, what, limit).await?;
+        serde_json::from_slice(&body).map_err(|e| ComfyError::Protocol {
             url: self.base.clone(),
             what: what.to_owned(),
             reason: e.to_string(),
         })
+    }
+
+    /// Reads a whole answer, refusing one larger than `limit` bytes (a misbehaving
+    /// backend must not make the worker allocate without bound).
+    async fn read_limited(
+        &self,
+        res: reqwest::Response,
+        what: &str,
+        limit: usize,
+    ) -> Result<Vec<u8>, ComfyError> {
+        let too_large = || ComfyError::Protocol {
+            url: self.base.clone(),
+            what: what.to_owned(),
+            reason: format!("the answer is larger than {limit} bytes"),
+        };
+        if res.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        let mut stream = res.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.unreachable(e))?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     /// `POST /prompt` with our prompt id and client id (never `front`).
@@ -339,7 +389,10 @@ impl ComfyClient {
             .await
             .map_err(|e| self.unreachable(e))?;
         let status = res.status();
-        let text = res.text().await.map_err(|e| self.unreachable(e))?;
+        let raw = self
+            .read_limited(res, "POST /prompt", MAX_JSON_BYTES)
+            .await?;
+        let text = String::from_utf8_lossy(&raw);
         let parsed: Option<Value> = serde_json::from_str(&text).ok();
         match (status.as_u16(), parsed) {
             (200, Some(v)) => {
@@ -392,8 +445,9 @@ impl ComfyClient {
         Ok(QueueState::parse(&v))
     }
 
-    /// `GET /view` of one output file: its bytes and the content type ComfyUI gave.
-    pub async fn view(&self, file: &FileRef) -> Result<(Bytes, Option<String>), ComfyError> {
+    /// `GET /view` of one output file, as a stream (never whole in memory), with
+    /// its announced length when there is one.
+    pub async fn view(&self, file: &FileRef) -> Result<(Option<u64>, ByteStream), ComfyError> {
         let req = self
             .http
             .get(format!("{}/view", self.base))
@@ -404,13 +458,9 @@ impl ComfyClient {
             ])
             .timeout(VIEW_TIMEOUT);
         let res = self.send(req, "GET /view").await?;
-        let ctype = res
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let bytes = res.bytes().await.map_err(|e| self.unreachable(e))?;
-        Ok((bytes, ctype))
+        let len = res.content_length();
+        let stream = res.bytes_stream().map(|c| c.map_err(std::io::Error::other));
+        Ok((len, Box::pin(stream)))
     }
 
     /// `POST /interrupt {"prompt_id"}`: stops that prompt if (and only if) it runs.
@@ -446,9 +496,10 @@ impl ComfyClient {
 
     /// `GET /object_info`: every node type the backend has.
     pub async fn object_info(&self) -> Result<Value, ComfyError> {
-        self.json(
+        self.json_within(
             self.http.get(format!("{}/object_info", self.base)),
             "GET /object_info",
+            MAX_OBJECT_INFO_BYTES,
         )
         .await
     }

@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
 
-use super::{Blob, ImageStore, StorageError, StoredFile, check_name, content_type};
+use super::{Blob, ByteStream, ImageStore, StorageError, StoredFile, check_name, content_type};
 use crate::job::JobId;
 
 /// An image store in a directory on local disk.
@@ -34,20 +36,53 @@ impl FsImageStore {
 
 #[async_trait]
 impl ImageStore for FsImageStore {
-    async fn put(&self, job: &JobId, name: &str, bytes: &[u8]) -> Result<StoredFile, StorageError> {
+    async fn put_stream(
+        &self,
+        job: &JobId,
+        name: &str,
+        mut body: ByteStream,
+        max_bytes: u64,
+    ) -> Result<StoredFile, StorageError> {
         let path = self.path(job, name)?;
         let dir = path.parent().expect("a file path has a parent");
         tokio::fs::create_dir_all(dir).await?;
         // Write aside, then rename: a reader never sees half a file.
-        let tmp = dir.join(format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple()));
-        tokio::fs::write(&tmp, bytes).await?;
+        let tmp = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
+        let written = async {
+            let mut file = tokio::fs::File::create(&tmp).await?;
+            let mut size = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|error| StorageError::Source {
+                    name: name.to_owned(),
+                    error,
+                })?;
+                size += chunk.len() as u64;
+                if size > max_bytes {
+                    return Err(StorageError::TooLarge {
+                        name: name.to_owned(),
+                        limit: max_bytes,
+                    });
+                }
+                file.write_all(&chunk).await?;
+            }
+            file.flush().await?;
+            Ok(size)
+        }
+        .await;
+        let size = match written {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
         if let Err(e) = tokio::fs::rename(&tmp, &path).await {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(e.into());
         }
         Ok(StoredFile {
             name: name.to_owned(),
-            size: bytes.len() as u64,
+            size,
             content_type: content_type(name),
         })
     }
@@ -58,7 +93,21 @@ impl ImageStore for FsImageStore {
             Err(StorageError::BadName(..)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        match tokio::fs::File::open(&path).await {
+        // Never follow a symbolic link, neither the job's directory nor the file:
+        // a link planted in the images folder must not serve /etc/passwd.
+        let dir = path.parent().expect("a file path has a parent");
+        match tokio::fs::symlink_metadata(dir).await {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        let opened = tokio::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .await;
+        match opened {
             Ok(f) => {
                 let meta = f.metadata().await?;
                 if !meta.is_file() {
@@ -70,7 +119,13 @@ impl ImageStore for FsImageStore {
                     reader: Box::pin(f),
                 }))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            // ELOOP: the file is a symbolic link.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ELOOP) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -96,6 +151,51 @@ mod tests {
         assert!(!root.join("escape.png").exists());
         assert!(store.open(&job, "../a.png").await.unwrap().is_none());
         assert!(store.open(&job, "missing.png").await.unwrap().is_none());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn symbolic_links_are_never_followed() {
+        let root = std::env::temp_dir().join(format!("fs-store-{}", uuid::Uuid::new_v4()));
+        let store = FsImageStore::new(&root);
+        let job = JobId::parse("job-1").unwrap();
+        store.put(&job, "real.png", b"ok").await.unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("job-1/passwd.png")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("linked-dir")).unwrap();
+        assert!(store.open(&job, "passwd.png").await.unwrap().is_none());
+        let linked = JobId::parse("linked-dir").unwrap();
+        assert!(store.open(&linked, "passwd").await.unwrap().is_none());
+        assert!(store.open(&job, "real.png").await.unwrap().is_some());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stream_over_the_limit_leaves_nothing_behind() {
+        let root = std::env::temp_dir().join(format!("fs-store-{}", uuid::Uuid::new_v4()));
+        let store = FsImageStore::new(&root);
+        let job = JobId::parse("job-1").unwrap();
+        let chunks = (0..10).map(|_| Ok(bytes::Bytes::from(vec![7u8; 1000])));
+        let body: ByteStream = Box::pin(futures_util::stream::iter(chunks));
+        let e = store
+            .put_stream(&job, "big.bin", body, 5_000)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, StorageError::TooLarge { limit: 5_000, .. }),
+            "{e}"
+        );
+        let left: Vec<_> = std::fs::read_dir(root.join("job-1")).unwrap().collect();
+        assert!(left.is_empty(), "temporary file removed");
+        let broken: ByteStream = Box::pin(futures_util::stream::iter([
+            Ok(bytes::Bytes::from_static(b"half")),
+            Err(std::io::Error::other("connection reset")),
+        ]));
+        let e = store
+            .put_stream(&job, "cut.bin", broken, 5_000)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StorageError::Source { .. }), "{e}");
+        assert!(store.open(&job, "cut.bin").await.unwrap().is_none());
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -6,6 +6,8 @@ mod fs;
 use std::pin::Pin;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
 use tokio::io::AsyncRead;
 
 pub use fs::FsImageStore;
@@ -23,7 +25,16 @@ pub enum StorageError {
     BadName(String, &'static str),
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The file is larger than the caller allows; nothing was kept.
+    #[error("{name} is larger than the limit of {limit} bytes")]
+    TooLarge { name: String, limit: u64 },
+    /// The bytes stopped coming (the source broke off); nothing was kept.
+    #[error("reading {name} failed: {error}")]
+    Source { name: String, error: std::io::Error },
 }
+
+/// Bytes to store, as they arrive.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
 
 /// A stored file's description.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,8 +54,24 @@ pub struct Blob {
 /// Storage for job outputs.
 #[async_trait]
 pub trait ImageStore: Send + Sync + 'static {
-    /// Stores `bytes` as `name` under the job (replacing a file of that name).
-    async fn put(&self, job: &JobId, name: &str, bytes: &[u8]) -> Result<StoredFile, StorageError>;
+    /// Stores what `body` yields as `name` under the job (replacing a file of that
+    /// name), never holding the whole file in memory. More than `max_bytes` is
+    /// [`StorageError::TooLarge`]; a broken `body` is [`StorageError::Source`]; in
+    /// both cases nothing is kept.
+    async fn put_stream(
+        &self,
+        job: &JobId,
+        name: &str,
+        body: ByteStream,
+        max_bytes: u64,
+    ) -> Result<StoredFile, StorageError>;
+
+    /// Stores `bytes` as `name` under the job.
+    async fn put(&self, job: &JobId, name: &str, bytes: &[u8]) -> Result<StoredFile, StorageError> {
+        let chunk = Bytes::copy_from_slice(bytes);
+        let body: ByteStream = Box::pin(futures_util::stream::once(async move { Ok(chunk) }));
+        self.put_stream(job, name, body, bytes.len() as u64).await
+    }
 
     /// Opens a stored file, `None` if there is none.
     async fn open(&self, job: &JobId, name: &str) -> Result<Option<Blob>, StorageError>;
@@ -73,6 +100,34 @@ pub fn check_name(name: &str) -> Result<&str, StorageError> {
         return bad("contains a colon");
     }
     Ok(name)
+}
+
+/// Makes `name` fit [`MAX_NAME_LEN`] with `suffix` (e.g. `-2`) before its extension,
+/// shortening the stem rather than refusing the name. An extension longer than 16
+/// bytes is not one.
+pub fn fit_name(name: &str, suffix: &str) -> String {
+    let (stem, ext) = match name.rsplit_once('.') {
+        Some((s, e)) if !s.is_empty() && e.len() <= 16 => (s, format!(".{e}")),
+        _ => (name, String::new()),
+    };
+    let room = MAX_NAME_LEN.saturating_sub(suffix.len() + ext.len());
+    let mut cut = stem.len().min(room);
+    while !stem.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}{ext}", &stem[..cut])
+}
+
+/// A stored file name as it goes into a URL path: everything but letters, digits
+/// and `-._~` percent-encoded (`a#b?c d.png` → `a%23b%3Fc%20d.png`).
+pub fn url_segment(name: &str) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    utf8_percent_encode(name, SEGMENT).to_string()
 }
 
 /// The MIME type a stored file is served with, by extension. Anything a browser
@@ -127,6 +182,31 @@ mod tests {
             check_name("studio_abc_00001_.png").unwrap(),
             "studio_abc_00001_.png"
         );
+    }
+
+    #[test]
+    fn long_names_are_shortened_to_fit_keeping_the_extension() {
+        let long = format!("{}.png", "x".repeat(198));
+        assert_eq!(long.len(), 202);
+        let fitted = fit_name(&long, "-2");
+        assert_eq!(fitted.len(), MAX_NAME_LEN);
+        assert!(fitted.ends_with("-2.png"), "{fitted}");
+        assert!(check_name(&fitted).is_ok());
+        let multi = format!("{}.webp", "é".repeat(120));
+        let f = fit_name(&multi, "");
+        assert!(f.len() <= MAX_NAME_LEN && f.ends_with(".webp"), "{f}");
+        assert_eq!(fit_name("short.png", "-3"), "short-3.png");
+        assert_eq!(fit_name("noext", "-2"), "noext-2");
+    }
+
+    #[test]
+    fn url_segments_are_percent_encoded() {
+        assert_eq!(url_segment("a#b?c d.png"), "a%23b%3Fc%20d.png");
+        assert_eq!(
+            url_segment("studio_x-1_00001_.png"),
+            "studio_x-1_00001_.png"
+        );
+        assert_eq!(url_segment("ü%.png"), "%C3%BC%25.png");
     }
 
     #[test]

@@ -54,6 +54,18 @@ pub enum StoreError {
     /// The store answered, but with something we did not expect.
     #[error("store error: {0}")]
     Internal(String),
+    /// The store is fine, but a limit refuses the operation (the caller's answer,
+    /// not an outage).
+    #[error("refused: {0}")]
+    Refused(Refusal),
+}
+
+/// A limit that refused an operation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The queue holds `limit` waiting jobs already.
+    #[error("the queue is full ({limit} jobs waiting)")]
+    QueueFull { limit: u64 },
 }
 
 impl StoreError {
@@ -74,6 +86,8 @@ pub struct StoreSettings {
     pub worker_ttl: Duration,
     /// How many recent jobs `GET /api/jobs` can page through.
     pub index_cap: u64,
+    /// Jobs waiting (queued or delayed) at most; submissions beyond are refused.
+    pub max_queued: u64,
 }
 
 impl Default for StoreSettings {
@@ -83,6 +97,7 @@ impl Default for StoreSettings {
             max_attempts: 3,
             worker_ttl: Duration::from_secs(30),
             index_cap: 100_000,
+            max_queued: 100_000,
         }
     }
 }
@@ -262,6 +277,7 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Records a new job as queued and puts it at the back of the queue. Idempotent
     /// by job id: a job already known is returned as it is, not queued again.
+    /// [`Refusal::QueueFull`] when `max_queued` jobs are waiting already.
     async fn enqueue(&self, job: &NewJob) -> Result<JobRecord, StoreError>;
 
     /// A job's record, or `None` if unknown (or expired).
@@ -339,6 +355,11 @@ pub trait JobStore: Send + Sync + 'static {
     /// Every change to every job, from now on.
     fn subscribe(&self) -> broadcast::Receiver<JobEvent>;
 }
+
+/// The error of a job that waited in the queue past its time to live without
+/// starting (both stores).
+pub const EXPIRED_MESSAGE: &str =
+    "expired: the job waited longer than its time to live (--job-ttl) without starting";
 
 /// The error text of a job that ran out of attempts.
 pub fn gave_up_message(attempts: u32, last_error: &str) -> String {

@@ -27,7 +27,7 @@ pub use self::keys::Keys;
 use self::scripts::{Scripts, Settle};
 use super::{
     CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, JobEvent, JobPage, JobStore, Lease,
-    LeaseState, ListQuery, QueueStats, RetryOutcome, StoreError, StoreKind, StoreSettings,
+    LeaseState, ListQuery, QueueStats, Refusal, RetryOutcome, StoreError, StoreKind, StoreSettings,
     WorkerId, log_completion, log_retry,
 };
 use crate::clock;
@@ -116,6 +116,21 @@ impl RedisStore {
                 limit.as_millis()
             ))),
         }
+    }
+
+    /// Lists a job under `status` (or `gone`: not at all); `unqueue` also takes it
+    /// out of the queue-position index.
+    async fn relist(&self, id: &str, status: &str, unqueue: bool) -> Result<(), StoreError> {
+        let k = &self.keys;
+        let mut inv = self.scripts.relist.prepare_invoke();
+        inv.key(k.index()).key(k.pending());
+        for key in k.status_indexes() {
+            inv.key(key);
+        }
+        inv.arg(id).arg(status).arg(if unqueue { "1" } else { "0" });
+        let mut conn = self.conn.clone();
+        self.run(inv.invoke_async::<i64>(&mut conn)).await?;
+        Ok(())
     }
 
     fn start_subscriber(&self) {
@@ -218,44 +233,55 @@ impl JobStore for RedisStore {
     }
 
     async fn enqueue(&self, job: &NewJob) -> Result<JobRecord, StoreError> {
-        let record = JobRecord::queued(job);
+        let mut record = JobRecord::queued(job);
+        record.rev = 1;
+        let fields = record.to_fields();
         let k = &self.keys;
         let mut status = self.scripts.enqueue_status.prepare_invoke();
-        status
-            .key(k.status(job.id.as_str()))
-            .arg(k.events())
-            .arg(self.ttl_secs());
-        for (f, v) in record.to_fields() {
-            status.arg(f).arg(v);
+        status.key(k.status(job.id.as_str())).arg(self.ttl_secs());
+        for (f, v) in &fields {
+            status.arg(*f).arg(v);
         }
         let mut conn = self.conn.clone();
         let created: i64 = self.run(status.invoke_async(&mut conn)).await?;
         if created == 0 {
             return Ok(self.get(&job.id).await?.unwrap_or(record));
         }
+        // The event other processes see: the hash as the scripts publish it.
+        let event: serde_json::Map<String, serde_json::Value> = fields
+            .into_iter()
+            .map(|(f, v)| (f.to_owned(), serde_json::Value::String(v)))
+            .collect();
         let mut push = self.scripts.enqueue_push.prepare_invoke();
         push.key(k.queue())
             .key(k.index())
             .key(k.pending())
             .key(k.seq())
-            .arg(job.payload())
+            .key(k.delayed());
+        for key in k.status_indexes() {
+            push.key(key);
+        }
+        push.arg(job.payload())
             .arg(job.id.as_str())
-            .arg(self.settings.index_cap);
-        if let Err(e) = self.run(push.invoke_async::<i64>(&mut conn)).await {
-            // The status says queued but nothing is queued: say so, best effort. The
-            // caller answers 503, so nobody waits for this job.
+            .arg(self.settings.index_cap)
+            .arg(self.settings.max_queued)
+            .arg(k.events())
+            .arg(serde_json::Value::Object(event).to_string());
+        let pushed = self.run(push.invoke_async::<i64>(&mut conn)).await;
+        if !matches!(pushed, Ok(seq) if seq > 0) {
+            // Nothing is queued: take the record back, best effort (the caller's
+            // 503 means nobody will ask for this job).
             let _ = self
                 .run(
-                    ::redis::cmd("HSET")
+                    ::redis::cmd("DEL")
                         .arg(k.status(job.id.as_str()))
-                        .arg("status")
-                        .arg("failed")
-                        .arg("error")
-                        .arg("not queued: the store failed while enqueuing")
                         .query_async::<i64>(&mut conn),
                 )
                 .await;
-            return Err(e);
+            pushed?;
+            return Err(StoreError::Refused(Refusal::QueueFull {
+                limit: self.settings.max_queued,
+            }));
         }
         tracing::info!(job_id = %job.id, workflow = %job.workflow, "job queued");
         Ok(record)
@@ -309,6 +335,12 @@ impl JobStore for RedisStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<JobPage, StoreError> {
+        // A filtered listing reads that status's index only, so it costs what it
+        // returns however many jobs are in other states.
+        let index = match &query.status {
+            Some(s) => self.keys.by_status(s.as_str()),
+            None => self.keys.index(),
+        };
         let limit = query.limit.max(1);
         let mut max = match query.cursor {
             Some(c) => format!("({c}"),
@@ -316,14 +348,14 @@ impl JobStore for RedisStore {
         };
         let mut jobs = Vec::new();
         let mut scanned = 0;
-        let mut last_score: Option<u64> = None;
         let mut conn = self.conn.clone();
         loop {
-            let batch = (limit - jobs.len()).clamp(1, 200);
+            // One more than needed tells whether there is a next page.
+            let batch = limit - jobs.len() + 1;
             let entries: Vec<(String, f64)> = self
                 .run(
                     ::redis::cmd("ZREVRANGEBYSCORE")
-                        .arg(self.keys.index())
+                        .arg(&index)
                         .arg(&max)
                         .arg("-inf")
                         .arg("WITHSCORES")
@@ -333,59 +365,46 @@ impl JobStore for RedisStore {
                         .query_async(&mut conn),
                 )
                 .await?;
-            if entries.is_empty() {
-                return Ok(JobPage {
-                    jobs,
-                    next_cursor: None,
-                });
-            }
+            let more = entries.len() == batch;
+            let wanted = &entries[..entries.len().min(limit - jobs.len())];
             let mut pipe = ::redis::pipe();
-            for (id, _) in &entries {
+            for (id, _) in wanted {
                 pipe.cmd("HGETALL").arg(self.keys.status(id));
             }
-            let maps: Vec<HashMap<String, String>> = self.run(pipe.query_async(&mut conn)).await?;
-            let mut expired = Vec::new();
-            for ((id, score), map) in entries.iter().zip(maps) {
+            let maps: Vec<HashMap<String, String>> = if wanted.is_empty() {
+                Vec::new()
+            } else {
+                self.run(pipe.query_async(&mut conn)).await?
+            };
+            let mut last_score = None;
+            for ((id, score), map) in wanted.iter().zip(maps) {
                 scanned += 1;
                 last_score = Some(*score as u64);
                 match record_from_map(id, map) {
-                    None => expired.push(id.clone()),
-                    Some(job) => {
-                        if query.status.as_ref().is_none_or(|s| *s == job.status) {
-                            jobs.push(job);
+                    // Expired: it leaves the listing.
+                    None => self.relist(id, "gone", false).await?,
+                    Some(job) => match &query.status {
+                        // A stale index entry (a crash between a job's two
+                        // scripts): list it where it belongs now.
+                        Some(s) if *s != job.status => {
+                            self.relist(id, job.status.as_str(), false).await?
                         }
-                    }
-                }
-                if jobs.len() == limit {
-                    break;
+                        _ => jobs.push(job),
+                    },
                 }
             }
-            if !expired.is_empty() {
-                let _ = self
-                    .run(
-                        ::redis::cmd("ZREM")
-                            .arg(self.keys.index())
-                            .arg(&expired)
-                            .query_async::<i64>(&mut conn),
-                    )
-                    .await;
-            }
-            let full = jobs.len() == limit;
-            let exhausted = entries.len() < batch;
-            if full || scanned >= LIST_SCAN_LIMIT {
-                // There may be more: a cursor lets the client continue where we stopped.
+            let next = last_score.filter(|_| more || wanted.len() < entries.len());
+            if jobs.len() == limit || scanned >= LIST_SCAN_LIMIT || next.is_none() {
                 return Ok(JobPage {
+                    next_cursor: if jobs.len() == limit || scanned >= LIST_SCAN_LIMIT {
+                        next
+                    } else {
+                        None
+                    },
                     jobs,
-                    next_cursor: if exhausted && !full { None } else { last_score },
                 });
             }
-            if exhausted {
-                return Ok(JobPage {
-                    jobs,
-                    next_cursor: None,
-                });
-            }
-            max = format!("({}", last_score.unwrap_or(0));
+            max = format!("({}", next.unwrap_or(0));
         }
     }
 
@@ -404,14 +423,8 @@ impl JobStore for RedisStore {
             return Ok(CancelOutcome::NotFound);
         }
         if outcome == "cancelled" {
-            let _ = self
-                .run(
-                    ::redis::cmd("ZREM")
-                        .arg(self.keys.pending())
-                        .arg(id.as_str())
-                        .query_async::<i64>(&mut conn),
-                )
-                .await;
+            // Best effort: the queue entry is dropped at claim time anyway.
+            let _ = self.relist(id.as_str(), "failed", true).await;
             tracing::info!(job_id = %id, "job failed: cancelled while queued");
         } else if outcome == "requested" {
             tracing::info!(job_id = %id, "cancel requested for running job");
@@ -493,7 +506,11 @@ impl JobStore for RedisStore {
             .key(k.heartbeat(worker.as_str()))
             .key(k.workers())
             .key(k.pending())
-            .arg(worker.as_str());
+            .key(k.index());
+        for key in k.status_indexes() {
+            inv.key(key);
+        }
+        inv.arg(worker.as_str());
         self.run(inv.invoke_async::<i64>(&mut conn)).await?;
         Ok(())
     }
@@ -588,11 +605,16 @@ impl JobStore for RedisStore {
         }
         let mut conn = self.conn.clone();
         let written: i64 = self.run(inv.invoke_async(&mut conn)).await?;
+        let now = match (written, &completion) {
+            (0, _) => "",
+            (_, Completion::Finished { .. }) => "finished",
+            _ => "failed",
+        };
         self.settle(
             &lease.worker,
             &lease.payload,
             lease.job_id.as_str(),
-            Settle::Done,
+            Settle::Done(now),
         )
         .await?;
         log_completion(&lease.job_id, &completion, written == 1);
@@ -639,12 +661,12 @@ impl JobStore for RedisStore {
                 RetryOutcome::GaveUp
             }
             Some("cancelled") => {
-                self.settle(&lease.worker, &lease.payload, id, Settle::Done)
+                self.settle(&lease.worker, &lease.payload, id, Settle::Done("failed"))
                     .await?;
                 RetryOutcome::Cancelled
             }
             _ => {
-                self.settle(&lease.worker, &lease.payload, id, Settle::Done)
+                self.settle(&lease.worker, &lease.payload, id, Settle::Done(""))
                     .await?;
                 RetryOutcome::Lost
             }
@@ -667,7 +689,7 @@ impl JobStore for RedisStore {
         let action = if released == 1 {
             Settle::Release
         } else {
-            Settle::Done
+            Settle::Done("")
         };
         self.settle(&lease.worker, &lease.payload, lease.job_id.as_str(), action)
             .await?;

@@ -26,9 +26,9 @@ use self::rows::{
 use self::schema::migrate;
 use self::writer::{Deliver, WriteOp, in_savepoint, writer_loop};
 use super::{
-    CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, JobEvent, JobPage, JobStore, Lease,
-    LeaseState, ListQuery, QueueStats, RetryOutcome, StoreError, StoreKind, StoreSettings,
-    WorkerId, gave_up_message, hostname, log_completion, log_retry,
+    CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, EXPIRED_MESSAGE, JobEvent, JobPage,
+    JobStore, Lease, LeaseState, ListQuery, QueueStats, Refusal, RetryOutcome, StoreError,
+    StoreKind, StoreSettings, WorkerId, gave_up_message, hostname, log_completion, log_retry,
 };
 use crate::clock;
 use crate::job::{JobId, JobRecord, JobStatus, NewJob};
@@ -42,6 +42,9 @@ const READERS: usize = 4;
 /// How often a waiting claim looks again for jobs enqueued by another process (this
 /// process's own enqueues wake it at once).
 const CLAIM_POLL: Duration = Duration::from_millis(200);
+
+/// Jobs expired per housekeeping round, so one round stays short.
+const EXPIRE_BATCH: i64 = 500;
 
 /// Above this estimated position, `queue_position` reports the estimate instead of
 /// counting exactly, so a status read stays cheap on a million-job queue.
@@ -191,14 +194,14 @@ impl SqliteStore {
                      rev = rev + 1 \
                      WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= ?4 \
                                  ORDER BY queue_seq LIMIT 1) \
-                     RETURNING {COLUMNS}, payload"
+                     RETURNING {COLUMNS}"
                 ))?
                 .query_row(
                     params![w, token, clock::iso8601(micros), (micros / 1000) as i64],
-                    |r| Ok((record_from_row(r)?, r.get::<_, String>(21)?)),
+                    record_from_row,
                 )
                 .optional()?;
-            let Some((rec, payload)) = claimed else {
+            let Some(rec) = claimed else {
                 return Ok((None, Vec::new()));
             };
             let lease = Lease {
@@ -206,7 +209,7 @@ impl SqliteStore {
                 worker: WorkerId::from_string(w.clone()),
                 token,
                 attempt: rec.attempt,
-                payload,
+                payload: rec.payload(),
             };
             tracing::info!(job_id = %rec.id, attempt = rec.attempt, worker = %w, "job processing");
             Ok((
@@ -281,19 +284,32 @@ impl JobStore for SqliteStore {
 
     async fn enqueue(&self, job: &NewJob) -> Result<JobRecord, StoreError> {
         let rec = JobRecord::queued(job);
-        let payload = job.payload();
         let params_json = serde_json::Value::Object(job.params.clone()).to_string();
+        let max_queued = self.settings.max_queued as i64;
         let r = rec.clone();
         let out = self
             .write(move |conn| {
+                if let Some(existing) = get_record(conn, &r.id)? {
+                    return Ok((Ok(existing), Vec::new()));
+                }
+                let queued: i64 = conn
+                    .prepare_cached("SELECT value FROM counters WHERE name = 'queued'")?
+                    .query_row([], |row| row.get(0))?;
+                if queued >= max_queued {
+                    return Ok((
+                        Err(Refusal::QueueFull {
+                            limit: max_queued as u64,
+                        }),
+                        Vec::new(),
+                    ));
+                }
                 let seq = next_seq(conn)?;
-                let inserted = conn
-                    .prepare_cached(
-                        "INSERT INTO jobs (id, list_seq, queue_seq, status, created_at, updated_at, \
-                         updated_ms, prompt, seed, workflow, params, payload) VALUES (?1, ?9, ?9, \
-                         'queued', ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO NOTHING",
-                    )?
-                    .execute(params![
+                conn.prepare_cached(
+                    "INSERT INTO jobs (id, list_seq, queue_seq, status, created_at, updated_at, \
+                     updated_ms, prompt, seed, workflow, params) VALUES (?1, ?8, ?8, \
+                     'queued', ?2, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![
                     r.id,
                     r.created_at,
                     r.updated_ms as i64,
@@ -301,16 +317,12 @@ impl JobStore for SqliteStore {
                     r.seed.map(|s| s.to_string()),
                     r.workflow,
                     params_json,
-                    payload,
                     seq
                 ])?;
-                if inserted == 0 {
-                    let existing = get_record(conn, &r.id)?.unwrap_or(r);
-                    return Ok((existing, Vec::new()));
-                }
-                Ok((r.clone(), vec![r]))
+                Ok((Ok(r.clone()), vec![r]))
             })
-            .await?;
+            .await?
+            .map_err(StoreError::Refused)?;
         self.wake.notify_waiters();
         tracing::info!(job_id = %job.id, workflow = %job.workflow, "job queued");
         Ok(out)
@@ -657,11 +669,9 @@ impl JobStore for SqliteStore {
                     .collect::<Result<_, _>>()?;
                 let mut requeued = Vec::new();
                 for id in &ids {
-                    let (attempt, last_error, payload): (i64, String, String) = conn.query_row(
-                        "SELECT attempt, last_error, payload FROM jobs WHERE id = ?1",
-                        params![id],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )?;
+                    let Some(rec) = get_record(conn, id)? else { continue };
+                    let (attempt, last_error, payload) =
+                        (rec.attempt as i64, rec.last_error.clone(), rec.payload());
                     let now = clock::iso8601(micros);
                     if attempt >= max_attempts {
                         // Its workers keep dying on it: a poison pill. Fail it.
@@ -705,24 +715,47 @@ impl JobStore for SqliteStore {
 
     async fn promote_due(&self) -> Result<u64, StoreError> {
         // Delayed retries need no moving here (a claim checks `run_at`); this is the
-        // periodic housekeeping: wake claimers if retries are due, and drop records
-        // past their time to live, as Redis's TTL does.
+        // periodic housekeeping: wake claimers if retries are due, fail jobs that
+        // waited past their time to live without starting, and drop final records
+        // past theirs, as Redis's TTL does.
         let ttl = self.ttl_ms();
-        let due: i64 = self
+        let (due, expired): (i64, usize) = self
             .write(move |conn| {
                 let now = clock::now_ms() as i64;
                 conn.execute(
                     "DELETE FROM jobs WHERE status IN ('finished', 'failed') AND updated_ms < ?1",
                     params![now - ttl],
                 )?;
+                let stale: Vec<String> = conn
+                    .prepare_cached(
+                        "SELECT id FROM jobs WHERE status = 'queued' AND updated_ms < ?1 LIMIT ?2",
+                    )?
+                    .query_map(params![now - ttl, EXPIRE_BATCH], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let micros = clock::now_micros();
+                let mut events = Vec::new();
+                for id in &stale {
+                    conn.execute(
+                        "UPDATE jobs SET status = 'failed', error = ?2, updated_at = ?3, updated_ms = ?4 \
+                         WHERE id = ?1",
+                        params![id, EXPIRED_MESSAGE, clock::iso8601(micros), (micros / 1000) as i64],
+                    )?;
+                    events.extend(changed(conn, id)?);
+                }
                 let due: i64 = conn.query_row(
                     "SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND run_at > 0 AND run_at <= ?1",
                     params![now],
                     |r| r.get(0),
                 )?;
-                Ok((due, Vec::new()))
+                Ok(((due, stale.len()), events))
             })
             .await?;
+        if expired > 0 {
+            tracing::warn!(
+                jobs = expired,
+                "jobs failed: they waited past their time to live without starting"
+            );
+        }
         if due > 0 {
             self.wake.notify_waiters();
         }

@@ -56,6 +56,8 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Prefix of output URLs.
     pub public_url: String,
+    /// Largest output file downloaded from ComfyUI; a larger one fails the job.
+    pub max_output_bytes: u64,
 }
 
 impl Default for WorkerConfig {
@@ -73,6 +75,7 @@ impl Default for WorkerConfig {
             claim_wait: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
             public_url: String::new(),
+            max_output_bytes: 2 << 30,
         }
     }
 }

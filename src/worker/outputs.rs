@@ -5,7 +5,7 @@
 use super::run::{Outcome, RunContext};
 use crate::comfy::{ComfyClient, HistoryEntry};
 use crate::job::Output;
-use crate::storage::{check_name, content_type, kind_of};
+use crate::storage::{StorageError, check_name, content_type, fit_name, kind_of, url_segment};
 use crate::store::Lease;
 
 /// Fetches every output file through `/view` and stores it.
@@ -17,6 +17,7 @@ pub(super) async fn collect(
 ) -> Outcome {
     let job_id = &lease.job_id;
     let mut outputs: Vec<Output> = Vec::new();
+    let max = ctx.config.max_output_bytes;
     for file in entry.files.iter().filter(|f| f.kind == "output") {
         let name = match stored_name(&file.subfolder, &file.filename) {
             Ok(n) => unique(n, &outputs),
@@ -25,14 +26,30 @@ pub(super) async fn collect(
                 continue;
             }
         };
-        let (bytes, _) = match client.view(file).await {
+        let too_large = || {
+            Outcome::Failed(format!(
+                "output {} is larger than the {} bytes a worker accepts (--max-output-bytes)",
+                file.filename, max
+            ))
+        };
+        let (announced, body) = match client.view(file).await {
             Ok(b) => b,
             Err(e) => {
                 return Outcome::Retry(format!("could not download output {}: {e}", file.filename));
             }
         };
-        let stored = match ctx.images.put(job_id, &name, &bytes).await {
+        if announced.is_some_and(|n| n > max) {
+            return too_large();
+        }
+        let stored = match ctx.images.put_stream(job_id, &name, body, max).await {
             Ok(s) => s,
+            Err(StorageError::TooLarge { .. }) => return too_large(),
+            Err(StorageError::Source { error, .. }) => {
+                return Outcome::Retry(format!(
+                    "the download of output {} broke off: {error}",
+                    file.filename
+                ));
+            }
             Err(e) => return Outcome::Retry(format!("could not store output {name}: {e}")),
         };
         let ctype = content_type(&stored.name);
@@ -43,7 +60,9 @@ pub(super) async fn collect(
             content_type: ctype.to_owned(),
             url: format!(
                 "{}/images/{}/{}",
-                ctx.config.public_url, job_id, stored.name
+                ctx.config.public_url,
+                job_id,
+                url_segment(&stored.name)
             ),
             size: stored.size,
         });
@@ -63,11 +82,13 @@ pub(super) async fn collect(
 }
 
 /// The name an output is stored under: its file name, prefixed by its subfolder when
-/// it has one, every part checked (no `..`, no absolute paths, no odd characters).
+/// it has one, every part checked (no `..`, no absolute paths, no odd characters),
+/// shortened to fit when the parts together are too long.
 fn stored_name(subfolder: &str, filename: &str) -> Result<String, &'static str> {
-    check_name(filename).map_err(|_| "bad file name")?;
+    let filename = fit_name(filename, "");
+    check_name(&filename).map_err(|_| "bad file name")?;
     if subfolder.is_empty() {
-        return Ok(filename.to_owned());
+        return Ok(filename);
     }
     if subfolder.starts_with('/') || subfolder.starts_with('\\') {
         return Err("absolute subfolder");
@@ -77,23 +98,18 @@ fn stored_name(subfolder: &str, filename: &str) -> Result<String, &'static str> 
         check_name(part).map_err(|_| "bad subfolder")?;
         parts.push(part);
     }
-    parts.push(filename);
-    let name = parts.join("_");
-    check_name(&name).map_err(|_| "name too long")?;
-    Ok(name)
+    parts.push(&filename);
+    Ok(fit_name(&parts.join("_"), ""))
 }
 
-/// Makes a name unique among the outputs already stored for this job.
+/// Makes a name unique among the outputs already stored for this job (`-2`, `-3`, …
+/// before the extension), shortening it so the result still fits.
 fn unique(name: String, taken: &[Output]) -> String {
     if !taken.iter().any(|o| o.filename == name) {
         return name;
     }
-    let (stem, ext) = match name.rsplit_once('.') {
-        Some((s, e)) => (s.to_owned(), format!(".{e}")),
-        None => (name.clone(), String::new()),
-    };
     (2..)
-        .map(|i| format!("{stem}-{i}{ext}"))
+        .map(|i| fit_name(&name, &format!("-{i}")))
         .find(|n| !taken.iter().any(|o| &o.filename == n))
         .expect("some suffix is free")
 }
@@ -101,6 +117,7 @@ fn unique(name: String, taken: &[Output]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::MAX_NAME_LEN;
 
     #[test]
     fn output_names_from_a_misbehaving_backend_are_refused() {
@@ -112,5 +129,34 @@ mod tests {
         assert!(stored_name("", "/etc/passwd").is_err());
         assert!(stored_name("", ".bashrc").is_err());
         assert!(stored_name("a", "b\u{0}.png").is_err());
+    }
+
+    fn output(name: &str) -> Output {
+        Output {
+            node: "9".into(),
+            filename: name.into(),
+            kind: "image".into(),
+            content_type: "image/png".into(),
+            url: String::new(),
+            size: 0,
+        }
+    }
+
+    #[test]
+    fn near_limit_names_are_shortened_not_refused() {
+        let long = format!("{}.png", "n".repeat(MAX_NAME_LEN - 4));
+        assert!(check_name(&long).is_ok());
+        let second = unique(long.clone(), &[output(&long)]);
+        assert!(check_name(&second).is_ok(), "{second}");
+        assert!(second.ends_with("-2.png"));
+        let third = unique(long.clone(), &[output(&long), output(&second)]);
+        assert!(third.ends_with("-3.png") && check_name(&third).is_ok());
+        let deep = stored_name(&"d".repeat(150), &"f".repeat(150)).unwrap();
+        assert!(check_name(&deep).is_ok(), "{deep}");
+        let huge = stored_name("", &format!("{}.png", "h".repeat(300))).unwrap();
+        assert!(
+            check_name(&huge).is_ok() && huge.ends_with(".png"),
+            "{huge}"
+        );
     }
 }

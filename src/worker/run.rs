@@ -204,6 +204,10 @@ async fn execute(ctx: &RunContext, lease: &Lease, job: &JobRecord, turn: &mut Tu
         }
     }
     workflow.resolve_defaults(&mut params);
+    // Jobs other programs pushed never passed the API's checks.
+    if let Err(e) = workflow.check_budget(&params) {
+        return Outcome::Failed(e);
+    }
     let seed = job.seed.unwrap_or_else(|| fastrand::u64(..));
     let graph = workflow.render(id, &job.prompt, seed, &params);
 
@@ -266,6 +270,17 @@ async fn adopt(
 ) -> Option<Outcome> {
     let id = lease.job_id.as_str();
     let ours = job.backend == ctx.backend.url;
+    // The recorded backend is only a hint written into the store: a worker talks to
+    // no server but those it was configured with.
+    let configured = ctx
+        .config
+        .backends
+        .iter()
+        .any(|b| b.trim_end_matches('/') == job.backend);
+    if !configured {
+        tracing::info!(recorded = %job.backend, "the job ran before on a backend this worker does not drive; starting it afresh");
+        return None;
+    }
     let client = if ours {
         ctx.backend.client.clone()
     } else {

@@ -26,6 +26,14 @@ const BUILT_IN: &[(&str, &str)] = &[
     ("smoke.json", include_str!("../../workflows/smoke.json")),
 ];
 
+/// The pixel budget of a workflow that declares none: 16,777,216 pixels per job
+/// (2048² × 4, or 1024² × 16). `smoke` at its old bounds allowed 4096² × 16, about
+/// 3 GB per node on the backend, from one anonymous request.
+pub const DEFAULT_MAX_PIXELS: u64 = 1 << 24;
+
+/// The parameters whose product the pixel budget bounds.
+pub const PIXEL_PARAMS: [&str; 3] = ["width", "height", "batch_size"];
+
 /// Parameters every workflow has, because the prototype's contract has them.
 pub const CONTRACT_PARAMS: &[&str] = &["prompt", "seed"];
 
@@ -50,6 +58,10 @@ pub struct Workflow {
     pub description: String,
     #[serde(default)]
     pub params: BTreeMap<String, ParamSpec>,
+    /// Most pixels one job may ask for: `width` × `height` × `batch_size` (those of
+    /// the three parameters the workflow has). Default [`DEFAULT_MAX_PIXELS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pixels: Option<u64>,
     pub graph: Map<String, Value>,
 }
 
@@ -157,6 +169,30 @@ impl Workflow {
             graph[id]["inputs"]["filename_prefix"] = Value::from(p);
         }
         graph
+    }
+
+    /// Checks the pixel budget on resolved parameters: `Err` names the parameters
+    /// and the budget.
+    pub fn check_budget(&self, params: &Map<String, Value>) -> Result<(), String> {
+        let used: Vec<(&str, u64)> = PIXEL_PARAMS
+            .iter()
+            .filter_map(|p| Some((*p, params.get(*p)?.as_u64()?)))
+            .collect();
+        if used.len() < 2 {
+            return Ok(());
+        }
+        let budget = self.max_pixels.unwrap_or(DEFAULT_MAX_PIXELS);
+        let pixels = used.iter().fold(1u128, |acc, (_, v)| acc * u128::from(*v));
+        if pixels <= u128::from(budget) {
+            return Ok(());
+        }
+        let shown: Vec<String> = used.iter().map(|(p, v)| format!("{p} {v}")).collect();
+        Err(format!(
+            "{} ask for {pixels} pixels; workflow {} allows at most {budget} per job ({})",
+            shown.join(" × "),
+            self.name,
+            used.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(" × ")
+        ))
     }
 
     /// Declared defaults for the parameters a request did not give.
@@ -314,6 +350,27 @@ mod tests {
             .find(|n| n["class_type"] == "SaveImage")
             .unwrap();
         assert_eq!(saver["inputs"]["filename_prefix"], json!("studio_job-1"));
+    }
+
+    #[test]
+    fn the_pixel_budget_bounds_width_height_and_batch() {
+        let reg = WorkflowRegistry::built_in();
+        let smoke = reg.get("smoke").unwrap();
+        let p = |w: u64, h: u64, b: u64| {
+            let mut m = Map::new();
+            m.insert("width".into(), json!(w));
+            m.insert("height".into(), json!(h));
+            m.insert("batch_size".into(), json!(b));
+            m
+        };
+        assert!(smoke.check_budget(&p(2048, 2048, 4)).is_ok());
+        let e = smoke.check_budget(&p(4096, 4096, 16)).unwrap_err();
+        assert!(e.contains("268435456 pixels"), "{e}");
+        assert!(e.contains("at most 16777216"), "{e}");
+        let mut own = smoke.clone();
+        own.max_pixels = Some(100);
+        assert!(own.check_budget(&p(10, 10, 1)).is_ok());
+        assert!(own.check_budget(&p(10, 10, 2)).is_err());
     }
 
     #[test]

@@ -155,6 +155,13 @@ pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<Ne
         }
     }
     workflow.resolve_defaults(&mut params);
+    workflow.check_budget(&params).map_err(|m| {
+        let fields: Vec<&str> = super::PIXEL_PARAMS
+            .into_iter()
+            .filter(|p| params.contains_key(*p))
+            .collect();
+        FieldError::new(&fields.join(","), "invalid-param", m)
+    })?;
 
     Ok(NewJob::new(
         prompt.clone(),
@@ -254,5 +261,14 @@ mod tests {
         let ok =
             parse(json!({"prompt": "x", "workflow": "smoke", "width": 32, "height": 16})).unwrap();
         assert_eq!(ok.params["width"], json!(32));
+    }
+
+    #[test]
+    fn the_pixel_budget_is_an_invalid_param_naming_the_fields() {
+        let e = parse(json!({"prompt": "x", "workflow": "smoke", "width": 4096, "height": 4096, "batch_size": 16}))
+            .unwrap_err();
+        assert_eq!(e.code, "invalid-param");
+        assert_eq!(e.field.as_deref(), Some("width,height,batch_size"));
+        assert!(e.message.contains("at most 16777216"), "{}", e.message);
     }
 }

@@ -289,8 +289,13 @@ async fn the_stand_in_follows_the_recorded_sequence() {
         .expect("history written before executing null");
     assert_eq!(h.status, RunStatus::Success);
     assert_eq!(h.files[0].filename, "studio_chain_00001_.png");
-    let (bytes, _) = client.view(&h.files[0]).await.unwrap();
+    let (len, mut body) = client.view(&h.files[0]).await.unwrap();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
     assert_eq!(&bytes[1..4], b"PNG");
+    assert_eq!(len, Some(bytes.len() as u64));
     let q = client.queue().await.unwrap();
     assert!(q.running.is_empty() && q.pending.is_empty());
     assert_eq!(

@@ -120,8 +120,12 @@ async fn a_job_another_program_pushes_without_a_hash_is_claimed_and_its_hash_cre
     let p = RedisPrefix::new();
     let s = store(&p);
     let mut c = p.conn();
+    // Python's naive isoformat(), as the prototype wrote it.
+    let created = studio_core::clock::iso8601(studio_core::clock::now_micros())
+        .trim_end_matches("+00:00")
+        .to_owned();
     let _: () = c
-        .lpush(format!("{}job_queue", p.prefix), r#"{"job_id": "legacy-1", "prompt": "from a script", "seed": 5, "workflow": "smoke", "created_at": "2024-05-01T10:00:00"}"#)
+        .lpush(format!("{}job_queue", p.prefix), format!(r#"{{"job_id": "legacy-1", "prompt": "from a script", "seed": 5, "workflow": "smoke", "created_at": "{created}"}}"#))
         .unwrap();
     let w = worker();
     s.heartbeat(&w).await.unwrap();
@@ -130,7 +134,7 @@ async fn a_job_another_program_pushes_without_a_hash_is_claimed_and_its_hash_cre
     assert_eq!(claim.job.prompt, "from a script");
     assert_eq!(claim.job.seed, Some(5));
     assert_eq!(claim.job.workflow, "smoke");
-    assert_eq!(claim.job.created_at, "2024-05-01T10:00:00");
+    assert_eq!(claim.job.created_at, created);
     let hash: HashMap<String, String> = c
         .hgetall(format!("{}job:status:legacy-1", p.prefix))
         .unwrap();
@@ -160,6 +164,38 @@ async fn a_job_another_program_pushes_without_a_hash_is_claimed_and_its_hash_cre
         .await
         .unwrap();
     assert_eq!(page.jobs[0].id, "legacy-1");
+    // And under its status.
+    let finished = s
+        .list(&studio_core::store::ListQuery {
+            status: Some(studio_core::job::JobStatus::Finished),
+            limit: 10,
+            cursor: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(finished.jobs.len(), 1);
+    assert_eq!(finished.jobs[0].id, "legacy-1");
+}
+
+#[tokio::test]
+async fn a_pushed_job_whose_record_expired_while_it_waited_fails_instead_of_running() {
+    let p = RedisPrefix::new();
+    let s = store(&p);
+    let mut c = p.conn();
+    // Older than the 1 h time to live of the test settings, and without a hash.
+    let _: () = c
+        .lpush(format!("{}job_queue", p.prefix), r#"{"job_id": "legacy-old", "prompt": "from a script", "workflow": "smoke", "created_at": "2024-05-01T10:00:00"}"#)
+        .unwrap();
+    let w = worker();
+    s.heartbeat(&w).await.unwrap();
+    assert!(s.claim(&w, WAIT).await.unwrap().is_none(), "not run");
+    let hash: HashMap<String, String> = c
+        .hgetall(format!("{}job:status:legacy-old", p.prefix))
+        .unwrap();
+    assert_eq!(hash["status"], "failed");
+    assert_eq!(hash["error"], studio_core::store::EXPIRED_MESSAGE);
+    let queue: Vec<String> = c.lrange(format!("{}job_queue", p.prefix), 0, -1).unwrap();
+    assert!(queue.is_empty());
 }
 
 #[tokio::test]

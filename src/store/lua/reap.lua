@@ -2,9 +2,11 @@
 -- consuming end of job_queue (first in line), then forgets the worker once its list
 -- is empty and it has not come back.
 -- KEYS[1] job_queue, KEYS[2] {job_queue}:processing:<worker>, KEYS[3] {job_queue}:hb:<worker>,
--- KEYS[4] {job_queue}:workers, KEYS[5] {job_queue}:pending
+-- KEYS[4] {job_queue}:workers, KEYS[5] {job_queue}:pending, KEYS[6] {job_queue}:index,
+-- KEYS[7..10] status indexes
 -- ARGV[1] worker id, ARGV[2..] payloads (as read before the statuses were reset),
 -- each followed by its job id ('' when unparseable)
+local sets = status_sets(7)
 local moved = 0
 for i = 2, #ARGV, 2 do
   if redis.call('LREM', KEYS[2], 1, ARGV[i]) > 0 then
@@ -12,6 +14,7 @@ for i = 2, #ARGV, 2 do
     moved = moved + 1
     if ARGV[i + 1] ~= '' then
       pending_first(KEYS[5], ARGV[i + 1])
+      list_as(KEYS[6], sets, ARGV[i + 1], 'queued')
     end
   end
 end

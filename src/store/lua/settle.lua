@@ -1,38 +1,42 @@
 -- The queue side of a claim's fate, all in the {job_queue} slot.
 -- KEYS[1] {job_queue}:processing:<worker>, KEYS[2] {job_queue}:pending,
 -- KEYS[3] {job_queue}:index, KEYS[4] {job_queue}:seq, KEYS[5] {job_queue}:delayed,
--- KEYS[6] {job_queue}:dead, KEYS[7] job_queue
+-- KEYS[6] {job_queue}:dead, KEYS[7] job_queue, KEYS[8..11] status indexes
 -- ARGV[1] action, ARGV[2] payload, ARGV[3] job id, ARGV[4] index cap,
--- ARGV[5] due (ms), ARGV[6] dead letter JSON
+-- ARGV[5] due (ms), ARGV[6] dead letter JSON, ARGV[7] the job's status now ('' unknown)
 local action = ARGV[1]
+local sets = status_sets(8)
 if action == 'claimed' then
   -- leased: no longer waiting; listed even if another program pushed it
   redis.call('ZREM', KEYS[2], ARGV[3])
   if not redis.call('ZSCORE', KEYS[3], ARGV[3]) then
     redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), ARGV[3])
-    local cap = tonumber(ARGV[4])
-    if redis.call('ZCARD', KEYS[3]) > cap then
-      redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(cap + 1))
-    end
+    trim_index(KEYS[3], sets, tonumber(ARGV[4]))
   end
+  list_as(KEYS[3], sets, ARGV[3], 'processing')
 elseif action == 'drop' then
   redis.call('LREM', KEYS[1], 1, ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[3])
+  list_as(KEYS[3], sets, ARGV[3], ARGV[7])
 elseif action == 'done' then
   redis.call('LREM', KEYS[1], 1, ARGV[2])
+  list_as(KEYS[3], sets, ARGV[3], ARGV[7])
 elseif action == 'delay' then
   redis.call('LREM', KEYS[1], 1, ARGV[2])
   redis.call('ZADD', KEYS[5], ARGV[5], ARGV[2])
+  list_as(KEYS[3], sets, ARGV[3], 'queued')
 elseif action == 'dead' then
   redis.call('LREM', KEYS[1], 1, ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[3])
   redis.call('LPUSH', KEYS[6], ARGV[6])
   redis.call('LTRIM', KEYS[6], 0, 9999)
+  list_as(KEYS[3], sets, ARGV[3], 'failed')
 elseif action == 'release' then
   -- back to the consuming end, first in line
   if redis.call('LREM', KEYS[1], 1, ARGV[2]) > 0 then
     redis.call('RPUSH', KEYS[7], ARGV[2])
     pending_first(KEYS[2], ARGV[3])
+    list_as(KEYS[3], sets, ARGV[3], 'queued')
   end
 else
   return redis.error_reply('unknown settle action ' .. action)

@@ -5,6 +5,9 @@
 //! `{job_queue}` so that they hash to the same Redis Cluster slot as `job_queue`.
 //! A prefix (`--redis-prefix`) lets several studios, or parallel tests, share one Redis.
 
+/// The statuses the listing indexes, in the order the scripts take their keys.
+pub const LISTED_STATUSES: [&str; 4] = ["queued", "processing", "finished", "failed"];
+
 /// Key names for one prefix.
 #[derive(Clone, Debug)]
 pub struct Keys {
@@ -62,6 +65,17 @@ impl Keys {
     /// Recent jobs for listing: job id → sequence number.
     pub fn index(&self) -> String {
         format!("{}:index", self.tag)
+    }
+
+    /// Recent jobs in one status (`queued`, `processing`, `finished`, `failed`),
+    /// scored like `index`: a listing filtered by status reads only these.
+    pub fn by_status(&self, status: &str) -> String {
+        format!("{}:status:{status}", self.tag)
+    }
+
+    /// The four status indexes, in the order the scripts take them.
+    pub fn status_indexes(&self) -> [String; 4] {
+        LISTED_STATUSES.map(|s| self.by_status(s))
     }
 
     /// Queued jobs in queue order, for `queue_position` by `ZRANK`.
@@ -140,6 +154,7 @@ mod tests {
                 k.pending(),
                 k.seq(),
                 k.reaper_lock(),
+                k.by_status("failed"),
             ] {
                 assert_eq!(slot(&key), s, "{key}");
             }

@@ -8,7 +8,7 @@ use super::scripts::Settle;
 use super::{RedisStore, truncate};
 use crate::clock;
 use crate::job::{JobId, JobRecord, QueuePayload};
-use crate::store::{Claim, DeadLetter, Lease, StoreError, WorkerId};
+use crate::store::{Claim, DeadLetter, EXPIRED_MESSAGE, Lease, StoreError, WorkerId};
 use crate::workflow::DEFAULT_WORKFLOW;
 
 impl RedisStore {
@@ -20,13 +20,13 @@ impl RedisStore {
         action: Settle<'_>,
     ) -> Result<(), StoreError> {
         let k = &self.keys;
-        let (name, due, dead) = match action {
-            Settle::Claimed => ("claimed", 0, String::new()),
-            Settle::Drop => ("drop", 0, String::new()),
-            Settle::Done => ("done", 0, String::new()),
-            Settle::Delay(due) => ("delay", due, String::new()),
-            Settle::Dead(d) => ("dead", 0, serde_json::to_string(d).unwrap_or_default()),
-            Settle::Release => ("release", 0, String::new()),
+        let (name, due, dead, status) = match action {
+            Settle::Claimed => ("claimed", 0, String::new(), ""),
+            Settle::Drop(status) => ("drop", 0, String::new(), status),
+            Settle::Done(status) => ("done", 0, String::new(), status),
+            Settle::Delay(due) => ("delay", due, String::new(), ""),
+            Settle::Dead(d) => ("dead", 0, serde_json::to_string(d).unwrap_or_default(), ""),
+            Settle::Release => ("release", 0, String::new(), ""),
         };
         let mut inv = self.scripts.settle.prepare_invoke();
         inv.key(k.processing(worker.as_str()))
@@ -35,13 +35,17 @@ impl RedisStore {
             .key(k.seq())
             .key(k.delayed())
             .key(k.dead())
-            .key(k.queue())
-            .arg(name)
+            .key(k.queue());
+        for key in k.status_indexes() {
+            inv.key(key);
+        }
+        inv.arg(name)
             .arg(payload)
             .arg(job_id)
             .arg(self.settings.index_cap)
             .arg(due)
-            .arg(dead);
+            .arg(dead)
+            .arg(status);
         let mut conn = self.conn.clone();
         self.run(inv.invoke_async::<i64>(&mut conn)).await?;
         Ok(())
@@ -84,6 +88,15 @@ impl RedisStore {
         let micros = clock::now_micros();
         let now_iso = clock::iso8601(micros);
         let token = uuid::Uuid::new_v4().simple().to_string();
+        // A queue entry whose record expired while it waited is too old to start
+        // (the embedded store fails such jobs when their time is up).
+        let expired = payload
+            .created_at
+            .as_deref()
+            .and_then(clock::parse_iso8601_ms)
+            .is_some_and(|created| {
+                micros / 1000 > created + self.settings.job_ttl.as_millis() as u64
+            });
         let mut inv = self.scripts.lease.prepare_invoke();
         inv.key(self.keys.status(id.as_str()))
             .arg(self.keys.events())
@@ -93,7 +106,8 @@ impl RedisStore {
             .arg(micros / 1000)
             .arg(self.settings.max_attempts)
             .arg(self.ttl_secs())
-            .arg(&raw);
+            .arg(if expired { "1" } else { "0" })
+            .arg(EXPIRED_MESSAGE);
         // What a hash written by nobody (or by another program) lacks.
         let created_at = payload
             .created_at
@@ -168,9 +182,17 @@ impl RedisStore {
             }
             Some("drop") => {
                 let reason = reply.get(1).map(String::as_str).unwrap_or("");
-                self.settle(worker, &raw, id.as_str(), Settle::Drop).await?;
+                let status = match reason {
+                    "finished" => "finished",
+                    "running" => "processing",
+                    _ => "failed",
+                };
+                self.settle(worker, &raw, id.as_str(), Settle::Drop(status))
+                    .await?;
                 if reason == "cancelled" {
                     tracing::info!(job_id = %id, "job failed: cancelled before it started");
+                } else if reason == "expired" {
+                    tracing::warn!(job_id = %id, "job failed: it waited past its time to live without starting");
                 } else {
                     tracing::debug!(job_id = %id, reason, "dropped a queue entry for a job that is {reason}");
                 }
@@ -240,7 +262,11 @@ impl RedisStore {
                 .key(k.heartbeat(&w))
                 .key(k.workers())
                 .key(k.pending())
-                .arg(&w);
+                .key(k.index());
+            for key in k.status_indexes() {
+                inv.key(key);
+            }
+            inv.arg(&w);
             for (p, id) in &args {
                 inv.arg(p).arg(id);
             }

@@ -18,6 +18,7 @@ pub(super) struct Scripts {
     pub(super) requeue_status: Script,
     pub(super) cancel: Script,
     pub(super) settle: Script,
+    pub(super) relist: Script,
     pub(super) reap: Script,
     pub(super) promote: Script,
     pub(super) heartbeat: Script,
@@ -29,10 +30,11 @@ impl Scripts {
         let prelude = include_str!("../lua/prelude.lua");
         let publishing = |body: &str| Script::new(&format!("{prelude}\n{body}"));
         let queue_prelude = include_str!("../lua/queue_prelude.lua");
+        // Scripts that change the queue and the listing's indexes.
         let requeueing = |body: &str| Script::new(&format!("{queue_prelude}\n{body}"));
         Scripts {
-            enqueue_status: publishing(include_str!("../lua/enqueue_status.lua")),
-            enqueue_push: Script::new(include_str!("../lua/enqueue_push.lua")),
+            enqueue_status: Script::new(include_str!("../lua/enqueue_status.lua")),
+            enqueue_push: requeueing(include_str!("../lua/enqueue_push.lua")),
             lease: publishing(include_str!("../lua/lease.lua")),
             update: publishing(include_str!("../lua/update.lua")),
             complete: publishing(include_str!("../lua/complete.lua")),
@@ -41,6 +43,7 @@ impl Scripts {
             requeue_status: publishing(include_str!("../lua/requeue_status.lua")),
             cancel: publishing(include_str!("../lua/cancel.lua")),
             settle: requeueing(include_str!("../lua/settle.lua")),
+            relist: requeueing(include_str!("../lua/relist.lua")),
             reap: requeueing(include_str!("../lua/reap.lua")),
             promote: Script::new(include_str!("../lua/promote.lua")),
             heartbeat: Script::new(include_str!("../lua/heartbeat.lua")),
@@ -51,11 +54,13 @@ impl Scripts {
     }
 }
 
-/// The queue side of what happens to a claimed payload (`settle.lua`).
+/// The queue side of what happens to a claimed payload (`settle.lua`). `Drop` and
+/// `Done` carry the job's status now, for the listing ('' when unknown: someone
+/// else holds the job).
 pub(super) enum Settle<'a> {
     Claimed,
-    Drop,
-    Done,
+    Drop(&'a str),
+    Done(&'a str),
     Delay(u64),
     Dead(&'a DeadLetter),
     Release,

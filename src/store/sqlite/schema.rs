@@ -30,8 +30,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_token      TEXT,
     last_error       TEXT NOT NULL DEFAULT '',
     run_at           INTEGER NOT NULL DEFAULT 0,
-    rev              INTEGER NOT NULL DEFAULT 1,
-    payload          TEXT NOT NULL
+    rev              INTEGER NOT NULL DEFAULT 1
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_list_seq ON jobs(list_seq);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, list_seq);
@@ -49,6 +48,18 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 INSERT OR IGNORE INTO counters (name, value)
     VALUES ('seq', COALESCE((SELECT MAX(list_seq) FROM jobs), 0));
+INSERT OR IGNORE INTO counters (name, value)
+    VALUES ('queued', (SELECT COUNT(*) FROM jobs WHERE status = 'queued'));
+-- The number of queued jobs, kept by the database itself on every change, so the
+-- queue cap costs one row read per submission instead of a count.
+CREATE TRIGGER IF NOT EXISTS queued_on_insert AFTER INSERT ON jobs WHEN NEW.status = 'queued'
+BEGIN UPDATE counters SET value = value + 1 WHERE name = 'queued'; END;
+CREATE TRIGGER IF NOT EXISTS queued_on_delete AFTER DELETE ON jobs WHEN OLD.status = 'queued'
+BEGIN UPDATE counters SET value = value - 1 WHERE name = 'queued'; END;
+CREATE TRIGGER IF NOT EXISTS queued_on_update AFTER UPDATE OF status ON jobs
+    WHEN (OLD.status = 'queued') != (NEW.status = 'queued')
+BEGIN UPDATE counters SET value = value + (NEW.status = 'queued') - (OLD.status = 'queued')
+    WHERE name = 'queued'; END;
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id    TEXT NOT NULL,
@@ -59,8 +70,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 "#;
 
-/// The schema version this build writes (`PRAGMA user_version`).
-pub(super) const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes (`PRAGMA user_version`). Version 2 stores
+/// the prompt once (version 1 also kept the whole queue entry in `payload`) and
+/// counts queued jobs.
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// Creates the schema in a new file; refuses a file written by a newer version.
 pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -71,6 +84,11 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
         return Err(internal(format!(
             "the database has schema version {version}, newer than this Studio Core ({SCHEMA_VERSION}); upgrade Studio Core"
         )));
+    }
+    if version == 1 {
+        // The queue entry is rebuilt from the columns when needed.
+        conn.execute_batch("ALTER TABLE jobs DROP COLUMN payload")
+            .map_err(internal)?;
     }
     conn.execute_batch(SCHEMA).map_err(internal)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)

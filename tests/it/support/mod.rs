@@ -142,6 +142,7 @@ pub fn fast_settings() -> StoreSettings {
         max_attempts: 3,
         worker_ttl: Duration::from_millis(400),
         index_cap: 1000,
+        max_queued: 100_000,
     }
 }
 
@@ -193,7 +194,7 @@ pub fn test_args(data_dir: &Path) -> ServerArgs {
         job_timeout: Duration::from_secs(30),
         workflows: None,
         public_url: String::new(),
-        cors_origins: "*".into(),
+        cors_origins: "loopback".into(),
         ..ServerArgs::default()
     }
 }
