@@ -490,9 +490,14 @@ async fn serve_one(
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let mut stopping = false;
+    // A deadline only moves earlier when a request starts arriving on an idle
+    // connection, and then to at least one header timeout from now: waking at least
+    // that often never misses one.
+    let recheck = limits.header_timeout.as_millis() as u64;
     loop {
-        let deadline = state.deadline(&limits);
-        let wake = Instant::now() + Duration::from_millis(deadline.saturating_sub(now_ms()));
+        let now = now_ms();
+        let deadline = state.deadline(&limits).min(now + recheck);
+        let wake = Instant::now() + Duration::from_millis(deadline.saturating_sub(now));
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {

@@ -256,8 +256,7 @@ impl JobStore for RedisStore {
         push.key(k.queue())
             .key(k.index())
             .key(k.pending())
-            .key(k.seq())
-            .key(k.delayed());
+            .key(k.seq());
         for key in k.status_indexes() {
             push.key(key);
         }

@@ -2,77 +2,16 @@
 //! holds a job, `studio serve` on the embedded store killed and restarted, Redis
 //! going away and coming back. Everything on loopback, bounded in time.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use redis::Commands;
 use serde_json::json;
 use studio_core::config::Role;
 
+use crate::support::proc::{PrivateRedis, Proc};
 use crate::support::standin::{Knobs, StandIn};
-use crate::support::{Backing, RedisPrefix, TempDir, TestApp, studio_bin};
-
-/// A `studio` child process, killed when dropped.
-struct Proc {
-    child: Child,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], envs: &[(&str, String)], log: PathBuf) -> Proc {
-        let mut cmd = Command::new(studio_bin());
-        cmd.args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info")
-            .env("STUDIO_LOG_FILE", &log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        Proc {
-            child: cmd.spawn().expect("studio starts"),
-            log,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGKILL: no shutdown path runs.
-    fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// The base URL it listens on (`http://host:port`), from its log.
-    fn wait_listening(&self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(i) = text.find("listening on http://") {
-                let rest = &text[i + "listening on ".len()..];
-                return rest.split_whitespace().next().unwrap().to_owned();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "studio did not start; log:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::support::{Backing, RedisPrefix, TempDir, TestApp};
 
 /// Submits a job to a server over HTTP; its id.
 async fn submit(base: &str, body: serde_json::Value) -> String {
@@ -265,75 +204,6 @@ async fn the_embedded_store_survives_kill_9_of_the_whole_service() {
     );
     for id in &ids {
         assert_eq!(standin.submitted(id), 1, "{id} ran once on the GPU");
-    }
-}
-
-/// A private `redis-server` on a free loopback port, with AOF, in its own directory.
-struct PrivateRedis {
-    child: Option<Child>,
-    port: u16,
-    dir: TempDir,
-}
-
-impl PrivateRedis {
-    fn start() -> PrivateRedis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut r = PrivateRedis {
-            child: None,
-            port,
-            dir: TempDir::new(),
-        };
-        r.boot();
-        r
-    }
-
-    fn boot(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed for the outage test (.ci/run installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 

@@ -1,13 +1,14 @@
 -- Puts a job at the back of the queue and into the listing and position indexes,
--- unless the queue is full; then announces it.
+-- unless the queue is full (counted as our jobs listed `queued`: waiting or due for
+-- a retry; a cancelled job's entry left in job_queue does not count); then
+-- announces it.
 -- KEYS[1] job_queue, KEYS[2] {job_queue}:index, KEYS[3] {job_queue}:pending,
--- KEYS[4] {job_queue}:seq, KEYS[5] {job_queue}:delayed, KEYS[6..9] status indexes
+-- KEYS[4] {job_queue}:seq, KEYS[5..8] status indexes
 -- ARGV[1] payload, ARGV[2] job id, ARGV[3] index cap, ARGV[4] most jobs waiting,
 -- ARGV[5] events channel, ARGV[6] the new job's event (JSON)
 -- Returns the job's sequence number, or -1 when the queue is full
-local waiting = redis.call('LLEN', KEYS[1]) + redis.call('ZCARD', KEYS[5])
-if waiting >= tonumber(ARGV[4]) then return -1 end
-local sets = status_sets(6)
+local sets = status_sets(5)
+if redis.call('ZCARD', sets.queued) >= tonumber(ARGV[4]) then return -1 end
 local seq = redis.call('INCR', KEYS[4])
 redis.call('LPUSH', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], seq, ARGV[2])

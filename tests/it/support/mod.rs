@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod proc;
 pub mod standin;
 pub mod webdriver;
 
@@ -202,6 +203,8 @@ pub fn test_args(data_dir: &Path) -> ServerArgs {
 /// The app, running in this process.
 pub struct TestApp {
     pub addr: Option<SocketAddr>,
+    /// The listener's counts (API roles).
+    pub conns: Option<studio_core::api::connections::ConnStats>,
     pub base: String,
     pub http: reqwest::Client,
     pub store: Arc<dyn JobStore>,
@@ -240,6 +243,7 @@ impl TestApp {
         configure(&mut args);
         let app = App::build(role, &args).await.expect("app builds");
         let addr = app.local_addr();
+        let conns = app.connections();
         let store = app.store();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
@@ -247,6 +251,7 @@ impl TestApp {
         }));
         TestApp {
             addr,
+            conns,
             base: addr.map(|a| format!("http://{a}")).unwrap_or_default(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))

@@ -70,6 +70,14 @@ pub struct Knobs {
     /// SaveImage also reports a video (`gifs`), an audio file (`audio`, in a
     /// subfolder), a temp preview, and a file name that tries to escape (`../`).
     pub extra_outputs: bool,
+    /// Checkpoints this server has: a CheckpointLoaderSimple asking for another one
+    /// is refused as the real server does (`value_not_in_list`, echoing the value).
+    pub checkpoints: Vec<String>,
+    /// SaveImage writes a file of this many bytes instead of a PNG; `/view` streams
+    /// it, generated on the fly (never held in memory).
+    pub output_bytes: Option<u64>,
+    /// SaveImage names its files with characters URLs must encode (`# ? ` and a space).
+    pub odd_names: bool,
 }
 
 impl Default for Knobs {
@@ -81,6 +89,12 @@ impl Default for Knobs {
             fail_submits: 0,
             previews: true,
             extra_outputs: false,
+            checkpoints: vec![
+                "sd_xl_base_1.0.safetensors".into(),
+                "v1-5-pruned-emaonly.safetensors".into(),
+            ],
+            output_bytes: None,
+            odd_names: false,
         }
     }
 }
@@ -108,6 +122,10 @@ struct Inner {
     graphs: HashMap<String, Value>,
     runs: Vec<RunRecord>,
     sockets: HashMap<String, (u64, mpsc::UnboundedSender<Message>)>,
+    /// Generated files: name → size (streamed by `/view`).
+    generated: HashMap<String, u64>,
+    /// Requests per path.
+    requests: HashMap<String, u32>,
 }
 
 struct Shared {
@@ -221,6 +239,19 @@ impl StandIn {
         self.shared.inner.lock().unwrap().submitted.values().sum()
     }
 
+    /// How many requests reached a path (`/prompt`, `/history`, `/view`, …).
+    pub fn requests(&self, path: &str) -> u32 {
+        self.shared
+            .inner
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|(p, _)| p.starts_with(path))
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
     /// Prompts that ran to an end (success, error or interrupt), in order.
     pub fn runs(&self) -> Vec<RunRecord> {
         self.shared.inner.lock().unwrap().runs.clone()
@@ -320,7 +351,22 @@ fn router(st: St) -> Router {
         .route("/system_stats", get(system_stats))
         .route("/object_info", get(object_info))
         .route("/ws", get(ws))
+        .layer(axum::middleware::from_fn_with_state(st.clone(), count))
         .with_state(st)
+}
+
+async fn count(
+    State(st): State<St>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    *st.inner
+        .lock()
+        .unwrap()
+        .requests
+        .entry(req.uri().path().to_owned())
+        .or_default() += 1;
+    next.run(req).await
 }
 
 fn send_to(g: &Inner, sid: Option<&str>, msg: Value) {
@@ -365,7 +411,7 @@ fn node_error(id: &str, class: &str, typ: &str, message: String, input: &str) ->
 }
 
 /// Checks the graph the way ComfyUI's validation would for the nodes we know.
-fn validate(prompt: &Value) -> Result<(), Value> {
+fn validate(prompt: &Value, checkpoints: &[String]) -> Result<(), Value> {
     let Some(nodes) = prompt.as_object() else {
         return Err(
             json!({"error": {"type": "invalid_prompt", "message": "Cannot execute because the prompt is not an object.", "details": "", "extra_info": {}}, "node_errors": {}}),
@@ -382,6 +428,24 @@ fn validate(prompt: &Value) -> Result<(), Value> {
             return Err(
                 json!({"error": {"type": "invalid_prompt", "message": format!("Cannot execute because node {class} does not exist."), "details": format!("Node ID '#{id}'"), "extra_info": {}}, "node_errors": {}}),
             );
+        }
+        if class == "CheckpointLoaderSimple" {
+            let want = node["inputs"]["ckpt_name"].as_str().unwrap_or("");
+            if !checkpoints.iter().any(|c| c == want) {
+                // As the real server says it: the value is echoed as received.
+                let list = checkpoints
+                    .iter()
+                    .map(|c| format!("'{c}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                errors.insert(
+                    id.clone(),
+                    json!({"errors": [{"type": "value_not_in_list", "message": "Value not in list",
+                        "details": format!("ckpt_name: '{want}' not in [{list}]"),
+                        "extra_info": {"input_name": "ckpt_name", "input_config": [checkpoints, {}], "received_value": want}}],
+                        "dependent_outputs": [], "class_type": class}),
+                );
+            }
         }
         if class == "EmptyImage" {
             for input in ["width", "height"] {
@@ -441,7 +505,7 @@ async fn submit(State(st): State<St>, body: Bytes) -> Response {
     let Some(prompt) = v.get("prompt").cloned() else {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}}, "node_errors": {}}))).into_response();
     };
-    if let Err(e) = validate(&prompt) {
+    if let Err(e) = validate(&prompt, &g.knobs.checkpoints) {
         return (StatusCode::BAD_REQUEST, Json(e)).into_response();
     }
     let id = match v.get("prompt_id") {
@@ -546,6 +610,22 @@ async fn view(State(st): State<St>, Query(q): Query<HashMap<String, String>>) ->
         return StatusCode::BAD_REQUEST.into_response();
     }
     let g = st.inner.lock().unwrap();
+    if let Some(size) = g.generated.get(&name).copied() {
+        // Generated chunk by chunk as the client reads: a gigabyte costs nothing here.
+        const CHUNK: u64 = 64 * 1024;
+        let chunks = futures_util::stream::iter((0..size.div_ceil(CHUNK)).map(move |i| {
+            let n = CHUNK.min(size - i * CHUNK) as usize;
+            Ok::<_, std::io::Error>(Bytes::from(vec![(i % 251) as u8; n]))
+        }));
+        return (
+            [
+                (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+                (header::CONTENT_LENGTH, size.to_string()),
+            ],
+            axum::body::Body::from_stream(chunks),
+        )
+            .into_response();
+    }
     match g.files.get(&name) {
         Some(bytes) => ([(header::CONTENT_TYPE, "image/png")], bytes.clone()).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -903,7 +983,15 @@ async fn run_prompt(st: &St, item: &Item) {
             for _ in 0..batch {
                 let counter = g.counters.entry(prefix.clone()).or_insert(0);
                 *counter += 1;
-                let filename = format!("{prefix}_{:05}_.png", *counter);
+                let n = *counter;
+                let odd = if knobs.odd_names { "a#b?c d_" } else { "" };
+                if let Some(size) = knobs.output_bytes {
+                    let filename = format!("{odd}{prefix}_{n:05}_.bin");
+                    g.generated.insert(filename.clone(), size);
+                    images.push(json!({"filename": filename, "subfolder": "", "type": "output"}));
+                    continue;
+                }
+                let filename = format!("{odd}{prefix}_{n:05}_.png");
                 let png = make_png(id, &item.extra);
                 g.files.insert(filename.clone(), png);
                 images.push(json!({"filename": filename, "subfolder": "", "type": "output"}));
