@@ -1,15 +1,24 @@
 //! HTTP load on `studio api`: `POST /api/generate` then `GET /api/status/<id>`, at
 //! 32 concurrent keep-alive connections, against Redis and against the embedded
-//! SQLite store. Prints requests/s, p50/p99/max latency and the server's peak
-//! memory. A benchmark, not a test: it prints figures and never fails on them.
+//! SQLite store. Prints requests/s, the server's CPU time per request (steadier
+//! than requests/s on a shared machine: it does not move with what else runs),
+//! p50/p99/max latency and the server's peak memory. A benchmark, not a test: it prints figures and never fails on them.
 //!
 //! Run: `cargo bench --bench http_load` (Redis at 127.0.0.1:6379, or
 //! `TEST_REDIS_URL`; `BENCH_SECONDS` per phase, default 10; `BENCH_CONNECTIONS`,
 //! default 32). Loopback only; bounded in time.
+//!
+//! `BENCH_STORES=sqlite` (or `redis`) runs one store only; `BENCH_REPEAT=N` runs
+//! N rounds (alternating the builds) and prints the medians.
+//! `BENCH_BASELINE_BIN=/path/to/other/studio` runs the same phases against that
+//! binary too, in turn with this build, so a change is measured against the code
+//! before it in one run (e.g. a `cargo build --release` of an older commit in a
+//! `git worktree`).
 
 mod support;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -19,19 +28,18 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use support::{Studio, cleanup_redis, env_or, pct, prefix, redis_url};
+use support::{Studio, cleanup_redis, cpu_time, env_or, pct, prefix, redis_url};
 use tokio::net::TcpStream;
 
-fn start(store: &str, prefix: &str) -> Studio {
-    let envs = if store == "redis" {
-        vec![
-            ("REDIS_URL", redis_url()),
-            ("STUDIO_REDIS_PREFIX", prefix.to_owned()),
-        ]
-    } else {
-        Vec::new()
-    };
-    Studio::start("api", &envs)
+fn start(bin: &Path, store: &str, prefix: &str) -> Studio {
+    // The queue cap is not what this measures: 10 s of submissions overshoot the
+    // default 100,000. (A baseline without the setting ignores it.)
+    let mut envs = vec![("STUDIO_MAX_QUEUED", "100000000".to_owned())];
+    if store == "redis" {
+        envs.push(("REDIS_URL", redis_url()));
+        envs.push(("STUDIO_REDIS_PREFIX", prefix.to_owned()));
+    }
+    Studio::start_bin(bin, "api", &envs)
 }
 
 #[derive(Clone, Copy)]
@@ -41,6 +49,8 @@ enum Phase {
 }
 
 struct Result {
+    /// Server CPU time (user + system) spent during the phase.
+    cpu: Duration,
     count: usize,
     errors: usize,
     elapsed: Duration,
@@ -112,6 +122,7 @@ async fn run_phase(
     tokio::time::sleep(Duration::from_secs(secs)).await;
     stop.store(true, Ordering::Relaxed);
     let mut out = Result {
+        cpu: Duration::ZERO,
         count: 0,
         errors: 0,
         elapsed: Duration::ZERO,
@@ -136,8 +147,9 @@ fn ms(d: Option<Duration>) -> f64 {
 fn report(store: &str, what: &str, r: &mut Result) {
     r.latencies.sort();
     println!(
-        "{store:<7} {what:<22} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  ({} requests, {} errors, {:.1} s)",
+        "{store:<16} {what:<22} {:>9.0} req/s  {:>5.0} µs server CPU/req  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  ({} requests, {} errors, {:.1} s)",
         r.count as f64 / r.elapsed.as_secs_f64(),
+        r.cpu.as_secs_f64() * 1e6 / r.count.max(1) as f64,
         ms(pct(&r.latencies, 0.50)),
         ms(pct(&r.latencies, 0.99)),
         ms(r.latencies.last().copied()),
@@ -160,27 +172,72 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(0)
     );
-    for store in ["redis", "sqlite"] {
-        let prefix = prefix("bench");
-        let server = start(store, &prefix);
-        let addr: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
-        rt.block_on(async {
-            // Warm up connections and caches.
-            run_phase(addr, Phase::Submit, conns, 1, Arc::new(Vec::new())).await;
-            let mut submit =
-                run_phase(addr, Phase::Submit, conns, secs, Arc::new(Vec::new())).await;
-            report(store, "POST /api/generate", &mut submit);
-            let ids = Arc::new(std::mem::take(&mut submit.ids));
-            let mut status = run_phase(addr, Phase::Status, conns, secs, ids).await;
-            report(store, "GET /api/status/<id>", &mut status);
-        });
-        println!(
-            "{store:<7} peak server memory (VmHWM): {:.1} MiB",
-            server.memory_mib("VmHWM:")
-        );
-        drop(server);
-        if store == "redis" {
-            cleanup_redis(&prefix);
+    let this = PathBuf::from(env!("CARGO_BIN_EXE_studio"));
+    let mut builds = vec![("", this)];
+    if let Ok(base) = std::env::var("BENCH_BASELINE_BIN") {
+        builds.insert(0, (" (baseline)", PathBuf::from(base)));
+    }
+    // Rounds alternate the builds, so drift on a shared machine hits both alike;
+    // the medians at the end are the figures to compare.
+    let rounds: usize = env_or("BENCH_REPEAT", 1);
+    let stores: String = env_or("BENCH_STORES", "redis,sqlite".to_owned());
+    let mut medians: Vec<(String, &str, Vec<f64>, Vec<f64>)> = Vec::new();
+    let mut record = |name: &str, what: &'static str, r: &Result| {
+        let rate = r.count as f64 / r.elapsed.as_secs_f64();
+        let cpu = r.cpu.as_secs_f64() * 1e6 / r.count.max(1) as f64;
+        match medians.iter_mut().find(|m| m.0 == name && m.1 == what) {
+            Some(m) => {
+                m.2.push(rate);
+                m.3.push(cpu);
+            }
+            None => medians.push((name.to_owned(), what, vec![rate], vec![cpu])),
+        }
+    };
+    for store in stores.split(',').map(str::trim) {
+        for _ in 0..rounds {
+            for (label, bin) in &builds {
+                let name = format!("{store}{label}");
+                let prefix = prefix("bench");
+                let server = start(bin, store, &prefix);
+                let addr: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+                rt.block_on(async {
+                    // Warm up connections and caches.
+                    run_phase(addr, Phase::Submit, conns, 1, Arc::new(Vec::new())).await;
+                    let pid = server.child.id();
+                    let cpu0 = cpu_time(pid);
+                    let mut submit =
+                        run_phase(addr, Phase::Submit, conns, secs, Arc::new(Vec::new())).await;
+                    let cpu1 = cpu_time(pid);
+                    submit.cpu = cpu1 - cpu0;
+                    report(&name, "POST /api/generate", &mut submit);
+                    record(&name, "POST /api/generate", &submit);
+                    let ids = Arc::new(std::mem::take(&mut submit.ids));
+                    let mut status = run_phase(addr, Phase::Status, conns, secs, ids).await;
+                    status.cpu = cpu_time(pid) - cpu1;
+                    report(&name, "GET /api/status/<id>", &mut status);
+                    record(&name, "GET /api/status/<id>", &status);
+                });
+                println!(
+                    "{name:<16} peak server memory (VmHWM): {:.1} MiB",
+                    server.memory_mib("VmHWM:")
+                );
+                drop(server);
+                if store == "redis" {
+                    cleanup_redis(&prefix);
+                }
+            }
+        }
+    }
+    if rounds > 1 {
+        println!("medians of {rounds} rounds:");
+        for (name, what, mut rates, mut cpus) in medians {
+            rates.sort_by(f64::total_cmp);
+            cpus.sort_by(f64::total_cmp);
+            println!(
+                "{name:<16} {what:<22} {:>9.0} req/s  {:>5.0} µs server CPU/req",
+                rates[rates.len() / 2],
+                cpus[cpus.len() / 2]
+            );
         }
     }
 }

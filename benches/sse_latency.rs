@@ -167,6 +167,9 @@ fn main() {
         &[
             ("REDIS_URL", redis_url()),
             ("STUDIO_REDIS_PREFIX", prefix.clone()),
+            // Every stream comes from this one client address.
+            ("STUDIO_MAX_STREAMS_PER_CLIENT", streams.to_string()),
+            ("STUDIO_MAX_STREAMS", streams.to_string()),
         ],
     );
     let addr: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
@@ -196,6 +199,8 @@ fn main() {
             data_dir: dir.clone(),
             redis_url: None,
             redis_host: None,
+            max_streams: streams,
+            max_streams_per_client: streams,
             ..Default::default()
         };
         let app = studio_core::app::App::build(studio_core::config::Role::Api, &args)

@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::connections::{ConnStats, Server, raise_fd_limit};
+use crate::api::connections::{self, ConnStats, Server, raise_fd_limit};
 use crate::api::events::{EventHub, StreamLimiter};
-use crate::api::{self, AppState, CorsOrigins};
+use crate::api::{self, ApiService, AppContext, AppState, CorsOrigins};
 use crate::config::{Role, ServerArgs, StoreChoice};
 use crate::shutdown;
 use crate::storage::{FsImageStore, ImageStore};
@@ -27,7 +26,7 @@ const HTTP_DRAIN: Duration = Duration::from_secs(5);
 pub struct App {
     role: Role,
     server: Option<Server>,
-    router: Option<axum::Router>,
+    router: Option<ApiService>,
     workers: Option<Workers>,
     store: Arc<dyn JobStore>,
     stop: watch::Sender<bool>,
@@ -66,11 +65,12 @@ impl App {
         let (stop, stop_rx) = shutdown::flag();
         let (server, router) = if role.runs_api() {
             let addr = format!("{}:{}", args.host, args.port);
-            let listener = TcpListener::bind(&addr)
+            let listener = connections::bind(&addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
             let fd_limit = raise_fd_limit();
             let limits = args.conn_limits(fd_limit);
+            let server = Server::new(listener, limits);
             tracing::info!(
                 fd_limit,
                 max_connections = limits.max_connections,
@@ -78,7 +78,7 @@ impl App {
                 max_streams_per_client = args.max_streams_per_client,
                 "connection limits"
             );
-            let state = AppState {
+            let state = AppState::new(AppContext {
                 store: store.clone(),
                 workflows,
                 images,
@@ -88,12 +88,10 @@ impl App {
                 shutdown: stop_rx,
                 streams: StreamLimiter::new(args.max_streams, args.max_streams_per_client),
                 body_timeout: args.body_timeout,
-                cors: CorsOrigins::parse(&args.cors_origins),
-            };
-            (
-                Some(Server::new(listener, limits)),
-                Some(api::router(state)),
-            )
+                cors: Arc::new(CorsOrigins::parse(&args.cors_origins)),
+                connections: Some(server.stats()),
+            });
+            (Some(server), Some(api::router(state)))
         } else {
             (None, None)
         };

@@ -282,13 +282,8 @@ impl ServerArgs {
 /// Parses `500ms`, `30s`, `5m`, `2h`, `1d`, or a bare number of seconds (`1.5`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (try 500ms, 30s, 5m, 2h)"))?;
+    let (n, unit) = number_and_unit(s)
+        .ok_or_else(|| format!("{s:?} is not a duration (try 500ms, 30s, 5m, 2h)"))?;
     let secs = match unit.trim() {
         "ms" => n / 1000.0,
         "" | "s" => n,
@@ -307,16 +302,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// `1.5GiB` → (1.5, "GiB"): the leading number and what follows it.
+fn number_and_unit(s: &str) -> Option<(f64, &str)> {
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    Some((num.parse().ok()?, unit))
+}
+
 /// Parses a size in bytes: `2GiB`, `500MiB`, `64KiB`, `1.5GB`, `4096` (bytes).
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (try 2GiB, 500MiB, 64KiB or bytes)"))?;
+    let (n, unit) = number_and_unit(s.trim())
+        .ok_or_else(|| format!("{s:?} is not a size (try 2GiB, 500MiB, 64KiB or bytes)"))?;
     let factor: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,

@@ -194,7 +194,9 @@ struct EscapingVisitor<'w> {
 }
 
 impl EscapingVisitor<'_> {
-    fn write(&mut self, field: &Field, value: &str) {
+    /// Writes `name=value` (or the message alone), the value escaped as it is
+    /// formatted: no copy of it is made.
+    fn write(&mut self, field: &Field, value: fmt::Arguments<'_>) {
         if self.result.is_err() {
             return;
         }
@@ -202,51 +204,61 @@ impl EscapingVisitor<'_> {
         self.first = false;
         let name = field.name();
         self.result = if name == "message" {
-            write!(self.writer, "{sep}{}", Escaped(value))
+            self.writer.write_str(sep)
         } else {
-            write!(
-                self.writer,
-                "{sep}{}={}",
-                name.trim_start_matches("r#"),
-                Escaped(value)
-            )
-        };
+            write!(self.writer, "{sep}{}=", name.trim_start_matches("r#"))
+        }
+        .and_then(|()| fmt::write(&mut Escaping(&mut self.writer), value));
     }
 }
 
 impl Visit for EscapingVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
-            self.write(field, value)
+            self.write(field, format_args!("{value}"))
         } else {
-            self.write(field, &format!("{value:?}"))
+            self.write(field, format_args!("{value:?}"))
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.write(field, &format!("{value:?}"))
+        self.write(field, format_args!("{value:?}"))
     }
 }
 
-/// Text with its control characters written as escapes (`\n`, `\u{1b}`).
+/// A writer that escapes control characters (newlines and terminal escapes
+/// included) and bidirectional overrides in what passes through it.
+struct Escaping<'a, W: fmt::Write>(&'a mut W);
+
+impl<W: fmt::Write> fmt::Write for Escaping<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut rest = s;
+        while let Some(i) = rest.find(needs_escape) {
+            self.0.write_str(&rest[..i])?;
+            let c = rest[i..].chars().next().expect("a char at a char boundary");
+            match c {
+                '\n' => self.0.write_str("\\n")?,
+                '\r' => self.0.write_str("\\r")?,
+                '\t' => self.0.write_str("\\t")?,
+                c => write!(self.0, "\\u{{{:x}}}", c as u32)?,
+            }
+            rest = &rest[i + c.len_utf8()..];
+        }
+        self.0.write_str(rest)
+    }
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text with its control characters written as escapes (`\n`, `\u{1b}`), for
+/// values logged outside tracing's fields.
 pub struct Escaped<'a>(pub &'a str);
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in self.0.chars() {
-            match c {
-                '\n' => f.write_str("\\n")?,
-                '\r' => f.write_str("\\r")?,
-                '\t' => f.write_str("\\t")?,
-                c if c.is_control()
-                    || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') =>
-                {
-                    write!(f, "\\u{{{:x}}}", c as u32)?
-                }
-                c => fmt::Write::write_char(f, c)?,
-            }
-        }
-        Ok(())
+        fmt::Write::write_str(&mut Escaping(f), self.0)
     }
 }
 
@@ -265,6 +277,15 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn escaped_text_keeps_what_is_printable() {
+        assert_eq!(
+            Escaped("a\tb\u{1b}[0m\n\u{202e}é").to_string(),
+            "a\\tb\\u{1b}[0m\\n\\u{202e}é"
+        );
+        assert_eq!(Escaped("plain text").to_string(), "plain text");
     }
 
     #[test]

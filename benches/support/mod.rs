@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -65,11 +65,16 @@ impl Studio {
     /// `studio <role>` on a free port with these extra environment variables; returns
     /// once it accepts connections.
     pub fn start(role: &str, envs: &[(&str, String)]) -> Studio {
+        Self::start_bin(Path::new(env!("CARGO_BIN_EXE_studio")), role, envs)
+    }
+
+    /// Like `start`, with another `studio` binary (a baseline build to compare with).
+    pub fn start_bin(bin: &Path, role: &str, envs: &[(&str, String)]) -> Studio {
         let dir =
             std::env::temp_dir().join(format!("studio-bench-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_studio"));
+        let mut cmd = Command::new(bin);
         cmd.arg(role)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -116,4 +121,18 @@ pub fn memory_mib(pid: u32, field: &str) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// CPU time a process has used so far (user + system), from `/proc/<pid>/stat`.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; count from after its ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15, in clock ticks (100 per second here).
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
 }

@@ -27,7 +27,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
@@ -36,11 +35,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use super::ApiService;
 use crate::shutdown::signalled;
 
 /// Longest request head (request line and headers) accepted; 431 beyond.
@@ -77,6 +77,30 @@ impl Default for ConnLimits {
             stall_timeout: Duration::from_secs(60),
         }
     }
+}
+
+/// Connections the kernel queues for `accept`: room for a burst of reconnections
+/// (ten thousand slowloris connections cut at once come back at once) without
+/// dropping a newcomer's SYN. The kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener on `addr` (a host name is resolved; the first address that
+/// binds is used) with [`LISTEN_BACKLOG`].
+pub async fn bind(addr: &str) -> io::Result<TcpListener> {
+    let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "no address to bind");
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Raises the soft limit on open files to the hard limit (the default soft limit is
@@ -137,6 +161,8 @@ struct ConnState {
     head_started: AtomicU64,
     /// Told to close (evicted to make room).
     evict: Notify,
+    /// Cut rather than finished: the socket closes with a reset.
+    reset: std::sync::atomic::AtomicBool,
 }
 
 impl ConnState {
@@ -148,6 +174,7 @@ impl ConnState {
             idle_since: AtomicU64::new(now),
             head_started: AtomicU64::new(0),
             evict: Notify::new(),
+            reset: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -230,6 +257,18 @@ impl HttpBody for TrackedBody {
 struct TrackedIo {
     inner: TcpStream,
     state: Arc<ConnState>,
+}
+
+impl Drop for TrackedIo {
+    fn drop(&mut self) {
+        if self.state.reset.load(Ordering::Acquire) {
+            // Cut (timed out or evicted), not finished: close with a reset. A
+            // normal close would leave the connection in TIME_WAIT here for a
+            // minute, and a client reconnecting from the same port (a slowloris
+            // does) would run into it.
+            let _ = self.inner.set_zero_linger();
+        }
+    }
 }
 
 impl TrackedIo {
@@ -370,7 +409,7 @@ impl Server {
 
     /// Serves `router` until `stop` turns true; then stops accepting, asks every
     /// connection to finish its request and close, and waits for them.
-    pub async fn run(self, router: Router, mut stop: watch::Receiver<bool>) -> io::Result<()> {
+    pub async fn run(self, router: ApiService, mut stop: watch::Receiver<bool>) -> io::Result<()> {
         let mut conns = JoinSet::new();
         let mut accept_failing = false;
         loop {
@@ -454,7 +493,7 @@ async fn refuse(mut stream: TcpStream) {
 async fn serve_one(
     stream: TcpStream,
     peer: SocketAddr,
-    router: Router,
+    router: ApiService,
     limits: ConnLimits,
     registry: Arc<Registry>,
     _permit: OwnedSemaphorePermit,
@@ -487,38 +526,56 @@ async fn serve_one(
         .header_read_timeout(None)
         .max_buf_size(MAX_BUF_BYTES)
         .max_header_size(MAX_HEADER_BYTES);
-    let conn = builder.serve_connection(io, service);
-    tokio::pin!(conn);
-    let mut stopping = false;
+    // The connection runs in a task of its own, woken only by its own I/O; the
+    // watchdog below wakes only for its clocks, an eviction or shutdown, and ends
+    // the connection by aborting that task (or, at shutdown, asking it to finish).
+    let (finish, finish_rx) = oneshot::channel::<()>();
+    let mut conn_task = tokio::spawn(async move {
+        let conn = builder.serve_connection(io, service);
+        tokio::pin!(conn);
+        tokio::select! {
+            biased;
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                }
+            }
+            Ok(()) = finish_rx => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    });
     // A deadline only moves earlier when a request starts arriving on an idle
     // connection, and then to at least one header timeout from now: waking at least
     // that often never misses one.
     let recheck = limits.header_timeout.as_millis() as u64;
+    let mut finish = Some(finish);
     loop {
         let now = now_ms();
         let deadline = state.deadline(&limits).min(now + recheck);
         let wake = Instant::now() + Duration::from_millis(deadline.saturating_sub(now));
         tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, %peer, "connection ended with an error");
-                }
-                break;
-            }
+            _ = &mut conn_task => break,
             _ = tokio::time::sleep_until(wake) => {
                 // The clocks may have moved meanwhile: look again.
                 if now_ms() >= state.deadline(&limits) {
                     tracing::debug!(%peer, busy = !state.is_idle(), "connection timed out");
+                    state.reset.store(true, Ordering::Release);
+                    conn_task.abort();
                     break;
                 }
             }
             _ = state.evict.notified() => {
                 tracing::debug!(%peer, "idle connection closed to make room");
+                state.reset.store(true, Ordering::Release);
+                conn_task.abort();
                 break;
             }
-            _ = signalled(&mut stop), if !stopping => {
-                stopping = true;
-                conn.as_mut().graceful_shutdown();
+            _ = signalled(&mut stop), if finish.is_some() => {
+                if let Some(f) = finish.take() {
+                    let _ = f.send(());
+                }
             }
         }
     }

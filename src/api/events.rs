@@ -209,6 +209,11 @@ impl StreamLimiter {
     pub fn clients(&self) -> usize {
         self.open.lock().expect("stream limiter").1.len()
     }
+
+    /// The caps: in total, per client.
+    pub fn caps(&self) -> (usize, usize) {
+        (self.max_total, self.max_per_client)
+    }
 }
 
 /// One open stream's slot.
@@ -340,7 +345,7 @@ impl JobStream {
 /// `data: <the job, as GET /api/status shows it>`; keep-alive comments every 15 s. On
 /// reconnect (with or without `Last-Event-ID`) a fresh snapshot comes first.
 #[utoipa::path(get, path = "/api/jobs/{job_id}/events", tag = "events",
-    params(("job_id" = String, Path, description = "The job id")),
+    params(("job_id" = String, Path, description = "The job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, description = "An event stream; each `data` is a JobView", content_type = "text/event-stream", body = JobView),
         (status = 400, description = "Malformed job id", body = ErrorBody),

@@ -1,20 +1,27 @@
-//! Middleware that keeps browsers and careless clients in line:
-//! - [`state_changes`]: a request that changes something must come from an allowed
+//! What keeps browsers and careless clients in line:
+//! - [`Deliberate`]: a request that changes something must come from an allowed
 //!   origin and be something no plain HTML form can send (JSON, or a header only a
 //!   script sets), so a page on another site cannot make a visitor's browser submit
 //!   or cancel jobs (CSRF);
-//! - [`security_headers`]: `nosniff`, no framing, no referrer, and a strict
-//!   Content-Security-Policy unless a page sets its own;
-//! - [`json_errors`]: every error answer is `{"error", "code"}` JSON, including
-//!   those axum produces itself as plain text (a path that is not UTF-8, …).
+//! - [`answers`]: every error answer is `{"error", "code"}` JSON, including those
+//!   axum produces itself as plain text (a path that is not UTF-8, …); and every
+//!   answer carries `nosniff`, no framing, no referrer, and a strict
+//!   Content-Security-Policy unless a page sets its own.
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use pin_project_lite::pin_project;
+use tower::Service;
 
 use super::error::ApiError;
-use super::{CorsOrigins, INTENT_HEADERS};
+use super::{AppState, INTENT_HEADERS};
 
 /// The Content-Security-Policy of everything that is not a page: nothing may load,
 /// nothing may frame it.
@@ -29,39 +36,40 @@ pub const PAGE_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'se
 /// Longest plain-text error body turned into JSON (axum's rejections are short).
 const MAX_TEXT_ERROR: usize = 4096;
 
-/// Refuses state-changing requests a cross-site page could forge.
-pub async fn state_changes(State(cors): State<CorsOrigins>, req: Request, next: Next) -> Response {
-    if matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    ) {
-        return next.run(req).await;
-    }
-    let headers = req.headers();
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let origin = origin.to_str().unwrap_or("");
-        if !(cors.allows(origin) || same_origin(origin, headers)) {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden-origin",
-                format!(
-                    "requests from the web page at {origin:?} may not change anything here; \
-                     the server's --cors-origins must name that origin"
-                ),
-            )
-            .into_response();
+/// Proof that a state-changing request is not one a cross-site page could forge:
+/// it comes from an allowed origin (or none, or this server's own), and it is JSON
+/// or carries a header only a script can set. Every handler that changes something
+/// takes it (a test checks every non-GET route).
+pub struct Deliberate;
+
+impl FromRequestParts<AppState> for Deliberate {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let headers = &parts.headers;
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let origin = origin.to_str().unwrap_or("");
+            if !(state.cors.allows(origin) || same_origin(origin, headers)) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden-origin",
+                    format!(
+                        "requests from the web page at {origin:?} may not change anything here; \
+                         the server's --cors-origins must name that origin"
+                    ),
+                ));
+            }
         }
+        if !is_json(headers) && !INTENT_HEADERS.iter().any(|h| headers.contains_key(*h)) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "a request that changes something must have Content-Type: application/json \
+                 (or an X-Requested-With header), so that no web form on another site can send it",
+            ));
+        }
+        Ok(Deliberate)
     }
-    if !is_json(headers) && !INTENT_HEADERS.iter().any(|h| headers.contains_key(*h)) {
-        return ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "a request that changes something must have Content-Type: application/json \
-             (or an X-Requested-With header), so that no web form on another site can send it",
-        )
-        .into_response();
-    }
-    next.run(req).await
 }
 
 /// Whether the body is declared JSON (a type no HTML form can send).
@@ -83,9 +91,77 @@ fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
         .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
 }
 
-/// Adds the headers every answer should carry, leaving those a handler set.
-pub async fn security_headers(req: Request, next: Next) -> Response {
-    let mut res = next.run(req).await;
+/// What every answer passes through on its way out: a non-JSON error answer (axum's
+/// own rejections are plain text) becomes the JSON error shape, keeping its status
+/// and message; then the headers every answer should carry are added, leaving
+/// those a handler set. A plain tower service around the whole router: it costs a
+/// few header inserts per request, and an allocation only for an answer it must
+/// rewrite.
+#[derive(Clone)]
+pub struct Answers<S> {
+    inner: S,
+}
+
+impl<S> Answers<S> {
+    pub fn new(inner: S) -> Self {
+        Answers { inner }
+    }
+}
+
+impl<S, B> Service<axum::http::Request<B>> for Answers<S>
+where
+    S: Service<axum::http::Request<B>, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = AnswersFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        AnswersFuture::Inner {
+            fut: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// The answer of [`Answers`].
+    #[project = Proj]
+    pub enum AnswersFuture<F> {
+        Inner { #[pin] fut: F },
+        Rewrite { fut: Pin<Box<dyn Future<Output = Response> + Send>> },
+    }
+}
+
+impl<F: Future<Output = Result<Response, Infallible>>> Future for AnswersFuture<F> {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let res = match self.as_mut().project() {
+                Proj::Inner { fut } => match fut.poll(cx) {
+                    Poll::Ready(Ok(res)) => res,
+                    Poll::Pending => return Poll::Pending,
+                },
+                Proj::Rewrite { fut } => match fut.as_mut().poll(cx) {
+                    Poll::Ready(res) => return Poll::Ready(Ok(with_headers(res))),
+                    Poll::Pending => return Poll::Pending,
+                },
+            };
+            if !needs_rewrite(&res) {
+                return Poll::Ready(Ok(with_headers(res)));
+            }
+            self.set(AnswersFuture::Rewrite {
+                fut: Box::pin(json_error(res)),
+            });
+        }
+    }
+}
+
+fn with_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
     for (name, value) in [
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
@@ -100,22 +176,19 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
     res
 }
 
-/// Rewrites a non-JSON error answer (axum's own rejections are plain text) into the
-/// JSON error shape, keeping its status and message.
-pub async fn json_errors(req: Request, next: Next) -> Response {
-    let res = next.run(req).await;
+/// An error answer that is not JSON.
+fn needs_rewrite(res: &Response) -> bool {
     let status = res.status();
-    if !(status.is_client_error() || status.is_server_error()) {
-        return res;
-    }
-    let is_json = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
-        return res;
-    }
+    (status.is_client_error() || status.is_server_error())
+        && !res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"))
+}
+
+async fn json_error(res: Response) -> Response {
+    let status = res.status();
     let (parts, body) = res.into_parts();
     let text = match axum::body::to_bytes(body, MAX_TEXT_ERROR).await {
         Ok(b) => String::from_utf8_lossy(&b).trim().to_owned(),
@@ -170,6 +243,7 @@ mod tests {
 
     #[test]
     fn loopback_origins_and_named_ones() {
+        use super::super::CorsOrigins;
         let c = CorsOrigins::parse("loopback");
         for ok in [
             "http://localhost",

@@ -31,6 +31,19 @@ pub struct Health {
     /// What is down.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// This process's HTTP connections and event streams, against their caps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsState>,
+}
+
+/// Open HTTP connections and event streams, with their caps.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct LimitsState {
+    pub connections: usize,
+    pub max_connections: usize,
+    pub streams: usize,
+    pub max_streams: usize,
+    pub max_streams_per_client: usize,
 }
 
 /// One ComfyUI backend as `/health` shows it.
@@ -74,6 +87,16 @@ pub async fn health(State(state): State<AppState>) -> Response {
         queue: None,
         backends: state.backends.as_ref().map(|b| b.snapshot()),
         error: None,
+        limits: state.connections.as_ref().map(|c| {
+            let (max_streams, max_streams_per_client) = state.streams.caps();
+            LimitsState {
+                connections: c.open(),
+                max_connections: c.limits.max_connections,
+                streams: state.streams.open(),
+                max_streams,
+                max_streams_per_client,
+            }
+        }),
     };
     let code = match checked {
         Ok(stats) => {

@@ -17,9 +17,16 @@ pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
 /// A stored output file, with its content type and long cache headers.
 #[utoipa::path(get, path = "/images/{job_id}/{file}", tag = "jobs",
-    params(("job_id" = String, Path, description = "The job id"), ("file" = String, Path, description = "A file name from the job's outputs")),
+    params(("job_id" = String, Path, description = "The job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$"), ("file" = String, Path, description = "A file name from the job's outputs")),
     responses(
-        (status = 200, description = "The file (image/png, image/webp, video/mp4, ...)", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The file, with the content type of its kind", content(
+            (Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"), (Vec<u8> = "image/webp"),
+            (Vec<u8> = "image/gif"), (Vec<u8> = "image/avif"), (Vec<u8> = "video/mp4"),
+            (Vec<u8> = "video/webm"), (Vec<u8> = "video/quicktime"), (Vec<u8> = "audio/wav"),
+            (Vec<u8> = "audio/mpeg"), (Vec<u8> = "audio/flac"), (Vec<u8> = "audio/ogg"),
+            (String = "text/plain"), (Object = "application/json"),
+            (Vec<u8> = "application/octet-stream"),
+        )),
         (status = 404, description = "No such file (`file-not-found`)", body = ErrorBody),
     ))]
 pub async fn image(

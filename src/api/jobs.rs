@@ -2,7 +2,7 @@
 //! (`GET /api/jobs`), cancel (`POST /api/jobs/{id}/cancel`).
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use std::collections::BTreeMap;
@@ -13,7 +13,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{JobIdPath, JsonBody, QueryParams};
+use super::extract::{JobIdPath, JsonBody, MAX_BODY_BYTES, QueryParams, read_body};
+use super::guard::Deliberate;
 use crate::clock;
 use crate::job::{JobRecord, JobStatus, Output};
 use crate::store::{CancelOutcome, ListQuery};
@@ -31,8 +32,9 @@ pub const MAX_CURSOR: u64 = (1 << 53) - 1;
 /// parameters (`negative_prompt`, `steps`, `cfg`, `width`, `height`, `batch_size`,
 /// ... as `GET /api/workflows` lists them), each checked against its type and
 /// bounds; undeclared fields are refused. (The body is read as JSON and checked
-/// field by field by `parse_submission`, so errors can name the field; this type
-/// documents it.)
+/// field by field by `parse_submission`, so errors can name the field. This type
+/// only names the schema: the served document replaces it with one built from
+/// the loaded workflows, `openapi::document`.)
 #[derive(ToSchema)]
 #[allow(dead_code)]
 #[schema(example = json!({"prompt": "a lighthouse at dusk", "seed": 42, "workflow": "sdxl", "steps": 30}))]
@@ -66,12 +68,15 @@ pub struct Accepted {
     responses(
         (status = 202, description = "Queued", body = Accepted),
         (status = 400, description = "A field is missing or invalid (`invalid-prompt`, `prompt-too-long`, `invalid-seed`, `unknown-workflow`, `invalid-workflow`, `unknown-field`, `invalid-param`, `invalid-json`, `invalid-body`)", body = ErrorBody),
+        (status = 403, description = "Sent by a web page on an origin `--cors-origins` does not name (`forbidden-origin`)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within `--body-timeout` (`body-timeout`)", body = ErrorBody),
         (status = 413, description = "Body over 256 KiB (`payload-too-large`)", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json (`unsupported-media-type`)", body = ErrorBody),
-        (status = 503, description = "The store is unavailable (`store-unavailable`)", body = ErrorBody),
+        (status = 503, description = "The queue is full (`queue-full`, with `Retry-After`), or the store is unavailable (`store-unavailable`)", body = ErrorBody),
     ))]
 pub async fn generate(
     State(state): State<AppState>,
+    _: Deliberate,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let job = parse_submission(&body, &state.workflows)?;
@@ -88,7 +93,7 @@ pub async fn generate(
 
 /// A job's status: the prototype's five keys plus ours.
 #[utoipa::path(get, path = "/api/status/{job_id}", tag = "jobs",
-    params(("job_id" = String, Path, description = "The job id")),
+    params(("job_id" = String, Path, description = "The job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, description = "The job", body = JobView),
         (status = 400, description = "Malformed job id (`invalid-job-id`)", body = ErrorBody),
@@ -107,7 +112,7 @@ pub async fn status(
 
 /// The same as `GET /api/status/{job_id}`.
 #[utoipa::path(get, path = "/api/jobs/{job_id}", tag = "jobs",
-    params(("job_id" = String, Path, description = "The job id")),
+    params(("job_id" = String, Path, description = "The job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
     responses(
         (status = 200, description = "The job", body = JobView),
         (status = 400, description = "Malformed job id (`invalid-job-id`)", body = ErrorBody),
@@ -122,12 +127,26 @@ pub async fn get(state: State<AppState>, id: JobIdPath) -> Result<Response, ApiE
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
-    /// Only jobs in this state: `queued`, `processing`, `finished`, `failed`.
+    /// Only jobs in this state.
+    #[param(value_type = Option<ListStatus>)]
     status: Option<String>,
     /// Jobs per page, 1–100 (default 20).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     limit: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<u64>, minimum = 0, maximum = 9007199254740991_u64)]
     cursor: Option<String>,
+}
+
+/// The states a listing can be filtered by.
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum ListStatus {
+    Queued,
+    Processing,
+    Finished,
+    Failed,
 }
 
 /// A page of jobs, newest first.
@@ -139,7 +158,7 @@ pub struct JobPage<'a> {
 }
 
 /// Recent jobs, newest first.
-#[utoipa::path(get, path = "/api/jobs", tag = "jobs", params(ListParams),
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs", operation_id = "list_jobs", params(ListParams),
     responses(
         (status = 200, description = "A page of jobs", body = JobPage),
         (status = 400, description = "A bad query parameter (`invalid-status`, `invalid-limit`, `invalid-cursor`, `invalid-query`)", body = ErrorBody),
@@ -149,7 +168,7 @@ pub async fn list(
     QueryParams(p): QueryParams<ListParams>,
 ) -> Result<Response, ApiError> {
     let status = match p.status.as_deref() {
-        None | Some("") => None,
+        None => None,
         Some(s @ ("queued" | "processing" | "finished" | "failed")) => Some(JobStatus::parse(s)),
         Some(other) => {
             return Err(ApiError::bad_request(
@@ -162,7 +181,7 @@ pub async fn list(
         }
     };
     let limit = match p.limit.as_deref() {
-        None | Some("") => DEFAULT_PAGE,
+        None => DEFAULT_PAGE,
         Some(s) => match s.parse::<usize>() {
             Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
             _ => {
@@ -175,7 +194,7 @@ pub async fn list(
         },
     };
     let cursor = match p.cursor.as_deref() {
-        None | Some("") => None,
+        None => None,
         Some(s) => Some(
             s.parse::<u64>()
                 .ok()
@@ -205,20 +224,43 @@ pub async fn list(
     .into_response())
 }
 
-/// Cancels a job: a queued one at once, a running one by asking its worker.
+/// Cancels a job: a queued one at once, a running one by asking its worker. Send
+/// `Content-Type: application/json` (any body, `{}` will do) or an
+/// `X-Requested-With` header: a request no web form can make.
 #[utoipa::path(post, path = "/api/jobs/{job_id}/cancel", tag = "jobs",
-    params(("job_id" = String, Path, description = "The job id")),
+    params(("job_id" = String, Path, description = "The job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
+    request_body(content = Object, content_type = "application/json", description = "Ignored; `{}`"),
     responses(
         (status = 200, description = "It was queued: now `failed` with error `cancelled`", body = JobView),
         (status = 202, description = "It is running: its worker stops it (`cancel_requested: true`); it ends `failed`/`cancelled` within seconds", body = JobView),
-        (status = 400, description = "Malformed job id", body = ErrorBody),
+        (status = 400, description = "Malformed job id (`invalid-job-id`), or a body that is not a JSON object (`invalid-json`, `invalid-body`)", body = ErrorBody),
         (status = 404, description = "Unknown job", body = ErrorBody),
+        (status = 403, description = "Sent by a web page on an origin `--cors-origins` does not name (`forbidden-origin`)", body = ErrorBody),
         (status = 409, description = "It already finished or failed (`job-final`)", body = ErrorBody),
+        (status = 415, description = "Neither JSON nor an `X-Requested-With` header (`unsupported-media-type`)", body = ErrorBody),
     ))]
 pub async fn cancel(
     State(state): State<AppState>,
+    _: Deliberate,
     JobIdPath(id): JobIdPath,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    // No body is needed; one that is sent must be a JSON object.
+    let body = read_body(request, MAX_BODY_BYTES, state.body_timeout).await?;
+    if !body.is_empty() {
+        let v: Value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid-json",
+                format!("request body is not valid JSON: {e}"),
+            )
+        })?;
+        if !v.is_object() {
+            return Err(ApiError::bad_request(
+                "invalid-body",
+                "request body must be a JSON object ({} will do) or empty",
+            ));
+        }
+    }
     match state.with_timeout(state.store.cancel(&id)).await? {
         CancelOutcome::Cancelled(job) => {
             Ok((StatusCode::OK, Json(JobView::new(&job, None))).into_response())

@@ -40,9 +40,27 @@ pub trait BackendReport: Send + Sync {
     fn snapshot(&self) -> Vec<health::BackendState>;
 }
 
-/// What every handler can reach. Cheap to clone.
+/// What every handler can reach: one pointer, so the clone axum makes for each
+/// extractor of each request costs one atomic increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppContext>);
+
+impl AppState {
+    pub fn new(context: AppContext) -> Self {
+        AppState(Arc::new(context))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppContext;
+
+    fn deref(&self) -> &AppContext {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct AppContext {
     pub store: Arc<dyn JobStore>,
     pub workflows: Arc<WorkflowRegistry>,
     pub images: Arc<dyn ImageStore>,
@@ -59,10 +77,12 @@ pub struct AppState {
     /// Longest a client may take to send a request body.
     pub body_timeout: Duration,
     /// Which browser origins may call the API.
-    pub cors: CorsOrigins,
+    pub cors: Arc<CorsOrigins>,
+    /// The HTTP listener's counts and limits, for `/health`.
+    pub connections: Option<connections::ConnStats>,
 }
 
-impl AppState {
+impl AppContext {
     /// Runs a store call, answering 503 if it takes longer than [`STORE_TIMEOUT`].
     pub async fn with_timeout<T>(
         &self,
@@ -133,7 +153,7 @@ impl CorsOrigins {
         match self {
             CorsOrigins::Any => base.allow_origin(Any),
             list => {
-                let list = list.clone();
+                let list = Arc::new(list.clone());
                 base.allow_origin(AllowOrigin::predicate(move |origin, _| {
                     origin.to_str().is_ok_and(|o| list.allows(o))
                 }))
@@ -207,25 +227,23 @@ routes! {
     get "/assets/{file}" => pages::asset,
 }
 
-/// The whole router. Every request passes, outermost first: the panic guard, the
-/// security headers, the JSON error shape for whatever axum rejects, CORS, the
-/// request log, and (on matched routes) the guard against cross-site state changes.
-pub fn router(state: AppState) -> Router {
+/// The HTTP service the listener runs.
+pub type ApiService = guard::Answers<Router>;
+
+/// The whole service. Every request passes, outermost first: the answers' security
+/// headers and JSON error shape (for whatever axum rejects, [`guard::Answers`]), the
+/// panic guard, CORS, the request log, the route.
+pub fn router(state: AppState) -> ApiService {
     let cors = state.cors.clone();
-    add_routes(Router::new())
-        // Only on matched routes, so a wrong method is still a 405.
-        .route_layer(middleware::from_fn_with_state(
-            cors.clone(),
-            guard::state_changes,
-        ))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
-        .layer(middleware::from_fn(log_request))
-        .layer(cors.layer())
-        .layer(middleware::from_fn(guard::json_errors))
-        .layer(middleware::from_fn(guard::security_headers))
-        .layer(CatchPanicLayer::custom(panic_response))
+    guard::Answers::new(
+        add_routes(Router::new())
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .with_state(state)
+            .layer(middleware::from_fn(log_request))
+            .layer(cors.layer())
+            .layer(CatchPanicLayer::custom(panic_response)),
+    )
 }
 
 async fn not_found(req: Request) -> ApiError {

@@ -1,9 +1,12 @@
 //! The OpenAPI 3 document, generated from the handlers' `#[utoipa::path]`
 //! annotations and the response types' `ToSchema` derives.
 
+use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 
 use super::{events, health, images, jobs, pages, workflows};
+use crate::workflow::param::MAX_STRING_CHARS;
+use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, ParamSpec, Workflow, WorkflowRegistry};
 
 /// The whole API.
 #[derive(OpenApi)]
@@ -29,6 +32,7 @@ use super::{events, health, images, jobs, pages, workflows};
         pages::openapi_json,
         pages::asset,
     ),
+    components(schemas(pages::AssetName, jobs::ListStatus)),
     tags(
         (name = "jobs", description = "Submit, follow, list and cancel generation jobs; download their outputs"),
         (name = "events", description = "Live changes as Server-Sent Events"),
@@ -38,3 +42,146 @@ use super::{events, health, images, jobs, pages, workflows};
     )
 )]
 pub struct ApiDoc;
+
+/// The document as served: the annotations, plus the request body of
+/// `POST /api/generate` built from the workflows this server has loaded (one variant
+/// per workflow, with exactly the fields it accepts, their types and bounds).
+pub fn document(workflows: &WorkflowRegistry) -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        schemas.insert("GenerateRequest".into(), generate_request(workflows));
+    }
+    add_links(&mut doc);
+    doc
+}
+
+/// OpenAPI links: where a job id or an output's file name in one answer can be
+/// used next (for people reading the docs, and for tools that follow them).
+fn add_links(doc: &mut Value) {
+    let job = |id: &str| {
+        let by_id = json!({"job_id": id});
+        json!({
+            "GetStatus": {"operationId": "status", "parameters": by_id},
+            "GetJob": {"operationId": "get", "parameters": by_id},
+            "CancelJob": {"operationId": "cancel", "parameters": by_id},
+            "JobEvents": {"operationId": "job_events", "parameters": by_id},
+        })
+    };
+    let image = |base: &str| {
+        json!({"operationId": "image", "parameters": {
+            "job_id": format!("{base}/job_id"),
+            "file": format!("{base}/outputs/0/filename"),
+        }})
+    };
+    let mut links = [
+        (
+            "/paths/~1api~1generate/post/responses/202",
+            job("$response.body#/job_id"),
+        ),
+        (
+            "/paths/~1api~1jobs/get/responses/200",
+            job("$response.body#/jobs/0/job_id"),
+        ),
+        (
+            "/paths/~1api~1status~1{job_id}/get/responses/200",
+            json!({}),
+        ),
+        ("/paths/~1api~1jobs~1{job_id}/get/responses/200", json!({})),
+    ];
+    links[1].1["FirstOutput"] = image("$response.body#/jobs/0");
+    links[2].1["Output"] = image("$response.body#");
+    links[3].1["Output"] = image("$response.body#");
+    for (at, l) in links {
+        if let Some(res) = doc.pointer_mut(at).and_then(Value::as_object_mut) {
+            res.insert("links".into(), l);
+        }
+    }
+}
+
+/// `{"oneOf": [...]}`, one object schema per workflow, told apart by `workflow`
+/// (which the default workflow's variant may leave out).
+fn generate_request(workflows: &WorkflowRegistry) -> Value {
+    let variants: Vec<Value> = workflows.iter().map(variant).collect();
+    json!({
+        "description": "A submission: `prompt`, `seed` and `workflow`, plus the workflow's declared parameters (as `GET /api/workflows` lists them), each checked against its type and bounds; fields the workflow does not declare are refused (`unknown-field`). A `null` field counts as absent. Beyond what a schema can say: `width` × `height` × `batch_size` must stay within the workflow's pixel budget (`max_pixels`, default 16,777,216), else `invalid-param`.",
+        "oneOf": variants,
+    })
+}
+
+fn variant(w: &Workflow) -> Value {
+    let default = w.name == DEFAULT_WORKFLOW;
+    let mut props = Map::new();
+    props.insert(
+        "workflow".into(),
+        if default {
+            json!({"enum": [w.name, null], "description": "This workflow (the default when absent)."})
+        } else {
+            json!({"const": w.name})
+        },
+    );
+    props.insert(
+        "seed".into(),
+        json!({"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX,
+               "description": "Random (and returned) when absent."}),
+    );
+    for (name, spec) in &w.params {
+        if name == "seed" {
+            continue;
+        }
+        props.insert(name.clone(), param_schema(name, spec));
+    }
+    let mut required = vec!["prompt"];
+    if !default {
+        required.push("workflow");
+    }
+    json!({
+        "title": w.name,
+        "type": "object",
+        "properties": props,
+        "required": required,
+        "additionalProperties": false,
+        "x-max-pixels": w.pixel_budget(),
+    })
+}
+
+fn param_schema(name: &str, spec: &ParamSpec) -> Value {
+    let mut s = match spec.kind {
+        ParamKind::String => {
+            let limit = spec.max_length.unwrap_or(MAX_STRING_CHARS);
+            json!({"type": ["string", "null"], "maxLength": limit})
+        }
+        ParamKind::Int => json!({"type": ["integer", "null"]}),
+        ParamKind::Float => json!({"type": ["number", "null"]}),
+        ParamKind::Bool => json!({"type": ["boolean", "null"]}),
+        ParamKind::Enum => {
+            let mut choices: Vec<Value> = spec.choices.iter().map(|c| json!(c)).collect();
+            choices.push(Value::Null);
+            json!({"enum": choices})
+        }
+    };
+    let o = s.as_object_mut().expect("an object");
+    if matches!(spec.kind, ParamKind::Int | ParamKind::Float) {
+        if let Some(min) = &spec.min {
+            o.insert("minimum".into(), Value::Number(min.clone()));
+        }
+        if let Some(max) = &spec.max {
+            o.insert("maximum".into(), Value::Number(max.clone()));
+        }
+    }
+    if name == "prompt" {
+        // Required, so not null; something other than whitespace.
+        o.insert("type".into(), json!("string"));
+        o.insert("minLength".into(), json!(1));
+        o.insert("pattern".into(), json!("\\S"));
+    }
+    if !spec.description.is_empty() {
+        o.insert("description".into(), json!(spec.description));
+    }
+    if let Some(d) = &spec.default {
+        o.insert("default".into(), d.clone());
+    }
+    s
+}

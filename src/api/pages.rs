@@ -2,14 +2,15 @@
 //! their static assets, all embedded in the binary: no CDN, no network, works
 //! offline and behind a firewall.
 
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use utoipa::OpenApi;
 
+use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::PathParams;
 use super::guard::PAGE_CSP;
-use super::openapi::ApiDoc;
+use super::openapi;
 
 /// The page's files, and Swagger UI (vendored, `web/vendor/swagger-ui/README.md`).
 const ASSETS: &[(&str, &str, &[u8])] = &[
@@ -71,19 +72,34 @@ pub async fn docs() -> Response {
 /// This API's OpenAPI 3 document, generated from the code.
 #[utoipa::path(get, path = "/openapi.json", tag = "pages",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
-pub async fn openapi_json() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        ApiDoc::openapi().to_json().unwrap_or_default(),
-    )
-        .into_response()
+pub async fn openapi_json(State(state): State<AppState>) -> Response {
+    axum::Json(openapi::document(&state.workflows)).into_response()
+}
+
+/// The assets' names, for the documentation.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub enum AssetName {
+    #[schema(rename = "app.js")]
+    AppJs,
+    #[schema(rename = "app.css")]
+    AppCss,
+    #[schema(rename = "docs.js")]
+    DocsJs,
+    #[schema(rename = "swagger-ui-bundle.js")]
+    SwaggerJs,
+    #[schema(rename = "swagger-ui.css")]
+    SwaggerCss,
 }
 
 /// A static file of the page or the docs.
 #[utoipa::path(get, path = "/assets/{file}", tag = "pages",
-    params(("file" = String, Path, description = "app.js, app.css, docs.js, swagger-ui-bundle.js, swagger-ui.css")),
+    params(("file" = AssetName, Path, description = "A file of the page or the docs")),
     responses(
-        (status = 200, description = "The file", content_type = "text/javascript", body = String),
+        (status = 200, description = "The file", content(
+            (String = "text/javascript"),
+            (String = "text/css"),
+        )),
         (status = 404, description = "No such file", body = ErrorBody),
     ))]
 pub async fn asset(PathParams(file): PathParams<String>) -> Result<Response, ApiError> {

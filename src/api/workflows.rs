@@ -31,6 +31,8 @@ pub struct WorkflowInfo {
     pub default: bool,
     /// Its parameters: `prompt` first, then `negative_prompt` and `seed`.
     pub params: Vec<ParamInfo>,
+    /// Most pixels one job may ask for (`width` × `height` × `batch_size`).
+    pub max_pixels: u64,
 }
 
 /// One declared parameter.
@@ -43,9 +45,9 @@ pub struct ParamInfo {
     pub kind: ParamKind,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub description: String,
-    /// Used when a request leaves the parameter out.
+    /// Used when a request leaves the parameter out (of the parameter's type).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Value)]
     pub default: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = f64)]
@@ -64,7 +66,7 @@ pub struct ParamInfo {
 }
 
 /// Lists the workflows and their parameters.
-#[utoipa::path(get, path = "/api/workflows", tag = "workflows",
+#[utoipa::path(get, path = "/api/workflows", tag = "workflows", operation_id = "list_workflows",
     responses((status = 200, description = "Every workflow", body = WorkflowList)))]
 pub async fn list(State(state): State<AppState>) -> Json<WorkflowList> {
     Json(WorkflowList {
@@ -104,5 +106,6 @@ pub fn describe(w: &Workflow) -> WorkflowInfo {
         description: w.description.clone(),
         default: w.name == DEFAULT_WORKFLOW,
         params,
+        max_pixels: w.pixel_budget(),
     }
 }

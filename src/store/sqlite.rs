@@ -289,36 +289,36 @@ impl JobStore for SqliteStore {
         let r = rec.clone();
         let out = self
             .write(move |conn| {
-                if let Some(existing) = get_record(conn, &r.id)? {
-                    return Ok((Ok(existing), Vec::new()));
-                }
+                // The cap first, so a refusal writes nothing. (A resubmission of a
+                // known id when the queue is full is refused too, rather than
+                // answered with the existing job: only our own callers reuse ids.)
                 let queued: i64 = conn
                     .prepare_cached("SELECT value FROM counters WHERE name = 'queued'")?
                     .query_row([], |row| row.get(0))?;
                 if queued >= max_queued {
-                    return Ok((
-                        Err(Refusal::QueueFull {
-                            limit: max_queued as u64,
-                        }),
-                        Vec::new(),
-                    ));
+                    return Ok((Err(Refusal::QueueFull { limit: max_queued as u64 }), Vec::new()));
                 }
                 let seq = next_seq(conn)?;
-                conn.prepare_cached(
-                    "INSERT INTO jobs (id, list_seq, queue_seq, status, created_at, updated_at, \
-                     updated_ms, prompt, seed, workflow, params) VALUES (?1, ?8, ?8, \
-                     'queued', ?2, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?
-                .execute(params![
-                    r.id,
-                    r.created_at,
-                    r.updated_ms as i64,
-                    r.prompt,
-                    r.seed.map(|s| s.to_string()),
-                    r.workflow,
-                    params_json,
-                    seq
-                ])?;
+                let inserted = conn
+                    .prepare_cached(
+                        "INSERT INTO jobs (id, list_seq, queue_seq, status, created_at, updated_at, \
+                         updated_ms, prompt, seed, workflow, params) VALUES (?1, ?8, ?8, \
+                         'queued', ?2, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(id) DO NOTHING",
+                    )?
+                    .execute(params![
+                        r.id,
+                        r.created_at,
+                        r.updated_ms as i64,
+                        r.prompt,
+                        r.seed.map(|s| s.to_string()),
+                        r.workflow,
+                        params_json,
+                        seq
+                    ])?;
+                if inserted == 0 {
+                    let existing = get_record(conn, &r.id)?.unwrap_or(r);
+                    return Ok((Ok(existing), Vec::new()));
+                }
                 Ok((Ok(r.clone()), vec![r]))
             })
             .await?

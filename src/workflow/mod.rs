@@ -171,6 +171,11 @@ impl Workflow {
         graph
     }
 
+    /// Most pixels one job may ask for.
+    pub fn pixel_budget(&self) -> u64 {
+        self.max_pixels.unwrap_or(DEFAULT_MAX_PIXELS)
+    }
+
     /// Checks the pixel budget on resolved parameters: `Err` names the parameters
     /// and the budget.
     pub fn check_budget(&self, params: &Map<String, Value>) -> Result<(), String> {
@@ -181,7 +186,7 @@ impl Workflow {
         if used.len() < 2 {
             return Ok(());
         }
-        let budget = self.max_pixels.unwrap_or(DEFAULT_MAX_PIXELS);
+        let budget = self.pixel_budget();
         let pixels = used.iter().fold(1u128, |acc, (_, v)| acc * u128::from(*v));
         if pixels <= u128::from(budget) {
             return Ok(());

@@ -94,7 +94,14 @@ impl ParamSpec {
                 {
                     return Err(err(self.bounds_message()));
                 }
-                Ok(value.clone())
+                // Canonical: an integer, whether it came as 2 or as 2.0.
+                if let Ok(u) = u64::try_from(i) {
+                    Ok(Value::from(u))
+                } else {
+                    i64::try_from(i)
+                        .map(Value::from)
+                        .map_err(|_| err("must be an integer from -2^63 to 2^64-1"))
+                }
             }
             ParamKind::Float => {
                 let f = value
@@ -166,11 +173,19 @@ impl ParamSpec {
     }
 }
 
-/// A JSON number as an integer, if it is one (`1.0` is not).
-fn as_i128(n: &Number) -> Option<i128> {
+/// A JSON number as an integer, if it is one: as JSON Schema says it, any number
+/// without a fractional part (`2.0` is 2), of magnitude below 2^64.
+pub fn as_i128(n: &Number) -> Option<i128> {
     n.as_u64()
         .map(i128::from)
         .or_else(|| n.as_i64().map(i128::from))
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| {
+                    f.is_finite() && f.fract() == 0.0 && f.abs() < 18_446_744_073_709_551_616.0
+                })
+                .map(|f| f as i128)
+        })
 }
 
 #[cfg(test)]
@@ -197,10 +212,8 @@ mod tests {
             s.check(&json!(2.5)).unwrap_err().message,
             "must be an integer"
         );
-        assert_eq!(
-            s.check(&json!(20.0)).unwrap_err().message,
-            "must be an integer"
-        );
+        assert_eq!(s.check(&json!(20.0)), Ok(json!(20)), "2.0 is an integer");
+        assert!(s.check(&json!(1e300)).is_err());
         assert!(s.check(&json!("20")).is_err());
     }
 

@@ -25,6 +25,12 @@ impl FieldError {
     }
 }
 
+/// Whitespace as the OpenAPI document's `\S` pattern means it (Python's
+/// `str.isspace`): Unicode whitespace and the information separators U+001C–U+001F.
+fn is_blank(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
 /// Checks a submission body and turns it into a new job. A missing seed becomes a
 /// random one; parameters the request leaves out get their declared defaults.
 pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<NewJob, FieldError> {
@@ -49,7 +55,7 @@ pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<Ne
             ));
         }
     };
-    if prompt.trim().is_empty() {
+    if prompt.chars().all(is_blank) {
         return Err(FieldError::new(
             "prompt",
             "invalid-prompt",
@@ -95,13 +101,17 @@ pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<Ne
 
     let seed = match obj.get("seed") {
         None | Some(Value::Null) => fastrand::u64(..),
-        Some(v) => v.as_u64().ok_or_else(|| {
-            FieldError::new(
-                "seed",
-                "invalid-seed",
-                format!("seed must be an integer from 0 to {}", u64::MAX),
-            )
-        })?,
+        Some(v) => v
+            .as_number()
+            .and_then(super::param::as_i128)
+            .and_then(|i| u64::try_from(i).ok())
+            .ok_or_else(|| {
+                FieldError::new(
+                    "seed",
+                    "invalid-seed",
+                    format!("seed must be an integer from 0 to {}", u64::MAX),
+                )
+            })?,
     };
 
     let unknown: Vec<&str> = obj
@@ -203,6 +213,7 @@ mod tests {
             json!({}),
             json!({"prompt": ""}),
             json!({"prompt": " \n\t"}),
+            json!({"prompt": "\u{1c}\u{3000}\u{85}"}),
             json!({"prompt": 5}),
         ] {
             let e = parse(body).unwrap_err();

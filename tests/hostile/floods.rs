@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::TempDir;
-use crate::support::proc::{Proc, fd_count, rss_kib};
-use crate::{connect_from, exclusive, percentile};
+use crate::support::proc::{Proc, fd_count, rss_kib, submit};
+use crate::{attacker_address, connect_from, exclusive, percentile, reset};
 
 /// `studio api` on the embedded store, on a free port.
 fn start_api(dir: &TempDir, extra: &[(&str, String)]) -> (Proc, SocketAddr) {
@@ -99,16 +99,11 @@ async fn two_hundred_thousand_event_requests_for_unknown_jobs_leave_memory_where
     // Streams of jobs already final end after their snapshot: those too.
     let client = reqwest::Client::new();
     let base = format!("http://{addr}");
-    let job: serde_json::Value = client
-        .post(format!("{base}/api/generate"))
-        .json(&serde_json::json!({"prompt": "x", "workflow": "smoke"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = job["job_id"].as_str().unwrap().to_owned();
+    let id = submit(
+        &base,
+        serde_json::json!({"prompt": "x", "workflow": "smoke"}),
+    )
+    .await;
     let cancel = client
         .post(format!("{base}/api/jobs/{id}/cancel"))
         .json(&serde_json::json!({}))
@@ -143,9 +138,9 @@ async fn two_hundred_thousand_event_requests_for_unknown_jobs_leave_memory_where
 
 /// Holds one slowloris connection: a request line and headers trickled a byte at a
 /// time, reconnecting whenever the server closes it, until `stop`.
-async fn slowloris(addr: SocketAddr, stop: Arc<AtomicBool>, open: Arc<AtomicUsize>) {
+async fn slowloris(from: [u8; 4], addr: SocketAddr, stop: Arc<AtomicBool>, open: Arc<AtomicUsize>) {
     while !stop.load(Ordering::Relaxed) {
-        let Ok(mut c) = connect_from([127, 0, 0, 2], addr).await else {
+        let Ok(mut c) = connect_from(from, addr).await else {
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
@@ -163,6 +158,7 @@ async fn slowloris(addr: SocketAddr, stop: Arc<AtomicBool>, open: Arc<AtomicUsiz
             }
         }
         open.fetch_sub(1, Ordering::Relaxed);
+        reset(c);
     }
 }
 
@@ -174,12 +170,13 @@ async fn a_slowloris_of_ten_thousand_and_two_thousand_streams_do_not_slow_other_
     let base = format!("http://{addr}");
     let idle_rss = rss_kib(p.pid());
 
-    // The attacker, from 127.0.0.2: 2,000 event streams first...
+    // The attacker, from an address of its own: 2,000 event streams first...
+    let attacker = attacker_address();
     let mut streams = Vec::new();
     let mut refused = 0;
     for chunk in 0..20 {
         let opened = futures_util::future::join_all((0..100).map(|_| async {
-            let mut c = connect_from([127, 0, 0, 2], addr).await.unwrap();
+            let mut c = connect_from(attacker, addr).await.unwrap();
             c.write_all(b"GET /api/events HTTP/1.1\r\nhost: studio\r\n\r\n")
                 .await
                 .unwrap();
@@ -195,6 +192,7 @@ async fn a_slowloris_of_ten_thousand_and_two_thousand_streams_do_not_slow_other_
             if head.starts_with("HTTP/1.1 200") {
                 streams.push(c);
             } else {
+                reset(c);
                 assert!(
                     head.starts_with("HTTP/1.1 429") && head.contains("too-many-streams"),
                     "chunk {chunk}: {head}"
@@ -212,7 +210,12 @@ async fn a_slowloris_of_ten_thousand_and_two_thousand_streams_do_not_slow_other_
     let open = Arc::new(AtomicUsize::new(0));
     let mut attackers = Vec::new();
     for _ in 0..10_000 {
-        attackers.push(tokio::spawn(slowloris(addr, stop.clone(), open.clone())));
+        attackers.push(tokio::spawn(slowloris(
+            attacker,
+            addr,
+            stop.clone(),
+            open.clone(),
+        )));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while open.load(Ordering::Relaxed) < 10_000 {
@@ -257,11 +260,11 @@ async fn a_slowloris_of_ten_thousand_and_two_thousand_streams_do_not_slow_other_
     for a in attackers {
         a.abort();
     }
-    drop(streams);
+    streams.into_iter().for_each(reset);
     health.sort_by(f64::total_cmp);
     submit.sort_by(f64::total_cmp);
     eprintln!(
-        "under 10,000 slowloris + 32 streams (1,968 refused) from 127.0.0.2: GET /health p50 {:.2} ms p99 {:.2} ms max {:.2} ms ({} requests); POST /api/generate p50 {:.2} ms p99 {:.2} ms max {:.2} ms; server RSS {} KiB idle, {} KiB flooded; {} fds open; {} slowloris connections open at the end",
+        "under 10,000 slowloris + 32 streams (1,968 refused) from one address: GET /health p50 {:.2} ms p99 {:.2} ms max {:.2} ms ({} requests); POST /api/generate p50 {:.2} ms p99 {:.2} ms max {:.2} ms; server RSS {} KiB idle, {} KiB flooded; {} fds open; {} slowloris connections open at the end",
         percentile(&health, 50.0),
         percentile(&health, 99.0),
         health.last().unwrap(),

@@ -29,12 +29,24 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
         .await
 }
 
-/// A TCP connection to `to` from the loopback address `from` (127.0.0.2 plays the
-/// attacker, 127.0.0.1 everyone else).
+/// A TCP connection to `to` from the loopback address `from` (an attacker gets an
+/// address of its own, 127.0.0.1 is everyone else).
 pub async fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
     let s = TcpSocket::new_v4()?;
     s.bind(SocketAddr::from((from, 0)))?;
     s.connect(to).await
+}
+
+/// A loopback address for this run's attacker, 127.0.0.2 to 127.0.0.254: a run
+/// within a minute of another does not meet the ports that one left in TIME_WAIT.
+pub fn attacker_address() -> [u8; 4] {
+    [127, 0, 0, fastrand::u8(2..=254)]
+}
+
+/// Closes a connection with a reset, leaving nothing in TIME_WAIT.
+pub fn reset(stream: TcpStream) {
+    let _ = stream.set_zero_linger();
+    drop(stream);
 }
 
 /// The p-th percentile (0–100) of sorted durations, in ms.

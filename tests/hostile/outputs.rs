@@ -1,10 +1,11 @@
 //! A gigabyte output streams from ComfyUI to storage without filling the worker.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::exclusive;
 use crate::support::TempDir;
-use crate::support::proc::{Proc, rss_kib};
+use crate::support::proc::{Proc, rss_kib, submit, wait_status};
 use crate::support::standin::{Knobs, StandIn};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,38 +29,20 @@ async fn a_one_gigabyte_output_keeps_the_worker_under_100_mb() {
         dir.path().join("backend.log"),
     );
     let base = p.wait_listening();
-    let client = reqwest::Client::new();
-    let job: serde_json::Value = client
-        .post(format!("{base}/api/generate"))
-        .json(&serde_json::json!({"prompt": "a very large file", "workflow": "smoke"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = job["job_id"].as_str().unwrap().to_owned();
+    let id = submit(
+        &base,
+        serde_json::json!({"prompt": "a very large file", "workflow": "smoke"}),
+    )
+    .await;
     let started = Instant::now();
-    let mut peak = 0;
-    let status = loop {
-        peak = peak.max(rss_kib(p.pid()));
-        let v: serde_json::Value = client
-            .get(format!("{base}/api/status/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["status"] == "finished" || v["status"] == "failed" {
-            break v;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "the job did not finish: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    };
+    // Memory is sampled at every look at the job's status (every 30 ms).
+    let peak = AtomicU64::new(0);
+    let status = wait_status(&base, &id, Duration::from_secs(180), |v| {
+        peak.fetch_max(rss_kib(p.pid()), Ordering::Relaxed);
+        v["status"] == "finished" || v["status"] == "failed"
+    })
+    .await;
+    let peak = peak.into_inner();
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(status["status"], "finished", "{status}");
     assert_eq!(status["outputs"][0]["size"], SIZE, "{status}");

@@ -9,57 +9,9 @@ use redis::Commands;
 use serde_json::json;
 use studio_core::config::Role;
 
-use crate::support::proc::{PrivateRedis, Proc};
+use crate::support::proc::{PrivateRedis, Proc, get, submit, wait_status};
 use crate::support::standin::{Knobs, StandIn};
 use crate::support::{Backing, RedisPrefix, TempDir, TestApp};
-
-/// Submits a job to a server over HTTP; its id.
-async fn submit(base: &str, body: serde_json::Value) -> String {
-    let v: serde_json::Value = reqwest::Client::new()
-        .post(format!("{base}/api/generate"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["job_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("not accepted: {v}"))
-        .to_owned()
-}
-
-async fn get(url: &str) -> serde_json::Value {
-    reqwest::get(url).await.unwrap().json().await.unwrap()
-}
-
-async fn wait_status(
-    base: &str,
-    id: &str,
-    limit: Duration,
-    want: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Ok(res) = reqwest::get(format!("{base}/api/status/{id}")).await
-            && let Ok(v) = res.json::<serde_json::Value>().await
-        {
-            if want(&v) {
-                return v;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "job {id} not in the expected state: {v}"
-            );
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job {id}: no answer from {base}"
-        );
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
-}
 
 fn worker_env(p: &RedisPrefix, comfy: &str, data: &Path) -> Vec<(&'static str, String)> {
     vec![

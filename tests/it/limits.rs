@@ -12,7 +12,7 @@ use studio_core::store::JobStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::proc::Proc;
+use crate::support::proc::{Proc, submit, wait_final};
 use crate::support::standin::{Knobs, StandIn};
 use crate::support::{Backing, TempDir, TestApp};
 
@@ -214,6 +214,11 @@ async fn event_streams_are_capped_per_client_and_in_total(kind: Backing) {
         .unwrap();
     let r1 = other.get(app.url("/api/events")).send().await.unwrap();
     assert_eq!(r1.status(), 200);
+    let (_, health) = app.get("/health").await;
+    assert_eq!(health["limits"]["streams"], 3, "{health}");
+    assert_eq!(health["limits"]["max_streams"], 3);
+    assert_eq!(health["limits"]["max_streams_per_client"], 2);
+    assert!(health["limits"]["connections"].as_u64().unwrap() >= 3);
     let r2 = other.get(app.url("/api/events")).send().await.unwrap();
     assert_eq!(r2.status(), 503);
     let v: Value = r2.json().await.unwrap();
@@ -391,6 +396,43 @@ async fn cross_site_requests_cannot_change_anything(kind: Backing) {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(app.status(&id).await["error"], "cancelled");
+}
+
+#[tokio::test]
+async fn every_route_that_changes_something_refuses_what_a_form_can_send() {
+    let app = api(Backing::Sqlite, |_| {}).await;
+    let id = app
+        .submit(json!({"prompt": "x", "workflow": "smoke"}))
+        .await;
+    let mut checked = 0;
+    for (method, path) in studio_core::api::ROUTES {
+        if *method == "get" {
+            continue;
+        }
+        let url = app.url(&path.replace("{job_id}", &id).replace("{file}", "x"));
+        let m = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
+        let res = app
+            .http
+            .request(m.clone(), &url)
+            .header("content-type", "text/plain")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 415, "{method} {path}");
+        let res = app
+            .http
+            .request(m, &url)
+            .header("origin", "https://evil.example")
+            .header("x-requested-with", "x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "{method} {path}");
+        checked += 1;
+    }
+    assert!(checked >= 2);
+    assert_eq!(app.status(&id).await["status"], "queued");
 }
 
 async fn answers_carry_security_headers_and_pages_a_strict_csp(kind: Backing) {
@@ -627,30 +669,12 @@ async fn control_characters_from_comfyui_errors_cannot_forge_log_lines() {
     );
     let base = p.wait_listening();
     let evil = "evil.safetensors\n2026-11-28T00:00:00.000000Z  INFO studio: FORGED admin logged in\u{1b}[31m";
-    let res: Value = reqwest::Client::new()
-        .post(format!("{base}/api/generate"))
-        .json(&json!({"prompt": "x", "workflow": "sdxl", "checkpoint": evil}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = res["job_id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        let v: Value = reqwest::get(format!("{base}/api/status/{id}"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["status"] == "failed" || v["status"] == "finished" {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "{v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let id = submit(
+        &base,
+        json!({"prompt": "x", "workflow": "sdxl", "checkpoint": evil}),
+    )
+    .await;
+    let status = wait_final(&base, &id, Duration::from_secs(20)).await;
     // The API reports the error as ComfyUI gave it (it is JSON, so it is safe).
     assert!(
         status["error"].as_str().unwrap().contains("FORGED"),

@@ -12,5 +12,6 @@ mod faults;
 mod limits;
 mod openapi;
 mod redis_interop;
+mod schemathesis;
 mod store_conformance;
 mod worker_e2e;

@@ -69,6 +69,62 @@ impl Drop for Proc {
     }
 }
 
+/// Submits a job to a server over HTTP; its id.
+pub async fn submit(base: &str, body: serde_json::Value) -> String {
+    let v: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/api/generate"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not accepted: {v}"))
+        .to_owned()
+}
+
+pub async fn get(url: &str) -> serde_json::Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+pub async fn wait_status(
+    base: &str,
+    id: &str,
+    limit: Duration,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Ok(res) = reqwest::get(format!("{base}/api/status/{id}")).await
+            && let Ok(v) = res.json::<serde_json::Value>().await
+        {
+            if want(&v) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} not in the expected state: {v}"
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {id}: no answer from {base}"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+/// Waits for a final status (`finished` or `failed`) of a job on a server.
+pub async fn wait_final(base: &str, id: &str, limit: Duration) -> serde_json::Value {
+    wait_status(base, id, limit, |v| {
+        v["status"] == "finished" || v["status"] == "failed"
+    })
+    .await
+}
+
 /// Resident memory of a process, in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -1,0 +1,46 @@
+"""Schemathesis hooks for Studio Core's API (SCHEMATHESIS_HOOKS=hooks).
+
+One rule of POST /api/generate cannot be written in JSON Schema: width x height x
+batch_size must stay within the workflow's pixel budget (`max_pixels` in
+GET /api/workflows, `x-max-pixels` on each variant of the request schema). A body
+over the budget is refused with 400 `invalid-param` by design, so the fuzzer must
+not count it as a valid request wrongly rejected. This hook drops such bodies from
+generation; nothing else is filtered.
+
+The budgets come from the test (STUDIO_PIXEL_BUDGETS, JSON: workflow -> pixels).
+"""
+import json
+import os
+
+import schemathesis
+
+BUDGETS = json.loads(os.environ.get("STUDIO_PIXEL_BUDGETS", "{}"))
+DEFAULT_WORKFLOW = os.environ.get("STUDIO_DEFAULT_WORKFLOW", "sdxl")
+
+
+def _int(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    if isinstance(v, float) and not v.is_integer():
+        return None
+    return int(v)
+
+
+@schemathesis.hook
+def filter_body(ctx, body):
+    if ctx.operation is None or ctx.operation.path != "/api/generate":
+        return True
+    if not isinstance(body, dict):
+        return True
+    workflow = body.get("workflow") or DEFAULT_WORKFLOW
+    budget = BUDGETS.get(workflow) if isinstance(workflow, str) else None
+    if budget is None:
+        return True
+    sizes = [_int(body.get(k)) for k in ("width", "height", "batch_size")]
+    sizes = [s for s in sizes if s is not None]
+    if len(sizes) < 2:
+        return True
+    pixels = 1
+    for s in sizes:
+        pixels *= s
+    return pixels <= budget
