@@ -196,9 +196,13 @@ fn main() {
             std::env::temp_dir().join(format!("studio-sse-{}", uuid::Uuid::new_v4().simple()));
         let args = studio_core::config::ServerArgs {
             port: 0,
-            data_dir: dir.clone(),
-            redis_url: None,
-            redis_host: None,
+            store: studio_core::config::StoreArgs {
+                data_dir: dir.clone(),
+                redis_url: None,
+                redis_host: None,
+                redis_port: 6379,
+                redis_prefix: String::new(),
+            },
             max_streams: streams,
             max_streams_per_client: streams,
             ..Default::default()

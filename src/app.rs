@@ -9,13 +9,14 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::watch;
 
+use crate::api::access::Access;
 use crate::api::connections::{self, ConnStats, Server, raise_fd_limit};
 use crate::api::events::{EventHub, StreamLimiter};
 use crate::api::{self, ApiService, AppContext, AppState, CorsOrigins};
-use crate::config::{Role, ServerArgs, StoreChoice};
+use crate::config::{Role, ServerArgs, StoreArgs, StoreChoice};
 use crate::shutdown;
 use crate::storage::{FsImageStore, ImageStore};
-use crate::store::{JobStore, RedisStore, SqliteStore};
+use crate::store::{JobStore, RedisStore, SqliteStore, StoreSettings};
 use crate::worker::Workers;
 use crate::workflow::WorkflowRegistry;
 
@@ -34,12 +35,17 @@ pub struct App {
 
 /// Opens the store the settings ask for.
 pub fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn JobStore>> {
-    Ok(match args.store_choice() {
+    open_store_at(&args.store, args.store_settings())
+}
+
+/// Opens the store at `at` with these settings (`studio keys` uses the defaults).
+pub fn open_store_at(at: &StoreArgs, settings: StoreSettings) -> anyhow::Result<Arc<dyn JobStore>> {
+    Ok(match at.choice() {
         StoreChoice::Redis { url, prefix } => {
-            Arc::new(RedisStore::connect(&url, &prefix, args.store_settings())?)
+            Arc::new(RedisStore::connect(&url, &prefix, settings)?)
         }
         StoreChoice::Sqlite { dir } => Arc::new(
-            SqliteStore::open(&dir, args.store_settings())
+            SqliteStore::open(&dir, settings)
                 .with_context(|| format!("cannot open the embedded store in {}", dir.display()))?,
         ),
     })
@@ -53,7 +59,8 @@ impl App {
         let workflows = Arc::new(
             WorkflowRegistry::load(args.workflows.as_deref()).context("cannot load workflows")?,
         );
-        let images: Arc<dyn ImageStore> = Arc::new(FsImageStore::new(args.data_dir.join("images")));
+        let images: Arc<dyn ImageStore> =
+            Arc::new(FsImageStore::new(args.store.data_dir.join("images")));
         let workers = role.runs_workers().then(|| {
             Workers::start(
                 args.worker_config(),
@@ -68,6 +75,15 @@ impl App {
             let listener = connections::bind(&addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
+            let auth = args.auth.resolve(&args.host);
+            if auth == crate::auth::AuthMode::Off && !crate::auth::is_loopback_host(&args.host) {
+                tracing::warn!(
+                    host = %args.host,
+                    "AUTH IS OFF ON A NON-LOOPBACK ADDRESS: anyone who can reach {} can list every prompt, download every picture and queue unlimited work. Use --auth keys (the default for such an address) unless this network is yours alone.",
+                    args.host
+                );
+            }
+            tracing::info!(auth = auth.as_str(), "who may call the API");
             let fd_limit = raise_fd_limit();
             let limits = args.conn_limits(fd_limit);
             let server = Server::new(listener, limits);
@@ -90,6 +106,7 @@ impl App {
                 body_timeout: args.body_timeout,
                 cors: Arc::new(CorsOrigins::parse(&args.cors_origins)),
                 connections: Some(server.stats()),
+                access: Access::new(auth, store.clone(), args.anon_rate, args.image_url_ttl),
             });
             (Some(server), Some(api::router(state)))
         } else {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::api::connections::{ConnLimits, default_max_connections};
+use crate::auth::AuthMode;
 use crate::store::StoreSettings;
 use crate::worker::WorkerConfig;
 
@@ -35,6 +36,8 @@ pub enum Command {
     Cancel(crate::cli::JobArgs),
     /// List recent jobs.
     Jobs(crate::cli::JobsArgs),
+    /// Manage API keys (straight in the job store: no server needed).
+    Keys(crate::cli::keys::KeysArgs),
 }
 
 /// What a server process runs.
@@ -72,22 +75,19 @@ pub struct ServerArgs {
     /// Port to listen on (0: any free port).
     #[arg(long, env = "PORT", default_value_t = 5000)]
     pub port: u16,
-    /// Directory for the embedded database, stored images and the log file.
-    #[arg(long, env = "STUDIO_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
-    /// Redis URL (redis://[:password@]host:port[/db]). Without it (and without
-    /// REDIS_HOST) the embedded SQLite store is used.
-    #[arg(long, env = "REDIS_URL")]
-    pub redis_url: Option<String>,
-    /// Redis host, as in the prototype (used when REDIS_URL is not set).
-    #[arg(long, env = "REDIS_HOST")]
-    pub redis_host: Option<String>,
-    /// Redis port, as in the prototype.
-    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
-    pub redis_port: u16,
-    /// Prefix for every Redis key and channel (empty: the prototype's names).
-    #[arg(long, env = "STUDIO_REDIS_PREFIX", default_value = "")]
-    pub redis_prefix: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Who may call the API: `off` (no key needed), `keys` (every API request needs
+    /// one), `auto` (off when listening on loopback only, keys otherwise).
+    #[arg(long, env = "STUDIO_AUTH", value_enum, default_value = "auto")]
+    pub auth: AuthMode,
+    /// Rate limit for requests without a key, per client address (e.g. `5/s`,
+    /// `300/m`; burst: one second's worth, or `5/s:20`). Off by default.
+    #[arg(long, env = "STUDIO_ANON_RATE", value_parser = parse_rate)]
+    pub anon_rate: Option<(f64, u32)>,
+    /// How long a signed picture URL stays valid (auth on).
+    #[arg(long, env = "STUDIO_IMAGE_URL_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub image_url_ttl: Duration,
     /// Log file (default: backend.log in the data directory).
     #[arg(long, env = "STUDIO_LOG_FILE")]
     pub log_file: Option<PathBuf>,
@@ -191,16 +191,30 @@ impl Default for ServerArgs {
     }
 }
 
-/// Which job store to use.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StoreChoice {
-    Sqlite { dir: PathBuf },
-    Redis { url: String, prefix: String },
+/// Where the job store is: what `serve`, `api`, `worker` and `keys` share.
+#[derive(Args, Clone, Debug)]
+pub struct StoreArgs {
+    /// Directory for the embedded database, stored images and the log file.
+    #[arg(long, env = "STUDIO_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Redis URL (redis://[:password@]host:port[/db]). Without it (and without
+    /// REDIS_HOST) the embedded SQLite store is used.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Redis host, as in the prototype (used when REDIS_URL is not set).
+    #[arg(long, env = "REDIS_HOST")]
+    pub redis_host: Option<String>,
+    /// Redis port, as in the prototype.
+    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    pub redis_port: u16,
+    /// Prefix for every Redis key and channel (empty: the prototype's names).
+    #[arg(long, env = "STUDIO_REDIS_PREFIX", default_value = "")]
+    pub redis_prefix: String,
 }
 
-impl ServerArgs {
+impl StoreArgs {
     /// Redis if `REDIS_URL` or `REDIS_HOST` is set, else the embedded store.
-    pub fn store_choice(&self) -> StoreChoice {
+    pub fn choice(&self) -> StoreChoice {
         let url = match (&self.redis_url, &self.redis_host) {
             (Some(u), _) if !u.trim().is_empty() => Some(u.trim().to_owned()),
             (_, Some(h)) if !h.trim().is_empty() => {
@@ -223,6 +237,20 @@ impl ServerArgs {
                 dir: self.data_dir.clone(),
             },
         }
+    }
+}
+
+/// Which job store to use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreChoice {
+    Sqlite { dir: PathBuf },
+    Redis { url: String, prefix: String },
+}
+
+impl ServerArgs {
+    /// Redis if `REDIS_URL` or `REDIS_HOST` is set, else the embedded store.
+    pub fn store_choice(&self) -> StoreChoice {
+        self.store.choice()
     }
 
     pub fn store_settings(&self) -> StoreSettings {
@@ -275,7 +303,7 @@ impl ServerArgs {
     pub fn log_file(&self) -> PathBuf {
         self.log_file
             .clone()
-            .unwrap_or_else(|| self.data_dir.join("backend.log"))
+            .unwrap_or_else(|| self.store.data_dir.join("backend.log"))
     }
 }
 
@@ -309,6 +337,32 @@ fn number_and_unit(s: &str) -> Option<(f64, &str)> {
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     Some((num.parse().ok()?, unit))
+}
+
+/// Parses a rate: `5/s`, `300/m`, `1000/h`, with an optional burst after a colon
+/// (`5/s:20`; default: one second's worth, at least 1).
+pub fn parse_rate(s: &str) -> Result<(f64, u32), String> {
+    let bad = || format!("{s:?} is not a rate (try 5/s, 300/m or 5/s:20)");
+    let (rate, burst) = match s.trim().split_once(':') {
+        Some((r, b)) => (r, Some(b.trim().parse::<u32>().map_err(|_| bad())?)),
+        None => (s.trim(), None),
+    };
+    let (n, per) = rate.split_once('/').ok_or_else(bad)?;
+    let n: f64 = n.trim().parse().map_err(|_| bad())?;
+    let secs = match per.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        _ => return Err(bad()),
+    };
+    let per_sec = n / secs;
+    if !(per_sec.is_finite() && per_sec > 0.0) || burst == Some(0) {
+        return Err(bad());
+    }
+    Ok((
+        per_sec,
+        burst.unwrap_or_else(|| per_sec.ceil().max(1.0) as u32),
+    ))
 }
 
 /// Parses a size in bytes: `2GiB`, `500MiB`, `64KiB`, `1.5GB`, `4096` (bytes).
@@ -356,6 +410,17 @@ pub fn unknown_studio_env() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("5/s").unwrap(), (5.0, 5));
+        assert_eq!(parse_rate("300/m").unwrap(), (5.0, 5));
+        assert_eq!(parse_rate("1/h").unwrap().1, 1);
+        assert_eq!(parse_rate("5/s:20").unwrap(), (5.0, 20));
+        for bad in ["5", "5/y", "0/s", "x/s", "5/s:0", "5/s:x"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn sizes_parse() {

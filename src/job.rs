@@ -7,6 +7,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::auth::Priority;
 use crate::clock;
 
 /// Longest job id we accept in a URL. UUIDs are 36 characters; ids written by other
@@ -162,6 +163,11 @@ pub struct JobRecord {
     /// The record's revision: raised by every change the stores make, so event
     /// consumers can order changes without trusting clocks.
     pub rev: u64,
+    /// The API key that submitted it; empty for jobs without one (auth off, or
+    /// pushed onto `job_queue` by another program).
+    pub owner: String,
+    /// Its priority within its owner's lane.
+    pub priority: Priority,
     /// Fields written by other programs that we do not know; reported as written.
     pub extra: BTreeMap<String, String>,
 }
@@ -192,6 +198,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "created_ms",
     "payload",
     "rev",
+    "owner_key",
 ];
 
 impl Default for JobRecord {
@@ -219,6 +226,8 @@ impl Default for JobRecord {
             last_error: String::new(),
             retry_at: 0,
             rev: 0,
+            owner: String::new(),
+            priority: Priority::Normal,
             extra: BTreeMap::new(),
         }
     }
@@ -236,6 +245,8 @@ impl JobRecord {
             seed: Some(job.seed),
             workflow: job.workflow.clone(),
             params: job.params.clone(),
+            owner: job.owner.clone(),
+            priority: job.priority,
             ..JobRecord::default()
         }
     }
@@ -267,6 +278,12 @@ impl JobRecord {
                 "last_error" => r.last_error = v.to_owned(),
                 "retry_at" => r.retry_at = v.parse().unwrap_or(0),
                 "rev" => r.rev = v.parse().unwrap_or(0),
+                "owner_key" => r.owner = v.to_owned(),
+                // Ours only if it is one of our words: another program may keep
+                // something else under this name.
+                "priority" if Priority::parse(v).is_some() => {
+                    r.priority = Priority::parse(v).unwrap_or_default()
+                }
                 k if KNOWN_FIELDS.contains(&k) => {}
                 k => {
                     r.extra.insert(k.to_owned(), v.to_owned());
@@ -285,6 +302,8 @@ impl JobRecord {
             workflow: Some(self.workflow.clone()),
             created_at: Some(self.created_at.clone()),
             params: (!self.params.is_empty()).then(|| self.params.clone()),
+            owner: (!self.owner.is_empty()).then(|| self.owner.clone()),
+            priority: (self.priority != Priority::Normal).then_some(self.priority),
         }
         .to_json()
     }
@@ -310,6 +329,12 @@ impl JobRecord {
         }
         if !self.params.is_empty() {
             f.push(("params", Value::Object(self.params.clone()).to_string()));
+        }
+        if !self.owner.is_empty() {
+            f.push(("owner_key", self.owner.clone()));
+        }
+        if self.priority != Priority::Normal {
+            f.push(("priority", self.priority.as_str().to_owned()));
         }
         f
     }
@@ -337,6 +362,9 @@ pub struct NewJob {
     pub params: Map<String, Value>,
     pub created_at: String,
     pub created_ms: u64,
+    /// The API key submitting it ("" for none).
+    pub owner: String,
+    pub priority: Priority,
 }
 
 impl NewJob {
@@ -351,21 +379,22 @@ impl NewJob {
             params,
             created_at: clock::iso8601(micros),
             created_ms: micros / 1000,
+            owner: String::new(),
+            priority: Priority::Normal,
         }
+    }
+
+    /// The same job, submitted by `owner` at `priority`.
+    pub fn owned(mut self, owner: &str, priority: Priority) -> Self {
+        self.owner = owner.to_owned();
+        self.priority = priority;
+        self
     }
 
     /// The JSON the prototype pushes onto `job_queue`, with our `params` added when
     /// there are any (other consumers ignore keys they do not know).
     pub fn payload(&self) -> String {
-        QueuePayload {
-            job_id: self.id.to_string(),
-            prompt: self.prompt.clone(),
-            seed: Some(self.seed),
-            workflow: Some(self.workflow.clone()),
-            created_at: Some(self.created_at.clone()),
-            params: (!self.params.is_empty()).then(|| self.params.clone()),
-        }
-        .to_json()
+        JobRecord::queued(self).payload()
     }
 }
 
@@ -384,6 +413,33 @@ pub struct QueuePayload {
     pub created_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<Map<String, Value>>,
+    /// Ours: the API key that submitted it (absent for none).
+    #[serde(
+        default,
+        rename = "owner_key",
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_string"
+    )]
+    pub owner: Option<String>,
+    /// Ours: its priority (absent for normal; what another program means by a
+    /// `priority` that is not one of our words is left alone).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_priority"
+    )]
+    pub priority: Option<Priority>,
+}
+
+fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
+fn lenient_priority<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Priority>, D::Error> {
+    Ok(Value::deserialize(d)?.as_str().and_then(Priority::parse))
 }
 
 impl QueuePayload {
@@ -478,6 +534,25 @@ mod tests {
         let (p, id) = QueuePayload::parse(&job.payload()).unwrap();
         assert_eq!(id, job.id);
         assert_eq!(p.seed, Some(7));
+    }
+
+    #[test]
+    fn owners_and_priorities_travel_and_others_fields_do_not_break_anything() {
+        let job = NewJob::new("p".into(), 7, "sdxl".into(), Map::new())
+            .owned("0123456789ab", Priority::High);
+        let (p, _) = QueuePayload::parse(&job.payload()).unwrap();
+        assert_eq!(p.owner.as_deref(), Some("0123456789ab"));
+        assert_eq!(p.priority, Some(Priority::High));
+        let (p, _) = QueuePayload::parse(r#"{"job_id":"j1","owner_key":5,"priority":9}"#).unwrap();
+        assert_eq!((p.owner, p.priority), (None, None));
+        let r = JobRecord::from_fields([("priority", "9"), ("owner", "batch-script")]);
+        assert_eq!(r.priority, Priority::Normal);
+        assert_eq!(r.extra.get("priority").map(String::as_str), Some("9"));
+        assert_eq!(r.owner, "");
+        assert_eq!(
+            r.extra.get("owner").map(String::as_str),
+            Some("batch-script")
+        );
     }
 
     #[test]

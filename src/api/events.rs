@@ -27,9 +27,10 @@ use futures_util::Stream;
 use tokio::sync::{broadcast, watch};
 
 use super::AppState;
+use super::access::{Access, Caller};
 use super::error::{ApiError, ErrorBody};
 use super::extract::JobIdPath;
-use super::jobs::JobView;
+use super::jobs::{JobView, Signing};
 use crate::job::{JobId, JobRecord};
 use crate::shutdown::signalled;
 use crate::store::JobStore;
@@ -158,7 +159,7 @@ pub struct StreamLimiter {
 /// (one host gets a whole /64, so counting single IPv6 addresses would count
 /// nothing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct IpKey(u128);
+pub struct IpKey(pub u128);
 
 impl IpKey {
     pub fn of(ip: IpAddr) -> IpKey {
@@ -256,11 +257,19 @@ impl From<StreamRefusal> for ApiError {
     }
 }
 
-fn event_of(job: &JobRecord, position: Option<u64>) -> Event {
+fn event_of(job: &JobRecord, position: Option<u64>, access: &Access) -> Event {
+    let signing = access
+        .signs_urls()
+        .then(|| access.signer_ready())
+        .flatten()
+        .map(|signer| Signing {
+            signer,
+            exp: access.url_expiry(),
+        });
     Event::default()
         .event("job")
         .id(job.rev.to_string())
-        .json_data(JobView::new(job, position))
+        .json_data(JobView::new(job, position, signing.as_ref()))
         .unwrap_or_else(|_| Event::default().comment("unserializable job"))
 }
 
@@ -333,7 +342,7 @@ impl JobStream {
     }
 
     fn emit(&mut self, job: JobRecord, position: Option<u64>) -> Event {
-        let ev = event_of(&job, position);
+        let ev = event_of(&job, position, &self.state.access);
         self.done = job.status.is_final();
         self.last = Some(job);
         ev
@@ -356,13 +365,19 @@ impl JobStream {
 pub async fn job_events(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Caller(who): Caller,
     JobIdPath(id): JobIdPath,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let slot = state.streams.acquire(peer.ip())?;
     // Subscribe before reading the snapshot, so no change falls in between. The
     // subscription is dropped (and the hub forgets the job) on every way out.
     let rx = state.hub.subscribe_job(id.as_str());
-    let Some(first) = state.with_timeout(state.store.status(&id)).await? else {
+    state.signing().await?;
+    let Some(first) = state
+        .with_timeout(state.store.status(&id))
+        .await?
+        .filter(|(job, _)| who.may_see(&job.owner))
+    else {
         return Err(
             ApiError::not_found("job-not-found", format!("no job with id {id}"))
                 .with_field("job_id"),
@@ -397,23 +412,33 @@ pub async fn job_events(
 pub async fn all_events(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Caller(who): Caller,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let slot = state.streams.acquire(peer.ip())?;
+    state.signing().await?;
     let rx = state.hub.subscribe_all();
     let shutdown = state.shutdown.clone();
+    let access = state.access.clone();
     let events = futures_util::stream::unfold(
         (rx, shutdown, slot),
-        |(mut rx, mut shutdown, slot)| async move {
-            let ev = tokio::select! {
-                r = rx.recv() => match r {
-                    Ok(job) => event_of(&job, None),
-                    // A slow client: say how many changes it missed (it can re-read).
-                    Err(broadcast::error::RecvError::Lagged(n)) => Event::default().event("lagged").data(n.to_string()),
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                },
-                _ = signalled(&mut shutdown) => return None,
-            };
-            Some((Ok(ev), (rx, shutdown, slot)))
+        move |(mut rx, mut shutdown, slot)| {
+            let (who, access) = (who.clone(), access.clone());
+            async move {
+                let ev = loop {
+                    tokio::select! {
+                        r = rx.recv() => match r {
+                            // Only the caller's jobs (every job for an admin).
+                            Ok(job) if who.may_see(&job.owner) => break event_of(&job, None, &access),
+                            Ok(_) => {}
+                            // A slow client: say how many changes it missed (it can re-read).
+                            Err(broadcast::error::RecvError::Lagged(n)) => break Event::default().event("lagged").data(n.to_string()),
+                            Err(broadcast::error::RecvError::Closed) => return None,
+                        },
+                        _ = signalled(&mut shutdown) => return None,
+                    }
+                };
+                Some((Ok(ev), (rx, shutdown, slot)))
+            }
         },
     );
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)))

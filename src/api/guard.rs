@@ -60,7 +60,12 @@ impl FromRequestParts<AppState> for Deliberate {
                 ));
             }
         }
-        if !is_json(headers) && !INTENT_HEADERS.iter().any(|h| headers.contains_key(*h)) {
+        // Only a POST can come from a form or a simple cross-site request: any other
+        // method makes the browser ask CORS first.
+        if parts.method == axum::http::Method::POST
+            && !is_json(headers)
+            && !INTENT_HEADERS.iter().any(|h| headers.contains_key(*h))
+        {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",

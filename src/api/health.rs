@@ -8,6 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::access::Caller;
 use crate::store::{QueueStats, StoreKind};
 
 /// The prototype's `{"status": "ok", "redis": "healthy"}`, plus more.
@@ -73,7 +74,7 @@ pub struct BackendState {
         (status = 200, description = "The store answers", body = Health),
         (status = 503, description = "The store does not answer (within about a second)", body = Health),
     ))]
-pub async fn health(State(state): State<AppState>) -> Response {
+pub async fn health(State(state): State<AppState>, Caller(who): Caller) -> Response {
     let kind = state.store.kind();
     let checked = match state.with_timeout(state.store.ping()).await {
         Ok(()) => state.with_timeout(state.store.stats()).await,
@@ -85,7 +86,22 @@ pub async fn health(State(state): State<AppState>) -> Response {
         store: kind.as_str(),
         version: env!("CARGO_PKG_VERSION"),
         queue: None,
-        backends: state.backends.as_ref().map(|b| b.snapshot()),
+        backends: state.backends.as_ref().map(|b| {
+            let mut list = b.snapshot();
+            // Internal addresses and raw errors are for admins (anyone, with auth off).
+            if !who.sees_all {
+                for (i, s) in list.iter_mut().enumerate() {
+                    s.url = format!("backend {}", i + 1);
+                    s.last_error = if s.last_error.is_empty() {
+                        String::new()
+                    } else {
+                        "(an admin key shows the error)".into()
+                    };
+                    s.device = String::new();
+                }
+            }
+            list
+        }),
         error: None,
         limits: state.connections.as_ref().map(|c| {
             let (max_streams, max_streams_per_client) = state.streams.caps();

@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -12,9 +13,12 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
+use super::access::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JobIdPath, JsonBody, MAX_BODY_BYTES, QueryParams, read_body};
 use super::guard::Deliberate;
+use crate::auth::Priority;
+use crate::auth::signing::UrlSigner;
 use crate::clock;
 use crate::job::{JobRecord, JobStatus, Output};
 use crate::store::{CancelOutcome, ListQuery};
@@ -67,8 +71,9 @@ pub struct Accepted {
     request_body(content = GenerateRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Queued", body = Accepted),
-        (status = 400, description = "A field is missing or invalid (`invalid-prompt`, `prompt-too-long`, `invalid-seed`, `unknown-workflow`, `invalid-workflow`, `unknown-field`, `invalid-param`, `invalid-json`, `invalid-body`)", body = ErrorBody),
-        (status = 403, description = "Sent by a web page on an origin `--cors-origins` does not name (`forbidden-origin`)", body = ErrorBody),
+        (status = 400, description = "A field is missing or invalid (`invalid-prompt`, `prompt-too-long`, `invalid-seed`, `invalid-priority`, `unknown-workflow`, `invalid-workflow`, `unknown-field`, `invalid-param`, `invalid-json`, `invalid-body`)", body = ErrorBody),
+        (status = 401, description = "Auth is on and the request has no valid key (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "Sent by a web page on an origin `--cors-origins` does not name (`forbidden-origin`), or a priority above the key's (`priority-not-allowed`)", body = ErrorBody),
         (status = 408, description = "The body did not arrive within `--body-timeout` (`body-timeout`)", body = ErrorBody),
         (status = 413, description = "Body over 256 KiB (`payload-too-large`)", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json (`unsupported-media-type`)", body = ErrorBody),
@@ -76,10 +81,27 @@ pub struct Accepted {
     ))]
 pub async fn generate(
     State(state): State<AppState>,
+    Caller(who): Caller,
     _: Deliberate,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let job = parse_submission(&body, &state.workflows)?;
+    if let Some(key) = &who.key
+        && job.priority > key.limits.max_priority
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "priority-not-allowed",
+            format!(
+                "priority {} is above this key's highest, {}",
+                job.priority.as_str(),
+                key.limits.max_priority.as_str()
+            ),
+        )
+        .with_field("priority"));
+    }
+    let priority = job.priority;
+    let job = job.owned(who.owner(), priority);
     let record = state.with_timeout(state.store.enqueue(&job)).await?;
     let body = Accepted {
         status_url: format!("{}/api/status/{}", state.public_url, record.id),
@@ -102,12 +124,18 @@ pub async fn generate(
     ))]
 pub async fn status(
     State(state): State<AppState>,
+    Caller(who): Caller,
     JobIdPath(id): JobIdPath,
 ) -> Result<Response, ApiError> {
-    let Some((job, position)) = state.with_timeout(state.store.status(&id)).await? else {
+    let Some((job, position)) = state
+        .with_timeout(state.store.status(&id))
+        .await?
+        .filter(|(job, _)| who.may_see(&job.owner))
+    else {
         return Err(not_found(id.as_str()));
     };
-    Ok(Json(JobView::new(&job, position)).into_response())
+    let signing = state.signing().await?;
+    Ok(Json(JobView::new(&job, position, signing.as_ref())).into_response())
 }
 
 /// The same as `GET /api/status/{job_id}`.
@@ -118,8 +146,8 @@ pub async fn status(
         (status = 400, description = "Malformed job id (`invalid-job-id`)", body = ErrorBody),
         (status = 404, description = "Unknown or expired job (`job-not-found`)", body = ErrorBody),
     ))]
-pub async fn get(state: State<AppState>, id: JobIdPath) -> Result<Response, ApiError> {
-    status(state, id).await
+pub async fn get(state: State<AppState>, who: Caller, id: JobIdPath) -> Result<Response, ApiError> {
+    status(state, who, id).await
 }
 
 /// Query of `GET /api/jobs`.
@@ -165,6 +193,7 @@ pub struct JobPage<'a> {
     ))]
 pub async fn list(
     State(state): State<AppState>,
+    Caller(who): Caller,
     QueryParams(p): QueryParams<ListParams>,
 ) -> Result<Response, ApiError> {
     let status = match p.status.as_deref() {
@@ -215,10 +244,16 @@ pub async fn list(
             status,
             limit,
             cursor,
+            owner: (!who.sees_all).then(|| who.owner().to_owned()),
         }))
         .await?;
+    let signing = state.signing().await?;
     Ok(Json(JobPage {
-        jobs: page.jobs.iter().map(|j| JobView::new(j, None)).collect(),
+        jobs: page
+            .jobs
+            .iter()
+            .map(|j| JobView::new(j, None, signing.as_ref()))
+            .collect(),
         next_cursor: page.next_cursor.map(|c| c.to_string()),
     })
     .into_response())
@@ -241,6 +276,7 @@ pub async fn list(
     ))]
 pub async fn cancel(
     State(state): State<AppState>,
+    Caller(who): Caller,
     _: Deliberate,
     JobIdPath(id): JobIdPath,
     request: Request,
@@ -261,13 +297,26 @@ pub async fn cancel(
             ));
         }
     }
+    // Someone else's job is not there, as far as this caller can tell.
+    let visible = state
+        .with_timeout(state.store.get(&id))
+        .await?
+        .is_some_and(|job| who.may_see(&job.owner));
+    if !visible {
+        return Err(not_found(id.as_str()));
+    }
+    let signing = state.signing().await?;
     match state.with_timeout(state.store.cancel(&id)).await? {
-        CancelOutcome::Cancelled(job) => {
-            Ok((StatusCode::OK, Json(JobView::new(&job, None))).into_response())
-        }
-        CancelOutcome::Requested(job) => {
-            Ok((StatusCode::ACCEPTED, Json(JobView::new(&job, None))).into_response())
-        }
+        CancelOutcome::Cancelled(job) => Ok((
+            StatusCode::OK,
+            Json(JobView::new(&job, None, signing.as_ref())),
+        )
+            .into_response()),
+        CancelOutcome::Requested(job) => Ok((
+            StatusCode::ACCEPTED,
+            Json(JobView::new(&job, None, signing.as_ref())),
+        )
+            .into_response()),
         CancelOutcome::AlreadyFinal(job) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "job-final",
@@ -300,8 +349,10 @@ pub struct JobView<'a> {
     status: &'a str,
     /// 0–100; 100 only when finished.
     progress: u8,
-    /// The first image, once finished; empty before.
-    image_url: &'a str,
+    /// The first image, once finished; empty before. With auth on, signed and
+    /// valid for a while (`?exp=…&sig=…`).
+    #[schema(value_type = String)]
+    image_url: Cow<'a, str>,
     /// Why it failed (`cancelled` for a cancelled job); empty otherwise.
     error: &'a str,
     workflow: &'a str,
@@ -314,9 +365,9 @@ pub struct JobView<'a> {
     updated_at: &'a str,
     /// How many times a worker has taken it.
     attempt: u32,
-    /// Every file it produced, once finished.
+    /// Every file it produced, once finished (URLs signed as `image_url`).
     #[schema(value_type = Vec<Output>)]
-    outputs: &'a [Output],
+    outputs: Cow<'a, [Output]>,
     cancelled: bool,
     /// A cancel was asked for and its worker is stopping it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -336,19 +387,55 @@ pub struct JobView<'a> {
     /// The record's revision, raised by every change: of two views of a job, the
     /// higher `rev` is the newer (also the `id` of its live events).
     rev: u64,
+    /// The id of the API key that submitted it (absent for none).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    owner: &'a str,
+    /// `low`, `normal` or `high`.
+    #[schema(value_type = String)]
+    priority: Priority,
     #[serde(flatten)]
     #[schema(ignore)]
-    extra: &'a BTreeMap<String, String>,
+    extra: Cow<'a, BTreeMap<String, String>>,
 }
 
 impl<'a> JobView<'a> {
-    pub fn new(job: &'a JobRecord, queue_position: Option<u64>) -> Self {
+    /// The view of a job; with `signing`, its picture URLs are signed.
+    pub fn new(
+        job: &'a JobRecord,
+        queue_position: Option<u64>,
+        signing: Option<&Signing<'_>>,
+    ) -> Self {
         let queued = job.status == JobStatus::Queued;
+        let (image_url, outputs) = match signing {
+            Some(s) if !job.outputs.is_empty() => {
+                let signed: Vec<Output> = job
+                    .outputs
+                    .iter()
+                    .map(|o| Output {
+                        url: s.sign(&job.id, &o.filename, &o.url),
+                        ..o.clone()
+                    })
+                    .collect();
+                let image = job
+                    .outputs
+                    .iter()
+                    .zip(&signed)
+                    .find(|(o, _)| o.url == job.image_url)
+                    .map_or(Cow::Borrowed(job.image_url.as_str()), |(_, s)| {
+                        Cow::Owned(s.url.clone())
+                    });
+                (image, Cow::Owned(signed))
+            }
+            _ => (
+                Cow::Borrowed(job.image_url.as_str()),
+                Cow::Borrowed(job.outputs.as_slice()),
+            ),
+        };
         JobView {
             job_id: &job.id,
             status: job.status.as_str(),
             progress: job.progress,
-            image_url: &job.image_url,
+            image_url,
             error: &job.error,
             workflow: &job.workflow,
             seed: job.seed,
@@ -357,7 +444,7 @@ impl<'a> JobView<'a> {
             created_at: &job.created_at,
             updated_at: &job.updated_at,
             attempt: job.attempt,
-            outputs: &job.outputs,
+            outputs,
             cancelled: job.cancelled,
             cancel_requested: job.cancel_requested && !job.status.is_final(),
             backend: &job.backend,
@@ -365,7 +452,29 @@ impl<'a> JobView<'a> {
             retry_at: (queued && job.retry_at > 0).then(|| clock::iso8601(job.retry_at * 1000)),
             last_error: &job.last_error,
             rev: job.rev,
-            extra: &job.extra,
+            owner: &job.owner,
+            priority: job.priority,
+            extra: if job.owner.is_empty() || !job.extra.contains_key("owner") {
+                Cow::Borrowed(&job.extra)
+            } else {
+                // Another program's `owner` field gives way to ours.
+                let mut extra = job.extra.clone();
+                extra.remove("owner");
+                Cow::Owned(extra)
+            },
         }
+    }
+}
+
+/// Signs picture URLs for one answer (one expiry for all of them).
+pub struct Signing<'a> {
+    pub signer: &'a UrlSigner,
+    pub exp: u64,
+}
+
+impl Signing<'_> {
+    /// `url` (an output's stored URL) with its signature appended.
+    pub fn sign(&self, job_id: &str, file: &str, url: &str) -> String {
+        format!("{url}?{}", self.signer.query(job_id, file, self.exp))
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP API (axum): the router, its state, and the middleware every request
 //! passes (request log, CORS, panic guard). One file per resource.
 
+pub mod access;
 pub mod connections;
 pub mod error;
 pub mod events;
@@ -9,6 +10,7 @@ pub mod guard;
 pub mod health;
 pub mod images;
 pub mod jobs;
+pub mod keys;
 pub mod openapi;
 pub mod pages;
 pub mod workflows;
@@ -80,9 +82,23 @@ pub struct AppContext {
     pub cors: Arc<CorsOrigins>,
     /// The HTTP listener's counts and limits, for `/health`.
     pub connections: Option<connections::ConnStats>,
+    /// Who is asking: keys, rate limits, URL signing.
+    pub access: Arc<access::Access>,
 }
 
 impl AppContext {
+    /// How picture URLs are signed in this answer (`None` with auth off).
+    pub async fn signing(&self) -> Result<Option<jobs::Signing<'_>>, ApiError> {
+        if !self.access.signs_urls() {
+            return Ok(None);
+        }
+        let signer = self.with_timeout(self.access.signer()).await?;
+        Ok(Some(jobs::Signing {
+            signer,
+            exp: self.access.url_expiry(),
+        }))
+    }
+
     /// Runs a store call, answering 503 if it takes longer than [`STORE_TIMEOUT`].
     pub async fn with_timeout<T>(
         &self,
@@ -138,7 +154,7 @@ impl CorsOrigins {
         }
     }
 
-    fn layer(&self) -> CorsLayer {
+    pub fn layer(&self) -> CorsLayer {
         let base = CorsLayer::new()
             .allow_methods([
                 Method::GET,
@@ -220,6 +236,10 @@ routes! {
     get "/api/jobs/{job_id}/events" => events::job_events,
     get "/api/events" => events::all_events,
     get "/api/workflows" => workflows::list,
+    get "/api/keys" => keys::list,
+    post "/api/keys" => keys::create,
+    patch "/api/keys/{key_id}" => keys::update,
+    delete "/api/keys/{key_id}" => keys::revoke,
     get "/images/{job_id}/{file}" => images::image,
     get "/" => pages::index,
     get "/docs" => pages::docs,
@@ -228,22 +248,27 @@ routes! {
 }
 
 /// The HTTP service the listener runs.
-pub type ApiService = guard::Answers<Router>;
+pub type ApiService = guard::Answers<tower_http::cors::Cors<access::Gate<Router>>>;
 
 /// The whole service. Every request passes, outermost first: the answers' security
-/// headers and JSON error shape (for whatever axum rejects, [`guard::Answers`]), the
-/// panic guard, CORS, the request log, the route.
+/// headers and JSON error shape (for whatever axum rejects, [`guard::Answers`]),
+/// CORS, who is asking and their rate limit ([`access::Gate`]), the panic guard,
+/// the request log, the route.
 pub fn router(state: AppState) -> ApiService {
-    let cors = state.cors.clone();
-    guard::Answers::new(
-        add_routes(Router::new())
-            .fallback(not_found)
-            .method_not_allowed_fallback(method_not_allowed)
-            .with_state(state)
-            .layer(middleware::from_fn(log_request))
-            .layer(cors.layer())
-            .layer(CatchPanicLayer::custom(panic_response)),
-    )
+    let cors = state.cors.layer();
+    let access = state.access.clone();
+    let routes = add_routes(Router::new())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(middleware::from_fn(log_request))
+        .layer(CatchPanicLayer::custom(panic_response));
+    // CORS outside the gate: preflights carry no key, and a 401 must be readable
+    // by the page that caused it.
+    guard::Answers::new(tower::Layer::layer(
+        &cors,
+        access::Gate::new(routes, access),
+    ))
 }
 
 async fn not_found(req: Request) -> ApiError {

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 
-use super::{events, health, images, jobs, pages, workflows};
+use super::{events, health, images, jobs, keys, pages, workflows};
 use crate::workflow::param::MAX_STRING_CHARS;
 use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, ParamSpec, Workflow, WorkflowRegistry};
 
@@ -13,7 +13,7 @@ use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, ParamSpec, Workflow, Workflow
 #[openapi(
     info(
         title = "Studio Core",
-        description = "A job API in front of ComfyUI servers. Submit with POST /api/generate, follow with GET /api/status/{job_id} or the live events, fetch the pictures from /images. Every error is JSON: {\"error\", \"code\"} plus \"field\" when a request field is to blame.",
+        description = "A job API in front of ComfyUI servers. Submit with POST /api/generate, follow with GET /api/status/{job_id} or the live events, fetch the pictures from /images. Every error is JSON: {\"error\", \"code\"} plus \"field\" when a request field is to blame. With auth on (`--auth keys`, or `auto` on a non-loopback address), every /api request needs an API key: `Authorization: Bearer sk_…` or `X-API-Key: sk_…`; without one, 401.",
         license(name = "MIT OR Apache-2.0"),
     ),
     paths(
@@ -26,6 +26,10 @@ use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, ParamSpec, Workflow, Workflow
         events::job_events,
         events::all_events,
         workflows::list,
+        keys::list,
+        keys::create,
+        keys::update,
+        keys::revoke,
         images::image,
         pages::index,
         pages::docs,
@@ -37,6 +41,7 @@ use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, ParamSpec, Workflow, Workflow
         (name = "jobs", description = "Submit, follow, list and cancel generation jobs; download their outputs"),
         (name = "events", description = "Live changes as Server-Sent Events"),
         (name = "workflows", description = "The workflows and their parameters"),
+        (name = "keys", description = "API keys (admins only)"),
         (name = "service", description = "Health"),
         (name = "pages", description = "The studio page and these docs"),
     )
@@ -121,6 +126,11 @@ fn variant(w: &Workflow) -> Value {
         } else {
             json!({"const": w.name})
         },
+    );
+    props.insert(
+        "priority".into(),
+        json!({"enum": ["low", "normal", "high", null],
+               "description": "Served first within the key's own jobs: high, then normal, then low. At most the key's max_priority."}),
     );
     props.insert(
         "seed".into(),

@@ -2,6 +2,7 @@
 //! a running server over its public API. Exit codes: 0 finished (or done), 1 the job
 //! failed, 2 a usage or connection error (message on stderr).
 
+pub mod keys;
 mod sse;
 
 use std::io::{IsTerminal, Write};
@@ -12,12 +13,24 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::{Map, Value, json};
 
-/// Where the server is.
-#[derive(Args, Clone, Debug)]
+/// Where the server is, and the key to present.
+#[derive(Args, Clone)]
 pub struct ServerUrl {
     /// The Studio Core server.
     #[arg(long, env = "STUDIO_SERVER", default_value = "http://127.0.0.1:5000")]
     pub server: String,
+    /// The API key (`sk_…`), when the server has auth on.
+    #[arg(long, env = "STUDIO_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+impl std::fmt::Debug for ServerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerUrl")
+            .field("server", &self.server)
+            .field("api_key", &self.api_key.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 /// `studio generate`.
@@ -74,19 +87,19 @@ pub struct JobsArgs {
 }
 
 /// Exit codes.
-const FAILED: u8 = 1;
-const USAGE: u8 = 2;
+pub(crate) const FAILED: u8 = 1;
+pub(crate) const USAGE: u8 = 2;
 
 /// A command that could not do its work: what to print, and the exit code.
-struct Fail(u8, String);
+pub(crate) struct Fail(pub(crate) u8, pub(crate) String);
 
 impl Fail {
-    fn usage(m: impl Into<String>) -> Self {
+    pub(crate) fn usage(m: impl Into<String>) -> Self {
         Fail(USAGE, m.into())
     }
 }
 
-fn finish(r: Result<(), Fail>) -> ExitCode {
+pub(crate) fn finish(r: Result<(), Fail>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(code, msg)) => {
@@ -109,8 +122,17 @@ impl Client {
                 "--server must be an http:// or https:// URL, not {base:?}"
             )));
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = server.api_key.as_deref().filter(|k| !k.is_empty()) {
+            let mut v =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+                    .map_err(|_| Fail::usage("--api-key holds characters a header cannot carry"))?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            .default_headers(headers)
             .build()
             .map_err(|e| Fail::usage(e.to_string()))?;
         Ok(Client { base, http })

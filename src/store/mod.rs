@@ -24,6 +24,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+use crate::auth::ApiKey;
+use crate::auth::rate::RateDecision;
 use crate::job::{JobId, JobRecord, JobStatus, NewJob, Output};
 
 pub use self::redis::RedisStore;
@@ -231,6 +233,8 @@ pub struct ListQuery {
     pub limit: usize,
     /// Opaque position from a previous page's `next_cursor`.
     pub cursor: Option<u64>,
+    /// Only this API key's jobs (`None`: everyone's).
+    pub owner: Option<String>,
 }
 
 /// One page of jobs, newest first.
@@ -354,6 +358,28 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Every change to every job, from now on.
     fn subscribe(&self) -> broadcast::Receiver<JobEvent>;
+
+    /// Stores an API key (a new one, or a new version of one).
+    async fn put_key(&self, key: &ApiKey) -> Result<(), StoreError>;
+
+    /// An API key by id, revoked ones included.
+    async fn get_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
+
+    /// Every API key, oldest first.
+    async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError>;
+
+    /// The secret that signs image URLs: made (32 random bytes) by the first
+    /// process that asks, the same for every process after.
+    async fn server_secret(&self) -> Result<Vec<u8>, StoreError>;
+
+    /// One request against a rate limit shared by every process using this store:
+    /// `rate` per second, `burst` at once, counted in `bucket`.
+    async fn rate_limit(
+        &self,
+        bucket: &str,
+        rate: f64,
+        burst: u32,
+    ) -> Result<RateDecision, StoreError>;
 }
 
 /// The error of a job that waited in the queue past its time to live without

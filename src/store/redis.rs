@@ -7,6 +7,7 @@
 //! scripts, ordered so that a crash between them leaves nothing lost: at worst a job
 //! is run again, and the lease token fences off the stale runner.
 
+mod access;
 mod events;
 mod keys;
 mod lease;
@@ -30,6 +31,8 @@ use super::{
     LeaseState, ListQuery, QueueStats, Refusal, RetryOutcome, StoreError, StoreKind, StoreSettings,
     WorkerId, log_completion, log_retry,
 };
+use crate::auth::ApiKey;
+use crate::auth::rate::RateDecision;
 use crate::clock;
 use crate::job::{JobId, JobRecord, NewJob};
 
@@ -118,16 +121,26 @@ impl RedisStore {
         }
     }
 
-    /// Lists a job under `status` (or `gone`: not at all); `unqueue` also takes it
-    /// out of the queue-position index.
-    async fn relist(&self, id: &str, status: &str, unqueue: bool) -> Result<(), StoreError> {
+    /// Lists a job of `owner` under `status` (or `gone`: not at all); `unqueue`
+    /// also takes it out of the queue-position index.
+    async fn relist(
+        &self,
+        id: &str,
+        owner: &str,
+        status: &str,
+        unqueue: bool,
+    ) -> Result<(), StoreError> {
         let k = &self.keys;
         let mut inv = self.scripts.relist.prepare_invoke();
         inv.key(k.index()).key(k.pending());
         for key in k.status_indexes() {
             inv.key(key);
         }
-        inv.arg(id).arg(status).arg(if unqueue { "1" } else { "0" });
+        inv.arg(id)
+            .arg(status)
+            .arg(if unqueue { "1" } else { "0" })
+            .arg(k.tag())
+            .arg(owner);
         let mut conn = self.conn.clone();
         self.run(inv.invoke_async::<i64>(&mut conn)).await?;
         Ok(())
@@ -265,7 +278,9 @@ impl JobStore for RedisStore {
             .arg(self.settings.index_cap)
             .arg(self.settings.max_queued)
             .arg(k.events())
-            .arg(serde_json::Value::Object(event).to_string());
+            .arg(serde_json::Value::Object(event).to_string())
+            .arg(k.tag())
+            .arg(&job.owner);
         let pushed = self.run(push.invoke_async::<i64>(&mut conn)).await;
         if !matches!(pushed, Ok(seq) if seq > 0) {
             // Nothing is queued: take the record back, best effort (the caller's
@@ -336,10 +351,14 @@ impl JobStore for RedisStore {
     async fn list(&self, query: &ListQuery) -> Result<JobPage, StoreError> {
         // A filtered listing reads that status's index only, so it costs what it
         // returns however many jobs are in other states.
-        let index = match &query.status {
-            Some(s) => self.keys.by_status(s.as_str()),
-            None => self.keys.index(),
+        let index = match (&query.owner, &query.status) {
+            (Some(o), Some(s)) => self.keys.owner_status(o, s.as_str()),
+            (Some(o), None) => self.keys.owner_index(o),
+            (None, Some(s)) => self.keys.by_status(s.as_str()),
+            (None, None) => self.keys.index(),
         };
+        // Whose listing this is, to clean it when an entry has expired.
+        let listed_owner = query.owner.as_deref().unwrap_or("");
         let limit = query.limit.max(1);
         let mut max = match query.cursor {
             Some(c) => format!("({c}"),
@@ -381,12 +400,13 @@ impl JobStore for RedisStore {
                 last_score = Some(*score as u64);
                 match record_from_map(id, map) {
                     // Expired: it leaves the listing.
-                    None => self.relist(id, "gone", false).await?,
+                    None => self.relist(id, listed_owner, "gone", false).await?,
                     Some(job) => match &query.status {
                         // A stale index entry (a crash between a job's two
                         // scripts): list it where it belongs now.
                         Some(s) if *s != job.status => {
-                            self.relist(id, job.status.as_str(), false).await?
+                            self.relist(id, &job.owner, job.status.as_str(), false)
+                                .await?
                         }
                         _ => jobs.push(job),
                     },
@@ -423,7 +443,8 @@ impl JobStore for RedisStore {
         }
         if outcome == "cancelled" {
             // Best effort: the queue entry is dropped at claim time anyway.
-            let _ = self.relist(id.as_str(), "failed", true).await;
+            let owner = reply.get(1).cloned().unwrap_or_default();
+            let _ = self.relist(id.as_str(), &owner, "failed", true).await;
             tracing::info!(job_id = %id, "job failed: cancelled while queued");
         } else if outcome == "requested" {
             tracing::info!(job_id = %id, "cancel requested for running job");
@@ -509,7 +530,7 @@ impl JobStore for RedisStore {
         for key in k.status_indexes() {
             inv.key(key);
         }
-        inv.arg(worker.as_str());
+        inv.arg(worker.as_str()).arg(k.tag());
         self.run(inv.invoke_async::<i64>(&mut conn)).await?;
         Ok(())
     }
@@ -756,6 +777,31 @@ impl JobStore for RedisStore {
     fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
         self.start_subscriber();
         self.events.subscribe()
+    }
+
+    async fn put_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        self.put_key_impl(key).await
+    }
+
+    async fn get_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        self.get_key_impl(id).await
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        self.list_keys_impl().await
+    }
+
+    async fn server_secret(&self) -> Result<Vec<u8>, StoreError> {
+        self.server_secret_impl().await
+    }
+
+    async fn rate_limit(
+        &self,
+        bucket: &str,
+        rate: f64,
+        burst: u32,
+    ) -> Result<RateDecision, StoreError> {
+        self.rate_limit_impl(bucket, rate, burst).await
     }
 }
 

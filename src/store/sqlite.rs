@@ -7,6 +7,7 @@
 //! Several processes may share the file (SQLite's locking; `busy_timeout`), but
 //! events only reach the process that wrote them.
 
+mod access;
 mod rows;
 mod schema;
 mod writer;
@@ -20,8 +21,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use tokio::sync::{Notify, Semaphore, broadcast, oneshot};
 
 use self::rows::{
-    COLUMNS, FRONT_OF_QUEUE, changed, get_record, holds_lease, insert_dead_letter, next_seq,
-    record_from_row,
+    COLUMN_COUNT, COLUMNS, FRONT_OF_QUEUE, changed, get_record, holds_lease, insert_dead_letter,
+    next_seq, record_from_row,
 };
 use self::schema::migrate;
 use self::writer::{Deliver, WriteOp, in_savepoint, writer_loop};
@@ -30,6 +31,8 @@ use super::{
     JobStore, Lease, LeaseState, ListQuery, QueueStats, Refusal, RetryOutcome, StoreError,
     StoreKind, StoreSettings, WorkerId, gave_up_message, hostname, log_completion, log_retry,
 };
+use crate::auth::ApiKey;
+use crate::auth::rate::{LocalLimiter, RateDecision};
 use crate::clock;
 use crate::job::{JobId, JobRecord, JobStatus, NewJob};
 
@@ -62,6 +65,8 @@ pub struct SqliteStore {
     wake: Arc<Notify>,
     /// Worker ids this process registered (never reaped as "a previous life").
     own_workers: Mutex<Vec<String>>,
+    /// Rate limits, counted in this process.
+    limiter: LocalLimiter,
 }
 
 fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -106,6 +111,7 @@ impl SqliteStore {
             events,
             wake: Arc::new(Notify::new()),
             own_workers: Mutex::new(Vec::new()),
+            limiter: LocalLimiter::default(),
         })
     }
 
@@ -302,8 +308,8 @@ impl JobStore for SqliteStore {
                 let inserted = conn
                     .prepare_cached(
                         "INSERT INTO jobs (id, list_seq, queue_seq, status, created_at, updated_at, \
-                         updated_ms, prompt, seed, workflow, params) VALUES (?1, ?8, ?8, \
-                         'queued', ?2, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(id) DO NOTHING",
+                         updated_ms, prompt, seed, workflow, params, owner, priority) VALUES (?1, ?8, ?8, \
+                         'queued', ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?10) ON CONFLICT(id) DO NOTHING",
                     )?
                     .execute(params![
                         r.id,
@@ -313,7 +319,9 @@ impl JobStore for SqliteStore {
                         r.seed.map(|s| s.to_string()),
                         r.workflow,
                         params_json,
-                        seq
+                        seq,
+                        r.owner,
+                        r.priority.rank()
                     ])?;
                 if inserted == 0 {
                     let existing = get_record(conn, &r.id)?.unwrap_or(r);
@@ -359,22 +367,38 @@ impl JobStore for SqliteStore {
         let limit = query.limit.max(1) as i64;
         let cursor = query.cursor.map(|c| c as i64).unwrap_or(i64::MAX);
         let status = query.status.as_ref().map(|s| s.as_str().to_owned());
+        let owner = query.owner.clone();
+        let fetch = limit + 1;
         self.read(move |c| {
-            let sql = format!(
-                "SELECT {COLUMNS}, list_seq FROM jobs WHERE list_seq < ?1 {} ORDER BY list_seq DESC LIMIT ?2",
-                if status.is_some() { "AND status = ?3" } else { "" }
-            );
+            // One statement per filter shape, so each uses its index.
+            let mut sql = format!("SELECT {COLUMNS}, list_seq FROM jobs WHERE list_seq < ?1");
+            let mut args: Vec<&dyn rusqlite::ToSql> = vec![&cursor, &fetch];
+            if let Some(s) = &status {
+                args.push(s);
+                sql.push_str(&format!(" AND status = ?{}", args.len()));
+            }
+            if let Some(o) = &owner {
+                args.push(o);
+                sql.push_str(&format!(" AND owner = ?{}", args.len()));
+            }
+            sql.push_str(" ORDER BY list_seq DESC LIMIT ?2");
             let mut stmt = c.prepare_cached(&sql)?;
-            let map = |r: &Row<'_>| Ok((record_from_row(r)?, r.get::<_, i64>(21)?));
-            let rows: Vec<(JobRecord, i64)> = match &status {
-                Some(s) => stmt.query_map(params![cursor, limit + 1, s], map)?.collect::<Result<_, _>>()?,
-                None => stmt.query_map(params![cursor, limit + 1], map)?.collect::<Result<_, _>>()?,
-            };
+            let map = |r: &Row<'_>| Ok((record_from_row(r)?, r.get::<_, i64>(COLUMN_COUNT)?));
+            let rows: Vec<(JobRecord, i64)> = stmt
+                .query_map(args.as_slice(), map)?
+                .collect::<Result<_, _>>()?;
             let more = rows.len() as i64 > limit;
             let mut jobs: Vec<(JobRecord, i64)> = rows;
             jobs.truncate(limit as usize);
-            let next_cursor = if more { jobs.last().map(|(_, s)| *s as u64) } else { None };
-            Ok(JobPage { jobs: jobs.into_iter().map(|(j, _)| j).collect(), next_cursor })
+            let next_cursor = if more {
+                jobs.last().map(|(_, s)| *s as u64)
+            } else {
+                None
+            };
+            Ok(JobPage {
+                jobs: jobs.into_iter().map(|(j, _)| j).collect(),
+                next_cursor,
+            })
         })
         .await
     }
@@ -781,5 +805,30 @@ impl JobStore for SqliteStore {
 
     fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
         self.events.subscribe()
+    }
+
+    async fn put_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        self.put_key_impl(key).await
+    }
+
+    async fn get_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        self.get_key_impl(id).await
+    }
+
+    async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        self.list_keys_impl().await
+    }
+
+    async fn server_secret(&self) -> Result<Vec<u8>, StoreError> {
+        self.server_secret_impl().await
+    }
+
+    async fn rate_limit(
+        &self,
+        bucket: &str,
+        rate: f64,
+        burst: u32,
+    ) -> Result<RateDecision, StoreError> {
+        Ok(self.rate_limit_impl(bucket, rate, burst))
     }
 }

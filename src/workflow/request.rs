@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 
 use super::param::MAX_STRING_CHARS;
 use super::{CONTRACT_PARAMS, DEFAULT_WORKFLOW, WorkflowRegistry};
+use crate::auth::Priority;
 use crate::job::NewJob;
 
 /// A request that cannot become a job: which field, a stable code, and why.
@@ -114,15 +115,28 @@ pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<Ne
             })?,
     };
 
+    let priority = match obj.get("priority") {
+        None | Some(Value::Null) => Priority::Normal,
+        Some(v) => v.as_str().and_then(Priority::parse).ok_or_else(|| {
+            FieldError::new(
+                "priority",
+                "invalid-priority",
+                "priority must be low, normal or high",
+            )
+        })?,
+    };
+
     let unknown: Vec<&str> = obj
         .keys()
         .map(String::as_str)
         .filter(|k| {
-            *k != "workflow" && !CONTRACT_PARAMS.contains(k) && !workflow.params.contains_key(*k)
+            !SUBMISSION_FIELDS.contains(k)
+                && !CONTRACT_PARAMS.contains(k)
+                && !workflow.params.contains_key(*k)
         })
         .collect();
     if !unknown.is_empty() {
-        let accepted: Vec<&str> = ["prompt", "seed", "workflow"]
+        let accepted: Vec<&str> = ["prompt", "seed", "workflow", "priority"]
             .into_iter()
             .chain(
                 workflow
@@ -173,13 +187,11 @@ pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<Ne
         FieldError::new(&fields.join(","), "invalid-param", m)
     })?;
 
-    Ok(NewJob::new(
-        prompt.clone(),
-        seed,
-        workflow.name.clone(),
-        params,
-    ))
+    Ok(NewJob::new(prompt.clone(), seed, workflow.name.clone(), params).owned("", priority))
 }
+
+/// Fields of a submission beyond the workflow's parameters.
+pub const SUBMISSION_FIELDS: &[&str] = &["workflow", "priority"];
 
 #[cfg(test)]
 mod tests {
@@ -250,6 +262,35 @@ mod tests {
         let e = parse(json!({"prompt": "x", "workflow": "nope"})).unwrap_err();
         assert_eq!(e.code, "unknown-workflow");
         assert!(e.message.contains("sd15, sdxl, smoke"), "{}", e.message);
+    }
+
+    #[test]
+    fn integral_numbers_are_read_exactly() {
+        // Without serde_json's float_roundtrip this parses one step off
+        // (2251799813685247.5), and a valid integer is refused.
+        let v: Value =
+            serde_json::from_str(r#"{"prompt": "x", "seed": 2251799813685247.0}"#).unwrap();
+        let job = parse_submission(&v, &WorkflowRegistry::built_in()).unwrap();
+        assert_eq!(job.seed, 2_251_799_813_685_247);
+    }
+
+    #[test]
+    fn a_priority_is_low_normal_or_high() {
+        assert_eq!(
+            parse(json!({"prompt": "x"})).unwrap().priority,
+            Priority::Normal
+        );
+        assert_eq!(
+            parse(json!({"prompt": "x", "priority": "high"}))
+                .unwrap()
+                .priority,
+            Priority::High
+        );
+        let e = parse(json!({"prompt": "x", "priority": "urgent"})).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("invalid-priority", Some("priority"))
+        );
     }
 
     #[test]

@@ -173,7 +173,7 @@ async fn a_redis_outage_answers_503_fast_and_recovers_without_a_restart() {
         None,
         std::sync::Arc::new(TempDir::new()),
         move |a| {
-            a.redis_url = Some(url);
+            a.store.redis_url = Some(url);
             a.comfyui = vec![comfy];
         },
     )

@@ -409,17 +409,25 @@ async fn every_route_that_changes_something_refuses_what_a_form_can_send() {
         if *method == "get" {
             continue;
         }
-        let url = app.url(&path.replace("{job_id}", &id).replace("{file}", "x"));
+        let url = app.url(
+            &path
+                .replace("{job_id}", &id)
+                .replace("{file}", "x")
+                .replace("{key_id}", "0123456789ab"),
+        );
         let m = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
-        let res = app
-            .http
-            .request(m.clone(), &url)
-            .header("content-type", "text/plain")
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 415, "{method} {path}");
+        // Only a POST can be a form (other methods make the browser ask CORS).
+        if *method == "post" {
+            let res = app
+                .http
+                .request(m.clone(), &url)
+                .header("content-type", "text/plain")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 415, "{method} {path}");
+        }
         let res = app
             .http
             .request(m, &url)

@@ -9,6 +9,7 @@ mod cli;
 mod comfy_protocol;
 mod events;
 mod faults;
+mod keys;
 mod limits;
 mod openapi;
 mod redis_interop;

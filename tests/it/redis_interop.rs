@@ -157,6 +157,7 @@ async fn a_job_another_program_pushes_without_a_hash_is_claimed_and_its_hash_cre
     // It is listed like our own jobs.
     let page = s
         .list(&studio_core::store::ListQuery {
+            owner: None,
             status: None,
             limit: 10,
             cursor: None,
@@ -167,6 +168,7 @@ async fn a_job_another_program_pushes_without_a_hash_is_claimed_and_its_hash_cre
     // And under its status.
     let finished = s
         .list(&studio_core::store::ListQuery {
+            owner: None,
             status: Some(studio_core::job::JobStatus::Finished),
             limit: 10,
             cursor: None,

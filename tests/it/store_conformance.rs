@@ -426,6 +426,7 @@ async fn listing_is_newest_first_paginated_and_filtered(kind: Backing) {
         async move {
             let p = store
                 .list(&ListQuery {
+                    owner: None,
                     status: None,
                     limit: 3,
                     cursor,
@@ -453,6 +454,7 @@ async fn listing_is_newest_first_paginated_and_filtered(kind: Backing) {
     let failed = t
         .store
         .list(&ListQuery {
+            owner: None,
             status: Some(JobStatus::Failed),
             limit: 10,
             cursor: None,

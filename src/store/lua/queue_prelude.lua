@@ -17,19 +17,46 @@ local function status_sets(at)
     failed = KEYS[at + 3]}
 end
 
--- Lists a job under `status` only (with its listing score from `index`). '' leaves
--- it as it is; 'gone' removes it from the listing altogether.
-local function list_as(index, sets, job_id, status)
+-- The owner named in a queue entry (our entries carry it; others' do not).
+local function owner_of(payload)
+  local ok, decoded = pcall(cjson.decode, payload)
+  if ok and type(decoded) == 'table' and type(decoded['owner_key']) == 'string' then
+    return decoded['owner_key']
+  end
+  return ''
+end
+
+-- An owner's own listing indexes (all its jobs, and by status), named from the
+-- queue's hash tag so they share its slot.
+local function owner_keys(tag, owner)
+  local base = tag .. ':owner:' .. owner
+  return base .. ':index', {queued = base .. ':status:queued',
+    processing = base .. ':status:processing', finished = base .. ':status:finished',
+    failed = base .. ':status:failed'}
+end
+
+-- Lists a job under `status` only (with its listing score from `index`), in the
+-- global indexes and, when it has an owner, in the owner's. '' leaves it as it
+-- is; 'gone' removes it from the listing altogether.
+local function list_as(index, sets, job_id, status, tag, owner)
   if status == '' then return end
-  for name, key in pairs(sets) do
-    if name ~= status then redis.call('ZREM', key, job_id) end
-  end
-  if status == 'gone' then
-    redis.call('ZREM', index, job_id)
-    return
-  end
   local score = redis.call('ZSCORE', index, job_id)
-  if score and sets[status] then redis.call('ZADD', sets[status], score, job_id) end
+  local all = {{index, sets}}
+  if tag and owner and owner ~= '' then
+    local oindex, osets = owner_keys(tag, owner)
+    all[2] = {oindex, osets}
+  end
+  for i, pair in ipairs(all) do
+    for name, key in pairs(pair[2]) do
+      if name ~= status then redis.call('ZREM', key, job_id) end
+    end
+    if status == 'gone' then
+      redis.call('ZREM', pair[1], job_id)
+    elseif score and pair[2][status] then
+      redis.call('ZADD', pair[2][status], score, job_id)
+      if i > 1 then redis.call('ZADD', pair[1], score, job_id) end
+    end
+  end
 end
 
 -- Keeps the listing at its cap: the oldest entries leave every index.

@@ -3,9 +3,11 @@
 -- KEYS[3] {job_queue}:index, KEYS[4] {job_queue}:seq, KEYS[5] {job_queue}:delayed,
 -- KEYS[6] {job_queue}:dead, KEYS[7] job_queue, KEYS[8..11] status indexes
 -- ARGV[1] action, ARGV[2] payload, ARGV[3] job id, ARGV[4] index cap,
--- ARGV[5] due (ms), ARGV[6] dead letter JSON, ARGV[7] the job's status now ('' unknown)
+-- ARGV[5] due (ms), ARGV[6] dead letter JSON, ARGV[7] the job's status now ('' unknown),
+-- ARGV[8] the queue's hash tag
 local action = ARGV[1]
 local sets = status_sets(8)
+local tag, owner = ARGV[8], owner_of(ARGV[2])
 if action == 'claimed' then
   -- leased: no longer waiting; listed even if another program pushed it
   redis.call('ZREM', KEYS[2], ARGV[3])
@@ -13,30 +15,30 @@ if action == 'claimed' then
     redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), ARGV[3])
     trim_index(KEYS[3], sets, tonumber(ARGV[4]))
   end
-  list_as(KEYS[3], sets, ARGV[3], 'processing')
+  list_as(KEYS[3], sets, ARGV[3], 'processing', tag, owner)
 elseif action == 'drop' then
   redis.call('LREM', KEYS[1], 1, ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[3])
-  list_as(KEYS[3], sets, ARGV[3], ARGV[7])
+  list_as(KEYS[3], sets, ARGV[3], ARGV[7], tag, owner)
 elseif action == 'done' then
   redis.call('LREM', KEYS[1], 1, ARGV[2])
-  list_as(KEYS[3], sets, ARGV[3], ARGV[7])
+  list_as(KEYS[3], sets, ARGV[3], ARGV[7], tag, owner)
 elseif action == 'delay' then
   redis.call('LREM', KEYS[1], 1, ARGV[2])
   redis.call('ZADD', KEYS[5], ARGV[5], ARGV[2])
-  list_as(KEYS[3], sets, ARGV[3], 'queued')
+  list_as(KEYS[3], sets, ARGV[3], 'queued', tag, owner)
 elseif action == 'dead' then
   redis.call('LREM', KEYS[1], 1, ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[3])
   redis.call('LPUSH', KEYS[6], ARGV[6])
   redis.call('LTRIM', KEYS[6], 0, 9999)
-  list_as(KEYS[3], sets, ARGV[3], 'failed')
+  list_as(KEYS[3], sets, ARGV[3], 'failed', tag, owner)
 elseif action == 'release' then
   -- back to the consuming end, first in line
   if redis.call('LREM', KEYS[1], 1, ARGV[2]) > 0 then
     redis.call('RPUSH', KEYS[7], ARGV[2])
     pending_first(KEYS[2], ARGV[3])
-    list_as(KEYS[3], sets, ARGV[3], 'queued')
+    list_as(KEYS[3], sets, ARGV[3], 'queued', tag, owner)
   end
 else
   return redis.error_reply('unknown settle action ' .. action)

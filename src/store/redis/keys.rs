@@ -27,6 +27,22 @@ impl Keys {
         &self.prefix
     }
 
+    /// The hash tag every queue key shares (`{job_queue}`, with the prefix inside),
+    /// for scripts that name an owner's keys themselves.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// An owner's own listing: its job ids → sequence numbers.
+    pub fn owner_index(&self, owner: &str) -> String {
+        format!("{}:owner:{owner}:index", self.tag)
+    }
+
+    /// An owner's jobs in one status.
+    pub fn owner_status(&self, owner: &str, status: &str) -> String {
+        format!("{}:owner:{owner}:status:{status}", self.tag)
+    }
+
     /// The prototype's queue: producers `LPUSH`, consumers take from the right.
     pub fn queue(&self) -> String {
         format!("{}job_queue", self.prefix)
@@ -93,6 +109,21 @@ impl Keys {
         format!("{}:reaper-lock", self.tag)
     }
 
+    /// Every API key: key id → the key as JSON.
+    pub fn api_keys(&self) -> String {
+        format!("{}studio:keys", self.prefix)
+    }
+
+    /// The secret that signs image URLs.
+    pub fn server_secret(&self) -> String {
+        format!("{}studio:secret", self.prefix)
+    }
+
+    /// A rate limit's bucket (GCRA's theoretical arrival time).
+    pub fn rate_bucket(&self, bucket: &str) -> String {
+        format!("{}studio:rate:{bucket}", self.prefix)
+    }
+
     /// The pub/sub channel every status change is published on.
     pub fn events(&self) -> String {
         format!("{}job:events", self.prefix)
@@ -155,6 +186,8 @@ mod tests {
                 k.seq(),
                 k.reaper_lock(),
                 k.by_status("failed"),
+                k.owner_index("0123456789ab"),
+                k.owner_status("0123456789ab", "queued"),
             ] {
                 assert_eq!(slot(&key), s, "{key}");
             }

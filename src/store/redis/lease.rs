@@ -45,7 +45,8 @@ impl RedisStore {
             .arg(self.settings.index_cap)
             .arg(due)
             .arg(dead)
-            .arg(status);
+            .arg(status)
+            .arg(k.tag());
         let mut conn = self.conn.clone();
         self.run(inv.invoke_async::<i64>(&mut conn)).await?;
         Ok(())
@@ -266,7 +267,7 @@ impl RedisStore {
             for key in k.status_indexes() {
                 inv.key(key);
             }
-            inv.arg(&w);
+            inv.arg(&w).arg(k.tag());
             for (p, id) in &args {
                 inv.arg(p).arg(id);
             }

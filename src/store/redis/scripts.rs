@@ -23,6 +23,7 @@ pub(super) struct Scripts {
     pub(super) promote: Script,
     pub(super) heartbeat: Script,
     pub(super) unlock: Script,
+    pub(super) gcra: Script,
 }
 
 impl Scripts {
@@ -47,6 +48,7 @@ impl Scripts {
             reap: requeueing(include_str!("../lua/reap.lua")),
             promote: Script::new(include_str!("../lua/promote.lua")),
             heartbeat: Script::new(include_str!("../lua/heartbeat.lua")),
+            gcra: Script::new(include_str!("../lua/gcra.lua")),
             unlock: Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
             ),

@@ -3,12 +3,16 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
+use crate::auth::Priority;
 use crate::job::{JobRecord, JobStatus};
 
 /// The columns every record query selects, in [`record_from_row`]'s order.
 pub(super) const COLUMNS: &str = "id, status, progress, image_url, error, created_at, updated_at, updated_ms, \
     prompt, seed, workflow, params, attempt, cancel_requested, cancelled, outputs, backend, \
-    worker_id, last_error, run_at, rev";
+    worker_id, last_error, run_at, rev, owner, priority";
+
+/// Columns in [`COLUMNS`] (the next one selected is at this index).
+pub(super) const COLUMN_COUNT: usize = 23;
 
 /// The next number of the one sequence that orders both the listing and the queue:
 /// O(1), where `MAX(queue_seq)` would scan the whole queue index.
@@ -43,6 +47,12 @@ pub(super) fn record_from_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
         last_error: r.get(18)?,
         retry_at: r.get::<_, i64>(19)?.max(0) as u64,
         rev: r.get::<_, i64>(20)?.max(0) as u64,
+        owner: r.get(21)?,
+        priority: match r.get::<_, i64>(22)? {
+            0 => Priority::High,
+            2 => Priority::Low,
+            _ => Priority::Normal,
+        },
         extra: Default::default(),
     })
 }

@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_token      TEXT,
     last_error       TEXT NOT NULL DEFAULT '',
     run_at           INTEGER NOT NULL DEFAULT 0,
-    rev              INTEGER NOT NULL DEFAULT 1
+    rev              INTEGER NOT NULL DEFAULT 1,
+    owner            TEXT NOT NULL DEFAULT '',
+    priority         INTEGER NOT NULL DEFAULT 1
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_list_seq ON jobs(list_seq);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, list_seq);
@@ -60,6 +62,57 @@ CREATE TRIGGER IF NOT EXISTS queued_on_update AFTER UPDATE OF status ON jobs
     WHEN (OLD.status = 'queued') != (NEW.status = 'queued')
 BEGIN UPDATE counters SET value = value + (NEW.status = 'queued') - (OLD.status = 'queued')
     WHERE name = 'queued'; END;
+CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs(owner, status, list_seq);
+CREATE INDEX IF NOT EXISTS jobs_lane ON jobs(owner, status, priority, queue_seq);
+-- One lane per owner ('' for jobs without one): its share (weight), its cap on
+-- running jobs (0: none), its virtual time for fair claims, and its counts, which
+-- the triggers below keep.
+CREATE TABLE IF NOT EXISTS lanes (
+    owner       TEXT PRIMARY KEY,
+    weight      INTEGER NOT NULL DEFAULT 1,
+    max_running INTEGER NOT NULL DEFAULT 0,
+    vt          REAL NOT NULL DEFAULT 0,
+    queued      INTEGER NOT NULL DEFAULT 0,
+    running     INTEGER NOT NULL DEFAULT 0
+);
+INSERT OR IGNORE INTO lanes (owner) SELECT DISTINCT owner FROM jobs;
+UPDATE lanes SET
+    queued = (SELECT COUNT(*) FROM jobs WHERE jobs.owner = lanes.owner AND status = 'queued'),
+    running = (SELECT COUNT(*) FROM jobs WHERE jobs.owner = lanes.owner AND status = 'processing');
+CREATE TRIGGER IF NOT EXISTS lane_on_insert AFTER INSERT ON jobs
+BEGIN
+    INSERT OR IGNORE INTO lanes (owner) VALUES (NEW.owner);
+    UPDATE lanes SET queued = queued + (NEW.status = 'queued'),
+        running = running + (NEW.status = 'processing') WHERE owner = NEW.owner;
+END;
+CREATE TRIGGER IF NOT EXISTS lane_on_delete AFTER DELETE ON jobs
+BEGIN
+    UPDATE lanes SET queued = queued - (OLD.status = 'queued'),
+        running = running - (OLD.status = 'processing') WHERE owner = OLD.owner;
+END;
+CREATE TRIGGER IF NOT EXISTS lane_on_update AFTER UPDATE OF status ON jobs
+    WHEN OLD.status != NEW.status
+BEGIN
+    UPDATE lanes SET queued = queued + (NEW.status = 'queued') - (OLD.status = 'queued'),
+        running = running + (NEW.status = 'processing') - (OLD.status = 'processing')
+        WHERE owner = NEW.owner;
+END;
+CREATE TABLE IF NOT EXISTS api_keys (
+    id     TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS settings (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    owner      TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    body_hash  TEXT NOT NULL,
+    job_id     TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (owner, key)
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id    TEXT NOT NULL,
@@ -72,8 +125,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 
 /// The schema version this build writes (`PRAGMA user_version`). Version 2 stores
 /// the prompt once (version 1 also kept the whole queue entry in `payload`) and
-/// counts queued jobs.
-pub(super) const SCHEMA_VERSION: i64 = 2;
+/// counts queued jobs; version 3 adds owners, priorities, lanes, API keys,
+/// settings and idempotency records.
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 /// Creates the schema in a new file; refuses a file written by a newer version.
 pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -89,6 +143,13 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
         // The queue entry is rebuilt from the columns when needed.
         conn.execute_batch("ALTER TABLE jobs DROP COLUMN payload")
             .map_err(internal)?;
+    }
+    if (1..3).contains(&version) {
+        conn.execute_batch(
+            "ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''; \
+             ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;",
+        )
+        .map_err(internal)?;
     }
     conn.execute_batch(SCHEMA).map_err(internal)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)

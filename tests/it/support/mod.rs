@@ -181,10 +181,13 @@ pub fn test_args(data_dir: &Path) -> ServerArgs {
     ServerArgs {
         host: "127.0.0.1".into(),
         port: 0,
-        data_dir: data_dir.to_path_buf(),
-        redis_url: None,
-        redis_host: None,
-        redis_prefix: String::new(),
+        store: studio_core::config::StoreArgs {
+            data_dir: data_dir.to_path_buf(),
+            redis_url: None,
+            redis_host: None,
+            redis_port: 6379,
+            redis_prefix: String::new(),
+        },
         comfyui: Vec::new(),
         worker_ttl: Duration::from_millis(900),
         retry_base: Duration::from_millis(100),
@@ -237,8 +240,8 @@ impl TestApp {
         let mut args = test_args(dir.path());
         if kind == Backing::Redis {
             let r = redis.as_ref().expect("a Redis prefix");
-            args.redis_url = Some(r.url.clone());
-            args.redis_prefix = r.prefix.clone();
+            args.store.redis_url = Some(r.url.clone());
+            args.store.redis_prefix = r.prefix.clone();
         }
         configure(&mut args);
         let app = App::build(role, &args).await.expect("app builds");

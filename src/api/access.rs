@@ -1,0 +1,334 @@
+//! Who is asking, on every request: [`Gate`] reads the key a request carries
+//! (`Authorization: Bearer sk_…` or `X-API-Key`), checks it against the process's
+//! key cache, applies the key's rate limit (or the per-address one for requests
+//! without a key), and hands the [`Identity`] to the handlers ([`Caller`]). With
+//! auth off and no rate limit on anonymous requests, a request without a key costs
+//! nothing here.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::OnceCell;
+use tower::Service;
+
+use super::error::ApiError;
+use super::events::IpKey;
+use crate::auth::cache::{KeyCache, KeyRefusal};
+use crate::auth::rate::RateDecision;
+use crate::auth::signing::UrlSigner;
+use crate::auth::{AuthMode, Identity};
+use crate::clock;
+use crate::store::{JobStore, StoreError};
+
+/// How the API decides who is asking. One per process, shared by every request.
+pub struct Access {
+    /// `Off` or `Keys` (`Auto` resolved at start).
+    pub mode: AuthMode,
+    pub keys: KeyCache,
+    pub store: Arc<dyn JobStore>,
+    /// Requests per second and burst per client address, for requests without a
+    /// key (`--anon-rate`).
+    pub anon_rate: Option<(f64, u32)>,
+    /// How long a signed image URL stays valid.
+    pub url_ttl: Duration,
+    signer: OnceCell<UrlSigner>,
+}
+
+impl Access {
+    pub fn new(
+        mode: AuthMode,
+        store: Arc<dyn JobStore>,
+        anon_rate: Option<(f64, u32)>,
+        url_ttl: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Access {
+            mode,
+            keys: KeyCache::default(),
+            store,
+            anon_rate,
+            url_ttl,
+            signer: OnceCell::new(),
+        })
+    }
+
+    /// The image URL signer, with the store's secret (read once per process).
+    pub async fn signer(&self) -> Result<&UrlSigner, StoreError> {
+        self.signer
+            .get_or_try_init(|| async { Ok(UrlSigner::new(&self.store.server_secret().await?)) })
+            .await
+    }
+
+    /// Whether image URLs must be signed.
+    pub fn signs_urls(&self) -> bool {
+        self.mode == AuthMode::Keys
+    }
+
+    /// The signer, if it has been read already (after one `signer().await`).
+    pub fn signer_ready(&self) -> Option<&UrlSigner> {
+        self.signer.get()
+    }
+
+    /// The expiry put in signed URLs: at least `url_ttl` from now, rounded up to
+    /// five minutes, so a URL stays the same (and cached) for a while.
+    pub fn url_expiry(&self) -> u64 {
+        let at = clock::now_ms() / 1000 + self.url_ttl.as_secs();
+        at.div_ceil(300) * 300
+    }
+
+    /// Decides who `headers` are from. `Ok(None)`: no key was presented.
+    async fn identify(&self, headers: &HeaderMap) -> Result<Option<Identity>, ApiError> {
+        let Some(presented) = presented_key(headers) else {
+            return Ok(None);
+        };
+        let checked = self
+            .keys
+            .authenticate(self.store.as_ref(), presented)
+            .await
+            .map_err(ApiError::from)?;
+        match checked {
+            Ok(key) => Ok(Some(Identity {
+                sees_all: key.role == crate::auth::Role::Admin || self.mode == AuthMode::Off,
+                key: Some(key),
+            })),
+            Err(KeyRefusal::Revoked) => Err(unauthorized("this API key has been revoked")),
+            Err(_) => Err(unauthorized("this API key is not valid")),
+        }
+    }
+}
+
+/// The key a request presents: `Authorization: Bearer <key>` or `X-API-Key`.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let (scheme, rest) = v.trim().split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim());
+    }
+    headers.get("x-api-key").and_then(|v| v.to_str().ok())
+}
+
+pub fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
+/// Paths anyone may reach without a key: health, the pages and their assets, the
+/// API documentation. (Pictures carry a signature instead: `images.rs`.)
+fn is_public(path: &str) -> bool {
+    matches!(path, "/health" | "/" | "/docs" | "/openapi.json")
+        || path.starts_with("/assets/")
+        || path.starts_with("/images/")
+}
+
+/// Who a request comes from; for the handlers.
+#[derive(Clone, Debug)]
+pub struct Caller(pub Identity);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Identity>()
+            .cloned()
+            .map(Caller)
+            .ok_or_else(|| unauthorized("an API key is required"))
+    }
+}
+
+/// The identity of a request without a key when auth is off: everything visible,
+/// as in the prototype.
+fn open_identity() -> Identity {
+    Identity {
+        key: None,
+        sees_all: true,
+    }
+}
+
+/// Identifies requests and applies rate limits before the router.
+#[derive(Clone)]
+pub struct Gate<S> {
+    inner: S,
+    access: Arc<Access>,
+}
+
+impl<S> Gate<S> {
+    pub fn new(inner: S, access: Arc<Access>) -> Self {
+        Gate { inner, access }
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<S, B> Service<Request<B>> for Gate<S>
+where
+    S: Service<Request<B>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = futures_util::future::Either<S::Future, BoxFuture>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let a = &self.access;
+        let no_key = presented_key(req.headers()).is_none();
+        // The common case with auth off: nothing to look up, nothing to count.
+        if no_key && a.mode == AuthMode::Off && a.anon_rate.is_none()
+            || req.method() == axum::http::Method::OPTIONS
+        {
+            req.extensions_mut().insert(open_identity());
+            return futures_util::future::Either::Left(self.inner.call(req));
+        }
+        let access = self.access.clone();
+        let mut inner = self.inner.clone();
+        std::mem::swap(&mut inner, &mut self.inner);
+        futures_util::future::Either::Right(Box::pin(
+            async move { Ok(gate(access, inner, req).await) },
+        ))
+    }
+}
+
+async fn gate<S, B>(access: Arc<Access>, mut inner: S, mut req: Request<B>) -> Response
+where
+    S: Service<Request<B>, Response = Response, Error = Infallible>,
+{
+    let path = req.uri().path();
+    let public = is_public(path);
+    let api = path.starts_with("/api/");
+    let identity = match access.identify(req.headers()).await {
+        Ok(Some(id)) => id,
+        Ok(None) if access.mode == AuthMode::Off => open_identity(),
+        Ok(None) if public => Identity {
+            key: None,
+            sees_all: false,
+        },
+        Ok(None) => {
+            return unauthorized(
+                "an API key is required: send Authorization: Bearer <key> (or X-API-Key)",
+            )
+            .into_response();
+        }
+        Err(e) => return e.into_response(),
+    };
+    // Rate limits count API requests: a key's own, or its address's without one.
+    let limit = if !api {
+        None
+    } else if let Some(key) = &identity.key {
+        key.limits.rate.map(|r| {
+            (
+                format!("key:{}", key.id),
+                r,
+                key.limits.burst_or_default(),
+                "key",
+            )
+        })
+    } else {
+        access.anon_rate.map(|(r, b)| {
+            let ip = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+            (format!("addr:{:x}", IpKey::of(ip).0), r, b, "address")
+        })
+    };
+    let decision = match &limit {
+        // A store outage is answered by the handler (503) anyway.
+        Some((bucket, rate, burst, _)) => access.store.rate_limit(bucket, *rate, *burst).await.ok(),
+        None => None,
+    };
+    if let (Some(d), Some((_, rate, burst, name))) = (decision, &limit)
+        && !d.allowed
+    {
+        let mut res = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limited",
+            format!(
+                "too many requests: this {name} may make {rate} per second (bursts of {burst}); try again in {:.1} s",
+                d.retry_after_secs
+            ),
+        )
+        .retry_after(d.retry_after_secs.ceil().max(1.0) as u64)
+        .into_response();
+        rate_headers(res.headers_mut(), name, *rate, *burst, &d);
+        return res;
+    }
+    req.extensions_mut().insert(identity);
+    let mut res = match inner.call(req).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    if let (Some(d), Some((_, rate, burst, name))) = (decision, &limit) {
+        rate_headers(res.headers_mut(), name, *rate, *burst, &d);
+    }
+    res
+}
+
+/// The IETF `RateLimit-Policy` and `RateLimit` headers
+/// (draft-ietf-httpapi-ratelimit-headers): the quota `q` per window `w` seconds,
+/// and what `r`emains until `t` seconds from now.
+fn rate_headers(h: &mut HeaderMap, name: &str, rate: f64, burst: u32, d: &RateDecision) {
+    let window = (f64::from(burst) / rate).ceil().max(1.0) as u64;
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";q={burst};w={window}")) {
+        h.insert("ratelimit-policy", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "\"{name}\";r={};t={}",
+        d.remaining,
+        d.reset_secs.ceil() as u64
+    )) {
+        h.insert("ratelimit", v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_come_from_bearer_or_x_api_key() {
+        let mut h = HeaderMap::new();
+        assert_eq!(presented_key(&h), None);
+        h.insert("x-api-key", HeaderValue::from_static("sk_a"));
+        assert_eq!(presented_key(&h), Some("sk_a"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer  sk_b "),
+        );
+        assert_eq!(presented_key(&h), Some("sk_b"), "Authorization wins");
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(presented_key(&h), None, "another scheme is no key");
+    }
+
+    #[test]
+    fn the_pages_health_and_pictures_are_public_the_api_is_not() {
+        for p in [
+            "/health",
+            "/",
+            "/docs",
+            "/openapi.json",
+            "/assets/app.js",
+            "/images/j/a.png",
+        ] {
+            assert!(is_public(p), "{p}");
+        }
+        for p in ["/api/generate", "/api/jobs", "/api/events", "/api/keys"] {
+            assert!(!is_public(p), "{p}");
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! API keys over HTTP, for admins: list (`GET /api/keys`), create (`POST`), change
+//! (`PATCH /api/keys/{id}`), revoke (`DELETE`). The first admin key is made with
+//! `studio keys create --role admin`, which reaches the store directly.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::access::Caller;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{JsonBody, PathParams};
+use super::guard::Deliberate;
+use crate::auth::keys::manage::{self, KeyError};
+use crate::auth::{ApiKey, Identity, KeyLimits, KeyUpdate, Priority, Role};
+
+/// A key as the API shows it: everything but its hash.
+#[derive(Serialize, ToSchema)]
+pub struct KeyView {
+    /// The id (the part of the secret between `sk_` and the second `_`).
+    pub id: String,
+    pub name: String,
+    #[schema(value_type = String, example = "user")]
+    pub role: Role,
+    pub created_at: String,
+    /// When it was revoked; empty while it is valid.
+    pub revoked_at: String,
+    pub limits: KeyLimits,
+}
+
+impl From<&ApiKey> for KeyView {
+    fn from(k: &ApiKey) -> Self {
+        KeyView {
+            id: k.id.clone(),
+            name: k.name.clone(),
+            role: k.role,
+            created_at: k.created_at.clone(),
+            revoked_at: k.revoked_at.clone(),
+            limits: k.limits.clone(),
+        }
+    }
+}
+
+/// A new key and its secret, shown this once.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedKey {
+    pub key: KeyView,
+    /// `sk_<id>_<secret>`: send it as `Authorization: Bearer <secret>`. Only its
+    /// hash is stored; it cannot be shown again.
+    pub secret: String,
+}
+
+/// A key to create: `name` (required), and `role`, `rate`, `burst`, `max_queued`,
+/// `max_running`, `weight`, `max_priority` as `studio keys create` takes them.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct KeyRequest {
+    pub name: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub role: Option<Role>,
+    /// Requests per second.
+    pub rate: Option<f64>,
+    pub burst: Option<u32>,
+    pub max_queued: Option<u32>,
+    pub max_running: Option<u32>,
+    /// 1–1000 (default 1).
+    pub weight: Option<u32>,
+    #[schema(value_type = Option<String>)]
+    pub max_priority: Option<Priority>,
+}
+
+fn admin_only(who: &Identity) -> Result<(), ApiError> {
+    if who.is_admin_key() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "managing API keys needs an admin key",
+        ))
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Invalid(field, message) => {
+                ApiError::bad_request("invalid-key-setting", format!("{field} {message}"))
+                    .with_field(field)
+            }
+            KeyError::NotFound => ApiError::not_found("key-not-found", "no API key with this id"),
+            KeyError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// The fields of a key request: `Some(None)` is an explicit `null` (clears a limit).
+fn parse_change(body: &Value, creating: bool) -> Result<KeyUpdate, ApiError> {
+    let obj = body.as_object().ok_or_else(|| {
+        ApiError::bad_request("invalid-body", "request body must be a JSON object")
+    })?;
+    let invalid = |field: &str, why: &str| {
+        ApiError::bad_request("invalid-key-setting", format!("{field} {why}")).with_field(field)
+    };
+    let mut u = KeyUpdate::default();
+    for (k, v) in obj {
+        let uint = |v: &Value| -> Result<Option<u32>, ApiError> {
+            if v.is_null() {
+                return Ok(None);
+            }
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| invalid(k, "must be a whole number (or null for no limit)"))
+        };
+        match k.as_str() {
+            "name" => {
+                u.name = Some(
+                    v.as_str()
+                        .ok_or_else(|| invalid(k, "must be a string"))?
+                        .to_owned(),
+                )
+            }
+            "role" => {
+                u.role = Some(match v.as_str() {
+                    Some("user") => Role::User,
+                    Some("admin") => Role::Admin,
+                    _ => return Err(invalid(k, "must be user or admin")),
+                })
+            }
+            "rate" => {
+                u.rate = Some(if v.is_null() {
+                    None
+                } else {
+                    Some(v.as_f64().ok_or_else(|| invalid(k, "must be a number"))?)
+                })
+            }
+            "burst" => u.burst = Some(uint(v)?),
+            "max_queued" => u.max_queued = Some(uint(v)?),
+            "max_running" => u.max_running = Some(uint(v)?),
+            "weight" => {
+                u.weight = Some(uint(v)?.ok_or_else(|| invalid(k, "must be a whole number"))?)
+            }
+            "max_priority" => {
+                u.max_priority = Some(
+                    v.as_str()
+                        .and_then(Priority::parse)
+                        .ok_or_else(|| invalid(k, "must be low, normal or high"))?,
+                )
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "unknown-field",
+                    format!("unknown field {other:?}; a key has name, role, rate, burst, max_queued, max_running, weight, max_priority"),
+                )
+                .with_field(other));
+            }
+        }
+    }
+    if creating && u.name.is_none() {
+        return Err(invalid("name", "is required"));
+    }
+    Ok(u)
+}
+
+/// Every key (admins only).
+#[utoipa::path(get, path = "/api/keys", tag = "keys",
+    responses(
+        (status = 200, description = "Every key, oldest first", body = Vec<KeyView>),
+        (status = 401, description = "No key, or not a valid one (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "Not an admin key (`forbidden`)", body = ErrorBody),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+) -> Result<Json<Vec<KeyView>>, ApiError> {
+    admin_only(&who)?;
+    let keys = state.with_timeout(state.store.list_keys()).await?;
+    Ok(Json(keys.iter().map(KeyView::from).collect()))
+}
+
+/// Creates a key; its secret is in this answer only (admins only).
+#[utoipa::path(post, path = "/api/keys", tag = "keys",
+    request_body(content = KeyRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; the secret is shown this once", body = CreatedKey),
+        (status = 400, description = "A bad setting (`invalid-key-setting`, `unknown-field`, `invalid-json`, `invalid-body`)", body = ErrorBody),
+        (status = 401, description = "No key, or not a valid one (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "Not an admin key (`forbidden`), or from a web page on an origin not allowed (`forbidden-origin`)", body = ErrorBody),
+        (status = 415, description = "Not JSON (`unsupported-media-type`)", body = ErrorBody),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    _: Deliberate,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    admin_only(&who)?;
+    let change = parse_change(&body, true)?;
+    let base = ApiKey {
+        id: String::new(),
+        name: change.name.clone().unwrap_or_default(),
+        role: Role::User,
+        hash: String::new(),
+        created_at: String::new(),
+        revoked_at: String::new(),
+        limits: KeyLimits::default(),
+    };
+    let wanted = change.apply(&base);
+    let (key, secret) = state
+        .with_timeout(async {
+            Ok(manage::create(
+                state.store.as_ref(),
+                &wanted.name,
+                wanted.role,
+                wanted.limits,
+            )
+            .await)
+        })
+        .await??;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            key: KeyView::from(&key),
+            secret: secret.secret,
+        }),
+    )
+        .into_response())
+}
+
+/// Changes a key's name, role or limits (`null` clears a limit; admins only).
+#[utoipa::path(patch, path = "/api/keys/{key_id}", tag = "keys",
+    params(("key_id" = String, Path, description = "The key's id")),
+    request_body(content = KeyRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The key as changed", body = KeyView),
+        (status = 400, description = "A bad setting (`invalid-key-setting`, `unknown-field`, `invalid-json`, `invalid-body`)", body = ErrorBody),
+        (status = 401, description = "No key, or not a valid one (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "Not an admin key (`forbidden`), or from a web page on an origin not allowed (`forbidden-origin`)", body = ErrorBody),
+        (status = 404, description = "No such key (`key-not-found`)", body = ErrorBody),
+        (status = 415, description = "Not JSON (`unsupported-media-type`)", body = ErrorBody),
+    ))]
+pub async fn update(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    _: Deliberate,
+    PathParams(id): PathParams<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<KeyView>, ApiError> {
+    admin_only(&who)?;
+    let change = parse_change(&body, false)?;
+    let key = state
+        .with_timeout(async { Ok(manage::update(state.store.as_ref(), &id, &change).await) })
+        .await??;
+    Ok(Json(KeyView::from(&key)))
+}
+
+/// Revokes a key: every process refuses it within a second (admins only).
+#[utoipa::path(delete, path = "/api/keys/{key_id}", tag = "keys",
+    params(("key_id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "Revoked (it stays listed, with `revoked_at`)", body = KeyView),
+        (status = 401, description = "No key, or not a valid one (`unauthorized`)", body = ErrorBody),
+        (status = 403, description = "Not an admin key (`forbidden`), or from a web page on an origin not allowed (`forbidden-origin`)", body = ErrorBody),
+        (status = 404, description = "No such key (`key-not-found`)", body = ErrorBody),
+        (status = 415, description = "Neither JSON nor an X-Requested-With header (`unsupported-media-type`)", body = ErrorBody),
+    ))]
+pub async fn revoke(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    _: Deliberate,
+    PathParams(id): PathParams<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    admin_only(&who)?;
+    let key = state
+        .with_timeout(async { Ok(manage::revoke(state.store.as_ref(), &id).await) })
+        .await??;
+    Ok(Json(KeyView::from(&key)))
+}

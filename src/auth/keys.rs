@@ -1,0 +1,399 @@
+//! An API key as the store keeps it: who it is for, what it may do, its limits.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// What a key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Submits jobs and sees its own.
+    User,
+    /// Sees every job, manages keys.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// A job's priority within its owner's lane: `high` first, then `normal`, then
+/// `low`; first come, first served within each.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    ToSchema,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s {
+            "low" => Some(Priority::Low),
+            "normal" => Some(Priority::Normal),
+            "high" => Some(Priority::High),
+            _ => None,
+        }
+    }
+
+    /// The rank claims order by within a lane (0 is served first).
+    pub fn rank(self) -> u8 {
+        match self {
+            Priority::High => 0,
+            Priority::Normal => 1,
+            Priority::Low => 2,
+        }
+    }
+}
+
+/// What a key may use. `None` is no limit.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KeyLimits {
+    /// Requests per second (sustained).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// Requests allowed at once beyond the rate (default: one second's worth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Jobs it may have waiting at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued: Option<u32>,
+    /// Jobs it may have running at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<u32>,
+    /// Its share of the GPUs against other keys with work waiting (1–1000).
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// The highest priority its jobs may ask for.
+    #[serde(default)]
+    pub max_priority: Priority,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for KeyLimits {
+    fn default() -> Self {
+        KeyLimits {
+            rate: None,
+            burst: None,
+            max_queued: None,
+            max_running: None,
+            weight: 1,
+            max_priority: Priority::Normal,
+        }
+    }
+}
+
+impl KeyLimits {
+    /// The burst in force: the given one, or one second of the rate (at least 1).
+    pub fn burst_or_default(&self) -> u32 {
+        self.burst
+            .unwrap_or_else(|| self.rate.map_or(1, |r| r.ceil().max(1.0) as u32))
+    }
+
+    /// Checks the values a person gave; `Err` names the setting.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if let Some(r) = self.rate
+            && !(r.is_finite() && r > 0.0 && r <= 1_000_000.0)
+        {
+            return Err((
+                "rate",
+                "must be a number of requests per second above 0".into(),
+            ));
+        }
+        if self.burst == Some(0) {
+            return Err(("burst", "must be at least 1".into()));
+        }
+        if self.max_queued == Some(0) || self.max_running == Some(0) {
+            let which = if self.max_queued == Some(0) {
+                "max_queued"
+            } else {
+                "max_running"
+            };
+            return Err((
+                which,
+                "must be at least 1 (leave it out for no limit)".into(),
+            ));
+        }
+        if !(1..=1000).contains(&self.weight) {
+            return Err(("weight", "must be from 1 to 1000".into()));
+        }
+        Ok(())
+    }
+}
+
+/// An API key as stored. The secret itself is never stored, only its hash.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// SHA-256 of the secret, hex.
+    pub hash: String,
+    pub created_at: String,
+    /// When it was revoked; empty while it is valid.
+    #[serde(default)]
+    pub revoked_at: String,
+    #[serde(default)]
+    pub limits: KeyLimits,
+}
+
+impl ApiKey {
+    pub fn is_revoked(&self) -> bool {
+        !self.revoked_at.is_empty()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a key always serializes")
+    }
+
+    pub fn from_json(s: &str) -> Option<ApiKey> {
+        serde_json::from_str(s).ok()
+    }
+}
+
+/// A change to a key's name, role or limits. `Some(None)` clears a limit.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeyUpdate {
+    pub name: Option<String>,
+    pub role: Option<Role>,
+    pub rate: Option<Option<f64>>,
+    pub burst: Option<Option<u32>>,
+    pub max_queued: Option<Option<u32>>,
+    pub max_running: Option<Option<u32>>,
+    pub weight: Option<u32>,
+    pub max_priority: Option<Priority>,
+}
+
+impl KeyUpdate {
+    /// The key with the change applied (checked by the caller).
+    pub fn apply(&self, key: &ApiKey) -> ApiKey {
+        let mut k = key.clone();
+        if let Some(n) = &self.name {
+            k.name = n.clone();
+        }
+        if let Some(r) = self.role {
+            k.role = r;
+        }
+        let l = &mut k.limits;
+        if let Some(v) = self.rate {
+            l.rate = v;
+        }
+        if let Some(v) = self.burst {
+            l.burst = v;
+        }
+        if let Some(v) = self.max_queued {
+            l.max_queued = v;
+        }
+        if let Some(v) = self.max_running {
+            l.max_running = v;
+        }
+        if let Some(v) = self.weight {
+            l.weight = v;
+        }
+        if let Some(v) = self.max_priority {
+            l.max_priority = v;
+        }
+        k
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == KeyUpdate::default()
+    }
+}
+
+/// A key's name: 1–100 printable characters.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let n = name.chars().count();
+    if n == 0 || n > 100 || name.chars().any(char::is_control) || name.trim().is_empty() {
+        return Err("name must be 1 to 100 printable characters".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_checked_and_defaults_are_sensible() {
+        assert!(KeyLimits::default().check().is_ok());
+        let l = KeyLimits {
+            rate: Some(2.5),
+            ..KeyLimits::default()
+        };
+        assert_eq!(l.burst_or_default(), 3);
+        for (bad, field) in [
+            (
+                KeyLimits {
+                    rate: Some(0.0),
+                    ..KeyLimits::default()
+                },
+                "rate",
+            ),
+            (
+                KeyLimits {
+                    rate: Some(f64::NAN),
+                    ..KeyLimits::default()
+                },
+                "rate",
+            ),
+            (
+                KeyLimits {
+                    burst: Some(0),
+                    ..KeyLimits::default()
+                },
+                "burst",
+            ),
+            (
+                KeyLimits {
+                    max_running: Some(0),
+                    ..KeyLimits::default()
+                },
+                "max_running",
+            ),
+            (
+                KeyLimits {
+                    weight: 0,
+                    ..KeyLimits::default()
+                },
+                "weight",
+            ),
+        ] {
+            assert_eq!(bad.check().unwrap_err().0, field);
+        }
+    }
+
+    #[test]
+    fn a_key_round_trips_and_updates_apply() {
+        let k = ApiKey {
+            id: "0123456789ab".into(),
+            name: "alice".into(),
+            role: Role::User,
+            hash: "00".into(),
+            created_at: "t".into(),
+            revoked_at: String::new(),
+            limits: KeyLimits::default(),
+        };
+        assert_eq!(ApiKey::from_json(&k.to_json()).unwrap(), k);
+        let u = KeyUpdate {
+            weight: Some(3),
+            max_running: Some(Some(2)),
+            ..KeyUpdate::default()
+        };
+        let k2 = u.apply(&k);
+        assert_eq!((k2.limits.weight, k2.limits.max_running), (3, Some(2)));
+        let clear = KeyUpdate {
+            max_running: Some(None),
+            ..KeyUpdate::default()
+        };
+        assert_eq!(clear.apply(&k2).limits.max_running, None);
+        assert!(Priority::High.rank() < Priority::Low.rank());
+    }
+}
+
+/// Creating, changing and revoking keys: what `studio keys` and `/api/keys` do,
+/// straight against the store.
+pub mod manage {
+    use super::{ApiKey, KeyLimits, KeyUpdate, Role, check_name};
+    use crate::auth::{NewSecret, new_secret};
+    use crate::clock;
+    use crate::store::{JobStore, StoreError};
+
+    /// Why a key operation was refused.
+    #[derive(Debug)]
+    pub enum KeyError {
+        /// A bad value: which field, and why.
+        Invalid(&'static str, String),
+        NotFound,
+        Store(StoreError),
+    }
+
+    impl From<StoreError> for KeyError {
+        fn from(e: StoreError) -> Self {
+            KeyError::Store(e)
+        }
+    }
+
+    /// Makes a key; the secret is in the answer and nowhere else.
+    pub async fn create(
+        store: &dyn JobStore,
+        name: &str,
+        role: Role,
+        limits: KeyLimits,
+    ) -> Result<(ApiKey, NewSecret), KeyError> {
+        check_name(name).map_err(|m| KeyError::Invalid("name", m))?;
+        limits.check().map_err(|(f, m)| KeyError::Invalid(f, m))?;
+        let secret = new_secret();
+        let key = ApiKey {
+            id: secret.id.clone(),
+            name: name.to_owned(),
+            role,
+            hash: secret.hash.clone(),
+            created_at: clock::iso8601(clock::now_micros()),
+            revoked_at: String::new(),
+            limits,
+        };
+        store.put_key(&key).await?;
+        tracing::info!(key = %key.id, name = %key.name, role = key.role.as_str(), "API key created");
+        Ok((key, secret))
+    }
+
+    /// Changes a key's name, role or limits.
+    pub async fn update(
+        store: &dyn JobStore,
+        id: &str,
+        change: &KeyUpdate,
+    ) -> Result<ApiKey, KeyError> {
+        let key = store.get_key(id).await?.ok_or(KeyError::NotFound)?;
+        let new = change.apply(&key);
+        check_name(&new.name).map_err(|m| KeyError::Invalid("name", m))?;
+        new.limits
+            .check()
+            .map_err(|(f, m)| KeyError::Invalid(f, m))?;
+        store.put_key(&new).await?;
+        tracing::info!(key = %id, "API key changed");
+        Ok(new)
+    }
+
+    /// Revokes a key (for good; it stays listed, marked revoked).
+    pub async fn revoke(store: &dyn JobStore, id: &str) -> Result<ApiKey, KeyError> {
+        let mut key = store.get_key(id).await?.ok_or(KeyError::NotFound)?;
+        if !key.is_revoked() {
+            key.revoked_at = clock::iso8601(clock::now_micros());
+            store.put_key(&key).await?;
+            tracing::info!(key = %id, "API key revoked");
+        }
+        Ok(key)
+    }
+}
