@@ -365,6 +365,27 @@ pub struct NewJob {
     /// The API key submitting it ("" for none).
     pub owner: String,
     pub priority: Priority,
+    /// What the owner's lane allows (from its key): not part of the job.
+    pub lane: LaneLimits,
+}
+
+/// An owner's quota of waiting jobs, cap on running ones, and share: what a
+/// submission tells the store about its owner's lane.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaneLimits {
+    pub max_queued: Option<u32>,
+    pub max_running: Option<u32>,
+    pub weight: u32,
+}
+
+impl Default for LaneLimits {
+    fn default() -> Self {
+        LaneLimits {
+            max_queued: None,
+            max_running: None,
+            weight: 1,
+        }
+    }
 }
 
 impl NewJob {
@@ -381,7 +402,14 @@ impl NewJob {
             created_ms: micros / 1000,
             owner: String::new(),
             priority: Priority::Normal,
+            lane: LaneLimits::default(),
         }
+    }
+
+    /// The same job, with its owner's lane limits.
+    pub fn limited(mut self, lane: LaneLimits) -> Self {
+        self.lane = lane;
+        self
     }
 
     /// The same job, submitted by `owner` at `priority`.

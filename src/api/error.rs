@@ -95,6 +95,14 @@ impl From<Refusal> for ApiError {
                 ),
             )
             .retry_after(30),
+            Refusal::QuotaFull { limit } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue-quota",
+                format!(
+                    "this key has its maximum of {limit} jobs waiting (its max_queued); try again when one has started"
+                ),
+            )
+            .retry_after(10),
         }
     }
 }

@@ -20,7 +20,7 @@ use super::guard::Deliberate;
 use crate::auth::Priority;
 use crate::auth::signing::UrlSigner;
 use crate::clock;
-use crate::job::{JobRecord, JobStatus, Output};
+use crate::job::{JobRecord, JobStatus, LaneLimits, Output};
 use crate::store::{CancelOutcome, ListQuery};
 use crate::workflow::request::parse_submission;
 
@@ -77,6 +77,7 @@ pub struct Accepted {
         (status = 408, description = "The body did not arrive within `--body-timeout` (`body-timeout`)", body = ErrorBody),
         (status = 413, description = "Body over 256 KiB (`payload-too-large`)", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json (`unsupported-media-type`)", body = ErrorBody),
+        (status = 429, description = "The key has its maximum of jobs waiting (`queue-quota`), or is over its rate (`rate-limited`), with `Retry-After`", body = ErrorBody),
         (status = 503, description = "The queue is full (`queue-full`, with `Retry-After`), or the store is unavailable (`store-unavailable`)", body = ErrorBody),
     ))]
 pub async fn generate(
@@ -101,7 +102,14 @@ pub async fn generate(
         .with_field("priority"));
     }
     let priority = job.priority;
-    let job = job.owned(who.owner(), priority);
+    let mut job = job.owned(who.owner(), priority);
+    if let Some(key) = &who.key {
+        job = job.limited(LaneLimits {
+            max_queued: key.limits.max_queued,
+            max_running: key.limits.max_running,
+            weight: key.limits.weight,
+        });
+    }
     let record = state.with_timeout(state.store.enqueue(&job)).await?;
     let body = Accepted {
         status_url: format!("{}/api/status/{}", state.public_url, record.id),

@@ -68,6 +68,9 @@ pub enum Refusal {
     /// The queue holds `limit` waiting jobs already.
     #[error("the queue is full ({limit} jobs waiting)")]
     QueueFull { limit: u64 },
+    /// The owner has its `limit` of waiting jobs already.
+    #[error("the key's quota of waiting jobs is used ({limit})")]
+    QuotaFull { limit: u32 },
 }
 
 impl StoreError {

@@ -15,13 +15,13 @@ mod scripts;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, RedisError};
 use async_trait::async_trait;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use self::events::subscribe_loop;
 pub use self::keys::Keys;
@@ -46,6 +46,10 @@ const REAPER_LOCK_MS: u64 = 10_000;
 /// Delayed retries moved per promotion call.
 const PROMOTE_BATCH: u64 = 500;
 
+/// How often an idle claim looks at the queue again for entries that arrived
+/// without an event (pushed onto `job_queue` by other programs).
+const CLAIM_POLL: Duration = Duration::from_millis(200);
+
 /// Index entries examined at most by one `list` call when filtering by status.
 const LIST_SCAN_LIMIT: usize = 2000;
 
@@ -53,9 +57,8 @@ const LIST_SCAN_LIMIT: usize = 2000;
 pub struct RedisStore {
     client: Client,
     conn: ConnectionManager,
-    /// Connections for `BLMOVE`: a blocking command holds up every other command on
-    /// a multiplexed connection, so each claim borrows one of its own.
-    blocking: Mutex<Vec<MultiplexedConnection>>,
+    /// Woken when a job is queued (seen on the events channel), for idle claims.
+    wake: Arc<Notify>,
     keys: Keys,
     settings: StoreSettings,
     scripts: Scripts,
@@ -83,7 +86,7 @@ impl RedisStore {
         Ok(RedisStore {
             client,
             conn,
-            blocking: Mutex::new(Vec::new()),
+            wake: Arc::new(Notify::new()),
             keys: Keys::new(prefix),
             settings,
             scripts: Scripts::new(),
@@ -136,6 +139,9 @@ impl RedisStore {
         for key in k.status_indexes() {
             inv.key(key);
         }
+        for key in k.lane_keys() {
+            inv.key(key);
+        }
         inv.arg(id)
             .arg(status)
             .arg(if unqueue { "1" } else { "0" })
@@ -161,6 +167,7 @@ impl RedisStore {
             client,
             channel,
             tx,
+            self.wake.clone(),
             stop_rx,
             connect_timeout,
         ));
@@ -273,6 +280,9 @@ impl JobStore for RedisStore {
         for key in k.status_indexes() {
             push.key(key);
         }
+        for key in k.lane_keys() {
+            push.key(key);
+        }
         push.arg(job.payload())
             .arg(job.id.as_str())
             .arg(self.settings.index_cap)
@@ -280,11 +290,14 @@ impl JobStore for RedisStore {
             .arg(k.events())
             .arg(serde_json::Value::Object(event).to_string())
             .arg(k.tag())
-            .arg(&job.owner);
+            .arg(&job.owner)
+            .arg(job.lane.max_queued.unwrap_or(0))
+            .arg(job.lane.weight.max(1))
+            .arg(job.lane.max_running.unwrap_or(0));
         let pushed = self.run(push.invoke_async::<i64>(&mut conn)).await;
         if !matches!(pushed, Ok(seq) if seq > 0) {
             // Nothing is queued: take the record back, best effort (the caller's
-            // 503 means nobody will ask for this job).
+            // refusal means nobody will ask for this job).
             let _ = self
                 .run(
                     ::redis::cmd("DEL")
@@ -292,10 +305,15 @@ impl JobStore for RedisStore {
                         .query_async::<i64>(&mut conn),
                 )
                 .await;
-            pushed?;
-            return Err(StoreError::Refused(Refusal::QueueFull {
-                limit: self.settings.max_queued,
-            }));
+            let refusal = match pushed? {
+                -2 => Refusal::QuotaFull {
+                    limit: job.lane.max_queued.unwrap_or(0),
+                },
+                _ => Refusal::QueueFull {
+                    limit: self.settings.max_queued,
+                },
+            };
+            return Err(StoreError::Refused(refusal));
         }
         tracing::info!(job_id = %job.id, workflow = %job.workflow, "job queued");
         Ok(record)
@@ -530,6 +548,9 @@ impl JobStore for RedisStore {
         for key in k.status_indexes() {
             inv.key(key);
         }
+        for key in k.lane_keys() {
+            inv.key(key);
+        }
         inv.arg(worker.as_str()).arg(k.tag());
         self.run(inv.invoke_async::<i64>(&mut conn)).await?;
         Ok(())
@@ -538,30 +559,33 @@ impl JobStore for RedisStore {
     async fn claim(&self, worker: &WorkerId, wait: Duration) -> Result<Option<Claim>, StoreError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            // BLMOVE's timeout 0 means "forever"; 10 ms is the shortest wait we ask for.
-            let block = left.max(Duration::from_millis(10));
-            let mut conn = self.blocking_conn().await?;
-            let moved: Option<String> = self
-                .run_for(
-                    block + self.op_timeout,
-                    ::redis::cmd("BLMOVE")
-                        .arg(self.keys.queue())
-                        .arg(self.keys.processing(worker.as_str()))
-                        .arg("RIGHT")
-                        .arg("LEFT")
-                        .arg(block.as_secs_f64())
-                        .query_async(&mut conn),
-                )
-                .await?;
-            self.blocking.lock().expect("pool lock").push(conn);
-            let Some(raw) = moved else { return Ok(None) };
-            if let Some(claim) = self.lease_payload(worker, raw).await? {
-                return Ok(Some(claim));
+            // Interest first, so a job queued between the look and the wait wakes us.
+            let queued = self.wake.notified();
+            tokio::pin!(queued);
+            queued.as_mut().enable();
+            let k = &self.keys;
+            let mut inv = self.scripts.claim.prepare_invoke();
+            inv.key(k.queue()).key(k.processing(worker.as_str()));
+            for key in k.lane_keys() {
+                inv.key(key);
             }
-            if tokio::time::Instant::now() >= deadline {
+            inv.arg(k.tag());
+            let mut conn = self.conn.clone();
+            let moved: Option<String> = self.run(inv.invoke_async(&mut conn)).await?;
+            if let Some(raw) = moved {
+                if let Some(claim) = self.lease_payload(worker, raw).await? {
+                    return Ok(Some(claim));
+                }
+                // Dropped (final, cancelled, out of attempts): look again at once.
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 return Ok(None);
             }
+            // Our jobs announce themselves; entries other programs push onto
+            // job_queue do not, so look again every so often regardless.
+            let _ = tokio::time::timeout((deadline - now).min(CLAIM_POLL), queued).await;
         }
     }
 
@@ -750,11 +774,18 @@ impl JobStore for RedisStore {
         inv.key(k.delayed())
             .key(k.queue())
             .key(k.pending())
-            .key(k.seq())
-            .arg(clock::now_ms())
-            .arg(PROMOTE_BATCH);
+            .key(k.seq());
+        for key in k.lane_keys() {
+            inv.key(key);
+        }
+        inv.arg(clock::now_ms()).arg(PROMOTE_BATCH).arg(k.tag());
         let mut conn = self.conn.clone();
-        self.run(inv.invoke_async(&mut conn)).await
+        let moved: u64 = self.run(inv.invoke_async(&mut conn)).await?;
+        if moved > 0 {
+            // Retries due now announce nothing on the channel: wake this process.
+            self.wake.notify_waiters();
+        }
+        Ok(moved)
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {

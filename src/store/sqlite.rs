@@ -193,20 +193,45 @@ impl SqliteStore {
         self.write(move |conn| {
             let micros = clock::now_micros();
             let token = uuid::Uuid::new_v4().simple().to_string();
+            let now_ms = (micros / 1000) as i64;
+            // The fair pick: of the lanes with a job due and room to run one more,
+            // the lowest virtual time (an idle lane counts from the current one).
+            let vtime: f64 = conn
+                .prepare_cached("SELECT value FROM counters WHERE name = 'vtime'")?
+                .query_row([], |r| r.get(0))?;
+            let lane: Option<(String, f64, i64)> = conn
+                .prepare_cached(
+                    "SELECT owner, MAX(vt, ?1), weight FROM lanes \
+                     WHERE queued > 0 AND (max_running = 0 OR running < max_running) \
+                       AND EXISTS (SELECT 1 FROM jobs WHERE jobs.owner = lanes.owner \
+                                   AND status = 'queued' AND run_at <= ?2) \
+                     ORDER BY MAX(vt, ?1), owner LIMIT 1",
+                )?
+                .query_row(params![vtime, now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((owner, start, weight)) = lane else {
+                return Ok((None, Vec::new()));
+            };
             let claimed = conn
                 .prepare_cached(&format!(
                     "UPDATE jobs SET status = 'processing', attempt = attempt + 1, worker_id = ?1, \
                      lease_token = ?2, progress = 0, run_at = 0, updated_at = ?3, updated_ms = ?4, \
                      rev = rev + 1 \
-                     WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= ?4 \
-                                 ORDER BY queue_seq LIMIT 1) \
+                     WHERE id = (SELECT id FROM jobs WHERE owner = ?5 AND status = 'queued' \
+                                 AND run_at <= ?4 ORDER BY priority, queue_seq LIMIT 1) \
                      RETURNING {COLUMNS}"
                 ))?
                 .query_row(
-                    params![w, token, clock::iso8601(micros), (micros / 1000) as i64],
+                    params![w, token, clock::iso8601(micros), now_ms, owner],
                     record_from_row,
                 )
                 .optional()?;
+            if claimed.is_some() {
+                conn.prepare_cached("UPDATE counters SET value = ?1 WHERE name = 'vtime'")?
+                    .execute(params![start])?;
+                conn.prepare_cached("UPDATE lanes SET vt = ?2 WHERE owner = ?1")?
+                    .execute(params![owner, start + 1.0 / weight.max(1) as f64])?;
+            }
             let Some(rec) = claimed else {
                 return Ok((None, Vec::new()));
             };
@@ -292,10 +317,11 @@ impl JobStore for SqliteStore {
         let rec = JobRecord::queued(job);
         let params_json = serde_json::Value::Object(job.params.clone()).to_string();
         let max_queued = self.settings.max_queued as i64;
+        let lane = job.lane.clone();
         let r = rec.clone();
         let out = self
             .write(move |conn| {
-                // The cap first, so a refusal writes nothing. (A resubmission of a
+                // The caps first, so a refusal writes nothing. (A resubmission of a
                 // known id when the queue is full is refused too, rather than
                 // answered with the existing job: only our own callers reuse ids.)
                 let queued: i64 = conn
@@ -303,6 +329,26 @@ impl JobStore for SqliteStore {
                     .query_row([], |row| row.get(0))?;
                 if queued >= max_queued {
                     return Ok((Err(Refusal::QueueFull { limit: max_queued as u64 }), Vec::new()));
+                }
+                if !r.owner.is_empty() {
+                    if let Some(limit) = lane.max_queued {
+                        let mine: i64 = conn
+                            .prepare_cached("SELECT queued FROM lanes WHERE owner = ?1")?
+                            .query_row(params![r.owner], |row| row.get(0))
+                            .optional()?
+                            .unwrap_or(0);
+                        if mine >= i64::from(limit) {
+                            return Ok((Err(Refusal::QuotaFull { limit }), Vec::new()));
+                        }
+                    }
+                    // The lane's share and cap follow the key's settings; a lane
+                    // coming back after being idle starts at the current virtual time.
+                    conn.prepare_cached(
+                        "INSERT INTO lanes (owner, weight, max_running) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT(owner) DO UPDATE SET weight = excluded.weight, \
+                         max_running = excluded.max_running",
+                    )?
+                    .execute(params![r.owner, lane.weight.max(1), lane.max_running.unwrap_or(0)])?;
                 }
                 let seq = next_seq(conn)?;
                 let inserted = conn

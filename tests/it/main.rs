@@ -8,6 +8,7 @@ mod browser;
 mod cli;
 mod comfy_protocol;
 mod events;
+mod fairness;
 mod faults;
 mod keys;
 mod limits;

@@ -1,22 +1,36 @@
--- Puts a job at the back of the queue and into the listing and position indexes,
--- unless the queue is full (counted as our jobs listed `queued`: waiting or due for
--- a retry; a cancelled job's entry left in job_queue does not count); then
+-- Puts a job in its lane (job_queue when it has no owner) and into the listing
+-- and position indexes, unless the queue is full (counted as our jobs listed
+-- `queued`: waiting or due for a retry) or the owner has its maximum waiting; then
 -- announces it.
 -- KEYS[1] job_queue, KEYS[2] {job_queue}:index, KEYS[3] {job_queue}:pending,
--- KEYS[4] {job_queue}:seq, KEYS[5..8] status indexes
+-- KEYS[4] {job_queue}:seq, KEYS[5..8] status indexes, KEYS[9..16] lane keys
 -- ARGV[1] payload, ARGV[2] job id, ARGV[3] index cap, ARGV[4] most jobs waiting,
 -- ARGV[5] events channel, ARGV[6] the new job's event (JSON), ARGV[7] the queue's
--- hash tag, ARGV[8] the owner ('' for none)
--- Returns the job's sequence number, or -1 when the queue is full
+-- hash tag, ARGV[8] the owner ('' for none), ARGV[9] most jobs waiting for the
+-- owner (0: no limit), ARGV[10] the owner's weight, ARGV[11] its cap on running
+-- jobs (0: none)
+-- Returns the job's sequence number; -1 when the queue is full, -2 when the owner
+-- has its maximum waiting
 local sets = status_sets(5)
 if redis.call('ZCARD', sets.queued) >= tonumber(ARGV[4]) then return -1 end
+local owner, tag = ARGV[8], ARGV[7]
+local oindex, osets
+if owner ~= '' then
+  oindex, osets = owner_keys(tag, owner)
+  local limit = tonumber(ARGV[9])
+  if limit > 0 and redis.call('ZCARD', osets.queued) >= limit then return -2 end
+end
+local L = lane_keys(9)
 local seq = redis.call('INCR', KEYS[4])
-redis.call('LPUSH', KEYS[1], ARGV[1])
+if owner ~= '' then
+  redis.call('HSET', L.weight, owner, ARGV[10])
+  redis.call('HSET', L.cap, owner, ARGV[11])
+end
+enlane(L, tag, KEYS[1], ARGV[1], ARGV[2], owner, lane_score(ARGV[1], seq), false)
 redis.call('ZADD', KEYS[2], seq, ARGV[2])
 redis.call('ZADD', KEYS[3], seq, ARGV[2])
 redis.call('ZADD', sets.queued, seq, ARGV[2])
-if ARGV[8] ~= '' then
-  local oindex, osets = owner_keys(ARGV[7], ARGV[8])
+if owner ~= '' then
   redis.call('ZADD', oindex, seq, ARGV[2])
   redis.call('ZADD', osets.queued, seq, ARGV[2])
   trim_index(oindex, osets, tonumber(ARGV[3]))

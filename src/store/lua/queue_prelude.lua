@@ -69,3 +69,84 @@ local function trim_index(index, sets, cap)
     for _, key in pairs(sets) do redis.call('ZREM', key, id) end
   end
 end
+
+-- Fair claims. Jobs without an owner wait on job_queue, as in the prototype; each
+-- owner's jobs wait in a lane of their own, a sorted set of job ids scored by
+-- priority, then order of arrival, their queue entries in one hash. Owners with
+-- work waiting are in `lanes`, scored by virtual time: a claim serves the lowest,
+-- and serving a lane moves it on by 1 / weight (start-time fair queuing). A lane
+-- that comes back after being idle starts at the current virtual time, so waiting
+-- earns no credit.
+
+-- The lane keys, from eight consecutive KEYS starting at `at`.
+local function lane_keys(at)
+  return {lanes = KEYS[at], entries = KEYS[at + 1], vt = KEYS[at + 2],
+    weight = KEYS[at + 3], cap = KEYS[at + 4], running = KEYS[at + 5],
+    blocked = KEYS[at + 6], vtime = KEYS[at + 7]}
+end
+
+local function num(v)
+  return tonumber(v or '0') or 0
+end
+
+local function lane_of(tag, owner)
+  return tag .. ':lane:' .. owner
+end
+
+-- Claims serve high first, then normal, then low; in arrival order within each.
+local PRIORITY_BAND = 17592186044416 -- 2^44: room for any sequence number
+local function lane_score(payload, seq)
+  local rank = 1
+  local ok, decoded = pcall(cjson.decode, payload)
+  if ok and type(decoded) == 'table' then
+    if decoded['priority'] == 'high' then rank = 0 elseif decoded['priority'] == 'low' then rank = 2 end
+  end
+  return rank * PRIORITY_BAND + seq
+end
+
+-- Puts an owner's lane among those served, unless it is there already, empty, or
+-- at its cap on running jobs (then it waits in `blocked`).
+local function activate(L, tag, owner)
+  if owner == '' or redis.call('ZSCORE', L.lanes, owner) then return end
+  if redis.call('ZCARD', lane_of(tag, owner)) == 0 then
+    redis.call('SREM', L.blocked, owner)
+    return
+  end
+  local cap = num(redis.call('HGET', L.cap, owner))
+  if cap > 0 and num(redis.call('HGET', L.running, owner)) >= cap then
+    redis.call('SADD', L.blocked, owner)
+    return
+  end
+  redis.call('SREM', L.blocked, owner)
+  local v = math.max(num(redis.call('GET', L.vtime)), num(redis.call('HGET', L.vt, owner)))
+  redis.call('ZADD', L.lanes, v, owner)
+end
+
+-- A job of `owner` stopped running: one fewer running, and its lane may be served
+-- again.
+local function stopped(L, tag, owner)
+  if num(redis.call('HGET', L.running, owner)) > 0 then
+    redis.call('HINCRBY', L.running, owner, -1)
+  end
+  if redis.call('SISMEMBER', L.blocked, owner) == 1 then
+    redis.call('SREM', L.blocked, owner)
+    activate(L, tag, owner)
+  end
+end
+
+-- Queues an entry in its lane (job_queue for one without an owner): at `score`,
+-- or first in line when `front`.
+local function enlane(L, tag, queue, payload, job_id, owner, score, front)
+  if owner == '' then
+    if front then redis.call('RPUSH', queue, payload) else redis.call('LPUSH', queue, payload) end
+    return
+  end
+  local lane = lane_of(tag, owner)
+  if front then
+    local first = redis.call('ZRANGE', lane, 0, 0, 'WITHSCORES')
+    score = first[2] and (tonumber(first[2]) - 1) or 0
+  end
+  redis.call('ZADD', lane, score, job_id)
+  redis.call('HSET', L.entries, job_id, payload)
+  activate(L, tag, owner)
+end

@@ -2,11 +2,12 @@
 //! any script, on any process, reaches this process's subscribers.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::redis::{Client, RedisError};
 use futures_util::StreamExt;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::job::JobRecord;
 use crate::store::JobEvent;
@@ -17,6 +18,7 @@ pub(super) async fn subscribe_loop(
     client: Client,
     channel: String,
     tx: broadcast::Sender<JobEvent>,
+    wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
     connect_timeout: Duration,
 ) {
@@ -41,7 +43,11 @@ pub(super) async fn subscribe_loop(
                         msg = stream.next() => match msg {
                             Some(msg) => {
                                 if let Some(job) = decode_event(msg.get_payload_bytes()) {
-                                    let _ = tx.send(JobEvent { job: std::sync::Arc::new(job) });
+                                    if job.status == crate::job::JobStatus::Queued {
+                                        // Idle claims in this process look again.
+                                        wake.notify_waiters();
+                                    }
+                                    let _ = tx.send(JobEvent { job: Arc::new(job) });
                                 }
                             }
                             None => break,

@@ -124,6 +124,60 @@ impl Keys {
         format!("{}studio:rate:{bucket}", self.prefix)
     }
 
+    /// Owners with jobs waiting, by virtual time: a claim serves the lowest.
+    pub fn lanes(&self) -> String {
+        format!("{}:lanes", self.tag)
+    }
+
+    /// The queue entries of jobs waiting in owners' lanes: job id → entry.
+    pub fn lane_entries(&self) -> String {
+        format!("{}:lane-entries", self.tag)
+    }
+
+    /// Per owner: the virtual time its lane reached.
+    pub fn lane_vt(&self) -> String {
+        format!("{}:lane-vt", self.tag)
+    }
+
+    /// Per owner: its weight.
+    pub fn lane_weight(&self) -> String {
+        format!("{}:lane-weight", self.tag)
+    }
+
+    /// Per owner: its cap on running jobs (0: none).
+    pub fn lane_cap(&self) -> String {
+        format!("{}:lane-cap", self.tag)
+    }
+
+    /// Per owner ("" for `job_queue`): jobs it has running.
+    pub fn running(&self) -> String {
+        format!("{}:running", self.tag)
+    }
+
+    /// Owners with jobs waiting that are at their cap on running jobs.
+    pub fn blocked(&self) -> String {
+        format!("{}:blocked", self.tag)
+    }
+
+    /// The virtual time: the start of the lane served last.
+    pub fn vtime(&self) -> String {
+        format!("{}:vtime", self.tag)
+    }
+
+    /// The keys the lane scripts take, in their order (`lane_keys` in Lua).
+    pub fn lane_keys(&self) -> [String; 8] {
+        [
+            self.lanes(),
+            self.lane_entries(),
+            self.lane_vt(),
+            self.lane_weight(),
+            self.lane_cap(),
+            self.running(),
+            self.blocked(),
+            self.vtime(),
+        ]
+    }
+
     /// The pub/sub channel every status change is published on.
     pub fn events(&self) -> String {
         format!("{}job:events", self.prefix)
@@ -187,6 +241,10 @@ mod tests {
                 k.reaper_lock(),
                 k.by_status("failed"),
                 k.owner_index("0123456789ab"),
+                k.lanes(),
+                k.lane_entries(),
+                k.running(),
+                k.vtime(),
                 k.owner_status("0123456789ab", "queued"),
             ] {
                 assert_eq!(slot(&key), s, "{key}");

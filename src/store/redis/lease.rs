@@ -1,8 +1,7 @@
 //! The worker's side of the queue: claiming (lease or drop), settling a payload's
 //! fate in the `{job_queue}` slot, and reaping dead workers' jobs.
 
-use ::redis::AsyncConnectionConfig;
-use ::redis::aio::{ConnectionManager, MultiplexedConnection};
+use ::redis::aio::ConnectionManager;
 
 use super::scripts::Settle;
 use super::{RedisStore, truncate};
@@ -39,6 +38,9 @@ impl RedisStore {
         for key in k.status_indexes() {
             inv.key(key);
         }
+        for key in k.lane_keys() {
+            inv.key(key);
+        }
         inv.arg(name)
             .arg(payload)
             .arg(job_id)
@@ -50,21 +52,6 @@ impl RedisStore {
         let mut conn = self.conn.clone();
         self.run(inv.invoke_async::<i64>(&mut conn)).await?;
         Ok(())
-    }
-
-    /// Takes a blocking connection from the pool, or opens one.
-    pub(super) async fn blocking_conn(&self) -> Result<MultiplexedConnection, StoreError> {
-        if let Some(c) = self.blocking.lock().expect("pool lock").pop() {
-            return Ok(c);
-        }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.op_timeout / 2))
-            .set_response_timeout(None);
-        self.run(
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
     }
 
     /// Leases a payload just moved into the worker's processing list. `None` if it
@@ -265,6 +252,9 @@ impl RedisStore {
                 .key(k.pending())
                 .key(k.index());
             for key in k.status_indexes() {
+                inv.key(key);
+            }
+            for key in k.lane_keys() {
                 inv.key(key);
             }
             inv.arg(&w).arg(k.tag());

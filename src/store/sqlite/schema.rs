@@ -52,6 +52,8 @@ INSERT OR IGNORE INTO counters (name, value)
     VALUES ('seq', COALESCE((SELECT MAX(list_seq) FROM jobs), 0));
 INSERT OR IGNORE INTO counters (name, value)
     VALUES ('queued', (SELECT COUNT(*) FROM jobs WHERE status = 'queued'));
+-- The virtual time of fair claims: the start of the lane served last.
+INSERT OR IGNORE INTO counters (name, value) VALUES ('vtime', 0.0);
 -- The number of queued jobs, kept by the database itself on every change, so the
 -- queue cap costs one row read per submission instead of a count.
 CREATE TRIGGER IF NOT EXISTS queued_on_insert AFTER INSERT ON jobs WHEN NEW.status = 'queued'
