@@ -213,10 +213,22 @@ where
     let identity = match access.identify(req.headers()).await {
         Ok(Some(id)) => id,
         Ok(None) if access.mode == AuthMode::Off => open_identity(),
+        // The open routes answer anyone: a stale or revoked key (a page's old
+        // localStorage, say) makes the request anonymous there, not refused.
         Ok(None) if public => Identity {
             key: None,
             sees_all: false,
         },
+        Err(e) if public && e.status == StatusCode::UNAUTHORIZED => {
+            if access.mode == AuthMode::Off {
+                open_identity()
+            } else {
+                Identity {
+                    key: None,
+                    sees_all: false,
+                }
+            }
+        }
         Ok(None) => {
             return unauthorized(
                 "an API key is required: send Authorization: Bearer <key> (or X-API-Key)",

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -17,11 +17,12 @@ use super::access::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JobIdPath, JsonBody, MAX_BODY_BYTES, QueryParams, read_body};
 use super::guard::Deliberate;
+use super::idempotency;
 use crate::auth::Priority;
 use crate::auth::signing::UrlSigner;
 use crate::clock;
 use crate::job::{JobRecord, JobStatus, LaneLimits, Output};
-use crate::store::{CancelOutcome, ListQuery};
+use crate::store::{CancelOutcome, IdempotencyClaim, ListQuery};
 use crate::workflow::request::parse_submission;
 
 /// Jobs per page of `GET /api/jobs` when the request does not say.
@@ -69,14 +70,17 @@ pub struct Accepted {
 /// Submits a job.
 #[utoipa::path(post, path = "/api/generate", tag = "jobs",
     request_body(content = GenerateRequest, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = r"^[!-~]+$", description = "Makes a retry safe: the same key (1–255 visible ASCII characters) with the same body within 24 hours answers the first answer again, with `Idempotent-Replayed: true`, instead of queueing a second job. Scoped to the API key.")),
     responses(
-        (status = 202, description = "Queued", body = Accepted),
-        (status = 400, description = "A field is missing or invalid (`invalid-prompt`, `prompt-too-long`, `invalid-seed`, `invalid-priority`, `unknown-workflow`, `invalid-workflow`, `unknown-field`, `invalid-param`, `invalid-json`, `invalid-body`)", body = ErrorBody),
+        (status = 202, description = "Queued (or, for a repeated Idempotency-Key, queued before)", body = Accepted,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this answers an earlier request with the same Idempotency-Key"))),
+        (status = 400, description = "A field is missing or invalid (`invalid-prompt`, `prompt-too-long`, `invalid-seed`, `invalid-priority`, `unknown-workflow`, `invalid-workflow`, `unknown-field`, `invalid-param`, `invalid-json`, `invalid-body`, `invalid-idempotency-key`)", body = ErrorBody),
         (status = 401, description = "Auth is on and the request has no valid key (`unauthorized`)", body = ErrorBody),
         (status = 403, description = "Sent by a web page on an origin `--cors-origins` does not name (`forbidden-origin`), or a priority above the key's (`priority-not-allowed`)", body = ErrorBody),
         (status = 408, description = "The body did not arrive within `--body-timeout` (`body-timeout`)", body = ErrorBody),
         (status = 413, description = "Body over 256 KiB (`payload-too-large`)", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json (`unsupported-media-type`)", body = ErrorBody),
+        (status = 422, description = "The Idempotency-Key was used with a different body (`idempotency-key-reuse`)", body = ErrorBody),
         (status = 429, description = "The key has its maximum of jobs waiting (`queue-quota`), or is over its rate (`rate-limited`), with `Retry-After`", body = ErrorBody),
         (status = 503, description = "The queue is full (`queue-full`, with `Retry-After`), or the store is unavailable (`store-unavailable`)", body = ErrorBody),
     ))]
@@ -84,8 +88,10 @@ pub async fn generate(
     State(state): State<AppState>,
     Caller(who): Caller,
     _: Deliberate,
+    headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
+    let idempotency_key = idempotency::key(&headers)?;
     let job = parse_submission(&body, &state.workflows)?;
     if let Some(key) = &who.key
         && job.priority > key.limits.max_priority
@@ -110,15 +116,47 @@ pub async fn generate(
             weight: key.limits.weight,
         });
     }
-    let record = state.with_timeout(state.store.enqueue(&job)).await?;
-    let body = Accepted {
-        status_url: format!("{}/api/status/{}", state.public_url, record.id),
-        job_id: record.id,
+    let accepted = |job_id: String, seed: u64, workflow: String| Accepted {
+        status_url: format!("{}/api/status/{}", state.public_url, job_id),
+        job_id,
         status: "queued",
-        seed: job.seed,
-        workflow: job.workflow,
+        seed,
+        workflow,
     };
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    let Some(idempotency_key) = idempotency_key else {
+        let record = state.with_timeout(state.store.enqueue(&job)).await?;
+        let body = accepted(record.id.as_str().to_owned(), job.seed, job.workflow);
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    };
+    let scope = idempotency::scope(&job.owner, &idempotency_key);
+    let claim = IdempotencyClaim {
+        fingerprint: idempotency::fingerprint(&body),
+        job_id: job.id.clone(),
+        seed: job.seed,
+        workflow: job.workflow.clone(),
+    };
+    let store = state.store.as_ref();
+    match idempotency::take(&state, &scope, &claim).await? {
+        idempotency::Taken::Replay(first) => {
+            let body = accepted(first.job_id.as_str().to_owned(), first.seed, first.workflow);
+            Ok((
+                StatusCode::ACCEPTED,
+                [(idempotency::REPLAYED, "true")],
+                Json(body),
+            )
+                .into_response())
+        }
+        idempotency::Taken::Fresh => match state.with_timeout(store.enqueue(&job)).await {
+            Ok(record) => {
+                let body = accepted(record.id.as_str().to_owned(), job.seed, job.workflow);
+                Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+            }
+            Err(e) => {
+                idempotency::release(store, &scope).await;
+                Err(e)
+            }
+        },
+    }
 }
 
 /// A job's status: the prototype's five keys plus ours.

@@ -24,7 +24,6 @@ pub struct KeyView {
     /// The id (the part of the secret between `sk_` and the second `_`).
     pub id: String,
     pub name: String,
-    #[schema(value_type = String, example = "user")]
     pub role: Role,
     pub created_at: String,
     /// When it was revoked; empty while it is valid.
@@ -54,24 +53,52 @@ pub struct CreatedKey {
     pub secret: String,
 }
 
-/// A key to create: `name` (required), and `role`, `rate`, `burst`, `max_queued`,
-/// `max_running`, `weight`, `max_priority` as `studio keys create` takes them.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct KeyRequest {
-    pub name: Option<String>,
-    #[schema(value_type = Option<String>)]
-    pub role: Option<Role>,
-    /// Requests per second.
-    pub rate: Option<f64>,
-    pub burst: Option<u32>,
-    pub max_queued: Option<u32>,
-    pub max_running: Option<u32>,
-    /// 1–1000 (default 1).
-    pub weight: Option<u32>,
-    #[schema(value_type = Option<String>)]
-    pub max_priority: Option<Priority>,
+/// The settings of a key, for the two request schemas (creating: `name`
+/// required; changing: every field optional).
+macro_rules! key_request {
+    ($(#[$doc:meta])* $ty:ident, $name:ty) => {
+        $(#[$doc])*
+        #[derive(ToSchema)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        pub struct $ty {
+            /// 1–100 characters, no control characters, not only spaces.
+            #[schema(min_length = 1, max_length = 100,
+                pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$")]
+            pub name: $name,
+            pub role: Option<Role>,
+            /// Requests per second (null: no limit).
+            #[schema(minimum = 0.001, maximum = 1_000_000.0)]
+            pub rate: Option<f64>,
+            /// Requests at once beyond the rate (default: one second's worth).
+            #[schema(value_type = Option<u64>, minimum = 1, maximum = 4_294_967_295_u64)]
+            pub burst: Option<u32>,
+            /// Jobs it may have waiting (null: no limit).
+            #[schema(value_type = Option<u64>, minimum = 1, maximum = 4_294_967_295_u64)]
+            pub max_queued: Option<u32>,
+            /// Jobs it may have running (null: no limit).
+            #[schema(value_type = Option<u64>, minimum = 1, maximum = 4_294_967_295_u64)]
+            pub max_running: Option<u32>,
+            /// Its share against other keys with work waiting, 1–1000 (default 1).
+            #[schema(minimum = 1, maximum = 1000)]
+            pub weight: Option<u32>,
+            pub max_priority: Option<Priority>,
+        }
+    };
 }
+
+key_request!(
+    /// A key to create: `name`, and `role`, `rate`, `burst`, `max_queued`,
+    /// `max_running`, `weight`, `max_priority` as `studio keys create` takes them.
+    NewKeyRequest,
+    String
+);
+
+key_request!(
+    /// A change to a key: the fields to change (`null` clears a limit).
+    KeyRequest,
+    Option<String>
+);
 
 fn admin_only(who: &Identity) -> Result<(), ApiError> {
     if who.is_admin_key() {
@@ -85,6 +112,20 @@ fn admin_only(who: &Identity) -> Result<(), ApiError> {
     }
 }
 
+/// An admin cannot lock itself out over HTTP (another admin key, or
+/// `studio keys` on the store, can).
+fn not_the_callers_own(who: &Identity, id: &str, what: &str) -> Result<(), ApiError> {
+    if who.key.as_ref().is_some_and(|k| k.id == id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "own-key",
+            format!("a key cannot {what} itself; use another admin key or `studio keys`"),
+        )
+        .with_field("key_id"));
+    }
+    Ok(())
+}
+
 impl From<KeyError> for ApiError {
     fn from(e: KeyError) -> Self {
         match e {
@@ -92,7 +133,9 @@ impl From<KeyError> for ApiError {
                 ApiError::bad_request("invalid-key-setting", format!("{field} {message}"))
                     .with_field(field)
             }
-            KeyError::NotFound => ApiError::not_found("key-not-found", "no API key with this id"),
+            KeyError::NotFound => {
+                ApiError::not_found("key-not-found", "no API key with this id, or it is revoked")
+            }
             KeyError::Store(e) => e.into(),
         }
     }
@@ -108,11 +151,17 @@ fn parse_change(body: &Value, creating: bool) -> Result<KeyUpdate, ApiError> {
     };
     let mut u = KeyUpdate::default();
     for (k, v) in obj {
+        // A null name, role, weight or highest priority counts as absent (limits
+        // take null as "no limit").
+        if v.is_null() && matches!(k.as_str(), "name" | "role" | "weight" | "max_priority") {
+            continue;
+        }
         let uint = |v: &Value| -> Result<Option<u32>, ApiError> {
             if v.is_null() {
                 return Ok(None);
             }
-            v.as_u64()
+            v.as_number()
+                .and_then(crate::workflow::param::as_i128)
                 .and_then(|n| u32::try_from(n).ok())
                 .map(Some)
                 .ok_or_else(|| invalid(k, "must be a whole number (or null for no limit)"))
@@ -185,7 +234,7 @@ pub async fn list(
 
 /// Creates a key; its secret is in this answer only (admins only).
 #[utoipa::path(post, path = "/api/keys", tag = "keys",
-    request_body(content = KeyRequest, content_type = "application/json"),
+    request_body(content = NewKeyRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Created; the secret is shown this once", body = CreatedKey),
         (status = 400, description = "A bad setting (`invalid-key-setting`, `unknown-field`, `invalid-json`, `invalid-body`)", body = ErrorBody),
@@ -241,7 +290,8 @@ pub async fn create(
         (status = 400, description = "A bad setting (`invalid-key-setting`, `unknown-field`, `invalid-json`, `invalid-body`)", body = ErrorBody),
         (status = 401, description = "No key, or not a valid one (`unauthorized`)", body = ErrorBody),
         (status = 403, description = "Not an admin key (`forbidden`), or from a web page on an origin not allowed (`forbidden-origin`)", body = ErrorBody),
-        (status = 404, description = "No such key (`key-not-found`)", body = ErrorBody),
+        (status = 404, description = "No such key, or it is revoked (`key-not-found`)", body = ErrorBody),
+        (status = 409, description = "The calling key would change itself (`own-key`)", body = ErrorBody),
         (status = 415, description = "Not JSON (`unsupported-media-type`)", body = ErrorBody),
     ))]
 pub async fn update(
@@ -252,6 +302,7 @@ pub async fn update(
     JsonBody(body): JsonBody,
 ) -> Result<Json<KeyView>, ApiError> {
     admin_only(&who)?;
+    not_the_callers_own(&who, &id, "change")?;
     let change = parse_change(&body, false)?;
     let key = state
         .with_timeout(async { Ok(manage::update(state.store.as_ref(), &id, &change).await) })
@@ -266,7 +317,8 @@ pub async fn update(
         (status = 200, description = "Revoked (it stays listed, with `revoked_at`)", body = KeyView),
         (status = 401, description = "No key, or not a valid one (`unauthorized`)", body = ErrorBody),
         (status = 403, description = "Not an admin key (`forbidden`), or from a web page on an origin not allowed (`forbidden-origin`)", body = ErrorBody),
-        (status = 404, description = "No such key (`key-not-found`)", body = ErrorBody),
+        (status = 404, description = "No such key, or it is revoked (`key-not-found`)", body = ErrorBody),
+        (status = 409, description = "The calling key would revoke itself (`own-key`)", body = ErrorBody),
         (status = 415, description = "Neither JSON nor an X-Requested-With header (`unsupported-media-type`)", body = ErrorBody),
     ))]
 pub async fn revoke(
@@ -276,6 +328,7 @@ pub async fn revoke(
     PathParams(id): PathParams<String>,
 ) -> Result<Json<KeyView>, ApiError> {
     admin_only(&who)?;
+    not_the_callers_own(&who, &id, "revoke")?;
     let key = state
         .with_timeout(async { Ok(manage::revoke(state.store.as_ref(), &id).await) })
         .await??;

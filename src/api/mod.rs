@@ -8,6 +8,7 @@ pub mod events;
 pub mod extract;
 pub mod guard;
 pub mod health;
+pub mod idempotency;
 pub mod images;
 pub mod jobs;
 pub mod keys;

@@ -60,7 +60,55 @@ pub fn document(workflows: &WorkflowRegistry) -> Value {
         schemas.insert("GenerateRequest".into(), generate_request(workflows));
     }
     add_links(&mut doc);
+    add_security(&mut doc);
     doc
+}
+
+/// API keys: the two ways to send one, and on every `/api` operation the answers
+/// the access gate gives before any handler runs (`401` without a valid key when
+/// auth is on, `429` over the key's or the address's rate). The empty requirement
+/// says a key is optional: with auth off none is needed.
+fn add_security(doc: &mut Value) {
+    if let Some(components) = doc.get_mut("components").and_then(Value::as_object_mut) {
+        components.insert(
+            "securitySchemes".into(),
+            json!({
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "An API key, `sk_<id>_<secret>`, made with `studio keys create` or `POST /api/keys`."},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                           "description": "The same key in a header of its own."},
+            }),
+        );
+    }
+    let error = json!({"$ref": "#/components/schemas/ErrorBody"});
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        if !path.starts_with("/api/") {
+            continue;
+        }
+        let Some(ops) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in ops.iter_mut() {
+            if !matches!(method.as_str(), "get" | "post" | "patch" | "delete" | "put") {
+                continue;
+            }
+            op["security"] = json!([{"bearer": []}, {"apiKey": []}, {}]);
+            let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            responses.entry("401").or_insert_with(|| {
+                json!({"description": "Auth is on and the request has no valid API key (`unauthorized`)",
+                       "content": {"application/json": {"schema": error}}})
+            });
+            responses.entry("429").or_insert_with(|| {
+                json!({"description": "Over the key's (or, without keys, the address's) rate (`rate-limited`), with `Retry-After` and `RateLimit` headers",
+                       "content": {"application/json": {"schema": error}}})
+            });
+        }
+    }
 }
 
 /// OpenAPI links: where a job id or an output's file name in one answer can be

@@ -124,11 +124,11 @@ impl KeyLimits {
     /// Checks the values a person gave; `Err` names the setting.
     pub fn check(&self) -> Result<(), (&'static str, String)> {
         if let Some(r) = self.rate
-            && !(r.is_finite() && r > 0.0 && r <= 1_000_000.0)
+            && !(r.is_finite() && (0.001..=1_000_000.0).contains(&r))
         {
             return Err((
                 "rate",
-                "must be a number of requests per second above 0".into(),
+                "must be from 0.001 to 1000000 requests per second".into(),
             ));
         }
         if self.burst == Some(0) {
@@ -375,7 +375,12 @@ pub mod manage {
         id: &str,
         change: &KeyUpdate,
     ) -> Result<ApiKey, KeyError> {
-        let key = store.get_key(id).await?.ok_or(KeyError::NotFound)?;
+        // A revoked key is gone for good: nothing to change.
+        let key = store
+            .get_key(id)
+            .await?
+            .filter(|k| !k.is_revoked())
+            .ok_or(KeyError::NotFound)?;
         let new = change.apply(&key);
         check_name(&new.name).map_err(|m| KeyError::Invalid("name", m))?;
         new.limits
@@ -386,14 +391,17 @@ pub mod manage {
         Ok(new)
     }
 
-    /// Revokes a key (for good; it stays listed, marked revoked).
+    /// Revokes a key (for good; it stays listed, marked revoked). A key already
+    /// revoked is `NotFound`, like one that never was.
     pub async fn revoke(store: &dyn JobStore, id: &str) -> Result<ApiKey, KeyError> {
-        let mut key = store.get_key(id).await?.ok_or(KeyError::NotFound)?;
-        if !key.is_revoked() {
-            key.revoked_at = clock::iso8601(clock::now_micros());
-            store.put_key(&key).await?;
-            tracing::info!(key = %id, "API key revoked");
-        }
+        let mut key = store
+            .get_key(id)
+            .await?
+            .filter(|k| !k.is_revoked())
+            .ok_or(KeyError::NotFound)?;
+        key.revoked_at = clock::iso8601(clock::now_micros());
+        store.put_key(&key).await?;
+        tracing::info!(key = %id, "API key revoked");
         Ok(key)
     }
 }

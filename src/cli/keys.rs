@@ -124,7 +124,7 @@ async fn run(a: KeysArgs) -> Result<(), Fail> {
         .map_err(|e| Fail::usage(format!("{e:#}")))?;
     let failed = |e: KeyError| match e {
         KeyError::Invalid(field, m) => Fail(USAGE, format!("--{} {m}", field.replace('_', "-"))),
-        KeyError::NotFound => Fail(FAILED, "no API key with this id".into()),
+        KeyError::NotFound => Fail(FAILED, "no API key with this id, or it is revoked".into()),
         KeyError::Store(e) => Fail(USAGE, format!("the job store: {e}")),
     };
     match a.action {

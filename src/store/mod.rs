@@ -383,6 +383,57 @@ pub trait JobStore: Send + Sync + 'static {
         rate: f64,
         burst: u32,
     ) -> Result<RateDecision, StoreError>;
+
+    /// Takes an idempotency scope (an owner's `Idempotency-Key`, hashed) for
+    /// `claim` unless another request took it first: `None` when this call took it,
+    /// else what holds it. Atomic across every process on the store; a record
+    /// lives [`IDEMPOTENCY_TTL`].
+    async fn take_idempotency(
+        &self,
+        scope: &str,
+        claim: &IdempotencyClaim,
+    ) -> Result<Option<IdempotencyClaim>, StoreError>;
+
+    /// Gives a scope back: the job it was taken for was refused, so a retry may
+    /// succeed later.
+    async fn release_idempotency(&self, scope: &str) -> Result<(), StoreError>;
+}
+
+/// How long an `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What an `Idempotency-Key` stands for: the request's fingerprint and what its
+/// first answer said (so a replay answers the same even once the job is gone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyClaim {
+    /// SHA-256 (hex) of the request body in canonical JSON.
+    pub fingerprint: String,
+    pub job_id: JobId,
+    pub seed: u64,
+    pub workflow: String,
+}
+
+impl IdempotencyClaim {
+    /// `fingerprint job_id seed workflow`, as both stores keep it.
+    pub fn encode(&self) -> String {
+        format!(
+            "{} {} {} {}",
+            self.fingerprint,
+            self.job_id.as_str(),
+            self.seed,
+            self.workflow
+        )
+    }
+
+    pub fn decode(s: &str) -> Option<Self> {
+        let mut parts = s.splitn(4, ' ');
+        Some(IdempotencyClaim {
+            fingerprint: parts.next()?.to_owned(),
+            job_id: JobId::parse(parts.next()?).ok()?,
+            seed: parts.next()?.parse().ok()?,
+            workflow: parts.next()?.to_owned(),
+        })
+    }
 }
 
 /// The error of a job that waited in the queue past its time to live without

@@ -27,9 +27,9 @@ use self::events::subscribe_loop;
 pub use self::keys::Keys;
 use self::scripts::{Scripts, Settle};
 use super::{
-    CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, JobEvent, JobPage, JobStore, Lease,
-    LeaseState, ListQuery, QueueStats, Refusal, RetryOutcome, StoreError, StoreKind, StoreSettings,
-    WorkerId, log_completion, log_retry,
+    CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, IdempotencyClaim, JobEvent,
+    JobPage, JobStore, Lease, LeaseState, ListQuery, QueueStats, Refusal, RetryOutcome, StoreError,
+    StoreKind, StoreSettings, WorkerId, log_completion, log_retry,
 };
 use crate::auth::ApiKey;
 use crate::auth::rate::RateDecision;
@@ -833,6 +833,18 @@ impl JobStore for RedisStore {
         burst: u32,
     ) -> Result<RateDecision, StoreError> {
         self.rate_limit_impl(bucket, rate, burst).await
+    }
+
+    async fn take_idempotency(
+        &self,
+        scope: &str,
+        claim: &IdempotencyClaim,
+    ) -> Result<Option<IdempotencyClaim>, StoreError> {
+        self.take_idempotency_impl(scope, claim).await
+    }
+
+    async fn release_idempotency(&self, scope: &str) -> Result<(), StoreError> {
+        self.release_idempotency_impl(scope).await
     }
 }
 

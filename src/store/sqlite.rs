@@ -27,9 +27,10 @@ use self::rows::{
 use self::schema::migrate;
 use self::writer::{Deliver, WriteOp, in_savepoint, writer_loop};
 use super::{
-    CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, EXPIRED_MESSAGE, JobEvent, JobPage,
-    JobStore, Lease, LeaseState, ListQuery, QueueStats, Refusal, RetryOutcome, StoreError,
-    StoreKind, StoreSettings, WorkerId, gave_up_message, hostname, log_completion, log_retry,
+    CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, EXPIRED_MESSAGE, IDEMPOTENCY_TTL,
+    IdempotencyClaim, JobEvent, JobPage, JobStore, Lease, LeaseState, ListQuery, QueueStats,
+    Refusal, RetryOutcome, StoreError, StoreKind, StoreSettings, WorkerId, gave_up_message,
+    hostname, log_completion, log_retry,
 };
 use crate::auth::ApiKey;
 use crate::auth::rate::{LocalLimiter, RateDecision};
@@ -207,7 +208,9 @@ impl SqliteStore {
                                    AND status = 'queued' AND run_at <= ?2) \
                      ORDER BY MAX(vt, ?1), owner LIMIT 1",
                 )?
-                .query_row(params![vtime, now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .query_row(params![vtime, now_ms], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
                 .optional()?;
             let Some((owner, start, weight)) = lane else {
                 return Ok((None, Vec::new()));
@@ -796,6 +799,10 @@ impl JobStore for SqliteStore {
                     "DELETE FROM jobs WHERE status IN ('finished', 'failed') AND updated_ms < ?1",
                     params![now - ttl],
                 )?;
+                conn.execute(
+                    "DELETE FROM idempotency WHERE created_ms <= ?1",
+                    params![now - IDEMPOTENCY_TTL.as_millis() as i64],
+                )?;
                 let stale: Vec<String> = conn
                     .prepare_cached(
                         "SELECT id FROM jobs WHERE status = 'queued' AND updated_ms < ?1 LIMIT ?2",
@@ -876,5 +883,17 @@ impl JobStore for SqliteStore {
         burst: u32,
     ) -> Result<RateDecision, StoreError> {
         Ok(self.rate_limit_impl(bucket, rate, burst))
+    }
+
+    async fn take_idempotency(
+        &self,
+        scope: &str,
+        claim: &IdempotencyClaim,
+    ) -> Result<Option<IdempotencyClaim>, StoreError> {
+        self.take_idempotency_impl(scope, claim).await
+    }
+
+    async fn release_idempotency(&self, scope: &str) -> Result<(), StoreError> {
+        self.release_idempotency_impl(scope).await
     }
 }

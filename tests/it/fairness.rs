@@ -35,10 +35,17 @@ async fn claim_owners(store: &dyn studio_core::store::JobStore, n: usize) -> Vec
     store.heartbeat(&w).await.unwrap();
     let mut owners = Vec::new();
     for _ in 0..n {
-        let Some(c) = store.claim(&w, WAIT).await.unwrap() else { break };
+        let Some(c) = store.claim(&w, WAIT).await.unwrap() else {
+            break;
+        };
         owners.push(c.job.owner.clone());
         store
-            .complete(&c.lease, Completion::Failed { error: "done".into() })
+            .complete(
+                &c.lease,
+                Completion::Failed {
+                    error: "done".into(),
+                },
+            )
             .await
             .unwrap();
     }
@@ -48,14 +55,23 @@ async fn claim_owners(store: &dyn studio_core::store::JobStore, n: usize) -> Vec
 async fn owners_with_work_are_served_by_weight(kind: Backing) {
     let t = test_store(kind, fast_settings());
     for i in 0..20 {
-        t.store.enqueue(&weighted("aaaaaaaaaaaa", &format!("a{i}"), 1)).await.unwrap();
+        t.store
+            .enqueue(&weighted("aaaaaaaaaaaa", &format!("a{i}"), 1))
+            .await
+            .unwrap();
     }
     for i in 0..20 {
-        t.store.enqueue(&weighted("bbbbbbbbbbbb", &format!("b{i}"), 3)).await.unwrap();
+        t.store
+            .enqueue(&weighted("bbbbbbbbbbbb", &format!("b{i}"), 3))
+            .await
+            .unwrap();
     }
     let owners = claim_owners(t.store.as_ref(), 16).await;
     let b = owners.iter().filter(|o| *o == "bbbbbbbbbbbb").count();
-    assert_eq!(b, 12, "weight 3 against 1: three in four claims: {owners:?}");
+    assert_eq!(
+        b, 12,
+        "weight 3 against 1: three in four claims: {owners:?}"
+    );
     // Within a lane, first come first served.
     let w = worker();
     t.store.heartbeat(&w).await.unwrap();
@@ -71,7 +87,10 @@ async fn owners_with_work_are_served_by_weight(kind: Backing) {
 async fn a_late_owner_does_not_wait_behind_an_early_ones_backlog(kind: Backing) {
     let t = test_store(kind, fast_settings());
     for i in 0..50 {
-        t.store.enqueue(&job("aaaaaaaaaaaa", &format!("a{i}"))).await.unwrap();
+        t.store
+            .enqueue(&job("aaaaaaaaaaaa", &format!("a{i}")))
+            .await
+            .unwrap();
     }
     assert_eq!(claim_owners(t.store.as_ref(), 3).await, ["aaaaaaaaaaaa"; 3]);
     t.store.enqueue(&job("bbbbbbbbbbbb", "b")).await.unwrap();
@@ -82,7 +101,12 @@ async fn a_late_owner_does_not_wait_behind_an_early_ones_backlog(kind: Backing) 
 
 async fn priorities_come_first_within_an_owner(kind: Backing) {
     let t = test_store(kind, fast_settings());
-    for (p, prio) in [("low", Priority::Low), ("normal", Priority::Normal), ("high", Priority::High), ("high 2", Priority::High)] {
+    for (p, prio) in [
+        ("low", Priority::Low),
+        ("normal", Priority::Normal),
+        ("high", Priority::High),
+        ("high 2", Priority::High),
+    ] {
         let j = NewJob::new(p.into(), 1, "smoke".into(), Map::new()).owned("aaaaaaaaaaaa", prio);
         t.store.enqueue(&j).await.unwrap();
     }
@@ -91,7 +115,10 @@ async fn priorities_come_first_within_an_owner(kind: Backing) {
     let mut order = Vec::new();
     while let Some(c) = t.store.claim(&w, Duration::from_millis(50)).await.unwrap() {
         order.push(c.job.prompt.clone());
-        assert_eq!(c.job.priority.as_str(), c.job.prompt.split(' ').next().unwrap());
+        assert_eq!(
+            c.job.priority.as_str(),
+            c.job.prompt.split(' ').next().unwrap()
+        );
     }
     assert_eq!(order, ["high", "high 2", "normal", "low"]);
 }
@@ -112,10 +139,24 @@ async fn an_owner_at_its_running_cap_waits_and_others_go_on(kind: Backing) {
     let first = t.store.claim(&w, WAIT).await.unwrap().unwrap();
     assert_eq!(first.job.prompt, "a1");
     let second = t.store.claim(&w, WAIT).await.unwrap().unwrap();
-    assert_eq!(second.job.prompt, "b1", "a2 waits: its owner has one running");
-    assert!(t.store.claim(&w, Duration::from_millis(100)).await.unwrap().is_none());
+    assert_eq!(
+        second.job.prompt, "b1",
+        "a2 waits: its owner has one running"
+    );
+    assert!(
+        t.store
+            .claim(&w, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .is_none()
+    );
     t.store
-        .complete(&first.lease, Completion::Failed { error: "done".into() })
+        .complete(
+            &first.lease,
+            Completion::Failed {
+                error: "done".into(),
+            },
+        )
         .await
         .unwrap();
     let third = t.store.claim(&w, WAIT).await.unwrap().unwrap();
@@ -151,17 +192,26 @@ async fn an_owner_at_its_waiting_quota_is_refused_and_a_cancel_makes_room(kind: 
         }
         v
     };
-    assert!(!owners_prompts.contains(&"a1".to_owned()), "{owners_prompts:?}");
+    assert!(
+        !owners_prompts.contains(&"a1".to_owned()),
+        "{owners_prompts:?}"
+    );
     assert_eq!(owners_prompts.len(), 3, "{owners_prompts:?}");
 }
 
 async fn ownerless_jobs_are_one_more_lane(kind: Backing) {
     let t = test_store(kind, fast_settings());
     for i in 0..10 {
-        t.store.enqueue(&job("", &format!("anon {i}"))).await.unwrap();
+        t.store
+            .enqueue(&job("", &format!("anon {i}")))
+            .await
+            .unwrap();
     }
     for i in 0..10 {
-        t.store.enqueue(&job("aaaaaaaaaaaa", &format!("a{i}"))).await.unwrap();
+        t.store
+            .enqueue(&job("aaaaaaaaaaaa", &format!("a{i}")))
+            .await
+            .unwrap();
     }
     let owners = claim_owners(t.store.as_ref(), 10).await;
     let anon = owners.iter().filter(|o| o.is_empty()).count();
@@ -182,11 +232,21 @@ async fn an_owners_job_comes_back_to_its_own_lane(kind: Backing) {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(80)).await;
     t.store.promote_due().await.unwrap();
-    let c = t.store.claim(&w, WAIT).await.unwrap().expect("back after its retry");
+    let c = t
+        .store
+        .claim(&w, WAIT)
+        .await
+        .unwrap()
+        .expect("back after its retry");
     assert_eq!((c.job.owner.as_str(), c.lease.attempt), ("aaaaaaaaaaaa", 2));
     // ...a release at shutdown...
     t.store.release(&c.lease).await.unwrap();
-    let c = t.store.claim(&w, WAIT).await.unwrap().expect("back after a release");
+    let c = t
+        .store
+        .claim(&w, WAIT)
+        .await
+        .unwrap()
+        .expect("back after a release");
     assert_eq!(c.lease.job_id, a.id);
     // ...and a reap of a dead worker: each time to its owner's lane, and its running
     // count given back (a cap of one would otherwise hold it for ever).
@@ -199,7 +259,12 @@ async fn an_owners_job_comes_back_to_its_own_lane(kind: Backing) {
     t.store.heartbeat(&w).await.unwrap();
     let reaped = t.store.reap().await.unwrap();
     assert_eq!(reaped, [JobId::parse(a.id.as_str()).unwrap()]);
-    let c = t.store.claim(&w, WAIT).await.unwrap().expect("back after a reap");
+    let c = t
+        .store
+        .claim(&w, WAIT)
+        .await
+        .unwrap()
+        .expect("back after a reap");
     assert_eq!(c.job.owner, "aaaaaaaaaaaa");
 }
 

@@ -119,20 +119,33 @@ async fn the_first_admin_key_is_made_by_the_cli_and_works_at_once() {
 
 async fn without_a_key_the_api_is_401_and_the_pages_and_health_are_open(kind: Backing) {
     let app = keyed(kind, ServerRole::Api, None).await;
-    for path in [
-        "/api/jobs",
-        "/api/status/00000000-0000-4000-8000-000000000000",
-        "/api/events",
-        "/api/workflows",
-        "/api/keys",
-    ] {
-        let (s, v) = get_as(&app, None, path).await;
+    // Every /api route the router has, whatever its method: 401 before anything else.
+    let mut checked = 0;
+    for (method, path) in studio_core::api::ROUTES {
+        if !path.starts_with("/api/") {
+            continue;
+        }
+        let url = app.url(
+            &path
+                .replace("{job_id}", "00000000-0000-4000-8000-000000000000")
+                .replace("{key_id}", "0123456789ab"),
+        );
+        let m = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
+        let mut req = app.http.request(m, &url);
+        if *method != "get" {
+            req = req.json(&json!({"prompt": "x"}));
+        }
+        let res = req.send().await.unwrap();
+        let s = res.status().as_u16();
+        let v: Value = res.json().await.unwrap_or(Value::Null);
         assert_eq!(
             (s, v["code"].as_str()),
             (401, Some("unauthorized")),
-            "{path}: {v}"
+            "{method} {path}: {v}"
         );
+        checked += 1;
     }
+    assert!(checked >= 12, "{checked}");
     let (s, _) = post_as(&app, None, "/api/generate", &json!({"prompt": "x"})).await;
     assert_eq!(s, 401);
     for path in ["/health", "/", "/docs", "/openapi.json", "/assets/app.js"] {
@@ -288,14 +301,36 @@ async fn keys_are_managed_over_http_by_admins(kind: Backing) {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (s, _) = get_as(&app, Some(&secret), "/api/jobs").await;
     assert_eq!(s, 401, "revoked within a second");
-    let res = app
-        .http
-        .delete(app.url("/api/keys/ffffffffffff"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 404);
+    // The open routes take a stale key as no key.
+    let (s, _) = get_as(&app, Some(&secret), "/health").await;
+    assert_eq!(s, 200);
+    // Revoked is gone: a second revoke or a change is 404, like an unknown id.
+    let admin_id = admin.split('_').nth(1).unwrap().to_owned();
+    for (method, path, want) in [
+        ("DELETE", format!("/api/keys/{id}"), 404),
+        ("PATCH", format!("/api/keys/{id}"), 404),
+        ("DELETE", "/api/keys/ffffffffffff".to_owned(), 404),
+        // An admin cannot lock itself out over HTTP.
+        ("DELETE", format!("/api/keys/{admin_id}"), 409),
+        ("PATCH", format!("/api/keys/{admin_id}"), 409),
+    ] {
+        let res = app
+            .http
+            .request(method.parse().unwrap(), app.url(&path))
+            .bearer_auth(&admin)
+            .json(&json!({"role": "user"}))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let v: Value = res.json().await.unwrap();
+        assert_eq!(status, want, "{method} {path}: {v}");
+        if want == 409 {
+            assert_eq!(v["code"], "own-key");
+        }
+    }
+    let (s, _) = get_as(&app, Some(&admin), "/api/keys").await;
+    assert_eq!(s, 200, "the admin key still works");
 }
 
 async fn a_priority_above_the_keys_maximum_is_refused(kind: Backing) {

@@ -76,6 +76,13 @@ async fn the_openapi_document_is_valid_and_lists_every_route() {
             op["summary"].is_string() || op["description"].is_string(),
             "{method} {path} is described"
         );
+        if path.starts_with("/api/") {
+            assert!(responses.contains_key("401"), "{method} {path} says 401");
+            assert!(
+                op["security"].as_array().is_some_and(|s| s.len() == 3),
+                "{method} {path} names the API key schemes"
+            );
+        }
         for (status, r) in responses {
             // /health's 503 keeps the prototype's health shape; every other error is ErrorBody.
             if (status.starts_with('4') || status.starts_with('5')) && path != "/health" {
@@ -87,6 +94,9 @@ async fn the_openapi_document_is_valid_and_lists_every_route() {
             }
         }
     }
+    let schemes = &doc["components"]["securitySchemes"];
+    assert_eq!(schemes["bearer"]["scheme"], "bearer");
+    assert_eq!(schemes["apiKey"]["name"], "X-API-Key");
     // The shapes of the contract.
     let job = &doc["components"]["schemas"]["JobView"]["properties"];
     for key in ["job_id", "status", "progress", "image_url", "error"] {

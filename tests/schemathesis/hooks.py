@@ -8,7 +8,15 @@ not count it as a valid request wrongly rejected. This hook drops such bodies fr
 generation; nothing else is filtered.
 
 The budgets come from the test (STUDIO_PIXEL_BUDGETS, JSON: workflow -> pixels).
+
+A second rule is about state: an Idempotency-Key already used with another body is
+refused with 422 `idempotency-key-reuse` by design, and the fuzzer sends the same
+few generated keys with many bodies. `map_headers` makes each generated key unique
+(its generated value plus a counter, still within the documented 1-255 visible
+ASCII characters), so the header's syntax is still fuzzed but no two cases share a
+key. Replays and reuse are tested in tests/it/idempotency.rs.
 """
+import itertools
 import json
 import os
 
@@ -44,3 +52,16 @@ def filter_body(ctx, body):
     for s in sizes:
         pixels *= s
     return pixels <= budget
+
+
+_SERIAL = itertools.count()
+
+
+@schemathesis.hook
+def map_headers(ctx, headers):
+    if not headers or "Idempotency-Key" not in headers:
+        return headers
+    suffix = "-%d" % next(_SERIAL)
+    value = str(headers["Idempotency-Key"])[: 255 - len(suffix)]
+    headers["Idempotency-Key"] = value + suffix
+    return headers

@@ -6,7 +6,7 @@ use super::RedisStore;
 use crate::auth::ApiKey;
 use crate::auth::rate::RateDecision;
 use crate::clock;
-use crate::store::StoreError;
+use crate::store::{IDEMPOTENCY_TTL, IdempotencyClaim, StoreError};
 
 impl RedisStore {
     pub(super) async fn put_key_impl(&self, key: &ApiKey) -> Result<(), StoreError> {
@@ -89,5 +89,45 @@ impl RedisStore {
             reset_secs: get(2).max(0) as f64 / 1000.0,
             retry_after_secs: get(3).max(0) as f64 / 1000.0,
         })
+    }
+
+    pub(super) async fn take_idempotency_impl(
+        &self,
+        scope: &str,
+        claim: &IdempotencyClaim,
+    ) -> Result<Option<IdempotencyClaim>, StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.keys.idempotency(scope);
+        // SET NX GET: one atomic step that either takes the key or tells who has it.
+        let held: Option<String> = self
+            .run(
+                ::redis::cmd("SET")
+                    .arg(&key)
+                    .arg(claim.encode())
+                    .arg("NX")
+                    .arg("GET")
+                    .arg("PX")
+                    .arg(IDEMPOTENCY_TTL.as_millis() as u64)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        // Something unreadable under the key counts as a different request.
+        Ok(held.map(|h| {
+            IdempotencyClaim::decode(&h).unwrap_or_else(|| IdempotencyClaim {
+                fingerprint: String::new(),
+                ..claim.clone()
+            })
+        }))
+    }
+
+    pub(super) async fn release_idempotency_impl(&self, scope: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.run(
+            ::redis::cmd("DEL")
+                .arg(self.keys.idempotency(scope))
+                .query_async::<i64>(&mut conn),
+        )
+        .await?;
+        Ok(())
     }
 }

@@ -119,6 +119,11 @@ impl Keys {
         format!("{}studio:secret", self.prefix)
     }
 
+    /// An owner's `Idempotency-Key` (hashed): `fingerprint job_id`, with a TTL.
+    pub fn idempotency(&self, scope: &str) -> String {
+        format!("{}studio:idem:{scope}", self.prefix)
+    }
+
     /// A rate limit's bucket (GCRA's theoretical arrival time).
     pub fn rate_bucket(&self, bucket: &str) -> String {
         format!("{}studio:rate:{bucket}", self.prefix)

@@ -8,7 +8,7 @@ use super::SqliteStore;
 use crate::auth::ApiKey;
 use crate::auth::rate::RateDecision;
 use crate::clock;
-use crate::store::StoreError;
+use crate::store::{IDEMPOTENCY_TTL, IdempotencyClaim, StoreError};
 
 impl SqliteStore {
     pub(super) async fn put_key_impl(&self, key: &ApiKey) -> Result<(), StoreError> {
@@ -73,5 +73,60 @@ impl SqliteStore {
     pub(super) fn rate_limit_impl(&self, bucket: &str, rate: f64, burst: u32) -> RateDecision {
         self.limiter
             .check(bucket, clock::now_ms() as f64, rate, burst)
+    }
+
+    /// The idempotency table's `owner` column holds the scope (already specific to
+    /// the owner), `body_hash` the whole claim encoded, `key` and `job_id` are unused
+    /// (''); housekeeping drops records past the TTL.
+    pub(super) async fn take_idempotency_impl(
+        &self,
+        scope: &str,
+        claim: &IdempotencyClaim,
+    ) -> Result<Option<IdempotencyClaim>, StoreError> {
+        let scope = scope.to_owned();
+        let encoded = claim.encode();
+        let now = clock::now_ms() as i64;
+        let stale = now - IDEMPOTENCY_TTL.as_millis() as i64;
+        let held: Option<String> = self
+            .write(move |conn| {
+                conn.execute(
+                    "DELETE FROM idempotency WHERE owner = ?1 AND key = '' AND created_ms <= ?2",
+                    params![scope, stale],
+                )?;
+                let taken = conn.execute(
+                    "INSERT OR IGNORE INTO idempotency (owner, key, body_hash, job_id, created_ms) \
+                     VALUES (?1, '', ?2, '', ?3)",
+                    params![scope, encoded, now],
+                )?;
+                if taken == 1 {
+                    return Ok((None, Vec::new()));
+                }
+                let held = conn.query_row(
+                    "SELECT body_hash FROM idempotency WHERE owner = ?1 AND key = ''",
+                    params![scope],
+                    |r| r.get(0),
+                )?;
+                Ok((Some(held), Vec::new()))
+            })
+            .await?;
+        // Something unreadable counts as a different request.
+        Ok(held.map(|h| {
+            IdempotencyClaim::decode(&h).unwrap_or_else(|| IdempotencyClaim {
+                fingerprint: String::new(),
+                ..claim.clone()
+            })
+        }))
+    }
+
+    pub(super) async fn release_idempotency_impl(&self, scope: &str) -> Result<(), StoreError> {
+        let scope = scope.to_owned();
+        self.write(move |conn| {
+            conn.execute(
+                "DELETE FROM idempotency WHERE owner = ?1 AND key = ''",
+                params![scope],
+            )?;
+            Ok(((), Vec::new()))
+        })
+        .await
     }
 }

@@ -115,6 +115,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     created_ms INTEGER NOT NULL,
     PRIMARY KEY (owner, key)
 );
+CREATE INDEX IF NOT EXISTS idempotency_age ON idempotency (created_ms);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id    TEXT NOT NULL,

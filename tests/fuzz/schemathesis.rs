@@ -39,11 +39,36 @@ async fn schemathesis_finds_nothing_wrong(kind: Backing) {
     let tool = schemathesis();
     let standin = StandIn::start();
     let url = standin.url();
-    let app = TestApp::spawn(kind, Role::Serve, move |a| {
+    // On Redis with auth on and an admin key (every operation, the key management
+    // too, is reachable); on SQLite with auth off, the prototype's open contract.
+    let auth = kind == Backing::Redis;
+    let mut app = TestApp::spawn(kind, Role::Serve, move |a| {
         a.comfyui = vec![url];
         a.max_queued = 10_000;
+        if auth {
+            a.auth = studio_core::auth::AuthMode::Keys;
+        }
     })
     .await;
+    let mut auth_header = Vec::new();
+    if auth {
+        let (_, made) = studio_core::auth::keys::manage::create(
+            app.store.as_ref(),
+            "fuzzer",
+            studio_core::auth::Role::Admin,
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let value = format!("Bearer {}", made.secret);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value.parse().unwrap());
+        app.http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap();
+        auth_header = vec!["--header".to_owned(), format!("Authorization: {value}")];
+    }
     // Finished jobs with outputs, for the operations that read them.
     for seed in 0..3 {
         let id = app
@@ -103,6 +128,7 @@ async fn schemathesis_finds_nothing_wrong(kind: Backing) {
                 "--output-truncate",
                 "true",
             ])
+            .args(&auth_header)
             .output()
             .expect("schemathesis runs")
     })
