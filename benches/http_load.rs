@@ -10,6 +10,9 @@
 //!
 //! `BENCH_STORES=sqlite` (or `redis`) runs one store only; `BENCH_REPEAT=N` runs
 //! N rounds (alternating the builds) and prints the medians.
+//! `BENCH_AUTH=off,keys` (the default) runs this build with auth off and with
+//! `--auth keys` and an API key on every request (a user key without a rate
+//! limit), so what keys cost is measured in the same run; `BENCH_AUTH=off` skips it.
 //! `BENCH_BASELINE_BIN=/path/to/other/studio` runs the same phases against that
 //! binary too, in turn with this build, so a change is measured against the code
 //! before it in one run (e.g. a `cargo build --release` of an older commit in a
@@ -31,7 +34,9 @@ use hyper_util::rt::TokioIo;
 use support::{Studio, cleanup_redis, cpu_time, env_or, pct, prefix, redis_url};
 use tokio::net::TcpStream;
 
-fn start(bin: &Path, store: &str, prefix: &str) -> Studio {
+/// Starts `studio api`; with `keys`, auth on and a key made with `studio keys
+/// create` on the same store (its secret returned).
+fn start(bin: &Path, store: &str, prefix: &str, keys: bool) -> (Studio, Option<String>) {
     // The queue cap is not what this measures: 10 s of submissions overshoot the
     // default 100,000. (A baseline without the setting ignores it.)
     let mut envs = vec![("STUDIO_MAX_QUEUED", "100000000".to_owned())];
@@ -39,7 +44,24 @@ fn start(bin: &Path, store: &str, prefix: &str) -> Studio {
         envs.push(("REDIS_URL", redis_url()));
         envs.push(("STUDIO_REDIS_PREFIX", prefix.to_owned()));
     }
-    Studio::start_bin(bin, "api", &envs)
+    if keys {
+        envs.push(("STUDIO_AUTH", "keys".to_owned()));
+    }
+    let server = Studio::start_bin(bin, "api", &envs);
+    if !keys {
+        return (server, None);
+    }
+    let out = std::process::Command::new(bin)
+        .args(["keys", "create", "--name", "bench"])
+        .env_clear()
+        .env("STUDIO_DATA_DIR", &server.dir)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("studio keys create runs");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let secret = stdout.lines().last().unwrap().trim().to_owned();
+    (server, Some(format!("Bearer {secret}")))
 }
 
 #[derive(Clone, Copy)]
@@ -64,6 +86,7 @@ async fn run_phase(
     conns: usize,
     secs: u64,
     ids: Arc<Vec<String>>,
+    auth: Option<Arc<str>>,
 ) -> Result {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
@@ -71,6 +94,7 @@ async fn run_phase(
     for c in 0..conns {
         let stop = stop.clone();
         let ids = ids.clone();
+        let auth = auth.clone();
         tasks.push(tokio::spawn(async move {
             let stream = TcpStream::connect(addr).await.unwrap();
             stream.set_nodelay(true).unwrap();
@@ -81,7 +105,7 @@ async fn run_phase(
             let mut mine = Vec::new();
             let mut i = c;
             while !stop.load(Ordering::Relaxed) {
-                let req = match phase {
+                let mut req = match phase {
                     Phase::Submit => Request::post("/api/generate")
                         .header("host", "bench")
                         .header("content-type", "application/json")
@@ -94,6 +118,9 @@ async fn run_phase(
                         .body(Full::new(Bytes::new()))
                         .unwrap(),
                 };
+                if let Some(a) = &auth {
+                    req.headers_mut().insert("authorization", a.parse().unwrap());
+                }
                 i += conns;
                 let t = Instant::now();
                 let res = match send.send_request(req).await {
@@ -173,9 +200,17 @@ fn main() {
             .unwrap_or(0)
     );
     let this = PathBuf::from(env!("CARGO_BIN_EXE_studio"));
-    let mut builds = vec![("", this)];
+    let auth: String = env_or("BENCH_AUTH", "off,keys".to_owned());
+    let mut builds = Vec::new();
     if let Ok(base) = std::env::var("BENCH_BASELINE_BIN") {
-        builds.insert(0, (" (baseline)", PathBuf::from(base)));
+        builds.push((" (baseline)", PathBuf::from(base), false));
+    }
+    for mode in auth.split(',').map(str::trim) {
+        match mode {
+            "off" => builds.push(("", this.clone(), false)),
+            "keys" => builds.push((" +keys", this.clone(), true)),
+            other => panic!("BENCH_AUTH: unknown mode {other:?} (off, keys)"),
+        }
     }
     // Rounds alternate the builds, so drift on a shared machine hits both alike;
     // the medians at the end are the figures to compare.
@@ -195,24 +230,41 @@ fn main() {
     };
     for store in stores.split(',').map(str::trim) {
         for _ in 0..rounds {
-            for (label, bin) in &builds {
+            for (label, bin, keys) in &builds {
                 let name = format!("{store}{label}");
                 let prefix = prefix("bench");
-                let server = start(bin, store, &prefix);
+                let (server, auth) = start(bin, store, &prefix, *keys);
+                let auth: Option<Arc<str>> = auth.map(Arc::from);
                 let addr: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
                 rt.block_on(async {
                     // Warm up connections and caches.
-                    run_phase(addr, Phase::Submit, conns, 1, Arc::new(Vec::new())).await;
+                    run_phase(
+                        addr,
+                        Phase::Submit,
+                        conns,
+                        1,
+                        Arc::new(Vec::new()),
+                        auth.clone(),
+                    )
+                    .await;
                     let pid = server.child.id();
                     let cpu0 = cpu_time(pid);
-                    let mut submit =
-                        run_phase(addr, Phase::Submit, conns, secs, Arc::new(Vec::new())).await;
+                    let mut submit = run_phase(
+                        addr,
+                        Phase::Submit,
+                        conns,
+                        secs,
+                        Arc::new(Vec::new()),
+                        auth.clone(),
+                    )
+                    .await;
                     let cpu1 = cpu_time(pid);
                     submit.cpu = cpu1 - cpu0;
                     report(&name, "POST /api/generate", &mut submit);
                     record(&name, "POST /api/generate", &submit);
                     let ids = Arc::new(std::mem::take(&mut submit.ids));
-                    let mut status = run_phase(addr, Phase::Status, conns, secs, ids).await;
+                    let mut status =
+                        run_phase(addr, Phase::Status, conns, secs, ids, auth.clone()).await;
                     status.cpu = cpu_time(pid) - cpu1;
                     report(&name, "GET /api/status/<id>", &mut status);
                     record(&name, "GET /api/status/<id>", &status);

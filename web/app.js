@@ -1,6 +1,8 @@
 // Studio Core's page. Plain JavaScript, no build step, no network beyond this server.
 // Live updates come from one Server-Sent Events stream of all jobs (/api/events):
-// browsers allow few connections per server, so not one stream per job.
+// browsers allow few connections per server, so not one stream per job. The stream
+// is read with fetch, not EventSource, so it can carry the API key's header.
+// With auth on, the page asks for a key and keeps it in localStorage.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -15,14 +17,71 @@ const state = {
   galleryCursor: null,
 };
 
-async function api(path, options = {}) {
+const KEY_STORAGE = "studio.apiKey";
+
+function apiKey() {
+  try { return localStorage.getItem(KEY_STORAGE) || ""; } catch (_) { return ""; }
+}
+
+function requestHeaders(extra) {
   // A header no web form can send: the server refuses state changes without it
   // (or a JSON body), so other sites cannot forge them.
-  const headers = { "x-requested-with": "studio-page", ...(options.headers || {}) };
-  const res = await fetch(path, { ...options, headers });
+  const headers = { "x-requested-with": "studio-page", ...(extra || {}) };
+  const key = apiKey();
+  if (key) headers.authorization = `Bearer ${key}`;
+  return headers;
+}
+
+async function api(path, options = {}) {
+  const res = await fetch(path, { ...options, headers: requestHeaders(options.headers) });
   let body = null;
   try { body = await res.json(); } catch (_) { /* not JSON */ }
+  if (res.status === 401 && path.startsWith("/api/")) askForKey(body && body.error);
   return { status: res.status, body };
+}
+
+// ---------- the API key ----------
+
+function askForKey(reason) {
+  if (!$("key-panel").hidden) return;
+  $("key-why").textContent = apiKey()
+    ? `The key kept in this browser was refused (${reason || "unauthorized"}). Enter another.`
+    : "This server needs an API key. Ask its operator for one (studio keys create).";
+  $("key-panel").hidden = false;
+  document.querySelector("main").hidden = true;
+  $("key-input").focus();
+}
+
+function showKeyStatus() {
+  const key = apiKey();
+  $("key-status").hidden = !key;
+  // The id part only (sk_<id>_…): enough to tell keys apart, nothing secret.
+  const id = (key.match(/^sk_([0-9a-f]+)_/) || [])[1];
+  $("key-label").textContent = key ? `key ${id || "(set)"}` : "";
+}
+
+async function useKey(event) {
+  event.preventDefault();
+  const key = $("key-input").value.trim();
+  const err = $("key-error");
+  if (!key) {
+    err.textContent = "Paste the key first.";
+    err.hidden = false;
+    return;
+  }
+  const res = await fetch("/api/workflows", { headers: { authorization: `Bearer ${key}` } });
+  if (res.status === 401) {
+    err.textContent = "The server does not accept this key.";
+    err.hidden = false;
+    return;
+  }
+  localStorage.setItem(KEY_STORAGE, key);
+  location.reload();
+}
+
+function forgetKey() {
+  localStorage.removeItem(KEY_STORAGE);
+  location.reload();
 }
 
 // ---------- health ----------
@@ -330,13 +389,60 @@ function openViewer(output, job) {
 
 // ---------- live events ----------
 
-function connectEvents() {
-  const source = new EventSource("/api/events");
-  source.addEventListener("job", (e) => {
-    upsertJob(JSON.parse(e.data));
-  });
-  // After a (re)connect, changes may have been missed: re-read what is still open.
-  source.addEventListener("open", refreshOpenJobs);
+// Server-Sent Events over fetch: reconnects with a growing pause (1 s to 30 s),
+// and after each (re)connect re-reads the jobs still open, as changes may have
+// been missed meanwhile.
+async function connectEvents() {
+  let pause = 1000;
+  for (;;) {
+    try {
+      const res = await fetch("/api/events", { headers: requestHeaders({ accept: "text/event-stream" }) });
+      if (res.status === 401) { askForKey(); return; }
+      if (res.ok && res.body) {
+        pause = 1000;
+        refreshOpenJobs();
+        await readEvents(res.body, (type, data) => {
+          if (type === "job") upsertJob(JSON.parse(data));
+        });
+      }
+    } catch (_) { /* the server went away; try again */ }
+    await new Promise((r) => setTimeout(r, pause));
+    pause = Math.min(pause * 2, 30000);
+  }
+}
+
+// Parses an event stream (the HTML standard's Server-Sent Events format):
+// "event:" and "data:" lines, a blank line ends an event, ":" lines are comments.
+async function readEvents(stream, onEvent) {
+  const reader = stream.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let type = "message";
+  let data = [];
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let nl;
+    while ((nl = buffer.search(/\r\n|\r|\n/)) >= 0) {
+      // A lone CR at the end may be the first half of a CRLF still on its way.
+      if (buffer[nl] === "\r" && nl === buffer.length - 1) break;
+      const line = buffer.slice(0, nl);
+      buffer = buffer.slice(nl + (buffer.startsWith("\r\n", nl) ? 2 : 1));
+      if (line === "") {
+        if (data.length) onEvent(type, data.join("\n"));
+        type = "message";
+        data = [];
+        continue;
+      }
+      if (line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let val = colon < 0 ? "" : line.slice(colon + 1);
+      if (val.startsWith(" ")) val = val.slice(1);
+      if (field === "event") type = val;
+      else if (field === "data") data.push(val);
+    }
+  }
 }
 
 async function refreshOpenJobs() {
@@ -366,6 +472,10 @@ $("dice").addEventListener("click", () => { $("seed").value = randomSeed(); });
 $("more").addEventListener("click", loadGallery);
 $("viewer-close").addEventListener("click", () => $("viewer").close());
 $("viewer").addEventListener("click", (e) => { if (e.target === $("viewer")) $("viewer").close(); });
+$("key-form").addEventListener("submit", useKey);
+$("key-forget").addEventListener("click", forgetKey);
+
+showKeyStatus();
 
 connectEvents();
 loadWorkflows();

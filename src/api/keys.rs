@@ -259,7 +259,11 @@ pub async fn create(
         revoked_at: String::new(),
         limits: KeyLimits::default(),
     };
-    let wanted = change.apply(&base);
+    let mut wanted = change.apply(&base);
+    // As `studio keys create`: an admin key may ask for high priority unless told otherwise.
+    if wanted.role == Role::Admin && change.max_priority.is_none() {
+        wanted.limits.max_priority = crate::auth::Priority::High;
+    }
     let (key, secret) = state
         .with_timeout(async {
             Ok(manage::create(

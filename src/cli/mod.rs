@@ -54,6 +54,9 @@ pub struct GenerateArgs {
     /// Submit and print the job id without waiting.
     #[arg(long)]
     pub no_wait: bool,
+    /// Order among this key's own jobs (at most the key's highest).
+    #[arg(long, value_enum)]
+    pub priority: Option<crate::auth::Priority>,
     #[command(flatten)]
     pub server: ServerUrl,
 }
@@ -187,6 +190,9 @@ pub fn parse_param(p: &str) -> Result<(String, Value), String> {
     Ok((k.to_owned(), value))
 }
 
+/// Tries at a submission that meets a network error or a 502/503/504.
+const SUBMIT_TRIES: u64 = 3;
+
 /// `studio generate PROMPT ...`.
 pub async fn generate(a: GenerateArgs) -> ExitCode {
     finish(generate_inner(a).await)
@@ -206,9 +212,30 @@ async fn generate_inner(a: GenerateArgs) -> Result<(), Fail> {
         let (k, v) = parse_param(p).map_err(Fail::usage)?;
         body.insert(k, v);
     }
-    let (status, v) = client
-        .call(client.http.post(client.url("/api/generate")).json(&body))
-        .await?;
+    if let Some(p) = a.priority {
+        body.insert("priority".into(), p.as_str().into());
+    }
+    // One Idempotency-Key for every try: a submission retried after a lost answer
+    // or a passing outage is answered with the job the first try queued.
+    let idempotency_key = uuid::Uuid::new_v4().to_string();
+    let mut tries = 0;
+    let (status, v) = loop {
+        tries += 1;
+        let req = client
+            .http
+            .post(client.url("/api/generate"))
+            .header("idempotency-key", &idempotency_key)
+            .json(&body);
+        let answer = client.call(req).await;
+        let retry = match &answer {
+            Err(_) => true,
+            Ok((status, _)) => *status == 502 || *status == 503 || *status == 504,
+        };
+        if !retry || tries >= SUBMIT_TRIES {
+            break answer?;
+        }
+        tokio::time::sleep(Duration::from_secs(tries)).await;
+    };
     if status != 202 {
         return Err(Fail::usage(server_error(status, &v)));
     }

@@ -196,7 +196,9 @@ impl SqliteStore {
             let token = uuid::Uuid::new_v4().simple().to_string();
             let now_ms = (micros / 1000) as i64;
             // The fair pick: of the lanes with a job due and room to run one more,
-            // the lowest virtual time (an idle lane counts from the current one).
+            // the lowest virtual time, walking `lanes_by_vt` (the triggers lift a
+            // lane that comes back to the current virtual time, so an idle one
+            // counts from now).
             let vtime: f64 = conn
                 .prepare_cached("SELECT value FROM counters WHERE name = 'vtime'")?
                 .query_row([], |r| r.get(0))?;
@@ -206,7 +208,7 @@ impl SqliteStore {
                      WHERE queued > 0 AND (max_running = 0 OR running < max_running) \
                        AND EXISTS (SELECT 1 FROM jobs WHERE jobs.owner = lanes.owner \
                                    AND status = 'queued' AND run_at <= ?2) \
-                     ORDER BY MAX(vt, ?1), owner LIMIT 1",
+                     ORDER BY vt, owner LIMIT 1",
                 )?
                 .query_row(params![vtime, now_ms], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))

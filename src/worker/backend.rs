@@ -52,6 +52,8 @@ pub struct Backend {
     pub in_flight: AtomicUsize,
     /// Jobs finished (any outcome) on it since start.
     pub done: AtomicUsize,
+    /// When to claim the next job for it.
+    pub pacing: super::pacing::Pacing,
 }
 
 impl Backend {
@@ -67,6 +69,7 @@ impl Backend {
             info: Mutex::new(Info::default()),
             in_flight: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
+            pacing: Default::default(),
         }
     }
 

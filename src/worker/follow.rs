@@ -69,11 +69,13 @@ pub(super) async fn follow(
             ev = recv_socket(&mut socket) => match ev {
                 Some(SocketEvent::Message(m)) if m.prompt_id() == Some(id) => {
                     if m.is_done_for(id) {
+                        ctx.backend.pacing.ended(id, true);
                         // History is written before this message: look now.
                         next_poll = Instant::now();
                         continue;
                     }
                     if let WsMessage::ExecutionStart { .. } = *m {
+                        ctx.backend.pacing.started(id);
                         tracing::debug!("running");
                     }
                     tracker.apply(&m);

@@ -3,11 +3,14 @@
 //!
 //! A dispatcher claims a job only when its backend is up and has room: one prompt
 //! running plus `prefetch` already submitted, so the GPU starts the next prompt the
-//! moment the last one ends while the finished one's outputs are collected.
+//! moment the last one ends while the finished one's outputs are collected. The
+//! prefetched job is claimed just before the running prompt should end
+//! (`pacing.rs`), so the fair queue's choice is as fresh as it can be.
 
 pub mod backend;
 mod follow;
 mod outputs;
+mod pacing;
 pub mod progress;
 pub mod run;
 
@@ -224,6 +227,12 @@ async fn dispatch(ctx: RunContext, worker: WorkerId, mut shutdown: watch::Receiv
         };
         if backend.health() != Health::Up {
             continue;
+        }
+        if ctx.config.prefetch > 0 {
+            tokio::select! {
+                _ = backend.pacing.wait() => {}
+                _ = signalled(&mut shutdown) => break,
+            }
         }
         let claimed = ctx.store.claim(&worker, ctx.config.claim_wait).await;
         if claimed.is_ok() && claim_failing {

@@ -87,6 +87,10 @@ pub async fn run_job(ctx: RunContext, claim: Claim, mut turn: Turn) {
         let lease = claim.lease.clone();
         let outcome = execute(&ctx, &lease, &claim.job, &mut turn).await;
         turn.give_back();
+        ctx.backend.pacing.ended(
+            lease.job_id.as_str(),
+            matches!(outcome, Outcome::Finished { .. }),
+        );
         tracing::debug!(?outcome, "attempt over");
         settle(&ctx, &lease, &outcome).await;
         if let Outcome::Cancelled {
@@ -232,6 +236,9 @@ async fn execute(ctx: &RunContext, lease: &Lease, job: &JobRecord, turn: &mut Tu
     }});
     let client = &ctx.backend.client;
     let submitted = client.submit(id, &graph, extra).await;
+    if submitted.is_ok() {
+        ctx.backend.pacing.submitted(id);
+    }
     turn.give_back();
     match submitted {
         Ok(s) => {

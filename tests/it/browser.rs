@@ -206,3 +206,149 @@ async fn the_page_generates_shows_progress_fills_the_gallery_and_cancels() {
     assert_eq!(&png[1..4], b"PNG");
     std::fs::write(screenshots().join("studio-page-phone.png"), png).unwrap();
 }
+
+/// With auth on, the page asks for a key, refuses a wrong one, keeps a right one in
+/// the browser, and then works as without auth: live progress over the
+/// key-carrying event stream, the picture through its signed URL, only the key's
+/// own jobs. Forgetting the key brings the question back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_asks_for_a_key_and_works_with_auth_on() {
+    use studio_core::auth::keys::manage;
+    use studio_core::auth::{AuthMode, KeyLimits, Role as KeyRole};
+
+    let standin = StandIn::start_with(Knobs {
+        duration: Duration::from_millis(1500),
+        steps: 10,
+        ..Knobs::default()
+    });
+    let url = standin.url();
+    let app = TestApp::spawn(Backing::Redis, Role::Serve, move |a| {
+        a.comfyui = vec![url];
+        a.auth = AuthMode::Keys;
+    })
+    .await;
+    let mine = manage::create(
+        app.store.as_ref(),
+        "page",
+        KeyRole::User,
+        KeyLimits::default(),
+    )
+    .await
+    .unwrap()
+    .1
+    .secret;
+    let other = manage::create(
+        app.store.as_ref(),
+        "else",
+        KeyRole::User,
+        KeyLimits::default(),
+    )
+    .await
+    .unwrap()
+    .1
+    .secret;
+    // Someone else's job, which the page must never show.
+    let res = app
+        .http
+        .post(app.url("/api/generate"))
+        .bearer_auth(&other)
+        .json(&serde_json::json!({"prompt": "not yours", "workflow": "smoke"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+
+    let browser = Browser::start(1280, 1000).await;
+    browser.goto(&app.base).await;
+    browser
+        .wait_for("return !document.getElementById('key-panel').hidden", WAIT)
+        .await;
+    let input = browser.find("#key-input").await;
+    browser
+        .type_into(&input, "sk_000000000000_nope\u{E007}")
+        .await; // Enter
+    browser
+        .wait_for("return !document.getElementById('key-error').hidden", WAIT)
+        .await;
+    browser
+        .exec("document.getElementById('key-input').value = ''; return true")
+        .await;
+    browser.type_into(&input, &format!("{mine}\u{E007}")).await;
+    // The page reloads with the key: the workflows load, the panel is gone.
+    browser
+        .wait_for(
+            "return document.querySelectorAll('#workflow option').length >= 3 && document.getElementById('key-panel').hidden",
+            WAIT,
+        )
+        .await;
+    let label = browser
+        .exec("return document.getElementById('key-label').textContent")
+        .await;
+    let id = mine.split('_').nth(1).unwrap();
+    assert_eq!(label, format!("key {id}"));
+    assert_eq!(
+        browser
+            .exec("return localStorage.getItem('studio.apiKey')")
+            .await,
+        mine.as_str()
+    );
+
+    browser
+        .exec("const s = document.getElementById('workflow'); s.value = 'smoke'; s.dispatchEvent(new Event('change')); return true;")
+        .await;
+    let prompt = browser.find("#prompt").await;
+    browser.type_into(&prompt, "a keyed lighthouse").await;
+    let generate = browser.find("#generate").await;
+    browser.click(&generate).await;
+    let job_id = browser
+        .wait_for(
+            "const c = document.querySelector('.job'); return c && c.dataset.jobId",
+            WAIT,
+        )
+        .await;
+    let job_id = job_id.as_str().unwrap().to_owned();
+    // Progress arrives over the event stream (the page does not poll while it runs).
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = browser
+            .exec(&format!("const c = document.querySelector('.job[data-job-id=\"{job_id}\"]'); return [c.dataset.status, c.querySelector('progress').value]"))
+            .await;
+        let status = v[0].as_str().unwrap().to_owned();
+        seen.push((status.clone(), v[1].as_f64().unwrap()));
+        if status == "finished" || status == "failed" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{seen:?}");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert_eq!(seen.last().unwrap().0, "finished", "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|(s, v)| s == "processing" && *v > 0.0 && *v < 100.0),
+        "live progress: {seen:?}"
+    );
+    // The picture loads through its signed URL.
+    let loaded = format!(
+        "const i = [...document.querySelectorAll('#gallery img')].find(i => i.src.includes('{job_id}')); return i && i.complete && i.naturalWidth > 0 ? i.src : null"
+    );
+    let src = browser.wait_for(&loaded, WAIT).await;
+    assert!(src.as_str().unwrap().contains("sig="), "{src}");
+    // Only this key's jobs are on the page.
+    let prompts = browser
+        .exec("return [...document.querySelectorAll('.job .prompt')].map(p => p.textContent)")
+        .await;
+    assert_eq!(prompts, serde_json::json!(["a keyed lighthouse"]));
+    std::fs::write(
+        screenshots().join("studio-page-with-key.png"),
+        browser.screenshot().await,
+    )
+    .unwrap();
+
+    // Forget the key: the question comes back.
+    let forget = browser.find("#key-forget").await;
+    browser.click(&forget).await;
+    browser
+        .wait_for("return !document.getElementById('key-panel').hidden && localStorage.getItem('studio.apiKey') === null", WAIT)
+        .await;
+}

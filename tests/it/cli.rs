@@ -14,10 +14,19 @@ struct Run {
 }
 
 async fn studio(args: &[&str]) -> Run {
+    studio_with(args, None).await
+}
+
+/// The CLI with `STUDIO_API_KEY` set (or removed).
+async fn studio_with(args: &[&str], api_key: Option<&str>) -> Run {
+    let mut cmd = tokio::process::Command::new(studio_bin());
+    match api_key {
+        Some(k) => cmd.env("STUDIO_API_KEY", k),
+        None => cmd.env_remove("STUDIO_API_KEY"),
+    };
     let out = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new(studio_bin())
-            .args(args)
+        cmd.args(args)
             .env_remove("STUDIO_SERVER")
             .kill_on_drop(true)
             .output(),
@@ -247,4 +256,77 @@ async fn no_wait_status_cancel_and_jobs() {
     let r = studio(&["status", "no-such-job", "--server", &app.base]).await;
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("no job with id"), "{}", r.stderr);
+}
+
+/// With auth on, the CLI sends `STUDIO_API_KEY`: without it the server's 401 is
+/// exit 2 with its reason; with it a job runs and its pictures download (through
+/// the signed URLs), and `jobs` lists only the key's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_studio_api_key() {
+    use studio_core::auth::keys::manage;
+    use studio_core::auth::{AuthMode, KeyLimits, Role as KeyRole};
+
+    let standin = StandIn::start();
+    let url = standin.url();
+    let app = TestApp::spawn(Backing::Redis, Role::Serve, move |a| {
+        a.comfyui = vec![url];
+        a.auth = AuthMode::Keys;
+    })
+    .await;
+    let mut secrets = Vec::new();
+    for name in ["cli", "other"] {
+        let (_, made) = manage::create(
+            app.store.as_ref(),
+            name,
+            KeyRole::User,
+            KeyLimits::default(),
+        )
+        .await
+        .unwrap();
+        secrets.push(made.secret);
+    }
+    let out = TempDir::new();
+    let args = [
+        "generate",
+        "a keyed cat",
+        "--workflow",
+        "smoke",
+        "--priority",
+        "low",
+        "--server",
+        &app.base,
+        "--out",
+        out.path().to_str().unwrap(),
+    ];
+    let r = studio_with(&args, None).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("401"), "{}", r.stderr);
+    let r = studio_with(&args, Some(&secrets[0])).await;
+    assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    let saved: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("saved "))
+        .collect();
+    assert_eq!(saved.len(), 1, "{}", r.stdout);
+    assert!(std::fs::metadata(saved[0]).unwrap().len() > 0);
+    // Another key's job is not in this key's list.
+    let r = studio_with(
+        &[
+            "generate",
+            "not mine",
+            "--workflow",
+            "smoke",
+            "--no-wait",
+            "--server",
+            &app.base,
+        ],
+        Some(&secrets[1]),
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = studio_with(&["jobs", "--server", &app.base], Some(&secrets[0])).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("a keyed cat"), "{}", r.stdout);
+    assert!(!r.stdout.contains("not mine"), "{}", r.stdout);
 }

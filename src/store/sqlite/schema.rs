@@ -81,24 +81,38 @@ INSERT OR IGNORE INTO lanes (owner) SELECT DISTINCT owner FROM jobs;
 UPDATE lanes SET
     queued = (SELECT COUNT(*) FROM jobs WHERE jobs.owner = lanes.owner AND status = 'queued'),
     running = (SELECT COUNT(*) FROM jobs WHERE jobs.owner = lanes.owner AND status = 'processing');
-CREATE TRIGGER IF NOT EXISTS lane_on_insert AFTER INSERT ON jobs
+-- A lane that gets work again (its first queued job, or room to run under its
+-- cap) starts at the current virtual time, never behind it: idleness earns no
+-- credit, and a claim can take the lowest `vt` straight from lanes_by_vt.
+DROP TRIGGER IF EXISTS lane_on_insert;
+CREATE TRIGGER lane_on_insert AFTER INSERT ON jobs
 BEGIN
     INSERT OR IGNORE INTO lanes (owner) VALUES (NEW.owner);
     UPDATE lanes SET queued = queued + (NEW.status = 'queued'),
         running = running + (NEW.status = 'processing') WHERE owner = NEW.owner;
+    UPDATE lanes SET vt = MAX(vt, (SELECT value FROM counters WHERE name = 'vtime'))
+        WHERE owner = NEW.owner AND NEW.status = 'queued' AND queued = 1;
 END;
-CREATE TRIGGER IF NOT EXISTS lane_on_delete AFTER DELETE ON jobs
+DROP TRIGGER IF EXISTS lane_on_delete;
+CREATE TRIGGER lane_on_delete AFTER DELETE ON jobs
 BEGIN
     UPDATE lanes SET queued = queued - (OLD.status = 'queued'),
         running = running - (OLD.status = 'processing') WHERE owner = OLD.owner;
 END;
-CREATE TRIGGER IF NOT EXISTS lane_on_update AFTER UPDATE OF status ON jobs
+DROP TRIGGER IF EXISTS lane_on_update;
+CREATE TRIGGER lane_on_update AFTER UPDATE OF status ON jobs
     WHEN OLD.status != NEW.status
 BEGIN
     UPDATE lanes SET queued = queued + (NEW.status = 'queued') - (OLD.status = 'queued'),
         running = running + (NEW.status = 'processing') - (OLD.status = 'processing')
         WHERE owner = NEW.owner;
+    UPDATE lanes SET vt = MAX(vt, (SELECT value FROM counters WHERE name = 'vtime'))
+        WHERE owner = NEW.owner AND queued > 0
+          AND ((NEW.status = 'queued' AND queued = 1)
+               OR (OLD.status = 'processing' AND max_running > 0
+                   AND running = max_running - 1));
 END;
+CREATE INDEX IF NOT EXISTS lanes_by_vt ON lanes (vt, owner) WHERE queued > 0;
 CREATE TABLE IF NOT EXISTS api_keys (
     id     TEXT PRIMARY KEY,
     record TEXT NOT NULL
