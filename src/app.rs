@@ -14,6 +14,7 @@ use crate::api::connections::{self, ConnStats, Server, raise_fd_limit};
 use crate::api::events::{EventHub, StreamLimiter};
 use crate::api::{self, ApiService, AppContext, AppState, CorsOrigins};
 use crate::config::{Role, ServerArgs, StoreArgs, StoreChoice};
+use crate::metrics::Metrics;
 use crate::shutdown;
 use crate::storage::{FsImageStore, ImageStore};
 use crate::store::{JobStore, RedisStore, SqliteStore, StoreSettings};
@@ -61,21 +62,23 @@ impl App {
         );
         let images: Arc<dyn ImageStore> =
             Arc::new(FsImageStore::new(args.store.data_dir.join("images")));
+        let metrics = Metrics::new(&workflows);
         let workers = role.runs_workers().then(|| {
             Workers::start(
                 args.worker_config(),
                 store.clone(),
                 workflows.clone(),
                 images.clone(),
+                metrics.clone(),
             )
         });
         let (stop, stop_rx) = shutdown::flag();
+        let auth = args.auth.resolve(&args.host);
         let (server, router) = if role.runs_api() {
             let addr = format!("{}:{}", args.host, args.port);
             let listener = connections::bind(&addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
-            let auth = args.auth.resolve(&args.host);
             if auth == crate::auth::AuthMode::Off && !crate::auth::is_loopback_host(&args.host) {
                 tracing::warn!(
                     host = %args.host,
@@ -106,9 +109,37 @@ impl App {
                 body_timeout: args.body_timeout,
                 cors: Arc::new(CorsOrigins::parse(&args.cors_origins)),
                 connections: Some(server.stats()),
-                access: Access::new(auth, store.clone(), args.anon_rate, args.image_url_ttl),
+                access: Access::measured(
+                    auth,
+                    store.clone(),
+                    args.anon_rate,
+                    args.image_url_ttl,
+                    Some(metrics.clone()),
+                ),
+                metrics,
             });
             (Some(server), Some(api::router(state)))
+        } else if let Some(port) = args.metrics_port {
+            // A worker-only process: /metrics on a port of its own.
+            let addr = format!("{}:{}", args.host, port);
+            let listener = connections::bind(&addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+            let limits = args.conn_limits(raise_fd_limit());
+            let server = Server::new(listener, limits);
+            let sources = api::metrics::Sources {
+                store: store.clone(),
+                backends: workers.as_ref().map(Workers::report),
+                streams: None,
+                connections: Some(server.stats()),
+                metrics: metrics.clone(),
+            };
+            let access =
+                Access::measured(auth, store.clone(), None, args.image_url_ttl, Some(metrics));
+            (
+                Some(server),
+                Some(api::metrics::worker_service(sources, access)),
+            )
         } else {
             (None, None)
         };

@@ -88,6 +88,10 @@ pub struct ServerArgs {
     /// How long a signed picture URL stays valid (auth on).
     #[arg(long, env = "STUDIO_IMAGE_URL_TTL", default_value = "1h", value_parser = parse_duration)]
     pub image_url_ttl: Duration,
+    /// `studio worker` only: serve `/metrics` on this port (on `--host`); the API
+    /// roles serve it on their own port.
+    #[arg(long, env = "STUDIO_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
     /// Log file (default: backend.log in the data directory).
     #[arg(long, env = "STUDIO_LOG_FILE")]
     pub log_file: Option<PathBuf>,

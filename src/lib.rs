@@ -11,6 +11,7 @@ pub mod clock;
 pub mod comfy;
 pub mod config;
 pub mod job;
+pub mod metrics;
 pub mod shutdown;
 pub mod storage;
 pub mod store;

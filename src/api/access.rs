@@ -41,6 +41,8 @@ pub struct Access {
     /// How long a signed image URL stays valid.
     pub url_ttl: Duration,
     signer: OnceCell<UrlSigner>,
+    /// Counts refusals (401, 429) for `/metrics`.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Access {
@@ -50,7 +52,19 @@ impl Access {
         anon_rate: Option<(f64, u32)>,
         url_ttl: Duration,
     ) -> Arc<Self> {
+        Self::measured(mode, store, anon_rate, url_ttl, None)
+    }
+
+    /// The same, counting its refusals in `metrics`.
+    pub fn measured(
+        mode: AuthMode,
+        store: Arc<dyn JobStore>,
+        anon_rate: Option<(f64, u32)>,
+        url_ttl: Duration,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> Arc<Self> {
         Arc::new(Access {
+            metrics,
             mode,
             keys: KeyCache::default(),
             store,
@@ -210,6 +224,13 @@ where
     let path = req.uri().path();
     let public = is_public(path);
     let api = path.starts_with("/api/");
+    let refused = |code: &'static str| {
+        if let Some(m) = &access.metrics {
+            m.http_refusals
+                .get_or_create(&crate::metrics::RefusalLabel { code })
+                .inc();
+        }
+    };
     let identity = match access.identify(req.headers()).await {
         Ok(Some(id)) => id,
         Ok(None) if access.mode == AuthMode::Off => open_identity(),
@@ -230,12 +251,18 @@ where
             }
         }
         Ok(None) => {
+            refused("unauthorized");
             return unauthorized(
                 "an API key is required: send Authorization: Bearer <key> (or X-API-Key)",
             )
             .into_response();
         }
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            if e.status == StatusCode::UNAUTHORIZED {
+                refused("unauthorized");
+            }
+            return e.into_response();
+        }
     };
     // Rate limits count API requests: a key's own, or its address's without one.
     let limit = if !api {
@@ -267,6 +294,7 @@ where
     if let (Some(d), Some((_, rate, burst, name))) = (decision, &limit)
         && !d.allowed
     {
+        refused("rate-limited");
         let mut res = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate-limited",

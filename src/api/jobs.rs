@@ -116,6 +116,13 @@ pub async fn generate(
             weight: key.limits.weight,
         });
     }
+    let counted = |workflow: &str| {
+        state
+            .metrics
+            .jobs_submitted
+            .get_or_create(&state.metrics.workflow(workflow))
+            .inc();
+    };
     let accepted = |job_id: String, seed: u64, workflow: String| Accepted {
         status_url: format!("{}/api/status/{}", state.public_url, job_id),
         job_id,
@@ -125,6 +132,7 @@ pub async fn generate(
     };
     let Some(idempotency_key) = idempotency_key else {
         let record = state.with_timeout(state.store.enqueue(&job)).await?;
+        counted(&job.workflow);
         let body = accepted(record.id.as_str().to_owned(), job.seed, job.workflow);
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     };
@@ -148,6 +156,7 @@ pub async fn generate(
         }
         idempotency::Taken::Fresh => match state.with_timeout(store.enqueue(&job)).await {
             Ok(record) => {
+                counted(&job.workflow);
                 let body = accepted(record.id.as_str().to_owned(), job.seed, job.workflow);
                 Ok((StatusCode::ACCEPTED, Json(body)).into_response())
             }

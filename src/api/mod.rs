@@ -12,6 +12,7 @@ pub mod idempotency;
 pub mod images;
 pub mod jobs;
 pub mod keys;
+pub mod metrics;
 pub mod openapi;
 pub mod pages;
 pub mod workflows;
@@ -41,6 +42,8 @@ pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// `/health`.
 pub trait BackendReport: Send + Sync {
     fn snapshot(&self) -> Vec<health::BackendState>;
+    /// The backends as `/metrics` counts them.
+    fn samples(&self) -> Vec<crate::metrics::BackendSample>;
 }
 
 /// What every handler can reach: one pointer, so the clone axum makes for each
@@ -85,6 +88,8 @@ pub struct AppContext {
     pub connections: Option<connections::ConnStats>,
     /// Who is asking: keys, rate limits, URL signing.
     pub access: Arc<access::Access>,
+    /// What `/metrics` reports.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppContext {
@@ -229,6 +234,7 @@ macro_rules! routes {
 
 routes! {
     get "/health" => health::health,
+    get "/metrics" => metrics::metrics,
     post "/api/generate" => jobs::generate,
     get "/api/status/{job_id}" => jobs::status,
     get "/api/jobs" => jobs::list,
@@ -261,8 +267,11 @@ pub fn router(state: AppState) -> ApiService {
     let routes = add_routes(Router::new())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
-        .layer(middleware::from_fn(log_request))
+        .with_state(state.clone())
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            log_request,
+        ))
         .layer(CatchPanicLayer::custom(panic_response));
     // CORS outside the gate: preflights carry no key, and a 401 must be readable
     // by the page that caused it.
@@ -297,8 +306,13 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     .into_response()
 }
 
-/// One log line per request: method, matched route, status, duration.
-async fn log_request(req: Request, next: Next) -> Response {
+/// One log line per request (method, matched route, status, duration), and the
+/// same in the HTTP metrics.
+async fn log_request(
+    axum::extract::State(metrics): axum::extract::State<Arc<crate::metrics::Metrics>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let route = req
@@ -308,7 +322,28 @@ async fn log_request(req: Request, next: Next) -> Response {
         .unwrap_or_else(|| "(unmatched)".to_owned());
     let res = next.run(req).await;
     let status = res.status().as_u16();
-    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = start.elapsed();
+    let ms = elapsed.as_secs_f64() * 1000.0;
     tracing::info!(target: "studio::http", %method, %route, status, ms = format_args!("{ms:.2}"), "request");
+    // Only known methods: anything else would be a label a client chooses.
+    let method = match method.as_str() {
+        m @ ("GET" | "POST" | "PATCH" | "DELETE" | "PUT" | "HEAD" | "OPTIONS") => m,
+        _ => "other",
+    };
+    metrics
+        .http_requests
+        .get_or_create(&crate::metrics::HttpLabels {
+            method: method.to_owned(),
+            route: route.clone(),
+            status,
+        })
+        .inc();
+    metrics
+        .http_duration
+        .get_or_create(&crate::metrics::RouteLabels {
+            method: method.to_owned(),
+            route,
+        })
+        .observe(elapsed.as_secs_f64());
     res
 }

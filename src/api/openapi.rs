@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 
-use super::{events, health, images, jobs, keys, pages, workflows};
+use super::{events, health, images, jobs, keys, metrics, pages, workflows};
 use crate::workflow::param::MAX_STRING_CHARS;
 use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, ParamSpec, Workflow, WorkflowRegistry};
 
@@ -18,6 +18,7 @@ use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, ParamSpec, Workflow, Workflow
     ),
     paths(
         health::health,
+        metrics::metrics,
         jobs::generate,
         jobs::status,
         jobs::get,

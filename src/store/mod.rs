@@ -262,6 +262,8 @@ pub struct DeadLetter {
 pub struct QueueStats {
     /// Entries waiting in the queue (due now).
     pub queued: u64,
+    /// Jobs running (claimed by a worker).
+    pub processing: u64,
     /// Jobs waiting for a delayed retry.
     pub delayed: u64,
     /// Dead letters kept.

@@ -485,11 +485,23 @@ impl JobStore for RedisStore {
     async fn stats(&self) -> Result<QueueStats, StoreError> {
         let k = &self.keys;
         let mut conn = self.conn.clone();
-        let (queued, delayed, dead, workers): (u64, u64, u64, Vec<String>) = self
+        // Waiting: the ownerless queue plus every key's lane.
+        let (queued, in_lanes, processing, delayed, dead, workers): (
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+            Vec<String>,
+        ) = self
             .run(
                 ::redis::pipe()
                     .cmd("LLEN")
                     .arg(k.queue())
+                    .cmd("HLEN")
+                    .arg(k.lane_entries())
+                    .cmd("ZCARD")
+                    .arg(k.by_status("processing"))
                     .cmd("ZCARD")
                     .arg(k.delayed())
                     .cmd("LLEN")
@@ -509,7 +521,8 @@ impl JobStore for RedisStore {
             live = alive.iter().sum();
         }
         Ok(QueueStats {
-            queued,
+            queued: queued + in_lanes,
+            processing,
             delayed,
             dead,
             workers: live,

@@ -504,6 +504,11 @@ impl JobStore for SqliteStore {
                 params![now],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
+            let processing: i64 = c.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE status = 'processing'",
+                [],
+                |r| r.get(0),
+            )?;
             let dead: i64 = c.query_row("SELECT COUNT(*) FROM dead_letters", [], |r| r.get(0))?;
             let workers: i64 = c.query_row(
                 "SELECT COUNT(*) FROM workers WHERE heartbeat_ms > ?1",
@@ -512,6 +517,7 @@ impl JobStore for SqliteStore {
             )?;
             Ok(QueueStats {
                 queued: queued as u64,
+                processing: processing as u64,
                 delayed: delayed as u64,
                 dead: dead as u64,
                 workers: workers as u64,

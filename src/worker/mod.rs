@@ -25,6 +25,7 @@ use self::backend::{Backend, Health};
 use self::run::{RunContext, Turn, run_job};
 use crate::api::BackendReport;
 use crate::api::health::BackendState;
+use crate::metrics::Metrics;
 use crate::shutdown::signalled;
 use crate::storage::ImageStore;
 use crate::store::{JobStore, StoreError, WorkerId};
@@ -93,6 +94,7 @@ pub struct Workers {
     backends: Vec<Arc<Backend>>,
     /// Stops the sockets and health checks, last of all.
     stop_backends: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
 }
 
 /// The backends of a process, as `/health` lists them.
@@ -101,6 +103,19 @@ pub struct BackendList(Vec<Arc<Backend>>);
 impl BackendReport for BackendList {
     fn snapshot(&self) -> Vec<BackendState> {
         self.0.iter().map(|b| b.snapshot()).collect()
+    }
+
+    fn samples(&self) -> Vec<crate::metrics::BackendSample> {
+        self.0
+            .iter()
+            .map(|b| crate::metrics::BackendSample {
+                url: b.url.clone(),
+                up: b.health() == Health::Up,
+                in_flight: b.in_flight.load(Ordering::Relaxed) as u64,
+                done: b.done.load(Ordering::Relaxed) as u64,
+                busy_seconds: b.pacing.busy().as_secs_f64(),
+            })
+            .collect()
     }
 }
 
@@ -111,6 +126,7 @@ impl Workers {
         store: Arc<dyn JobStore>,
         workflows: Arc<WorkflowRegistry>,
         images: Arc<dyn ImageStore>,
+        metrics: Arc<Metrics>,
     ) -> Workers {
         let (stop_backends, stop_rx) = watch::channel(false);
         let backends = config
@@ -129,6 +145,7 @@ impl Workers {
             config: Arc::new(config),
             backends,
             stop_backends,
+            metrics,
         }
     }
 
@@ -159,6 +176,7 @@ impl Workers {
         ));
         tasks.spawn(maintenance_loop(
             self.store.clone(),
+            self.metrics.clone(),
             self.config.maintenance_interval,
             shutdown.clone(),
         ));
@@ -177,6 +195,7 @@ impl Workers {
                 config: self.config.clone(),
                 backend: b.clone(),
                 abort: abort_rx.clone(),
+                metrics: self.metrics.clone(),
             };
             dispatchers.spawn(dispatch(ctx, id.clone(), shutdown.clone()));
         }
@@ -327,12 +346,16 @@ async fn heartbeat_loop(
 
 async fn maintenance_loop(
     store: Arc<dyn JobStore>,
+    metrics: Arc<Metrics>,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        if let Err(e) = store.reap().await {
-            tracing::debug!(error = %e, "reaper skipped");
+        match store.reap().await {
+            Ok(taken_back) => {
+                metrics.lease_expiries.inc_by(taken_back.len() as u64);
+            }
+            Err(e) => tracing::debug!(error = %e, "reaper skipped"),
         }
         if let Err(e) = store.promote_due().await {
             tracing::debug!(error = %e, "retry promotion skipped");

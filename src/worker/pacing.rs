@@ -28,6 +28,8 @@ struct State {
     running: Option<(String, Instant)>,
     /// A moving average of how long prompts execute here.
     typical: Option<Duration>,
+    /// Wall time spent running our prompts (ended ones).
+    busy: Duration,
 }
 
 /// One backend's pace.
@@ -74,6 +76,7 @@ impl Pacing {
             s.submitted.remove(prompt);
             if s.running.as_ref().is_some_and(|(p, _)| p == prompt) {
                 let (_, since) = s.running.take().expect("checked");
+                s.busy += since.elapsed();
                 if completed {
                     let d = since.elapsed();
                     s.typical = Some(match s.typical {
@@ -84,6 +87,17 @@ impl Pacing {
             }
         });
         self.changed.notify_waiters();
+    }
+
+    /// Wall time the backend has spent running our prompts, the one running now
+    /// included.
+    pub fn busy(&self) -> Duration {
+        self.with(|s| {
+            s.busy
+                + s.running
+                    .as_ref()
+                    .map_or(Duration::ZERO, |(_, t)| t.elapsed())
+        })
     }
 
     pub fn next(&self) -> Next {

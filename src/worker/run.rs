@@ -34,6 +34,7 @@ pub struct RunContext {
     pub backend: Arc<Backend>,
     /// Turns true when the grace period after shutdown is over: hand jobs back.
     pub abort: watch::Receiver<bool>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How an attempt ended.
@@ -85,7 +86,41 @@ pub async fn run_job(ctx: RunContext, claim: Claim, mut turn: Turn) {
     let span = tracing::info_span!("job", job_id = %claim.lease.job_id, backend = %ctx.backend.url, attempt = claim.lease.attempt);
     async move {
         let lease = claim.lease.clone();
+        let taken = std::time::Instant::now();
+        let workflow = ctx.metrics.workflow(&claim.job.workflow);
+        if lease.attempt == 1
+            && let Some(created) = crate::clock::parse_iso8601_ms(&claim.job.created_at)
+        {
+            let waited = crate::clock::now_ms().saturating_sub(created);
+            ctx.metrics
+                .job_wait
+                .get_or_create(&workflow)
+                .observe(waited as f64 / 1000.0);
+        }
         let outcome = execute(&ctx, &lease, &claim.job, &mut turn).await;
+        let ended = match &outcome {
+            Outcome::Finished { .. } => Some("finished"),
+            Outcome::Failed(_) => Some("failed"),
+            Outcome::Cancelled { .. } => Some("cancelled"),
+            Outcome::Retry(_) => {
+                ctx.metrics.job_retries.get_or_create(&workflow).inc();
+                None
+            }
+            Outcome::HandBack | Outcome::LeaseLost => None,
+        };
+        if let Some(outcome) = ended {
+            ctx.metrics
+                .jobs_completed
+                .get_or_create(&crate::metrics::OutcomeLabels {
+                    workflow: workflow.workflow.clone(),
+                    outcome,
+                })
+                .inc();
+            ctx.metrics
+                .job_run
+                .get_or_create(&workflow)
+                .observe(taken.elapsed().as_secs_f64());
+        }
         turn.give_back();
         ctx.backend.pacing.ended(
             lease.job_id.as_str(),

@@ -13,6 +13,7 @@ mod faults;
 mod idempotency;
 mod keys;
 mod limits;
+mod metrics;
 mod openapi;
 mod redis_interop;
 mod store_conformance;

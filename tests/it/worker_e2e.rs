@@ -656,6 +656,9 @@ mod cached {
                 stop_rx.clone(),
             )),
             abort: stop_rx,
+            metrics: studio_core::metrics::Metrics::new(
+                &studio_core::workflow::WorkflowRegistry::built_in(),
+            ),
         };
         let worker = WorkerId::from_string("w-cached".into());
         t.store.heartbeat(&worker).await.unwrap();
