@@ -26,6 +26,8 @@ const HTTP_DRAIN: Duration = Duration::from_secs(5);
 
 /// A built, bound, not yet running service.
 pub struct App {
+    /// The `/ops` sampler (API roles).
+    ops: Option<Arc<api::ops::OpsHistory>>,
     role: Role,
     server: Option<Server>,
     router: Option<ApiService>,
@@ -74,6 +76,7 @@ impl App {
         });
         let (stop, stop_rx) = shutdown::flag();
         let auth = args.auth.resolve(&args.host);
+        let ops = api::ops::OpsHistory::new(args.ops_interval);
         let (server, router) = if role.runs_api() {
             let addr = format!("{}:{}", args.host, args.port);
             let listener = connections::bind(&addr)
@@ -117,6 +120,7 @@ impl App {
                     Some(metrics.clone()),
                 ),
                 metrics,
+                ops: ops.clone(),
             });
             (Some(server), Some(api::router(state)))
         } else if let Some(port) = args.metrics_port {
@@ -144,6 +148,7 @@ impl App {
             (None, None)
         };
         Ok(App {
+            ops: role.runs_api().then_some(ops),
             role,
             server,
             router,
@@ -192,6 +197,13 @@ impl App {
                         tokio::time::sleep(HTTP_DRAIN).await;
                     } => Ok(()),
                 }
+            });
+        }
+        if let Some(ops) = self.ops {
+            let (store, stop) = (self.store.clone(), stop_rx.clone());
+            tasks.spawn(async move {
+                ops.run(store, stop).await;
+                Ok(())
             });
         }
         if let Some(workers) = self.workers {

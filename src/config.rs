@@ -92,6 +92,9 @@ pub struct ServerArgs {
     /// roles serve it on their own port.
     #[arg(long, env = "STUDIO_METRICS_PORT")]
     pub metrics_port: Option<u16>,
+    /// How often an API process samples the store for `/ops` (it keeps an hour).
+    #[arg(long, env = "STUDIO_OPS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub ops_interval: Duration,
     /// Log file (default: backend.log in the data directory).
     #[arg(long, env = "STUDIO_LOG_FILE")]
     pub log_file: Option<PathBuf>,

@@ -138,7 +138,7 @@ pub fn unauthorized(message: &str) -> ApiError {
 /// Paths anyone may reach without a key: health, the pages and their assets, the
 /// API documentation. (Pictures carry a signature instead: `images.rs`.)
 fn is_public(path: &str) -> bool {
-    matches!(path, "/health" | "/" | "/docs" | "/openapi.json")
+    matches!(path, "/health" | "/" | "/docs" | "/ops" | "/openapi.json")
         || path.starts_with("/assets/")
         || path.starts_with("/images/")
 }

@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod keys;
 pub mod metrics;
 pub mod openapi;
+pub mod ops;
 pub mod pages;
 pub mod workflows;
 
@@ -90,6 +91,8 @@ pub struct AppContext {
     pub access: Arc<access::Access>,
     /// What `/metrics` reports.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The last hour, for `/api/ops`.
+    pub ops: Arc<ops::OpsHistory>,
 }
 
 impl AppContext {
@@ -243,6 +246,7 @@ routes! {
     get "/api/jobs/{job_id}/events" => events::job_events,
     get "/api/events" => events::all_events,
     get "/api/workflows" => workflows::list,
+    get "/api/ops" => ops::ops,
     get "/api/keys" => keys::list,
     post "/api/keys" => keys::create,
     patch "/api/keys/{key_id}" => keys::update,
@@ -250,6 +254,7 @@ routes! {
     get "/images/{job_id}/{file}" => images::image,
     get "/" => pages::index,
     get "/docs" => pages::docs,
+    get "/ops" => pages::ops_page,
     get "/openapi.json" => pages::openapi_json,
     get "/assets/{file}" => pages::asset,
 }

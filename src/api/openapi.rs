@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 
-use super::{events, health, images, jobs, keys, metrics, pages, workflows};
+use super::{events, health, images, jobs, keys, metrics, ops, pages, workflows};
 use crate::workflow::param::MAX_STRING_CHARS;
 use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, ParamSpec, Workflow, WorkflowRegistry};
 
@@ -27,6 +27,7 @@ use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, ParamSpec, Workflow, Workflow
         events::job_events,
         events::all_events,
         workflows::list,
+        ops::ops,
         keys::list,
         keys::create,
         keys::update,
@@ -34,6 +35,7 @@ use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, ParamSpec, Workflow, Workflow
         images::image,
         pages::index,
         pages::docs,
+        pages::ops_page,
         pages::openapi_json,
         pages::asset,
     ),

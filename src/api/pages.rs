@@ -25,6 +25,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../web/app.css"),
     ),
     (
+        "ops.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../web/ops.js"),
+    ),
+    (
         "docs.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../web/docs.js"),
@@ -69,6 +74,14 @@ pub async fn docs() -> Response {
     page(include_str!("../../web/docs.html"))
 }
 
+/// The operator's view: queue depth and throughput over the last hour, backends,
+/// failures (drawn from `GET /api/ops`).
+#[utoipa::path(get, path = "/ops", tag = "pages",
+    responses((status = 200, description = "The operator's page", content_type = "text/html", body = String)))]
+pub async fn ops_page() -> Response {
+    page(include_str!("../../web/ops.html"))
+}
+
 /// This API's OpenAPI 3 document, generated from the code.
 #[utoipa::path(get, path = "/openapi.json", tag = "pages",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
@@ -86,6 +99,8 @@ pub enum AssetName {
     AppCss,
     #[schema(rename = "docs.js")]
     DocsJs,
+    #[schema(rename = "ops.js")]
+    OpsJs,
     #[schema(rename = "swagger-ui-bundle.js")]
     SwaggerJs,
     #[schema(rename = "swagger-ui.css")]

@@ -399,6 +399,13 @@ pub trait JobStore: Send + Sync + 'static {
     /// Gives a scope back: the job it was taken for was refused, so a retry may
     /// succeed later.
     async fn release_idempotency(&self, scope: &str) -> Result<(), StoreError>;
+
+    /// Publishes how a worker's backends are doing (a JSON array), replacing its
+    /// last report. Readers ignore reports older than the worker TTL.
+    async fn report_backends(&self, worker: &WorkerId, report: &str) -> Result<(), StoreError>;
+
+    /// Every worker's report younger than the worker TTL: (worker, report).
+    async fn backend_reports(&self) -> Result<Vec<(String, String)>, StoreError>;
 }
 
 /// How long an `Idempotency-Key` is remembered.

@@ -859,6 +859,14 @@ impl JobStore for RedisStore {
     async fn release_idempotency(&self, scope: &str) -> Result<(), StoreError> {
         self.release_idempotency_impl(scope).await
     }
+
+    async fn report_backends(&self, worker: &WorkerId, report: &str) -> Result<(), StoreError> {
+        self.report_backends_impl(worker, report).await
+    }
+
+    async fn backend_reports(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.backend_reports_impl().await
+    }
 }
 
 #[cfg(test)]

@@ -800,6 +800,7 @@ impl JobStore for SqliteStore {
         // waited past their time to live without starting, and drop final records
         // past theirs, as Redis's TTL does.
         let ttl = self.ttl_ms();
+        let worker_ttl = self.settings.worker_ttl.as_millis() as i64;
         let (due, expired): (i64, usize) = self
             .write(move |conn| {
                 let now = clock::now_ms() as i64;
@@ -810,6 +811,10 @@ impl JobStore for SqliteStore {
                 conn.execute(
                     "DELETE FROM idempotency WHERE created_ms <= ?1",
                     params![now - IDEMPOTENCY_TTL.as_millis() as i64],
+                )?;
+                conn.execute(
+                    "DELETE FROM backend_reports WHERE updated_ms < ?1",
+                    params![now - 10 * worker_ttl],
                 )?;
                 let stale: Vec<String> = conn
                     .prepare_cached(
@@ -903,5 +908,13 @@ impl JobStore for SqliteStore {
 
     async fn release_idempotency(&self, scope: &str) -> Result<(), StoreError> {
         self.release_idempotency_impl(scope).await
+    }
+
+    async fn report_backends(&self, worker: &WorkerId, report: &str) -> Result<(), StoreError> {
+        self.report_backends_impl(worker, report).await
+    }
+
+    async fn backend_reports(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.backend_reports_impl().await
     }
 }

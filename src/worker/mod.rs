@@ -100,6 +100,29 @@ pub struct Workers {
 /// The backends of a process, as `/health` lists them.
 pub struct BackendList(Vec<Arc<Backend>>);
 
+impl BackendList {
+    /// What `report_backends` publishes: per backend, its state and counts.
+    fn report_json(&self) -> String {
+        let list: Vec<serde_json::Value> = self
+            .0
+            .iter()
+            .map(|b| {
+                let s = b.snapshot();
+                serde_json::json!({
+                    "url": s.url,
+                    "state": s.state,
+                    "in_flight": s.in_flight,
+                    "done": s.done,
+                    "busy_seconds": b.pacing.busy().as_secs_f64(),
+                    "device": s.device,
+                    "last_error": s.last_error,
+                })
+            })
+            .collect();
+        serde_json::Value::Array(list).to_string()
+    }
+}
+
 impl BackendReport for BackendList {
     fn snapshot(&self) -> Vec<BackendState> {
         self.0.iter().map(|b| b.snapshot()).collect()
@@ -170,6 +193,7 @@ impl Workers {
         let (stop_heartbeat, heartbeat_stop_rx) = watch::channel(false);
         let heartbeat = tokio::spawn(heartbeat_loop(
             self.store.clone(),
+            BackendList(self.backends.clone()),
             id.clone(),
             self.config.heartbeat_interval,
             heartbeat_stop_rx,
@@ -317,15 +341,23 @@ pub async fn run_one(
     }
 }
 
+/// Heartbeats, and with each one publishes how this worker's backends are doing
+/// (for `/ops` in any API process).
 async fn heartbeat_loop(
     store: Arc<dyn JobStore>,
+    backends: BackendList,
     id: WorkerId,
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut failing = false;
     loop {
-        match store.heartbeat(&id).await {
+        let report = backends.report_json();
+        let beat = async {
+            store.heartbeat(&id).await?;
+            store.report_backends(&id, &report).await
+        };
+        match beat.await {
             Ok(()) if failing => {
                 tracing::info!("heartbeat restored");
                 failing = false;

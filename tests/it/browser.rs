@@ -352,3 +352,77 @@ async fn the_page_asks_for_a_key_and_works_with_auth_on() {
         .wait_for("return !document.getElementById('key-panel').hidden && localStorage.getItem('studio.apiKey') === null", WAIT)
         .await;
 }
+
+/// The operator's page: queue and throughput charts, the backends with their
+/// utilization as their worker reports it, failures grouped by cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ops_page_charts_the_queue_backends_and_failures() {
+    let standin = StandIn::start_with(Knobs {
+        duration: Duration::from_millis(300),
+        ..Knobs::default()
+    });
+    let url = standin.url();
+    let app = TestApp::spawn(Backing::Redis, Role::Serve, move |a| {
+        a.comfyui = vec![url];
+        a.ops_interval = Duration::from_millis(300);
+    })
+    .await;
+    let mut ids = Vec::new();
+    for seed in 0..4 {
+        ids.push(
+            app.submit(serde_json::json!({"prompt": "ops", "workflow": "smoke", "seed": seed}))
+                .await,
+        );
+    }
+    for bad in ["missing-a.safetensors", "missing-b.safetensors"] {
+        ids.push(
+            app.submit(serde_json::json!({"prompt": "x", "workflow": "sdxl", "checkpoint": bad}))
+                .await,
+        );
+    }
+    for id in &ids {
+        app.wait_final(id, WAIT).await;
+    }
+    // The JSON behind the page.
+    let (s, v) = app.get("/api/ops").await;
+    assert_eq!(s, 200, "{v}");
+    assert!(!v["series"].as_array().unwrap().is_empty(), "{v}");
+    let groups = v["failures"].as_array().unwrap();
+    assert_eq!(groups.len(), 1, "two alike failures are one cause: {v}");
+    assert_eq!(groups[0]["count"], 2);
+
+    let browser = Browser::start(1280, 1000).await;
+    browser.goto(&app.url("/ops")).await;
+    browser
+        .wait_for(
+            "return document.querySelectorAll('#queue-chart path.line').length === 3 \
+             && document.querySelectorAll('#tput-chart rect.bar.finished').length > 0",
+            WAIT,
+        )
+        .await;
+    let backend = browser
+        .wait_for(
+            "const b = document.querySelector('#backends li.backend.up'); return b && b.dataset.url",
+            WAIT,
+        )
+        .await;
+    assert_eq!(backend, standin.url().trim_end_matches('/'));
+    // Utilization shows once two reports are in.
+    browser
+        .wait_for(
+            "const u = document.querySelector('#backends .utilization'); return u && /utilization \\d+ %/.test(u.textContent)",
+            WAIT,
+        )
+        .await;
+    let failure = browser
+        .exec("const r = document.querySelector('#failures tbody tr'); return r ? [r.cells[0].textContent, r.cells[1].textContent] : null")
+        .await;
+    assert_eq!(failure[0], "2", "{failure}");
+    assert!(
+        failure[1].as_str().unwrap().contains("ckpt_name"),
+        "{failure}"
+    );
+    let png = browser.screenshot().await;
+    assert_eq!(&png[1..4], b"PNG");
+    std::fs::write(screenshots().join("studio-ops.png"), png).unwrap();
+}

@@ -130,4 +130,56 @@ impl RedisStore {
         .await?;
         Ok(())
     }
+
+    pub(super) async fn report_backends_impl(
+        &self,
+        worker: &crate::store::WorkerId,
+        report: &str,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.run(
+            ::redis::cmd("HSET")
+                .arg(self.keys.backend_reports())
+                .arg(worker.as_str())
+                .arg(format!("{} {report}", clock::now_ms()))
+                .query_async::<i64>(&mut conn),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn backend_reports_impl(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let all: Vec<(String, String)> = self
+            .run(
+                ::redis::cmd("HGETALL")
+                    .arg(self.keys.backend_reports())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let oldest = clock::now_ms().saturating_sub(self.settings.worker_ttl.as_millis() as u64);
+        let mut live = Vec::new();
+        let mut stale = Vec::new();
+        for (worker, value) in all {
+            match value.split_once(' ') {
+                Some((ms, report)) if ms.parse::<u64>().is_ok_and(|ms| ms >= oldest) => {
+                    live.push((worker, report.to_owned()))
+                }
+                _ => stale.push(worker),
+            }
+        }
+        if !stale.is_empty() {
+            // Best effort: a worker gone for good leaves nothing behind.
+            let _ = self
+                .run(
+                    ::redis::cmd("HDEL")
+                        .arg(self.keys.backend_reports())
+                        .arg(&stale)
+                        .query_async::<i64>(&mut conn),
+                )
+                .await;
+        }
+        live.sort();
+        Ok(live)
+    }
 }

@@ -159,6 +159,11 @@ impl Keys {
         format!("{}:running", self.tag)
     }
 
+    /// Each worker's last report on its backends: worker → `<ms> <json>`.
+    pub fn backend_reports(&self) -> String {
+        format!("{}:backend-reports", self.tag)
+    }
+
     /// Owners with jobs waiting that are at their cap on running jobs.
     pub fn blocked(&self) -> String {
         format!("{}:blocked", self.tag)

@@ -129,4 +129,34 @@ impl SqliteStore {
         })
         .await
     }
+
+    pub(super) async fn report_backends_impl(
+        &self,
+        worker: &crate::store::WorkerId,
+        report: &str,
+    ) -> Result<(), StoreError> {
+        let (worker, report) = (worker.as_str().to_owned(), report.to_owned());
+        let now = clock::now_ms() as i64;
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO backend_reports (worker, report, updated_ms) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(worker) DO UPDATE SET report = excluded.report, updated_ms = excluded.updated_ms",
+                params![worker, report, now],
+            )?;
+            Ok(((), Vec::new()))
+        })
+        .await
+    }
+
+    pub(super) async fn backend_reports_impl(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let oldest = clock::now_ms() as i64 - self.settings.worker_ttl.as_millis() as i64;
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT worker, report FROM backend_reports WHERE updated_ms >= ?1 ORDER BY worker",
+            )?
+            .query_map(params![oldest], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+        })
+        .await
+    }
 }

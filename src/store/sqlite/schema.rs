@@ -130,6 +130,11 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (owner, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_age ON idempotency (created_ms);
+CREATE TABLE IF NOT EXISTS backend_reports (
+    worker     TEXT PRIMARY KEY,
+    report     TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id    TEXT NOT NULL,
