@@ -1,5 +1,6 @@
 //! `GET /images/{job_id}/{file}`: a job's stored outputs, with the right content
-//! type and long cache headers (a stored file never changes).
+//! type and long cache headers (a stored file never changes), an `ETag` honoured
+//! by `If-None-Match` (304), and single byte ranges (206) for video players.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -17,6 +18,7 @@ use super::extract::{PathParams, QueryParams};
 use crate::auth::Identity;
 use crate::clock;
 use crate::job::JobId;
+use crate::storage::ByteRange;
 
 /// The signature of a picture URL (with auth on).
 #[derive(Deserialize, IntoParams)]
@@ -79,12 +81,14 @@ pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
         (status = 400, description = "A malformed path or query (`invalid-path`, `invalid-query`)", body = ErrorBody),
         (status = 403, description = "With auth on: no valid signature and no key that may see the job (`forbidden`)", body = ErrorBody),
         (status = 404, description = "No such file (`file-not-found`)", body = ErrorBody),
+        (status = 416, description = "The `Range` asked for starts past the end of the file (`range-not-satisfiable`, with `Content-Range: bytes */<size>`)", body = ErrorBody),
     ))]
 pub async fn image(
     State(state): State<AppState>,
     Caller(who): Caller,
     PathParams((job, name)): PathParams<(String, String)>,
     QueryParams(q): QueryParams<SignedQuery>,
+    req_headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let missing = || {
         ApiError::not_found(
@@ -98,23 +102,79 @@ pub async fn image(
     if state.access.signs_urls() {
         allowed(&state, &who, &id, &name, &q).await?;
     }
-    let blob = state.images.open(&id, &name).await.map_err(|e| {
-        tracing::error!(error = %e, "cannot read a stored output");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "storage-error",
-            "the stored file cannot be read",
-        )
-    })?;
-    let Some(blob) = blob else {
+    // One range, as browsers ask for videos; anything else serves the whole file
+    // (as RFC 9110 allows). If-Range with another validator also means the whole.
+    let headers = req_headers;
+    let mut range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_range);
+    let blob = state
+        .images
+        .open_part(&id, &name, range)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot read a stored output");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "storage-error",
+                "the stored file cannot be read",
+            )
+        })?;
+    let Some((mut blob, satisfiable)) = blob else {
         return Err(missing());
     };
-    Ok((
+    let matches = |h: header::HeaderName| {
+        headers
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim() == blob.etag || t.trim() == "*")
+            })
+    };
+    if matches(header::IF_NONE_MATCH) {
+        return Ok((
+            StatusCode::NOT_MODIFIED,
+            [
+                (header::ETAG, blob.etag.clone()),
+                (header::CACHE_CONTROL, IMMUTABLE.to_owned()),
+            ],
+        )
+            .into_response());
+    }
+    if range.is_some() && headers.contains_key(header::IF_RANGE) && !matches(header::IF_RANGE) {
+        range = None;
+        blob = state
+            .images
+            .open_part(&id, &name, None)
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(missing)?
+            .0;
+    }
+    if range.is_some() && !satisfiable {
+        let mut res = ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range-not-satisfiable",
+            format!("the file has {} bytes", blob.total),
+        )
+        .into_response();
+        if let Ok(v) = format!("bytes */{}", blob.total).parse() {
+            res.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+        return Ok(res);
+    }
+    let partial = range.is_some();
+    let mut res = (
         [
             (header::CONTENT_TYPE, blob.content_type.to_owned()),
             (header::CONTENT_LENGTH, blob.size.to_string()),
             (header::CACHE_CONTROL, IMMUTABLE.to_owned()),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+            (header::ACCEPT_RANGES, "bytes".to_owned()),
+            (header::ETAG, blob.etag.clone()),
             (
                 header::CONTENT_DISPOSITION,
                 format!("inline; filename=\"{}\"", name.replace('"', "")),
@@ -122,5 +182,94 @@ pub async fn image(
         ],
         Body::from_stream(ReaderStream::new(blob.reader)),
     )
-        .into_response())
+        .into_response();
+    if partial {
+        *res.status_mut() = StatusCode::PARTIAL_CONTENT;
+        if let Ok(v) = format!(
+            "bytes {}-{}/{}",
+            blob.start,
+            blob.start + blob.size - 1,
+            blob.total
+        )
+        .parse()
+        {
+            res.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(res)
+}
+
+/// `bytes=a-b`, `bytes=a-` or `bytes=-n`; `None` for anything else (several
+/// ranges, other units, nonsense), which then serves the whole file.
+pub fn parse_range(h: &str) -> Option<ByteRange> {
+    let spec = h.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (a, b) = (a.trim(), b.trim());
+    if a.is_empty() {
+        return Some(ByteRange::Last(b.parse().ok()?));
+    }
+    let start = a.parse().ok()?;
+    let end = if b.is_empty() {
+        None
+    } else {
+        let e: u64 = b.parse().ok()?;
+        if e < start {
+            return None;
+        }
+        Some(e)
+    };
+    Some(ByteRange::From { start, end })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_as_rfc_9110_says() {
+        assert_eq!(
+            parse_range("bytes=0-99"),
+            Some(ByteRange::From {
+                start: 0,
+                end: Some(99)
+            })
+        );
+        assert_eq!(
+            parse_range("bytes=100-"),
+            Some(ByteRange::From {
+                start: 100,
+                end: None
+            })
+        );
+        assert_eq!(parse_range("bytes=-500"), Some(ByteRange::Last(500)));
+        for ignored in [
+            "bytes=0-1,5-9",
+            "items=0-1",
+            "bytes=9-1",
+            "bytes=x-",
+            "bytes=-",
+        ] {
+            assert_eq!(parse_range(ignored), None, "{ignored}");
+        }
+        assert_eq!(ByteRange::Last(500).resolve(100), Some((0, 99)));
+        assert_eq!(
+            ByteRange::From {
+                start: 100,
+                end: None
+            }
+            .resolve(100),
+            None
+        );
+        assert_eq!(
+            ByteRange::From {
+                start: 10,
+                end: Some(1000)
+            }
+            .resolve(100),
+            Some((10, 99))
+        );
+    }
 }

@@ -4,9 +4,11 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::{Blob, ByteStream, ImageStore, StorageError, StoredFile, check_name, content_type};
+use super::{
+    Blob, ByteRange, ByteStream, ImageStore, StorageError, StoredFile, check_name, content_type,
+};
 use crate::job::JobId;
 
 /// An image store in a directory on local disk.
@@ -87,7 +89,12 @@ impl ImageStore for FsImageStore {
         })
     }
 
-    async fn open(&self, job: &JobId, name: &str) -> Result<Option<Blob>, StorageError> {
+    async fn open_part(
+        &self,
+        job: &JobId,
+        name: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Option<(Blob, bool)>, StorageError> {
         let path = match self.path(job, name) {
             Ok(p) => p,
             Err(StorageError::BadName(..)) => return Ok(None),
@@ -108,16 +115,38 @@ impl ImageStore for FsImageStore {
             .open(&path)
             .await;
         match opened {
-            Ok(f) => {
+            Ok(mut f) => {
                 let meta = f.metadata().await?;
                 if !meta.is_file() {
                     return Ok(None);
                 }
-                Ok(Some(Blob {
-                    size: meta.len(),
+                let total = meta.len();
+                // Size and modification time: a file is written once (aside, then
+                // renamed), so they change whenever its bytes do.
+                let mtime = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos());
+                let etag = format!("\"{total:x}-{mtime:x}\"");
+                let wanted = range.map(|r| r.resolve(total));
+                let (start, size, satisfiable) = match wanted {
+                    None => (0, total, true),
+                    Some(None) => (0, total, false),
+                    Some(Some((a, b))) => (a, b - a + 1, true),
+                };
+                if start > 0 {
+                    f.seek(std::io::SeekFrom::Start(start)).await?;
+                }
+                let blob = Blob {
+                    size,
+                    total,
+                    start,
+                    etag,
                     content_type: content_type(name),
-                    reader: Box::pin(f),
-                }))
+                    reader: Box::pin(f.take(size)),
+                };
+                Ok(Some((blob, satisfiable)))
             }
             // ELOOP: the file is a symbolic link.
             Err(e)

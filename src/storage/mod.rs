@@ -44,11 +44,45 @@ pub struct StoredFile {
     pub content_type: &'static str,
 }
 
-/// A stored file opened for reading.
+/// A stored file opened for reading (the whole of it, or the part asked for).
 pub struct Blob {
+    /// Bytes the reader yields.
     pub size: u64,
+    /// The whole file's size.
+    pub total: u64,
+    /// The first byte the reader yields (0 for the whole file).
+    pub start: u64,
+    /// A strong validator of the file's contents (quoted, as in the `ETag` header).
+    pub etag: String,
     pub content_type: &'static str,
     pub reader: Pin<Box<dyn AsyncRead + Send>>,
+}
+
+/// Bytes of a file asked for, as in a `Range: bytes=…` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByteRange {
+    /// From this byte to the last byte included (`bytes=a-b`, `bytes=a-`).
+    From { start: u64, end: Option<u64> },
+    /// The last n bytes (`bytes=-n`).
+    Last(u64),
+}
+
+impl ByteRange {
+    /// The first and last byte (inclusive) of a file of `total` bytes, or `None`
+    /// when the range is not satisfiable.
+    pub fn resolve(self, total: u64) -> Option<(u64, u64)> {
+        match self {
+            ByteRange::From { start, end } => {
+                if start >= total {
+                    return None;
+                }
+                let end = end.map_or(total - 1, |e| e.min(total - 1));
+                (end >= start).then_some((start, end))
+            }
+            ByteRange::Last(0) => None,
+            ByteRange::Last(n) => (total > 0).then(|| (total.saturating_sub(n), total - 1)),
+        }
+    }
 }
 
 /// Storage for job outputs.
@@ -74,7 +108,19 @@ pub trait ImageStore: Send + Sync + 'static {
     }
 
     /// Opens a stored file, `None` if there is none.
-    async fn open(&self, job: &JobId, name: &str) -> Result<Option<Blob>, StorageError>;
+    async fn open(&self, job: &JobId, name: &str) -> Result<Option<Blob>, StorageError> {
+        Ok(self.open_part(job, name, None).await?.map(|(blob, _)| blob))
+    }
+
+    /// Opens a stored file, or the part of it `range` asks for. The flag says
+    /// whether the range was satisfiable (when it is not, the blob is the whole
+    /// file and the caller answers 416).
+    async fn open_part(
+        &self,
+        job: &JobId,
+        name: &str,
+        range: Option<ByteRange>,
+    ) -> Result<Option<(Blob, bool)>, StorageError>;
 }
 
 /// Checks a file name before it goes anywhere near a path: one plain component,

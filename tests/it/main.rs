@@ -11,6 +11,7 @@ mod events;
 mod fairness;
 mod faults;
 mod idempotency;
+mod images;
 mod keys;
 mod limits;
 mod metrics;
