@@ -16,7 +16,7 @@ use crate::api::{self, ApiService, AppContext, AppState, CorsOrigins};
 use crate::config::{Role, ServerArgs, StoreArgs, StoreChoice};
 use crate::metrics::Metrics;
 use crate::shutdown;
-use crate::storage::{FsImageStore, ImageStore};
+use crate::storage::{FsImageStore, ImageStore, S3ImageStore};
 use crate::store::{JobStore, RedisStore, SqliteStore, StoreSettings};
 use crate::worker::Workers;
 use crate::workflow::WorkflowRegistry;
@@ -62,8 +62,26 @@ impl App {
         let workflows = Arc::new(
             WorkflowRegistry::load(args.workflows.as_deref()).context("cannot load workflows")?,
         );
-        let images: Arc<dyn ImageStore> =
-            Arc::new(FsImageStore::new(args.store.data_dir.join("images")));
+        let images: Arc<dyn ImageStore> = match args.s3_settings() {
+            None => Arc::new(FsImageStore::new(args.store.data_dir.join("images"))),
+            Some(s3) => {
+                let store = S3ImageStore::new(&s3)
+                    .map_err(|e| anyhow::anyhow!("--storage s3://{}: {e}", s3.bucket))?;
+                // A wrong endpoint or secret fails here, not at the first job.
+                store.check().await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot use the bucket {:?}{}: {e}",
+                        s3.bucket,
+                        s3.endpoint
+                            .as_deref()
+                            .map(|e| format!(" at {e}"))
+                            .unwrap_or_default()
+                    )
+                })?;
+                tracing::info!(bucket = %s3.bucket, prefix = %s3.prefix, "outputs go to S3");
+                Arc::new(store)
+            }
+        };
         let metrics = Metrics::new(&workflows);
         let workers = role.runs_workers().then(|| {
             Workers::start(
@@ -121,6 +139,7 @@ impl App {
                 ),
                 metrics,
                 ops: ops.clone(),
+                redirect_images: args.storage_serve == "redirect",
             });
             (Some(server), Some(api::router(state)))
         } else if let Some(port) = args.metrics_port {

@@ -12,6 +12,21 @@ use crate::auth::AuthMode;
 use crate::store::StoreSettings;
 use crate::worker::WorkerConfig;
 
+/// Where outputs go (`--storage`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageChoice {
+    Fs,
+    S3 { bucket: String, prefix: String },
+}
+
+fn parse_storage(s: &str) -> Result<StorageChoice, String> {
+    if s == "fs" {
+        return Ok(StorageChoice::Fs);
+    }
+    let (bucket, prefix) = crate::storage::S3Settings::parse_url(s)?;
+    Ok(StorageChoice::S3 { bucket, prefix })
+}
+
 /// Studio Core: a job API, a reliable queue and workers for ComfyUI.
 #[derive(Parser, Debug)]
 #[command(name = "studio", version, about, long_about = None)]
@@ -92,6 +107,24 @@ pub struct ServerArgs {
     /// roles serve it on their own port.
     #[arg(long, env = "STUDIO_METRICS_PORT")]
     pub metrics_port: Option<u16>,
+    /// Where outputs are stored: `fs` (under the data directory) or
+    /// `s3://bucket[/prefix]` (any S3-compatible service; see the AWS_* settings).
+    #[arg(long, env = "STUDIO_STORAGE", default_value = "fs", value_parser = parse_storage)]
+    pub storage: StorageChoice,
+    /// How the API serves outputs from S3: `proxy` (streams them through, with
+    /// ranges and ETags) or `redirect` (a 302 to a presigned URL that lives
+    /// `--image-url-ttl`, at most 7 days).
+    #[arg(long, env = "STUDIO_STORAGE_SERVE", default_value = "proxy", value_parser = ["proxy", "redirect"])]
+    pub storage_serve: String,
+    /// A custom S3 endpoint (R2, MinIO, Garage, Ceph…): path-style requests, http allowed.
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "AWS_REGION")]
+    pub s3_region: Option<String>,
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<String>,
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
     /// How often an API process samples the store for `/ops` (it keeps an hour).
     #[arg(long, env = "STUDIO_OPS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub ops_interval: Duration,
@@ -258,6 +291,21 @@ impl ServerArgs {
     /// Redis if `REDIS_URL` or `REDIS_HOST` is set, else the embedded store.
     pub fn store_choice(&self) -> StoreChoice {
         self.store.choice()
+    }
+
+    /// The S3 settings, when outputs go to a bucket.
+    pub fn s3_settings(&self) -> Option<crate::storage::S3Settings> {
+        match &self.storage {
+            StorageChoice::Fs => None,
+            StorageChoice::S3 { bucket, prefix } => Some(crate::storage::S3Settings {
+                bucket: bucket.clone(),
+                prefix: prefix.clone(),
+                endpoint: self.s3_endpoint.clone().filter(|e| !e.is_empty()),
+                region: self.s3_region.clone().filter(|e| !e.is_empty()),
+                access_key_id: self.s3_access_key_id.clone(),
+                secret_access_key: self.s3_secret_access_key.clone(),
+            }),
+        }
     }
 
     pub fn store_settings(&self) -> StoreSettings {

@@ -78,6 +78,7 @@ pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
             (String = "text/plain"), (Object = "application/json"),
             (Vec<u8> = "application/octet-stream"),
         )),
+        (status = 302, description = "With `--storage-serve redirect`: to a presigned URL of the object"),
         (status = 400, description = "A malformed path or query (`invalid-path`, `invalid-query`)", body = ErrorBody),
         (status = 403, description = "With auth on: no valid signature and no key that may see the job (`forbidden`)", body = ErrorBody),
         (status = 404, description = "No such file (`file-not-found`)", body = ErrorBody),
@@ -101,6 +102,39 @@ pub async fn image(
     };
     if state.access.signs_urls() {
         allowed(&state, &who, &id, &name, &q).await?;
+    }
+    if state.redirect_images {
+        // At most a week: the longest a SigV4 presigned URL may live.
+        let ttl = state
+            .access
+            .url_ttl
+            .min(std::time::Duration::from_secs(7 * 24 * 3600));
+        let url = state
+            .images
+            .presigned_url(&id, &name, ttl)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot presign a stored output");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "storage-error",
+                    "the stored file cannot be reached",
+                )
+            })?;
+        if let Some(url) = url {
+            return Ok((
+                StatusCode::FOUND,
+                [
+                    (header::LOCATION, url),
+                    (header::CACHE_CONTROL, "private, max-age=60".to_owned()),
+                ],
+            )
+                .into_response());
+        }
+        // A store that cannot presign (the local disk) serves the file itself.
+        if state.images.open(&id, &name).await.ok().flatten().is_none() {
+            return Err(missing());
+        }
     }
     // One range, as browsers ask for videos; anything else serves the whole file
     // (as RFC 9110 allows). If-Range with another validator also means the whole.

@@ -93,6 +93,8 @@ pub struct AppContext {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The last hour, for `/api/ops`.
     pub ops: Arc<ops::OpsHistory>,
+    /// Answer `/images` with a 302 to a presigned URL (`--storage-serve redirect`).
+    pub redirect_images: bool,
 }
 
 impl AppContext {

@@ -2,6 +2,7 @@
 //! implementation [`FsImageStore`] (`<data dir>/images/<job id>/<file>`).
 
 mod fs;
+pub mod s3;
 
 use std::pin::Pin;
 
@@ -11,6 +12,7 @@ use futures_util::Stream;
 use tokio::io::AsyncRead;
 
 pub use fs::FsImageStore;
+pub use s3::{S3ImageStore, S3Settings};
 
 use crate::job::JobId;
 
@@ -121,6 +123,17 @@ pub trait ImageStore: Send + Sync + 'static {
         name: &str,
         range: Option<ByteRange>,
     ) -> Result<Option<(Blob, bool)>, StorageError>;
+
+    /// A URL that serves the file for `ttl` without this server (a presigned
+    /// `GET`), if the store can make one; `None` also when there is no such file.
+    async fn presigned_url(
+        &self,
+        _job: &JobId,
+        _name: &str,
+        _ttl: std::time::Duration,
+    ) -> Result<Option<String>, StorageError> {
+        Ok(None)
+    }
 }
 
 /// Checks a file name before it goes anywhere near a path: one plain component,

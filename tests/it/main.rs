@@ -17,5 +17,6 @@ mod limits;
 mod metrics;
 mod openapi;
 mod redis_interop;
+mod s3;
 mod store_conformance;
 mod worker_e2e;

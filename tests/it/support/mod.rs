@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod proc;
+pub mod s3;
 pub mod standin;
 pub mod webdriver;
 
