@@ -297,3 +297,42 @@ async fn a_worker_only_process_has_its_own_metrics_port() {
     let (s, _) = worker.get("/api/jobs").await;
     assert_eq!(s, 404, "the metrics port serves nothing else");
 }
+
+/// The alerts shipped in `deploy/` name metrics that exist (a renamed metric must
+/// not silently disarm an alert), and the file is valid YAML.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_alerts_use_real_metrics() {
+    let standin = StandIn::start();
+    let url = standin.url();
+    let app = TestApp::spawn(Backing::Sqlite, Role::Serve, move |a| a.comfyui = vec![url]).await;
+    let id = app.submit(json!({"prompt": "x", "workflow": "smoke"})).await;
+    app.wait_final(&id, Duration::from_secs(20)).await;
+    let m = parse(&scrape(&app, None).await.2);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(root.join("target/tools/venv/bin/python"))
+        .args([
+            "-c",
+            "import json, sys, yaml; d = yaml.safe_load(open(sys.argv[1])); \
+             print(json.dumps([r['expr'] for g in d['groups'] for r in g['rules']]))",
+        ])
+        .arg(root.join("deploy/studio-alerts.yml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let exprs: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(exprs.len() >= 5);
+    let mut checked = 0;
+    for e in &exprs {
+        for name in e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("studio_"))
+        {
+            assert!(
+                m.samples.iter().any(|(n, _, _)| n == name),
+                "alert expression {e:?} names {name}, which /metrics does not have"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "{checked}");
+}
