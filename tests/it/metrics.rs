@@ -305,7 +305,9 @@ async fn the_shipped_alerts_use_real_metrics() {
     let standin = StandIn::start();
     let url = standin.url();
     let app = TestApp::spawn(Backing::Sqlite, Role::Serve, move |a| a.comfyui = vec![url]).await;
-    let id = app.submit(json!({"prompt": "x", "workflow": "smoke"})).await;
+    let id = app
+        .submit(json!({"prompt": "x", "workflow": "smoke"}))
+        .await;
     app.wait_final(&id, Duration::from_secs(20)).await;
     let m = parse(&scrape(&app, None).await.2);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -318,7 +320,11 @@ async fn the_shipped_alerts_use_real_metrics() {
         .arg(root.join("deploy/studio-alerts.yml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let exprs: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
     assert!(exprs.len() >= 5);
     let mut checked = 0;
