@@ -107,6 +107,11 @@ pub struct ServerArgs {
     /// roles serve it on their own port.
     #[arg(long, env = "STUDIO_METRICS_PORT")]
     pub metrics_port: Option<u16>,
+    /// Redis: replicas that must have a write before a client or a worker is told
+    /// it happened (`WAIT` after each such write, up to a second; fewer is a 503
+    /// and the write is retried). 0: acknowledge at once (asynchronous replication).
+    #[arg(long, env = "STUDIO_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
     /// Where outputs are stored: `fs` (under the data directory) or
     /// `s3://bucket[/prefix]` (any S3-compatible service; see the AWS_* settings).
     #[arg(long, env = "STUDIO_STORAGE", default_value = "fs", value_parser = parse_storage)]
@@ -314,6 +319,7 @@ impl ServerArgs {
             max_attempts: self.max_attempts,
             worker_ttl: self.worker_ttl,
             max_queued: self.max_queued,
+            wait_replicas: self.redis_wait_replicas,
             ..StoreSettings::default()
         }
     }

@@ -93,6 +93,9 @@ pub struct StoreSettings {
     pub index_cap: u64,
     /// Jobs waiting (queued or delayed) at most; submissions beyond are refused.
     pub max_queued: u64,
+    /// Redis only: replicas that must have a write before it is acknowledged
+    /// (`WAIT`), 0 for none.
+    pub wait_replicas: u32,
 }
 
 impl Default for StoreSettings {
@@ -103,6 +106,7 @@ impl Default for StoreSettings {
             worker_ttl: Duration::from_secs(30),
             index_cap: 100_000,
             max_queued: 100_000,
+            wait_replicas: 0,
         }
     }
 }

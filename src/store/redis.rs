@@ -8,6 +8,7 @@
 //! is run again, and the lease token fences off the stale runner.
 
 mod access;
+pub mod conn;
 mod events;
 mod keys;
 mod lease;
@@ -18,11 +19,12 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, RedisError};
+use ::redis::RedisError;
+use ::redis::aio::ConnectionManagerConfig;
 use async_trait::async_trait;
 use tokio::sync::{Notify, broadcast, watch};
 
+use self::conn::Conn;
 use self::events::subscribe_loop;
 pub use self::keys::Keys;
 use self::scripts::{Scripts, Settle};
@@ -55,8 +57,7 @@ const LIST_SCAN_LIMIT: usize = 2000;
 
 /// A job store on Redis ≥ 6.2.
 pub struct RedisStore {
-    client: Client,
-    conn: ConnectionManager,
+    conn: Conn,
     /// Woken when a job is queued (seen on the events channel), for idle claims.
     wake: Arc<Notify>,
     keys: Keys,
@@ -68,23 +69,23 @@ pub struct RedisStore {
     url_for_logs: String,
 }
 
+/// Longest a write waits for `--redis-wait-replicas` replicas.
+const WAIT_MS: u64 = 1000;
+
 impl RedisStore {
-    /// A store on the Redis at `url` (`redis://[user:pass@]host:port[/db]`). Connects
+    /// A store on the Redis at `url` (`redis://[user:pass@]host:port[/db]`, or
+    /// `redis+sentinel://host:26379[,…]/<master>[/db]`). Connects
     /// lazily: the service starts, and reports 503, while Redis is down.
     pub fn connect(url: &str, prefix: &str, settings: StoreSettings) -> Result<Self, StoreError> {
-        let client = Client::open(url)
-            .map_err(|e| StoreError::Internal(format!("invalid Redis URL: {e}")))?;
         let op_timeout = DEFAULT_OP_TIMEOUT;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(op_timeout / 2))
             .set_response_timeout(Some(op_timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| StoreError::Internal(format!("cannot set up Redis connection: {e}")))?;
+        let conn = Conn::open(url, config)?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Ok(RedisStore {
-            client,
             conn,
             wake: Arc::new(Notify::new()),
             keys: Keys::new(prefix),
@@ -95,6 +96,37 @@ impl RedisStore {
             op_timeout,
             url_for_logs: redact(url),
         })
+    }
+
+    /// With `--redis-wait-replicas N`: waits until N replicas have this
+    /// connection's writes (up to [`WAIT_MS`]); fewer is `Unavailable`, so the
+    /// caller is not told a write happened that a failover could lose.
+    async fn replicated(&self) -> Result<(), StoreError> {
+        let n = self.settings.wait_replicas;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let acked: i64 = self
+            .run_for(
+                Duration::from_millis(WAIT_MS) + self.op_timeout,
+                ::redis::cmd("WAIT")
+                    .arg(n)
+                    .arg(WAIT_MS)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        if acked < i64::from(n) {
+            return Err(StoreError::Unavailable(format!(
+                "only {acked} of {n} Redis replicas acknowledged the write within {WAIT_MS} ms"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The connection handle (Sentinel: always to the current master).
+    pub fn connection(&self) -> Conn {
+        self.conn.clone()
     }
 
     fn ttl_secs(&self) -> u64 {
@@ -159,12 +191,11 @@ impl RedisStore {
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         *guard = Some(stop_tx);
-        let client = self.client.clone();
         let channel = self.keys.events();
         let tx = self.events.clone();
         let connect_timeout = self.op_timeout;
         tokio::spawn(subscribe_loop(
-            client,
+            self.conn.clone(),
             channel,
             tx,
             self.wake.clone(),
@@ -315,6 +346,7 @@ impl JobStore for RedisStore {
             };
             return Err(StoreError::Refused(refusal));
         }
+        self.replicated().await?;
         tracing::info!(job_id = %job.id, workflow = %job.workflow, "job queued");
         Ok(record)
     }
@@ -467,6 +499,7 @@ impl JobStore for RedisStore {
         } else if outcome == "requested" {
             tracing::info!(job_id = %id, "cancel requested for running job");
         }
+        self.replicated().await?;
         let Some(job) = self.get(id).await? else {
             return Ok(CancelOutcome::NotFound);
         };
@@ -587,6 +620,9 @@ impl JobStore for RedisStore {
             let moved: Option<String> = self.run(inv.invoke_async(&mut conn)).await?;
             if let Some(raw) = moved {
                 if let Some(claim) = self.lease_payload(worker, raw).await? {
+                    // Not run before its lease is on a replica: else a failover
+                    // could hand the same job to another worker.
+                    self.replicated().await?;
                     return Ok(Some(claim));
                 }
                 // Dropped (final, cancelled, out of attempts): look again at once.
@@ -674,6 +710,7 @@ impl JobStore for RedisStore {
             Settle::Done(now),
         )
         .await?;
+        self.replicated().await?;
         log_completion(&lease.job_id, &completion, written == 1);
         Ok(written == 1)
     }
@@ -728,6 +765,7 @@ impl JobStore for RedisStore {
                 RetryOutcome::Lost
             }
         };
+        self.replicated().await?;
         log_retry(&lease.job_id, error, delay, outcome);
         Ok(outcome)
     }

@@ -18,5 +18,6 @@ mod metrics;
 mod openapi;
 mod redis_interop;
 mod s3;
+mod sentinel;
 mod store_conformance;
 mod worker_e2e;

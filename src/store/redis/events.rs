@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::{Client, RedisError};
+use ::redis::RedisError;
 use futures_util::StreamExt;
 use tokio::sync::{Notify, broadcast, watch};
 
@@ -15,7 +15,7 @@ use crate::store::JobEvent;
 /// One pub/sub connection per process: every change published by any script on any
 /// process reaches this process's subscribers. Reconnects with backoff.
 pub(super) async fn subscribe_loop(
-    client: Client,
+    conn: super::conn::Conn,
     channel: String,
     tx: broadcast::Sender<JobEvent>,
     wake: Arc<Notify>,
@@ -27,7 +27,15 @@ pub(super) async fn subscribe_loop(
         if *stop.borrow() {
             return;
         }
+        // With Sentinel, the master of the moment.
+        let client = conn.client();
         let connected = tokio::time::timeout(connect_timeout, async {
+            let Some(client) = client else {
+                return Err(RedisError::from((
+                    ::redis::ErrorKind::Io,
+                    "no Redis master known yet",
+                )));
+            };
             let mut ps = client.get_async_pubsub().await?;
             ps.subscribe(&channel).await?;
             Ok::<_, RedisError>(ps)

@@ -1,7 +1,7 @@
 //! The worker's side of the queue: claiming (lease or drop), settling a payload's
 //! fate in the `{job_queue}` slot, and reaping dead workers' jobs.
 
-use ::redis::aio::ConnectionManager;
+use super::conn::Conn;
 
 use super::scripts::Settle;
 use super::{RedisStore, truncate};
@@ -192,10 +192,7 @@ impl RedisStore {
         }
     }
 
-    pub(super) async fn reap_locked(
-        &self,
-        conn: &mut ConnectionManager,
-    ) -> Result<Vec<JobId>, StoreError> {
+    pub(super) async fn reap_locked(&self, conn: &mut Conn) -> Result<Vec<JobId>, StoreError> {
         let k = &self.keys;
         let workers: Vec<String> = self
             .run(::redis::cmd("SMEMBERS").arg(k.workers()).query_async(conn))

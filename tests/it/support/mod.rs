@@ -145,6 +145,7 @@ pub fn fast_settings() -> StoreSettings {
         worker_ttl: Duration::from_millis(400),
         index_cap: 1000,
         max_queued: 100_000,
+        wait_replicas: 0,
     }
 }
 
