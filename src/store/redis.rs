@@ -379,8 +379,18 @@ impl JobStore for RedisStore {
     async fn status(&self, id: &JobId) -> Result<Option<(JobRecord, Option<u64>)>, StoreError> {
         // One round trip for both (a plain pipeline: the two need not be atomic).
         let mut conn = self.conn.clone();
-        let (map, rank): (HashMap<String, String>, Option<u64>) = self
-            .run(
+        let (map, rank): (HashMap<String, String>, Option<u64>) = if self.conn.is_cluster() {
+            // Two slots: two calls.
+            let map = self
+                .run(
+                    ::redis::cmd("HGETALL")
+                        .arg(self.keys.status(id.as_str()))
+                        .query_async(&mut conn),
+                )
+                .await?;
+            (map, self.queue_position(id).await?)
+        } else {
+            self.run(
                 ::redis::pipe()
                     .cmd("HGETALL")
                     .arg(self.keys.status(id.as_str()))
@@ -389,7 +399,8 @@ impl JobStore for RedisStore {
                     .arg(id.as_str())
                     .query_async(&mut conn),
             )
-            .await?;
+            .await?
+        };
         Ok(record_from_map(id.as_str(), map).map(|job| {
             let position = (job.status == crate::job::JobStatus::Queued)
                 .then_some(rank)
@@ -435,13 +446,21 @@ impl JobStore for RedisStore {
                 .await?;
             let more = entries.len() == batch;
             let wanted = &entries[..entries.len().min(limit - jobs.len())];
-            let mut pipe = ::redis::pipe();
-            for (id, _) in wanted {
-                pipe.cmd("HGETALL").arg(self.keys.status(id));
-            }
             let maps: Vec<HashMap<String, String>> = if wanted.is_empty() {
                 Vec::new()
+            } else if self.conn.is_cluster() {
+                // Each hash in its own slot: concurrent calls, routed one by one.
+                let calls = wanted.iter().map(|(id, _)| {
+                    let mut c = self.conn.clone();
+                    let key = self.keys.status(id);
+                    async move { ::redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
+                });
+                self.run(futures_util::future::try_join_all(calls)).await?
             } else {
+                let mut pipe = ::redis::pipe();
+                for (id, _) in wanted {
+                    pipe.cmd("HGETALL").arg(self.keys.status(id));
+                }
                 self.run(pipe.query_async(&mut conn)).await?
             };
             let mut last_score = None;

@@ -6,6 +6,7 @@ mod support;
 mod api;
 mod browser;
 mod cli;
+mod cluster;
 mod comfy_protocol;
 mod events;
 mod fairness;

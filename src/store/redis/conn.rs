@@ -1,8 +1,10 @@
 //! The connection every store call uses: a reconnecting `ConnectionManager` to one
 //! Redis, or, with Sentinel (`redis+sentinel://h1:26379,h2:26379/<master>[/db]`),
-//! to whichever server the sentinels name as master. A watcher asks the sentinels
-//! every half second (and at once after a connection error or a `READONLY`
-//! answer); when the master changes, every later call goes to the new one.
+//! to whichever server the sentinels name as master, or a cluster connection
+//! (`redis+cluster://h1:7001,h2:7002`) that routes each command by its key's slot.
+//! With Sentinel a watcher asks the sentinels every half second (and at once after
+//! a connection error or a `READONLY` answer); when the master changes, every
+//! later call goes to the new one.
 
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
@@ -12,6 +14,9 @@ use ::redis::{Client, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Value};
 use tokio::sync::Notify;
 
 use crate::store::StoreError;
+
+const DEFAULT_CONNECT: Duration = Duration::from_millis(500);
+const DEFAULT_RESPONSE: Duration = Duration::from_secs(1);
 
 /// How often the sentinels are asked who the master is.
 const SENTINEL_POLL: Duration = Duration::from_millis(500);
@@ -88,9 +93,58 @@ impl SentinelUrl {
     }
 }
 
+/// A single server's reconnecting connection, or a cluster's.
+#[derive(Clone)]
+enum Handle {
+    Single(ConnectionManager),
+    Cluster(::redis::cluster_async::ClusterConnection),
+}
+
+impl Handle {
+    async fn send(&mut self, cmd: &Cmd) -> Result<Value, RedisError> {
+        match self {
+            Handle::Single(m) => m.req_packed_command(cmd).await,
+            Handle::Cluster(c) => c.req_packed_command(cmd).await,
+        }
+    }
+
+    async fn send_all(
+        &mut self,
+        cmd: &Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> Result<Vec<Value>, RedisError> {
+        match self {
+            Handle::Single(m) => m.req_packed_commands(cmd, offset, count).await,
+            Handle::Cluster(c) => c.req_packed_commands(cmd, offset, count).await,
+        }
+    }
+}
+
+/// `redis+cluster://[:password@]host:port[,host:port…]`: the seed nodes.
+pub fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let rest = url.strip_prefix("redis+cluster://")?;
+    let (auth, rest) = match rest.rsplit_once('@') {
+        Some((a, r)) => (Some(a), r),
+        None => (None, rest),
+    };
+    let hosts = rest.split('/').next().unwrap_or_default();
+    Some(
+        hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| match auth {
+                Some(a) => format!("redis://{a}@{h}"),
+                None => format!("redis://{h}"),
+            })
+            .collect(),
+    )
+}
+
 struct Current {
     client: Client,
-    manager: ConnectionManager,
+    manager: Handle,
     /// `host:port` of the master it talks to (Sentinel only).
     addr: String,
 }
@@ -103,6 +157,9 @@ struct Shared {
     poke: Notify,
     /// Changes of master seen.
     pub switched: Notify,
+    /// Cluster: the seed nodes (pub/sub goes to one of them).
+    nodes: Vec<String>,
+    next_node: std::sync::atomic::AtomicUsize,
 }
 
 /// A connection handle: cheap to clone, always to the current master.
@@ -122,13 +179,16 @@ fn manager(
 
 impl Conn {
     pub fn open(url: &str, config: ConnectionManagerConfig) -> Result<Conn, StoreError> {
+        if let Some(nodes) = cluster_nodes(url) {
+            return Self::open_cluster(nodes, config);
+        }
         let sentinel = SentinelUrl::parse(url).map_err(StoreError::Internal)?;
         let Some(s) = sentinel else {
             let client = Client::open(url)
                 .map_err(|e| StoreError::Internal(format!("invalid Redis URL: {e}")))?;
             let db = client.get_connection_info().redis_settings().db();
             let current = Current {
-                manager: manager(&client, &config)?,
+                manager: Handle::Single(manager(&client, &config)?),
                 client,
                 addr: String::new(),
             };
@@ -139,6 +199,8 @@ impl Conn {
                     config,
                     poke: Notify::new(),
                     switched: Notify::new(),
+                    nodes: Vec::new(),
+                    next_node: Default::default(),
                 }),
                 db,
             });
@@ -150,6 +212,8 @@ impl Conn {
             config,
             poke: Notify::new(),
             switched: Notify::new(),
+            nodes: Vec::new(),
+            next_node: Default::default(),
         });
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|_| StoreError::Internal("Redis Sentinel needs the async runtime".into()))?;
@@ -157,8 +221,78 @@ impl Conn {
         Ok(Conn { shared, db })
     }
 
-    /// The client of the current master, for connections of their own (pub/sub).
+    /// A cluster: the connection is made in the background (it is async), with
+    /// retries; calls before it are "unavailable", as with Redis down.
+    fn open_cluster(
+        nodes: Vec<String>,
+        config: ConnectionManagerConfig,
+    ) -> Result<Conn, StoreError> {
+        if nodes.is_empty() {
+            return Err(StoreError::Internal(
+                "a cluster URL needs at least one node: redis+cluster://host:port[,host:port…]"
+                    .into(),
+            ));
+        }
+        let client = ::redis::cluster::ClusterClientBuilder::new(nodes.clone())
+            .connection_timeout(DEFAULT_CONNECT)
+            .response_timeout(DEFAULT_RESPONSE)
+            .retries(2)
+            .build()
+            .map_err(|e| StoreError::Internal(format!("invalid Redis Cluster URL: {e}")))?;
+        let first = Client::open(nodes[0].as_str())
+            .map_err(|e| StoreError::Internal(format!("invalid Redis Cluster URL: {e}")))?;
+        let shared = Arc::new(Shared {
+            current: RwLock::new(None),
+            sentinel: None,
+            config,
+            poke: Notify::new(),
+            switched: Notify::new(),
+            nodes,
+            next_node: Default::default(),
+        });
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| StoreError::Internal("Redis Cluster needs the async runtime".into()))?;
+        let weak = Arc::downgrade(&shared);
+        handle.spawn(async move {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                match client.get_async_connection().await {
+                    Ok(c) => {
+                        *shared.current.write().unwrap_or_else(|e| e.into_inner()) =
+                            Some(Current {
+                                client: first,
+                                manager: Handle::Cluster(c),
+                                addr: String::new(),
+                            });
+                        shared.switched.notify_waiters();
+                        tracing::info!("connected to the Redis Cluster");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot reach the Redis Cluster yet"),
+                }
+                drop(shared);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        });
+        Ok(Conn { shared, db: 0 })
+    }
+
+    /// A client for connections of their own (pub/sub): the current master, or
+    /// in a cluster one node after another (a cluster broadcasts `PUBLISH` to
+    /// every node, so any one of them hears every event).
     pub fn client(&self) -> Option<Client> {
+        let nodes = &self.shared.nodes;
+        if !nodes.is_empty() {
+            let i = self
+                .shared
+                .next_node
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Client::open(nodes[i % nodes.len()].as_str()).ok();
+        }
         self.read().as_ref().map(|c| c.client.clone())
     }
 
@@ -169,7 +303,7 @@ impl Conn {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    fn manager(&self) -> Result<ConnectionManager, RedisError> {
+    fn manager(&self) -> Result<Handle, RedisError> {
         self.read()
             .as_ref()
             .map(|c| c.manager.clone())
@@ -194,6 +328,12 @@ impl Conn {
         }
     }
 
+    /// Whether this is a cluster (commands on keys of several slots cannot share
+    /// a pipeline).
+    pub fn is_cluster(&self) -> bool {
+        !self.shared.nodes.is_empty()
+    }
+
     /// Waits for the next change of master (tests, logs).
     pub async fn switched(&self) {
         self.shared.switched.notified().await
@@ -212,7 +352,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let mut m = self.manager()?;
-            let r = m.req_packed_command(cmd).await;
+            let r = m.send(cmd).await;
             self.after(&r);
             r
         })
@@ -226,7 +366,7 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let mut m = self.manager()?;
-            let r = m.req_packed_commands(cmd, offset, count).await;
+            let r = m.send_all(cmd, offset, count).await;
             self.after(&r);
             r
         })
@@ -281,7 +421,7 @@ async fn watch_sentinels(weak: Weak<Shared>) {
                             *shared.current.write().unwrap_or_else(|e| e.into_inner()) =
                                 Some(Current {
                                     client,
-                                    manager: m,
+                                    manager: Handle::Single(m),
                                     addr,
                                 });
                             shared.switched.notify_waiters();
