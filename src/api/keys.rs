@@ -64,7 +64,7 @@ macro_rules! key_request {
         pub struct $ty {
             /// 1–100 characters, no control characters, not only spaces.
             #[schema(min_length = 1, max_length = 100,
-                pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\s\u0000-\u001f\u007f-\u009f][^\u0000-\u001f\u007f-\u009f]*$")]
+                pattern = r"^[^\u0000-\u001f\u007f-\u009f]*[^\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000-\u001f\u007f-\u009f]*$")]
             pub name: $name,
             pub role: Option<Role>,
             /// Requests per second (null: no limit).

@@ -8,6 +8,11 @@ use super::{events, health, images, jobs, keys, metrics, ops, pages, workflows};
 use crate::workflow::param::MAX_STRING_CHARS;
 use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, ParamSpec, Workflow, WorkflowRegistry};
 
+/// A character the server does not count as blank (Rust's whitespace and the
+/// information separators U+001C–U+001F), spelled out: `\\S` means different sets
+/// in ECMAScript, Python and Rust.
+pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
+
 /// The whole API.
 #[derive(OpenApi)]
 #[openapi(
@@ -236,7 +241,7 @@ fn param_schema(name: &str, spec: &ParamSpec) -> Value {
         // Required, so not null; something other than whitespace.
         o.insert("type".into(), json!("string"));
         o.insert("minLength".into(), json!(1));
-        o.insert("pattern".into(), json!("\\S"));
+        o.insert("pattern".into(), json!(NOT_BLANK));
     }
     if !spec.description.is_empty() {
         o.insert("description".into(), json!(spec.description));

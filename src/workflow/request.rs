@@ -26,9 +26,10 @@ impl FieldError {
     }
 }
 
-/// Whitespace as the OpenAPI document's `\S` pattern means it (Python's
-/// `str.isspace`): Unicode whitespace and the information separators U+001C–U+001F.
-fn is_blank(c: char) -> bool {
+/// What a prompt may not consist of only: Unicode whitespace and the information
+/// separators U+001C–U+001F. The OpenAPI document spells the complement out
+/// (`openapi::NOT_BLANK`), and a test checks that the two agree.
+pub fn is_blank(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }
 

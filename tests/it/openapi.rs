@@ -202,3 +202,32 @@ async fn the_page_and_the_docs_load_only_from_this_server() {
     let (s, v) = app.get("/assets/nope.js").await;
     assert_eq!((s, v["code"].as_str()), (404, Some("not-found")));
 }
+
+/// The prompt's "not only blanks" pattern names exactly the characters the server
+/// counts as blank (checked with Python's `re`, over the Basic Multilingual Plane).
+#[test]
+fn the_prompt_pattern_and_the_server_agree_on_blanks() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join("target/tools/venv/bin/python"))
+        .args([
+            "-c",
+            "import json, re, sys; p = re.compile(sys.argv[1]); \
+             print(json.dumps([c for c in range(0x10000) if not (0xd800 <= c < 0xe000) and not p.search(chr(c))]))",
+            studio_core::api::openapi::NOT_BLANK,
+        ])
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let blank_per_schema: BTreeSet<u32> = serde_json::from_slice(&out.stdout).unwrap();
+    let blank_per_server: BTreeSet<u32> = (0..0x10000u32)
+        .filter_map(char::from_u32)
+        .filter(|c| studio_core::workflow::request::is_blank(*c))
+        .map(u32::from)
+        .collect();
+    assert_eq!(blank_per_schema, blank_per_server);
+    assert!(blank_per_server.contains(&0x1e) && !blank_per_server.contains(&0xfeff));
+}
