@@ -70,6 +70,11 @@ pub enum Taken {
     Replay(IdempotencyClaim),
 }
 
+/// A key held this long whose job is not in the store never got one: the process
+/// that took it died (or lost the store) before queueing it. Queueing takes a
+/// second or two at most.
+pub const ORPHANED_AFTER: Duration = Duration::from_secs(5);
+
 /// Takes the key for `claim`, or finds the request that has it.
 pub async fn take(
     state: &AppState,
@@ -78,16 +83,17 @@ pub async fn take(
 ) -> Result<Taken, ApiError> {
     // A holder whose job is not in the store yet may be one still queueing it, or
     // one whose job was refused and that is about to give the key back: wait a
-    // little for either before answering with what the holder was told.
+    // little for either before deciding.
+    let store = state.store.as_ref();
+    let mut held = None;
     for attempt in 0..3 {
-        let store = state.store.as_ref();
-        let Some(held) = state
+        let Some(h) = state
             .with_timeout(store.take_idempotency(scope, claim))
             .await?
         else {
             return Ok(Taken::Fresh);
         };
-        if held.fingerprint != claim.fingerprint {
+        if h.fingerprint != claim.fingerprint {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reuse",
@@ -95,12 +101,33 @@ pub async fn take(
             )
             .with_field("Idempotency-Key"));
         }
-        if attempt == 2 || state.with_timeout(store.get(&held.job_id)).await?.is_some() {
-            return Ok(Taken::Replay(held));
+        // The key lives no longer than the job's record: if the job was made, it
+        // is there.
+        if state.with_timeout(store.get(&h.job_id)).await?.is_some() {
+            return Ok(Taken::Replay(h));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        held = Some(h);
+        if attempt < 2 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
-    unreachable!("the loop returns on its last attempt")
+    let held = held.expect("set in the loop");
+    let age = crate::clock::now_ms().saturating_sub(held.taken_ms);
+    if age >= ORPHANED_AFTER.as_millis() as u64
+        && state
+            .with_timeout(store.replace_idempotency(scope, &held, claim))
+            .await?
+    {
+        tracing::warn!(job_id = %held.job_id, "an Idempotency-Key whose job never reached the store is taken over");
+        return Ok(Taken::Fresh);
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency-key-in-progress",
+        "a request with this Idempotency-Key is still being handled; try again in a second",
+    )
+    .with_field("Idempotency-Key")
+    .retry_after(1))
 }
 
 /// Gives the key back after the job was refused; best effort (it expires anyway).

@@ -80,6 +80,7 @@ pub struct Accepted {
         (status = 408, description = "The body did not arrive within `--body-timeout` (`body-timeout`)", body = ErrorBody),
         (status = 413, description = "Body over 256 KiB (`payload-too-large`)", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json (`unsupported-media-type`)", body = ErrorBody),
+        (status = 409, description = "A request with this Idempotency-Key is still being handled (`idempotency-key-in-progress`, with `Retry-After`)", body = ErrorBody),
         (status = 422, description = "The Idempotency-Key was used with a different body (`idempotency-key-reuse`)", body = ErrorBody),
         (status = 429, description = "The key has its maximum of jobs waiting (`queue-quota`), or is over its rate (`rate-limited`), with `Retry-After`", body = ErrorBody),
         (status = 503, description = "The queue is full (`queue-full`, with `Retry-After`), or the store is unavailable (`store-unavailable`)", body = ErrorBody),
@@ -142,6 +143,7 @@ pub async fn generate(
         job_id: job.id.clone(),
         seed: job.seed,
         workflow: job.workflow.clone(),
+        taken_ms: crate::clock::now_ms(),
     };
     let store = state.store.as_ref();
     match idempotency::take(&state, &scope, &claim).await? {

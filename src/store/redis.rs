@@ -917,6 +917,15 @@ impl JobStore for RedisStore {
         self.release_idempotency_impl(scope).await
     }
 
+    async fn replace_idempotency(
+        &self,
+        scope: &str,
+        held: &IdempotencyClaim,
+        claim: &IdempotencyClaim,
+    ) -> Result<bool, StoreError> {
+        self.replace_idempotency_impl(scope, held, claim).await
+    }
+
     async fn report_backends(&self, worker: &WorkerId, report: &str) -> Result<(), StoreError> {
         self.report_backends_impl(worker, report).await
     }

@@ -810,7 +810,7 @@ impl JobStore for SqliteStore {
                 )?;
                 conn.execute(
                     "DELETE FROM idempotency WHERE created_ms <= ?1",
-                    params![now - IDEMPOTENCY_TTL.as_millis() as i64],
+                    params![now - IDEMPOTENCY_TTL.as_millis().min(ttl as u128) as i64],
                 )?;
                 conn.execute(
                     "DELETE FROM backend_reports WHERE updated_ms < ?1",
@@ -908,6 +908,15 @@ impl JobStore for SqliteStore {
 
     async fn release_idempotency(&self, scope: &str) -> Result<(), StoreError> {
         self.release_idempotency_impl(scope).await
+    }
+
+    async fn replace_idempotency(
+        &self,
+        scope: &str,
+        held: &IdempotencyClaim,
+        claim: &IdempotencyClaim,
+    ) -> Result<bool, StoreError> {
+        self.replace_idempotency_impl(scope, held, claim).await
     }
 
     async fn report_backends(&self, worker: &WorkerId, report: &str) -> Result<(), StoreError> {

@@ -223,6 +223,7 @@ async fn the_store_works_on_a_three_master_cluster() {
         job_id: ids[0].clone(),
         seed: 1,
         workflow: "smoke".into(),
+        taken_ms: 1,
     };
     assert_eq!(store.take_idempotency("scope", &claim).await.unwrap(), None);
     assert_eq!(

@@ -161,7 +161,61 @@ async fn keys_are_scoped_to_the_api_key(kind: Backing) {
     assert_eq!(a2["job_id"], a["job_id"]);
 }
 
+/// A key taken by a request that died before queueing its job (a crash between
+/// the two steps): while young it is "in progress" (409, retry shortly); once old,
+/// the next request with it takes it over and queues its job.
+async fn a_key_whose_job_never_arrived_is_taken_over(kind: Backing) {
+    use studio_core::api::idempotency;
+    use studio_core::store::IdempotencyClaim;
+
+    let app = TestApp::spawn(kind, ServerRole::Api, |_| {}).await;
+    let body = json!({"prompt": "after a crash", "workflow": "smoke"});
+    let orphan = |key: &str, age_ms: u64| {
+        let scope = idempotency::scope("", key);
+        let claim = IdempotencyClaim {
+            fingerprint: idempotency::fingerprint(&body),
+            job_id: studio_core::job::JobId::random(),
+            seed: 7,
+            workflow: "smoke".into(),
+            taken_ms: studio_core::clock::now_ms() - age_ms,
+        };
+        (scope, claim)
+    };
+    let (scope, claim) = orphan("young", 0);
+    assert_eq!(
+        app.store.take_idempotency(&scope, &claim).await.unwrap(),
+        None
+    );
+    let res = app
+        .http
+        .post(app.url("/api/generate"))
+        .header("idempotency-key", "young")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["code"], "idempotency-key-in-progress");
+
+    let (scope, claim) = orphan("old", 60_000);
+    assert_eq!(
+        app.store.take_idempotency(&scope, &claim).await.unwrap(),
+        None
+    );
+    let (s, replayed, v) = submit(&app, "old", None, &body).await;
+    assert_eq!((s, replayed), (202, false), "{v}");
+    assert_ne!(v["job_id"], claim.job_id.as_str());
+    assert_eq!(count_jobs(&app).await, 1);
+    // From then on it is an ordinary key: a retry is a replay of the new job.
+    let (s, replayed, again) = submit(&app, "old", None, &body).await;
+    assert_eq!((s, replayed), (202, true));
+    assert_eq!(again["job_id"], v["job_id"]);
+}
+
 both_stores!(
+    a_key_whose_job_never_arrived_is_taken_over,
     a_retry_with_the_same_key_and_body_gets_the_first_answer,
     the_same_key_with_another_body_is_422,
     racing_requests_with_one_key_make_one_job,

@@ -107,7 +107,7 @@ impl RedisStore {
                     .arg("NX")
                     .arg("GET")
                     .arg("PX")
-                    .arg(IDEMPOTENCY_TTL.as_millis() as u64)
+                    .arg(self.idempotency_ttl_ms())
                     .query_async(&mut conn),
             )
             .await?;
@@ -181,5 +181,35 @@ impl RedisStore {
         }
         live.sort();
         Ok(live)
+    }
+
+    fn idempotency_ttl_ms(&self) -> u64 {
+        IDEMPOTENCY_TTL
+            .min(self.settings.job_ttl)
+            .as_millis()
+            .max(1) as u64
+    }
+
+    pub(super) async fn replace_idempotency_impl(
+        &self,
+        scope: &str,
+        held: &IdempotencyClaim,
+        claim: &IdempotencyClaim,
+    ) -> Result<bool, StoreError> {
+        static CAS: std::sync::OnceLock<::redis::Script> = std::sync::OnceLock::new();
+        let script = CAS.get_or_init(|| {
+            ::redis::Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end return 0",
+            )
+        });
+        let mut conn = self.conn.clone();
+        let mut inv = script.prepare_invoke();
+        inv.key(self.keys.idempotency(scope))
+            .arg(held.encode())
+            .arg(claim.encode())
+            .arg(self.idempotency_ttl_ms());
+        let done: i64 = self.run(inv.invoke_async(&mut conn)).await?;
+        Ok(done == 1)
     }
 }

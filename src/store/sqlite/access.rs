@@ -86,7 +86,7 @@ impl SqliteStore {
         let scope = scope.to_owned();
         let encoded = claim.encode();
         let now = clock::now_ms() as i64;
-        let stale = now - IDEMPOTENCY_TTL.as_millis() as i64;
+        let stale = now - IDEMPOTENCY_TTL.min(self.settings.job_ttl).as_millis() as i64;
         let held: Option<String> = self
             .write(move |conn| {
                 conn.execute(
@@ -156,6 +156,25 @@ impl SqliteStore {
             )?
             .query_map(params![oldest], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect()
+        })
+        .await
+    }
+
+    pub(super) async fn replace_idempotency_impl(
+        &self,
+        scope: &str,
+        held: &IdempotencyClaim,
+        claim: &IdempotencyClaim,
+    ) -> Result<bool, StoreError> {
+        let (scope, old, new) = (scope.to_owned(), held.encode(), claim.encode());
+        let now = clock::now_ms() as i64;
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE idempotency SET body_hash = ?3, created_ms = ?4 \
+                 WHERE owner = ?1 AND key = '' AND body_hash = ?2",
+                params![scope, old, new, now],
+            )?;
+            Ok((n == 1, Vec::new()))
         })
         .await
     }
