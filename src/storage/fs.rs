@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::{
-    Blob, ByteRange, ByteStream, ImageStore, StorageError, StoredFile, check_name, content_type,
+    Blob, ByteRange, ByteStream, ImageStore, StorageError, StoredFile, content_type, job_file,
 };
 use crate::job::JobId;
 
@@ -24,15 +24,7 @@ impl FsImageStore {
     }
 
     fn path(&self, job: &JobId, name: &str) -> Result<PathBuf, StorageError> {
-        // Job ids are checked at parse time ([A-Za-z0-9._:-]); refuse the two
-        // that would still be special as a path component.
-        if matches!(job.as_str(), "." | "..") {
-            return Err(StorageError::BadName(
-                job.to_string(),
-                "not a job directory",
-            ));
-        }
-        Ok(self.root.join(job.as_str()).join(check_name(name)?))
+        Ok(self.root.join(job_file(job, name)?))
     }
 }
 
@@ -129,12 +121,7 @@ impl ImageStore for FsImageStore {
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                     .map_or(0, |d| d.as_nanos());
                 let etag = format!("\"{total:x}-{mtime:x}\"");
-                let wanted = range.map(|r| r.resolve(total));
-                let (start, size, satisfiable) = match wanted {
-                    None => (0, total, true),
-                    Some(None) => (0, total, false),
-                    Some(Some((a, b))) => (a, b - a + 1, true),
-                };
+                let (start, size, satisfiable) = ByteRange::span(range, total);
                 if start > 0 {
                     f.seek(std::io::SeekFrom::Start(start)).await?;
                 }

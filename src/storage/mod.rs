@@ -70,6 +70,16 @@ pub enum ByteRange {
 }
 
 impl ByteRange {
+    /// What a store reads of a file of `total` bytes for `range`: first byte,
+    /// length, and whether the range was satisfiable (if not, the whole file).
+    pub fn span(range: Option<ByteRange>, total: u64) -> (u64, u64, bool) {
+        match range.map(|r| r.resolve(total)) {
+            None => (0, total, true),
+            Some(None) => (0, total, false),
+            Some(Some((a, b))) => (a, b - a + 1, true),
+        }
+    }
+
     /// The first and last byte (inclusive) of a file of `total` bytes, or `None`
     /// when the range is not satisfiable.
     pub fn resolve(self, total: u64) -> Option<(u64, u64)> {
@@ -134,6 +144,19 @@ pub trait ImageStore: Send + Sync + 'static {
     ) -> Result<Option<String>, StorageError> {
         Ok(None)
     }
+}
+
+/// `<job id>/<file name>`, both checked: what both stores put under their root.
+pub fn job_file(job: &JobId, name: &str) -> Result<String, StorageError> {
+    // Job ids are checked at parse time ([A-Za-z0-9._:-]); refuse the two that
+    // would still be special as a path component.
+    if matches!(job.as_str(), "." | "..") {
+        return Err(StorageError::BadName(
+            job.to_string(),
+            "not a job directory",
+        ));
+    }
+    Ok(format!("{}/{}", job.as_str(), check_name(name)?))
 }
 
 /// Checks a file name before it goes anywhere near a path: one plain component,

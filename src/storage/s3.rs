@@ -15,7 +15,7 @@ use object_store::signer::Signer;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 
 use super::{
-    Blob, ByteRange, ByteStream, ImageStore, StorageError, StoredFile, check_name, content_type,
+    Blob, ByteRange, ByteStream, ImageStore, StorageError, StoredFile, content_type, job_file,
 };
 use crate::job::JobId;
 
@@ -107,13 +107,7 @@ impl S3ImageStore {
     }
 
     fn path(&self, job: &JobId, name: &str) -> Result<Path, StorageError> {
-        if matches!(job.as_str(), "." | "..") {
-            return Err(StorageError::BadName(
-                job.to_string(),
-                "not a job directory",
-            ));
-        }
-        Ok(self.key_of(&format!("{}/{}", job.as_str(), check_name(name)?)))
+        Ok(self.key_of(&job_file(job, name)?))
     }
 }
 
@@ -210,12 +204,7 @@ impl ImageStore for S3ImageStore {
             Err(e) => return Err(io(e)),
         };
         let total = meta.size;
-        let wanted = range.map(|r| r.resolve(total));
-        let (start, size, satisfiable) = match wanted {
-            None => (0, total, true),
-            Some(None) => (0, total, false),
-            Some(Some((a, b))) => (a, b - a + 1, true),
-        };
+        let (start, size, satisfiable) = ByteRange::span(range, total);
         let opts = GetOptions {
             range: (size < total).then(|| GetRange::Bounded(start..start + size)),
             // The object we looked at, not one written since.
