@@ -104,15 +104,42 @@ pub struct Metrics {
     http_connections: Gauge,
 }
 
-/// A backend as the scrape sees it.
+/// A backend as its worker sees it: what `/metrics` counts, and what the worker
+/// publishes to the store with each heartbeat for `/api/ops` (as JSON; a field a
+/// reader does not find takes its default).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct BackendSample {
     pub url: String,
-    pub up: bool,
+    /// `up`, `down` or `unknown`.
+    pub state: String,
     pub in_flight: u64,
-    /// Jobs ended on it since this process started.
+    /// Jobs ended on it since the worker started.
     pub done: u64,
-    /// Wall time it spent running our prompts since this process started.
+    /// Wall time it spent running the worker's prompts since the worker started.
     pub busy_seconds: f64,
+    pub device: String,
+    pub last_error: String,
+}
+
+impl Default for BackendSample {
+    fn default() -> Self {
+        BackendSample {
+            url: String::new(),
+            state: "unknown".into(),
+            in_flight: 0,
+            done: 0,
+            busy_seconds: 0.0,
+            device: String::new(),
+            last_error: String::new(),
+        }
+    }
+}
+
+impl BackendSample {
+    pub fn up(&self) -> bool {
+        self.state == "up"
+    }
 }
 
 /// What a scrape reads from the rest of the process.
@@ -281,7 +308,7 @@ impl Metrics {
             let l = BackendLabel {
                 backend: b.url.clone(),
             };
-            self.backend_up.get_or_create(&l).set(i64::from(b.up));
+            self.backend_up.get_or_create(&l).set(i64::from(b.up()));
             self.backend_in_flight
                 .get_or_create(&l)
                 .set(b.in_flight as i64);

@@ -13,7 +13,6 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
-use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -21,6 +20,7 @@ use super::access::Caller;
 use super::error::{ApiError, ErrorBody};
 use crate::clock;
 use crate::job::JobStatus;
+use crate::metrics::BackendSample;
 use crate::store::{JobStore, ListQuery};
 
 /// An hour of samples at most.
@@ -197,31 +197,9 @@ impl OpsHistory {
     }
 }
 
-struct Reported {
-    url: String,
-    state: String,
-    in_flight: u64,
-    done: u64,
-    busy_seconds: f64,
-    device: String,
-    last_error: String,
-}
-
-fn parse_report(report: &str) -> Vec<Reported> {
-    let Ok(Value::Array(list)) = serde_json::from_str::<Value>(report) else {
-        return Vec::new();
-    };
-    list.iter()
-        .map(|b| Reported {
-            url: b["url"].as_str().unwrap_or_default().to_owned(),
-            state: b["state"].as_str().unwrap_or("unknown").to_owned(),
-            in_flight: b["in_flight"].as_u64().unwrap_or(0),
-            done: b["done"].as_u64().unwrap_or(0),
-            busy_seconds: b["busy_seconds"].as_f64().unwrap_or(0.0),
-            device: b["device"].as_str().unwrap_or_default().to_owned(),
-            last_error: b["last_error"].as_str().unwrap_or_default().to_owned(),
-        })
-        .collect()
+/// A worker's report: its backends (unreadable reports count as none).
+fn parse_report(report: &str) -> Vec<BackendSample> {
+    serde_json::from_str(report).unwrap_or_default()
 }
 
 /// An error with what differs between alike failures blanked: digits, ids and

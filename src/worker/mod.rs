@@ -101,25 +101,9 @@ pub struct Workers {
 pub struct BackendList(Vec<Arc<Backend>>);
 
 impl BackendList {
-    /// What `report_backends` publishes: per backend, its state and counts.
+    /// What `report_backends` publishes: the samples, as JSON.
     fn report_json(&self) -> String {
-        let list: Vec<serde_json::Value> = self
-            .0
-            .iter()
-            .map(|b| {
-                let s = b.snapshot();
-                serde_json::json!({
-                    "url": s.url,
-                    "state": s.state,
-                    "in_flight": s.in_flight,
-                    "done": s.done,
-                    "busy_seconds": b.pacing.busy().as_secs_f64(),
-                    "device": s.device,
-                    "last_error": s.last_error,
-                })
-            })
-            .collect();
-        serde_json::Value::Array(list).to_string()
+        serde_json::to_string(&self.samples()).unwrap_or_else(|_| "[]".into())
     }
 }
 
@@ -131,12 +115,17 @@ impl BackendReport for BackendList {
     fn samples(&self) -> Vec<crate::metrics::BackendSample> {
         self.0
             .iter()
-            .map(|b| crate::metrics::BackendSample {
-                url: b.url.clone(),
-                up: b.health() == Health::Up,
-                in_flight: b.in_flight.load(Ordering::Relaxed) as u64,
-                done: b.done.load(Ordering::Relaxed) as u64,
-                busy_seconds: b.pacing.busy().as_secs_f64(),
+            .map(|b| {
+                let s = b.snapshot();
+                crate::metrics::BackendSample {
+                    url: s.url,
+                    state: s.state.to_owned(),
+                    in_flight: s.in_flight as u64,
+                    done: s.done as u64,
+                    busy_seconds: b.pacing.busy().as_secs_f64(),
+                    device: s.device,
+                    last_error: s.last_error,
+                }
             })
             .collect()
     }
