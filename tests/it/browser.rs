@@ -21,6 +21,32 @@ fn screenshots() -> PathBuf {
     dir
 }
 
+/// A job card as the page shows it every 40 ms until the job ends: (status,
+/// progress bar value, state in words) at each look.
+async fn watch_card(browser: &Browser, job_id: &str) -> Vec<(String, f64, String)> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = browser
+            .exec(&format!("const c = document.querySelector('.job[data-job-id=\"{job_id}\"]'); return [c.dataset.status, c.querySelector('progress').value, c.querySelector('.state').textContent]"))
+            .await;
+        let status = v[0].as_str().unwrap().to_owned();
+        seen.push((
+            status.clone(),
+            v[1].as_f64().unwrap(),
+            v[2].as_str().unwrap().to_owned(),
+        ));
+        if status == "finished" || status == "failed" {
+            return seen;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job never finished: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_generates_shows_progress_fills_the_gallery_and_cancels() {
     let standin = StandIn::start_with(Knobs {
@@ -83,23 +109,7 @@ async fn the_page_generates_shows_progress_fills_the_gallery_and_cancels() {
         )
         .await;
     let job_id = job_id.as_str().unwrap().to_owned();
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let v = browser
-            .exec(&format!("const c = document.querySelector('.job[data-job-id=\"{job_id}\"]'); return [c.dataset.status, c.querySelector('progress').value, c.querySelector('.state').textContent]"))
-            .await;
-        let (status, value) = (v[0].as_str().unwrap().to_owned(), v[1].as_f64().unwrap());
-        seen.push((status.clone(), value, v[2].as_str().unwrap().to_owned()));
-        if status == "finished" || status == "failed" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the job never finished: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(40)).await;
-    }
+    let seen = watch_card(&browser, &job_id).await;
     let last = seen.last().unwrap();
     assert_eq!(
         (last.0.as_str(), last.2.as_str()),
@@ -308,24 +318,11 @@ async fn the_page_asks_for_a_key_and_works_with_auth_on() {
         .await;
     let job_id = job_id.as_str().unwrap().to_owned();
     // Progress arrives over the event stream (the page does not poll while it runs).
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let v = browser
-            .exec(&format!("const c = document.querySelector('.job[data-job-id=\"{job_id}\"]'); return [c.dataset.status, c.querySelector('progress').value]"))
-            .await;
-        let status = v[0].as_str().unwrap().to_owned();
-        seen.push((status.clone(), v[1].as_f64().unwrap()));
-        if status == "finished" || status == "failed" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{seen:?}");
-        tokio::time::sleep(Duration::from_millis(40)).await;
-    }
+    let seen = watch_card(&browser, &job_id).await;
     assert_eq!(seen.last().unwrap().0, "finished", "{seen:?}");
     assert!(
         seen.iter()
-            .any(|(s, v)| s == "processing" && *v > 0.0 && *v < 100.0),
+            .any(|(s, v, _)| s == "processing" && *v > 0.0 && *v < 100.0),
         "live progress: {seen:?}"
     );
     // The picture loads through its signed URL.

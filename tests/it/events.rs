@@ -2,7 +2,6 @@
 //! the final state), reconnects, the all-jobs stream, and events crossing processes
 //! through Redis.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -160,22 +159,12 @@ async fn with_redis_a_job_run_by_one_process_streams_on_another() {
         ..Knobs::default()
     });
     let api = TestApp::spawn(Backing::Redis, Role::Api, |_| {}).await;
-    let prefix = api.redis.as_ref().unwrap();
-    let shared = crate::support::RedisPrefix {
-        url: prefix.url.clone(),
-        prefix: prefix.prefix.clone(),
-    };
     let url = standin.url();
-    let worker = TestApp::spawn_with(
-        Backing::Redis,
-        Role::Worker,
-        Some(shared),
-        Arc::new(crate::support::TempDir::new()),
-        move |a| {
+    let worker = api
+        .spawn_beside(Role::Worker, move |a| {
             a.comfyui = vec![url];
-        },
-    )
-    .await;
+        })
+        .await;
     let id = api
         .submit(json!({"prompt": "across processes", "workflow": "smoke"}))
         .await;

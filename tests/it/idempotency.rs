@@ -9,7 +9,7 @@ use studio_core::auth::keys::manage;
 use studio_core::auth::{AuthMode, KeyLimits, Role};
 use studio_core::config::Role as ServerRole;
 
-use crate::support::{Backing, RedisPrefix, TempDir, TestApp};
+use crate::support::{Backing, TestApp};
 
 /// POST /api/generate with an Idempotency-Key (and an API key, if given): status,
 /// whether it says it is a replay, body.
@@ -226,27 +226,8 @@ both_stores!(
 /// Two API processes on one Redis: a key taken through one is a replay through the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_api_processes_share_idempotency_keys() {
-    let redis = RedisPrefix::new();
-    let shared = RedisPrefix {
-        url: redis.url.clone(),
-        prefix: redis.prefix.clone(),
-    };
-    let one = TestApp::spawn_with(
-        Backing::Redis,
-        ServerRole::Api,
-        Some(redis),
-        Arc::new(TempDir::new()),
-        |_| {},
-    )
-    .await;
-    let two = TestApp::spawn_with(
-        Backing::Redis,
-        ServerRole::Api,
-        Some(shared),
-        Arc::new(TempDir::new()),
-        |_| {},
-    )
-    .await;
+    let one = TestApp::spawn(Backing::Redis, ServerRole::Api, |_| {}).await;
+    let two = one.spawn_beside(ServerRole::Api, |_| {}).await;
     let body = json!({"prompt": "twice", "workflow": "smoke"});
     let (_, _, a) = submit(&one, "cross", None, &body).await;
     let (s, replayed, b) = submit(&two, "cross", None, &body).await;

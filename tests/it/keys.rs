@@ -584,27 +584,10 @@ async fn health_shows_backends_in_detail_to_admins_only(kind: Backing) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_api_processes_share_keys_revocations_and_rate_limits() {
-    let redis = crate::support::RedisPrefix::new();
-    let shared = crate::support::RedisPrefix {
-        url: redis.url.clone(),
-        prefix: redis.prefix.clone(),
-    };
-    let one = TestApp::spawn_with(
-        Backing::Redis,
-        ServerRole::Api,
-        Some(redis),
-        Arc::new(TempDir::new()),
-        |a| a.auth = AuthMode::Keys,
-    )
-    .await;
-    let two = TestApp::spawn_with(
-        Backing::Redis,
-        ServerRole::Api,
-        Some(shared),
-        Arc::new(TempDir::new()),
-        |a| a.auth = AuthMode::Keys,
-    )
-    .await;
+    let one = TestApp::spawn(Backing::Redis, ServerRole::Api, |a| a.auth = AuthMode::Keys).await;
+    let two = one
+        .spawn_beside(ServerRole::Api, |a| a.auth = AuthMode::Keys)
+        .await;
     let admin = key(&one, "ops", Role::Admin, KeyLimits::default()).await;
     let (s, made) = post_as(
         &one,

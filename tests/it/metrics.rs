@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -14,7 +13,7 @@ use studio_core::auth::{AuthMode, KeyLimits, Role as KeyRole};
 use studio_core::config::Role;
 
 use crate::support::standin::StandIn;
-use crate::support::{Backing, RedisPrefix, TempDir, TestApp};
+use crate::support::{Backing, TestApp};
 
 /// The metrics as the Python client parsed them.
 struct Parsed {
@@ -247,31 +246,14 @@ async fn with_auth_on_metrics_need_an_admin_key() {
 /// queue depth comes from the store, so it agrees with the API process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_only_process_has_its_own_metrics_port() {
-    let redis = RedisPrefix::new();
-    let shared = RedisPrefix {
-        url: redis.url.clone(),
-        prefix: redis.prefix.clone(),
-    };
-    let api = TestApp::spawn_with(
-        Backing::Redis,
-        Role::Api,
-        Some(redis),
-        Arc::new(TempDir::new()),
-        |_| {},
-    )
-    .await;
+    let api = TestApp::spawn(Backing::Redis, Role::Api, |_| {}).await;
     // A backend that does not answer: the worker claims nothing.
-    let worker = TestApp::spawn_with(
-        Backing::Redis,
-        Role::Worker,
-        Some(shared),
-        Arc::new(TempDir::new()),
-        |a| {
+    let worker = api
+        .spawn_beside(Role::Worker, |a| {
             a.comfyui = vec!["http://127.0.0.1:9".into()];
             a.metrics_port = Some(0);
-        },
-    )
-    .await;
+        })
+        .await;
     assert!(worker.addr.is_some(), "the worker listens for metrics");
     for _ in 0..5 {
         api.submit(json!({"prompt": "waiting", "workflow": "smoke"}))

@@ -270,6 +270,28 @@ impl TestApp {
         }
     }
 
+    /// Another app ("process") on this one's Redis prefix, with a data directory
+    /// of its own: what two machines sharing only Redis look like.
+    pub async fn spawn_beside(
+        &self,
+        role: Role,
+        configure: impl FnOnce(&mut ServerArgs),
+    ) -> TestApp {
+        let r = self.redis.as_ref().expect("an app on Redis");
+        let shared = RedisPrefix {
+            url: r.url.clone(),
+            prefix: r.prefix.clone(),
+        };
+        Self::spawn_with(
+            Backing::Redis,
+            role,
+            Some(shared),
+            Arc::new(TempDir::new()),
+            configure,
+        )
+        .await
+    }
+
     /// Stops the app the way SIGTERM does, and waits for it.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
