@@ -6,7 +6,7 @@
 //! lives in its own slot and is touched by single-key scripts only.
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Map;
@@ -18,25 +18,12 @@ use studio_core::store::{
     CancelOutcome, Completion, IdempotencyClaim, JobStore, ListQuery, RedisStore, WorkerId,
 };
 
-use crate::support::{TempDir, fast_settings};
-
-struct Node(Child);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::support::{KillOnDrop, TempDir, fast_settings, free_port};
 
 fn port() -> u16 {
     // Cluster nodes also use port + 10000 for their bus.
     loop {
-        let p = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let p = free_port();
         if p < 55000 && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
             return p;
         }
@@ -60,11 +47,11 @@ fn cluster_ok(p: u16) -> bool {
 async fn the_store_works_on_a_three_master_cluster() {
     let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new()).collect();
     let ports: Vec<u16> = (0..3).map(|_| port()).collect();
-    let _nodes: Vec<Node> = ports
+    let _nodes: Vec<KillOnDrop> = ports
         .iter()
         .zip(&dirs)
         .map(|(p, d)| {
-            Node(
+            KillOnDrop(
                 Command::new("redis-server")
                     .args(["--port", &p.to_string(), "--bind", "127.0.0.1"])
                     .args([

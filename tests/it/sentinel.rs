@@ -4,8 +4,7 @@
 //! no acknowledged submission is lost and no job is handed out twice.
 
 use std::collections::HashSet;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,26 +12,9 @@ use serde_json::Map;
 use studio_core::job::NewJob;
 use studio_core::store::{Completion, JobStore, RedisStore, StoreSettings, WorkerId};
 
-use crate::support::{TempDir, fast_settings};
+use crate::support::{KillOnDrop, TempDir, fast_settings, free_port};
 
-fn port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis(dir: &TempDir, port: u16, replica_of: Option<u16>) -> Proc {
+fn redis(dir: &TempDir, port: u16, replica_of: Option<u16>) -> KillOnDrop {
     let mut cmd = Command::new("redis-server");
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args([
@@ -50,10 +32,10 @@ fn redis(dir: &TempDir, port: u16, replica_of: Option<u16>) -> Proc {
     if let Some(m) = replica_of {
         cmd.args(["--replicaof", "127.0.0.1", &m.to_string()]);
     }
-    Proc(cmd.spawn().expect("redis-server runs"))
+    KillOnDrop(cmd.spawn().expect("redis-server runs"))
 }
 
-fn sentinel(dir: &TempDir, port: u16, master: u16) -> Proc {
+fn sentinel(dir: &TempDir, port: u16, master: u16) -> KillOnDrop {
     let conf = dir.path().join("sentinel.conf");
     std::fs::write(
         &conf,
@@ -67,7 +49,7 @@ fn sentinel(dir: &TempDir, port: u16, master: u16) -> Proc {
         ),
     )
     .unwrap();
-    Proc(
+    KillOnDrop(
         Command::new("redis-server")
             .arg(&conf)
             .arg("--sentinel")
@@ -108,11 +90,11 @@ fn count(v: Option<redis::Value>) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_under_load_loses_no_acknowledged_job() {
     let dirs: Vec<TempDir> = (0..6).map(|_| TempDir::new()).collect();
-    let ports: Vec<u16> = (0..6).map(|_| port()).collect();
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
     let (m, r1, r2) = (ports[0], ports[1], ports[2]);
     let mut master = Some(redis(&dirs[0], m, None));
     let _replicas = [redis(&dirs[1], r1, Some(m)), redis(&dirs[2], r2, Some(m))];
-    let _sentinels: Vec<Proc> = (3..6).map(|i| sentinel(&dirs[i], ports[i], m)).collect();
+    let _sentinels: Vec<KillOnDrop> = (3..6).map(|i| sentinel(&dirs[i], ports[i], m)).collect();
     wait_until("two synced replicas", Duration::from_secs(15), || {
         matches!(ask(m, &["INFO", "replication"]), Some(redis::Value::BulkString(b))
             if String::from_utf8_lossy(&b).contains("connected_slaves:2"))

@@ -2,9 +2,8 @@
 //! `scripts/test` installs it (`cargo install s3s-fs --version 0.14.1 --features
 //! binary --locked`); `STUDIO_S3S_FS` may name another binary.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::TempDir;
@@ -34,7 +33,7 @@ pub struct S3Server {
     pub endpoint: String,
     pub bucket: String,
     pub root: TempDir,
-    child: Child,
+    _child: super::KillOnDrop,
 }
 
 impl S3Server {
@@ -42,19 +41,17 @@ impl S3Server {
         let root = TempDir::new();
         let bucket = "studio-test".to_owned();
         std::fs::create_dir_all(root.path().join(&bucket)).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(binary())
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(root.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("s3s-fs starts");
+        let port = super::free_port();
+        let child = super::KillOnDrop(
+            Command::new(binary())
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+                .arg(root.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("s3s-fs starts"),
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "s3s-fs did not start");
@@ -64,7 +61,7 @@ impl S3Server {
             endpoint: format!("http://127.0.0.1:{port}"),
             bucket,
             root,
-            child,
+            _child: child,
         }
     }
 
@@ -83,12 +80,5 @@ impl S3Server {
         a.s3_region = Some("us-east-1".into());
         a.s3_access_key_id = Some(ACCESS_KEY.into());
         a.s3_secret_access_key = Some(secret.into());
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

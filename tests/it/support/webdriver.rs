@@ -26,11 +26,7 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver on a free loopback port and a headless Chromium.
     pub async fn start(width: u32, height: u32) -> Browser {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::support::free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
