@@ -131,10 +131,8 @@ pub async fn image(
             )
                 .into_response());
         }
-        // A store that cannot presign (the local disk) serves the file itself.
-        if state.images.open(&id, &name).await.ok().flatten().is_none() {
-            return Err(missing());
-        }
+        // None: no such file, or a store that cannot presign (the local disk);
+        // serving it below answers either.
     }
     // One range, as browsers ask for videos; anything else serves the whole file
     // (as RFC 9110 allows). If-Range with another validator also means the whole.

@@ -333,24 +333,27 @@ async fn log_request(
     let ms = elapsed.as_secs_f64() * 1000.0;
     tracing::info!(target: "studio::http", %method, %route, status, ms = format_args!("{ms:.2}"), "request");
     // Only known methods: anything else would be a label a client chooses.
-    let method = match method.as_str() {
-        m @ ("GET" | "POST" | "PATCH" | "DELETE" | "PUT" | "HEAD" | "OPTIONS") => m,
+    let method: &'static str = match method {
+        axum::http::Method::GET => "GET",
+        axum::http::Method::POST => "POST",
+        axum::http::Method::PATCH => "PATCH",
+        axum::http::Method::DELETE => "DELETE",
+        axum::http::Method::PUT => "PUT",
+        axum::http::Method::HEAD => "HEAD",
+        axum::http::Method::OPTIONS => "OPTIONS",
         _ => "other",
     };
     metrics
         .http_requests
         .get_or_create(&crate::metrics::HttpLabels {
-            method: method.to_owned(),
+            method,
             route: route.clone(),
             status,
         })
         .inc();
     metrics
         .http_duration
-        .get_or_create(&crate::metrics::RouteLabels {
-            method: method.to_owned(),
-            route,
-        })
+        .get_or_create(&crate::metrics::RouteLabels { method, route })
         .observe(elapsed.as_secs_f64());
     res
 }
