@@ -52,15 +52,10 @@ async fn schemathesis_finds_nothing_wrong(kind: Backing) {
     .await;
     let mut auth_header = Vec::new();
     if auth {
-        let (_, made) = studio_core::auth::keys::manage::create(
-            app.store.as_ref(),
-            "fuzzer",
-            studio_core::auth::Role::Admin,
-            Default::default(),
-        )
-        .await
-        .unwrap();
-        let value = format!("Bearer {}", made.secret);
+        let secret = app
+            .new_key("fuzzer", studio_core::auth::Role::Admin, Default::default())
+            .await;
+        let value = format!("Bearer {}", secret);
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert(reqwest::header::AUTHORIZATION, value.parse().unwrap());
         app.http = reqwest::Client::builder()

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use studio_core::auth::keys::manage;
 use studio_core::auth::{AuthMode, KeyLimits, Role};
 use studio_core::config::Role as ServerRole;
 
@@ -46,11 +45,7 @@ async fn user(app: &TestApp, name: &str, weight: u32) -> String {
         weight,
         ..KeyLimits::default()
     };
-    manage::create(app.store.as_ref(), name, Role::User, limits)
-        .await
-        .unwrap()
-        .1
-        .secret
+    app.new_key(name, Role::User, limits).await
 }
 
 /// Who a run is for: the smoke workflow's graph carries only the seed (as node 1's

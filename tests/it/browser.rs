@@ -223,7 +223,6 @@ async fn the_page_generates_shows_progress_fills_the_gallery_and_cancels() {
 /// own jobs. Forgetting the key brings the question back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_asks_for_a_key_and_works_with_auth_on() {
-    use studio_core::auth::keys::manage;
     use studio_core::auth::{AuthMode, KeyLimits, Role as KeyRole};
 
     let standin = StandIn::start_with(Knobs {
@@ -237,26 +236,12 @@ async fn the_page_asks_for_a_key_and_works_with_auth_on() {
         a.auth = AuthMode::Keys;
     })
     .await;
-    let mine = manage::create(
-        app.store.as_ref(),
-        "page",
-        KeyRole::User,
-        KeyLimits::default(),
-    )
-    .await
-    .unwrap()
-    .1
-    .secret;
-    let other = manage::create(
-        app.store.as_ref(),
-        "else",
-        KeyRole::User,
-        KeyLimits::default(),
-    )
-    .await
-    .unwrap()
-    .1
-    .secret;
+    let mine = app
+        .new_key("page", KeyRole::User, KeyLimits::default())
+        .await;
+    let other = app
+        .new_key("else", KeyRole::User, KeyLimits::default())
+        .await;
     // Someone else's job, which the page must never show.
     let res = app
         .http

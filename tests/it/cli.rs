@@ -263,7 +263,6 @@ async fn no_wait_status_cancel_and_jobs() {
 /// the signed URLs), and `jobs` lists only the key's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_sends_studio_api_key() {
-    use studio_core::auth::keys::manage;
     use studio_core::auth::{AuthMode, KeyLimits, Role as KeyRole};
 
     let standin = StandIn::start();
@@ -275,15 +274,7 @@ async fn the_cli_sends_studio_api_key() {
     .await;
     let mut secrets = Vec::new();
     for name in ["cli", "other"] {
-        let (_, made) = manage::create(
-            app.store.as_ref(),
-            name,
-            KeyRole::User,
-            KeyLimits::default(),
-        )
-        .await
-        .unwrap();
-        secrets.push(made.secret);
+        secrets.push(app.new_key(name, KeyRole::User, KeyLimits::default()).await);
     }
     let out = TempDir::new();
     let args = [

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use studio_core::auth::keys::manage;
 use studio_core::auth::{AuthMode, KeyLimits, Role};
 use studio_core::config::Role as ServerRole;
 
@@ -146,10 +145,7 @@ async fn keys_are_scoped_to_the_api_key(kind: Backing) {
     let app = TestApp::spawn(kind, ServerRole::Api, |a| a.auth = AuthMode::Keys).await;
     let mut secrets = Vec::new();
     for name in ["ann", "bob"] {
-        let (_, made) = manage::create(app.store.as_ref(), name, Role::User, KeyLimits::default())
-            .await
-            .unwrap();
-        secrets.push(made.secret);
+        secrets.push(app.new_key(name, Role::User, KeyLimits::default()).await);
     }
     let body = json!({"prompt": "mine", "workflow": "smoke"});
     let (_, _, a) = submit(&app, "same", Some(&secrets[0]), &body).await;

@@ -7,21 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use studio_core::auth::keys::manage;
 use studio_core::auth::{AuthMode, KeyLimits, Priority, Role};
 use studio_core::config::Role as ServerRole;
 
 use crate::support::standin::StandIn;
 use crate::support::{Backing, TempDir, TestApp, studio_bin};
-
-/// A key made straight in the app's store; its secret.
-async fn key(app: &TestApp, name: &str, role: Role, limits: KeyLimits) -> String {
-    manage::create(app.store.as_ref(), name, role, limits)
-        .await
-        .unwrap()
-        .1
-        .secret
-}
 
 async fn keyed(kind: Backing, role: ServerRole, standin: Option<&StandIn>) -> TestApp {
     let urls: Vec<String> = standin.iter().map(|s| s.url()).collect();
@@ -164,9 +154,9 @@ async fn without_a_key_the_api_is_401_and_the_pages_and_health_are_open(kind: Ba
 
 async fn a_user_sees_only_its_own_jobs_and_an_admin_sees_all(kind: Backing) {
     let app = keyed(kind, ServerRole::Api, None).await;
-    let alice = key(&app, "alice", Role::User, KeyLimits::default()).await;
-    let bob = key(&app, "bob", Role::User, KeyLimits::default()).await;
-    let admin = key(&app, "ops", Role::Admin, KeyLimits::default()).await;
+    let alice = app.new_key("alice", Role::User, KeyLimits::default()).await;
+    let bob = app.new_key("bob", Role::User, KeyLimits::default()).await;
+    let admin = app.new_key("ops", Role::Admin, KeyLimits::default()).await;
     let (s, a) = post_as(
         &app,
         Some(&alice),
@@ -245,7 +235,7 @@ async fn a_user_sees_only_its_own_jobs_and_an_admin_sees_all(kind: Backing) {
 
 async fn keys_are_managed_over_http_by_admins(kind: Backing) {
     let app = keyed(kind, ServerRole::Api, None).await;
-    let admin = key(&app, "ops", Role::Admin, KeyLimits::default()).await;
+    let admin = app.new_key("ops", Role::Admin, KeyLimits::default()).await;
     let (s, made) = post_as(
         &app,
         Some(&admin),
@@ -335,7 +325,7 @@ async fn keys_are_managed_over_http_by_admins(kind: Backing) {
 
 async fn a_priority_above_the_keys_maximum_is_refused(kind: Backing) {
     let app = keyed(kind, ServerRole::Api, None).await;
-    let alice = key(&app, "alice", Role::User, KeyLimits::default()).await;
+    let alice = app.new_key("alice", Role::User, KeyLimits::default()).await;
     let (s, v) = post_as(
         &app,
         Some(&alice),
@@ -363,16 +353,16 @@ async fn a_priority_above_the_keys_maximum_is_refused(kind: Backing) {
     )
     .await;
     assert_eq!(st["priority"], "low");
-    let vip = key(
-        &app,
-        "vip",
-        Role::User,
-        KeyLimits {
-            max_priority: Priority::High,
-            ..KeyLimits::default()
-        },
-    )
-    .await;
+    let vip = app
+        .new_key(
+            "vip",
+            Role::User,
+            KeyLimits {
+                max_priority: Priority::High,
+                ..KeyLimits::default()
+            },
+        )
+        .await;
     let (s, _) = post_as(
         &app,
         Some(&vip),
@@ -385,17 +375,17 @@ async fn a_priority_above_the_keys_maximum_is_refused(kind: Backing) {
 
 async fn rate_limits_answer_429_with_their_headers(kind: Backing) {
     let app = keyed(kind, ServerRole::Api, None).await;
-    let slow = key(
-        &app,
-        "slow",
-        Role::User,
-        KeyLimits {
-            rate: Some(1.0),
-            burst: Some(3),
-            ..KeyLimits::default()
-        },
-    )
-    .await;
+    let slow = app
+        .new_key(
+            "slow",
+            Role::User,
+            KeyLimits {
+                rate: Some(1.0),
+                burst: Some(3),
+                ..KeyLimits::default()
+            },
+        )
+        .await;
     let mut codes = Vec::new();
     let mut last = None;
     for _ in 0..5 {
@@ -433,17 +423,17 @@ async fn rate_limits_answer_429_with_their_headers(kind: Backing) {
         .unwrap();
     assert_eq!(health.status(), 200);
     // Another key has its own bucket.
-    let other = key(
-        &app,
-        "other",
-        Role::User,
-        KeyLimits {
-            rate: Some(1.0),
-            burst: Some(3),
-            ..KeyLimits::default()
-        },
-    )
-    .await;
+    let other = app
+        .new_key(
+            "other",
+            Role::User,
+            KeyLimits {
+                rate: Some(1.0),
+                burst: Some(3),
+                ..KeyLimits::default()
+            },
+        )
+        .await;
     let res = app
         .http
         .get(app.url("/api/jobs"))
@@ -507,7 +497,7 @@ both_stores!(
 async fn pictures_need_a_valid_signature_with_auth_on(kind: Backing) {
     let standin = StandIn::start();
     let app = keyed(kind, ServerRole::Serve, Some(&standin)).await;
-    let alice = key(&app, "alice", Role::User, KeyLimits::default()).await;
+    let alice = app.new_key("alice", Role::User, KeyLimits::default()).await;
     let (_, a) = post_as(
         &app,
         Some(&alice),
@@ -551,7 +541,7 @@ async fn pictures_need_a_valid_signature_with_auth_on(kind: Backing) {
     let fresh = format!("{plain}?{}", signer.query(&id, file, 4_000_000_000));
     assert_eq!(reqwest::get(app.url(&fresh)).await.unwrap().status(), 200);
     // The owner's key also opens it; another user's does not.
-    let bob = key(&app, "bob", Role::User, KeyLimits::default()).await;
+    let bob = app.new_key("bob", Role::User, KeyLimits::default()).await;
     let res = app
         .http
         .get(app.url(&plain))
@@ -573,7 +563,7 @@ async fn pictures_need_a_valid_signature_with_auth_on(kind: Backing) {
 async fn health_shows_backends_in_detail_to_admins_only(kind: Backing) {
     let standin = StandIn::start();
     let app = keyed(kind, ServerRole::Serve, Some(&standin)).await;
-    let admin = key(&app, "ops", Role::Admin, KeyLimits::default()).await;
+    let admin = app.new_key("ops", Role::Admin, KeyLimits::default()).await;
     let (_, anon) = get_as(&app, None, "/health").await;
     assert_eq!(anon["status"], "ok");
     assert_eq!(anon["backends"][0]["url"], "backend 1");
@@ -588,7 +578,7 @@ async fn two_api_processes_share_keys_revocations_and_rate_limits() {
     let two = one
         .spawn_beside(ServerRole::Api, |a| a.auth = AuthMode::Keys)
         .await;
-    let admin = key(&one, "ops", Role::Admin, KeyLimits::default()).await;
+    let admin = one.new_key("ops", Role::Admin, KeyLimits::default()).await;
     let (s, made) = post_as(
         &one,
         Some(&admin),

@@ -8,7 +8,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use studio_core::auth::keys::manage;
 use studio_core::auth::{AuthMode, KeyLimits, Role as KeyRole};
 use studio_core::config::Role;
 
@@ -213,21 +212,8 @@ both_stores!(jobs_requests_and_backends_are_counted);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_auth_on_metrics_need_an_admin_key() {
     let app = TestApp::spawn(Backing::Redis, Role::Api, |a| a.auth = AuthMode::Keys).await;
-    let user = manage::create(app.store.as_ref(), "u", KeyRole::User, KeyLimits::default())
-        .await
-        .unwrap()
-        .1
-        .secret;
-    let admin = manage::create(
-        app.store.as_ref(),
-        "a",
-        KeyRole::Admin,
-        KeyLimits::default(),
-    )
-    .await
-    .unwrap()
-    .1
-    .secret;
+    let user = app.new_key("u", KeyRole::User, KeyLimits::default()).await;
+    let admin = app.new_key("a", KeyRole::Admin, KeyLimits::default()).await;
     assert_eq!(scrape(&app, None).await.0, 401);
     assert_eq!(scrape(&app, Some(&user)).await.0, 403);
     let (s, _) = app.get("/api/jobs").await;

@@ -311,6 +311,20 @@ impl TestApp {
         .await
     }
 
+    /// An API key made straight in the app's store; its secret.
+    pub async fn new_key(
+        &self,
+        name: &str,
+        role: studio_core::auth::Role,
+        limits: studio_core::auth::KeyLimits,
+    ) -> String {
+        studio_core::auth::keys::manage::create(self.store.as_ref(), name, role, limits)
+            .await
+            .unwrap()
+            .1
+            .secret
+    }
+
     /// Stops the app the way SIGTERM does, and waits for it.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
