@@ -67,12 +67,67 @@ pub struct RedisStore {
     subscriber: Mutex<Option<watch::Sender<bool>>>,
     op_timeout: Duration,
     url_for_logs: String,
+    /// Queue entries moved into a worker's processing list whose lease could not
+    /// be written (the store went away between the two steps): leased first by
+    /// the next claim, so none is left behind in a live worker's list.
+    stranded: Mutex<Vec<(WorkerId, String)>>,
+    /// Ids of claims that got no answer: the next claim of that worker asks again
+    /// under the same id (see claim.lua).
+    unanswered: Mutex<Vec<(WorkerId, String)>>,
 }
+
+/// How long claim.lua keeps a claim's answer for a retry under the same id.
+const CLAIM_ANSWER_MS: u64 = 3_600_000;
 
 /// Longest a write waits for `--redis-wait-replicas` replicas.
 const WAIT_MS: u64 = 1000;
 
 impl RedisStore {
+    /// Leases an entry claim.lua just moved into the worker's processing list.
+    /// The store may go away between the two steps: keep trying for a worker TTL
+    /// (the worker's heartbeat keeps its list from being reaped meanwhile), then
+    /// keep the entry for the next claim, so it never sits unowned in the list of
+    /// a live worker.
+    async fn lease_moved(
+        &self,
+        worker: &WorkerId,
+        raw: String,
+    ) -> Result<Option<Claim>, StoreError> {
+        let until = tokio::time::Instant::now() + self.settings.worker_ttl;
+        loop {
+            match self.lease_payload(worker, raw.clone()).await {
+                Err(StoreError::Unavailable(_)) if tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a claimed job's lease is not written yet; the next claim takes it first");
+                    self.stranded
+                        .lock()
+                        .expect("stranded entries")
+                        .push((worker.clone(), raw));
+                    return Err(e);
+                }
+                Ok(claim) => return Ok(claim),
+            }
+        }
+    }
+
+    /// Whether Redis started less than a worker TTL (plus a second) ago. Workers
+    /// cannot heartbeat while Redis is down, so right after a restart every
+    /// heartbeat may have run out: the reaper waits one TTL for them to come back
+    /// instead of requeueing every running job (and running it twice).
+    async fn restarted_recently(&self, conn: &mut Conn) -> Result<bool, StoreError> {
+        let info: String = self
+            .run(::redis::cmd("INFO").arg("server").query_async(conn))
+            .await?;
+        let uptime_s = info
+            .lines()
+            .find_map(|l| l.strip_prefix("uptime_in_seconds:"))
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        Ok(uptime_s.is_some_and(|s| {
+            Duration::from_secs(s) < self.settings.worker_ttl + Duration::from_secs(1)
+        }))
+    }
     /// A store on the Redis at `url` (`redis://[user:pass@]host:port[/db]`, or
     /// `redis+sentinel://host:26379[,…]/<master>[/db]`). Connects
     /// lazily: the service starts, and reports 503, while Redis is down.
@@ -86,6 +141,8 @@ impl RedisStore {
         let conn = Conn::open(url, config)?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Ok(RedisStore {
+            stranded: Mutex::new(Vec::new()),
+            unanswered: Mutex::new(Vec::new()),
             conn,
             wake: Arc::new(Notify::new()),
             keys: Keys::new(prefix),
@@ -634,11 +691,43 @@ impl JobStore for RedisStore {
             for key in k.lane_keys() {
                 inv.key(key);
             }
-            inv.arg(k.tag());
             let mut conn = self.conn.clone();
-            let moved: Option<String> = self.run(inv.invoke_async(&mut conn)).await?;
+            let stranded = {
+                let mut s = self.stranded.lock().expect("stranded entries");
+                s.iter()
+                    .position(|(w, _)| w == worker)
+                    .map(|i| s.swap_remove(i).1)
+            };
+            let claim_id = {
+                let mut u = self.unanswered.lock().expect("unanswered claims");
+                u.iter()
+                    .position(|(w, _)| w == worker)
+                    .map(|i| u.swap_remove(i).1)
+            };
+            if let (Some(_), Some(id)) = (&stranded, &claim_id) {
+                // Not asked this time: keep it for the next claim.
+                self.unanswered
+                    .lock()
+                    .expect("unanswered claims")
+                    .push((worker.clone(), id.clone()));
+            }
+            let claim_id = claim_id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+            inv.arg(k.tag()).arg(&claim_id).arg(CLAIM_ANSWER_MS);
+            let moved: Option<String> = match stranded {
+                Some(raw) => Some(raw),
+                None => match self.run(inv.invoke_async(&mut conn)).await {
+                    Err(e @ StoreError::Unavailable(_)) => {
+                        self.unanswered
+                            .lock()
+                            .expect("unanswered claims")
+                            .push((worker.clone(), claim_id));
+                        return Err(e);
+                    }
+                    r => r?,
+                },
+            };
             if let Some(raw) = moved {
-                if let Some(claim) = self.lease_payload(worker, raw).await? {
+                if let Some(claim) = self.lease_moved(worker, raw).await? {
                     // Not run before its lease is on a replica: else a failover
                     // could hand the same job to another worker.
                     self.replicated().await?;
@@ -816,6 +905,9 @@ impl JobStore for RedisStore {
     async fn reap(&self) -> Result<Vec<JobId>, StoreError> {
         let k = &self.keys;
         let mut conn = self.conn.clone();
+        if !self.conn.is_cluster() && self.restarted_recently(&mut conn).await? {
+            return Ok(Vec::new());
+        }
         let lock_token = uuid::Uuid::new_v4().simple().to_string();
         let locked: Option<String> = self
             .run(

@@ -358,8 +358,15 @@ async fn heartbeat_loop(
             }
             Err(_) => {}
         }
+        // While failing, beat again soon: the moment the store is back, this
+        // worker's lease must be renewed before a reaper decides it died.
+        let next = if failing {
+            every.min(Duration::from_millis(100))
+        } else {
+            every
+        };
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(next) => {}
             _ = stop.changed() => return,
         }
     }

@@ -12,6 +12,7 @@
 #[macro_use]
 mod support;
 
+mod chaos;
 mod fairness;
 mod floods;
 mod listing;

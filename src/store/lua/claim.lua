@@ -2,10 +2,19 @@
 -- more) and job_queue, the one with the lowest virtual time; within a lane, the
 -- first by priority and arrival. The entry moves to the worker's processing list.
 -- KEYS[1] job_queue, KEYS[2] {job_queue}:processing:<worker>, KEYS[3..10] lane keys
--- ARGV[1] the queue's hash tag
+-- ARGV[1] the queue's hash tag, ARGV[2] this claim's id, ARGV[3] how long its
+-- answer is kept (ms)
 -- Returns the queue entry, or false when nothing waits
+--
+-- A claim whose answer was lost (a timeout, a cut link: the request may still
+-- arrive and run later) is asked again with the same id, and answered with the
+-- entry it moved then, instead of moving another one into the list of a worker
+-- that does not know it holds it.
 local L = lane_keys(3)
 local tag = ARGV[1]
+local claim_key = tag .. ':claim:' .. ARGV[2]
+local before = redis.call('GET', claim_key)
+if before and redis.call('LPOS', KEYS[2], before) then return before end
 for _ = 1, 10 do
   local V = num(redis.call('GET', L.vtime))
   local owner, start = nil, nil
@@ -31,6 +40,7 @@ for _ = 1, 10 do
   end
   if payload then
     redis.call('LPUSH', KEYS[2], payload)
+    redis.call('SET', claim_key, payload, 'PX', ARGV[3])
     redis.call('SET', L.vtime, start)
     local next_vt = start + 1 / math.max(1, num(redis.call('HGET', L.weight, owner)))
     redis.call('HSET', L.vt, owner, next_vt)

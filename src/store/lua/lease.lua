@@ -9,7 +9,11 @@
 local st = redis.call('HGET', KEYS[1], 'status')
 if st == 'finished' or st == 'failed' then return {'drop', st} end
 if st == 'processing' and redis.call('HEXISTS', KEYS[1], 'lease_token') == 1 then
-  return {'drop', 'running'}
+  if redis.call('HGET', KEYS[1], 'worker_id') ~= ARGV[2] then return {'drop', 'running'} end
+  -- Leased to this very worker by a call whose answer was lost (the store went
+  -- away before replying): the same claim, asked again; a new token, the same
+  -- attempt.
+  redis.call('HINCRBY', KEYS[1], 'attempt', -1)
 end
 local had_record = redis.call('EXISTS', KEYS[1]) == 1
 for i = 10, #ARGV, 2 do redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
 pub mod proc;
 pub mod s3;
 pub mod standin;
@@ -40,8 +41,6 @@ use studio_core::config::{Role, ServerArgs};
 use studio_core::store::{JobStore, RedisStore, SqliteStore, StoreSettings};
 use tokio::sync::oneshot;
 
-/// The Redis the tests use: `TEST_REDIS_URL`, or the one every developer and CI
-/// machine runs on 127.0.0.1:6379. Tests fail (never skip) when it is not there.
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -61,6 +60,8 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The Redis the tests use: `TEST_REDIS_URL`, or the one every developer and CI
+/// machine runs on 127.0.0.1:6379. Tests fail (never skip) when it is not there.
 pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
 }

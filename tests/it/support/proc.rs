@@ -16,7 +16,17 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str], envs: &[(&str, String)], log: PathBuf) -> Proc {
-        let mut cmd = Command::new(studio_bin());
+        Self::spawn_cmd(Command::new(studio_bin()), args, envs, log)
+    }
+
+    /// `studio` with `args`, run through `cmd` (e.g. `ip netns exec <host> studio`,
+    /// which becomes the studio process itself).
+    pub fn spawn_cmd(
+        mut cmd: Command,
+        args: &[&str],
+        envs: &[(&str, String)],
+        log: PathBuf,
+    ) -> Proc {
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())

@@ -11,7 +11,7 @@ use super::TempDir;
 pub const ACCESS_KEY: &str = "studio-test-access";
 pub const SECRET_KEY: &str = "studio-test-secret-0123456789";
 
-fn binary() -> PathBuf {
+pub fn binary() -> PathBuf {
     if let Ok(p) = std::env::var("STUDIO_S3S_FS") {
         return PathBuf::from(p);
     }

@@ -119,6 +119,8 @@ struct Inner {
     counters: HashMap<String, u32>,
     last_graph: Option<(Value, Value)>,
     submitted: HashMap<String, u32>,
+    /// When each prompt id was accepted, in order.
+    submissions: Vec<(String, Instant)>,
     graphs: HashMap<String, Value>,
     runs: Vec<RunRecord>,
     sockets: HashMap<String, (u64, mpsc::UnboundedSender<Message>)>,
@@ -143,6 +145,7 @@ pub struct StandIn {
     shared: St,
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    netns: Option<String>,
 }
 
 impl StandIn {
@@ -155,7 +158,24 @@ impl StandIn {
         Self::start_on("127.0.0.1:0".parse().unwrap(), knobs)
     }
 
+    /// Starts on a free port of the loopback of a network namespace (`ip netns`):
+    /// only processes in that namespace reach it, as a ComfyUI beside a worker on
+    /// another host. The test process still reads its records.
+    pub fn start_in_netns(netns: &str, knobs: Knobs) -> StandIn {
+        let mut s = Self::start_at(
+            "127.0.0.1:0".parse().unwrap(),
+            Some(netns.to_owned()),
+            knobs,
+        );
+        s.netns = Some(netns.to_owned());
+        s
+    }
+
     fn start_on(addr: SocketAddr, knobs: Knobs) -> StandIn {
+        Self::start_at(addr, None, knobs)
+    }
+
+    fn start_at(addr: SocketAddr, netns: Option<String>, knobs: Knobs) -> StandIn {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 knobs,
@@ -170,6 +190,16 @@ impl StandIn {
         let st = shared.clone();
         // Its own runtime, so a crash can drop every task and connection at once.
         let thread = std::thread::spawn(move || {
+            // A thread may enter another network namespace; the sockets it makes
+            // (and the threads it starts) stay in it.
+            if let Some(ns) = netns {
+                let f = std::fs::File::open(format!("/var/run/netns/{ns}"))
+                    .unwrap_or_else(|e| panic!("network namespace {ns}: {e}"));
+                use std::os::fd::AsRawFd;
+                // SAFETY: a valid namespace descriptor; affects this thread only.
+                let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
@@ -205,6 +235,7 @@ impl StandIn {
             shared,
             stop: Some(stop_tx),
             thread: Some(thread),
+            netns: None,
         }
     }
 
@@ -232,6 +263,11 @@ impl StandIn {
             .get(prompt_id)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Every accepted prompt id with the time it was accepted, in order.
+    pub fn submissions(&self) -> Vec<(String, Instant)> {
+        self.shared.inner.lock().unwrap().submissions.clone()
     }
 
     /// How many prompts were accepted in all.
@@ -327,7 +363,7 @@ impl StandIn {
     pub fn restart(&mut self) {
         self.crash();
         let knobs = self.shared.inner.lock().unwrap().knobs.clone();
-        let fresh = StandIn::start_on(self.addr, knobs);
+        let fresh = StandIn::start_at(self.addr, self.netns.clone(), knobs);
         let mut fresh = std::mem::ManuallyDrop::new(fresh);
         self.shared = fresh.shared.clone();
         self.stop = fresh.stop.take();
@@ -522,6 +558,7 @@ async fn submit(State(st): State<St>, body: Bytes) -> Response {
         extra["client_id"] = c.clone().into();
     }
     *g.submitted.entry(id.clone()).or_default() += 1;
+    g.submissions.push((id.clone(), Instant::now()));
     g.graphs.insert(id.clone(), prompt.clone());
     g.pending.push_back(Item {
         number,
