@@ -83,15 +83,17 @@ impl App {
             }
         };
         let metrics = Metrics::new(&workflows);
-        let workers = role.runs_workers().then(|| {
-            Workers::start(
+        let workers = if role.runs_workers() {
+            Some(Workers::start(
                 args.worker_config(),
                 store.clone(),
                 workflows.clone(),
                 images.clone(),
                 metrics.clone(),
-            )
-        });
+            )?)
+        } else {
+            None
+        };
         let (stop, stop_rx) = shutdown::flag();
         let auth = args.auth.resolve(&args.host);
         let ops = api::ops::OpsHistory::new(args.ops_interval);

@@ -149,14 +149,49 @@ pub struct ServerArgs {
     #[arg(long, env = "STUDIO_WORKFLOWS")]
     pub workflows: Option<PathBuf>,
     /// ComfyUI server URL; repeat the flag (or comma-separate COMFYUI_URL) for
-    /// several backends.
-    #[arg(
-        long = "comfyui",
-        env = "COMFYUI_URL",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:8188"
-    )]
+    /// several backends. Default: http://127.0.0.1:8188, unless
+    /// `--comfyui-launch` starts them.
+    #[arg(long = "comfyui", env = "COMFYUI_URL", value_delimiter = ',')]
     pub comfyui: Vec<String>,
+    /// A ComfyUI checkout (the directory of its `main.py`) to start and supervise:
+    /// one process per GPU, each on a free loopback port, restarted when it dies.
+    #[arg(long, env = "STUDIO_COMFYUI_LAUNCH")]
+    pub comfyui_launch: Option<PathBuf>,
+    /// The Python that runs the launched ComfyUI (default: its `venv/` or
+    /// `.venv/`, else `python3`).
+    #[arg(long, env = "STUDIO_COMFYUI_PYTHON")]
+    pub comfyui_python: Option<PathBuf>,
+    /// Extra flags for every launched ComfyUI (split like a shell would, without
+    /// expansions), e.g. "--lowvram --disable-auto-launch".
+    #[arg(
+        long,
+        env = "STUDIO_COMFYUI_ARGS",
+        default_value = "",
+        allow_hyphen_values = true
+    )]
+    pub comfyui_args: String,
+    /// GPUs to launch ComfyUI on, one process each (`0,1`), or `cpu` for one CPU
+    /// process. Default: every GPU `nvidia-smi -L` lists; one CPU process if none.
+    #[arg(long, env = "STUDIO_GPUS")]
+    pub gpus: Option<String>,
+    /// A launched ComfyUI that stops answering `/system_stats` for this long is
+    /// killed and restarted.
+    #[arg(long, env = "STUDIO_COMFYUI_HANG_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub comfyui_hang_timeout: Duration,
+    /// How long a launched ComfyUI may take to start answering.
+    #[arg(long, env = "STUDIO_COMFYUI_START_TIMEOUT", default_value = "10m", value_parser = parse_duration)]
+    pub comfyui_start_timeout: Duration,
+    /// Exits in a row, each within a minute of starting, before a launched ComfyUI
+    /// is marked failed and no longer restarted.
+    #[arg(long, env = "STUDIO_COMFYUI_MAX_RESTARTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub comfyui_max_restarts: u32,
+    /// After SIGTERM, how long a launched ComfyUI has to exit before SIGKILL.
+    #[arg(long, env = "STUDIO_COMFYUI_STOP_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub comfyui_stop_grace: Duration,
+    /// A workflow run once (with its defaults) on each launched ComfyUI whenever it
+    /// starts, before it takes real work, so no user pays for the model load.
+    #[arg(long, env = "STUDIO_COMFYUI_WARMUP")]
+    pub comfyui_warmup: Option<String>,
     /// Prompts submitted ahead of the running one on each backend.
     #[arg(long, env = "STUDIO_PREFETCH", default_value_t = 1)]
     pub prefetch: usize,
@@ -337,14 +372,61 @@ impl ServerArgs {
         }
     }
 
-    pub fn worker_config(&self) -> WorkerConfig {
-        WorkerConfig {
-            backends: self
-                .comfyui
-                .iter()
-                .map(|u| u.trim().to_owned())
-                .filter(|u| !u.is_empty())
+    /// The ComfyUI processes to launch, if any.
+    pub fn launch_config(&self) -> Option<crate::worker::launch::LaunchConfig> {
+        use crate::worker::launch::LaunchConfig;
+        let dir = self.comfyui_launch.clone()?;
+        let devices = match self.gpus.as_deref().map(str::trim) {
+            Some("cpu") => vec![None],
+            Some(list) if !list.is_empty() => list
+                .split(',')
+                .map(|g| g.trim())
+                .filter(|g| !g.is_empty())
+                .map(|g| Some(g.to_owned()))
                 .collect(),
+            _ => {
+                let found = LaunchConfig::detect_gpus();
+                if found.is_empty() {
+                    vec![None]
+                } else {
+                    found.into_iter().map(Some).collect()
+                }
+            }
+        };
+        Some(LaunchConfig {
+            python: self
+                .comfyui_python
+                .clone()
+                .unwrap_or_else(|| LaunchConfig::default_python(&dir)),
+            dir,
+            extra_args: split_args(&self.comfyui_args),
+            devices,
+            data_dir: self.store.data_dir.clone(),
+            hang_timeout: self.comfyui_hang_timeout,
+            start_timeout: self.comfyui_start_timeout,
+            max_fast_exits: self.comfyui_max_restarts,
+            stop_grace: self.comfyui_stop_grace,
+            log_max_bytes: self.log_max_size,
+            log_files: self.log_files,
+            warmup: self.comfyui_warmup.clone(),
+            warmup_timeout: self.job_timeout,
+        })
+    }
+
+    pub fn worker_config(&self) -> WorkerConfig {
+        let launch = self.launch_config();
+        let mut backends: Vec<String> = self
+            .comfyui
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if backends.is_empty() && launch.is_none() {
+            backends.push("http://127.0.0.1:8188".into());
+        }
+        WorkerConfig {
+            launch,
+            backends,
             prefetch: self.prefetch,
             job_timeout: self.job_timeout,
             retry_base: self.retry_base,
@@ -366,6 +448,45 @@ impl ServerArgs {
             .clone()
             .unwrap_or_else(|| self.store.data_dir.join("backend.log"))
     }
+}
+
+/// Splits flags as a shell would (quotes and backslashes), without expansions.
+pub fn split_args(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut any = false;
+    let mut quote: Option<char> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, c) if c.is_whitespace() => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                any = true;
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some('\''), c) => cur.push(c),
+            (_, '\\') => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+                any = true;
+            }
+            (_, c) => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
 }
 
 /// Parses `500ms`, `30s`, `5m`, `2h`, `1d`, or a bare number of seconds (`1.5`).
@@ -549,6 +670,40 @@ mod tests {
                 dir: "/tmp/x".into()
             }
         );
+    }
+
+    #[test]
+    fn launch_flags_are_split_like_a_shell() {
+        assert_eq!(
+            split_args(
+                r#"--lowvram  --extra-model-paths-config "/models/my paths.yaml" 'a b' c\ d"#
+            ),
+            [
+                "--lowvram",
+                "--extra-model-paths-config",
+                "/models/my paths.yaml",
+                "a b",
+                "c d"
+            ]
+        );
+        assert!(split_args("   ").is_empty());
+        assert_eq!(split_args("''"), [""]);
+    }
+
+    #[test]
+    fn launching_comfyui_replaces_the_default_url() {
+        assert_eq!(
+            args(&[]).worker_config().backends,
+            ["http://127.0.0.1:8188"]
+        );
+        let a = args(&["--comfyui-launch", "/opt/ComfyUI", "--gpus", "0,1"]);
+        let w = a.worker_config();
+        assert!(w.backends.is_empty());
+        let l = w.launch.unwrap();
+        assert_eq!(l.devices, [Some("0".to_owned()), Some("1".to_owned())]);
+        assert_eq!(l.python, std::path::PathBuf::from("python3"));
+        let cpu = args(&["--comfyui-launch", "/opt/ComfyUI", "--gpus", "cpu"]);
+        assert_eq!(cpu.worker_config().launch.unwrap().devices, [None]);
     }
 
     #[test]

@@ -100,6 +100,7 @@ pub struct Metrics {
     backend_in_flight: Family<BackendLabel, Gauge>,
     backend_busy: Family<BackendLabel, Counter<f64, AtomicU64>>,
     backend_jobs: Family<BackendLabel, Counter>,
+    backend_restarts: Family<BackendLabel, Counter>,
     event_streams: Gauge,
     http_connections: Gauge,
 }
@@ -120,6 +121,8 @@ pub struct BackendSample {
     pub busy_seconds: f64,
     pub device: String,
     pub last_error: String,
+    /// Restarts of a ComfyUI this worker launched itself (`--comfyui-launch`).
+    pub restarts: u64,
 }
 
 impl Default for BackendSample {
@@ -132,6 +135,7 @@ impl Default for BackendSample {
             busy_seconds: 0.0,
             device: String::new(),
             last_error: String::new(),
+            restarts: 0,
         }
     }
 }
@@ -170,6 +174,7 @@ impl Metrics {
             workers: Gauge::default(),
             store_up: Gauge::default(),
             backend_up: Family::default(),
+            backend_restarts: Family::default(),
             backend_in_flight: Family::default(),
             backend_busy: Family::default(),
             backend_jobs: Family::default(),
@@ -246,6 +251,11 @@ impl Metrics {
             m.backend_up.clone(),
         );
         r.register(
+            "studio_comfyui_restarts",
+            "Restarts of a ComfyUI this process launched (--comfyui-launch) after it exited or hung",
+            m.backend_restarts.clone(),
+        );
+        r.register(
             "studio_backend_jobs_in_flight",
             "Jobs this process has on the backend (running or submitted behind)",
             m.backend_in_flight.clone(),
@@ -312,6 +322,11 @@ impl Metrics {
             self.backend_in_flight
                 .get_or_create(&l)
                 .set(b.in_flight as i64);
+            let restarts = self.backend_restarts.get_or_create(&l);
+            let more = b.restarts.saturating_sub(restarts.get());
+            if more > 0 {
+                restarts.inc_by(more);
+            }
             let done = self.backend_jobs.get_or_create(&l);
             let more = b.done.saturating_sub(done.get());
             if more > 0 {

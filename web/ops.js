@@ -95,7 +95,8 @@ function renderBackends(list) {
     name.textContent = `${b.url} · ${b.device || "device unknown"}`;
     const state = document.createElement("p");
     state.className = "backend-state";
-    state.textContent = `${b.state} · ${b.in_flight} in flight · ${b.done} done · worker ${b.worker}`;
+    state.textContent = `${b.state} · ${b.in_flight} in flight · ${b.done} done · worker ${b.worker}` +
+      (b.restarts ? ` · ComfyUI restarted ${b.restarts}×` : "");
     const meter = document.createElement("meter");
     meter.min = 0; meter.max = 1; meter.value = b.utilization ?? 0;
     meter.setAttribute("aria-label", `utilization of ${b.url}`);

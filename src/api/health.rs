@@ -66,6 +66,9 @@ pub struct BackendState {
     pub last_ok_at: String,
     pub last_error: String,
     pub last_error_at: String,
+    /// A ComfyUI this process launched and supervises (`--comfyui-launch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<crate::worker::launch::ProcessState>,
 }
 
 /// Health of the store and of this process's backends.
@@ -98,6 +101,10 @@ pub async fn health(State(state): State<AppState>, Caller(who): Caller) -> Respo
                         "(an admin key shows the error)".into()
                     };
                     s.device = String::new();
+                    if let Some(p) = &mut s.process {
+                        p.log = String::new();
+                        p.log_tail = Vec::new();
+                    }
                 }
             }
             list

@@ -60,6 +60,8 @@ pub struct BackendView {
     pub done: u64,
     pub device: String,
     pub last_error: String,
+    /// Restarts of a ComfyUI its worker launched (`--comfyui-launch`).
+    pub restarts: u64,
     /// Share of the last minute it spent running prompts (0–1); null until two
     /// reports a minute apart are in.
     pub utilization: Option<f64>,
@@ -297,6 +299,7 @@ pub async fn ops(
             done: b.done,
             device: b.device,
             last_error: b.last_error,
+            restarts: b.restarts,
         })
         .collect();
     let series = ops

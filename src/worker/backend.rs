@@ -54,11 +54,28 @@ pub struct Backend {
     pub done: AtomicUsize,
     /// When to claim the next job for it.
     pub pacing: super::pacing::Pacing,
+    /// Whether it may take work besides being up: a launched ComfyUI is admitted
+    /// once it answers and its warm-up is done, and not while it restarts.
+    admitted: watch::Sender<bool>,
+    /// The process behind it, when this worker launched it.
+    pub process: Option<std::sync::Arc<super::launch::Supervised>>,
 }
 
 impl Backend {
     /// Opens the backend's socket at once (before any submit) with a stable client id.
     pub fn start(url: &str, client_id: &str, stop: watch::Receiver<bool>) -> Backend {
+        Self::start_with(url, client_id, stop, None)
+    }
+
+    /// A backend whose ComfyUI this worker launches and supervises: it takes no
+    /// work until the supervisor admits it.
+    pub fn start_with(
+        url: &str,
+        client_id: &str,
+        stop: watch::Receiver<bool>,
+        process: Option<std::sync::Arc<super::launch::Supervised>>,
+    ) -> Backend {
+        let admitted = process.is_none();
         let client = ComfyClient::new(url, client_id);
         let socket = ComfySocket::spawn(client.ws_url(), stop);
         Backend {
@@ -70,17 +87,38 @@ impl Backend {
             in_flight: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             pacing: Default::default(),
+            admitted: watch::channel(admitted).0,
+            process,
         }
+    }
+
+    /// Lets the dispatcher give it work (or not).
+    pub fn set_admitted(&self, yes: bool) {
+        self.admitted.send_replace(yes);
+    }
+
+    /// Up and admitted: the dispatcher may claim for it.
+    pub fn ready(&self) -> bool {
+        self.health() == Health::Up && *self.admitted.borrow()
     }
 
     pub fn health(&self) -> Health {
         *self.health.borrow()
     }
 
-    /// Waits until the backend is up (or returns at once if it is).
+    /// Waits until the backend is up and admitted (or returns at once if it is).
     pub async fn wait_up(&self) {
-        let mut rx = self.health.subscribe();
-        let _ = rx.wait_for(|h| *h == Health::Up).await;
+        let mut health = self.health.subscribe();
+        let mut admitted = self.admitted.subscribe();
+        loop {
+            if *health.borrow_and_update() == Health::Up && *admitted.borrow_and_update() {
+                return;
+            }
+            tokio::select! {
+                r = health.changed() => if r.is_err() { return },
+                r = admitted.changed() => if r.is_err() { return },
+            }
+        }
     }
 
     /// Records a failure seen by anyone (a health check, a job): the backend is down
@@ -154,6 +192,7 @@ impl Backend {
             last_ok_at: info.last_ok_at.clone(),
             last_error: info.last_error.clone(),
             last_error_at: info.last_error_at.clone(),
+            process: self.process.as_ref().map(|p| p.snapshot()),
         }
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod backend;
 mod follow;
+pub mod launch;
 mod outputs;
 mod pacing;
 pub mod progress;
@@ -21,7 +22,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use self::backend::{Backend, Health};
+use self::backend::Backend;
 use self::run::{RunContext, Turn, run_job};
 use crate::api::BackendReport;
 use crate::api::health::BackendState;
@@ -62,6 +63,8 @@ pub struct WorkerConfig {
     pub public_url: String,
     /// Largest output file downloaded from ComfyUI; a larger one fails the job.
     pub max_output_bytes: u64,
+    /// ComfyUI processes to launch and supervise (each adds a backend).
+    pub launch: Option<launch::LaunchConfig>,
 }
 
 impl Default for WorkerConfig {
@@ -80,6 +83,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             public_url: String::new(),
             max_output_bytes: 2 << 30,
+            launch: None,
         }
     }
 }
@@ -92,6 +96,8 @@ pub struct Workers {
     images: Arc<dyn ImageStore>,
     config: Arc<WorkerConfig>,
     backends: Vec<Arc<Backend>>,
+    /// ComfyUI processes this process launches, with their backends.
+    launched: Vec<(launch::Instance, Arc<Backend>, Arc<launch::Supervised>)>,
     /// Stops the sockets and health checks, last of all.
     stop_backends: watch::Sender<bool>,
     metrics: Arc<Metrics>,
@@ -125,6 +131,7 @@ impl BackendReport for BackendList {
                     busy_seconds: b.pacing.busy().as_secs_f64(),
                     device: s.device,
                     last_error: s.last_error,
+                    restarts: b.process.as_ref().map_or(0, |p| p.restarts()),
                 }
             })
             .collect()
@@ -139,9 +146,9 @@ impl Workers {
         workflows: Arc<WorkflowRegistry>,
         images: Arc<dyn ImageStore>,
         metrics: Arc<Metrics>,
-    ) -> Workers {
+    ) -> anyhow::Result<Workers> {
         let (stop_backends, stop_rx) = watch::channel(false);
-        let backends = config
+        let mut backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
             .map(|url| {
@@ -149,7 +156,25 @@ impl Workers {
                 Arc::new(Backend::start(url, &client_id, stop_rx.clone()))
             })
             .collect();
-        Workers {
+        let mut launched = Vec::new();
+        if let Some(l) = &config.launch {
+            let instances = launch::plan(l)
+                .map_err(|e| anyhow::anyhow!("no free loopback port for ComfyUI: {e}"))?;
+            for inst in instances {
+                let sup = Arc::new(launch::Supervised::default());
+                let client_id = format!("studio-{}", uuid::Uuid::new_v4().simple());
+                let b = Arc::new(Backend::start_with(
+                    &inst.url(),
+                    &client_id,
+                    stop_rx.clone(),
+                    Some(sup.clone()),
+                ));
+                backends.push(b.clone());
+                launched.push((inst, b, sup));
+            }
+        }
+        Ok(Workers {
+            launched,
             id: WorkerId::generate(),
             store,
             workflows,
@@ -158,7 +183,7 @@ impl Workers {
             backends,
             stop_backends,
             metrics,
-        }
+        })
     }
 
     /// A view of the backends for `/health`.
@@ -170,7 +195,8 @@ impl Workers {
     /// finish for the grace period, hands back the rest, and deregisters.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let id = self.id.clone();
-        tracing::info!(worker = %id, backends = ?self.config.backends, prefetch = self.config.prefetch, "workers starting");
+        let urls: Vec<&str> = self.backends.iter().map(|b| b.url.as_str()).collect();
+        tracing::info!(worker = %id, backends = ?urls, launched = self.launched.len(), prefetch = self.config.prefetch, "workers starting");
         if let Err(e) = self.store.heartbeat(&id).await {
             tracing::warn!(error = %e, "first heartbeat failed; retrying in the background");
         }
@@ -199,6 +225,23 @@ impl Workers {
             let stop = stop_rx.clone();
             tasks.spawn(async move { b.health_loop(every, stop).await });
         }
+        // Launched ComfyUIs: stopped after the dispatchers, so running jobs can
+        // finish on them during the grace period.
+        let (stop_children, children_rx) = watch::channel(false);
+        let mut supervisors = JoinSet::new();
+        if let Some(l) = &self.config.launch {
+            let l = Arc::new(l.clone());
+            for (inst, b, sup) in &self.launched {
+                supervisors.spawn(launch::supervise(
+                    l.clone(),
+                    inst.clone(),
+                    b.clone(),
+                    sup.clone(),
+                    self.workflows.clone(),
+                    children_rx.clone(),
+                ));
+            }
+        }
         let mut dispatchers = JoinSet::new();
         for b in &self.backends {
             let ctx = RunContext {
@@ -226,6 +269,8 @@ impl Workers {
             let _ = abort_tx.send(true);
             while dispatchers.join_next().await.is_some() {}
         }
+        let _ = stop_children.send(true);
+        while supervisors.join_next().await.is_some() {}
         let _ = stop_heartbeat.send(true);
         let _ = heartbeat.await;
         if let Err(e) = self.store.deregister(&id).await {
@@ -257,7 +302,7 @@ async fn dispatch(ctx: RunContext, worker: WorkerId, mut shutdown: watch::Receiv
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             _ = signalled(&mut shutdown) => break,
         };
-        if backend.health() != Health::Up {
+        if !backend.ready() {
             continue;
         }
         if ctx.config.prefetch > 0 {
@@ -272,7 +317,7 @@ async fn dispatch(ctx: RunContext, worker: WorkerId, mut shutdown: watch::Receiv
             claim_failing = false;
         }
         match claimed {
-            Ok(Some(claim)) if backend.health() != Health::Up => {
+            Ok(Some(claim)) if !backend.ready() => {
                 // The backend went down while we waited for a job: hand the job back
                 // untouched (the attempt does not count) for a backend that is up.
                 if let Err(e) = ctx.store.release(&claim.lease).await {

@@ -14,6 +14,7 @@ mod faults;
 mod idempotency;
 mod images;
 mod keys;
+mod launch;
 mod limits;
 mod metrics;
 mod openapi;

@@ -171,7 +171,8 @@ impl StandIn {
         s
     }
 
-    fn start_on(addr: SocketAddr, knobs: Knobs) -> StandIn {
+    /// Starts on a given address (the stand-in executable: the port it is told).
+    pub fn start_on(addr: SocketAddr, knobs: Knobs) -> StandIn {
         Self::start_at(addr, None, knobs)
     }
 
