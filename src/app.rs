@@ -142,6 +142,11 @@ impl App {
                 metrics,
                 ops: ops.clone(),
                 redirect_images: args.storage_serve == "redirect",
+                uploads: api::uploads::UploadLimits {
+                    max_bytes: args.max_upload_bytes,
+                    max_pixels: args.max_upload_pixels,
+                    ttl: args.job_ttl,
+                },
             });
             (Some(server), Some(api::router(state)))
         } else if let Some(port) = args.metrics_port {

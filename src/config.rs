@@ -188,6 +188,13 @@ pub struct ServerArgs {
     /// After SIGTERM, how long a launched ComfyUI has to exit before SIGKILL.
     #[arg(long, env = "STUDIO_COMFYUI_STOP_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub comfyui_stop_grace: Duration,
+    /// Largest input picture accepted by `POST /api/uploads` (and inline in a
+    /// submission, where the JSON body's own cap also applies).
+    #[arg(long, env = "STUDIO_MAX_UPLOAD_BYTES", default_value = "20MiB", value_parser = parse_size)]
+    pub max_upload_bytes: u64,
+    /// Most pixels (width × height) of an input picture.
+    #[arg(long, env = "STUDIO_MAX_UPLOAD_PIXELS", default_value_t = crate::uploads::DEFAULT_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_upload_pixels: u64,
     /// A workflow run once (with its defaults) on each launched ComfyUI whenever it
     /// starts, before it takes real work, so no user pays for the model load.
     #[arg(long, env = "STUDIO_COMFYUI_WARMUP")]

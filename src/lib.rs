@@ -16,5 +16,6 @@ pub mod shutdown;
 pub mod storage;
 pub mod store;
 pub mod telemetry;
+pub mod uploads;
 pub mod worker;
 pub mod workflow;

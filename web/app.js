@@ -126,7 +126,43 @@ function renderParams() {
     label.htmlFor = id;
     label.textContent = p.name.replace(/_/g, " ");
     let input;
-    if (p.type === "enum") {
+    if (p.type === "image" || p.type === "mask") {
+      // A file picker that also takes a dropped file, with a preview; the file is
+      // uploaded (POST /api/uploads) when the job is submitted.
+      input = document.createElement("input");
+      input.type = "file";
+      input.accept = "image/png,image/jpeg,image/webp";
+      const drop = document.createElement("div");
+      drop.className = "drop";
+      drop.textContent = p.type === "mask" ? "Drop a mask here (white: the part to change)" : "Drop a picture here";
+      const preview = document.createElement("img");
+      preview.className = "preview";
+      preview.alt = `${p.name} preview`;
+      preview.hidden = true;
+      const show = (file) => {
+        input.file = file;
+        if (preview.src) URL.revokeObjectURL(preview.src);
+        preview.src = URL.createObjectURL(file);
+        preview.hidden = false;
+        drop.textContent = file.name;
+      };
+      input.addEventListener("change", () => { if (input.files[0]) show(input.files[0]); });
+      drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+      drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+      drop.addEventListener("drop", (e) => {
+        e.preventDefault();
+        drop.classList.remove("over");
+        const f = e.dataTransfer.files[0];
+        if (f) show(f);
+      });
+      input.id = id;
+      input.dataset.param = p.name;
+      input.dataset.type = p.type;
+      if (p.description) input.title = p.description;
+      wrap.append(label, input, drop, preview);
+      box.append(wrap);
+      continue;
+    } else if (p.type === "enum") {
       input = document.createElement("select");
       for (const c of p.choices) {
         const o = document.createElement("option");
@@ -200,9 +236,17 @@ async function submit(event) {
   }
   const body = { prompt, workflow: $("workflow").value };
   if (!$("negative-row").hidden) body.negative_prompt = $("negative_prompt").value;
+  const pictures = [];
   for (const input of $("params-fields").querySelectorAll("[data-param]")) {
     const name = input.dataset.param;
-    if (input.dataset.type === "bool") body[name] = input.checked;
+    if (input.dataset.type === "image" || input.dataset.type === "mask") {
+      const file = input.file || input.files[0];
+      if (!file) {
+        showFormError(`Choose a picture for ${name.replace(/_/g, " ")}.`);
+        return;
+      }
+      pictures.push([name, file]);
+    } else if (input.dataset.type === "bool") body[name] = input.checked;
     else if (input.value === "") continue;
     else if (input.dataset.type === "int" || input.dataset.type === "float") body[name] = Number(input.value);
     else body[name] = input.value;
@@ -219,6 +263,20 @@ async function submit(event) {
   const button = $("generate");
   button.disabled = true;
   try {
+    for (const [name, file] of pictures) {
+      const up = await api("/api/uploads", {
+        method: "POST",
+        headers: { "content-type": file.type || "application/octet-stream" },
+        body: file,
+      });
+      if (up.status !== 201) {
+        showFormError(`${name}: ${(up.body && up.body.error) || `the server answered ${up.status}`}`);
+        return;
+      }
+      body[name] = up.body.upload_id;
+    }
+    json = JSON.stringify(body);
+    if (seed) json = json.slice(0, -1) + `,"seed":${seed}}`;
     const { status, body: answer } = await api("/api/generate", {
       method: "POST",
       headers: { "content-type": "application/json" },

@@ -83,7 +83,14 @@ fn is_json(headers: &HeaderMap) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        .map(|m| m.trim().to_ascii_lowercase())
+        // JSON, or a picture's own type (an upload): no HTML form can send either.
+        .is_some_and(|m| {
+            matches!(
+                m.as_str(),
+                "application/json" | "image/png" | "image/jpeg" | "image/webp"
+            )
+        })
 }
 
 /// Whether `origin` is this server as the browser addressed it (its own page).

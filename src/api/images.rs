@@ -100,6 +100,10 @@ pub async fn image(
     let Ok(id) = JobId::parse(&job) else {
         return Err(missing());
     };
+    // Input pictures share the storage but are not served back.
+    if id.as_str() == crate::uploads::UPLOADS_DIR {
+        return Err(missing());
+    }
     if state.access.signs_urls() {
         allowed(&state, &who, &id, &name, &q).await?;
     }

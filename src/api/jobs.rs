@@ -93,7 +93,9 @@ pub async fn generate(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency::key(&headers)?;
+    let body = inline_pictures(&state, who.owner(), body).await?;
     let job = parse_submission(&body, &state.workflows)?;
+    pictures_exist(&state, &who, &job).await?;
     if let Some(key) = &who.key
         && job.priority > key.limits.max_priority
     {
@@ -168,6 +170,83 @@ pub async fn generate(
             }
         },
     }
+}
+
+/// Stores the `data:` URLs given for picture parameters as uploads, and puts their
+/// upload ids in their place.
+async fn inline_pictures(
+    state: &AppState,
+    owner: &str,
+    mut body: serde_json::Value,
+) -> Result<serde_json::Value, ApiError> {
+    let name = body
+        .get("workflow")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or(crate::workflow::DEFAULT_WORKFLOW)
+        .to_owned();
+    let Some(wf) = state.workflows.get(&name) else {
+        return Ok(body);
+    };
+    for (param, spec) in &wf.params {
+        if !spec.kind.is_picture() {
+            continue;
+        }
+        let Some(url) = body
+            .get(param)
+            .and_then(serde_json::Value::as_str)
+            .filter(|v| v.starts_with("data:"))
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        let limits = state.uploads;
+        let checked =
+            crate::uploads::decode_data_url(&url, limits.max_bytes).and_then(|(mime, bytes)| {
+                crate::uploads::check(&bytes, Some(&mime), limits.max_bytes, limits.max_pixels)
+                    .map(|(kind, w, h)| (kind, w, h, bytes))
+            });
+        let (kind, w, h, bytes) =
+            checked.map_err(|e| ApiError::from(e).with_field(param.clone()))?;
+        let rec = super::uploads::store_upload(state, owner, kind, w, h, &bytes).await?;
+        body[param] = serde_json::Value::String(rec.upload_id);
+    }
+    Ok(body)
+}
+
+/// Every picture a job names must be an upload of its owner's, still kept; each
+/// then lives at least as long as the job's record.
+async fn pictures_exist(
+    state: &AppState,
+    who: &crate::auth::Identity,
+    job: &crate::job::NewJob,
+) -> Result<(), ApiError> {
+    let Some(wf) = state.workflows.get(&job.workflow) else {
+        return Ok(());
+    };
+    for (param, spec) in &wf.params {
+        if !spec.kind.is_picture() {
+            continue;
+        }
+        let Some(id) = job.params.get(param).and_then(serde_json::Value::as_str) else {
+            continue;
+        };
+        let found = state
+            .with_timeout(
+                state
+                    .store
+                    .get_upload(who.owner(), id, Some(state.uploads.ttl)),
+            )
+            .await?;
+        if found.is_none() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "upload-not-found",
+                format!("{param}: no upload {id} (unknown, expired, or another key's); upload it with POST /api/uploads"),
+            )
+            .with_field(param.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// A job's status: the prototype's five keys plus ours.

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ops;
 pub mod pages;
+pub mod uploads;
 pub mod workflows;
 
 use std::future::Future;
@@ -95,6 +96,8 @@ pub struct AppContext {
     pub ops: Arc<ops::OpsHistory>,
     /// Answer `/images` with a 302 to a presigned URL (`--storage-serve redirect`).
     pub redirect_images: bool,
+    /// Caps on input pictures.
+    pub uploads: uploads::UploadLimits,
 }
 
 impl AppContext {
@@ -241,6 +244,7 @@ routes! {
     get "/health" => health::health,
     get "/metrics" => metrics::metrics,
     post "/api/generate" => jobs::generate,
+    post "/api/uploads" => uploads::upload,
     get "/api/status/{job_id}" => jobs::status,
     get "/api/jobs" => jobs::list,
     get "/api/jobs/{job_id}" => jobs::get,

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 
-use super::{events, health, images, jobs, keys, metrics, ops, pages, workflows};
+use super::{events, health, images, jobs, keys, metrics, ops, pages, uploads, workflows};
 use crate::workflow::param::MAX_STRING_CHARS;
 use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, ParamSpec, Workflow, WorkflowRegistry};
 
@@ -25,6 +25,7 @@ pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0
         health::health,
         metrics::metrics,
         jobs::generate,
+        uploads::upload,
         jobs::status,
         jobs::get,
         jobs::list,
@@ -47,6 +48,7 @@ pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0
     components(schemas(pages::AssetName, jobs::ListStatus)),
     tags(
         (name = "jobs", description = "Submit, follow, list and cancel generation jobs; download their outputs"),
+        (name = "uploads", description = "Input pictures for image and mask parameters (img2img, inpainting)"),
         (name = "events", description = "Live changes as Server-Sent Events"),
         (name = "workflows", description = "The workflows and their parameters"),
         (name = "keys", description = "API keys (admins only)"),
@@ -203,6 +205,12 @@ fn variant(w: &Workflow) -> Value {
     if !default {
         required.push("workflow");
     }
+    // Pictures without a default must be given (an upload id).
+    for (name, spec) in &w.params {
+        if spec.kind.is_picture() && spec.default.is_none() {
+            required.push(name.as_str());
+        }
+    }
     json!({
         "title": w.name,
         "type": "object",
@@ -222,6 +230,16 @@ fn param_schema(name: &str, spec: &ParamSpec) -> Value {
         ParamKind::Int => json!({"type": ["integer", "null"]}),
         ParamKind::Float => json!({"type": ["number", "null"]}),
         ParamKind::Bool => json!({"type": ["boolean", "null"]}),
+        ParamKind::Image | ParamKind::Mask if spec.default.is_none() => json!({
+            "type": "string",
+            "pattern": "^([0-9a-f]{64}|data:image/(png|jpeg|webp);base64,.*)$",
+            "x-studio-upload": true,
+        }),
+        ParamKind::Image | ParamKind::Mask => json!({
+            "type": ["string", "null"],
+            "pattern": "^([0-9a-f]{64}|data:image/(png|jpeg|webp);base64,.*)$",
+            "x-studio-upload": true,
+        }),
         ParamKind::Enum => {
             let mut choices: Vec<Value> = spec.choices.iter().map(|c| json!(c)).collect();
             choices.push(Value::Null);

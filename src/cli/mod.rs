@@ -48,6 +48,14 @@ pub struct GenerateArgs {
     /// Numbers and true/false are sent as such; anything else as text.
     #[arg(long = "param", short = 'p', value_name = "NAME=VALUE")]
     pub params: Vec<String>,
+    /// An input picture (PNG, JPEG or WebP) for the workflow's `image` parameter
+    /// (e.g. `--workflow smoke-img2img`); uploaded first.
+    #[arg(long, value_name = "PATH")]
+    pub image: Option<PathBuf>,
+    /// A mask picture for the workflow's `mask` parameter (inpainting: white is
+    /// repainted); uploaded first.
+    #[arg(long, value_name = "PATH")]
+    pub mask: Option<PathBuf>,
     /// Where to save the outputs.
     #[arg(long, short, default_value = ".")]
     pub out: PathBuf,
@@ -190,6 +198,34 @@ pub fn parse_param(p: &str) -> Result<(String, Value), String> {
     Ok((k.to_owned(), value))
 }
 
+/// Uploads a picture (`POST /api/uploads`); its upload id.
+async fn upload(client: &Client, path: &std::path::Path) -> Result<String, Fail> {
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|e| Fail::usage(format!("cannot read {}: {e}", path.display())))?;
+    let content_type = crate::uploads::sniff(&bytes).ok_or_else(|| {
+        Fail::usage(format!(
+            "{} is not a PNG, JPEG or WebP picture",
+            path.display()
+        ))
+    })?;
+    let req = client
+        .http
+        .post(client.url("/api/uploads"))
+        .header("content-type", content_type)
+        .header("x-requested-with", "studio-cli")
+        .body(bytes);
+    let (status, v) = client.call(req).await?;
+    if status != 201 {
+        return Err(Fail::usage(format!(
+            "{}: {}",
+            path.display(),
+            server_error(status, &v)
+        )));
+    }
+    Ok(v["upload_id"].as_str().unwrap_or_default().to_owned())
+}
+
 /// Tries at a submission that meets a network error or a 502/503/504.
 const SUBMIT_TRIES: u64 = 3;
 
@@ -214,6 +250,12 @@ async fn generate_inner(a: GenerateArgs) -> Result<(), Fail> {
     }
     if let Some(p) = a.priority {
         body.insert("priority".into(), p.as_str().into());
+    }
+    for (param, path) in [("image", &a.image), ("mask", &a.mask)] {
+        if let Some(path) = path {
+            let id = upload(&client, path).await?;
+            body.insert(param.into(), id.into());
+        }
     }
     // One Idempotency-Key for every try: a submission retried after a lost answer
     // or a passing outage is answered with the job the first try queued.

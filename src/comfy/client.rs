@@ -426,6 +426,52 @@ impl ComfyClient {
         }
     }
 
+    /// `POST /upload/image`: puts an input picture in ComfyUI's `input` directory
+    /// under `file_name` (replacing a file of that name: ours are named by their
+    /// content). The name to give `LoadImage` (`subfolder/name` when it has one).
+    pub async fn upload_image(
+        &self,
+        bytes: Vec<u8>,
+        file_name: &str,
+        content_type: &str,
+    ) -> Result<String, ComfyError> {
+        let part = reqwest::multipart::Part::bytes(bytes)
+            .file_name(file_name.to_owned())
+            .mime_str(content_type)
+            .map_err(|e| ComfyError::Protocol {
+                url: self.base.clone(),
+                what: "POST /upload/image".into(),
+                reason: e.to_string(),
+            })?;
+        let form = reqwest::multipart::Form::new()
+            .part("image", part)
+            .text("type", "input")
+            .text("overwrite", "true");
+        let v = self
+            .json_within(
+                self.http
+                    .post(format!("{}/upload/image", self.base))
+                    .multipart(form),
+                "POST /upload/image",
+                64 * 1024,
+            )
+            .await?;
+        let name = v.get("name").and_then(Value::as_str).unwrap_or("");
+        if name.is_empty() {
+            return Err(ComfyError::Protocol {
+                url: self.base.clone(),
+                what: "POST /upload/image".into(),
+                reason: format!("no file name in the answer: {v}"),
+            });
+        }
+        let sub = v.get("subfolder").and_then(Value::as_str).unwrap_or("");
+        Ok(if sub.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{sub}/{name}")
+        })
+    }
+
     /// `GET /history/{id}`: the entry, or `None` while queued, running or unknown.
     pub async fn history(&self, prompt_id: &str) -> Result<Option<HistoryEntry>, ComfyError> {
         let v = self

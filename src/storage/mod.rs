@@ -60,6 +60,28 @@ pub struct Blob {
     pub reader: Pin<Box<dyn AsyncRead + Send>>,
 }
 
+impl Blob {
+    /// Reads the whole blob, refusing one larger than `limit` bytes.
+    pub async fn read_all(mut self, limit: u64) -> std::io::Result<Vec<u8>> {
+        use tokio::io::AsyncReadExt;
+        if self.size > limit {
+            return Err(std::io::Error::other(format!(
+                "{} bytes, more than {limit}",
+                self.size
+            )));
+        }
+        let mut out = Vec::with_capacity(self.size as usize);
+        (&mut self.reader)
+            .take(limit + 1)
+            .read_to_end(&mut out)
+            .await?;
+        if out.len() as u64 > limit {
+            return Err(std::io::Error::other(format!("more than {limit} bytes")));
+        }
+        Ok(out)
+    }
+}
+
 /// Bytes of a file asked for, as in a `Range: bytes=…` header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ByteRange {

@@ -420,6 +420,23 @@ pub trait JobStore: Send + Sync + 'static {
 
     /// Every worker's report younger than the worker TTL: (worker, report).
     async fn backend_reports(&self) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Records an uploaded image for its owner, for `ttl` (or longer if it was
+    /// recorded before with a longer one).
+    async fn put_upload(
+        &self,
+        rec: &crate::uploads::UploadRecord,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// An owner's upload, if recorded and not expired; with `extend`, it then lives
+    /// at least that much longer (a job uses it).
+    async fn get_upload(
+        &self,
+        owner: &str,
+        id: &str,
+        extend: Option<Duration>,
+    ) -> Result<Option<crate::uploads::UploadRecord>, StoreError>;
 }
 
 /// How long an `Idempotency-Key` is remembered.

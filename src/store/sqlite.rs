@@ -926,4 +926,21 @@ impl JobStore for SqliteStore {
     async fn backend_reports(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.backend_reports_impl().await
     }
+
+    async fn put_upload(
+        &self,
+        rec: &crate::uploads::UploadRecord,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.put_upload_impl(rec, ttl).await
+    }
+
+    async fn get_upload(
+        &self,
+        owner: &str,
+        id: &str,
+        extend: Option<Duration>,
+    ) -> Result<Option<crate::uploads::UploadRecord>, StoreError> {
+        self.get_upload_impl(owner, id, extend).await
+    }
 }

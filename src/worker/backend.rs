@@ -13,6 +13,9 @@ use crate::api::health::BackendState;
 use crate::clock;
 use crate::comfy::{ComfyClient, ComfySocket};
 
+/// Input pictures remembered per backend.
+pub const MAX_KNOWN_INPUTS: usize = 10_000;
+
 /// A backend's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Health {
@@ -57,6 +60,9 @@ pub struct Backend {
     /// Whether it may take work besides being up: a launched ComfyUI is admitted
     /// once it answers and its warm-up is done, and not while it restarts.
     admitted: watch::Sender<bool>,
+    /// Input pictures already put on it: upload id → the name ComfyUI gave it
+    /// (bounded: forgotten wholesale past [`MAX_KNOWN_INPUTS`]).
+    pub inputs: Mutex<std::collections::HashMap<String, String>>,
     /// The process behind it, when this worker launched it.
     pub process: Option<std::sync::Arc<super::launch::Supervised>>,
 }
@@ -88,6 +94,7 @@ impl Backend {
             done: AtomicUsize::new(0),
             pacing: Default::default(),
             admitted: watch::channel(admitted).0,
+            inputs: Mutex::new(std::collections::HashMap::new()),
             process,
         }
     }

@@ -37,6 +37,69 @@ pub struct RunContext {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// Puts an uploaded picture on this backend, once per backend (content-named,
+/// so a second job with the same picture uploads nothing); the name to use.
+async fn put_input(ctx: &RunContext, upload: &str) -> Result<String, Outcome> {
+    if let Some(name) = ctx.backend.inputs.lock().expect("inputs").get(upload) {
+        return Ok(name.clone());
+    }
+    let dir = crate::uploads::uploads_dir();
+    let blob = match ctx.images.open(&dir, upload).await {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            return Err(Outcome::Failed(format!(
+                "input picture {upload} is no longer stored"
+            )));
+        }
+        Err(e) => {
+            return Err(Outcome::Retry(format!(
+                "cannot read input picture {upload}: {e}"
+            )));
+        }
+    };
+    let bytes = match blob.read_all(ctx.config.max_output_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            return Err(Outcome::Retry(format!(
+                "cannot read input picture {upload}: {e}"
+            )));
+        }
+    };
+    let kind = crate::uploads::sniff(&bytes).unwrap_or("image/png");
+    let rec = crate::uploads::UploadRecord {
+        upload_id: upload.to_owned(),
+        width: 0,
+        height: 0,
+        content_type: kind.to_owned(),
+        size: bytes.len() as u64,
+        owner: String::new(),
+        created_at: String::new(),
+    };
+    match ctx
+        .backend
+        .client
+        .upload_image(bytes, &rec.comfy_name(), kind)
+        .await
+    {
+        Ok(name) => {
+            let mut known = ctx.backend.inputs.lock().expect("inputs");
+            if known.len() >= super::backend::MAX_KNOWN_INPUTS {
+                known.clear();
+            }
+            known.insert(upload.to_owned(), name.clone());
+            Ok(name)
+        }
+        Err(e) => {
+            if matches!(e, ComfyError::Unreachable { .. }) {
+                ctx.backend.mark_down(&e.to_string());
+            }
+            Err(Outcome::Retry(format!(
+                "cannot put input picture on the backend: {e}"
+            )))
+        }
+    }
+}
+
 /// How an attempt ended.
 #[derive(Debug)]
 pub(super) enum Outcome {
@@ -248,7 +311,23 @@ async fn execute(ctx: &RunContext, lease: &Lease, job: &JobRecord, turn: &mut Tu
         return Outcome::Failed(e);
     }
     let seed = job.seed.unwrap_or_else(|| fastrand::u64(..));
-    let graph = workflow.render(id, &job.prompt, seed, &params);
+    // Input pictures go to the backend first; the graph gets the names it gave.
+    let mut rendered = params.clone();
+    for (name, spec) in &workflow.params {
+        if !spec.kind.is_picture() {
+            continue;
+        }
+        let Some(upload) = params.get(name).and_then(Value::as_str) else {
+            continue;
+        };
+        match put_input(ctx, upload).await {
+            Ok(file) => {
+                rendered.insert(name.clone(), Value::String(file));
+            }
+            Err(outcome) => return outcome,
+        }
+    }
+    let graph = workflow.render(id, &job.prompt, seed, &rendered);
 
     // Record where the job runs before submitting, so a worker that re-claims it
     // after a crash knows where to look.

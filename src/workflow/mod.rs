@@ -24,6 +24,18 @@ const BUILT_IN: &[(&str, &str)] = &[
     ("sdxl.json", include_str!("../../workflows/sdxl.json")),
     ("sd15.json", include_str!("../../workflows/sd15.json")),
     ("smoke.json", include_str!("../../workflows/smoke.json")),
+    (
+        "smoke-img2img.json",
+        include_str!("../../workflows/smoke-img2img.json"),
+    ),
+    (
+        "sdxl-img2img.json",
+        include_str!("../../workflows/sdxl-img2img.json"),
+    ),
+    (
+        "sd15-inpaint.json",
+        include_str!("../../workflows/sd15-inpaint.json"),
+    ),
 ];
 
 /// The pixel budget of a workflow that declares none: 16,777,216 pixels per job
@@ -303,7 +315,17 @@ mod tests {
     #[test]
     fn built_ins_load() {
         let reg = WorkflowRegistry::built_in();
-        assert_eq!(reg.names().collect::<Vec<_>>(), ["sd15", "sdxl", "smoke"]);
+        assert_eq!(
+            reg.names().collect::<Vec<_>>(),
+            [
+                "sd15",
+                "sd15-inpaint",
+                "sdxl",
+                "sdxl-img2img",
+                "smoke",
+                "smoke-img2img"
+            ]
+        );
     }
 
     #[test]

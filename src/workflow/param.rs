@@ -17,6 +17,19 @@ pub enum ParamKind {
     Float,
     Bool,
     Enum,
+    /// An input picture: an `upload_id` from `POST /api/uploads` (or, in a
+    /// submission, a small `data:` URL, stored as an upload first). The worker
+    /// puts the file on the backend and writes the name ComfyUI gave it.
+    Image,
+    /// A mask picture (white: the part to change), given as an image is.
+    Mask,
+}
+
+impl ParamKind {
+    /// Whether values are uploads.
+    pub fn is_picture(self) -> bool {
+        matches!(self, ParamKind::Image | ParamKind::Mask)
+    }
 }
 
 /// A transformation applied to a value before it is written into a node input.
@@ -127,6 +140,18 @@ impl ParamSpec {
                 .as_bool()
                 .map(Value::Bool)
                 .ok_or_else(|| err("must be true or false")),
+            ParamKind::Image | ParamKind::Mask => {
+                let s = value
+                    .as_str()
+                    .ok_or_else(|| err("must be an upload_id (from POST /api/uploads)"))?;
+                if crate::uploads::is_upload_id(s) {
+                    Ok(value.clone())
+                } else {
+                    Err(err(
+                        "must be an upload_id (64 hex digits, from POST /api/uploads) or a data:image/…;base64 URL",
+                    ))
+                }
+            }
             ParamKind::Enum => {
                 let s = value.as_str().ok_or_else(|| err("must be a string"))?;
                 if self.choices.iter().any(|c| c == s) {

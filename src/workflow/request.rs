@@ -170,6 +170,13 @@ pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<Ne
             continue;
         }
         match obj.get(key) {
+            None | Some(Value::Null) if spec.kind.is_picture() && spec.default.is_none() => {
+                return Err(FieldError::new(
+                    key,
+                    "invalid-param",
+                    format!("{key} is required: an upload_id from POST /api/uploads"),
+                ));
+            }
             None | Some(Value::Null) => {}
             Some(v) => {
                 let v = spec.check(v).map_err(|e| {
@@ -262,7 +269,12 @@ mod tests {
     fn unknown_workflows_list_the_known_ones() {
         let e = parse(json!({"prompt": "x", "workflow": "nope"})).unwrap_err();
         assert_eq!(e.code, "unknown-workflow");
-        assert!(e.message.contains("sd15, sdxl, smoke"), "{}", e.message);
+        assert!(
+            e.message
+                .contains("sd15, sd15-inpaint, sdxl, sdxl-img2img, smoke, smoke-img2img"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

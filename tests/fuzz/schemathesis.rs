@@ -72,6 +72,25 @@ async fn schemathesis_finds_nothing_wrong(kind: Backing) {
         let v = app.wait_final(&id, Duration::from_secs(20)).await;
         assert_eq!(v["status"], "finished", "{v}");
     }
+    // A picture the image and mask parameters can name (the hook puts its id in).
+    let picture = {
+        let img = image::RgbImage::from_pixel(16, 16, image::Rgb([40, 80, 120]));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    let up: serde_json::Value = app
+        .http
+        .post(app.url("/api/uploads"))
+        .header("content-type", "image/png")
+        .body(picture)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let upload_id = up["upload_id"].as_str().expect("uploaded").to_owned();
     let base = app.base.clone();
     // The one rule JSON Schema cannot state (the pixel budget), for the hook.
     let budgets: serde_json::Map<String, serde_json::Value> =
@@ -93,6 +112,7 @@ async fn schemathesis_finds_nothing_wrong(kind: Backing) {
                 "STUDIO_PIXEL_BUDGETS",
                 serde_json::Value::Object(budgets).to_string(),
             )
+            .env("STUDIO_FUZZ_UPLOAD_ID", &upload_id)
             .env(
                 "STUDIO_DEFAULT_WORKFLOW",
                 studio_core::workflow::DEFAULT_WORKFLOW,
@@ -113,8 +133,10 @@ async fn schemathesis_finds_nothing_wrong(kind: Backing) {
                 "1",
                 "--request-timeout",
                 "10",
+                // The event streams never end; uploads take bytes that must be a
+                // real picture (tests/it/uploads.rs fuzzes them itself).
                 "--exclude-path-regex",
-                "/events$",
+                "/events$|^/api/uploads$",
                 "--seed",
                 "20261128",
                 "--generation-database",

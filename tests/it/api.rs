@@ -176,7 +176,10 @@ async fn bad_submissions_get_a_json_4xx_naming_the_field(kind: Backing) {
         .post_json("/api/generate", &json!({"prompt": "x", "workflow": "flux"}))
         .await;
     assert!(
-        v["error"].as_str().unwrap().contains("sd15, sdxl, smoke"),
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("sd15, sd15-inpaint, sdxl, sdxl-img2img, smoke, smoke-img2img"),
         "lists the known workflows: {v}"
     );
 }
@@ -335,7 +338,17 @@ async fn workflows_are_listed_with_their_parameters(kind: Backing) {
         .iter()
         .map(|w| w["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["sd15", "sdxl", "smoke"]);
+    assert_eq!(
+        names,
+        [
+            "sd15",
+            "sd15-inpaint",
+            "sdxl",
+            "sdxl-img2img",
+            "smoke",
+            "smoke-img2img"
+        ]
+    );
     let sdxl = v["workflows"]
         .as_array()
         .unwrap()

@@ -408,3 +408,78 @@ async fn the_ops_page_charts_the_queue_backends_and_failures() {
     assert_eq!(&png[1..4], b"PNG");
     std::fs::write(screenshots().join("studio-ops.png"), png).unwrap();
 }
+
+/// A workflow with an input picture: the page shows a file input with a preview,
+/// uploads the picture when Generate is clicked, and the job runs with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_takes_a_picture_for_img2img() {
+    let standin = StandIn::start();
+    let url = standin.url();
+    let app = TestApp::spawn(Backing::Sqlite, Role::Serve, move |a| a.comfyui = vec![url]).await;
+    let dir = crate::support::TempDir::new();
+    let picture = dir.path().join("photo.png");
+    image::RgbImage::from_pixel(20, 10, image::Rgb([250, 128, 0]))
+        .save(&picture)
+        .unwrap();
+    let browser = Browser::start(1280, 1000).await;
+    browser.goto(&app.base).await;
+    browser
+        .wait_for(
+            "return [...document.querySelectorAll('#workflow option')].some(o => o.value === 'smoke-img2img')",
+            WAIT,
+        )
+        .await;
+    browser
+        .exec("const s = document.getElementById('workflow'); s.value = 'smoke-img2img'; s.dispatchEvent(new Event('change')); return true;")
+        .await;
+    assert_eq!(
+        browser
+            .exec("const i = document.getElementById('param-image'); return i && i.type")
+            .await,
+        "file",
+        "an image parameter is a file input"
+    );
+    let prompt = browser.find("#prompt").await;
+    browser.type_into(&prompt, "invert me").await;
+    // Generate without a picture: the page says what is missing.
+    let generate = browser.find("#generate").await;
+    browser.click(&generate).await;
+    let error = browser
+        .wait_for(
+            "const e = document.getElementById('form-error'); return !e.hidden && e.textContent",
+            WAIT,
+        )
+        .await;
+    assert!(error.as_str().unwrap().contains("picture"), "{error}");
+
+    let input = browser.find("#param-image").await;
+    browser.type_into(&input, picture.to_str().unwrap()).await;
+    browser
+        .wait_for(
+            "const p = document.querySelector('#params-fields img.preview'); return !!(p && !p.hidden && p.complete && p.naturalWidth === 20)",
+            WAIT,
+        )
+        .await;
+    browser.click(&generate).await;
+    let job_id = browser
+        .wait_for(
+            "const c = document.querySelector('.job'); return c && c.dataset.jobId",
+            WAIT,
+        )
+        .await;
+    let job_id = job_id.as_str().unwrap().to_owned();
+    let seen = watch_card(&browser, &job_id).await;
+    assert_eq!(seen.last().unwrap().0, "finished", "{seen:?}");
+    let names = standin.input_names();
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert_eq!(
+        standin.input(&names[0]).unwrap(),
+        std::fs::read(&picture).unwrap(),
+        "the chosen file reached ComfyUI"
+    );
+    std::fs::write(
+        screenshots().join("img2img.png"),
+        browser.screenshot().await,
+    )
+    .unwrap();
+}

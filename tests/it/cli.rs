@@ -321,3 +321,63 @@ async fn the_cli_sends_studio_api_key() {
     assert!(r.stdout.contains("a keyed cat"), "{}", r.stdout);
     assert!(!r.stdout.contains("not mine"), "{}", r.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_uploads_the_image_and_mask_it_is_given() {
+    let standin = StandIn::start();
+    let app = serve(&standin).await;
+    let dir = TempDir::new();
+    let picture = dir.path().join("photo.png");
+    let mask = dir.path().join("mask.png");
+    image::RgbImage::from_pixel(32, 32, image::Rgb([9, 99, 199]))
+        .save(&picture)
+        .unwrap();
+    image::RgbImage::from_pixel(32, 32, image::Rgb([255, 255, 255]))
+        .save(&mask)
+        .unwrap();
+    let r = studio(&[
+        "generate",
+        "a red door",
+        "--workflow",
+        "sd15-inpaint",
+        "--image",
+        picture.to_str().unwrap(),
+        "--mask",
+        mask.to_str().unwrap(),
+        "--param",
+        "steps=2",
+        "--server",
+        &app.base,
+        "--out",
+        dir.path().to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    let sent: Vec<Vec<u8>> = standin
+        .input_names()
+        .iter()
+        .map(|n| standin.input(n).unwrap())
+        .collect();
+    assert!(
+        sent.contains(&std::fs::read(&picture).unwrap()),
+        "the picture reached ComfyUI"
+    );
+    assert!(
+        sent.contains(&std::fs::read(&mask).unwrap()),
+        "the mask reached ComfyUI"
+    );
+
+    let r = studio(&[
+        "generate",
+        "x",
+        "--workflow",
+        "smoke-img2img",
+        "--image",
+        "/etc/hostname",
+        "--server",
+        &app.base,
+    ])
+    .await;
+    assert_eq!(r.code, 2, "not a picture: a usage error:\n{}", r.stderr);
+    assert!(r.stderr.contains("not a PNG, JPEG or WebP"), "{}", r.stderr);
+}

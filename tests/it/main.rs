@@ -22,4 +22,5 @@ mod redis_interop;
 mod s3;
 mod sentinel;
 mod store_conformance;
+mod uploads;
 mod worker_e2e;

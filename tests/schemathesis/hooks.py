@@ -9,6 +9,13 @@ generation; nothing else is filtered.
 
 The budgets come from the test (STUDIO_PIXEL_BUDGETS, JSON: workflow -> pixels).
 
+Pictures: an image or mask parameter takes the id of an upload this server holds
+(or a data: URL of a real picture), which no schema can generate. The test uploads
+one picture first (STUDIO_FUZZ_UPLOAD_ID) and `map_body` puts its id in place of
+any schema-valid value, so the rest of such a body is still fuzzed. (POST
+/api/uploads itself takes arbitrary bytes that must be a real picture; the test
+leaves it out and tests/it/uploads.rs throws random and hostile bytes at it.)
+
 A second rule is about state: an Idempotency-Key already used with another body is
 refused with 422 `idempotency-key-reuse` by design, and the fuzzer sends the same
 few generated keys with many bodies. `map_headers` makes each generated key unique
@@ -19,6 +26,7 @@ key. Replays and reuse are tested in tests/it/idempotency.rs.
 import itertools
 import json
 import os
+import re
 
 import schemathesis
 
@@ -52,6 +60,22 @@ def filter_body(ctx, body):
     for s in sizes:
         pixels *= s
     return pixels <= budget
+
+
+UPLOAD_ID = os.environ.get("STUDIO_FUZZ_UPLOAD_ID", "")
+PICTURE = re.compile(r"^([0-9a-f]{64}|data:image/(png|jpeg|webp);base64,.*)$", re.S)
+
+
+@schemathesis.hook
+def map_body(ctx, body):
+    if ctx.operation is None or ctx.operation.path != "/api/generate":
+        return body
+    if isinstance(body, dict) and UPLOAD_ID:
+        for key in ("image", "mask"):
+            value = body.get(key)
+            if isinstance(value, str) and PICTURE.match(value):
+                body[key] = UPLOAD_ID
+    return body
 
 
 _SERIAL = itertools.count()

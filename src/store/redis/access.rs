@@ -212,4 +212,48 @@ impl RedisStore {
         let done: i64 = self.run(inv.invoke_async(&mut conn)).await?;
         Ok(done == 1)
     }
+
+    pub(super) async fn put_upload_impl(
+        &self,
+        rec: &crate::uploads::UploadRecord,
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let json = serde_json::to_string(rec).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        self.run(
+            ::redis::cmd("SET")
+                .arg(self.keys.upload(&rec.owner, &rec.upload_id))
+                .arg(json)
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    pub(super) async fn get_upload_impl(
+        &self,
+        owner: &str,
+        id: &str,
+        extend: Option<std::time::Duration>,
+    ) -> Result<Option<crate::uploads::UploadRecord>, StoreError> {
+        let key = self.keys.upload(owner, id);
+        let mut conn = self.conn.clone();
+        let json: Option<String> = self
+            .run(::redis::cmd("GET").arg(&key).query_async(&mut conn))
+            .await?;
+        let Some(json) = json else { return Ok(None) };
+        if let Some(ttl) = extend {
+            // A job uses it: it lives at least as long as the job's record.
+            self.run(
+                ::redis::cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(ttl.as_millis().max(1) as u64)
+                    .arg("GT")
+                    .query_async::<i64>(&mut conn),
+            )
+            .await?;
+        }
+        Ok(serde_json::from_str(&json).ok())
+    }
 }

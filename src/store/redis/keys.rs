@@ -124,6 +124,11 @@ impl Keys {
         format!("{}studio:idem:{scope}", self.prefix)
     }
 
+    /// An uploaded image's record (JSON, with a TTL), per owner.
+    pub fn upload(&self, owner: &str, id: &str) -> String {
+        format!("{}studio:upload:{owner}:{id}", self.prefix)
+    }
+
     /// A rate limit's bucket (GCRA's theoretical arrival time).
     pub fn rate_bucket(&self, bucket: &str) -> String {
         format!("{}studio:rate:{bucket}", self.prefix)

@@ -135,6 +135,14 @@ CREATE TABLE IF NOT EXISTS backend_reports (
     report     TEXT NOT NULL,
     updated_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS uploads (
+    owner      TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    record     TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    PRIMARY KEY (owner, id)
+);
+CREATE INDEX IF NOT EXISTS uploads_expiry ON uploads (expires_ms);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id    TEXT NOT NULL,

@@ -128,6 +128,8 @@ struct Inner {
     generated: HashMap<String, u64>,
     /// Requests per path.
     requests: HashMap<String, u32>,
+    /// Files in the `input` directory (`/upload/image`, `/upload/mask`): name → bytes.
+    inputs: HashMap<String, Vec<u8>>,
 }
 
 struct Shared {
@@ -316,6 +318,26 @@ impl StandIn {
         self.shared.inner.lock().unwrap().history.clear();
     }
 
+    /// A file in the `input` directory (uploaded), by name.
+    pub fn input(&self, name: &str) -> Option<Vec<u8>> {
+        self.shared.inner.lock().unwrap().inputs.get(name).cloned()
+    }
+
+    /// The names in the `input` directory.
+    pub fn input_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .shared
+            .inner
+            .lock()
+            .unwrap()
+            .inputs
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The names of the files this stand-in produced.
     pub fn files(&self) -> Vec<String> {
         let mut names: Vec<String> = self
@@ -387,6 +409,8 @@ fn router(st: St) -> Router {
         .route("/view", get(view))
         .route("/system_stats", get(system_stats))
         .route("/object_info", get(object_info))
+        .route("/upload/image", post(upload))
+        .route("/upload/mask", post(upload))
         .route("/ws", get(ws))
         .layer(axum::middleware::from_fn_with_state(st.clone(), count))
         .with_state(st)
@@ -448,7 +472,11 @@ fn node_error(id: &str, class: &str, typ: &str, message: String, input: &str) ->
 }
 
 /// Checks the graph the way ComfyUI's validation would for the nodes we know.
-fn validate(prompt: &Value, checkpoints: &[String]) -> Result<(), Value> {
+fn validate(
+    prompt: &Value,
+    checkpoints: &[String],
+    inputs: &HashMap<String, Vec<u8>>,
+) -> Result<(), Value> {
     let Some(nodes) = prompt.as_object() else {
         return Err(
             json!({"error": {"type": "invalid_prompt", "message": "Cannot execute because the prompt is not an object.", "details": "", "extra_info": {}}, "node_errors": {}}),
@@ -465,6 +493,19 @@ fn validate(prompt: &Value, checkpoints: &[String]) -> Result<(), Value> {
             return Err(
                 json!({"error": {"type": "invalid_prompt", "message": format!("Cannot execute because node {class} does not exist."), "details": format!("Node ID '#{id}'"), "extra_info": {}}, "node_errors": {}}),
             );
+        }
+        if class == "LoadImage" || class == "LoadImageMask" {
+            // As the real server's VALIDATE_INPUTS: the file must be in `input`.
+            let want = node["inputs"]["image"].as_str().unwrap_or("");
+            if !inputs.contains_key(want) {
+                errors.insert(
+                    id.clone(),
+                    json!({"errors": [{"type": "custom_validation_failed", "message": "Custom validation failed for node",
+                        "details": format!("image - Invalid image file: {want}"),
+                        "extra_info": {"input_name": "image"}}],
+                        "dependent_outputs": [], "class_type": class}),
+                );
+            }
         }
         if class == "CheckpointLoaderSimple" {
             let want = node["inputs"]["ckpt_name"].as_str().unwrap_or("");
@@ -521,6 +562,36 @@ fn validate(prompt: &Value, checkpoints: &[String]) -> Result<(), Value> {
     }
 }
 
+/// `POST /upload/image` and `/upload/mask`: the file in the form's `image` field
+/// goes to `input` under its own name (a `subfolder` field puts it below).
+async fn upload(State(st): State<St>, mut form: axum::extract::Multipart) -> Response {
+    let mut file: Option<(String, Vec<u8>)> = None;
+    let mut subfolder = String::new();
+    while let Ok(Some(field)) = form.next_field().await {
+        match field.name() {
+            Some("image") => {
+                let name = field.file_name().unwrap_or("image.png").to_owned();
+                let Ok(bytes) = field.bytes().await else {
+                    return StatusCode::BAD_REQUEST.into_response();
+                };
+                file = Some((name, bytes.to_vec()));
+            }
+            Some("subfolder") => subfolder = field.text().await.unwrap_or_default(),
+            _ => {}
+        }
+    }
+    let Some((name, bytes)) = file else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let key = if subfolder.is_empty() {
+        name.clone()
+    } else {
+        format!("{subfolder}/{name}")
+    };
+    st.inner.lock().unwrap().inputs.insert(key, bytes);
+    Json(json!({"name": name, "subfolder": subfolder, "type": "input"})).into_response()
+}
+
 async fn submit(State(st): State<St>, body: Bytes) -> Response {
     let Ok(v) = serde_json::from_slice::<Value>(&body) else {
         return (
@@ -542,7 +613,7 @@ async fn submit(State(st): State<St>, body: Bytes) -> Response {
     let Some(prompt) = v.get("prompt").cloned() else {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}}, "node_errors": {}}))).into_response();
     };
-    if let Err(e) = validate(&prompt, &g.knobs.checkpoints) {
+    if let Err(e) = validate(&prompt, &g.knobs.checkpoints, &g.inputs) {
         return (StatusCode::BAD_REQUEST, Json(e)).into_response();
     }
     let id = match v.get("prompt_id") {

@@ -1,0 +1,183 @@
+//! `POST /api/uploads`: an input picture for img2img, inpainting and the like.
+//! Checked ([`crate::uploads::check`]), stored content-addressed in the output
+//! storage, recorded for its owner with the job TTL.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use super::access::Caller;
+use super::error::{ApiError, ErrorBody};
+use super::extract::read_body;
+use super::guard::Deliberate;
+use crate::uploads::{self, UploadError, UploadRecord};
+
+/// Caps on uploads.
+#[derive(Clone, Copy, Debug)]
+pub struct UploadLimits {
+    pub max_bytes: u64,
+    pub max_pixels: u64,
+    /// How long an upload no job uses is kept (the job TTL).
+    pub ttl: std::time::Duration,
+}
+
+impl From<UploadError> for ApiError {
+    fn from(e: UploadError) -> Self {
+        ApiError::new(
+            StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+            e.code,
+            e.message,
+        )
+        .with_field("image")
+    }
+}
+
+/// Multipart framing allowed on top of the picture itself.
+const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+
+/// Uploads a picture (PNG, JPEG or WebP) for a job's image or mask parameter.
+#[utoipa::path(post, path = "/api/uploads", tag = "uploads",
+    request_body(description = "The picture as the raw body with its own type (`image/png`, `image/jpeg`, `image/webp`), or `multipart/form-data` with the file in a field named `image` (or the first file field)",
+        content(
+            (Vec<u8> = "image/png"),
+            (Vec<u8> = "image/jpeg"),
+            (Vec<u8> = "image/webp"),
+            (Vec<u8> = "multipart/form-data"),
+        )),
+    responses(
+        (status = 201, description = "Stored (the same bytes again answer the same id)", body = UploadRecord),
+        (status = 400, description = "Not a whole image: truncated, corrupt, or with data after its end (`invalid-image`)", body = ErrorBody),
+        (status = 413, description = "Too many bytes (`upload-too-large`) or pixels (`image-too-large`)", body = ErrorBody),
+        (status = 415, description = "Not PNG, JPEG or WebP, or not what its content type says (`unsupported-image-type`)", body = ErrorBody),
+        (status = 503, description = "The store or the storage is unavailable", body = ErrorBody),
+    ))]
+pub async fn upload(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    _: Deliberate,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let limits = state.uploads;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let is_multipart = content_type
+        .to_ascii_lowercase()
+        .starts_with("multipart/form-data");
+    let limit = limits.max_bytes + if is_multipart { MULTIPART_OVERHEAD } else { 0 };
+    let body = read_body(req, limit as usize, state.body_timeout)
+        .await
+        .map_err(|e| e.with_field("image"))?;
+    let (declared, bytes) = if is_multipart {
+        picture_from_multipart(&content_type, body).await?
+    } else if content_type.is_empty() || content_type.starts_with("application/octet-stream") {
+        (None, body)
+    } else {
+        (Some(content_type), body)
+    };
+    let declared = declared.filter(|d| !d.starts_with("application/octet-stream"));
+    let (kind, width, height) = uploads::check(
+        &bytes,
+        declared.as_deref(),
+        limits.max_bytes,
+        limits.max_pixels,
+    )?;
+    let record = store_upload(&state, who.owner(), kind, width, height, &bytes).await?;
+    Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
+/// Stores checked bytes and records them for `owner`.
+pub async fn store_upload(
+    state: &AppState,
+    owner: &str,
+    kind: &str,
+    width: u32,
+    height: u32,
+    bytes: &[u8],
+) -> Result<UploadRecord, ApiError> {
+    let id = uploads::upload_id(bytes);
+    let dir = uploads::uploads_dir();
+    // Content-addressed: the same bytes are stored once, whoever sends them.
+    let present = state
+        .images
+        .open_part(
+            &dir,
+            &id,
+            Some(crate::storage::ByteRange::From {
+                start: 0,
+                end: Some(0),
+            }),
+        )
+        .await
+        .map_err(|e| ApiError::unavailable(format!("the storage is unavailable: {e}")))?
+        .is_some();
+    if !present {
+        state
+            .images
+            .put(&dir, &id, bytes)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("the storage is unavailable: {e}")))?;
+    }
+    let record = UploadRecord {
+        upload_id: id,
+        width,
+        height,
+        content_type: kind.to_owned(),
+        size: bytes.len() as u64,
+        owner: owner.to_owned(),
+        created_at: crate::clock::iso8601(crate::clock::now_micros()),
+    };
+    state
+        .with_timeout(state.store.put_upload(&record, state.uploads.ttl))
+        .await?;
+    tracing::info!(upload_id = %record.upload_id, size = record.size, width, height, "upload stored");
+    Ok(record)
+}
+
+async fn picture_from_multipart(
+    content_type: &str,
+    body: bytes::Bytes,
+) -> Result<(Option<String>, bytes::Bytes), ApiError> {
+    let bad = |m: String| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid-multipart", m).with_field("image")
+    };
+    let req = Request::builder()
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(body))
+        .map_err(|e| bad(e.to_string()))?;
+    let mut form = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| bad(format!("not a multipart/form-data body: {e}")))?;
+    let mut first_file = None;
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| bad(format!("broken multipart body: {e}")))?
+    {
+        let named_image = field.name() == Some("image");
+        let is_file = field.file_name().is_some();
+        if !(named_image || is_file) {
+            continue;
+        }
+        let ct = field.content_type().map(str::to_owned);
+        let data = field
+            .bytes()
+            .await
+            .map_err(|e| bad(format!("broken multipart body: {e}")))?;
+        if named_image {
+            return Ok((ct, data));
+        }
+        if first_file.is_none() {
+            first_file = Some((ct, data));
+        }
+    }
+    first_file.ok_or_else(|| {
+        bad("no file in the form: send the picture in a field named \"image\"".into())
+    })
+}
