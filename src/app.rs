@@ -147,6 +147,7 @@ impl App {
                     max_pixels: args.max_upload_pixels,
                     ttl: args.job_ttl,
                 },
+                offers: Default::default(),
             });
             (Some(server), Some(api::router(state)))
         } else if let Some(port) = args.metrics_port {

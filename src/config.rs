@@ -433,6 +433,7 @@ impl ServerArgs {
         }
         WorkerConfig {
             launch,
+            capabilities_interval: Duration::from_secs(300),
             backends,
             prefetch: self.prefetch,
             job_timeout: self.job_timeout,

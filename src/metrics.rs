@@ -123,6 +123,9 @@ pub struct BackendSample {
     pub last_error: String,
     /// Restarts of a ComfyUI this worker launched itself (`--comfyui-launch`).
     pub restarts: u64,
+    /// The fingerprint of what it offers (its capabilities, in the store); empty
+    /// until read.
+    pub caps: String,
 }
 
 impl Default for BackendSample {
@@ -136,6 +139,7 @@ impl Default for BackendSample {
             device: String::new(),
             last_error: String::new(),
             restarts: 0,
+            caps: String::new(),
         }
     }
 }

@@ -162,7 +162,8 @@ function renderParams() {
       wrap.append(label, input, drop, preview);
       box.append(wrap);
       continue;
-    } else if (p.type === "enum") {
+    } else if (p.type === "enum" || (p.choices && p.choices.length)) {
+      // Enums, and model files the live backends have (from_backends).
       input = document.createElement("select");
       for (const c of p.choices) {
         const o = document.createElement("option");

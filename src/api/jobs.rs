@@ -96,6 +96,7 @@ pub async fn generate(
     let body = inline_pictures(&state, who.owner(), body).await?;
     let job = parse_submission(&body, &state.workflows)?;
     pictures_exist(&state, &who, &job).await?;
+    models_available(&state, &job).await?;
     if let Some(key) = &who.key
         && job.priority > key.limits.max_priority
     {
@@ -247,6 +248,43 @@ async fn pictures_exist(
         }
     }
     Ok(())
+}
+
+/// A job that no live backend can run (a node or a model none has) is refused
+/// now, not failed later on a GPU. Accepted when no backend has reported yet.
+async fn models_available(state: &AppState, job: &crate::job::NewJob) -> Result<(), ApiError> {
+    let Some(wf) = state.workflows.get(&job.workflow) else {
+        return Ok(());
+    };
+    let offers = state
+        .with_timeout(state.offers.live(state.store.as_ref()))
+        .await?;
+    if offers.is_empty() {
+        return Ok(());
+    }
+    let graph = wf.render(job.id.as_str(), &job.prompt, job.seed, &job.params);
+    let need = crate::capabilities::Requirements::of_graph(&graph);
+    let Some(why) = crate::capabilities::refusal(&need, &offers) else {
+        return Ok(());
+    };
+    // Name the parameter that chose the missing file, if one did.
+    let inputs = crate::capabilities::missing_inputs(&need, &offers);
+    let field = wf
+        .params
+        .iter()
+        .find(|(_, spec)| {
+            spec.targets.iter().any(|t| {
+                let class = wf
+                    .graph
+                    .get(&t.node)
+                    .and_then(|n| n["class_type"].as_str())
+                    .unwrap_or("");
+                inputs.contains(&format!("{class}.{}", t.input))
+            })
+        })
+        .map(|(name, _)| name.clone())
+        .unwrap_or_else(|| "workflow".to_owned());
+    Err(ApiError::new(StatusCode::BAD_REQUEST, "model-unavailable", why).with_field(field))
 }
 
 /// A job's status: the prototype's five keys plus ours.

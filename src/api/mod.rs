@@ -13,6 +13,7 @@ pub mod images;
 pub mod jobs;
 pub mod keys;
 pub mod metrics;
+pub mod offers;
 pub mod openapi;
 pub mod ops;
 pub mod pages;
@@ -98,6 +99,8 @@ pub struct AppContext {
     pub redirect_images: bool,
     /// Caps on input pictures.
     pub uploads: uploads::UploadLimits,
+    /// What the live backends offer (for submissions and `/api/workflows`).
+    pub offers: Arc<offers::Offers>,
 }
 
 impl AppContext {

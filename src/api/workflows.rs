@@ -39,7 +39,7 @@ pub struct WorkflowInfo {
 #[derive(Serialize, ToSchema)]
 pub struct ParamInfo {
     pub name: String,
-    /// `string`, `int`, `float`, `bool` or `enum`.
+    /// `string`, `int`, `float`, `bool`, `enum`, `image` or `mask`.
     #[serde(rename = "type")]
     #[schema(value_type = String, example = "int")]
     pub kind: ParamKind,
@@ -58,10 +58,14 @@ pub struct ParamInfo {
     /// For strings: the most characters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_length: Option<usize>,
-    /// For enums: the allowed values.
+    /// For enums: the allowed values. For a parameter naming a model file: the
+    /// files the live backends have (`from_backends`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub choices: Vec<String>,
-    /// Only `prompt` is required.
+    /// The choices are what the live backends have now, not a fixed list.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub from_backends: bool,
+    /// `prompt`, and pictures without a default.
     pub required: bool,
 }
 
@@ -69,10 +73,66 @@ pub struct ParamInfo {
 #[utoipa::path(get, path = "/api/workflows", tag = "workflows", operation_id = "list_workflows",
     responses((status = 200, description = "Every workflow", body = WorkflowList)))]
 pub async fn list(State(state): State<AppState>) -> Json<WorkflowList> {
+    // Model parameters get the files the live backends have as their choices
+    // (none when nobody has reported, or the store does not answer in time).
+    let offers = state
+        .with_timeout(state.offers.live(state.store.as_ref()))
+        .await
+        .unwrap_or_default();
     Json(WorkflowList {
         default: DEFAULT_WORKFLOW,
-        workflows: state.workflows.iter().map(describe).collect(),
+        workflows: state
+            .workflows
+            .iter()
+            .map(|w| {
+                let mut info = describe(w);
+                fill_model_choices(w, &mut info, &offers);
+                info
+            })
+            .collect(),
     })
+}
+
+/// Fills the choices of string parameters that name a model file.
+fn fill_model_choices(
+    w: &Workflow,
+    info: &mut WorkflowInfo,
+    offers: &[crate::capabilities::Capabilities],
+) {
+    if offers.is_empty() {
+        return;
+    }
+    for p in &mut info.params {
+        let Some(spec) = w.params.get(&p.name) else {
+            continue;
+        };
+        if spec.kind != ParamKind::String {
+            continue;
+        }
+        let mut files = std::collections::BTreeSet::new();
+        let mut is_model = false;
+        for t in &spec.targets {
+            if !crate::capabilities::is_model_input(&t.input) {
+                continue;
+            }
+            let class = w
+                .graph
+                .get(&t.node)
+                .and_then(|n| n["class_type"].as_str())
+                .unwrap_or("");
+            let key = format!("{class}.{}", t.input);
+            for caps in offers {
+                if let Some(list) = caps.models.get(&key) {
+                    is_model = true;
+                    files.extend(list.iter().cloned());
+                }
+            }
+        }
+        if is_model {
+            p.choices = files.into_iter().collect();
+            p.from_backends = true;
+        }
+    }
 }
 
 /// One workflow as the API shows it.
@@ -97,7 +157,8 @@ pub fn describe(w: &Workflow) -> WorkflowInfo {
                 max: p.max.clone(),
                 max_length: p.max_length,
                 choices: p.choices.clone(),
-                required: n == "prompt",
+                from_backends: false,
+                required: n == "prompt" || (p.kind.is_picture() && p.default.is_none()),
             }
         })
         .collect();

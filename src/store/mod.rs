@@ -421,6 +421,14 @@ pub trait JobStore: Send + Sync + 'static {
     /// Every worker's report younger than the worker TTL: (worker, report).
     async fn backend_reports(&self) -> Result<Vec<(String, String)>, StoreError>;
 
+    /// Keeps a backend offer (capabilities JSON) under its fingerprint for `ttl`
+    /// (workers put it again well within that while the backend lives).
+    async fn put_capabilities(&self, fp: &str, json: &str, ttl: Duration)
+    -> Result<(), StoreError>;
+
+    /// An offer by its fingerprint.
+    async fn get_capabilities(&self, fp: &str) -> Result<Option<String>, StoreError>;
+
     /// Records an uploaded image for its owner, for `ttl` (or longer if it was
     /// recorded before with a longer one).
     async fn put_upload(

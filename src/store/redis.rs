@@ -1034,6 +1034,19 @@ impl JobStore for RedisStore {
         self.put_upload_impl(rec, ttl).await
     }
 
+    async fn put_capabilities(
+        &self,
+        fp: &str,
+        json: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.put_capabilities_impl(fp, json, ttl).await
+    }
+
+    async fn get_capabilities(&self, fp: &str) -> Result<Option<String>, StoreError> {
+        self.get_capabilities_impl(fp).await
+    }
+
     async fn get_upload(
         &self,
         owner: &str,

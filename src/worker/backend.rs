@@ -63,6 +63,8 @@ pub struct Backend {
     /// Input pictures already put on it: upload id → the name ComfyUI gave it
     /// (bounded: forgotten wholesale past [`MAX_KNOWN_INPUTS`]).
     pub inputs: Mutex<std::collections::HashMap<String, String>>,
+    /// The fingerprint of its capabilities, once read from `/object_info`.
+    pub caps: Mutex<String>,
     /// The process behind it, when this worker launched it.
     pub process: Option<std::sync::Arc<super::launch::Supervised>>,
 }
@@ -95,6 +97,7 @@ impl Backend {
             pacing: Default::default(),
             admitted: watch::channel(admitted).0,
             inputs: Mutex::new(std::collections::HashMap::new()),
+            caps: Mutex::new(String::new()),
             process,
         }
     }
@@ -102,6 +105,66 @@ impl Backend {
     /// Lets the dispatcher give it work (or not).
     pub fn set_admitted(&self, yes: bool) {
         self.admitted.send_replace(yes);
+    }
+
+    /// Waits until it answers its health check (admitted or not).
+    pub async fn wait_healthy(&self) {
+        let mut rx = self.health.subscribe();
+        let _ = rx.wait_for(|h| *h == Health::Up).await;
+    }
+
+    /// Waits until it stops answering.
+    pub async fn wait_unhealthy(&self) {
+        let mut rx = self.health.subscribe();
+        let _ = rx.wait_for(|h| *h != Health::Up).await;
+    }
+
+    /// Reads its `/object_info` and publishes what it offers: on every (re)connect
+    /// and every `every`, until `stop`.
+    pub async fn capabilities_loop(
+        &self,
+        store: std::sync::Arc<dyn crate::store::JobStore>,
+        every: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = self.wait_healthy() => {}
+                _ = stop.changed() => return,
+            }
+            match self.client.object_info().await {
+                Ok(info) => {
+                    let caps = crate::capabilities::Capabilities::from_object_info(&info);
+                    let fp = caps.fingerprint();
+                    let json = serde_json::to_string(&caps).unwrap_or_default();
+                    // Kept for three refreshes: a worker that dies takes its offer
+                    // with it soon after (its heartbeat report goes first).
+                    match store.put_capabilities(&fp, &json, every * 3).await {
+                        Ok(()) => {
+                            let before = std::mem::replace(
+                                &mut *self.caps.lock().expect("caps"),
+                                fp.clone(),
+                            );
+                            if before != fp {
+                                tracing::info!(backend = %self.url, nodes = caps.nodes.len(), model_lists = caps.models.len(), fingerprint = %fp, "backend capabilities read");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(backend = %self.url, error = %e, "cannot publish backend capabilities; retrying")
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(backend = %self.url, error = %e, "cannot read /object_info; retrying")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                // A reconnect is a chance its models changed: read again then.
+                _ = self.wait_unhealthy() => {}
+                _ = stop.changed() => return,
+            }
+        }
     }
 
     /// Up and admitted: the dispatcher may claim for it.

@@ -63,6 +63,9 @@ pub struct WorkerConfig {
     pub public_url: String,
     /// Largest output file downloaded from ComfyUI; a larger one fails the job.
     pub max_output_bytes: u64,
+    /// How often each backend's `/object_info` is read again (also on every
+    /// reconnect).
+    pub capabilities_interval: Duration,
     /// ComfyUI processes to launch and supervise (each adds a backend).
     pub launch: Option<launch::LaunchConfig>,
 }
@@ -84,6 +87,7 @@ impl Default for WorkerConfig {
             public_url: String::new(),
             max_output_bytes: 2 << 30,
             launch: None,
+            capabilities_interval: Duration::from_secs(300),
         }
     }
 }
@@ -132,6 +136,7 @@ impl BackendReport for BackendList {
                     device: s.device,
                     last_error: s.last_error,
                     restarts: b.process.as_ref().map_or(0, |p| p.restarts()),
+                    caps: b.caps.lock().expect("caps").clone(),
                 }
             })
             .collect()
@@ -224,6 +229,13 @@ impl Workers {
             let every = self.config.health_interval;
             let stop = stop_rx.clone();
             tasks.spawn(async move { b.health_loop(every, stop).await });
+        }
+        for b in &self.backends {
+            let b = b.clone();
+            let store = self.store.clone();
+            let every = self.config.capabilities_interval;
+            let stop = stop_rx.clone();
+            tasks.spawn(async move { b.capabilities_loop(store, every, stop).await });
         }
         // Launched ComfyUIs: stopped after the dispatchers, so running jobs can
         // finish on them during the grace period.

@@ -421,6 +421,17 @@ async fn the_page_takes_a_picture_for_img2img() {
     image::RgbImage::from_pixel(20, 10, image::Rgb([250, 128, 0]))
         .save(&picture)
         .unwrap();
+    // Once the worker has said which checkpoints its ComfyUI has, the page offers
+    // them as a drop-down.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, v) = app.get("/api/workflows").await;
+        if v.to_string().contains("\"from_backends\":true") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no offers: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let browser = Browser::start(1280, 1000).await;
     browser.goto(&app.base).await;
     browser
@@ -429,6 +440,16 @@ async fn the_page_takes_a_picture_for_img2img() {
             WAIT,
         )
         .await;
+    browser
+        .exec("const s = document.getElementById('workflow'); s.value = 'sdxl'; s.dispatchEvent(new Event('change')); return true;")
+        .await;
+    assert_eq!(
+        browser
+            .exec("const c = document.getElementById('param-checkpoint'); return [c.tagName, [...c.options].map(o => o.value).join(',')]")
+            .await,
+        serde_json::json!(["SELECT", "sd_xl_base_1.0.safetensors,v1-5-pruned-emaonly.safetensors"]),
+        "the checkpoints the backend has, as a drop-down"
+    );
     browser
         .exec("const s = document.getElementById('workflow'); s.value = 'smoke-img2img'; s.dispatchEvent(new Event('change')); return true;")
         .await;

@@ -5,6 +5,7 @@ mod support;
 
 mod api;
 mod browser;
+mod capabilities;
 mod cli;
 mod cluster;
 mod comfy_protocol;

@@ -256,4 +256,35 @@ impl RedisStore {
         }
         Ok(serde_json::from_str(&json).ok())
     }
+
+    pub(super) async fn put_capabilities_impl(
+        &self,
+        fp: &str,
+        json: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.run(
+            ::redis::cmd("SET")
+                .arg(self.keys.capabilities(fp))
+                .arg(json)
+                .arg("PX")
+                .arg(ttl.as_millis().max(1) as u64)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    pub(super) async fn get_capabilities_impl(
+        &self,
+        fp: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let mut conn = self.conn.clone();
+        self.run(
+            ::redis::cmd("GET")
+                .arg(self.keys.capabilities(fp))
+                .query_async(&mut conn),
+        )
+        .await
+    }
 }

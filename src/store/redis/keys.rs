@@ -124,6 +124,11 @@ impl Keys {
         format!("{}studio:idem:{scope}", self.prefix)
     }
 
+    /// A backend offer (capabilities JSON) by its fingerprint, with a TTL.
+    pub fn capabilities(&self, fp: &str) -> String {
+        format!("{}studio:caps:{fp}", self.prefix)
+    }
+
     /// An uploaded image's record (JSON, with a TTL), per owner.
     pub fn upload(&self, owner: &str, id: &str) -> String {
         format!("{}studio:upload:{owner}:{id}", self.prefix)

@@ -240,4 +240,43 @@ impl SqliteStore {
         }
         Ok(serde_json::from_str(&json).ok())
     }
+
+    pub(super) async fn put_capabilities_impl(
+        &self,
+        fp: &str,
+        json: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let (fp, json) = (fp.to_owned(), json.to_owned());
+        let now = clock::now_ms() as i64;
+        let expires = now + ttl.as_millis() as i64;
+        self.write(move |conn| {
+            conn.execute(
+                "DELETE FROM capabilities WHERE expires_ms < ?1",
+                params![now],
+            )?;
+            conn.execute(
+                "INSERT INTO capabilities (fp, json, expires_ms) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(fp) DO UPDATE SET expires_ms = excluded.expires_ms",
+                params![fp, json, expires],
+            )?;
+            Ok(((), Vec::new()))
+        })
+        .await
+    }
+
+    pub(super) async fn get_capabilities_impl(
+        &self,
+        fp: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let fp = fp.to_owned();
+        let now = clock::now_ms() as i64;
+        self.read(move |c| {
+            use rusqlite::OptionalExtension;
+            c.prepare_cached("SELECT json FROM capabilities WHERE fp = ?1 AND expires_ms >= ?2")?
+                .query_row(params![fp, now], |r| r.get(0))
+                .optional()
+        })
+        .await
+    }
 }

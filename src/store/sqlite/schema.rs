@@ -143,6 +143,11 @@ CREATE TABLE IF NOT EXISTS uploads (
     PRIMARY KEY (owner, id)
 );
 CREATE INDEX IF NOT EXISTS uploads_expiry ON uploads (expires_ms);
+CREATE TABLE IF NOT EXISTS capabilities (
+    fp         TEXT PRIMARY KEY,
+    json       TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id    TEXT NOT NULL,

@@ -78,6 +78,8 @@ pub struct Knobs {
     pub output_bytes: Option<u64>,
     /// SaveImage names its files with characters URLs must encode (`# ? ` and a space).
     pub odd_names: bool,
+    /// More node classes `/object_info` lists.
+    pub extra_nodes: Vec<String>,
 }
 
 impl Default for Knobs {
@@ -95,6 +97,7 @@ impl Default for Knobs {
             ],
             output_bytes: None,
             odd_names: false,
+            extra_nodes: Vec::new(),
         }
     }
 }
@@ -748,11 +751,50 @@ async fn system_stats() -> Json<Value> {
     )
 }
 
-async fn object_info() -> Json<Value> {
-    Json(
-        json!({"EmptyImage": {"input": {"required": {}}, "output_node": false}, "SaveImage": {"input": {"required": {}}, "output_node": true}}),
-    )
+/// The node classes this stand-in runs (as `/object_info` lists them), with the
+/// checkpoints of its knobs as the choices of `CheckpointLoaderSimple.ckpt_name`
+/// (a V1 combo) and one V3 combo model list.
+async fn object_info(State(st): State<St>) -> Json<Value> {
+    let knobs = st.inner.lock().unwrap().knobs.clone();
+    let mut info = Map::new();
+    for class in STANDIN_NODES {
+        info.insert(
+            (*class).to_owned(),
+            json!({"input": {"required": {}}, "output_node": *class == "SaveImage"}),
+        );
+    }
+    info.insert(
+        "CheckpointLoaderSimple".into(),
+        json!({"input": {"required": {"ckpt_name": [knobs.checkpoints, {"tooltip": "The name of the checkpoint (model) to load."}]}}, "output_node": false}),
+    );
+    info.insert(
+        "UpscaleModelLoader".into(),
+        json!({"input": {"required": {"model_name": ["COMBO", {"multiselect": false, "options": ["4x-UltraSharp.pth"]}]}}, "output_node": false}),
+    );
+    for class in &knobs.extra_nodes {
+        info.insert(
+            class.clone(),
+            json!({"input": {"required": {}}, "output_node": false}),
+        );
+    }
+    Json(Value::Object(info))
 }
+
+/// Classes every stand-in offers besides the checkpoint loader.
+const STANDIN_NODES: &[&str] = &[
+    "EmptyImage",
+    "ImageInvert",
+    "ImageBlur",
+    "SaveImage",
+    "LoadImage",
+    "LoadImageMask",
+    "KSampler",
+    "CLIPTextEncode",
+    "EmptyLatentImage",
+    "VAEDecode",
+    "VAEEncode",
+    "VAEEncodeForInpaint",
+];
 
 async fn ws(
     State(st): State<St>,
