@@ -156,10 +156,12 @@ async fn the_page_generates_shows_progress_fills_the_gallery_and_cancels() {
         .wait_for(&format!("const c = document.querySelector('.job'); return c && c.dataset.jobId !== '{job_id}' && c.dataset.status === 'processing' && c.dataset.jobId"), WAIT)
         .await;
     let second = second.as_str().unwrap().to_owned();
-    let cancel = browser
-        .find(&format!(".job[data-job-id=\"{second}\"] button.cancel"))
+    // Found and clicked in one step: the card is redrawn as progress comes in, so a
+    // button found a moment earlier may already have been replaced.
+    let clicked = browser
+        .wait_for(&format!("const b = document.querySelector('.job[data-job-id=\"{second}\"] button.cancel'); if (!b) return false; b.click(); return true;"), WAIT)
         .await;
-    browser.click(&cancel).await;
+    assert_eq!(clicked, true);
     browser
         .wait_for(&format!("const c = document.querySelector('.job[data-job-id=\"{second}\"]'); return c.dataset.status === 'failed' && c.querySelector('.state').textContent === 'Cancelled'"), WAIT)
         .await;

@@ -244,12 +244,13 @@ impl RedisStore {
             .await?;
         let Some(json) = json else { return Ok(None) };
         if let Some(ttl) = extend {
-            // A job uses it: it lives at least as long as the job's record.
+            // A job uses it: it lives at least as long as the job's record (it was
+            // recorded with the same TTL, so this never shortens it; no `GT`, which
+            // needs Redis 7).
             self.run(
                 ::redis::cmd("PEXPIRE")
                     .arg(&key)
                     .arg(ttl.as_millis().max(1) as u64)
-                    .arg("GT")
                     .query_async::<i64>(&mut conn),
             )
             .await?;
