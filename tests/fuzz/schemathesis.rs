@@ -91,6 +91,40 @@ async fn schemathesis_finds_nothing_wrong(kind: Backing) {
         .await
         .unwrap();
     let upload_id = up["upload_id"].as_str().expect("uploaded").to_owned();
+    // Which model files the backend has is known only at run time: wait until the
+    // worker has said, and hand the hook each model parameter's choices.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let model_choices = loop {
+        let v: serde_json::Value = app
+            .http
+            .get(app.url("/api/workflows"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut choices = serde_json::Map::new();
+        for w in v["workflows"].as_array().unwrap() {
+            let mut params = serde_json::Map::new();
+            for p in w["params"].as_array().unwrap() {
+                if p["from_backends"] == true {
+                    params.insert(p["name"].as_str().unwrap().to_owned(), p["choices"].clone());
+                }
+            }
+            if !params.is_empty() {
+                choices.insert(w["name"].as_str().unwrap().to_owned(), params.into());
+            }
+        }
+        if !choices.is_empty() {
+            break serde_json::Value::Object(choices);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no backend offers: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let base = app.base.clone();
     // The one rule JSON Schema cannot state (the pixel budget), for the hook.
     let budgets: serde_json::Map<String, serde_json::Value> =
@@ -113,6 +147,7 @@ async fn schemathesis_finds_nothing_wrong(kind: Backing) {
                 serde_json::Value::Object(budgets).to_string(),
             )
             .env("STUDIO_FUZZ_UPLOAD_ID", &upload_id)
+            .env("STUDIO_FUZZ_MODEL_CHOICES", model_choices.to_string())
             .env(
                 "STUDIO_DEFAULT_WORKFLOW",
                 studio_core::workflow::DEFAULT_WORKFLOW,

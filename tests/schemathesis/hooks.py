@@ -16,6 +16,12 @@ any schema-valid value, so the rest of such a body is still fuzzed. (POST
 /api/uploads itself takes arbitrary bytes that must be a real picture; the test
 leaves it out and tests/it/uploads.rs throws random and hostile bytes at it.)
 
+Models: a parameter that names a model file (sdxl's `checkpoint`) must name one a
+live backend has, or the job is refused (400 `model-unavailable`); which ones is
+known only at run time (`/api/workflows` lists them, `from_backends`). The test
+passes them (STUDIO_FUZZ_MODEL_CHOICES, JSON: workflow -> parameter -> files) and
+`map_body` replaces a generated string that is not one of them with the first.
+
 A second rule is about state: an Idempotency-Key already used with another body is
 refused with 422 `idempotency-key-reuse` by design, and the fuzzer sends the same
 few generated keys with many bodies. `map_headers` makes each generated key unique
@@ -66,15 +72,26 @@ UPLOAD_ID = os.environ.get("STUDIO_FUZZ_UPLOAD_ID", "")
 PICTURE = re.compile(r"^([0-9a-f]{64}|data:image/(png|jpeg|webp);base64,.*)$", re.S)
 
 
+MODEL_CHOICES = json.loads(os.environ.get("STUDIO_FUZZ_MODEL_CHOICES", "{}"))
+
+
 @schemathesis.hook
 def map_body(ctx, body):
     if ctx.operation is None or ctx.operation.path != "/api/generate":
         return body
-    if isinstance(body, dict) and UPLOAD_ID:
+    if not isinstance(body, dict):
+        return body
+    if UPLOAD_ID:
         for key in ("image", "mask"):
             value = body.get(key)
             if isinstance(value, str) and PICTURE.match(value):
                 body[key] = UPLOAD_ID
+    workflow = body.get("workflow") or DEFAULT_WORKFLOW
+    models = MODEL_CHOICES.get(workflow) if isinstance(workflow, str) else None
+    for key, choices in (models or {}).items():
+        value = body.get(key)
+        if isinstance(value, str) and choices and value not in choices:
+            body[key] = choices[0]
     return body
 
 
