@@ -271,7 +271,19 @@ impl Drop for RedisStore {
 }
 
 fn map_err(e: RedisError) -> StoreError {
-    if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
+    // Answers that mean "not now" are an outage too: a Redis still loading its
+    // AOF after a restart, a replica during a failover, a busy script, a cluster
+    // resharding or without a master.
+    let transient = matches!(
+        e.code(),
+        Some("LOADING" | "READONLY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "BUSY")
+    );
+    if transient
+        || e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+    {
         StoreError::Unavailable(format!("Redis: {e}"))
     } else {
         StoreError::Internal(format!("Redis: {e}"))

@@ -216,9 +216,11 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
 
 async fn settle(ctx: &RunContext, lease: &Lease, outcome: &Outcome) {
     let store = &ctx.store;
-    // The store may be briefly down; a lost outcome would be re-run (and adopted),
-    // so try for a while before giving up.
-    for attempt in 0..10u32 {
+    // The store may be down for a while (a Redis restart loads its whole AOF
+    // before it answers). While this worker heartbeats, nobody else will take the
+    // job, so keep trying (backing off to 5 s) for up to ten minutes.
+    let until = tokio::time::Instant::now() + SETTLE_FOR;
+    for attempt in 0u32.. {
         let result = match outcome {
             Outcome::Finished { image_url, outputs } => store
                 .complete(
@@ -255,20 +257,26 @@ async fn settle(ctx: &RunContext, lease: &Lease, outcome: &Outcome) {
         };
         match result {
             Ok(()) => return,
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, "cannot record the outcome yet; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * (attempt as u64 + 1))).await;
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < until => {
+                if attempt < 10 || attempt % 20 == 0 {
+                    tracing::warn!(error = %e, "cannot record the outcome yet; retrying");
+                }
+                let wait = Duration::from_millis(200 * (u64::from(attempt) + 1));
+                tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot record the outcome");
+                // A store that refuses (or has been away for ten minutes): the job
+                // stays with this worker until it stops, then the reaper requeues it.
+                tracing::error!(error = %e, "cannot record the outcome; the job is reclaimed when this worker stops");
                 return;
             }
         }
     }
-    tracing::error!(
-        "gave up recording the outcome; the job will be reclaimed after its lease expires"
-    );
 }
+
+/// How long a worker keeps trying to record a job's outcome while the store is
+/// unavailable.
+const SETTLE_FOR: Duration = Duration::from_secs(600);
 
 async fn execute(ctx: &RunContext, lease: &Lease, job: &JobRecord, turn: &mut Turn) -> Outcome {
     let id = lease.job_id.as_str();
