@@ -72,6 +72,7 @@ UPLOAD_ID = os.environ.get("STUDIO_FUZZ_UPLOAD_ID", "")
 PICTURE = re.compile(r"^([0-9a-f]{64}|data:image/(png|jpeg|webp);base64,.*)$", re.S)
 
 
+MAX_STRING_CHARS = 10000
 MODEL_CHOICES = json.loads(os.environ.get("STUDIO_FUZZ_MODEL_CHOICES", "{}"))
 
 
@@ -90,17 +91,29 @@ def map_body(ctx, body):
     models = MODEL_CHOICES.get(workflow) if isinstance(workflow, str) else None
     for key, choices in (models or {}).items():
         value = body.get(key)
-        if isinstance(value, str) and choices and value not in choices:
+        # Only a schema-valid name is replaced: a case made to break the schema
+        # (too long) must stay broken.
+        if (
+            isinstance(value, str)
+            and len(value) <= MAX_STRING_CHARS
+            and choices
+            and value not in choices
+        ):
             body[key] = choices[0]
     return body
 
 
 _SERIAL = itertools.count()
+VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 @schemathesis.hook
 def map_headers(ctx, headers):
     if not headers or "Idempotency-Key" not in headers:
+        return headers
+    # A key generated to break the documented syntax stays as it is (the suffix
+    # could make an empty one valid, and the case would no longer be negative).
+    if not VALID_KEY.fullmatch(str(headers["Idempotency-Key"])):
         return headers
     suffix = "-%d" % next(_SERIAL)
     value = str(headers["Idempotency-Key"])[: 255 - len(suffix)]
