@@ -38,15 +38,11 @@ pub struct UploadRecord {
     pub created_at: String,
 }
 
-impl UploadRecord {
-    /// The file name used on a ComfyUI backend.
-    pub fn comfy_name(&self) -> String {
-        format!(
-            "studio-{}.{}",
-            &self.upload_id[..32],
-            ext_of(&self.content_type)
-        )
-    }
+/// The file name an upload gets on a ComfyUI backend (content-named: the same
+/// name always means the same bytes).
+pub fn comfy_name(upload_id: &str, content_type: &str) -> String {
+    let short = upload_id.get(..32).unwrap_or(upload_id);
+    format!("studio-{short}.{}", ext_of(content_type))
 }
 
 fn ext_of(content_type: &str) -> &'static str {

@@ -273,14 +273,9 @@ async fn models_available(state: &AppState, job: &crate::job::NewJob) -> Result<
         .params
         .iter()
         .find(|(_, spec)| {
-            spec.targets.iter().any(|t| {
-                let class = wf
-                    .graph
-                    .get(&t.node)
-                    .and_then(|n| n["class_type"].as_str())
-                    .unwrap_or("");
-                inputs.contains(&format!("{class}.{}", t.input))
-            })
+            spec.targets
+                .iter()
+                .any(|t| inputs.contains(&wf.input_key(t)))
         })
         .map(|(name, _)| name.clone())
         .unwrap_or_else(|| "workflow".to_owned());

@@ -115,12 +115,7 @@ fn fill_model_choices(
             if !crate::capabilities::is_model_input(&t.input) {
                 continue;
             }
-            let class = w
-                .graph
-                .get(&t.node)
-                .and_then(|n| n["class_type"].as_str())
-                .unwrap_or("");
-            let key = format!("{class}.{}", t.input);
+            let key = w.input_key(t);
             for caps in offers {
                 if let Some(list) = caps.models.get(&key) {
                     is_model = true;

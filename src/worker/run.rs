@@ -66,21 +66,8 @@ async fn put_input(ctx: &RunContext, upload: &str) -> Result<String, Outcome> {
         }
     };
     let kind = crate::uploads::sniff(&bytes).unwrap_or("image/png");
-    let rec = crate::uploads::UploadRecord {
-        upload_id: upload.to_owned(),
-        width: 0,
-        height: 0,
-        content_type: kind.to_owned(),
-        size: bytes.len() as u64,
-        owner: String::new(),
-        created_at: String::new(),
-    };
-    match ctx
-        .backend
-        .client
-        .upload_image(bytes, &rec.comfy_name(), kind)
-        .await
-    {
+    let name = crate::uploads::comfy_name(upload, kind);
+    match ctx.backend.client.upload_image(bytes, &name, kind).await {
         Ok(name) => {
             let mut known = ctx.backend.inputs.lock().expect("inputs");
             if known.len() >= super::backend::MAX_KNOWN_INPUTS {

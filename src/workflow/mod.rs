@@ -183,6 +183,16 @@ impl Workflow {
         graph
     }
 
+    /// `Class.input` of a parameter's target (how backends key their model lists).
+    pub fn input_key(&self, t: &Target) -> String {
+        let class = self
+            .graph
+            .get(&t.node)
+            .and_then(|n| n["class_type"].as_str())
+            .unwrap_or("");
+        format!("{class}.{}", t.input)
+    }
+
     /// Most pixels one job may ask for.
     pub fn pixel_budget(&self) -> u64 {
         self.max_pixels.unwrap_or(DEFAULT_MAX_PIXELS)

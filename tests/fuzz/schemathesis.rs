@@ -73,12 +73,7 @@ async fn schemathesis_finds_nothing_wrong(kind: Backing) {
         assert_eq!(v["status"], "finished", "{v}");
     }
     // A picture the image and mask parameters can name (the hook puts its id in).
-    let picture = {
-        let img = image::RgbImage::from_pixel(16, 16, image::Rgb([40, 80, 120]));
-        let mut out = std::io::Cursor::new(Vec::new());
-        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-        out.into_inner()
-    };
+    let picture = crate::support::png(16, 16, [40, 80, 120]);
     let up: serde_json::Value = app
         .http
         .post(app.url("/api/uploads"))

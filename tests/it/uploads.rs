@@ -10,14 +10,7 @@ use studio_core::auth::{AuthMode, KeyLimits, Role as KeyRole};
 use studio_core::config::Role;
 
 use crate::support::standin::StandIn;
-use crate::support::{Backing, TestApp};
-
-fn png(w: u32, h: u32, rgb: [u8; 3]) -> Vec<u8> {
-    let img = image::RgbImage::from_pixel(w, h, image::Rgb(rgb));
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
+use crate::support::{Backing, TestApp, png};
 
 /// A picture that does not compress (random pixels): about 3 bytes per pixel.
 fn noise_png(w: u32, h: u32) -> Vec<u8> {

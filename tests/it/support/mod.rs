@@ -41,6 +41,14 @@ use studio_core::config::{Role, ServerArgs};
 use studio_core::store::{JobStore, RedisStore, SqliteStore, StoreSettings};
 use tokio::sync::oneshot;
 
+/// A `w`×`h` PNG of one colour (an input picture for uploads).
+pub fn png(w: u32, h: u32, rgb: [u8; 3]) -> Vec<u8> {
+    let img = image::RgbImage::from_pixel(w, h, image::Rgb(rgb));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
