@@ -19,6 +19,13 @@ pub fn is_model_input(name: &str) -> bool {
     name.ends_with("_name") && name != "sampler_name"
 }
 
+/// 24 hex digits of the SHA-256 of a value's JSON.
+fn short_hash<T: Serialize>(v: &T) -> String {
+    let json = serde_json::to_vec(v).unwrap_or_default();
+    let d = Sha256::digest(&json);
+    d.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
 /// A backend's offer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
@@ -76,9 +83,7 @@ impl Capabilities {
 
     /// A short id of exactly this offer.
     pub fn fingerprint(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        let d = Sha256::digest(&json);
-        d.iter().take(12).map(|b| format!("{b:02x}")).collect()
+        short_hash(self)
     }
 
     /// What of `need` this backend lacks (empty: it can run it).
@@ -122,7 +127,7 @@ impl std::fmt::Display for Missing {
 }
 
 /// What a graph needs: its node classes and the model files its loaders name.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Requirements {
     pub nodes: BTreeSet<String>,
     /// `Class.input` → file.
@@ -150,6 +155,18 @@ impl Requirements {
             }
         }
         need
+    }
+
+    /// A short id of exactly this set of needs: jobs with the same one can run on
+    /// the same backends, so dispatchers judge each set once, not each job.
+    pub fn fingerprint(&self) -> String {
+        short_hash(self)
+    }
+
+    /// The model files it loads: two jobs with the same ones reuse what a backend
+    /// has in memory (the checkpoint, its LoRAs), so a backend prefers them.
+    pub fn files(&self) -> BTreeSet<&str> {
+        self.models.values().map(String::as_str).collect()
     }
 }
 

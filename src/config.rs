@@ -199,6 +199,10 @@ pub struct ServerArgs {
     /// starts, before it takes real work, so no user pays for the model load.
     #[arg(long, env = "STUDIO_COMFYUI_WARMUP")]
     pub comfyui_warmup: Option<String>,
+    /// How long a queued job that no live backend can run (its model or node is
+    /// on none of them) waits for one that can before it is failed.
+    #[arg(long, env = "STUDIO_UNROUTABLE_AFTER", default_value = "60s", value_parser = parse_duration)]
+    pub unroutable_after: Duration,
     /// Prompts submitted ahead of the running one on each backend.
     #[arg(long, env = "STUDIO_PREFETCH", default_value_t = 1)]
     pub prefetch: usize,
@@ -434,6 +438,7 @@ impl ServerArgs {
         WorkerConfig {
             launch,
             capabilities_interval: Duration::from_secs(300),
+            unroutable_after: self.unroutable_after,
             backends,
             prefetch: self.prefetch,
             job_timeout: self.job_timeout,

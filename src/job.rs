@@ -168,6 +168,9 @@ pub struct JobRecord {
     pub owner: String,
     /// Its priority within its owner's lane.
     pub priority: Priority,
+    /// The fingerprint of what it needs of a backend (its requirement set), which
+    /// routes it to the backends that have it; empty: any backend.
+    pub req: String,
     /// Fields written by other programs that we do not know; reported as written.
     pub extra: BTreeMap<String, String>,
 }
@@ -228,6 +231,7 @@ impl Default for JobRecord {
             rev: 0,
             owner: String::new(),
             priority: Priority::Normal,
+            req: String::new(),
             extra: BTreeMap::new(),
         }
     }
@@ -247,6 +251,7 @@ impl JobRecord {
             params: job.params.clone(),
             owner: job.owner.clone(),
             priority: job.priority,
+            req: job.req.clone(),
             ..JobRecord::default()
         }
     }
@@ -304,6 +309,7 @@ impl JobRecord {
             params: (!self.params.is_empty()).then(|| self.params.clone()),
             owner: (!self.owner.is_empty()).then(|| self.owner.clone()),
             priority: (self.priority != Priority::Normal).then_some(self.priority),
+            req: (!self.req.is_empty()).then(|| self.req.clone()),
         }
         .to_json()
     }
@@ -365,6 +371,8 @@ pub struct NewJob {
     /// The API key submitting it ("" for none).
     pub owner: String,
     pub priority: Priority,
+    /// The fingerprint of its requirement set ("" for none known).
+    pub req: String,
     /// What the owner's lane allows (from its key): not part of the job.
     pub lane: LaneLimits,
 }
@@ -402,6 +410,7 @@ impl NewJob {
             created_ms: micros / 1000,
             owner: String::new(),
             priority: Priority::Normal,
+            req: String::new(),
             lane: LaneLimits::default(),
         }
     }
@@ -409,6 +418,12 @@ impl NewJob {
     /// The same job, with its owner's lane limits.
     pub fn limited(mut self, lane: LaneLimits) -> Self {
         self.lane = lane;
+        self
+    }
+
+    /// The same job, routed by the requirement set `req` (a fingerprint).
+    pub fn needing(mut self, req: String) -> Self {
+        self.req = req;
         self
     }
 
@@ -457,6 +472,13 @@ pub struct QueuePayload {
         deserialize_with = "lenient_priority"
     )]
     pub priority: Option<Priority>,
+    /// Ours: the fingerprint of its requirement set (absent for none).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_string"
+    )]
+    pub req: Option<String>,
 }
 
 fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {

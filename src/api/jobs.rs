@@ -96,7 +96,7 @@ pub async fn generate(
     let body = inline_pictures(&state, who.owner(), body).await?;
     let job = parse_submission(&body, &state.workflows)?;
     pictures_exist(&state, &who, &job).await?;
-    models_available(&state, &job).await?;
+    let req = requirements(&state, &job).await?;
     if let Some(key) = &who.key
         && job.priority > key.limits.max_priority
     {
@@ -112,7 +112,7 @@ pub async fn generate(
         .with_field("priority"));
     }
     let priority = job.priority;
-    let mut job = job.owned(who.owner(), priority);
+    let mut job = job.owned(who.owner(), priority).needing(req);
     if let Some(key) = &who.key {
         job = job.limited(LaneLimits {
             max_queued: key.limits.max_queued,
@@ -250,36 +250,65 @@ async fn pictures_exist(
     Ok(())
 }
 
-/// A job that no live backend can run (a node or a model none has) is refused
-/// now, not failed later on a GPU. Accepted when no backend has reported yet.
-async fn models_available(state: &AppState, job: &crate::job::NewJob) -> Result<(), ApiError> {
+/// What a job needs of a backend: refused now, not failed later on a GPU, when no
+/// live backend has it (a node or a model none offers; accepted when no backend
+/// has reported yet); else registered, so dispatchers route the job by it. The
+/// set's fingerprint, or "" when it cannot be registered (the registry is full:
+/// the job then goes to any backend).
+async fn requirements(state: &AppState, job: &crate::job::NewJob) -> Result<String, ApiError> {
     let Some(wf) = state.workflows.get(&job.workflow) else {
-        return Ok(());
+        return Ok(String::new());
     };
+    let graph = wf.render(job.id.as_str(), &job.prompt, job.seed, &job.params);
+    let need = crate::capabilities::Requirements::of_graph(&graph);
     let offers = state
         .with_timeout(state.offers.live(state.store.as_ref()))
         .await?;
-    if offers.is_empty() {
-        return Ok(());
+    if let Some(why) = crate::capabilities::refusal(&need, &offers) {
+        // Name the parameter that chose the missing file, if one did.
+        let inputs = crate::capabilities::missing_inputs(&need, &offers);
+        let field = wf
+            .params
+            .iter()
+            .find(|(_, spec)| {
+                spec.targets
+                    .iter()
+                    .any(|t| inputs.contains(&wf.input_key(t)))
+            })
+            .map(|(name, _)| name.clone())
+            .unwrap_or_else(|| "workflow".to_owned());
+        return Err(
+            ApiError::new(StatusCode::BAD_REQUEST, "model-unavailable", why).with_field(field),
+        );
     }
-    let graph = wf.render(job.id.as_str(), &job.prompt, job.seed, &job.params);
-    let need = crate::capabilities::Requirements::of_graph(&graph);
-    let Some(why) = crate::capabilities::refusal(&need, &offers) else {
-        return Ok(());
-    };
-    // Name the parameter that chose the missing file, if one did.
-    let inputs = crate::capabilities::missing_inputs(&need, &offers);
-    let field = wf
-        .params
-        .iter()
-        .find(|(_, spec)| {
-            spec.targets
-                .iter()
-                .any(|t| inputs.contains(&wf.input_key(t)))
-        })
-        .map(|(name, _)| name.clone())
-        .unwrap_or_else(|| "workflow".to_owned());
-    Err(ApiError::new(StatusCode::BAD_REQUEST, "model-unavailable", why).with_field(field))
+    let fp = need.fingerprint();
+    let json = serde_json::to_string(&need).unwrap_or_default();
+    let registered = state
+        .with_timeout(state.store.register_requirements(&fp, &json))
+        .await?;
+    if !registered {
+        // Once a minute at most: a flood of such jobs must not flood the log.
+        static WARNED_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = crate::clock::now_ms();
+        let last = WARNED_MS.load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) >= 60_000
+            && WARNED_MS
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            tracing::warn!(
+                requirement_set = %fp,
+                "the requirement-set registry is full: jobs with new sets go to any backend"
+            );
+        }
+        return Ok(String::new());
+    }
+    Ok(fp)
 }
 
 /// A job's status: the prototype's five keys plus ours.

@@ -328,8 +328,35 @@ pub trait JobStore: Send + Sync + 'static {
     /// Removes a worker that has handed back all its jobs.
     async fn deregister(&self, worker: &WorkerId) -> Result<(), StoreError>;
 
-    /// Takes the oldest due job, waiting up to `wait` for one.
-    async fn claim(&self, worker: &WorkerId, wait: Duration) -> Result<Option<Claim>, StoreError>;
+    /// Takes the next due job (fairly: see [`JobStore::claim_routed`]), waiting up
+    /// to `wait` for one.
+    async fn claim(&self, worker: &WorkerId, wait: Duration) -> Result<Option<Claim>, StoreError> {
+        match self.claim_routed(worker, wait, &Route::default()).await? {
+            Routed::Job(claim) => Ok(Some(*claim)),
+            Routed::Nothing | Routed::Stale => Ok(None),
+        }
+    }
+
+    /// Takes the next due job that `route` allows, waiting up to `wait` for one: of
+    /// the owners with such a job (and room to run one more), the one with the
+    /// lowest virtual time; within its lane, the first by priority and arrival, or
+    /// a preferred one close behind it. Jobs the route does not allow are passed
+    /// over, never in the way. [`Routed::Stale`] at once when requirement sets were
+    /// registered since the route was made.
+    async fn claim_routed(
+        &self,
+        worker: &WorkerId,
+        wait: Duration,
+        route: &Route,
+    ) -> Result<Routed, StoreError>;
+
+    /// Registers a requirement set (its fingerprint and JSON) so dispatchers can
+    /// judge it; `false` when the registry is full ([`MAX_REQUIREMENT_SETS`]) and
+    /// the set is not in it (its jobs then go unrouted).
+    async fn register_requirements(&self, fp: &str, json: &str) -> Result<bool, StoreError>;
+
+    /// Every registered requirement set: (fingerprint, JSON).
+    async fn requirement_sets(&self) -> Result<Vec<(String, String)>, StoreError>;
 
     /// Writes progress (it never goes down) and, optionally, the backend running the
     /// job; also how a worker learns that a cancel was requested.
@@ -446,6 +473,40 @@ pub trait JobStore: Send + Sync + 'static {
         extend: Option<Duration>,
     ) -> Result<Option<crate::uploads::UploadRecord>, StoreError>;
 }
+
+/// Which queued jobs a dispatcher may claim, by requirement set.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Route {
+    /// The fingerprints of the sets its backend can run; `None`: every job. Jobs
+    /// without a set (pushed by other programs, or refused by a full registry)
+    /// are always allowed.
+    pub runnable: Option<Vec<String>>,
+    /// Of those, the ones to take first when they are close behind the next job:
+    /// the sets that load the same model files as the backend's last job.
+    pub prefer: Vec<String>,
+    /// How many sets were registered when the route was made.
+    pub known: usize,
+}
+
+/// What a routed claim found.
+#[derive(Debug)]
+pub enum Routed {
+    Job(Box<Claim>),
+    /// Nothing the route allows came within the wait.
+    Nothing,
+    /// Sets were registered since the route was made: judge them, then claim again.
+    Stale,
+}
+
+/// The most requirement sets a store registers. Sets come from workflows times
+/// the model files the backends offer, so a farm has tens or hundreds; this bound
+/// is for submissions accepted before any backend reported (then any file name
+/// passes).
+pub const MAX_REQUIREMENT_SETS: usize = 10_000;
+
+/// How far behind the next job (in submissions) a preferred one may be taken
+/// before it: bounds how long a job that needs another model can be passed over.
+pub const AFFINITY_WINDOW: u64 = 32;
 
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);

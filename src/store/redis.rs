@@ -29,9 +29,9 @@ use self::events::subscribe_loop;
 pub use self::keys::Keys;
 use self::scripts::{Scripts, Settle};
 use super::{
-    CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, IdempotencyClaim, JobEvent,
-    JobPage, JobStore, Lease, LeaseState, ListQuery, QueueStats, Refusal, RetryOutcome, StoreError,
-    StoreKind, StoreSettings, WorkerId, log_completion, log_retry,
+    AFFINITY_WINDOW, CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, IdempotencyClaim,
+    JobEvent, JobPage, JobStore, Lease, LeaseState, ListQuery, QueueStats, Refusal, RetryOutcome,
+    Route, Routed, StoreError, StoreKind, StoreSettings, WorkerId, log_completion, log_retry,
 };
 use crate::auth::ApiKey;
 use crate::auth::rate::RateDecision;
@@ -78,6 +78,24 @@ pub struct RedisStore {
 
 /// How long claim.lua keeps a claim's answer for a retry under the same id.
 const CLAIM_ANSWER_MS: u64 = 3_600_000;
+
+/// claim.lua's route arguments: the registry size it was made from (-1: any job),
+/// the runnable sets, the preferred ones, and the affinity window.
+fn route_args(inv: &mut ::redis::ScriptInvocation<'_>, route: &Route) {
+    let Some(runnable) = &route.runnable else {
+        inv.arg(-1);
+        return;
+    };
+    inv.arg(route.known).arg(runnable.len());
+    for r in runnable {
+        inv.arg(r);
+    }
+    inv.arg(route.prefer.len());
+    for r in &route.prefer {
+        inv.arg(r);
+    }
+    inv.arg(AFFINITY_WINDOW);
+}
 
 /// Longest a write waits for `--redis-wait-replicas` replicas.
 const WAIT_MS: u64 = 1000;
@@ -690,7 +708,12 @@ impl JobStore for RedisStore {
         Ok(())
     }
 
-    async fn claim(&self, worker: &WorkerId, wait: Duration) -> Result<Option<Claim>, StoreError> {
+    async fn claim_routed(
+        &self,
+        worker: &WorkerId,
+        wait: Duration,
+        route: &Route,
+    ) -> Result<Routed, StoreError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Interest first, so a job queued between the look and the wait wakes us.
@@ -703,6 +726,7 @@ impl JobStore for RedisStore {
             for key in k.lane_keys() {
                 inv.key(key);
             }
+            inv.key(k.requirement_sets());
             let mut conn = self.conn.clone();
             let stranded = {
                 let mut s = self.stranded.lock().expect("stranded entries");
@@ -725,6 +749,7 @@ impl JobStore for RedisStore {
             }
             let claim_id = claim_id.unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
             inv.arg(k.tag()).arg(&claim_id).arg(CLAIM_ANSWER_MS);
+            route_args(&mut inv, route);
             let moved: Option<String> = match stranded {
                 Some(raw) => Some(raw),
                 None => match self.run(inv.invoke_async(&mut conn)).await {
@@ -738,19 +763,22 @@ impl JobStore for RedisStore {
                     r => r?,
                 },
             };
+            if moved.as_deref() == Some("stale") {
+                return Ok(Routed::Stale);
+            }
             if let Some(raw) = moved {
                 if let Some(claim) = self.lease_moved(worker, raw).await? {
                     // Not run before its lease is on a replica: else a failover
                     // could hand the same job to another worker.
                     self.replicated().await?;
-                    return Ok(Some(claim));
+                    return Ok(Routed::Job(Box::new(claim)));
                 }
                 // Dropped (final, cancelled, out of attempts): look again at once.
                 continue;
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                return Ok(None);
+                return Ok(Routed::Nothing);
             }
             // Our jobs announce themselves; entries other programs push onto
             // job_queue do not, so look again every so often regardless.
@@ -1057,6 +1085,14 @@ impl JobStore for RedisStore {
 
     async fn get_capabilities(&self, fp: &str) -> Result<Option<String>, StoreError> {
         self.get_capabilities_impl(fp).await
+    }
+
+    async fn register_requirements(&self, fp: &str, json: &str) -> Result<bool, StoreError> {
+        self.register_requirements_impl(fp, json).await
+    }
+
+    async fn requirement_sets(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.requirement_sets_impl().await
     }
 
     async fn get_upload(

@@ -27,10 +27,10 @@ use self::rows::{
 use self::schema::migrate;
 use self::writer::{Deliver, WriteOp, in_savepoint, writer_loop};
 use super::{
-    CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, EXPIRED_MESSAGE, IDEMPOTENCY_TTL,
-    IdempotencyClaim, JobEvent, JobPage, JobStore, Lease, LeaseState, ListQuery, QueueStats,
-    Refusal, RetryOutcome, StoreError, StoreKind, StoreSettings, WorkerId, gave_up_message,
-    hostname, log_completion, log_retry,
+    AFFINITY_WINDOW, CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, EXPIRED_MESSAGE,
+    IDEMPOTENCY_TTL, IdempotencyClaim, JobEvent, JobPage, JobStore, Lease, LeaseState, ListQuery,
+    QueueStats, Refusal, RetryOutcome, Route, Routed, StoreError, StoreKind, StoreSettings,
+    WorkerId, gave_up_message, hostname, log_completion, log_retry,
 };
 use crate::auth::ApiKey;
 use crate::auth::rate::{LocalLimiter, RateDecision};
@@ -186,19 +186,31 @@ impl SqliteStore {
         self.settings.job_ttl.as_millis() as i64
     }
 
-    /// Leases the oldest due job in one `UPDATE … RETURNING`; `None` when nothing is
-    /// due. (A queued job here is never cancelled — cancel fails queued jobs at once —
-    /// and never out of attempts: the reaper fails those instead of requeueing them.)
-    async fn try_claim(&self, worker: &WorkerId) -> Result<Option<Claim>, StoreError> {
+    /// Leases the next due job the route allows in one `UPDATE … RETURNING`;
+    /// `None` when nothing is due. (A queued job here is never cancelled — cancel
+    /// fails queued jobs at once — and never out of attempts: the reaper fails
+    /// those instead of requeueing them.)
+    async fn try_claim(
+        &self,
+        worker: &WorkerId,
+        route: &Route,
+    ) -> Result<Option<Claim>, StoreError> {
         let w = worker.as_str().to_owned();
+        // The route as JSON arrays for `json_each` (NULL: any job).
+        let runnable = route
+            .runnable
+            .as_ref()
+            .map(|r| serde_json::to_string(r).unwrap_or_default());
+        let prefer_list = route.prefer.clone();
+        let prefer = serde_json::to_string(&route.prefer).unwrap_or_default();
         self.write(move |conn| {
             let micros = clock::now_micros();
             let token = uuid::Uuid::new_v4().simple().to_string();
             let now_ms = (micros / 1000) as i64;
-            // The fair pick: of the lanes with a job due and room to run one more,
-            // the lowest virtual time, walking `lanes_by_vt` (the triggers lift a
-            // lane that comes back to the current virtual time, so an idle one
-            // counts from now).
+            // The fair pick: of the lanes with a job due that the route allows and
+            // room to run one more, the lowest virtual time, walking `lanes_by_vt`
+            // (the triggers lift a lane that comes back to the current virtual
+            // time, so an idle one counts from now).
             let vtime: f64 = conn
                 .prepare_cached("SELECT value FROM counters WHERE name = 'vtime'")?
                 .query_row([], |r| r.get(0))?;
@@ -207,33 +219,66 @@ impl SqliteStore {
                     "SELECT owner, MAX(vt, ?1), weight FROM lanes \
                      WHERE queued > 0 AND (max_running = 0 OR running < max_running) \
                        AND EXISTS (SELECT 1 FROM jobs WHERE jobs.owner = lanes.owner \
-                                   AND status = 'queued' AND run_at <= ?2) \
+                                   AND status = 'queued' AND run_at <= ?2 \
+                                   AND (?3 IS NULL OR req = '' \
+                                        OR req IN (SELECT value FROM json_each(?3)))) \
                      ORDER BY vt, owner LIMIT 1",
                 )?
-                .query_row(params![vtime, now_ms], |r| {
+                .query_row(params![vtime, now_ms, runnable], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
                 .optional()?;
             let Some((owner, start, weight)) = lane else {
                 return Ok((None, Vec::new()));
             };
+            // Within the lane: the first the route allows, or a preferred one
+            // (same model files as the backend's last job) close behind it.
+            let first: Option<(String, i64, i64, String)> = conn
+                .prepare_cached(
+                    "SELECT id, priority, queue_seq, req FROM jobs WHERE owner = ?1 \
+                     AND status = 'queued' AND run_at <= ?2 \
+                     AND (?3 IS NULL OR req = '' OR req IN (SELECT value FROM json_each(?3))) \
+                     ORDER BY priority, queue_seq LIMIT 1",
+                )?
+                .query_row(params![owner, now_ms, runnable], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .optional()?;
+            let Some((first_id, priority, seq, req)) = first else {
+                return Ok((None, Vec::new()));
+            };
+            let chosen = if !prefer_list.is_empty() && !prefer_list.contains(&req) {
+                conn.prepare_cached(
+                    "SELECT id FROM jobs WHERE owner = ?1 AND status = 'queued' AND run_at <= ?2 \
+                     AND priority = ?3 AND queue_seq > ?4 AND queue_seq <= ?4 + ?5 \
+                     AND req IN (SELECT value FROM json_each(?6)) \
+                     ORDER BY queue_seq LIMIT 1",
+                )?
+                .query_row(
+                    params![owner, now_ms, priority, seq, AFFINITY_WINDOW as i64, prefer],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(first_id)
+            } else {
+                first_id
+            };
             let claimed = conn
                 .prepare_cached(&format!(
                     "UPDATE jobs SET status = 'processing', attempt = attempt + 1, worker_id = ?1, \
                      lease_token = ?2, progress = 0, run_at = 0, updated_at = ?3, updated_ms = ?4, \
-                     rev = rev + 1 \
-                     WHERE id = (SELECT id FROM jobs WHERE owner = ?5 AND status = 'queued' \
-                                 AND run_at <= ?4 ORDER BY priority, queue_seq LIMIT 1) \
-                     RETURNING {COLUMNS}"
+                     rev = rev + 1 WHERE id = ?5 RETURNING {COLUMNS}"
                 ))?
                 .query_row(
-                    params![w, token, clock::iso8601(micros), now_ms, owner],
+                    params![w, token, clock::iso8601(micros), now_ms, chosen],
                     record_from_row,
                 )
                 .optional()?;
             if claimed.is_some() {
-                conn.prepare_cached("UPDATE counters SET value = ?1 WHERE name = 'vtime'")?
-                    .execute(params![start])?;
+                conn.prepare_cached(
+                    "UPDATE counters SET value = MAX(value, ?1) WHERE name = 'vtime'",
+                )?
+                .execute(params![start])?;
                 conn.prepare_cached("UPDATE lanes SET vt = ?2 WHERE owner = ?1")?
                     .execute(params![owner, start + 1.0 / weight.max(1) as f64])?;
             }
@@ -359,8 +404,8 @@ impl JobStore for SqliteStore {
                 let inserted = conn
                     .prepare_cached(
                         "INSERT INTO jobs (id, list_seq, queue_seq, status, created_at, updated_at, \
-                         updated_ms, prompt, seed, workflow, params, owner, priority) VALUES (?1, ?8, ?8, \
-                         'queued', ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?10) ON CONFLICT(id) DO NOTHING",
+                         updated_ms, prompt, seed, workflow, params, owner, priority, req) VALUES (?1, ?8, \
+                         ?8, 'queued', ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?9, ?10, ?11) ON CONFLICT(id) DO NOTHING",
                     )?
                     .execute(params![
                         r.id,
@@ -372,7 +417,8 @@ impl JobStore for SqliteStore {
                         params_json,
                         seq,
                         r.owner,
-                        r.priority.rank()
+                        r.priority.rank(),
+                        r.req
                     ])?;
                 if inserted == 0 {
                     let existing = get_record(conn, &r.id)?.unwrap_or(r);
@@ -562,7 +608,12 @@ impl JobStore for SqliteStore {
         .await
     }
 
-    async fn claim(&self, worker: &WorkerId, wait: Duration) -> Result<Option<Claim>, StoreError> {
+    async fn claim_routed(
+        &self,
+        worker: &WorkerId,
+        wait: Duration,
+        route: &Route,
+    ) -> Result<Routed, StoreError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Register interest before looking, so an enqueue between the look and
@@ -570,12 +621,15 @@ impl JobStore for SqliteStore {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(claim) = self.try_claim(worker).await? {
-                return Ok(Some(claim));
+            if route.runnable.is_some() && self.requirement_count().await? != route.known {
+                return Ok(Routed::Stale);
+            }
+            if let Some(claim) = self.try_claim(worker, route).await? {
+                return Ok(Routed::Job(Box::new(claim)));
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                return Ok(None);
+                return Ok(Routed::Nothing);
             }
             let nap = (deadline - now).min(CLAIM_POLL);
             let _ = tokio::time::timeout(nap, notified).await;
@@ -946,6 +1000,14 @@ impl JobStore for SqliteStore {
 
     async fn get_capabilities(&self, fp: &str) -> Result<Option<String>, StoreError> {
         self.get_capabilities_impl(fp).await
+    }
+
+    async fn register_requirements(&self, fp: &str, json: &str) -> Result<bool, StoreError> {
+        self.register_requirements_impl(fp, json).await
+    }
+
+    async fn requirement_sets(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.requirement_sets_impl().await
     }
 
     async fn get_upload(

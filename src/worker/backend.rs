@@ -2,14 +2,15 @@
 //! (checked with `/system_stats`; a backend that stops answering is `down`, claims
 //! nothing, and rejoins by itself when it answers again).
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::api::health::BackendState;
+use crate::capabilities::Capabilities;
 use crate::clock;
 use crate::comfy::{ComfyClient, ComfySocket};
 
@@ -65,6 +66,11 @@ pub struct Backend {
     pub inputs: Mutex<std::collections::HashMap<String, String>>,
     /// The fingerprint of its capabilities, once read from `/object_info`.
     pub caps: Mutex<String>,
+    /// Its capabilities with their fingerprint, once read (watched: the
+    /// dispatcher waits a moment for them before its first claim).
+    offer: watch::Sender<Option<(String, Arc<Capabilities>)>>,
+    /// Which jobs its dispatcher may claim.
+    pub routing: super::routing::Routing,
     /// The process behind it, when this worker launched it.
     pub process: Option<std::sync::Arc<super::launch::Supervised>>,
 }
@@ -98,6 +104,8 @@ impl Backend {
             admitted: watch::channel(admitted).0,
             inputs: Mutex::new(std::collections::HashMap::new()),
             caps: Mutex::new(String::new()),
+            offer: watch::channel(None).0,
+            routing: Default::default(),
             process,
         }
     }
@@ -145,6 +153,13 @@ impl Backend {
                                 &mut *self.caps.lock().expect("caps"),
                                 fp.clone(),
                             );
+                            self.offer.send_if_modified(|o| {
+                                if o.as_ref().is_some_and(|(f, _)| *f == fp) {
+                                    return false;
+                                }
+                                *o = Some((fp.clone(), Arc::new(caps.clone())));
+                                true
+                            });
                             if before != fp {
                                 tracing::info!(backend = %self.url, nodes = caps.nodes.len(), model_lists = caps.models.len(), fingerprint = %fp, "backend capabilities read");
                             }
@@ -165,6 +180,17 @@ impl Backend {
                 _ = stop.changed() => return,
             }
         }
+    }
+
+    /// Its capabilities, once read.
+    pub fn offer(&self) -> Option<(String, Arc<Capabilities>)> {
+        self.offer.borrow().clone()
+    }
+
+    /// Waits until its capabilities are known, at most `limit`.
+    pub async fn wait_offer(&self, limit: Duration) {
+        let mut rx = self.offer.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await;
     }
 
     /// Up and admitted: the dispatcher may claim for it.

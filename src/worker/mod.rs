@@ -13,6 +13,7 @@ pub mod launch;
 mod outputs;
 mod pacing;
 pub mod progress;
+pub mod routing;
 pub mod run;
 
 use std::sync::Arc;
@@ -29,8 +30,12 @@ use crate::api::health::BackendState;
 use crate::metrics::Metrics;
 use crate::shutdown::signalled;
 use crate::storage::ImageStore;
-use crate::store::{JobStore, StoreError, WorkerId};
+use crate::store::{JobStore, Routed, StoreError, WorkerId};
 use crate::workflow::WorkflowRegistry;
+
+/// How long a dispatcher waits for its backend's capabilities before its first
+/// claim.
+const OFFER_WAIT: Duration = Duration::from_secs(10);
 
 /// How workers behave. Defaults are for production; tests shorten the durations.
 #[derive(Clone, Debug)]
@@ -68,6 +73,9 @@ pub struct WorkerConfig {
     pub capabilities_interval: Duration,
     /// ComfyUI processes to launch and supervise (each adds a backend).
     pub launch: Option<launch::LaunchConfig>,
+    /// How long jobs no live backend can run wait (for one that can to come)
+    /// before they are failed.
+    pub unroutable_after: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -88,6 +96,7 @@ impl Default for WorkerConfig {
             max_output_bytes: 2 << 30,
             launch: None,
             capabilities_interval: Duration::from_secs(300),
+            unroutable_after: Duration::from_secs(60),
         }
     }
 }
@@ -255,6 +264,7 @@ impl Workers {
             }
         }
         let mut dispatchers = JoinSet::new();
+        let offers = Arc::new(crate::api::offers::Offers::default());
         for b in &self.backends {
             let ctx = RunContext {
                 store: self.store.clone(),
@@ -264,6 +274,7 @@ impl Workers {
                 backend: b.clone(),
                 abort: abort_rx.clone(),
                 metrics: self.metrics.clone(),
+                offers: offers.clone(),
             };
             dispatchers.spawn(dispatch(ctx, id.clone(), shutdown.clone()));
         }
@@ -301,6 +312,7 @@ async fn dispatch(ctx: RunContext, worker: WorkerId, mut shutdown: watch::Receiv
     let slots = Arc::new(Semaphore::new(1 + ctx.config.prefetch));
     let mut runners = JoinSet::new();
     let mut claim_failing = false;
+    let mut offer_waited = false;
     loop {
         while runners.try_join_next().is_some() {}
         if *shutdown.borrow() {
@@ -323,7 +335,40 @@ async fn dispatch(ctx: RunContext, worker: WorkerId, mut shutdown: watch::Receiv
                 _ = signalled(&mut shutdown) => break,
             }
         }
-        let claimed = ctx.store.claim(&worker, ctx.config.claim_wait).await;
+        if !offer_waited {
+            // Its capabilities are read as soon as it is up: wait for them a
+            // moment, so its first claim is routed too (then claim regardless:
+            // a backend whose /object_info fails still runs what it is given).
+            tokio::select! {
+                _ = backend.wait_offer(OFFER_WAIT) => {}
+                _ = signalled(&mut shutdown) => break,
+            }
+            offer_waited = true;
+        }
+        let route = match ctx.offers.live(ctx.store.as_ref()).await {
+            Ok(live) => {
+                let grace = ctx.config.unroutable_after;
+                (backend.routing)
+                    .route(backend.offer(), &live, grace, ctx.store.as_ref())
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let claimed = match route {
+            Ok(route) => ctx
+                .store
+                .claim_routed(&worker, ctx.config.claim_wait, &route)
+                .await
+                .map(|r| match r {
+                    Routed::Job(claim) => Some(*claim),
+                    Routed::Nothing => None,
+                    Routed::Stale => {
+                        backend.routing.mark_stale();
+                        None
+                    }
+                }),
+            Err(e) => Err(e),
+        };
         if claimed.is_ok() && claim_failing {
             tracing::info!(backend = %backend.url, "claiming jobs again");
             claim_failing = false;

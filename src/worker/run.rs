@@ -35,6 +35,8 @@ pub struct RunContext {
     /// Turns true when the grace period after shutdown is over: hand jobs back.
     pub abort: watch::Receiver<bool>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// What the live backends of every worker offer (shared by the process).
+    pub offers: Arc<crate::api::offers::Offers>,
 }
 
 /// Puts an uploaded picture on this backend, once per backend (content-named,
@@ -267,6 +269,17 @@ const SETTLE_FOR: Duration = Duration::from_secs(600);
 
 async fn execute(ctx: &RunContext, lease: &Lease, job: &JobRecord, turn: &mut Turn) -> Outcome {
     let id = lease.job_id.as_str();
+    // A job that no live backend has been able to run for longer than the grace
+    // (accepted before any backend reported, or the backends with its model
+    // left) was claimed to be failed, saying why.
+    let req = crate::job::QueuePayload::parse(&lease.payload)
+        .and_then(|(p, _)| p.req)
+        .unwrap_or_default();
+    if let Some(why) = ctx.backend.routing.doomed(&req) {
+        return Outcome::Failed(format!(
+            "model-unavailable: no live backend can run it: {why}"
+        ));
+    }
     // A job that ran before may have run on a backend that is still there: adopt
     // that run instead of using a GPU twice.
     if lease.attempt > 1
@@ -323,6 +336,9 @@ async fn execute(ctx: &RunContext, lease: &Lease, job: &JobRecord, turn: &mut Tu
         }
     }
     let graph = workflow.render(id, &job.prompt, seed, &rendered);
+    ctx.backend
+        .routing
+        .loaded(&crate::capabilities::Requirements::of_graph(&graph));
 
     // Record where the job runs before submitting, so a worker that re-claims it
     // after a crash knows where to look.

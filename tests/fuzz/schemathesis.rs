@@ -104,7 +104,10 @@ async fn schemathesis_finds_nothing_wrong(kind: Backing) {
             let mut params = serde_json::Map::new();
             for p in w["params"].as_array().unwrap() {
                 if p["from_backends"] == true {
-                    params.insert(p["name"].as_str().unwrap().to_owned(), p["choices"].clone());
+                    params.insert(
+                        p["name"].as_str().unwrap().to_owned(),
+                        serde_json::json!({"choices": p["choices"], "max_length": p["max_length"]}),
+                    );
                 }
             }
             if !params.is_empty() {

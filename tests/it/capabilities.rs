@@ -151,6 +151,46 @@ async fn with_no_backend_reported_yet_jobs_are_accepted(kind: Backing) {
     assert!(ckpt.get("from_backends").is_none(), "{ckpt}");
 }
 
+/// A job accepted before any backend reported (its backend was down), that the
+/// backend lacks the checkpoint for once it comes: not sent to it, and failed,
+/// saying why, once no live backend has been able to run it for
+/// --unroutable-after (1 s in tests), instead of waiting for ever. A job the
+/// backend can run, queued behind it, runs.
+async fn a_job_no_backend_can_run_fails_after_the_grace(kind: Backing) {
+    let port = crate::support::free_port();
+    let app = TestApp::spawn(kind, Role::Serve, move |a| {
+        a.comfyui = vec![format!("http://127.0.0.1:{port}")]
+    })
+    .await;
+    let id = app.submit(sdxl_job(SDXL, 0)).await;
+    let standin = StandIn::start_on(
+        ([127, 0, 0, 1], port).into(),
+        Knobs {
+            checkpoints: vec![SD15.into()],
+            ..Knobs::default()
+        },
+    );
+    let runnable = app
+        .submit(json!({"prompt": "a lighthouse", "workflow": "smoke"}))
+        .await;
+    let v = app.wait_final(&runnable, Duration::from_secs(20)).await;
+    assert_eq!(v["status"], "finished", "{v}");
+    let v = app.wait_final(&id, Duration::from_secs(20)).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    let error = v["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("model-unavailable: ")
+            && error
+                .contains("\"sd_xl_base_1.0.safetensors\" for CheckpointLoaderSimple.ckpt_name"),
+        "{error}"
+    );
+    assert_eq!(
+        standin.submitted(&id),
+        0,
+        "never sent to a backend without its model"
+    );
+}
+
 async fn one_backend_with_the_model_is_enough(kind: Backing) {
     let a = StandIn::start_with(Knobs {
         checkpoints: vec!["v1-5-pruned-emaonly.safetensors".into()],
@@ -205,8 +245,117 @@ async fn one_backend_with_the_model_is_enough(kind: Backing) {
     );
 }
 
+const SD15: &str = "v1-5-pruned-emaonly.safetensors";
+const SDXL: &str = "sd_xl_base_1.0.safetensors";
+
+/// Two backends with one checkpoint each, their offers read by the API.
+async fn two_backends(kind: Backing, duration: Duration) -> (StandIn, StandIn, TestApp) {
+    let knobs = |ckpt: &str| Knobs {
+        checkpoints: vec![ckpt.to_owned()],
+        duration,
+        ..Knobs::default()
+    };
+    let (a, b) = (
+        StandIn::start_with(knobs(SD15)),
+        StandIn::start_with(knobs(SDXL)),
+    );
+    let urls = vec![a.url(), b.url()];
+    let app = TestApp::spawn(kind, Role::Serve, move |s| s.comfyui = urls).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while wait_for_offers(&app).await["choices"]
+        .as_array()
+        .unwrap()
+        .len()
+        < 2
+    {
+        assert!(tokio::time::Instant::now() < deadline, "both offers");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (a, b, app)
+}
+
+fn sdxl_job(ckpt: &str, n: usize) -> Value {
+    json!({"prompt": format!("lighthouse {n}"), "workflow": "sdxl", "checkpoint": ckpt, "steps": 2})
+}
+
+/// Jobs queued for a model only one backend has all run there, none fails on the
+/// other; and the four jobs the second backend cannot run, queued first, do not
+/// keep it waiting (no head-of-line blocking): it starts its first job while the
+/// first backend is still on its first one.
+async fn jobs_go_only_where_their_model_is_and_never_block_others(kind: Backing) {
+    let (a, b, app) = two_backends(kind, Duration::from_millis(600)).await;
+    let mut jobs = Vec::new();
+    for n in 0..4 {
+        jobs.push((app.submit(sdxl_job(SD15, n)).await, a.url()));
+    }
+    for n in 0..4 {
+        jobs.push((app.submit(sdxl_job(SDXL, n)).await, b.url()));
+    }
+    for (id, url) in &jobs {
+        let v = app.wait_final(id, Duration::from_secs(30)).await;
+        assert_eq!(v["status"], "finished", "{v}");
+        assert_eq!(
+            v["backend"].as_str(),
+            Some(url.as_str()),
+            "ran where its model is: {v}"
+        );
+    }
+    for (standin, ckpt) in [(&a, SD15), (&b, SDXL)] {
+        let runs = standin.runs();
+        assert_eq!(runs.len(), 4, "four each");
+        for r in &runs {
+            let graph = standin.graph_of(&r.prompt_id).unwrap();
+            assert_eq!(graph["4"]["inputs"]["ckpt_name"], ckpt, "{graph}");
+        }
+    }
+    let (ra, rb) = (a.runs(), b.runs());
+    assert!(
+        rb[0].started < ra[0].ended,
+        "the second backend started at once, not after the jobs ahead it cannot run \
+         (its first start {:?} after the first backend's first end)",
+        rb[0].started.duration_since(ra[0].ended)
+    );
+}
+
+/// A backend that just ran a checkpoint takes the next job needing the same one
+/// before an older job needing another (within the affinity window): the model
+/// stays loaded.
+async fn a_backend_prefers_jobs_for_the_model_it_has_loaded(kind: Backing) {
+    let standin = StandIn::start_with(Knobs {
+        duration: Duration::from_millis(500),
+        ..Knobs::default()
+    });
+    let url = standin.url();
+    let app = TestApp::spawn(kind, Role::Serve, move |s| {
+        s.comfyui = vec![url];
+        s.prefetch = 0;
+    })
+    .await;
+    wait_for_offers(&app).await;
+    let first = app.submit(sdxl_job(SD15, 0)).await;
+    app.wait_for(&first, Duration::from_secs(10), |v| {
+        v["status"] == "processing"
+    })
+    .await;
+    let other = app.submit(sdxl_job(SDXL, 1)).await;
+    let same = app.submit(sdxl_job(SD15, 2)).await;
+    for id in [&first, &other, &same] {
+        let v = app.wait_final(id, Duration::from_secs(20)).await;
+        assert_eq!(v["status"], "finished", "{v}");
+    }
+    let order: Vec<String> = standin.runs().into_iter().map(|r| r.prompt_id).collect();
+    let pos = |id: &str| order.iter().position(|p| p == id).unwrap();
+    assert!(
+        pos(&same) < pos(&other),
+        "the job for the loaded checkpoint ran first: {order:?}"
+    );
+}
+
 both_stores!(
     a_job_no_backend_can_run_is_refused_at_submit,
     with_no_backend_reported_yet_jobs_are_accepted,
     one_backend_with_the_model_is_enough,
+    jobs_go_only_where_their_model_is_and_never_block_others,
+    a_backend_prefers_jobs_for_the_model_it_has_loaded,
+    a_job_no_backend_can_run_fails_after_the_grace,
 );

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Map;
 use studio_core::auth::Priority;
 use studio_core::job::{JobId, LaneLimits, NewJob};
-use studio_core::store::{Completion, Refusal, StoreError, WorkerId};
+use studio_core::store::{Completion, Refusal, Route, Routed, StoreError, WorkerId};
 
 use crate::support::{Backing, fast_settings, test_store};
 
@@ -268,7 +268,106 @@ async fn an_owners_job_comes_back_to_its_own_lane(kind: Backing) {
     assert_eq!(c.job.owner, "aaaaaaaaaaaa");
 }
 
+/// A job in requirement set `req` (registered first).
+async fn needing(store: &dyn studio_core::store::JobStore, owner: &str, req: &str) -> JobId {
+    assert!(store.register_requirements(req, "{}").await.unwrap());
+    let job = job(owner, req).needing(req.to_owned());
+    let id = job.id.clone();
+    store.enqueue(&job).await.unwrap();
+    id
+}
+
+fn route(runnable: &[&str], prefer: &[&str], known: usize) -> Route {
+    Route {
+        runnable: Some(runnable.iter().map(|s| s.to_string()).collect()),
+        prefer: prefer.iter().map(|s| s.to_string()).collect(),
+        known,
+    }
+}
+
+/// Claims with `route` until nothing comes; the sets of the jobs claimed.
+async fn claim_sets(store: &dyn studio_core::store::JobStore, route: &Route) -> Vec<String> {
+    let w = worker();
+    store.heartbeat(&w).await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        match store.claim_routed(&w, WAIT, route).await.unwrap() {
+            Routed::Job(c) => {
+                got.push(c.job.prompt.clone());
+                let done = Completion::Failed {
+                    error: "done".into(),
+                };
+                store.complete(&c.lease, done).await.unwrap();
+            }
+            Routed::Nothing => return got,
+            Routed::Stale => panic!("stale route"),
+        }
+    }
+}
+
+/// A routed claim takes only jobs of the sets its backend runs, from every owner
+/// and from job_queue, passing over the jobs ahead of them it cannot run (which
+/// are still there for a backend that can); a set registered since the route was
+/// made makes the claim say so; a preferred set is taken first when it is close
+/// behind the next job, and not when it is far behind.
+async fn routed_claims_pass_over_what_a_backend_cannot_run(kind: Backing) {
+    let t = test_store(kind, fast_settings());
+    let store = t.store.as_ref();
+    for _ in 0..3 {
+        needing(store, "aaaaaaaaaaaa", "rb").await;
+    }
+    needing(store, "aaaaaaaaaaaa", "ra").await;
+    needing(store, "bbbbbbbbbbbb", "ra").await;
+    for _ in 0..3 {
+        needing(store, "", "rb").await;
+    }
+    needing(store, "", "ra").await;
+    let mut got = claim_sets(store, &route(&["ra"], &[], 2)).await;
+    assert_eq!(
+        got,
+        ["ra", "ra", "ra"],
+        "only what it can run, from behind the rest"
+    );
+    got = claim_sets(store, &route(&["rb"], &[], 2)).await;
+    assert_eq!(
+        got.len(),
+        6,
+        "the rest waited for a backend that runs them: {got:?}"
+    );
+    assert!(got.iter().all(|r| r == "rb"), "{got:?}");
+
+    needing(store, "cccccccccccc", "rc").await;
+    needing(store, "cccccccccccc", "rd").await;
+    let w = worker();
+    store.heartbeat(&w).await.unwrap();
+    assert!(
+        matches!(
+            store
+                .claim_routed(&w, WAIT, &route(&["rc", "rd"], &[], 2))
+                .await
+                .unwrap(),
+            Routed::Stale
+        ),
+        "two sets were registered since"
+    );
+    got = claim_sets(store, &route(&["rc", "rd"], &["rd"], 4)).await;
+    assert_eq!(
+        got,
+        ["rd", "rc"],
+        "the preferred set first, being close behind"
+    );
+
+    needing(store, "dddddddddddd", "re").await;
+    for _ in 0..studio_core::store::AFFINITY_WINDOW {
+        needing(store, "eeeeeeeeeeee", "rx").await;
+    }
+    needing(store, "dddddddddddd", "rf").await;
+    got = claim_sets(store, &route(&["re", "rf"], &["rf"], 7)).await;
+    assert_eq!(got, ["re", "rf"], "too far behind to be preferred");
+}
+
 both_stores!(
+    routed_claims_pass_over_what_a_backend_cannot_run,
     owners_with_work_are_served_by_weight,
     a_late_owner_does_not_wait_behind_an_early_ones_backlog,
     priorities_come_first_within_an_owner,

@@ -662,7 +662,12 @@ async fn a_recorded_backend_this_worker_does_not_drive_is_never_contacted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_characters_from_comfyui_errors_cannot_forge_log_lines() {
-    let standin = StandIn::start();
+    // A backend whose checkpoint list Studio Core cannot read: the job goes to it,
+    // and ComfyUI's own validation echoes the name back in its error.
+    let standin = StandIn::start_with(Knobs {
+        unlisted_checkpoints: true,
+        ..Knobs::default()
+    });
     let dir = TempDir::new();
     let log = dir.path().join("backend.log");
     let p = Proc::spawn(

@@ -656,6 +656,7 @@ mod cached {
                 stop_rx.clone(),
             )),
             abort: stop_rx,
+            offers: Default::default(),
             metrics: studio_core::metrics::Metrics::new(
                 &studio_core::workflow::WorkflowRegistry::built_in(),
             ),

@@ -19,8 +19,10 @@ leaves it out and tests/it/uploads.rs throws random and hostile bytes at it.)
 Models: a parameter that names a model file (sdxl's `checkpoint`) must name one a
 live backend has, or the job is refused (400 `model-unavailable`); which ones is
 known only at run time (`/api/workflows` lists them, `from_backends`). The test
-passes them (STUDIO_FUZZ_MODEL_CHOICES, JSON: workflow -> parameter -> files) and
-`map_body` replaces a generated string that is not one of them with the first.
+passes them (STUDIO_FUZZ_MODEL_CHOICES, JSON: workflow -> parameter ->
+{"choices": files, "max_length": its limit}) and `map_body` replaces a generated
+string that is not one of them with the first, unless the string breaks the
+parameter's own length limit (a negative case stays negative).
 
 A second rule is about state: an Idempotency-Key already used with another body is
 refused with 422 `idempotency-key-reuse` by design, and the fuzzer sends the same
@@ -89,13 +91,15 @@ def map_body(ctx, body):
                 body[key] = UPLOAD_ID
     workflow = body.get("workflow") or DEFAULT_WORKFLOW
     models = MODEL_CHOICES.get(workflow) if isinstance(workflow, str) else None
-    for key, choices in (models or {}).items():
+    for key, spec in (models or {}).items():
         value = body.get(key)
+        choices = spec.get("choices") or []
+        limit = spec.get("max_length") or MAX_STRING_CHARS
         # Only a schema-valid name is replaced: a case made to break the schema
         # (too long) must stay broken.
         if (
             isinstance(value, str)
-            and len(value) <= MAX_STRING_CHARS
+            and len(value) <= limit
             and choices
             and value not in choices
         ):

@@ -18,12 +18,22 @@ local function status_sets(at)
 end
 
 -- The owner named in a queue entry (our entries carry it; others' do not).
-local function owner_of(payload)
+-- A queue entry's fields (none when it is not a JSON object).
+local function fields_of(payload)
   local ok, decoded = pcall(cjson.decode, payload)
-  if ok and type(decoded) == 'table' and type(decoded['owner_key']) == 'string' then
-    return decoded['owner_key']
-  end
+  if ok and type(decoded) == 'table' then return decoded end
+  return {}
+end
+
+-- A string field of a queue entry, '' when absent or not a string.
+local function field_of(payload, name)
+  local v = fields_of(payload)[name]
+  if type(v) == 'string' then return v end
   return ''
+end
+
+local function owner_of(payload)
+  return field_of(payload, 'owner_key')
 end
 
 -- An owner's own listing indexes (all its jobs, and by status), named from the
@@ -93,14 +103,38 @@ local function lane_of(tag, owner)
   return tag .. ':lane:' .. owner
 end
 
+-- The requirement set a queue entry names ('' for none: any backend runs it).
+local function req_of(payload)
+  return field_of(payload, 'req')
+end
+
+-- Within an owner's lane, each requirement set's jobs are also indexed in a
+-- sub-lane of their own (same scores), and the sets the owner has waiting are in
+-- a set, so a claim finds the first job a backend can run without walking past
+-- the ones it cannot. Sub-lanes are cleaned lazily: an id no longer in the lane
+-- is dropped when it comes to the head.
+local function sublane_of(tag, owner, req)
+  return tag .. ':lane:' .. owner .. ':req:' .. req
+end
+
+local function reqs_of(tag, owner)
+  return tag .. ':lane:' .. owner .. ':reqs'
+end
+
+local function drop_sublanes(tag, owner)
+  local rset = reqs_of(tag, owner)
+  for _, r in ipairs(redis.call('SMEMBERS', rset)) do
+    redis.call('DEL', sublane_of(tag, owner, r))
+  end
+  redis.call('DEL', rset)
+end
+
 -- Claims serve high first, then normal, then low; in arrival order within each.
 local PRIORITY_BAND = 17592186044416 -- 2^44: room for any sequence number
 local function lane_score(payload, seq)
   local rank = 1
-  local ok, decoded = pcall(cjson.decode, payload)
-  if ok and type(decoded) == 'table' then
-    if decoded['priority'] == 'high' then rank = 0 elseif decoded['priority'] == 'low' then rank = 2 end
-  end
+  local priority = field_of(payload, 'priority')
+  if priority == 'high' then rank = 0 elseif priority == 'low' then rank = 2 end
   return rank * PRIORITY_BAND + seq
 end
 
@@ -110,6 +144,7 @@ local function activate(L, tag, owner)
   if owner == '' or redis.call('ZSCORE', L.lanes, owner) then return end
   if redis.call('ZCARD', lane_of(tag, owner)) == 0 then
     redis.call('SREM', L.blocked, owner)
+    drop_sublanes(tag, owner)
     return
   end
   local cap = num(redis.call('HGET', L.cap, owner))
@@ -148,5 +183,8 @@ local function enlane(L, tag, queue, payload, job_id, owner, score, front)
   end
   redis.call('ZADD', lane, score, job_id)
   redis.call('HSET', L.entries, job_id, payload)
+  local req = req_of(payload)
+  redis.call('ZADD', sublane_of(tag, owner, req), score, job_id)
+  redis.call('SADD', reqs_of(tag, owner), req)
   activate(L, tag, owner)
 end

@@ -15,6 +15,7 @@ if ARGV[3] == '1' then
     if redis.call('ZCARD', lane_of(ARGV[4], ARGV[5])) == 0 then
       redis.call('ZREM', L.lanes, ARGV[5])
       redis.call('SREM', L.blocked, ARGV[5])
+      drop_sublanes(ARGV[4], ARGV[5])
     end
   end
 end

@@ -2,6 +2,8 @@
 //! key (a lookup is one `HGET`, and one key name works on Cluster too), the secret
 //! is set once with `NX`, a rate limit is one GCRA script on its bucket's key.
 
+use std::collections::HashMap;
+
 use super::RedisStore;
 use crate::auth::ApiKey;
 use crate::auth::rate::RateDecision;
@@ -287,5 +289,32 @@ impl RedisStore {
                 .query_async(&mut conn),
         )
         .await
+    }
+
+    pub(super) async fn register_requirements_impl(
+        &self,
+        fp: &str,
+        json: &str,
+    ) -> Result<bool, StoreError> {
+        let mut inv = self.scripts.register.prepare_invoke();
+        inv.key(self.keys.requirement_sets())
+            .arg(fp)
+            .arg(json)
+            .arg(crate::store::MAX_REQUIREMENT_SETS);
+        let mut conn = self.conn.clone();
+        let added: i64 = self.run(inv.invoke_async(&mut conn)).await?;
+        Ok(added == 1)
+    }
+
+    pub(super) async fn requirement_sets_impl(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let all: HashMap<String, String> = self
+            .run(
+                ::redis::cmd("HGETALL")
+                    .arg(self.keys.requirement_sets())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(all.into_iter().collect())
     }
 }

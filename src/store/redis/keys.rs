@@ -184,6 +184,12 @@ impl Keys {
         format!("{}:vtime", self.tag)
     }
 
+    /// The registered requirement sets: fingerprint → JSON (in the queue's slot,
+    /// as a claim reads its size).
+    pub fn requirement_sets(&self) -> String {
+        format!("{}:req-sets", self.tag)
+    }
+
     /// The keys the lane scripts take, in their order (`lane_keys` in Lua).
     pub fn lane_keys(&self) -> [String; 8] {
         [

@@ -25,6 +25,7 @@ pub(super) struct Scripts {
     pub(super) heartbeat: Script,
     pub(super) unlock: Script,
     pub(super) gcra: Script,
+    pub(super) register: Script,
 }
 
 impl Scripts {
@@ -51,6 +52,12 @@ impl Scripts {
             promote: requeueing(include_str!("../lua/promote.lua")),
             heartbeat: Script::new(include_str!("../lua/heartbeat.lua")),
             gcra: Script::new(include_str!("../lua/gcra.lua")),
+            // KEYS[1] the registry, ARGV[1] fingerprint, ARGV[2] JSON, ARGV[3] cap.
+            register: Script::new(
+                "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 1 end \
+                 if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end \
+                 return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])",
+            ),
             unlock: Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
             ),

@@ -279,4 +279,48 @@ impl SqliteStore {
         })
         .await
     }
+
+    pub(super) async fn register_requirements_impl(
+        &self,
+        fp: &str,
+        json: &str,
+    ) -> Result<bool, StoreError> {
+        let (fp, json) = (fp.to_owned(), json.to_owned());
+        self.write(move |conn| {
+            let there: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM requirement_sets WHERE fp = ?1")?
+                .query_row(params![fp], |r| r.get(0))?;
+            if there > 0 {
+                return Ok((true, Vec::new()));
+            }
+            let n: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM requirement_sets")?
+                .query_row([], |r| r.get(0))?;
+            if n as usize >= crate::store::MAX_REQUIREMENT_SETS {
+                return Ok((false, Vec::new()));
+            }
+            conn.prepare_cached("INSERT INTO requirement_sets (fp, json) VALUES (?1, ?2)")?
+                .execute(params![fp, json])?;
+            Ok((true, Vec::new()))
+        })
+        .await
+    }
+
+    pub(super) async fn requirement_sets_impl(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT fp, json FROM requirement_sets")?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+        .await
+    }
+
+    pub(super) async fn requirement_count(&self) -> Result<usize, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT COUNT(*) FROM requirement_sets")?
+                .query_row([], |r| r.get::<_, i64>(0))
+        })
+        .await
+        .map(|n| n.max(0) as usize)
+    }
 }

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     run_at           INTEGER NOT NULL DEFAULT 0,
     rev              INTEGER NOT NULL DEFAULT 1,
     owner            TEXT NOT NULL DEFAULT '',
-    priority         INTEGER NOT NULL DEFAULT 1
+    priority         INTEGER NOT NULL DEFAULT 1,
+    req              TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_list_seq ON jobs(list_seq);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, list_seq);
@@ -143,6 +144,12 @@ CREATE TABLE IF NOT EXISTS uploads (
     PRIMARY KEY (owner, id)
 );
 CREATE INDEX IF NOT EXISTS uploads_expiry ON uploads (expires_ms);
+-- Requirement sets by fingerprint (what jobs need of a backend), judged once by
+-- each dispatcher; a job names its set in `req`.
+CREATE TABLE IF NOT EXISTS requirement_sets (
+    fp   TEXT PRIMARY KEY,
+    json TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS capabilities (
     fp         TEXT PRIMARY KEY,
     json       TEXT NOT NULL,
@@ -161,8 +168,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 /// The schema version this build writes (`PRAGMA user_version`). Version 2 stores
 /// the prompt once (version 1 also kept the whole queue entry in `payload`) and
 /// counts queued jobs; version 3 adds owners, priorities, lanes, API keys,
-/// settings and idempotency records.
-pub(super) const SCHEMA_VERSION: i64 = 3;
+/// settings and idempotency records; version 4 routes jobs by requirement set
+/// (`req`).
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 /// Creates the schema in a new file; refuses a file written by a newer version.
 pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -185,6 +193,10 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
              ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 1;",
         )
         .map_err(internal)?;
+    }
+    if (1..4).contains(&version) {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN req TEXT NOT NULL DEFAULT '';")
+            .map_err(internal)?;
     }
     conn.execute_batch(SCHEMA).map_err(internal)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)

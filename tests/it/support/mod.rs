@@ -226,6 +226,7 @@ pub fn test_args(data_dir: &Path) -> ServerArgs {
         health_interval: Duration::from_millis(200),
         shutdown_grace: Duration::from_millis(500),
         job_timeout: Duration::from_secs(30),
+        unroutable_after: Duration::from_secs(1),
         workflows: None,
         public_url: String::new(),
         cors_origins: "loopback".into(),

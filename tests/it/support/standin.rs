@@ -80,6 +80,10 @@ pub struct Knobs {
     pub odd_names: bool,
     /// More node classes `/object_info` lists.
     pub extra_nodes: Vec<String>,
+    /// `/object_info` gives the checkpoint input in a form with no list of
+    /// choices (as an unknown future format would): Studio Core cannot tell which
+    /// files it has, so it sends it any and ComfyUI's own validation speaks.
+    pub unlisted_checkpoints: bool,
 }
 
 impl Default for Knobs {
@@ -98,6 +102,7 @@ impl Default for Knobs {
             output_bytes: None,
             odd_names: false,
             extra_nodes: Vec::new(),
+            unlisted_checkpoints: false,
         }
     }
 }
@@ -763,9 +768,14 @@ async fn object_info(State(st): State<St>) -> Json<Value> {
             json!({"input": {"required": {}}, "output_node": *class == "SaveImage"}),
         );
     }
+    let ckpt = if knobs.unlisted_checkpoints {
+        json!(["STRING", {}])
+    } else {
+        json!([knobs.checkpoints, {"tooltip": "The name of the checkpoint (model) to load."}])
+    };
     info.insert(
         "CheckpointLoaderSimple".into(),
-        json!({"input": {"required": {"ckpt_name": [knobs.checkpoints, {"tooltip": "The name of the checkpoint (model) to load."}]}}, "output_node": false}),
+        json!({"input": {"required": {"ckpt_name": ckpt}}, "output_node": false}),
     );
     info.insert(
         "UpscaleModelLoader".into(),
