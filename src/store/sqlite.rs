@@ -190,20 +190,28 @@ impl SqliteStore {
     /// `None` when nothing is due. (A queued job here is never cancelled — cancel
     /// fails queued jobs at once — and never out of attempts: the reaper fails
     /// those instead of requeueing them.)
-    async fn try_claim(
-        &self,
-        worker: &WorkerId,
-        route: &Route,
-    ) -> Result<Option<Claim>, StoreError> {
+    async fn try_claim(&self, worker: &WorkerId, route: &Route) -> Result<Routed, StoreError> {
         let w = worker.as_str().to_owned();
         // The route as JSON arrays for `json_each` (NULL: any job).
-        let runnable = route
-            .runnable
-            .as_ref()
-            .map(|r| serde_json::to_string(r).unwrap_or_default());
+        // The route as a JSON array for `json_each`, jobs without a set included
+        // (None: any job).
+        let runnable = route.runnable.as_ref().map(|r| {
+            let mut all: Vec<&str> = r.iter().map(String::as_str).collect();
+            all.push("");
+            serde_json::to_string(&all).unwrap_or_default()
+        });
         let prefer_list = route.prefer.clone();
         let prefer = serde_json::to_string(&route.prefer).unwrap_or_default();
+        let known = route.known as i64;
         self.write(move |conn| {
+            if runnable.is_some() {
+                let n: i64 = conn
+                    .prepare_cached("SELECT COUNT(*) FROM requirement_sets")?
+                    .query_row([], |r| r.get(0))?;
+                if n != known {
+                    return Ok((Routed::Stale, Vec::new()));
+                }
+            }
             let micros = clock::now_micros();
             let token = uuid::Uuid::new_v4().simple().to_string();
             let now_ms = (micros / 1000) as i64;
@@ -214,38 +222,53 @@ impl SqliteStore {
             let vtime: f64 = conn
                 .prepare_cached("SELECT value FROM counters WHERE name = 'vtime'")?
                 .query_row([], |r| r.get(0))?;
+            // Routed, a job is found through `jobs_route` one set at a time: the
+            // cost grows with the sets this backend runs, not with the jobs of
+            // other sets queued ahead.
+            let lane_sql = if runnable.is_some() {
+                "SELECT owner, MAX(vt, ?1), weight FROM lanes \
+                 WHERE queued > 0 AND (max_running = 0 OR running < max_running) \
+                   AND EXISTS (SELECT 1 FROM jobs WHERE jobs.owner = lanes.owner \
+                               AND status = 'queued' \
+                               AND req IN (SELECT value FROM json_each(?3)) AND run_at <= ?2) \
+                 ORDER BY vt, owner LIMIT 1"
+            } else {
+                "SELECT owner, MAX(vt, ?1), weight FROM lanes \
+                 WHERE queued > 0 AND (max_running = 0 OR running < max_running) \
+                   AND EXISTS (SELECT 1 FROM jobs WHERE jobs.owner = lanes.owner \
+                               AND status = 'queued' AND run_at <= ?2 AND ?3 IS NULL) \
+                 ORDER BY vt, owner LIMIT 1"
+            };
             let lane: Option<(String, f64, i64)> = conn
-                .prepare_cached(
-                    "SELECT owner, MAX(vt, ?1), weight FROM lanes \
-                     WHERE queued > 0 AND (max_running = 0 OR running < max_running) \
-                       AND EXISTS (SELECT 1 FROM jobs WHERE jobs.owner = lanes.owner \
-                                   AND status = 'queued' AND run_at <= ?2 \
-                                   AND (?3 IS NULL OR req = '' \
-                                        OR req IN (SELECT value FROM json_each(?3)))) \
-                     ORDER BY vt, owner LIMIT 1",
-                )?
+                .prepare_cached(lane_sql)?
                 .query_row(params![vtime, now_ms, runnable], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })
                 .optional()?;
             let Some((owner, start, weight)) = lane else {
-                return Ok((None, Vec::new()));
+                return Ok((Routed::Nothing, Vec::new()));
             };
             // Within the lane: the first the route allows, or a preferred one
             // (same model files as the backend's last job) close behind it.
+            let first_sql = if runnable.is_some() {
+                "SELECT j.id, j.priority, j.queue_seq, j.req FROM json_each(?3) AS r, jobs AS j \
+                 WHERE j.id = (SELECT id FROM jobs WHERE owner = ?1 AND status = 'queued' \
+                               AND req = r.value AND run_at <= ?2 \
+                               ORDER BY priority, queue_seq LIMIT 1) \
+                 ORDER BY j.priority, j.queue_seq LIMIT 1"
+            } else {
+                "SELECT id, priority, queue_seq, req FROM jobs WHERE owner = ?1 \
+                 AND status = 'queued' AND run_at <= ?2 AND ?3 IS NULL \
+                 ORDER BY priority, queue_seq LIMIT 1"
+            };
             let first: Option<(String, i64, i64, String)> = conn
-                .prepare_cached(
-                    "SELECT id, priority, queue_seq, req FROM jobs WHERE owner = ?1 \
-                     AND status = 'queued' AND run_at <= ?2 \
-                     AND (?3 IS NULL OR req = '' OR req IN (SELECT value FROM json_each(?3))) \
-                     ORDER BY priority, queue_seq LIMIT 1",
-                )?
+                .prepare_cached(first_sql)?
                 .query_row(params![owner, now_ms, runnable], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })
                 .optional()?;
             let Some((first_id, priority, seq, req)) = first else {
-                return Ok((None, Vec::new()));
+                return Ok((Routed::Nothing, Vec::new()));
             };
             let chosen = if !prefer_list.is_empty() && !prefer_list.contains(&req) {
                 conn.prepare_cached(
@@ -283,7 +306,7 @@ impl SqliteStore {
                     .execute(params![owner, start + 1.0 / weight.max(1) as f64])?;
             }
             let Some(rec) = claimed else {
-                return Ok((None, Vec::new()));
+                return Ok((Routed::Nothing, Vec::new()));
             };
             let lease = Lease {
                 job_id: JobId::parse(&rec.id).unwrap_or_else(|_| JobId::random()),
@@ -294,10 +317,10 @@ impl SqliteStore {
             };
             tracing::info!(job_id = %rec.id, attempt = rec.attempt, worker = %w, "job processing");
             Ok((
-                Some(Claim {
+                Routed::Job(Box::new(Claim {
                     lease,
                     job: rec.clone(),
-                }),
+                })),
                 vec![rec],
             ))
         })
@@ -621,11 +644,9 @@ impl JobStore for SqliteStore {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if route.runnable.is_some() && self.requirement_count().await? != route.known {
-                return Ok(Routed::Stale);
-            }
-            if let Some(claim) = self.try_claim(worker, route).await? {
-                return Ok(Routed::Job(Box::new(claim)));
+            match self.try_claim(worker, route).await? {
+                Routed::Nothing => {}
+                found => return Ok(found),
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {

@@ -366,7 +366,27 @@ async fn routed_claims_pass_over_what_a_backend_cannot_run(kind: Backing) {
     assert_eq!(got, ["re", "rf"], "too far behind to be preferred");
 }
 
+/// More ownerless jobs that a backend cannot run than a claim looks at once are
+/// still not in its way (Redis parks them by set as it meets them), and a
+/// backend that can run them later gets them in their order of arrival.
+async fn many_ownerless_jobs_a_backend_cannot_run_do_not_hold_it_up(kind: Backing) {
+    let t = test_store(kind, fast_settings());
+    let store = t.store.as_ref();
+    assert!(store.register_requirements("rb", "{}").await.unwrap());
+    for i in 0..250 {
+        let job = job("", &format!("rb-{i}")).needing("rb".into());
+        store.enqueue(&job).await.unwrap();
+    }
+    needing(store, "", "ra").await;
+    let got = claim_sets(store, &route(&["ra"], &[], 2)).await;
+    assert_eq!(got, ["ra"], "found behind 250 it cannot run");
+    let got = claim_sets(store, &route(&["rb"], &[], 2)).await;
+    let want: Vec<String> = (0..250).map(|i| format!("rb-{i}")).collect();
+    assert_eq!(got, want, "the rest, in their order");
+}
+
 both_stores!(
+    many_ownerless_jobs_a_backend_cannot_run_do_not_hold_it_up,
     routed_claims_pass_over_what_a_backend_cannot_run,
     owners_with_work_are_served_by_weight,
     a_late_owner_does_not_wait_behind_an_early_ones_backlog,

@@ -34,29 +34,82 @@ if tonumber(ARGV[4]) >= 0 then
   window = tonumber(ARGV[7 + n + m])
 end
 
--- How far into job_queue (from its consuming end) a routed claim looks.
+-- How many entries at job_queue's consuming end a routed claim moves out of the
+-- way, at most, before it gives up for this time.
 local QUEUE_WINDOW = 100
+local PARKED_SETS = tag .. ':parked-sets'
+local function parked_of(r) return tag .. ':parked:' .. r end
 
--- The entry of job_queue to take, removed; nil when none of the first
--- QUEUE_WINDOW is runnable here.
-local function take_from_queue()
-  if runnable == nil then return redis.call('RPOP', KEYS[1]) end
-  local tail = redis.call('LRANGE', KEYS[1], -QUEUE_WINDOW, -1)
-  local first, chosen = nil, nil
-  for i = #tail, 1, -1 do
-    local r = req_of(tail[i])
-    if runnable[r] then
-      first = first or i
-      if prefer[r] then chosen = i; break end
-      if next(prefer) == nil then break end
+-- A preferred entry among the `window` entries after job_queue's consuming end
+-- (the end itself too, unless `skip_end`), removed; nil when there is none.
+local function preferred_in_queue(skip_end)
+  if next(prefer) == nil then return nil end
+  local tail = redis.call('LRANGE', KEYS[1], -(window + 1), -1)
+  local last = #tail
+  if skip_end then last = last - 1 end
+  for i = last, 1, -1 do
+    if prefer[req_of(tail[i])] then
+      redis.call('LREM', KEYS[1], -1, tail[i])
+      return tail[i]
     end
-    if first and first - i >= window then break end
   end
-  chosen = chosen or first
-  if not chosen then return nil end
-  if chosen == #tail then return redis.call('RPOP', KEYS[1]) end
-  redis.call('LREM', KEYS[1], -1, tail[chosen])
-  return tail[chosen]
+  return nil
+end
+
+local function take_parked(id, r)
+  redis.call('ZREM', parked_of(r), id)
+  local payload = redis.call('HGET', L.entries, id)
+  redis.call('HDEL', L.entries, id)
+  return payload
+end
+
+-- The entry of the ownerless lane to take, removed; nil when there is none this
+-- backend can run. Entries of job_queue that it cannot run (ours: they name a
+-- requirement set) are parked by set as the claim meets them at the consuming
+-- end, in that order, so they keep their age: a parked entry is older than
+-- anything still in job_queue, and a claim that can run it takes it first. A
+-- preferred entry close behind the first is taken instead of it.
+local function take_from_queue()
+  local best, best_s, best_r, pref, pref_s, pref_r
+  for _, r in ipairs(redis.call('SMEMBERS', PARKED_SETS)) do
+    if runnable == nil or runnable[r] then
+      local head = redis.call('ZRANGE', parked_of(r), 0, 0, 'WITHSCORES')
+      if not head[1] then
+        redis.call('SREM', PARKED_SETS, r)
+      else
+        local s = tonumber(head[2])
+        if not best or s < best_s then best, best_s, best_r = head[1], s, r end
+        if prefer[r] and (not pref or s < pref_s) then pref, pref_s, pref_r = head[1], s, r end
+      end
+    end
+  end
+  if best then
+    if pref and pref_s - best_s <= window then return take_parked(pref, pref_r) end
+    if not prefer[best_r] then
+      local p = preferred_in_queue(false)
+      if p then return p end
+    end
+    return take_parked(best, best_r)
+  end
+  if runnable == nil then return redis.call('RPOP', KEYS[1]) end
+  for _ = 1, QUEUE_WINDOW do
+    local e = redis.call('LINDEX', KEYS[1], -1)
+    if not e then return nil end
+    local r = req_of(e)
+    if runnable[r] then
+      if not prefer[r] then
+        local p = preferred_in_queue(true)
+        if p then return p end
+      end
+      return redis.call('RPOP', KEYS[1])
+    end
+    redis.call('RPOP', KEYS[1])
+    local id = field_of(e, 'job_id')
+    redis.call('HSET', L.entries, id, e)
+    redis.call('ZADD', parked_of(r), redis.call('INCR', tag .. ':park-seq'), id)
+    redis.call('SADD', PARKED_SETS, r)
+  end
+  return nil
 end
 
 -- Indexes a lane written before sub-lanes existed (an upgrade).
@@ -143,7 +196,7 @@ local function try(owner, start)
 end
 
 local queue_at = nil
-if redis.call('LLEN', KEYS[1]) > 0 then
+if redis.call('LLEN', KEYS[1]) > 0 or redis.call('SCARD', PARKED_SETS) > 0 then
   queue_at = math.max(V, num(redis.call('HGET', L.vt, '')))
 end
 local found = nil

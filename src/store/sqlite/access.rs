@@ -314,13 +314,4 @@ impl SqliteStore {
         })
         .await
     }
-
-    pub(super) async fn requirement_count(&self) -> Result<usize, StoreError> {
-        self.read(|c| {
-            c.prepare_cached("SELECT COUNT(*) FROM requirement_sets")?
-                .query_row([], |r| r.get::<_, i64>(0))
-        })
-        .await
-        .map(|n| n.max(0) as usize)
-    }
 }

@@ -67,6 +67,7 @@ BEGIN UPDATE counters SET value = value + (NEW.status = 'queued') - (OLD.status 
     WHERE name = 'queued'; END;
 CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs(owner, status, list_seq);
 CREATE INDEX IF NOT EXISTS jobs_lane ON jobs(owner, status, priority, queue_seq);
+CREATE INDEX IF NOT EXISTS jobs_route ON jobs(owner, status, req, priority, queue_seq);
 -- One lane per owner ('' for jobs without one): its share (weight), its cap on
 -- running jobs (0: none), its virtual time for fair claims, and its counts, which
 -- the triggers below keep.
