@@ -124,6 +124,14 @@ impl BackendList {
     fn report_json(&self) -> String {
         serde_json::to_string(&self.samples()).unwrap_or_else(|_| "[]".into())
     }
+
+    /// Its backends' capability fingerprints, in order.
+    fn offers(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|b| b.caps.lock().expect("caps").clone())
+            .collect()
+    }
 }
 
 impl BackendReport for BackendList {
@@ -467,9 +475,20 @@ async fn heartbeat_loop(
         } else {
             every
         };
-        tokio::select! {
-            _ = tokio::time::sleep(next) => {}
-            _ = stop.changed() => return,
+        // A backend that just read its capabilities is reported at once (within a
+        // quarter second), not at the next beat: until then the API cannot refuse
+        // the jobs it cannot run, nor offer its models.
+        let reported = backends.offers();
+        let until = tokio::time::Instant::now() + next;
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= until || backends.offers() != reported {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep((until - now).min(Duration::from_millis(250))) => {}
+                _ = stop.changed() => return,
+            }
         }
     }
 }

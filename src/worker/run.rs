@@ -276,9 +276,7 @@ async fn execute(ctx: &RunContext, lease: &Lease, job: &JobRecord, turn: &mut Tu
         .and_then(|(p, _)| p.req)
         .unwrap_or_default();
     if let Some(why) = ctx.backend.routing.doomed(&req) {
-        return Outcome::Failed(format!(
-            "model-unavailable: no live backend can run it: {why}"
-        ));
+        return Outcome::Failed(format!("model-unavailable: {why}"));
     }
     // A job that ran before may have run on a backend that is still there: adopt
     // that run instead of using a GPU twice.
