@@ -21,11 +21,16 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::Map;
 use studio_core::job::NewJob;
-use studio_core::store::{JobStore, Lease, RedisStore, StoreSettings, WorkerId};
+use studio_core::store::{JobStore, Lease, Preview, RedisStore, StoreSettings, WorkerId};
 use support::{Studio, cleanup_redis, env_or, memory_mib, pct, prefix, redis_url};
 use tokio::net::TcpStream;
 
 type Arrivals = Arc<Mutex<HashMap<(String, u64), Instant>>>;
+
+/// Where preview arrivals are recorded (above any progress value).
+const PREVIEW_KEY: u64 = 1_000;
+/// Preview rounds (one preview per job each), after the progress rounds.
+const PREVIEW_ROUNDS: u64 = 3;
 
 /// Opens one stream and records when each progress value arrives.
 async fn stream(
@@ -59,7 +64,14 @@ async fn stream(
             }
             if let Some(line) = block.lines().find_map(|l| l.strip_prefix("data:")) {
                 let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap_or_default();
-                if let Some(p) = v["progress"].as_u64() {
+                // A preview announcement: recorded under PREVIEW_KEY + its number.
+                if let (Some(seq), true) = (v["seq"].as_u64(), v["url"].is_string()) {
+                    arrivals
+                        .lock()
+                        .unwrap()
+                        .entry((id.clone(), PREVIEW_KEY + seq))
+                        .or_insert(now);
+                } else if let Some(p) = v["progress"].as_u64() {
                     arrivals
                         .lock()
                         .unwrap()
@@ -125,8 +137,42 @@ async fn measure(
         store.heartbeat(&worker).await.unwrap();
     }
     let write_time = started.elapsed();
+    // Previews, as a worker publishes them (a recorded 87-byte PNG each).
+    let picture = Bytes::from_static(include_bytes!(
+        "../tests/fixtures/comfyui/files/g_progress_savewebsocket_main_ws_binary_1.bin"
+    ))
+    .slice(8..);
+    let mut previews: Vec<(String, u64, Instant)> = Vec::new();
+    for seq in 1..=PREVIEW_ROUNDS {
+        for l in &leases {
+            let p = Preview {
+                seq,
+                content_type: "image/png".into(),
+                image: picture.clone(),
+            };
+            let t = Instant::now();
+            store.put_preview(&l.job_id, "", &p).await.unwrap();
+            previews.push((l.job_id.to_string(), PREVIEW_KEY + seq, t));
+        }
+    }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let got = arrivals.lock().unwrap();
+    let mut plat: Vec<f64> = previews
+        .iter()
+        .filter_map(|(id, k, t)| {
+            got.get(&(id.clone(), *k))
+                .map(|a| a.saturating_duration_since(*t).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    plat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "{label:<7} {} previews published: publish→event p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; {} not received",
+        previews.len(),
+        pct(&plat, 0.5).unwrap_or(f64::NAN),
+        pct(&plat, 0.99).unwrap_or(f64::NAN),
+        plat.last().copied().unwrap_or(f64::NAN),
+        previews.len() - plat.len(),
+    );
     let mut lat: Vec<f64> = Vec::new();
     let mut missing = 0;
     for (id, p, t) in &writes {

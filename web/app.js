@@ -374,6 +374,11 @@ function upsertJob(job, create = false) {
     cancel.addEventListener("click", () => cancelJob(job.job_id, cancel));
     side.append(cancel);
   }
+  if (!TERMINAL.has(job.status) && card.dataset.preview) side.append(previewImage(card));
+  if (TERMINAL.has(job.status) && card.dataset.preview) {
+    URL.revokeObjectURL(card.dataset.preview);
+    delete card.dataset.preview;
+  }
   if (job.status === "finished") {
     const image = (job.outputs || []).find((o) => o.kind === "image");
     if (image) {
@@ -382,12 +387,54 @@ function upsertJob(job, create = false) {
       a.href = image.url;
       a.addEventListener("click", (e) => { e.preventDefault(); openViewer(image, job); });
       const img = document.createElement("img");
-      img.src = image.url;
+      img.src = thumbUrl(image, 128);
       img.alt = `Result of “${job.prompt}”`;
       a.append(img);
       side.append(a);
     }
     addToGallery(job, true);
+  }
+}
+
+// A thumbnail of a stored picture (the server makes it once per width: 128, 256
+// or 512); other outputs as they are.
+function thumbUrl(output, width) {
+  if (!/\.(png|jpe?g|webp)$/i.test(output.filename || "")) return output.url;
+  return `${output.url}${output.url.includes("?") ? "&" : "?"}w=${width}`;
+}
+
+// ---------- previews ----------
+
+function previewImage(card) {
+  const img = document.createElement("img");
+  img.className = "preview";
+  img.src = card.dataset.preview;
+  img.alt = "Preview of the picture forming";
+  return img;
+}
+
+// `event: preview`: the picture as it forms. Fetched with the key's header (an
+// <img> cannot send one), one at a time per card, the newest wins.
+async function showPreview(ev) {
+  const card = state.jobs.get(ev.job_id);
+  if (!card || TERMINAL.has(card.dataset.status)) return;
+  if (Number(card.dataset.previewSeq || 0) >= ev.seq || card.dataset.previewLoading) return;
+  card.dataset.previewLoading = "1";
+  try {
+    const res = await fetch(ev.url, { headers: requestHeaders() });
+    if (!res.ok) return;
+    const blob = await res.blob();
+    if (TERMINAL.has(card.dataset.status)) return;
+    if (card.dataset.preview) URL.revokeObjectURL(card.dataset.preview);
+    card.dataset.preview = URL.createObjectURL(blob);
+    card.dataset.previewSeq = String(ev.seq);
+    const old = card.querySelector("img.preview");
+    if (old) old.src = card.dataset.preview;
+    else card.querySelector(".side").append(previewImage(card));
+  } catch (_) {
+    /* a preview is a nicety */
+  } finally {
+    delete card.dataset.previewLoading;
   }
 }
 
@@ -412,7 +459,7 @@ function addToGallery(job, newest) {
     const figure = document.createElement("figure");
     figure.style.margin = "0";
     const img = document.createElement("img");
-    img.src = o.url;
+    img.src = thumbUrl(o, 256);
     img.alt = job.prompt || "";
     img.loading = "lazy";
     const cap = document.createElement("figcaption");
@@ -462,6 +509,7 @@ async function connectEvents() {
         refreshOpenJobs();
         await readEvents(res.body, (type, data) => {
           if (type === "job") upsertJob(JSON.parse(data));
+          else if (type === "preview") showPreview(JSON.parse(data));
         });
       }
     } catch (_) { /* the server went away; try again */ }

@@ -33,7 +33,7 @@ use super::extract::JobIdPath;
 use super::jobs::{JobView, Signing};
 use crate::job::{JobId, JobRecord};
 use crate::shutdown::signalled;
-use crate::store::JobStore;
+use crate::store::{JobEvent, JobStore};
 
 /// How often an idle per-job stream re-reads its job (a change lost on the way is
 /// seen at most this late).
@@ -45,8 +45,8 @@ const PER_JOB_BUFFER: usize = 64;
 
 /// Hands store changes to per-job and all-jobs subscribers, in memory.
 pub struct EventHub {
-    all: broadcast::Sender<Arc<JobRecord>>,
-    per_job: Mutex<HashMap<String, broadcast::Sender<Arc<JobRecord>>>>,
+    all: broadcast::Sender<JobEvent>,
+    per_job: Mutex<HashMap<String, broadcast::Sender<JobEvent>>>,
 }
 
 impl EventHub {
@@ -63,7 +63,7 @@ impl EventHub {
                 match rx.recv().await {
                     Ok(ev) => {
                         let Some(hub) = weak.upgrade() else { return };
-                        hub.dispatch(ev.job);
+                        hub.dispatch(ev);
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(missed = n, "event hub fell behind; streams will resync");
@@ -75,11 +75,11 @@ impl EventHub {
         hub
     }
 
-    fn dispatch(&self, job: Arc<JobRecord>) {
-        let _ = self.all.send(job.clone());
+    fn dispatch(&self, ev: JobEvent) {
+        let _ = self.all.send(ev.clone());
         let map = self.per_job.lock().expect("hub lock");
-        if let Some(tx) = map.get(&job.id) {
-            let _ = tx.send(job.clone());
+        if let Some(tx) = map.get(&ev.job.id) {
+            let _ = tx.send(ev);
         }
     }
 
@@ -100,7 +100,7 @@ impl EventHub {
     }
 
     /// Changes of every job from now on.
-    pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<JobRecord>> {
+    pub fn subscribe_all(&self) -> broadcast::Receiver<JobEvent> {
         self.all.subscribe()
     }
 
@@ -115,11 +115,11 @@ impl EventHub {
 pub struct JobSubscription {
     hub: Arc<EventHub>,
     id: String,
-    rx: Option<broadcast::Receiver<Arc<JobRecord>>>,
+    rx: Option<broadcast::Receiver<JobEvent>>,
 }
 
 impl JobSubscription {
-    pub async fn recv(&mut self) -> Result<Arc<JobRecord>, broadcast::error::RecvError> {
+    pub async fn recv(&mut self) -> Result<JobEvent, broadcast::error::RecvError> {
         match self.rx.as_mut() {
             Some(rx) => rx.recv().await,
             None => Err(broadcast::error::RecvError::Closed),
@@ -273,6 +273,19 @@ fn event_of(job: &JobRecord, position: Option<u64>, access: &Access) -> Event {
         .unwrap_or_else(|_| Event::default().comment("unserializable job"))
 }
 
+/// `event: preview`: a new preview of a job's picture, by sequence number, and
+/// where to get it.
+fn preview_event(public_url: &str, id: &str, seq: u64) -> Event {
+    Event::default().event("preview").data(
+        serde_json::json!({
+            "job_id": id,
+            "seq": seq,
+            "url": format!("{public_url}/api/jobs/{id}/preview?seq={seq}"),
+        })
+        .to_string(),
+    )
+}
+
 /// Whether `next` is news after `last` (a later revision; or, for hashes written by
 /// other programs without revisions, any visible difference).
 fn is_news(last: &JobRecord, next: &JobRecord) -> bool {
@@ -309,7 +322,10 @@ impl JobStream {
         loop {
             tokio::select! {
                 r = self.rx.recv() => match r {
-                    Ok(job) => {
+                    Ok(JobEvent { job, preview: Some(seq) }) => {
+                        return Some(preview_event(&self.state.public_url, &job.id, seq));
+                    }
+                    Ok(JobEvent { job, .. }) => {
                         if self.last.as_ref().is_none_or(|l| is_news(l, &job)) {
                             return Some(self.emit((*job).clone(), None));
                         }
@@ -352,7 +368,9 @@ impl JobStream {
 /// A job's live events (Server-Sent Events): a snapshot first, then every change,
 /// ending after the final state. Each event is `event: job`, `id: <revision>`,
 /// `data: <the job, as GET /api/status shows it>`; keep-alive comments every 15 s. On
-/// reconnect (with or without `Last-Event-ID`) a fresh snapshot comes first.
+/// reconnect (with or without `Last-Event-ID`) a fresh snapshot comes first. While
+/// the job runs, `event: preview` with `data: {"job_id", "seq", "url"}` announces
+/// each new preview of its picture (`GET /api/jobs/{job_id}/preview`).
 #[utoipa::path(get, path = "/api/jobs/{job_id}/events", tag = "events",
     params(("job_id" = String, Path, description = "The job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
     responses(
@@ -401,8 +419,9 @@ pub async fn job_events(
 }
 
 /// Every change of every job (Server-Sent Events), from now on: `event: job` with
-/// the job as `data`; `event: lagged` (data: how many changes were skipped) if the
-/// client reads too slowly.
+/// the job as `data`; `event: preview` (`{"job_id", "seq", "url"}`) for each new
+/// preview of a running job's picture; `event: lagged` (data: how many changes were
+/// skipped) if the client reads too slowly.
 #[utoipa::path(get, path = "/api/events", tag = "events",
     responses(
         (status = 200, description = "An event stream; each `data` is a JobView", content_type = "text/event-stream", body = JobView),
@@ -419,16 +438,20 @@ pub async fn all_events(
     let rx = state.hub.subscribe_all();
     let shutdown = state.shutdown.clone();
     let access = state.access.clone();
+    let public_url = state.public_url.clone();
     let events = futures_util::stream::unfold(
         (rx, shutdown, slot),
         move |(mut rx, mut shutdown, slot)| {
-            let (who, access) = (who.clone(), access.clone());
+            let (who, access, public_url) = (who.clone(), access.clone(), public_url.clone());
             async move {
                 let ev = loop {
                     tokio::select! {
                         r = rx.recv() => match r {
                             // Only the caller's jobs (every job for an admin).
-                            Ok(job) if who.may_see(&job.owner) => break event_of(&job, None, &access),
+                            Ok(JobEvent { job, preview }) if who.may_see(&job.owner) => break match preview {
+                                Some(seq) => preview_event(&public_url, &job.id, seq),
+                                None => event_of(&job, None, &access),
+                            },
                             Ok(_) => {}
                             // A slow client: say how many changes it missed (it can re-read).
                             Err(broadcast::error::RecvError::Lagged(n)) => break Event::default().event("lagged").data(n.to_string()),

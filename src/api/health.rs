@@ -59,6 +59,13 @@ pub struct BackendState {
     pub in_flight: usize,
     /// Jobs ended on it since start.
     pub done: usize,
+    /// Preview pictures it sent for our jobs since start. None after jobs ran
+    /// means no previews: ComfyUI sends them from samplers only when started with
+    /// `--preview-method auto` (or `taesd`, `latent2rgb`).
+    pub previews: u64,
+    /// Set when jobs ran on it and it sent no preview: how to get them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previews_note: Option<&'static str>,
     /// Prompts in its own queue (running + pending) at the last check.
     pub queue_remaining: Option<u64>,
     /// Its first device (`cpu`, a GPU name).

@@ -28,6 +28,21 @@ pub struct SignedQuery {
     exp: Option<u64>,
     /// HMAC-SHA256 of the job, the file and `exp`, hex.
     sig: Option<String>,
+    /// A thumbnail this many pixels wide (128, 256 or 512; a JPEG), of a PNG,
+    /// JPEG or WebP picture; made once, then kept.
+    #[param(schema_with = thumb_widths)]
+    w: Option<u32>,
+}
+
+/// The schema of `w`: one of the thumbnail widths.
+fn thumb_widths() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Integer)
+        .enum_values(Some(super::thumbs::WIDTHS))
+        .description(Some(
+            "A thumbnail this many pixels wide (a JPEG), of a PNG, JPEG or WebP picture; made once, then kept.",
+        ))
+        .build()
 }
 
 /// With auth on, a picture is served for a valid signature, or to a key that may
@@ -82,6 +97,7 @@ pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
         (status = 400, description = "A malformed path or query (`invalid-path`, `invalid-query`)", body = ErrorBody),
         (status = 403, description = "With auth on: no valid signature and no key that may see the job (`forbidden`)", body = ErrorBody),
         (status = 404, description = "No such file (`file-not-found`)", body = ErrorBody),
+        (status = 422, description = "A thumbnail of a picture that cannot be read (`unreadable-picture`) or is too large (`picture-too-large`)", body = ErrorBody),
         (status = 416, description = "The `Range` asked for starts past the end of the file (`range-not-satisfiable`, with `Content-Range: bytes */<size>`)", body = ErrorBody),
     ))]
 pub async fn image(
@@ -107,6 +123,13 @@ pub async fn image(
     if state.access.signs_urls() {
         allowed(&state, &who, &id, &name, &q).await?;
     }
+    // A thumbnail is served as the stored file it becomes.
+    let name = match q.w {
+        Some(w) => super::thumbs::ensure(&state, &id, &name, super::thumbs::width(w)?)
+            .await?
+            .ok_or_else(missing)?,
+        None => name.clone(),
+    };
     if state.redirect_images {
         // At most a week: the longest a SigV4 presigned URL may live.
         let ttl = state

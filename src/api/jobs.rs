@@ -528,7 +528,7 @@ pub async fn cancel(
     }
 }
 
-fn not_found(id: &str) -> ApiError {
+pub(super) fn not_found(id: &str) -> ApiError {
     ApiError::not_found(
         "job-not-found",
         format!("no job with id {id} (unknown, or expired after 24 h)"),

@@ -17,6 +17,8 @@ pub mod offers;
 pub mod openapi;
 pub mod ops;
 pub mod pages;
+pub mod previews;
+pub mod thumbs;
 pub mod uploads;
 pub mod workflows;
 
@@ -253,6 +255,7 @@ routes! {
     get "/api/jobs/{job_id}" => jobs::get,
     post "/api/jobs/{job_id}/cancel" => jobs::cancel,
     get "/api/jobs/{job_id}/events" => events::job_events,
+    get "/api/jobs/{job_id}/preview" => previews::preview,
     get "/api/events" => events::all_events,
     get "/api/workflows" => workflows::list,
     get "/api/ops" => ops::ops,

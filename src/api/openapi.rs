@@ -4,7 +4,9 @@
 use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 
-use super::{events, health, images, jobs, keys, metrics, ops, pages, uploads, workflows};
+use super::{
+    events, health, images, jobs, keys, metrics, ops, pages, previews, uploads, workflows,
+};
 use crate::workflow::param::MAX_STRING_CHARS;
 use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, ParamSpec, Workflow, WorkflowRegistry};
 
@@ -32,6 +34,7 @@ pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0
         jobs::cancel,
         events::job_events,
         events::all_events,
+        previews::preview,
         workflows::list,
         ops::ops,
         keys::list,

@@ -101,7 +101,17 @@ pub enum WsMessage {
         node_id: Option<String>,
     },
     FeatureFlags(Value),
-    /// A binary frame: 1 preview, 3 progress text, 4 preview with metadata.
+    /// A preview of a picture forming (binary frame 1, or 4 with metadata): the
+    /// prompt it belongs to when the frame says (type 4 only), the picture's
+    /// content type (from its own bytes), and the picture.
+    Preview {
+        prompt_id: Option<String>,
+        content_type: &'static str,
+        image: bytes::Bytes,
+    },
+    /// Any other binary frame (3: progress text; unknown types; previews that are
+    /// not a picture we know or are over [`MAX_PREVIEW_BYTES`]), by event type and
+    /// length.
     Binary {
         event: u32,
         len: usize,
@@ -110,6 +120,24 @@ pub enum WsMessage {
     Other {
         kind: String,
     },
+}
+
+/// The largest preview picture kept (ComfyUI's are 512 px by default, tens of
+/// KB; SaveImageWebsocket sends full pictures this way).
+pub const MAX_PREVIEW_BYTES: usize = 4 << 20;
+
+/// A picture's content type from its first bytes: PNG, JPEG or WebP; `None` for
+/// anything else (never served as a picture).
+pub fn picture_type(b: &[u8]) -> Option<&'static str> {
+    if b.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some("image/png")
+    } else if b.starts_with(&[0xff, 0xd8, 0xff]) {
+        Some("image/jpeg")
+    } else if b.len() >= 12 && &b[..4] == b"RIFF" && &b[8..12] == b"WEBP" {
+        Some("image/webp")
+    } else {
+        None
+    }
 }
 
 /// Why a text frame could not be read.
@@ -231,15 +259,46 @@ impl WsMessage {
         })
     }
 
-    /// Reads a binary frame's event type (the first big-endian u32).
-    pub fn binary(frame: &[u8]) -> WsMessage {
-        let event = frame
-            .get(..4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-            .unwrap_or(0);
-        WsMessage::Binary {
-            event,
+    /// Reads a binary frame: previews (types 1 and 4) with their picture, the
+    /// rest by event type. Never fails: a short or odd frame is just `Binary`.
+    pub fn binary(frame: &bytes::Bytes) -> WsMessage {
+        let u32_at = |at: usize| {
+            frame
+                .get(at..at + 4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let other = || WsMessage::Binary {
+            event: u32_at(0).unwrap_or(0),
             len: frame.len(),
+        };
+        let preview = |prompt_id: Option<String>, at: usize| {
+            let image = frame.slice(at.min(frame.len())..);
+            match picture_type(&image) {
+                Some(content_type) if image.len() <= MAX_PREVIEW_BYTES => WsMessage::Preview {
+                    prompt_id,
+                    content_type,
+                    image,
+                },
+                _ => other(),
+            }
+        };
+        match u32_at(0) {
+            // u32 type · u32 format (1 JPEG, 2 PNG) · picture
+            Some(1) if frame.len() > 8 => preview(None, 8),
+            // u32 type · u32 M · M bytes of JSON metadata · picture
+            Some(4) => {
+                let Some(m) = u32_at(4).map(|m| m as usize) else {
+                    return other();
+                };
+                let Some(meta) = frame.get(8..8usize.saturating_add(m)) else {
+                    return other();
+                };
+                let prompt_id = serde_json::from_slice::<Value>(meta)
+                    .ok()
+                    .and_then(|v| v.get("prompt_id")?.as_str().map(str::to_owned));
+                preview(prompt_id, 8 + m)
+            }
+            _ => other(),
         }
     }
 
@@ -253,9 +312,9 @@ impl WsMessage {
             | WsMessage::ExecutionSuccess { prompt_id }
             | WsMessage::ExecutionError { prompt_id, .. }
             | WsMessage::ExecutionInterrupted { prompt_id, .. } => Some(prompt_id),
-            WsMessage::Executing { prompt_id, .. } | WsMessage::Progress { prompt_id, .. } => {
-                prompt_id.as_deref()
-            }
+            WsMessage::Executing { prompt_id, .. }
+            | WsMessage::Progress { prompt_id, .. }
+            | WsMessage::Preview { prompt_id, .. } => prompt_id.as_deref(),
             _ => None,
         }
     }
@@ -318,13 +377,82 @@ mod tests {
 
     #[test]
     fn binary_frames_give_their_event_type() {
+        let b = |v: &[u8]| bytes::Bytes::copy_from_slice(v);
         assert_eq!(
-            WsMessage::binary(&[0, 0, 0, 3, 0, 0, 0, 1, b'4']),
+            WsMessage::binary(&b(&[0, 0, 0, 3, 0, 0, 0, 1, b'4'])),
             WsMessage::Binary { event: 3, len: 9 }
         );
         assert_eq!(
-            WsMessage::binary(&[1]),
+            WsMessage::binary(&b(&[1])),
             WsMessage::Binary { event: 0, len: 1 }
         );
+        // Truncated or lying headers, and pictures of no known kind, are not
+        // previews (and do not panic).
+        for frame in [
+            &[0, 0, 0, 1, 0, 0, 0, 2][..],
+            &[0, 0, 0, 1, 0, 0, 0, 2, b'G', b'I', b'F', b'8'][..],
+            &[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff, b'{'][..],
+            &[0, 0, 0, 4, 0, 0][..],
+            &[0, 0, 0, 9, 1, 2, 3][..],
+        ] {
+            assert!(
+                matches!(WsMessage::binary(&b(frame)), WsMessage::Binary { .. }),
+                "{frame:?}"
+            );
+        }
+    }
+
+    /// Every binary frame the real server sent in the recordings.
+    #[test]
+    fn recorded_frames_are_read() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/comfyui/files");
+        let read = |name: &str| bytes::Bytes::from(std::fs::read(dir.join(name)).unwrap());
+        for n in 1..=6 {
+            let m = WsMessage::binary(&read(&format!(
+                "g_progress_savewebsocket_main_ws_binary_{n}.bin"
+            )));
+            let WsMessage::Preview {
+                prompt_id,
+                content_type,
+                image,
+            } = m
+            else {
+                panic!("type 1 frame {n}: {m:?}");
+            };
+            assert_eq!(
+                (prompt_id, content_type, image.len()),
+                (None, "image/png", 87)
+            );
+        }
+        for n in 1..=3 {
+            let m = WsMessage::binary(&read(&format!(
+                "g_progress_savewebsocket_meta_ws_binary_{n}.bin"
+            )));
+            let WsMessage::Preview {
+                prompt_id,
+                content_type,
+                image,
+            } = m
+            else {
+                panic!("type 4 frame {n}: {m:?}");
+            };
+            assert_eq!(
+                prompt_id.as_deref(),
+                Some("06d428d1-6680-4e04-83b1-4ced4268d372")
+            );
+            assert_eq!(content_type, "image/png");
+            assert!(image.starts_with(b"\x89PNG"));
+        }
+        for name in [
+            "a3_batch_preview_and_progress_text_main_ws_binary_1.bin",
+            "l_progress_text_broadcast_and_free_main_ws_binary_1.bin",
+        ] {
+            let m = WsMessage::binary(&read(name));
+            assert!(
+                matches!(m, WsMessage::Binary { event: 3, len: 45 }),
+                "{name}: {m:?}"
+            );
+        }
     }
 }

@@ -62,6 +62,9 @@ impl ComfySocket {
     }
 }
 
+/// What this client supports, sent on connect (ComfyUI reads only this flag).
+const FEATURE_FLAGS: &str = r#"{"type":"feature_flags","data":{"supports_preview_metadata":true}}"#;
+
 async fn run(
     url: String,
     events: broadcast::Sender<SocketEvent>,
@@ -85,6 +88,9 @@ async fn run(
                 let _ = events.send(SocketEvent::Connected);
                 tracing::debug!(%url, "ComfyUI socket open");
                 let (mut sink, mut stream) = ws.split();
+                // Ask for previews with their prompt id (frame type 4), so a preview
+                // is never taken for another prompt's.
+                let _ = sink.send(Message::Text(FEATURE_FLAGS.into())).await;
                 let mut last_rx = Instant::now();
                 let mut ping = tokio::time::interval(PING_EVERY);
                 ping.tick().await;

@@ -231,7 +231,44 @@ pub enum CancelOutcome {
 #[derive(Clone, Debug)]
 pub struct JobEvent {
     pub job: Arc<JobRecord>,
+    /// Not a change of the record but a new preview of the picture forming, by
+    /// its sequence number (the record then holds only the job's id and owner).
+    pub preview: Option<u64>,
 }
+
+impl JobEvent {
+    /// A change of the record.
+    pub fn changed(job: JobRecord) -> JobEvent {
+        JobEvent {
+            job: Arc::new(job),
+            preview: None,
+        }
+    }
+
+    /// A new preview of job `id` (of `owner`).
+    pub fn preview(id: &str, owner: &str, seq: u64) -> JobEvent {
+        JobEvent {
+            job: Arc::new(JobRecord {
+                id: id.to_owned(),
+                owner: owner.to_owned(),
+                ..JobRecord::default()
+            }),
+            preview: Some(seq),
+        }
+    }
+}
+
+/// The latest preview of a job's picture as it forms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preview {
+    /// Its number within the attempt (1, 2, …): news when higher.
+    pub seq: u64,
+    pub content_type: String,
+    pub image: bytes::Bytes,
+}
+
+/// How long a job's last preview is kept after it was put.
+pub const PREVIEW_TTL: Duration = Duration::from_secs(600);
 
 /// A page request for `GET /api/jobs`.
 #[derive(Clone, Debug, Default)]
@@ -463,6 +500,18 @@ pub trait JobStore: Send + Sync + 'static {
         rec: &crate::uploads::UploadRecord,
         ttl: Duration,
     ) -> Result<(), StoreError>;
+
+    /// Keeps `preview` as job `id`'s latest (for [`PREVIEW_TTL`]) and announces it
+    /// to every process's subscribers (a [`JobEvent`] with `preview`).
+    async fn put_preview(
+        &self,
+        id: &JobId,
+        owner: &str,
+        preview: &Preview,
+    ) -> Result<(), StoreError>;
+
+    /// Job `id`'s latest preview, if one was put and has not expired.
+    async fn get_preview(&self, id: &JobId) -> Result<Option<Preview>, StoreError>;
 
     /// An owner's upload, if recorded and not expired; with `extend`, it then lives
     /// at least that much longer (a job uses it).

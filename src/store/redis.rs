@@ -1091,6 +1091,19 @@ impl JobStore for RedisStore {
         self.register_requirements_impl(fp, json).await
     }
 
+    async fn put_preview(
+        &self,
+        id: &JobId,
+        owner: &str,
+        preview: &super::Preview,
+    ) -> Result<(), StoreError> {
+        self.put_preview_impl(id, owner, preview).await
+    }
+
+    async fn get_preview(&self, id: &JobId) -> Result<Option<super::Preview>, StoreError> {
+        self.get_preview_impl(id).await
+    }
+
     async fn requirement_sets(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.requirement_sets_impl().await
     }

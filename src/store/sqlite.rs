@@ -12,9 +12,10 @@ mod rows;
 mod schema;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -29,8 +30,8 @@ use self::writer::{Deliver, WriteOp, in_savepoint, writer_loop};
 use super::{
     AFFINITY_WINDOW, CancelOutcome, Claim, Completion, DeadLetter, EVENT_BUFFER, EXPIRED_MESSAGE,
     IDEMPOTENCY_TTL, IdempotencyClaim, JobEvent, JobPage, JobStore, Lease, LeaseState, ListQuery,
-    QueueStats, Refusal, RetryOutcome, Route, Routed, StoreError, StoreKind, StoreSettings,
-    WorkerId, gave_up_message, hostname, log_completion, log_retry,
+    PREVIEW_TTL, Preview, QueueStats, Refusal, RetryOutcome, Route, Routed, StoreError, StoreKind,
+    StoreSettings, WorkerId, gave_up_message, hostname, log_completion, log_retry,
 };
 use crate::auth::ApiKey;
 use crate::auth::rate::{LocalLimiter, RateDecision};
@@ -68,7 +69,13 @@ pub struct SqliteStore {
     own_workers: Mutex<Vec<String>>,
     /// Rate limits, counted in this process.
     limiter: LocalLimiter,
+    /// Each job's latest preview (only this process uses the file), with when it
+    /// was put; at most [`MAX_PREVIEWS`], the oldest forgotten first.
+    previews: Mutex<HashMap<String, (Instant, Preview)>>,
 }
+
+/// Previews kept in memory at most (one per running job).
+const MAX_PREVIEWS: usize = 1024;
 
 fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
@@ -113,6 +120,7 @@ impl SqliteStore {
             wake: Arc::new(Notify::new()),
             own_workers: Mutex::new(Vec::new()),
             limiter: LocalLimiter::default(),
+            previews: Mutex::new(HashMap::new()),
         })
     }
 
@@ -1025,6 +1033,42 @@ impl JobStore for SqliteStore {
 
     async fn register_requirements(&self, fp: &str, json: &str) -> Result<bool, StoreError> {
         self.register_requirements_impl(fp, json).await
+    }
+
+    async fn put_preview(
+        &self,
+        id: &JobId,
+        owner: &str,
+        preview: &Preview,
+    ) -> Result<(), StoreError> {
+        {
+            let mut m = self.previews.lock().expect("previews");
+            m.retain(|_, (at, _)| at.elapsed() < PREVIEW_TTL);
+            if m.len() >= MAX_PREVIEWS && !m.contains_key(id.as_str()) {
+                let oldest = m
+                    .iter()
+                    .min_by_key(|(_, (at, _))| *at)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    m.remove(&k);
+                }
+            }
+            m.insert(id.to_string(), (Instant::now(), preview.clone()));
+        }
+        let _ = self
+            .events
+            .send(JobEvent::preview(id.as_str(), owner, preview.seq));
+        Ok(())
+    }
+
+    async fn get_preview(&self, id: &JobId) -> Result<Option<Preview>, StoreError> {
+        Ok(self
+            .previews
+            .lock()
+            .expect("previews")
+            .get(id.as_str())
+            .filter(|(at, _)| at.elapsed() < PREVIEW_TTL)
+            .map(|(_, p)| p.clone()))
     }
 
     async fn requirement_sets(&self) -> Result<Vec<(String, String)>, StoreError> {

@@ -45,6 +45,9 @@ struct Info {
     device: String,
 }
 
+/// What `/health` says of a backend that ran jobs without sending a preview.
+const NO_PREVIEWS: &str = "no previews received: ComfyUI sends them from samplers (KSampler and the like) when started with --preview-method auto (or taesd); graphs without a sampler have none";
+
 /// One ComfyUI server.
 pub struct Backend {
     pub url: String,
@@ -56,6 +59,8 @@ pub struct Backend {
     pub in_flight: AtomicUsize,
     /// Jobs finished (any outcome) on it since start.
     pub done: AtomicUsize,
+    /// Preview pictures it sent for our jobs since start.
+    previews: std::sync::atomic::AtomicU64,
     /// When to claim the next job for it.
     pub pacing: super::pacing::Pacing,
     /// Whether it may take work besides being up: a launched ComfyUI is admitted
@@ -100,6 +105,7 @@ impl Backend {
             info: Mutex::new(Info::default()),
             in_flight: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
+            previews: Default::default(),
             pacing: Default::default(),
             admitted: watch::channel(admitted).0,
             inputs: Mutex::new(std::collections::HashMap::new()),
@@ -180,6 +186,11 @@ impl Backend {
                 _ = stop.changed() => return,
             }
         }
+    }
+
+    /// It sent a preview of a job's picture.
+    pub fn note_preview(&self) {
+        self.previews.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Its capabilities, once read.
@@ -283,6 +294,10 @@ impl Backend {
             },
             in_flight: self.in_flight.load(Ordering::Relaxed),
             done: self.done.load(Ordering::Relaxed),
+            previews: self.previews.load(Ordering::Relaxed),
+            previews_note: (self.done.load(Ordering::Relaxed) > 0
+                && self.previews.load(Ordering::Relaxed) == 0)
+                .then_some(NO_PREVIEWS),
             queue_remaining: info.queue_remaining,
             device: info.device.clone(),
             last_ok_at: info.last_ok_at.clone(),

@@ -36,6 +36,7 @@ pub(super) enum Followed {
 pub(super) async fn follow(
     ctx: &RunContext,
     lease: &Lease,
+    owner: &str,
     client: &ComfyClient,
     mut socket: Option<broadcast::Receiver<SocketEvent>>,
     mut cancels: broadcast::Receiver<JobEvent>,
@@ -63,6 +64,10 @@ pub(super) async fn follow(
     let mut unreachable_since: Option<Instant> = None;
     let mut missing = 0u32;
     let mut abort = ctx.abort.clone();
+    let mut previews = super::preview::Throttle::default();
+    // Whether our prompt is the one running: a preview without a prompt id (frame
+    // type 1, from a ComfyUI that does not send type 4) is then ours.
+    let mut running = false;
 
     loop {
         tokio::select! {
@@ -76,9 +81,19 @@ pub(super) async fn follow(
                     }
                     if let WsMessage::ExecutionStart { .. } = *m {
                         ctx.backend.pacing.started(id);
+                        running = true;
                         tracing::debug!("running");
                     }
+                    if let WsMessage::Preview { content_type, image, .. } = &*m {
+                        offer_preview(ctx, lease, owner, &mut previews, content_type, image).await;
+                        continue;
+                    }
                     tracker.apply(&m);
+                }
+                Some(SocketEvent::Message(m)) if running => {
+                    if let WsMessage::Preview { prompt_id: None, content_type, image } = &*m {
+                        offer_preview(ctx, lease, owner, &mut previews, content_type, image).await;
+                    }
                 }
                 Some(SocketEvent::Message(_)) => {}
                 Some(SocketEvent::Connected) => {
@@ -131,6 +146,9 @@ pub(super) async fn follow(
                 next_poll = Instant::now() + poll_every;
             }
             _ = flush.tick() => {
+                if let Some(p) = previews.due(std::time::Instant::now()) {
+                    publish_preview(ctx, lease, owner, &p).await;
+                }
                 if tracker.percent() > written && last_write.elapsed() >= PROGRESS_EVERY {
                     match write_progress(ctx, lease, tracker.percent()).await {
                         Some(LeaseState::Lost) => return Followed::LeaseLost,
@@ -149,7 +167,7 @@ pub(super) async fn follow(
                 }
             }
             ev = cancels.recv() => match ev {
-                Ok(JobEvent { job }) if job.id == id && job.cancel_requested => return Followed::Cancel,
+                Ok(JobEvent { job, preview: None }) if job.id == id && job.cancel_requested => return Followed::Cancel,
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => cancels = ctx.store.subscribe(),
             },
@@ -218,5 +236,28 @@ async fn flush_progress(
             .is_some()
     {
         *written = tracker.percent();
+    }
+}
+
+/// A preview of our picture arrived: counted for the backend, and published
+/// (throttled) for the API processes.
+async fn offer_preview(
+    ctx: &RunContext,
+    lease: &Lease,
+    owner: &str,
+    previews: &mut super::preview::Throttle,
+    content_type: &'static str,
+    image: &bytes::Bytes,
+) {
+    ctx.backend.note_preview();
+    if let Some(p) = previews.offer(content_type, image.clone(), std::time::Instant::now()) {
+        publish_preview(ctx, lease, owner, &p).await;
+    }
+}
+
+async fn publish_preview(ctx: &RunContext, lease: &Lease, owner: &str, p: &crate::store::Preview) {
+    if let Err(e) = ctx.store.put_preview(&lease.job_id, owner, p).await {
+        // A preview is a nicety: the job goes on without it.
+        tracing::debug!(error = %e, "could not publish a preview");
     }
 }

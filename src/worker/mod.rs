@@ -12,6 +12,7 @@ mod follow;
 pub mod launch;
 mod outputs;
 mod pacing;
+pub mod preview;
 pub mod progress;
 pub mod routing;
 pub mod run;

@@ -381,6 +381,7 @@ async fn execute(ctx: &RunContext, lease: &Lease, job: &JobRecord, turn: &mut Tu
     let followed = follow(
         ctx,
         lease,
+        &job.owner,
         client,
         Some(socket),
         cancels,
@@ -446,7 +447,7 @@ async fn adopt(
         .workflows
         .get(&job.workflow)
         .map_or(1, |w| w.graph.len());
-    let followed = follow(ctx, lease, &client, socket, cancels, total).await;
+    let followed = follow(ctx, lease, &job.owner, &client, socket, cancels, total).await;
     Some(conclude(ctx, lease, &client, followed).await)
 }
 

@@ -134,9 +134,11 @@ async fn the_page_generates_shows_progress_fills_the_gallery_and_cancels() {
         "its state in words: {seen:?}"
     );
 
-    // The picture reaches the gallery and loads.
+    // The picture reaches the gallery as a thumbnail (the server's, 256 wide at
+    // most) and loads.
     let loaded = format!(
-        "const i = [...document.querySelectorAll('#gallery img')].find(i => i.src.includes('{job_id}')); return !!(i && i.complete && i.naturalWidth > 0)"
+        "const i = [...document.querySelectorAll('#gallery img')].find(i => i.src.includes('{job_id}')); \
+         return !!(i && i.src.includes('w=256') && i.complete && i.naturalWidth > 0 && i.naturalWidth <= 256)"
     );
     browser.wait_for(&loaded, WAIT).await;
     std::fs::write(
@@ -505,4 +507,53 @@ async fn the_page_takes_a_picture_for_img2img() {
         browser.screenshot().await,
     )
     .unwrap();
+}
+
+/// The job card shows the picture forming: each `event: preview` is fetched (with
+/// the key's header when there is one) and shown, then the result replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_the_picture_forming() {
+    let standin = StandIn::start_with(Knobs {
+        duration: Duration::from_millis(4000),
+        steps: 16,
+        ..Knobs::default()
+    });
+    let url = standin.url();
+    let app = TestApp::spawn(Backing::Sqlite, Role::Serve, move |a| a.comfyui = vec![url]).await;
+    let browser = Browser::start(1280, 1000).await;
+    browser.goto(&app.base).await;
+    browser
+        .wait_for(
+            "return [...document.querySelectorAll('#workflow option')].some(o => o.value === 'smoke')",
+            WAIT,
+        )
+        .await;
+    browser
+        .exec("const s = document.getElementById('workflow'); s.value = 'smoke'; s.dispatchEvent(new Event('change')); return true;")
+        .await;
+    let prompt = browser.find("#prompt").await;
+    browser.type_into(&prompt, "a picture forming").await;
+    let generate = browser.find("#generate").await;
+    browser.click(&generate).await;
+    let seq = browser
+        .wait_for(
+            "const c = document.querySelector('.job'); const p = c && c.querySelector('img.preview'); \
+             return !!(p && p.complete && p.naturalWidth > 0) && c.dataset.previewSeq",
+            WAIT,
+        )
+        .await;
+    assert!(seq.as_str().unwrap().parse::<u64>().unwrap() >= 1, "{seq}");
+    std::fs::write(
+        screenshots().join("preview.png"),
+        browser.screenshot().await,
+    )
+    .unwrap();
+    // The result takes the preview's place.
+    browser
+        .wait_for(
+            "const c = document.querySelector('.job'); return c.dataset.status === 'finished' \
+             && !c.querySelector('img.preview') && !!c.querySelector('.thumb img')",
+            WAIT,
+        )
+        .await;
 }

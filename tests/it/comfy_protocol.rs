@@ -56,17 +56,30 @@ fn every_recorded_text_frame_parses_into_its_type() {
 }
 
 #[test]
-fn every_recorded_binary_frame_gives_its_event_type() {
+fn every_recorded_binary_frame_is_read() {
     let dir = fixtures().join("files");
     let mut seen = Vec::new();
     for e in std::fs::read_dir(&dir).unwrap() {
         let path = e.unwrap().path();
         if path.extension().is_some_and(|x| x == "bin") {
-            let bytes = std::fs::read(&path).unwrap();
-            let WsMessage::Binary { event, len } = WsMessage::binary(&bytes) else {
-                panic!()
-            };
-            assert_eq!(len, bytes.len());
+            let bytes = bytes::Bytes::from(std::fs::read(&path).unwrap());
+            let event = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            match (event, WsMessage::binary(&bytes)) {
+                // Previews, with or without metadata: their picture.
+                (
+                    1 | 4,
+                    WsMessage::Preview {
+                        content_type,
+                        image,
+                        ..
+                    },
+                ) => {
+                    assert_eq!(content_type, "image/png", "{path:?}");
+                    assert!(bytes.ends_with(&image), "{path:?}");
+                }
+                (3, WsMessage::Binary { event: 3, len }) => assert_eq!(len, bytes.len()),
+                (e, m) => panic!("{path:?}: type {e} read as {m:?}"),
+            }
             seen.push(event);
         }
     }

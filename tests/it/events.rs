@@ -31,7 +31,7 @@ async fn a_job_stream_gives_a_snapshot_then_every_change_then_ends(kind: Backing
         SseReader::open(&app.http, &app.url(&format!("/api/jobs/{id}/events")), None).await;
     assert_eq!(code, 200);
     let mut seen = Vec::new();
-    while let Some(ev) = sse.next(EV).await {
+    while let Some(ev) = sse.next_job(EV).await {
         assert_eq!(ev.event, "job");
         let v = ev.json();
         assert_eq!(v["job_id"], id.as_str());
@@ -81,7 +81,7 @@ async fn a_stream_reopened_mid_job_still_sees_the_end(kind: Backing) {
     let url = app.url(&format!("/api/jobs/{id}/events"));
     let (_, mut sse) = SseReader::open(&app.http, &url, None).await;
     let mut last_id = String::new();
-    while let Some(ev) = sse.next(EV).await {
+    while let Some(ev) = sse.next_job(EV).await {
         last_id = ev.id.clone();
         if ev.json()["progress"].as_u64().unwrap() > 0 {
             break;
@@ -90,10 +90,10 @@ async fn a_stream_reopened_mid_job_still_sees_the_end(kind: Backing) {
     drop(sse);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (_, mut again) = SseReader::open(&app.http, &url, Some(&last_id)).await;
-    let first = again.next(EV).await.expect("a fresh snapshot");
+    let first = again.next_job(EV).await.expect("a fresh snapshot");
     assert!(first.id.parse::<u64>().unwrap() >= last_id.parse::<u64>().unwrap());
     let mut last = first.json();
-    while let Some(ev) = again.next(EV).await {
+    while let Some(ev) = again.next_job(EV).await {
         last = ev.json();
     }
     assert_eq!(last["status"], "finished", "{last}");
@@ -108,10 +108,10 @@ async fn a_finished_jobs_stream_sends_its_snapshot_and_ends(kind: Backing) {
     app.wait_final(&id, Duration::from_secs(10)).await;
     let (_, mut sse) =
         SseReader::open(&app.http, &app.url(&format!("/api/jobs/{id}/events")), None).await;
-    let ev = sse.next(EV).await.unwrap();
+    let ev = sse.next_job(EV).await.unwrap();
     assert_eq!(ev.json()["status"], "finished");
     assert!(
-        sse.next(EV).await.is_none(),
+        sse.next_job(EV).await.is_none(),
         "the stream ends after the final state"
     );
     let (code, _) = SseReader::open(
@@ -136,7 +136,7 @@ async fn the_all_jobs_stream_shows_every_jobs_changes(kind: Backing) {
         .await;
     let mut finished = std::collections::BTreeSet::new();
     while finished.len() < 2 {
-        let ev = sse.next(EV).await.expect("events");
+        let ev = sse.next_job(EV).await.expect("events");
         let v = ev.json();
         if v["status"] == "finished" {
             finished.insert(v["job_id"].as_str().unwrap().to_owned());
@@ -171,7 +171,7 @@ async fn with_redis_a_job_run_by_one_process_streams_on_another() {
     let (_, mut sse) =
         SseReader::open(&api.http, &api.url(&format!("/api/jobs/{id}/events")), None).await;
     let mut statuses = Vec::new();
-    while let Some(ev) = sse.next(EV).await {
+    while let Some(ev) = sse.next_job(EV).await {
         statuses.push(ev.json()["status"].as_str().unwrap().to_owned());
     }
     assert!(statuses.contains(&"processing".to_owned()), "{statuses:?}");

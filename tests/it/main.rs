@@ -19,6 +19,7 @@ mod launch;
 mod limits;
 mod metrics;
 mod openapi;
+mod previews;
 mod redis_interop;
 mod s3;
 mod sentinel;

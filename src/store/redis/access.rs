@@ -317,4 +317,67 @@ impl RedisStore {
             .await?;
         Ok(all.into_iter().collect())
     }
+
+    pub(super) async fn put_preview_impl(
+        &self,
+        id: &crate::job::JobId,
+        owner: &str,
+        preview: &crate::store::Preview,
+    ) -> Result<(), StoreError> {
+        let key = self.keys.preview(id.as_str());
+        let announce = serde_json::json!({
+            "job_id": id.as_str(),
+            "owner_key": owner,
+            super::events::PREVIEW_FIELD: preview.seq.to_string(),
+        })
+        .to_string();
+        let mut conn = self.conn.clone();
+        self.run(
+            ::redis::pipe()
+                .cmd("HSET")
+                .arg(&key)
+                .arg("seq")
+                .arg(preview.seq)
+                .arg("type")
+                .arg(&preview.content_type)
+                .arg("image")
+                .arg(preview.image.as_ref())
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(crate::store::PREVIEW_TTL.as_millis() as u64)
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(self.keys.events())
+                .arg(announce)
+                .ignore()
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    pub(super) async fn get_preview_impl(
+        &self,
+        id: &crate::job::JobId,
+    ) -> Result<Option<crate::store::Preview>, StoreError> {
+        let mut conn = self.conn.clone();
+        let (seq, content_type, image): (Option<u64>, Option<String>, Option<Vec<u8>>) = self
+            .run(
+                ::redis::cmd("HMGET")
+                    .arg(self.keys.preview(id.as_str()))
+                    .arg("seq")
+                    .arg("type")
+                    .arg("image")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(match (seq, content_type, image) {
+            (Some(seq), Some(content_type), Some(image)) => Some(crate::store::Preview {
+                seq,
+                content_type,
+                image: image.into(),
+            }),
+            _ => None,
+        })
+    }
 }

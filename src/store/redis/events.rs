@@ -51,11 +51,15 @@ pub(super) async fn subscribe_loop(
                         msg = stream.next() => match msg {
                             Some(msg) => {
                                 if let Some(job) = decode_event(msg.get_payload_bytes()) {
+                                    if let Some(seq) = job.extra.get(PREVIEW_FIELD).and_then(|v| v.parse().ok()) {
+                                        let _ = tx.send(JobEvent::preview(&job.id, &job.owner, seq));
+                                        continue;
+                                    }
                                     if job.status == crate::job::JobStatus::Queued {
                                         // Idle claims in this process look again.
                                         wake.notify_waiters();
                                     }
-                                    let _ = tx.send(JobEvent { job: Arc::new(job) });
+                                    let _ = tx.send(JobEvent::changed(job));
                                 }
                             }
                             None => break,
@@ -75,6 +79,10 @@ pub(super) async fn subscribe_loop(
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
+
+/// The field that makes a published event a preview announcement:
+/// `{"job_id", "owner_key", "preview_seq"}`.
+pub(super) const PREVIEW_FIELD: &str = "preview_seq";
 
 /// An event published by a script: a JSON object of the hash's string fields.
 fn decode_event(bytes: &[u8]) -> Option<JobRecord> {

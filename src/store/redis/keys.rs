@@ -190,6 +190,11 @@ impl Keys {
         format!("{}:req-sets", self.tag)
     }
 
+    /// A job's latest preview: a hash of `seq`, `type`, `image`.
+    pub fn preview(&self, job_id: &str) -> String {
+        format!("{}studio:preview:{job_id}", self.prefix)
+    }
+
     /// The keys the lane scripts take, in their order (`lane_keys` in Lua).
     pub fn lane_keys(&self) -> [String; 8] {
         [

@@ -2,7 +2,7 @@
 //! (group commit), each in its own savepoint, then answers the callers and publishes
 //! the changes.
 
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 
 use rusqlite::Connection;
 use tokio::sync::broadcast;
@@ -75,7 +75,7 @@ pub(super) fn writer_loop(
             deliver(committed.clone());
             if committed.is_ok() {
                 for job in changed {
-                    let _ = events.send(JobEvent { job: Arc::new(job) });
+                    let _ = events.send(JobEvent::changed(job));
                 }
             }
         }

@@ -463,6 +463,17 @@ impl SseReader {
         )
     }
 
+    /// The next `event: job` (previews of running jobs' pictures skipped); `None`
+    /// when the stream ends.
+    pub async fn next_job(&mut self, limit: Duration) -> Option<SseEvent> {
+        loop {
+            let ev = self.next(limit).await?;
+            if ev.event != "preview" {
+                return Some(ev);
+            }
+        }
+    }
+
     /// The next event (comments skipped); `None` when the stream ends.
     pub async fn next(&mut self, limit: Duration) -> Option<SseEvent> {
         use futures_util::StreamExt;

@@ -65,7 +65,9 @@ pub struct Knobs {
     pub silent: bool,
     /// Answer the next N `POST /prompt` with a 500.
     pub fail_submits: u32,
-    /// Send a binary preview frame (type 1) after each node, like samplers do.
+    /// Send a preview frame with each sampler-like step, as the real server does
+    /// with `--preview-method`: type 4 (with the prompt id) to a client that
+    /// asked for `supports_preview_metadata`, type 1 to others.
     pub previews: bool,
     /// SaveImage also reports a video (`gifs`), an audio file (`audio`, in a
     /// subfolder), a temp preview, and a file name that tries to escape (`../`).
@@ -80,6 +82,9 @@ pub struct Knobs {
     pub odd_names: bool,
     /// More node classes `/object_info` lists.
     pub extra_nodes: Vec<String>,
+    /// Preview frames are always type 1 (no prompt id), as ComfyUI sent them
+    /// before it read clients' feature flags (2025-07).
+    pub type1_previews: bool,
     /// `/object_info` gives the checkpoint input in a form with no list of
     /// choices (as an unknown future format would): Studio Core cannot tell which
     /// files it has, so it sends it any and ComfyUI's own validation speaks.
@@ -103,6 +108,7 @@ impl Default for Knobs {
             odd_names: false,
             extra_nodes: Vec::new(),
             unlisted_checkpoints: false,
+            type1_previews: false,
         }
     }
 }
@@ -118,6 +124,9 @@ struct Item {
 #[derive(Default)]
 struct Inner {
     knobs: Knobs,
+    /// Sockets whose client said `supports_preview_metadata` (they get type-4
+    /// preview frames, with the prompt id; the others type 1).
+    meta_clients: std::collections::HashSet<String>,
     pending: VecDeque<Item>,
     running: Option<(u64, String, Value, Value)>,
     running_node: Option<String>,
@@ -455,6 +464,25 @@ fn send_to(g: &Inner, sid: Option<&str>, msg: Value) {
             }
         }
     }
+}
+
+/// A type-1 preview frame the real server sent (format 2, an 87-byte PNG).
+const RECORDED_PREVIEW: &[u8] =
+    include_bytes!("../../fixtures/comfyui/files/g_progress_savewebsocket_main_ws_binary_1.bin");
+
+/// A type-4 preview frame as the real server sends it, for `prompt_id`: the
+/// recorded picture with this prompt's metadata.
+fn preview_frame_with_metadata(prompt_id: &str, node: &str) -> Vec<u8> {
+    let meta = json!({"node_id": node, "prompt_id": prompt_id, "display_node_id": node,
+        "parent_node_id": null, "real_node_id": node, "image_type": "image/png"})
+    .to_string();
+    [
+        &4u32.to_be_bytes()[..],
+        &(meta.len() as u32).to_be_bytes()[..],
+        meta.as_bytes(),
+        &RECORDED_PREVIEW[8..],
+    ]
+    .concat()
 }
 
 fn send_binary(g: &Inner, sid: Option<&str>, bytes: Vec<u8>) {
@@ -853,6 +881,13 @@ async fn serve_socket(st: St, sid: String, socket: WebSocket) {
             },
             inc = stream.next() => match inc {
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(Message::Text(t))) => {
+                    // The only client message the real server reads.
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap_or_default();
+                    if v["type"] == "feature_flags" && v["data"]["supports_preview_metadata"] == true {
+                        st.inner.lock().unwrap().meta_clients.insert(sid.clone());
+                    }
+                }
                 Some(Ok(_)) => {}
             },
         }
@@ -1091,11 +1126,20 @@ async fn run_prompt(st: &St, item: &Item) {
                 .await;
             if steps > 1 {
                 let g = st.inner.lock().unwrap();
+                // A sampler's preview of each step, as recorded: with metadata
+                // (type 4) before the step's `progress`, else (type 1) after it.
+                let meta = !knobs.type1_previews && sid.is_some_and(|c| g.meta_clients.contains(c));
+                if knobs.previews && meta {
+                    send_binary(&g, sid, preview_frame_with_metadata(id, node));
+                }
                 send_to(
                     &g,
                     sid,
                     json!({"type": "progress", "data": {"value": step, "max": steps, "prompt_id": id, "node": node}}),
                 );
+                if knobs.previews && !meta {
+                    send_binary(&g, sid, RECORDED_PREVIEW.to_vec());
+                }
                 states.insert(node.clone(), (step as f64, steps as f64, "running"));
                 send_to(&g, sid, progress_state(id, &states));
             }
@@ -1180,13 +1224,6 @@ async fn run_prompt(st: &St, item: &Item) {
                 json!({"type": "executed", "data": {"node": node, "display_node": node, "output": out, "prompt_id": id}}),
             );
             outputs.insert(node.clone(), out);
-        }
-        if knobs.previews {
-            send_binary(
-                &g,
-                sid,
-                [&1u32.to_be_bytes()[..], &2u32.to_be_bytes()[..], BASE_PNG].concat(),
-            );
         }
         states.insert(node.clone(), (1.0, 1.0, "finished"));
         send_to(&g, sid, progress_state(id, &states));
