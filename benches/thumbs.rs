@@ -4,6 +4,10 @@
 //! requests serve the kept file. Prints the time per thumbnail (p50, max) and its
 //! size next to the picture's.
 //!
+//! Then the bytes `output_format` saves: every PNG the real ComfyUI wrote in the
+//! recordings (tests/fixtures/comfyui/files) and the 1024×1024 picture, stored as
+//! JPEG (quality 90) and lossless WebP, with the time each conversion takes.
+//!
 //! Run: `cargo bench --bench thumbs` (`BENCH_ROUNDS`, default 20).
 
 mod support;
@@ -54,4 +58,50 @@ fn main() {
             size as f64 * 100.0 / png.len() as f64
         );
     }
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/comfyui/files");
+    let mut pngs: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.ok()?.path();
+            (p.extension()? == "png").then(|| {
+                (
+                    p.file_name().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+        })
+        .collect();
+    pngs.sort();
+    pngs.push(("the 1024×1024 picture above".into(), png.clone()));
+    println!(
+        "output_format on {} pictures (the recorded outputs of a real ComfyUI, then the large one):",
+        pngs.len()
+    );
+    use studio_core::worker::convert::Convert;
+    let (mut total_png, mut total_jpeg, mut total_webp) = (0usize, 0usize, 0usize);
+    for (name, bytes) in &pngs {
+        let t = Instant::now();
+        let jpeg = Convert::Jpeg { quality: 90 }.apply(bytes).unwrap();
+        let tj = t.elapsed();
+        let t = Instant::now();
+        let webp = Convert::Webp.apply(bytes).unwrap();
+        let tw = t.elapsed();
+        total_png += bytes.len();
+        total_jpeg += jpeg.len();
+        total_webp += webp.len();
+        println!(
+            "  {name:<48} png {:>8} B  jpeg {:>8} B ({:>5.1} ms)  webp {:>8} B ({:>5.1} ms)",
+            bytes.len(),
+            jpeg.len(),
+            tj.as_secs_f64() * 1000.0,
+            webp.len(),
+            tw.as_secs_f64() * 1000.0
+        );
+    }
+    println!(
+        "  in all: png {total_png} B, jpeg {total_jpeg} B ({:+.1} %), webp {total_webp} B ({:+.1} %)",
+        (total_jpeg as f64 / total_png as f64 - 1.0) * 100.0,
+        (total_webp as f64 / total_png as f64 - 1.0) * 100.0
+    );
 }

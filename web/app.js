@@ -236,6 +236,7 @@ async function submit(event) {
     return;
   }
   const body = { prompt, workflow: $("workflow").value };
+  if ($("output-format").value !== "png") body.output_format = $("output-format").value;
   if (!$("negative-row").hidden) body.negative_prompt = $("negative_prompt").value;
   const pictures = [];
   for (const input of $("params-fields").querySelectorAll("[data-param]")) {

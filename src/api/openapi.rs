@@ -194,6 +194,16 @@ fn variant(w: &Workflow) -> Value {
                "description": "Served first within the key's own jobs: high, then normal, then low. At most the key's max_priority."}),
     );
     props.insert(
+        "output_format".into(),
+        json!({"enum": ["png", "jpeg", "webp", null],
+               "description": "What the pictures are stored as: png (the default: ComfyUI's bytes, untouched), jpeg, or webp (lossless); the prompt metadata is kept (EXIF, as ComfyUI writes it)."}),
+    );
+    props.insert(
+        "quality".into(),
+        json!({"type": ["integer", "null"], "minimum": 1, "maximum": 100,
+               "description": "JPEG quality (default 90); WebP is lossless."}),
+    );
+    props.insert(
         "seed".into(),
         json!({"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX,
                "description": "Random (and returned) when absent."}),

@@ -65,6 +65,13 @@ pub struct GenerateArgs {
     /// Order among this key's own jobs (at most the key's highest).
     #[arg(long, value_enum)]
     pub priority: Option<crate::auth::Priority>,
+    /// What the pictures are stored as: png (ComfyUI's own), jpeg, or webp
+    /// (lossless); the prompt metadata is kept.
+    #[arg(long, value_parser = ["png", "jpeg", "webp"])]
+    pub format: Option<String>,
+    /// JPEG quality, 1–100 (default 90).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub quality: Option<u8>,
     #[command(flatten)]
     pub server: ServerUrl,
 }
@@ -247,6 +254,12 @@ async fn generate_inner(a: GenerateArgs) -> Result<(), Fail> {
     for p in &a.params {
         let (k, v) = parse_param(p).map_err(Fail::usage)?;
         body.insert(k, v);
+    }
+    if let Some(f) = &a.format {
+        body.insert("output_format".into(), f.clone().into());
+    }
+    if let Some(q) = a.quality {
+        body.insert("quality".into(), q.into());
     }
     if let Some(p) = a.priority {
         body.insert("priority".into(), p.as_str().into());

@@ -8,6 +8,7 @@
 //! (`pacing.rs`), so the fair queue's choice is as fresh as it can be.
 
 pub mod backend;
+pub mod convert;
 mod follow;
 pub mod launch;
 mod outputs;

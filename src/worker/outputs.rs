@@ -2,6 +2,7 @@
 //! (images, gifs, videos, audio), fetched through `/view` and stored; names from the
 //! backend are checked before they touch a path.
 
+use super::convert::{Convert, MAX_CONVERT_BYTES};
 use super::run::{Outcome, RunContext};
 use crate::comfy::{ComfyClient, HistoryEntry};
 use crate::job::Output;
@@ -14,6 +15,7 @@ pub(super) async fn collect(
     lease: &Lease,
     client: &ComfyClient,
     entry: &HistoryEntry,
+    convert: Option<Convert>,
 ) -> Outcome {
     let job_id = &lease.job_id;
     let mut outputs: Vec<Output> = Vec::new();
@@ -41,6 +43,31 @@ pub(super) async fn collect(
         if announced.is_some_and(|n| n > max) {
             return too_large();
         }
+        // A PNG to store as another format: read whole (it is bounded), converted,
+        // stored under its new name; one that cannot be converted is stored as it
+        // came.
+        let (name, body) = match convert {
+            Some(c)
+                if name.to_ascii_lowercase().ends_with(".png")
+                    && announced.is_some_and(|n| n <= MAX_CONVERT_BYTES) =>
+            {
+                match converted(c, body).await {
+                    Ok(Ok(bytes)) => (c.rename(&name), one_chunk(bytes)),
+                    Ok(Err((why, original))) => {
+                        tracing::warn!(file = %name, %why, "output kept as PNG: it could not be converted");
+                        (name, one_chunk(original))
+                    }
+                    Err(error) => {
+                        return Outcome::Retry(format!(
+                            "the download of output {} broke off: {error}",
+                            file.filename
+                        ));
+                    }
+                }
+            }
+            _ => (name, body),
+        };
+        let name = unique(name, &outputs);
         let stored = match ctx.images.put_stream(job_id, &name, body, max).await {
             Ok(s) => s,
             Err(StorageError::TooLarge { .. }) => return too_large(),
@@ -79,6 +106,30 @@ pub(super) async fn collect(
         .url
         .clone();
     Outcome::Finished { image_url, outputs }
+}
+
+/// Reads a PNG whole (its size was announced and is bounded) and converts it:
+/// the new bytes, or why not with the original ones; `Err` if the download broke.
+async fn converted(
+    c: Convert,
+    mut body: crate::storage::ByteStream,
+) -> Result<Result<Vec<u8>, (String, Vec<u8>)>, String> {
+    use futures_util::StreamExt;
+    let mut png = Vec::new();
+    while let Some(chunk) = body.next().await {
+        png.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
+        if png.len() as u64 > MAX_CONVERT_BYTES {
+            return Err("more bytes than announced".into());
+        }
+    }
+    tokio::task::spawn_blocking(move || c.apply(&png).map_err(|why| (why, png)))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn one_chunk(bytes: Vec<u8>) -> crate::storage::ByteStream {
+    let chunk = bytes::Bytes::from(bytes);
+    Box::pin(futures_util::stream::once(async move { Ok(chunk) }))
 }
 
 /// The name an output is stored under: its file name, prefixed by its subfolder when

@@ -12,6 +12,7 @@ use tracing::Instrument;
 
 use super::WorkerConfig;
 use super::backend::Backend;
+use super::convert::Convert;
 use super::follow::{Followed, follow};
 use super::outputs::collect;
 use crate::comfy::{ComfyClient, ComfyError, RunStatus};
@@ -296,6 +297,10 @@ async fn execute(ctx: &RunContext, lease: &Lease, job: &JobRecord, turn: &mut Tu
     };
     let mut params = Map::new();
     for (k, v) in &job.params {
+        // Not the graph's: what the pictures are stored as (read by `collect`).
+        if crate::workflow::request::SUBMISSION_FIELDS.contains(&k.as_str()) {
+            continue;
+        }
         match workflow.params.get(k) {
             Some(spec) if !CONTRACT_PARAMS.contains(&k.as_str()) => match spec.check(v) {
                 Ok(v) => {
@@ -388,7 +393,7 @@ async fn execute(ctx: &RunContext, lease: &Lease, job: &JobRecord, turn: &mut Tu
         graph.as_object().map_or(1, Map::len),
     )
     .await;
-    conclude(ctx, lease, client, followed).await
+    conclude(ctx, lease, client, followed, Convert::of(&job.params)).await
 }
 
 /// Looks for an earlier run of this job on the backend recorded for it. `None` when
@@ -426,7 +431,16 @@ async fn adopt(
         Ok(Some(entry)) => {
             turn.give_back();
             tracing::info!(recorded = %job.backend, "adopting the run that already finished");
-            return Some(conclude(ctx, lease, &client, Followed::Done(entry)).await);
+            return Some(
+                conclude(
+                    ctx,
+                    lease,
+                    &client,
+                    Followed::Done(entry),
+                    Convert::of(&job.params),
+                )
+                .await,
+            );
         }
         Ok(None) => client
             .queue()
@@ -448,7 +462,7 @@ async fn adopt(
         .get(&job.workflow)
         .map_or(1, |w| w.graph.len());
     let followed = follow(ctx, lease, &job.owner, &client, socket, cancels, total).await;
-    Some(conclude(ctx, lease, &client, followed).await)
+    Some(conclude(ctx, lease, &client, followed, Convert::of(&job.params)).await)
 }
 
 /// Turns how following ended into the attempt's outcome.
@@ -457,11 +471,12 @@ async fn conclude(
     lease: &Lease,
     client: &ComfyClient,
     followed: Followed,
+    convert: Option<Convert>,
 ) -> Outcome {
     let id = lease.job_id.as_str();
     match followed {
         Followed::Done(entry) => match entry.status {
-            RunStatus::Success => collect(ctx, lease, client, &entry).await,
+            RunStatus::Success => collect(ctx, lease, client, &entry, convert).await,
             RunStatus::Error(e) => Outcome::Failed(e.describe()),
             RunStatus::Failed(m) => Outcome::Failed(m),
             RunStatus::Interrupted => {

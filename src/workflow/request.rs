@@ -127,6 +127,42 @@ pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<Ne
         })?,
     };
 
+    // What the worker stores the pictures as (PNG, ComfyUI's own bytes, when absent).
+    let output_format = match obj.get("output_format") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_str()
+                .filter(|f| OUTPUT_FORMATS.contains(f))
+                .ok_or_else(|| {
+                    FieldError::new(
+                        "output_format",
+                        "invalid-param",
+                        "output_format must be png, jpeg or webp",
+                    )
+                })?,
+        ),
+    };
+    let quality = match obj.get("quality") {
+        None | Some(Value::Null) => None,
+        // An integer, which JSON may also write as 75.0.
+        Some(v) => Some(
+            v.as_u64()
+                .or_else(|| {
+                    v.as_f64()
+                        .filter(|f| f.fract() == 0.0 && (0.0..=100.0).contains(f))
+                        .map(|f| f as u64)
+                })
+                .filter(|q| (1..=100).contains(q))
+                .ok_or_else(|| {
+                    FieldError::new(
+                        "quality",
+                        "invalid-param",
+                        "quality must be an integer from 1 to 100 (JPEG; WebP is lossless)",
+                    )
+                })?,
+        ),
+    };
+
     let unknown: Vec<&str> = obj
         .keys()
         .map(String::as_str)
@@ -137,16 +173,23 @@ pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<Ne
         })
         .collect();
     if !unknown.is_empty() {
-        let accepted: Vec<&str> = ["prompt", "seed", "workflow", "priority"]
-            .into_iter()
-            .chain(
-                workflow
-                    .params
-                    .keys()
-                    .map(String::as_str)
-                    .filter(|k| !CONTRACT_PARAMS.contains(k)),
-            )
-            .collect();
+        let accepted: Vec<&str> = [
+            "prompt",
+            "seed",
+            "workflow",
+            "priority",
+            "output_format",
+            "quality",
+        ]
+        .into_iter()
+        .chain(
+            workflow
+                .params
+                .keys()
+                .map(String::as_str)
+                .filter(|k| !CONTRACT_PARAMS.contains(k)),
+        )
+        .collect();
         return Err(FieldError::new(
             &unknown.join(","),
             "unknown-field",
@@ -187,6 +230,13 @@ pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<Ne
         }
     }
     workflow.resolve_defaults(&mut params);
+    // Kept with the parameters (shown with them), read by the worker.
+    if let Some(f) = output_format.filter(|f| *f != "png") {
+        params.insert("output_format".into(), Value::String(f.to_owned()));
+    }
+    if let Some(q) = quality {
+        params.insert("quality".into(), Value::from(q));
+    }
     workflow.check_budget(&params).map_err(|m| {
         let fields: Vec<&str> = super::PIXEL_PARAMS
             .into_iter()
@@ -199,7 +249,10 @@ pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<Ne
 }
 
 /// Fields of a submission beyond the workflow's parameters.
-pub const SUBMISSION_FIELDS: &[&str] = &["workflow", "priority"];
+pub const SUBMISSION_FIELDS: &[&str] = &["workflow", "priority", "output_format", "quality"];
+
+/// What `output_format` may say.
+pub const OUTPUT_FORMATS: [&str; 3] = ["png", "jpeg", "webp"];
 
 #[cfg(test)]
 mod tests {

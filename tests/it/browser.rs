@@ -531,6 +531,10 @@ async fn the_page_shows_the_picture_forming() {
     browser
         .exec("const s = document.getElementById('workflow'); s.value = 'smoke'; s.dispatchEvent(new Event('change')); return true;")
         .await;
+    // Saved as WebP (the form's "Save as").
+    browser
+        .exec("document.getElementById('output-format').value = 'webp'; return true;")
+        .await;
     let prompt = browser.find("#prompt").await;
     browser.type_into(&prompt, "a picture forming").await;
     let generate = browser.find("#generate").await;
@@ -556,4 +560,15 @@ async fn the_page_shows_the_picture_forming() {
             WAIT,
         )
         .await;
+    let id = browser
+        .exec("return document.querySelector('.job').dataset.jobId")
+        .await;
+    let v = app.status(id.as_str().unwrap()).await;
+    assert!(
+        v["outputs"][0]["filename"]
+            .as_str()
+            .unwrap()
+            .ends_with(".webp"),
+        "saved as the form said: {v}"
+    );
 }

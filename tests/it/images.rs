@@ -155,3 +155,105 @@ async fn thumbnails_are_bounded_and_made_once() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// `output_format`: the worker stores the picture as WebP (lossless: the same
+/// pixels as ComfyUI's PNG) or JPEG (at the quality asked), with the prompt kept
+/// in its EXIF; a format it does not know is refused at submit, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pictures_are_stored_in_the_format_asked_for() {
+    let standin = StandIn::start();
+    let url = standin.url();
+    let app = TestApp::spawn(Backing::Sqlite, Role::Serve, move |a| a.comfyui = vec![url]).await;
+    let fetch = |v: &serde_json::Value| {
+        let url = app.url(v["outputs"][0]["url"].as_str().unwrap());
+        let http = app.http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            let ctype = r.headers()["content-type"].to_str().unwrap().to_owned();
+            (ctype, r.bytes().await.unwrap().to_vec())
+        }
+    };
+    let png_job = app
+        .submit(json!({"prompt": "as png", "workflow": "smoke", "seed": 5}))
+        .await;
+    let png = app.wait_final(&png_job, Duration::from_secs(20)).await;
+    let (ctype, png_bytes) = fetch(&png).await;
+    assert_eq!(ctype, "image/png");
+
+    let webp_job = app
+        .submit(
+            json!({"prompt": "as webp", "workflow": "smoke", "seed": 5, "output_format": "webp"}),
+        )
+        .await;
+    let webp = app.wait_final(&webp_job, Duration::from_secs(20)).await;
+    assert_eq!(webp["status"], "finished", "{webp}");
+    assert_eq!(webp["params"]["output_format"], "webp", "{webp}");
+    let out = &webp["outputs"][0];
+    assert!(
+        out["filename"].as_str().unwrap().ends_with(".webp"),
+        "{out}"
+    );
+    assert_eq!(
+        (out["kind"].as_str(), out["content_type"].as_str()),
+        (Some("image"), Some("image/webp"))
+    );
+    let (ctype, webp_bytes) = fetch(&webp).await;
+    assert_eq!(ctype, "image/webp");
+    assert_eq!(
+        image::load_from_memory(&webp_bytes).unwrap().to_rgba8(),
+        image::load_from_memory(&png_bytes).unwrap().to_rgba8(),
+        "lossless"
+    );
+    let has = |b: &[u8], needle: &[u8]| b.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        has(&webp_bytes, b"prompt:{"),
+        "the prompt, as ComfyUI keeps it in a WebP"
+    );
+
+    let jpeg_job = app
+        .submit(json!({"prompt": "as jpeg", "workflow": "smoke", "output_format": "jpeg", "quality": 70}))
+        .await;
+    let jpeg = app.wait_final(&jpeg_job, Duration::from_secs(20)).await;
+    let (ctype, jpeg_bytes) = fetch(&jpeg).await;
+    assert_eq!(ctype, "image/jpeg", "{jpeg}");
+    assert!(
+        jpeg["outputs"][0]["filename"]
+            .as_str()
+            .unwrap()
+            .ends_with(".jpg")
+    );
+    assert!(has(&jpeg_bytes, b"prompt:{"));
+    let d = image::load_from_memory(&jpeg_bytes).unwrap();
+    let p = image::load_from_memory(&png_bytes).unwrap();
+    assert_eq!((d.width(), d.height()), (p.width(), p.height()));
+
+    for (body, field) in [
+        (
+            json!({"prompt": "x", "workflow": "smoke", "output_format": "gif"}),
+            "output_format",
+        ),
+        (
+            json!({"prompt": "x", "workflow": "smoke", "output_format": 3}),
+            "output_format",
+        ),
+        (
+            json!({"prompt": "x", "workflow": "smoke", "quality": 0}),
+            "quality",
+        ),
+        (
+            json!({"prompt": "x", "workflow": "smoke", "quality": 101}),
+            "quality",
+        ),
+        (
+            json!({"prompt": "x", "workflow": "smoke", "quality": "high"}),
+            "quality",
+        ),
+    ] {
+        let (code, v) = app.post_json("/api/generate", &body).await;
+        assert_eq!(
+            (code, v["field"].as_str()),
+            (400, Some(field)),
+            "{body}: {v}"
+        );
+    }
+}
