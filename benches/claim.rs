@@ -116,6 +116,30 @@ fn report(store: &str, what: &str, mut t: Vec<Duration>) {
     );
 }
 
+/// Runs `f` on a fresh store of kind `store` (a Redis prefix or an SQLite
+/// directory of its own), then removes it.
+fn with_store<F, Fut>(rt: &tokio::runtime::Runtime, store: &str, f: F)
+where
+    F: FnOnce(Arc<dyn JobStore>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let p = prefix("claim");
+    let dir = std::env::temp_dir().join(format!("studio-claim-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _guard = rt.enter();
+    let s: Arc<dyn JobStore> = match store {
+        "redis" => Arc::new(RedisStore::connect(&redis_url(), &p, settings()).unwrap()),
+        "sqlite" => Arc::new(SqliteStore::open(&dir, settings()).unwrap()),
+        other => panic!("BENCH_STORES: unknown store {other:?}"),
+    };
+    rt.block_on(f(s.clone()));
+    drop(s);
+    if store == "redis" {
+        cleanup_redis(&p);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     let owners: usize = env_or("BENCH_OWNERS", 1000);
     let per_owner: usize = env_or("BENCH_PER_OWNER", 10);
@@ -136,26 +160,11 @@ fn main() {
             } else {
                 format!("{lanes} keys with {per_lane} queued each")
             };
-            let p = prefix("claim");
-            let dir = std::env::temp_dir()
-                .join(format!("studio-claim-{}", uuid::Uuid::new_v4().simple()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let _guard = rt.enter();
-            let s: Arc<dyn JobStore> = match store {
-                "redis" => Arc::new(RedisStore::connect(&redis_url(), &p, settings()).unwrap()),
-                "sqlite" => Arc::new(SqliteStore::open(&dir, settings()).unwrap()),
-                other => panic!("BENCH_STORES: unknown store {other:?}"),
-            };
-            rt.block_on(async {
+            with_store(&rt, store, |s| async move {
                 fill(s.as_ref(), lanes, per_lane).await;
                 let t = claims(s.as_ref(), n.min(total)).await;
                 report(store, &what, t);
             });
-            drop(s);
-            if store == "redis" {
-                cleanup_redis(&p);
-            }
-            let _ = std::fs::remove_dir_all(&dir);
         }
         for sets in set_counts
             .split(',')
@@ -170,17 +179,6 @@ fn main() {
                         "unrouted"
                     };
                     let what = format!("{sets:>3} sets, {where_}, {how}");
-                    let p = prefix("claim");
-                    let dir = std::env::temp_dir()
-                        .join(format!("studio-claim-{}", uuid::Uuid::new_v4().simple()));
-                    std::fs::create_dir_all(&dir).unwrap();
-                    let _guard = rt.enter();
-                    let s: Arc<dyn JobStore> = match store {
-                        "redis" => {
-                            Arc::new(RedisStore::connect(&redis_url(), &p, settings()).unwrap())
-                        }
-                        _ => Arc::new(SqliteStore::open(&dir, settings()).unwrap()),
-                    };
                     let route = if routed {
                         Route {
                             runnable: Some((0..sets).step_by(2).map(set).collect()),
@@ -190,16 +188,11 @@ fn main() {
                     } else {
                         Route::default()
                     };
-                    rt.block_on(async {
+                    with_store(&rt, store, |s| async move {
                         fill_sets(s.as_ref(), lanes, per_lane, sets).await;
                         let t = routed_claims(s.as_ref(), 1000, &route).await;
                         report(store, &what, t);
                     });
-                    drop(s);
-                    if store == "redis" {
-                        cleanup_redis(&p);
-                    }
-                    let _ = std::fs::remove_dir_all(&dir);
                 }
             }
         }

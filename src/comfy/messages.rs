@@ -407,36 +407,26 @@ mod tests {
     fn recorded_frames_are_read() {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/comfyui/files");
-        let read = |name: &str| bytes::Bytes::from(std::fs::read(dir.join(name)).unwrap());
-        for n in 1..=6 {
-            let m = WsMessage::binary(&read(&format!(
-                "g_progress_savewebsocket_main_ws_binary_{n}.bin"
-            )));
-            let WsMessage::Preview {
+        let read = |name: &str| WsMessage::binary(&std::fs::read(dir.join(name)).unwrap().into());
+        let preview = |name: &str| match read(name) {
+            WsMessage::Preview {
                 prompt_id,
                 content_type,
                 image,
-            } = m
-            else {
-                panic!("type 1 frame {n}: {m:?}");
-            };
+            } => (prompt_id, content_type, image),
+            m => panic!("{name}: {m:?}"),
+        };
+        for n in 1..=6 {
+            let (prompt_id, content_type, image) =
+                preview(&format!("g_progress_savewebsocket_main_ws_binary_{n}.bin"));
             assert_eq!(
                 (prompt_id, content_type, image.len()),
                 (None, "image/png", 87)
             );
         }
         for n in 1..=3 {
-            let m = WsMessage::binary(&read(&format!(
-                "g_progress_savewebsocket_meta_ws_binary_{n}.bin"
-            )));
-            let WsMessage::Preview {
-                prompt_id,
-                content_type,
-                image,
-            } = m
-            else {
-                panic!("type 4 frame {n}: {m:?}");
-            };
+            let (prompt_id, content_type, image) =
+                preview(&format!("g_progress_savewebsocket_meta_ws_binary_{n}.bin"));
             assert_eq!(
                 prompt_id.as_deref(),
                 Some("06d428d1-6680-4e04-83b1-4ced4268d372")
@@ -448,7 +438,7 @@ mod tests {
             "a3_batch_preview_and_progress_text_main_ws_binary_1.bin",
             "l_progress_text_broadcast_and_free_main_ws_binary_1.bin",
         ] {
-            let m = WsMessage::binary(&read(name));
+            let m = read(name);
             assert!(
                 matches!(m, WsMessage::Binary { event: 3, len: 45 }),
                 "{name}: {m:?}"

@@ -49,7 +49,6 @@ impl Convert {
 
     /// A PNG, re-encoded, its texts as EXIF.
     pub fn apply(self, png: &[u8]) -> Result<Vec<u8>, String> {
-        use image::ImageEncoder;
         let mut reader =
             image::ImageReader::with_format(std::io::Cursor::new(png), image::ImageFormat::Png);
         let mut limits = image::Limits::default();
@@ -64,35 +63,44 @@ impl Convert {
         match self {
             Convert::Jpeg { quality } => {
                 let rgb = picture.to_rgb8();
-                let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
-                if let Some(exif) = exif {
-                    enc.set_exif_metadata(exif).map_err(|e| e.to_string())?;
-                }
-                enc.write_image(
+                let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+                encode(
+                    enc,
+                    exif,
                     &rgb,
-                    rgb.width(),
-                    rgb.height(),
+                    rgb.dimensions(),
                     image::ExtendedColorType::Rgb8,
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
             }
             Convert::Webp => {
                 let rgba = picture.to_rgba8();
-                let mut enc = image::codecs::webp::WebPEncoder::new_lossless(&mut out);
-                if let Some(exif) = exif {
-                    enc.set_exif_metadata(exif).map_err(|e| e.to_string())?;
-                }
-                enc.write_image(
+                let enc = image::codecs::webp::WebPEncoder::new_lossless(&mut out);
+                encode(
+                    enc,
+                    exif,
                     &rgba,
-                    rgba.width(),
-                    rgba.height(),
+                    rgba.dimensions(),
                     image::ExtendedColorType::Rgba8,
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
             }
         }
         Ok(out)
     }
+}
+
+/// Writes `pixels` with `enc`, the EXIF block first when there is one.
+fn encode(
+    mut enc: impl image::ImageEncoder,
+    exif: Option<Vec<u8>>,
+    pixels: &[u8],
+    (w, h): (u32, u32),
+    color: image::ExtendedColorType,
+) -> Result<(), String> {
+    if let Some(exif) = exif {
+        enc.set_exif_metadata(exif).map_err(|e| e.to_string())?;
+    }
+    enc.write_image(pixels, w, h, color)
+        .map_err(|e| e.to_string())
 }
 
 /// The `tEXt` chunks of a PNG (keyword, text), in order; what ComfyUI's SaveImage
