@@ -13,6 +13,7 @@ pub mod comfy;
 pub mod config;
 pub mod job;
 pub mod metrics;
+pub mod picture;
 pub mod shutdown;
 pub mod storage;
 pub mod store;

@@ -14,12 +14,10 @@ use super::AppState;
 use super::error::ApiError;
 use crate::job::JobId;
 
+use crate::picture::{DecodeError, MAX_BYTES};
+
 /// The widths a thumbnail may have.
 pub const WIDTHS: [u32; 3] = [128, 256, 512];
-/// The largest stored picture a thumbnail is made from.
-const MAX_SOURCE_BYTES: u64 = 64 << 20;
-/// The most pixels of a picture a thumbnail is made from.
-const MAX_SOURCE_PIXELS: u64 = 40_000_000;
 /// Thumbnails made at once in this process (each decodes a whole picture).
 static MAKING: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(2));
 
@@ -75,11 +73,11 @@ pub async fn ensure(
         )
         .with_field("w"));
     }
-    if blob.total > MAX_SOURCE_BYTES {
+    if blob.total > MAX_BYTES {
         return Err(too_large(format!("{} bytes", blob.total)));
     }
     let _turn = MAKING.acquire().await.map_err(|_| storage("closing"))?;
-    let bytes = blob.read_all(MAX_SOURCE_BYTES).await.map_err(storage)?;
+    let bytes = blob.read_all(MAX_BYTES).await.map_err(storage)?;
     let made = tokio::task::spawn_blocking(move || make(&bytes, w))
         .await
         .map_err(storage)??;
@@ -90,22 +88,11 @@ pub async fn ensure(
 /// Decodes a picture (within the bounds) and encodes it `w` pixels wide (never
 /// wider than it is) as a JPEG.
 pub fn make(bytes: &[u8], w: u32) -> Result<Vec<u8>, ApiError> {
-    let reader = || -> Result<_, ApiError> {
-        let mut r = image::ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| unreadable(e.to_string()))?;
-        let mut limits = image::Limits::default();
-        limits.max_alloc = Some(MAX_SOURCE_PIXELS * 4);
-        r.limits(limits);
-        Ok(r)
-    };
-    let (pw, ph) = reader()?
-        .into_dimensions()
-        .map_err(|e| unreadable(e.to_string()))?;
-    if pw as u64 * ph as u64 > MAX_SOURCE_PIXELS {
-        return Err(too_large(format!("{pw}×{ph} pixels")));
-    }
-    let picture = reader()?.decode().map_err(|e| unreadable(e.to_string()))?;
+    let picture = crate::picture::decode(bytes, None, 4).map_err(|e| match e {
+        DecodeError::Unreadable(why) => unreadable(why),
+        DecodeError::TooLarge(what) => too_large(what),
+    })?;
+    let (pw, ph) = (picture.width(), picture.height());
     let tw = w.min(pw).max(1);
     let th = ((ph as u64 * tw as u64) / pw.max(1) as u64).max(1) as u32;
     let small = picture.resize_exact(tw, th, image::imageops::FilterType::Triangle);

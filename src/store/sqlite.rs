@@ -200,7 +200,6 @@ impl SqliteStore {
     /// those instead of requeueing them.)
     async fn try_claim(&self, worker: &WorkerId, route: &Route) -> Result<Routed, StoreError> {
         let w = worker.as_str().to_owned();
-        // The route as JSON arrays for `json_each` (NULL: any job).
         // The route as a JSON array for `json_each`, jobs without a set included
         // (None: any job).
         let runnable = route.runnable.as_ref().map(|r| {

@@ -69,10 +69,8 @@ pub struct Backend {
     /// Input pictures already put on it: upload id → the name ComfyUI gave it
     /// (bounded: forgotten wholesale past [`MAX_KNOWN_INPUTS`]).
     pub inputs: Mutex<std::collections::HashMap<String, String>>,
-    /// The fingerprint of its capabilities, once read from `/object_info`.
-    pub caps: Mutex<String>,
-    /// Its capabilities with their fingerprint, once read (watched: the
-    /// dispatcher waits a moment for them before its first claim).
+    /// Its capabilities with their fingerprint, once read from `/object_info`
+    /// (watched: the dispatcher waits a moment for them before its first claim).
     offer: watch::Sender<Option<(String, Arc<Capabilities>)>>,
     /// Which jobs its dispatcher may claim.
     pub routing: super::routing::Routing,
@@ -109,7 +107,6 @@ impl Backend {
             pacing: Default::default(),
             admitted: watch::channel(admitted).0,
             inputs: Mutex::new(std::collections::HashMap::new()),
-            caps: Mutex::new(String::new()),
             offer: watch::channel(None).0,
             routing: Default::default(),
             process,
@@ -155,18 +152,14 @@ impl Backend {
                     // with it soon after (its heartbeat report goes first).
                     match store.put_capabilities(&fp, &json, every * 3).await {
                         Ok(()) => {
-                            let before = std::mem::replace(
-                                &mut *self.caps.lock().expect("caps"),
-                                fp.clone(),
-                            );
-                            self.offer.send_if_modified(|o| {
+                            let changed = self.offer.send_if_modified(|o| {
                                 if o.as_ref().is_some_and(|(f, _)| *f == fp) {
                                     return false;
                                 }
                                 *o = Some((fp.clone(), Arc::new(caps.clone())));
                                 true
                             });
-                            if before != fp {
+                            if changed {
                                 tracing::info!(backend = %self.url, nodes = caps.nodes.len(), model_lists = caps.models.len(), fingerprint = %fp, "backend capabilities read");
                             }
                         }
@@ -196,6 +189,15 @@ impl Backend {
     /// Its capabilities, once read.
     pub fn offer(&self) -> Option<(String, Arc<Capabilities>)> {
         self.offer.borrow().clone()
+    }
+
+    /// The fingerprint of its capabilities ("" until read).
+    pub fn offer_fingerprint(&self) -> String {
+        self.offer
+            .borrow()
+            .as_ref()
+            .map(|(fp, _)| fp.clone())
+            .unwrap_or_default()
     }
 
     /// Waits until its capabilities are known, at most `limit`.

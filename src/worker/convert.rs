@@ -7,9 +7,7 @@
 use serde_json::{Map, Value};
 
 /// The largest PNG converted (a larger one is stored as it came).
-pub const MAX_CONVERT_BYTES: u64 = 64 << 20;
-/// The most pixels of a PNG converted.
-const MAX_PIXELS: u64 = 40_000_000;
+pub const MAX_CONVERT_BYTES: u64 = crate::picture::MAX_BYTES;
 
 /// What to store pictures as.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,15 +47,8 @@ impl Convert {
 
     /// A PNG, re-encoded, its texts as EXIF.
     pub fn apply(self, png: &[u8]) -> Result<Vec<u8>, String> {
-        let mut reader =
-            image::ImageReader::with_format(std::io::Cursor::new(png), image::ImageFormat::Png);
-        let mut limits = image::Limits::default();
-        limits.max_alloc = Some(MAX_PIXELS * 8);
-        reader.limits(limits);
-        let picture = reader.decode().map_err(|e| e.to_string())?;
-        if picture.width() as u64 * picture.height() as u64 > MAX_PIXELS {
-            return Err("too many pixels".into());
-        }
+        let picture = crate::picture::decode(png, Some(image::ImageFormat::Png), 8)
+            .map_err(|e| e.to_string())?;
         let exif = exif_of(&png_texts(png));
         let mut out = Vec::new();
         match self {

@@ -129,10 +129,7 @@ impl BackendList {
 
     /// Its backends' capability fingerprints, in order.
     fn offers(&self) -> Vec<String> {
-        self.0
-            .iter()
-            .map(|b| b.caps.lock().expect("caps").clone())
-            .collect()
+        self.0.iter().map(|b| b.offer_fingerprint()).collect()
     }
 }
 
@@ -155,7 +152,7 @@ impl BackendReport for BackendList {
                     device: s.device,
                     last_error: s.last_error,
                     restarts: b.process.as_ref().map_or(0, |p| p.restarts()),
-                    caps: b.caps.lock().expect("caps").clone(),
+                    caps: b.offer_fingerprint(),
                 }
             })
             .collect()
