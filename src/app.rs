@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::shutdown;
 use crate::storage::{FsImageStore, ImageStore, S3ImageStore};
 use crate::store::{JobStore, RedisStore, SqliteStore, StoreSettings};
-use crate::worker::Workers;
+use crate::worker::{WorkerConfig, Workers};
 use crate::workflow::WorkflowRegistry;
 
 /// How long open HTTP connections get to finish after shutdown starts.
@@ -83,9 +83,13 @@ impl App {
             }
         };
         let metrics = Metrics::new(&workflows);
+        let webhooks = Arc::new(args.webhook_settings()?);
         let workers = if role.runs_workers() {
             Some(Workers::start(
-                args.worker_config(),
+                WorkerConfig {
+                    webhooks: webhooks.clone(),
+                    ..args.worker_config()
+                },
                 store.clone(),
                 workflows.clone(),
                 images.clone(),
@@ -148,6 +152,7 @@ impl App {
                     ttl: args.job_ttl,
                 },
                 offers: Default::default(),
+                webhooks,
             });
             (Some(server), Some(api::router(state)))
         } else if let Some(port) = args.metrics_port {

@@ -3,6 +3,7 @@
 //! environment → flags.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -53,6 +54,8 @@ pub enum Command {
     Jobs(crate::cli::JobsArgs),
     /// Manage API keys (straight in the job store: no server needed).
     Keys(crate::cli::keys::KeysArgs),
+    /// Print a new webhook signing secret (`whsec_…`) for --webhook-secret.
+    WebhookSecret,
 }
 
 /// What a server process runs.
@@ -269,6 +272,30 @@ pub struct ServerArgs {
     /// Rotated log files kept (backend.log.1 … backend.log.N).
     #[arg(long, env = "STUDIO_LOG_FILES", default_value_t = 5)]
     pub log_files: usize,
+    /// Webhook URL for submissions that name none (`webhook_url`).
+    #[arg(long, env = "STUDIO_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+    /// Secrets that sign webhooks (`whsec_…`, comma-separated: each signs every
+    /// message, for rotation). Without one, submissions with a webhook are refused.
+    #[arg(
+        long,
+        env = "STUDIO_WEBHOOK_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub webhook_secret: String,
+    /// Lets webhooks go to loopback, private and link-local addresses.
+    #[arg(long, env = "STUDIO_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+    /// Longest one webhook attempt may take.
+    #[arg(long, env = "STUDIO_WEBHOOK_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub webhook_timeout: Duration,
+    /// Delays before each retry of a failed webhook (the Standard Webhooks schedule).
+    #[arg(long, env = "STUDIO_WEBHOOK_RETRIES", default_value = crate::webhooks::DEFAULT_SCHEDULE)]
+    pub webhook_retries: String,
+    /// Webhooks waiting in the outbox at most; submissions with one beyond are refused.
+    #[arg(long, env = "STUDIO_WEBHOOK_MAX_PENDING", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub webhook_max_pending: u64,
 }
 
 impl Default for ServerArgs {
@@ -453,7 +480,36 @@ impl ServerArgs {
             shutdown_grace: self.shutdown_grace,
             public_url: self.public_url.trim_end_matches('/').to_owned(),
             max_output_bytes: self.max_output_bytes,
+            webhooks: Arc::new(self.webhook_settings().unwrap_or_default()),
         }
+    }
+
+    /// How webhooks are sent; a bad secret, schedule or default URL fails here,
+    /// at startup.
+    pub fn webhook_settings(&self) -> anyhow::Result<crate::webhooks::WebhookSettings> {
+        use crate::webhooks as w;
+        let secrets = w::parse_secrets(&self.webhook_secret)
+            .map_err(|e| anyhow::anyhow!("--webhook-secret: {e}"))?;
+        let schedule = w::parse_schedule(&self.webhook_retries)
+            .map_err(|e| anyhow::anyhow!("--webhook-retries: {e}"))?;
+        let default_url = match self.webhook_url.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(u) => {
+                w::check_url(u, self.webhook_allow_private)
+                    .map_err(|e| anyhow::anyhow!("--webhook-url {e}"))?;
+                Some(u.to_owned())
+            }
+        };
+        Ok(w::WebhookSettings {
+            secrets,
+            default_url,
+            allow_private: self.webhook_allow_private,
+            timeout: self.webhook_timeout,
+            schedule,
+            max_pending: self.webhook_max_pending,
+            concurrency: 16,
+            image_url_ttl: self.image_url_ttl,
+        })
     }
 
     pub fn log_file(&self) -> PathBuf {

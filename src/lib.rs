@@ -19,5 +19,6 @@ pub mod storage;
 pub mod store;
 pub mod telemetry;
 pub mod uploads;
+pub mod webhooks;
 pub mod worker;
 pub mod workflow;

@@ -29,6 +29,10 @@ fn main() -> ExitCode {
         Command::Cancel(args) => runtime.block_on(cli::cancel(args)),
         Command::Jobs(args) => runtime.block_on(cli::jobs(args)),
         Command::Keys(args) => runtime.block_on(cli::keys::keys(args)),
+        Command::WebhookSecret => {
+            println!("{}", studio_core::webhooks::Secret::generate());
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -59,6 +59,12 @@ pub struct BackendLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `delivered`, `retry`, `failed`, `gone`, `refused`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabel {
     pub code: &'static str,
 }
@@ -90,6 +96,7 @@ pub struct Metrics {
     pub job_run: Hist,
     pub job_retries: Family<WorkflowLabel, Counter>,
     pub lease_expiries: Counter,
+    pub webhook_attempts: Family<OutcomeLabel, Counter>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: RouteHist,
     pub http_refusals: Family<RefusalLabel, Counter>,
@@ -171,6 +178,7 @@ impl Metrics {
             job_run: Family::new_with_constructor(job_seconds as fn() -> Histogram),
             job_retries: Family::default(),
             lease_expiries: Counter::default(),
+            webhook_attempts: Family::default(),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(http_seconds as fn() -> Histogram),
             http_refusals: Family::default(),
@@ -217,6 +225,11 @@ impl Metrics {
             "studio_lease_expiries",
             "Jobs taken back from workers whose heartbeat stopped (by this process's reaper)",
             m.lease_expiries.clone(),
+        );
+        r.register(
+            "studio_webhook_attempts",
+            "Webhook delivery attempts by this process's workers, by outcome (delivered, retry, failed, gone, refused)",
+            m.webhook_attempts.clone(),
         );
         r.register(
             "studio_http_requests",

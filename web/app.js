@@ -237,6 +237,8 @@ async function submit(event) {
   }
   const body = { prompt, workflow: $("workflow").value };
   if ($("output-format").value !== "png") body.output_format = $("output-format").value;
+  const webhook = $("webhook-url").value.trim();
+  if (webhook) body.webhook_url = webhook;
   if (!$("negative-row").hidden) body.negative_prompt = $("negative_prompt").value;
   const pictures = [];
   for (const input of $("params-fields").querySelectorAll("[data-param]")) {
@@ -346,7 +348,8 @@ function upsertJob(job, create = false) {
       <div class="side"></div>
       <p class="meta"></p>
       <progress max="100" value="0"></progress>
-      <p class="state" aria-live="polite"></p>`;
+      <p class="state" aria-live="polite"></p>
+      <p class="webhook hint" hidden></p>`;
     card.querySelector("progress").setAttribute("aria-label", "progress");
     state.jobs.set(job.job_id, card);
     $("jobs").prepend(card);
@@ -364,6 +367,7 @@ function upsertJob(job, create = false) {
   bar.value = job.progress || 0;
   bar.hidden = TERMINAL.has(job.status);
   card.querySelector(".state").textContent = stateWords(job);
+  showWebhook(card, job);
   const side = card.querySelector(".side");
   side.replaceChildren();
   if (!TERMINAL.has(job.status) && !job.cancel_requested) {
@@ -394,6 +398,41 @@ function upsertJob(job, create = false) {
       side.append(a);
     }
     addToGallery(job, true);
+  }
+}
+
+// A job's webhook: how its delivery went (GET /api/status shows it; events do
+// not carry it, so a job that ends is read again a moment later).
+function showWebhook(card, job) {
+  const line = card.querySelector(".webhook");
+  const w = job.webhook;
+  if (w) {
+    const words = {
+      waiting: "waiting for the job",
+      retrying: `retrying (${w.attempts} failed): ${w.last_error}`,
+      delivered: "delivered",
+      skipped: "nothing to send",
+      failed: `failed: ${w.last_error}`,
+      gone: "the receiver said 410 Gone",
+      refused: `refused: ${w.last_error}`,
+    }[w.state] || w.state;
+    let host = w.url;
+    try { host = new URL(w.url).host; } catch (e) { /* shown as given */ }
+    line.textContent = `Webhook to ${host}: ${words}`;
+    line.hidden = false;
+  }
+  const wanted = job.params && job.params.webhook_url;
+  const settled = w && !["waiting", "retrying"].includes(w.state);
+  // A few looks at most: a receiver that keeps failing is retried for hours.
+  const looks = Number(card.dataset.webhookLooks || 0);
+  if (wanted && TERMINAL.has(job.status) && !settled && !card.dataset.webhookLook && looks < 5) {
+    card.dataset.webhookLook = "1";
+    card.dataset.webhookLooks = looks + 1;
+    setTimeout(async () => {
+      delete card.dataset.webhookLook;
+      const fresh = await api(`/api/status/${job.job_id}`);
+      if (fresh.status === 200) upsertJob(fresh.body);
+    }, 1500);
   }
 }
 

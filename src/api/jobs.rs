@@ -74,7 +74,7 @@ pub struct Accepted {
     responses(
         (status = 202, description = "Queued (or, for a repeated Idempotency-Key, queued before)", body = Accepted,
             headers(("Idempotent-Replayed" = String, description = "`true` when this answers an earlier request with the same Idempotency-Key"))),
-        (status = 400, description = "A field is missing or invalid (`invalid-prompt`, `prompt-too-long`, `invalid-seed`, `invalid-priority`, `unknown-workflow`, `invalid-workflow`, `unknown-field`, `invalid-param`, `invalid-json`, `invalid-body`, `invalid-idempotency-key`)", body = ErrorBody),
+        (status = 400, description = "A field is missing or invalid (`invalid-prompt`, `prompt-too-long`, `invalid-seed`, `invalid-priority`, `unknown-workflow`, `invalid-workflow`, `unknown-field`, `invalid-param`, `invalid-json`, `invalid-body`, `invalid-idempotency-key`, `invalid-webhook-url`, `invalid-webhook-events`, `webhooks-not-configured`)", body = ErrorBody),
         (status = 401, description = "Auth is on and the request has no valid key (`unauthorized`)", body = ErrorBody),
         (status = 403, description = "Sent by a web page on an origin `--cors-origins` does not name (`forbidden-origin`), or a priority above the key's (`priority-not-allowed`)", body = ErrorBody),
         (status = 408, description = "The body did not arrive within `--body-timeout` (`body-timeout`)", body = ErrorBody),
@@ -83,7 +83,7 @@ pub struct Accepted {
         (status = 409, description = "A request with this Idempotency-Key is still being handled (`idempotency-key-in-progress`, with `Retry-After`)", body = ErrorBody),
         (status = 422, description = "The Idempotency-Key was used with a different body (`idempotency-key-reuse`)", body = ErrorBody),
         (status = 429, description = "The key has its maximum of jobs waiting (`queue-quota`), or is over its rate (`rate-limited`), with `Retry-After`", body = ErrorBody),
-        (status = 503, description = "The queue is full (`queue-full`, with `Retry-After`), or the store is unavailable (`store-unavailable`)", body = ErrorBody),
+        (status = 503, description = "The queue is full (`queue-full`, with `Retry-After`), the webhook outbox is full (`webhook-outbox-full`, with `Retry-After`), or the store is unavailable (`store-unavailable`)", body = ErrorBody),
     ))]
 pub async fn generate(
     State(state): State<AppState>,
@@ -111,6 +111,8 @@ pub async fn generate(
         )
         .with_field("priority"));
     }
+    let mut job = job;
+    let webhook = webhook_of(&state, &mut job)?;
     let priority = job.priority;
     let mut job = job.owned(who.owner(), priority).needing(req);
     if let Some(key) = &who.key {
@@ -135,6 +137,7 @@ pub async fn generate(
         workflow,
     };
     let Some(idempotency_key) = idempotency_key else {
+        put_webhook(&state, &job.id, webhook.as_ref()).await?;
         let record = state.with_timeout(state.store.enqueue(&job)).await?;
         counted(&job.workflow);
         let body = accepted(record.id.as_str().to_owned(), job.seed, job.workflow);
@@ -159,7 +162,12 @@ pub async fn generate(
             )
                 .into_response())
         }
-        idempotency::Taken::Fresh => match state.with_timeout(store.enqueue(&job)).await {
+        idempotency::Taken::Fresh => match async {
+            put_webhook(&state, &job.id, webhook.as_ref()).await?;
+            state.with_timeout(store.enqueue(&job)).await
+        }
+        .await
+        {
             Ok(record) => {
                 counted(&job.workflow);
                 let body = accepted(record.id.as_str().to_owned(), job.seed, job.workflow);
@@ -171,6 +179,91 @@ pub async fn generate(
             }
         },
     }
+}
+
+/// The webhook a submission asks for (its `webhook_url`, or the server's
+/// `--webhook-url`), checked against where webhooks may go; the default URL is
+/// written into the job's parameters, as if the submission had named it.
+fn webhook_of(
+    state: &AppState,
+    job: &mut crate::job::NewJob,
+) -> Result<Option<crate::webhooks::WebhookRecord>, ApiError> {
+    let settings = &state.webhooks;
+    let url = match job.params.get("webhook_url").and_then(Value::as_str) {
+        Some(u) => u.to_owned(),
+        None => match &settings.default_url {
+            Some(u) => {
+                job.params
+                    .insert("webhook_url".into(), Value::String(u.clone()));
+                u.clone()
+            }
+            None if job.params.contains_key("webhook_events") => {
+                return Err(ApiError::bad_request(
+                    "invalid-webhook-events",
+                    "webhook_events needs a webhook_url (this server has no --webhook-url default)",
+                )
+                .with_field("webhook_events"));
+            }
+            None => return Ok(None),
+        },
+    };
+    crate::webhooks::check_url(&url, settings.allow_private).map_err(|e| {
+        ApiError::bad_request("invalid-webhook-url", format!("webhook_url {e}"))
+            .with_field("webhook_url")
+    })?;
+    if settings.secrets.is_empty() {
+        return Err(ApiError::bad_request(
+            "webhooks-not-configured",
+            "this server cannot sign webhooks: it was started without --webhook-secret",
+        )
+        .with_field("webhook_url"));
+    }
+    let events: Vec<String> = match job.params.get("webhook_events").and_then(Value::as_array) {
+        Some(list) => list
+            .iter()
+            .filter_map(|e| e.as_str().map(str::to_owned))
+            .collect(),
+        None => crate::webhooks::DEFAULT_EVENTS
+            .iter()
+            .map(|e| e.to_string())
+            .collect(),
+    };
+    Ok(Some(crate::webhooks::WebhookRecord::new(
+        url,
+        events,
+        clock::now_ms(),
+    )))
+}
+
+/// Puts a job's webhook in the outbox before the job is queued (so no path to
+/// its end can miss it). Due after a first recheck: a change of the job wakes it
+/// sooner.
+async fn put_webhook(
+    state: &AppState,
+    id: &crate::job::JobId,
+    webhook: Option<&crate::webhooks::WebhookRecord>,
+) -> Result<(), ApiError> {
+    let Some(rec) = webhook else { return Ok(()) };
+    let due = clock::now_ms() + 10_000;
+    let put = state
+        .with_timeout(
+            state
+                .store
+                .put_webhook(id, rec, due, state.webhooks.max_pending),
+        )
+        .await?;
+    if !put {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhook-outbox-full",
+            format!(
+                "{} webhooks are waiting to be delivered already (--webhook-max-pending); try again later, or submit without webhook_url",
+                state.webhooks.max_pending
+            ),
+        )
+        .retry_after(30));
+    }
+    Ok(())
 }
 
 /// Stores the `data:` URLs given for picture parameters as uploads, and puts their
@@ -333,7 +426,17 @@ pub async fn status(
         return Err(not_found(id.as_str()));
     };
     let signing = state.signing().await?;
-    Ok(Json(JobView::new(&job, position, signing.as_ref())).into_response())
+    let webhook = if job.params.contains_key("webhook_url") {
+        state
+            .with_timeout(state.store.get_webhook(&id))
+            .await?
+            .map(WebhookView::from)
+    } else {
+        None
+    };
+    let mut view = JobView::new(&job, position, signing.as_ref());
+    view.webhook = webhook;
+    Ok(Json(view).into_response())
 }
 
 /// The same as `GET /api/status/{job_id}`.
@@ -591,6 +694,9 @@ pub struct JobView<'a> {
     /// `low`, `normal` or `high`.
     #[schema(value_type = String)]
     priority: Priority,
+    /// Its webhook's delivery (jobs submitted with one; not in webhook bodies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook: Option<WebhookView>,
     #[serde(flatten)]
     #[schema(ignore)]
     extra: Cow<'a, BTreeMap<String, String>>,
@@ -652,6 +758,7 @@ impl<'a> JobView<'a> {
             rev: job.rev,
             owner: &job.owner,
             priority: job.priority,
+            webhook: None,
             extra: if job.owner.is_empty() || !job.extra.contains_key("owner") {
                 Cow::Borrowed(&job.extra)
             } else {
@@ -660,6 +767,56 @@ impl<'a> JobView<'a> {
                 extra.remove("owner");
                 Cow::Owned(extra)
             },
+        }
+    }
+}
+
+/// How a job's webhook is doing.
+#[derive(Serialize, ToSchema)]
+pub struct WebhookView {
+    pub url: String,
+    /// Of `job.started`, `job.finished`, `job.failed`.
+    pub events: Vec<String>,
+    /// `waiting` (for the job to start or end), `retrying`, `delivered`,
+    /// `skipped` (no message was wanted for how it ended), `failed` (out of
+    /// retries), `gone` (the receiver answered 410), `refused` (not a public
+    /// address).
+    #[schema(example = "delivered")]
+    pub state: String,
+    /// Attempts at the message being sent now (0 after a success).
+    pub attempts: u32,
+    /// Messages delivered.
+    pub delivered: u32,
+    /// Why the last attempt failed; empty after a success.
+    pub last_error: String,
+    /// The HTTP status of the last answer (absent: none came).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    /// The `webhook-id` of the last message attempted.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub last_message_id: String,
+    /// When the next attempt is due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    /// When the last message was delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<String>,
+}
+
+impl From<crate::webhooks::WebhookRecord> for WebhookView {
+    fn from(r: crate::webhooks::WebhookRecord) -> Self {
+        let at = |ms: u64| (ms > 0).then(|| clock::iso8601(ms * 1000));
+        WebhookView {
+            next_attempt_at: at(r.next_attempt_ms),
+            delivered_at: at(r.delivered_ms),
+            last_status: (r.last_status > 0).then_some(r.last_status),
+            url: r.url,
+            events: r.events,
+            state: r.state,
+            attempts: r.attempts,
+            delivered: r.delivered,
+            last_error: r.last_error,
+            last_message_id: r.last_message_id,
         }
     }
 }

@@ -103,6 +103,8 @@ pub struct AppContext {
     pub uploads: uploads::UploadLimits,
     /// What the live backends offer (for submissions and `/api/workflows`).
     pub offers: Arc<offers::Offers>,
+    /// Webhooks: the default URL, whether they can be signed, where they may go.
+    pub webhooks: Arc<crate::webhooks::WebhookSettings>,
 }
 
 impl AppContext {

@@ -204,6 +204,17 @@ fn variant(w: &Workflow) -> Value {
                "description": "JPEG quality (default 90); WebP is lossless."}),
     );
     props.insert(
+        "webhook_url".into(),
+        json!({"type": ["string", "null"], "format": "uri", "maxLength": crate::webhooks::MAX_URL_LEN, "pattern": "^https?://",
+               "description": "Where to POST the job's end (Standard Webhooks: signed with the server's whsec_ secret; headers webhook-id, webhook-timestamp, webhook-signature). http or https, no credentials; public addresses only unless the server allows private ones. The server's --webhook-url when absent."}),
+    );
+    props.insert(
+        "webhook_events".into(),
+        json!({"type": ["array", "null"], "minItems": 1, "uniqueItems": true,
+               "items": {"enum": crate::webhooks::EVENTS},
+               "description": "Which messages to send (default job.finished and job.failed); needs a webhook_url or the server's --webhook-url."}),
+    );
+    props.insert(
         "seed".into(),
         json!({"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX,
                "description": "Random (and returned) when absent."}),

@@ -72,6 +72,12 @@ pub struct GenerateArgs {
     /// JPEG quality, 1–100 (default 90).
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub quality: Option<u8>,
+    /// Have the server POST the job's end here (a signed Standard Webhook).
+    #[arg(long, value_name = "URL")]
+    pub webhook_url: Option<String>,
+    /// Which webhook messages to send (default: job.finished,job.failed).
+    #[arg(long, value_delimiter = ',', value_parser = crate::webhooks::EVENTS)]
+    pub webhook_events: Vec<String>,
     #[command(flatten)]
     pub server: ServerUrl,
 }
@@ -263,6 +269,12 @@ async fn generate_inner(a: GenerateArgs) -> Result<(), Fail> {
     }
     if let Some(p) = a.priority {
         body.insert("priority".into(), p.as_str().into());
+    }
+    if let Some(u) = &a.webhook_url {
+        body.insert("webhook_url".into(), u.clone().into());
+    }
+    if !a.webhook_events.is_empty() {
+        body.insert("webhook_events".into(), a.webhook_events.clone().into());
     }
     for (param, path) in [("image", &a.image), ("mask", &a.mask)] {
         if let Some(path) = path {
@@ -486,6 +498,18 @@ fn print_job(job: &Value) {
     }
     if let Some(e) = job["error"].as_str().filter(|e| !e.is_empty()) {
         println!("error     {e}");
+    }
+    let w = &job["webhook"];
+    if let Some(url) = w["url"].as_str() {
+        println!(
+            "webhook   {} {} ({} delivered)",
+            w["state"].as_str().unwrap_or(""),
+            url,
+            w["delivered"]
+        );
+        if let Some(e) = w["last_error"].as_str().filter(|e| !e.is_empty()) {
+            println!("          last error: {e}");
+        }
     }
 }
 

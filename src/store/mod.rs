@@ -27,6 +27,7 @@ use tokio::sync::broadcast;
 use crate::auth::ApiKey;
 use crate::auth::rate::RateDecision;
 use crate::job::{JobId, JobRecord, JobStatus, NewJob, Output};
+use crate::webhooks::WebhookRecord;
 
 pub use self::redis::RedisStore;
 pub use self::sqlite::SqliteStore;
@@ -513,6 +514,39 @@ pub trait JobStore: Send + Sync + 'static {
     /// Job `id`'s latest preview, if one was put and has not expired.
     async fn get_preview(&self, id: &JobId) -> Result<Option<Preview>, StoreError>;
 
+    /// Puts job `id`'s webhook record in the outbox, due at `due_ms` (ms since the
+    /// epoch); `false` (nothing written) when the outbox holds `cap` entries.
+    async fn put_webhook(
+        &self,
+        id: &JobId,
+        rec: &WebhookRecord,
+        due_ms: u64,
+        cap: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Job `id`'s webhook record, if it has one.
+    async fn get_webhook(&self, id: &JobId) -> Result<Option<WebhookRecord>, StoreError>;
+
+    /// Takes up to `max` due webhooks, each under a lease of `lease` (then it is
+    /// due again, for another worker).
+    async fn claim_webhooks(
+        &self,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<ClaimedWebhook>, StoreError>;
+
+    /// Writes what a delivery did and when the webhook is due again (`None`: out
+    /// of the outbox), if `claimed`'s lease is still held; `false` otherwise.
+    async fn settle_webhook(
+        &self,
+        claimed: &ClaimedWebhook,
+        rec: &WebhookRecord,
+        due_ms: Option<u64>,
+    ) -> Result<bool, StoreError>;
+
+    /// Makes job `id`'s webhook due now (its job changed), unless it is held.
+    async fn wake_webhook(&self, id: &JobId) -> Result<(), StoreError>;
+
     /// An owner's upload, if recorded and not expired; with `extend`, it then lives
     /// at least that much longer (a job uses it).
     async fn get_upload(
@@ -521,6 +555,21 @@ pub trait JobStore: Send + Sync + 'static {
         id: &str,
         extend: Option<Duration>,
     ) -> Result<Option<crate::uploads::UploadRecord>, StoreError>;
+}
+
+/// A webhook a worker took from the outbox.
+#[derive(Clone, Debug)]
+pub struct ClaimedWebhook {
+    pub job_id: JobId,
+    pub record: WebhookRecord,
+    /// The lease's end (ms since the epoch), which also names it.
+    pub lease: u64,
+}
+
+/// How long a webhook record lives: its job's time to live, and then some, so
+/// the retries of a job that expired meanwhile can still be made and seen.
+pub fn webhook_ttl(settings: &StoreSettings) -> Duration {
+    settings.job_ttl + crate::webhooks::RECORD_EXTRA_TTL
 }
 
 /// Which queued jobs a dispatcher may claim, by requirement set.

@@ -10,6 +10,7 @@
 mod access;
 mod rows;
 mod schema;
+mod webhooks;
 mod writer;
 
 use std::collections::HashMap;
@@ -1032,6 +1033,44 @@ impl JobStore for SqliteStore {
 
     async fn register_requirements(&self, fp: &str, json: &str) -> Result<bool, StoreError> {
         self.register_requirements_impl(fp, json).await
+    }
+
+    async fn put_webhook(
+        &self,
+        id: &JobId,
+        rec: &crate::webhooks::WebhookRecord,
+        due_ms: u64,
+        cap: u64,
+    ) -> Result<bool, StoreError> {
+        self.put_webhook_impl(id, rec, due_ms, cap).await
+    }
+
+    async fn get_webhook(
+        &self,
+        id: &JobId,
+    ) -> Result<Option<crate::webhooks::WebhookRecord>, StoreError> {
+        self.get_webhook_impl(id).await
+    }
+
+    async fn claim_webhooks(
+        &self,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<super::ClaimedWebhook>, StoreError> {
+        self.claim_webhooks_impl(lease, max).await
+    }
+
+    async fn settle_webhook(
+        &self,
+        claimed: &super::ClaimedWebhook,
+        rec: &crate::webhooks::WebhookRecord,
+        due_ms: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        self.settle_webhook_impl(claimed, rec, due_ms).await
+    }
+
+    async fn wake_webhook(&self, id: &JobId) -> Result<(), StoreError> {
+        self.wake_webhook_impl(id).await
     }
 
     async fn put_preview(

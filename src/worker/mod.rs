@@ -78,6 +78,8 @@ pub struct WorkerConfig {
     /// How long jobs no live backend can run wait (for one that can to come)
     /// before they are failed.
     pub unroutable_after: Duration,
+    /// How webhooks are delivered (this process delivers them).
+    pub webhooks: Arc<crate::webhooks::WebhookSettings>,
 }
 
 impl Default for WorkerConfig {
@@ -99,6 +101,7 @@ impl Default for WorkerConfig {
             launch: None,
             capabilities_interval: Duration::from_secs(300),
             unroutable_after: Duration::from_secs(60),
+            webhooks: Default::default(),
         }
     }
 }
@@ -240,6 +243,16 @@ impl Workers {
             self.config.maintenance_interval,
             shutdown.clone(),
         ));
+        match crate::webhooks::deliver::Deliverer::new(
+            self.store.clone(),
+            self.config.webhooks.clone(),
+            self.metrics.clone(),
+        ) {
+            Ok(d) => {
+                tasks.spawn(Arc::new(d).run(shutdown.clone()));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot make the webhook client; webhooks wait"),
+        }
         for b in &self.backends {
             let b = b.clone();
             let every = self.config.health_interval;

@@ -163,6 +163,55 @@ pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<Ne
         ),
     };
 
+    // Where to tell the end (the server's address policy is applied by the API).
+    let webhook_url = match obj.get("webhook_url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(u)) => Some(
+            crate::webhooks::check_url(u, true)
+                .map(|_| u.clone())
+                .map_err(|e| {
+                    FieldError::new(
+                        "webhook_url",
+                        "invalid-webhook-url",
+                        format!("webhook_url {e}"),
+                    )
+                })?,
+        ),
+        Some(_) => {
+            return Err(FieldError::new(
+                "webhook_url",
+                "invalid-webhook-url",
+                "webhook_url must be a string (an http or https URL)",
+            ));
+        }
+    };
+    let webhook_events = match obj.get("webhook_events") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let bad = || {
+                FieldError::new(
+                    "webhook_events",
+                    "invalid-webhook-events",
+                    format!(
+                        "webhook_events must be a non-empty list of {}",
+                        crate::webhooks::EVENTS.join(", ")
+                    ),
+                )
+            };
+            let list = v.as_array().filter(|a| !a.is_empty()).ok_or_else(bad)?;
+            let mut events: Vec<&str> = Vec::new();
+            for e in list {
+                let e = e
+                    .as_str()
+                    .filter(|e| crate::webhooks::EVENTS.contains(e))
+                    .ok_or_else(bad)?;
+                if !events.contains(&e) {
+                    events.push(e);
+                }
+            }
+            Some(events)
+        }
+    };
     let unknown: Vec<&str> = obj
         .keys()
         .map(String::as_str)
@@ -180,6 +229,8 @@ pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<Ne
             "priority",
             "output_format",
             "quality",
+            "webhook_url",
+            "webhook_events",
         ]
         .into_iter()
         .chain(
@@ -237,6 +288,12 @@ pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<Ne
     if let Some(q) = quality {
         params.insert("quality".into(), Value::from(q));
     }
+    if let Some(u) = webhook_url {
+        params.insert("webhook_url".into(), Value::String(u));
+    }
+    if let Some(events) = webhook_events {
+        params.insert("webhook_events".into(), Value::from(events));
+    }
     workflow.check_budget(&params).map_err(|m| {
         let fields: Vec<&str> = super::PIXEL_PARAMS
             .into_iter()
@@ -249,7 +306,14 @@ pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<Ne
 }
 
 /// Fields of a submission beyond the workflow's parameters.
-pub const SUBMISSION_FIELDS: &[&str] = &["workflow", "priority", "output_format", "quality"];
+pub const SUBMISSION_FIELDS: &[&str] = &[
+    "workflow",
+    "priority",
+    "output_format",
+    "quality",
+    "webhook_url",
+    "webhook_events",
+];
 
 /// What `output_format` may say.
 pub const OUTPUT_FORMATS: [&str; 3] = ["png", "jpeg", "webp"];

@@ -25,4 +25,5 @@ mod s3;
 mod sentinel;
 mod store_conformance;
 mod uploads;
+mod webhooks;
 mod worker_e2e;

@@ -195,6 +195,17 @@ impl Keys {
         format!("{}studio:preview:{job_id}", self.prefix)
     }
 
+    /// A job's webhook: a hash of `rec` (the record as JSON) and `lease` (ms
+    /// since the epoch until which a worker holds it).
+    pub fn webhook(&self, job_id: &str) -> String {
+        format!("{}:webhook:{job_id}", self.tag)
+    }
+
+    /// The webhook outbox: job ids by when their webhook is due (ms since the epoch).
+    pub fn webhooks(&self) -> String {
+        format!("{}:webhooks", self.tag)
+    }
+
     /// The keys the lane scripts take, in their order (`lane_keys` in Lua).
     pub fn lane_keys(&self) -> [String; 8] {
         [

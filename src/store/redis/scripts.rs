@@ -26,6 +26,10 @@ pub(super) struct Scripts {
     pub(super) unlock: Script,
     pub(super) gcra: Script,
     pub(super) register: Script,
+    pub(super) webhook_put: Script,
+    pub(super) webhook_claim: Script,
+    pub(super) webhook_settle: Script,
+    pub(super) webhook_wake: Script,
 }
 
 impl Scripts {
@@ -58,6 +62,10 @@ impl Scripts {
                  if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end \
                  return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])",
             ),
+            webhook_put: Script::new(include_str!("../lua/webhook_put.lua")),
+            webhook_claim: Script::new(include_str!("../lua/webhook_claim.lua")),
+            webhook_settle: Script::new(include_str!("../lua/webhook_settle.lua")),
+            webhook_wake: Script::new(include_str!("../lua/webhook_wake.lua")),
             unlock: Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
             ),

@@ -156,6 +156,16 @@ CREATE TABLE IF NOT EXISTS capabilities (
     json       TEXT NOT NULL,
     expires_ms INTEGER NOT NULL
 );
+-- Webhooks (the outbox): a job's record, when it is due (NULL: out of the
+-- outbox) and until when a worker holds it.
+CREATE TABLE IF NOT EXISTS webhooks (
+    job_id     TEXT PRIMARY KEY,
+    record     TEXT NOT NULL,
+    due_ms     INTEGER,
+    lease_ms   INTEGER NOT NULL DEFAULT 0,
+    expires_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks (due_ms) WHERE due_ms IS NOT NULL;
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id    TEXT NOT NULL,

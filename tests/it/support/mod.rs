@@ -230,9 +230,18 @@ pub fn test_args(data_dir: &Path) -> ServerArgs {
         workflows: None,
         public_url: String::new(),
         cors_origins: "loopback".into(),
+        // Webhooks: signed with a known secret, to receivers on loopback, retried
+        // quickly.
+        webhook_secret: TEST_WEBHOOK_SECRET.into(),
+        webhook_allow_private: true,
+        webhook_retries: "300ms,300ms,300ms".into(),
+        webhook_timeout: Duration::from_secs(3),
         ..ServerArgs::default()
     }
 }
+
+/// The webhook signing secret of test servers.
+pub const TEST_WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// The app, running in this process.
 pub struct TestApp {

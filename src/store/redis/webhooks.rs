@@ -1,0 +1,112 @@
+//! The webhook outbox on Redis: a record hash per job and one sorted set of job
+//! ids by due time, both in the queue's slot (`lua/webhook_*.lua`).
+
+use std::time::Duration;
+
+use super::RedisStore;
+use crate::clock;
+use crate::job::JobId;
+use crate::store::{ClaimedWebhook, StoreError, webhook_ttl};
+use crate::webhooks::WebhookRecord;
+
+fn to_json(rec: &WebhookRecord) -> Result<String, StoreError> {
+    serde_json::to_string(rec).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+impl RedisStore {
+    fn webhook_ttl_ms(&self) -> u64 {
+        webhook_ttl(&self.settings).as_millis() as u64
+    }
+
+    pub(super) async fn put_webhook_impl(
+        &self,
+        id: &JobId,
+        rec: &WebhookRecord,
+        due_ms: u64,
+        cap: u64,
+    ) -> Result<bool, StoreError> {
+        let mut inv = self.scripts.webhook_put.prepare_invoke();
+        inv.key(self.keys.webhook(id.as_str()))
+            .key(self.keys.webhooks())
+            .arg(to_json(rec)?)
+            .arg(due_ms)
+            .arg(self.webhook_ttl_ms())
+            .arg(cap)
+            .arg(id.as_str());
+        let mut conn = self.conn.clone();
+        let put: i64 = self.run(inv.invoke_async(&mut conn)).await?;
+        Ok(put == 1)
+    }
+
+    pub(super) async fn get_webhook_impl(
+        &self,
+        id: &JobId,
+    ) -> Result<Option<WebhookRecord>, StoreError> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = self
+            .run(
+                ::redis::cmd("HGET")
+                    .arg(self.keys.webhook(id.as_str()))
+                    .arg("rec")
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    pub(super) async fn claim_webhooks_impl(
+        &self,
+        lease: Duration,
+        max: usize,
+    ) -> Result<Vec<ClaimedWebhook>, StoreError> {
+        let mut inv = self.scripts.webhook_claim.prepare_invoke();
+        inv.key(self.keys.webhooks())
+            .arg(clock::now_ms())
+            .arg(lease.as_millis() as u64)
+            .arg(max)
+            .arg(self.keys.webhook(""));
+        let mut conn = self.conn.clone();
+        let flat: Vec<String> = self.run(inv.invoke_async(&mut conn)).await?;
+        Ok(flat
+            .chunks_exact(3)
+            .filter_map(|c| {
+                Some(ClaimedWebhook {
+                    job_id: JobId::parse(&c[0]).ok()?,
+                    record: serde_json::from_str(&c[1]).ok()?,
+                    lease: c[2].parse().ok()?,
+                })
+            })
+            .collect())
+    }
+
+    pub(super) async fn settle_webhook_impl(
+        &self,
+        claimed: &ClaimedWebhook,
+        rec: &WebhookRecord,
+        due_ms: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        let id = claimed.job_id.as_str();
+        let mut inv = self.scripts.webhook_settle.prepare_invoke();
+        inv.key(self.keys.webhook(id))
+            .key(self.keys.webhooks())
+            .arg(to_json(rec)?)
+            .arg(due_ms.map(|d| d.to_string()).unwrap_or_default())
+            .arg(self.webhook_ttl_ms())
+            .arg(id)
+            .arg(claimed.lease.to_string());
+        let mut conn = self.conn.clone();
+        let done: i64 = self.run(inv.invoke_async(&mut conn)).await?;
+        Ok(done == 1)
+    }
+
+    pub(super) async fn wake_webhook_impl(&self, id: &JobId) -> Result<(), StoreError> {
+        let mut inv = self.scripts.webhook_wake.prepare_invoke();
+        inv.key(self.keys.webhook(id.as_str()))
+            .key(self.keys.webhooks())
+            .arg(clock::now_ms())
+            .arg(id.as_str());
+        let mut conn = self.conn.clone();
+        let _: i64 = self.run(inv.invoke_async(&mut conn)).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,510 @@
+//! The delivery loop of a worker process: claims due webhooks from the outbox,
+//! reads each job, sends what its state calls for, and writes back how it went.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::task::JoinSet;
+
+use super::{ORPHAN_GRACE, WebhookRecord, WebhookSettings, guard, message_id, signature};
+use crate::api::jobs::{JobView, Signing};
+use crate::auth::signing::UrlSigner;
+use crate::clock;
+use crate::job::{JobRecord, JobStatus};
+use crate::metrics::Metrics;
+use crate::store::{ClaimedWebhook, JobStore};
+
+/// How often the outbox is looked at without a wake-up (due retries, rechecks).
+const POLL: Duration = Duration::from_millis(500);
+
+/// What a failed attempt means for the webhook.
+#[derive(Debug)]
+enum Failure {
+    /// Try again on the schedule.
+    Retry { error: String, status: u16 },
+    /// `410 Gone`: the receiver wants nothing more.
+    Gone,
+    /// The address may not be sent to.
+    Refused(String),
+}
+
+/// The JSON body of every message (the spec's suggested shape).
+#[derive(Serialize)]
+struct Message<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    timestamp: String,
+    data: JobView<'a>,
+}
+
+/// Sends webhooks for one worker process.
+pub struct Deliverer {
+    store: Arc<dyn JobStore>,
+    settings: Arc<WebhookSettings>,
+    client: reqwest12::Client,
+    metrics: Arc<Metrics>,
+    signer: tokio::sync::OnceCell<UrlSigner>,
+}
+
+/// The HTTP client webhooks go out with: no redirects, no proxy, every name
+/// resolved through the address guard, the attempt bounded by the timeout.
+pub fn client(settings: &WebhookSettings) -> Result<reqwest12::Client, String> {
+    reqwest12::Client::builder()
+        .redirect(reqwest12::redirect::Policy::none())
+        .no_proxy()
+        .timeout(settings.timeout)
+        .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
+        .pool_max_idle_per_host(4)
+        .user_agent(concat!("StudioCore-Webhooks/", env!("CARGO_PKG_VERSION")))
+        .dns_resolver(Arc::new(guard::GuardedResolver {
+            allow_private: settings.allow_private,
+        }))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+impl Deliverer {
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        settings: Arc<WebhookSettings>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Deliverer, String> {
+        Ok(Deliverer {
+            client: client(&settings)?,
+            store,
+            settings,
+            metrics,
+            signer: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// Runs until `shutdown` turns true. Deliveries in flight then are dropped;
+    /// their leases run out and another worker sends them again (same id).
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut events = self.store.subscribe();
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let look = tokio::select! {
+                _ = shutdown.changed() => break,
+                ev = events.recv() => match ev {
+                    Ok(ev) if ev.preview.is_none() && wants_wake(&ev.job) => {
+                        let id = crate::job::JobId::parse(&ev.job.id);
+                        if let Ok(id) = id
+                            && let Err(e) = self.store.wake_webhook(&id).await
+                        {
+                            tracing::debug!(error = %e, "webhook wake-up failed; the recheck catches it");
+                        }
+                        true
+                    }
+                    Ok(_) => false,
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        tokio::time::sleep(POLL).await;
+                        events = self.store.subscribe();
+                        true
+                    }
+                },
+                _ = tick.tick() => true,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => true,
+            };
+            let free = slots.available_permits();
+            if !look || free == 0 {
+                continue;
+            }
+            match self.store.claim_webhooks(self.settings.lease(), free).await {
+                Ok(claimed) => {
+                    for c in claimed {
+                        let Ok(permit) = slots.clone().try_acquire_owned() else {
+                            break;
+                        };
+                        let me = self.clone();
+                        tasks.spawn(async move {
+                            me.deliver(c).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot claim webhooks"),
+            }
+        }
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Sends what job `c.job_id`'s state calls for, then settles the entry.
+    pub async fn deliver(&self, c: ClaimedWebhook) {
+        let mut rec = c.record.clone();
+        let job = match self.store.get(&c.job_id).await {
+            Ok(job) => job,
+            // The lease runs out and the entry comes back.
+            Err(e) => {
+                return tracing::debug!(job_id = %c.job_id, error = %e, "webhook: cannot read the job");
+            }
+        };
+        let now = clock::now_ms();
+        let Some(job) = job else {
+            let due = if now < rec.created_ms + ORPHAN_GRACE.as_millis() as u64 {
+                // Submitted a moment ago: its job is being queued.
+                Some(now + 10_000)
+            } else {
+                rec.state = "failed".into();
+                rec.last_error = "the job is gone (expired, or it was never queued)".into();
+                None
+            };
+            return self.settle(&c, &mut rec, due).await;
+        };
+        loop {
+            let Some(event) = next_message(&rec, &job) else {
+                if job.status.is_final() {
+                    rec.state = if rec.delivered > 0 {
+                        "delivered"
+                    } else {
+                        "skipped"
+                    }
+                    .into();
+                    return self.settle(&c, &mut rec, None).await;
+                }
+                rec.state = "waiting".into();
+                let recheck = recheck_after(clock::now_ms().saturating_sub(rec.created_ms));
+                self.settle(&c, &mut rec, Some(clock::now_ms() + recheck))
+                    .await;
+                // A change while this worker held the entry did not wake it.
+                if let Ok(Some(now)) = self.store.get(&c.job_id).await
+                    && (now.status.is_final() || now.status != job.status)
+                {
+                    let _ = self.store.wake_webhook(&c.job_id).await;
+                }
+                return;
+            };
+            rec.last_message_id = message_id(&job.id, event);
+            match self.send(&rec, &job, event).await {
+                Ok(status) => {
+                    self.count("delivered");
+                    rec.delivered += 1;
+                    rec.delivered_ms = clock::now_ms();
+                    rec.attempts = 0;
+                    rec.last_status = status;
+                    rec.last_error.clear();
+                    rec.next_attempt_ms = 0;
+                    tracing::info!(job_id = %job.id, event, url = %rec.url, status, "webhook delivered");
+                    if event == "job.started" {
+                        rec.started_done = true;
+                        continue;
+                    }
+                    rec.state = "delivered".into();
+                    return self.settle(&c, &mut rec, None).await;
+                }
+                Err(f) => {
+                    let due = self.failed(&mut rec, event, f);
+                    if due.is_none() && event == "job.started" && rec.state == "failed" {
+                        // The start could not be told; the end still will be.
+                        rec.started_done = true;
+                        rec.attempts = 0;
+                        continue;
+                    }
+                    return self.settle(&c, &mut rec, due).await;
+                }
+            }
+        }
+    }
+
+    /// Records a failed attempt; when the webhook is due again (`None`: never).
+    fn failed(&self, rec: &mut WebhookRecord, event: &str, f: Failure) -> Option<u64> {
+        let now = clock::now_ms();
+        rec.attempts += 1;
+        rec.next_attempt_ms = 0;
+        match f {
+            Failure::Gone => {
+                self.count("gone");
+                rec.state = "gone".into();
+                rec.last_status = 410;
+                rec.last_error = "the receiver answered 410 Gone: nothing more is sent".into();
+                None
+            }
+            Failure::Refused(why) => {
+                self.count("refused");
+                rec.state = "refused".into();
+                rec.last_status = 0;
+                rec.last_error = why;
+                None
+            }
+            Failure::Retry { error, status } => {
+                rec.last_status = status;
+                rec.last_error = error;
+                let attempts = rec.attempts as usize;
+                match self.settings.schedule.get(attempts - 1) {
+                    Some(delay) => {
+                        self.count("retry");
+                        rec.state = "retrying".into();
+                        rec.next_attempt_ms = now + delay.as_millis() as u64;
+                        tracing::info!(url = %rec.url, event, attempts, error = %rec.last_error, retry_in_s = delay.as_secs_f64(), "webhook attempt failed");
+                        Some(rec.next_attempt_ms)
+                    }
+                    None => {
+                        self.count("failed");
+                        rec.state = "failed".into();
+                        tracing::warn!(url = %rec.url, event, attempts, error = %rec.last_error, "webhook failed: out of retries");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    async fn settle(&self, c: &ClaimedWebhook, rec: &mut WebhookRecord, due: Option<u64>) {
+        if due.is_none() {
+            rec.next_attempt_ms = 0;
+        }
+        match self.store.settle_webhook(c, rec, due).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(job_id = %c.job_id, "webhook lease lost before settling")
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %c.job_id, error = %e, "cannot record a webhook delivery; it is retried when its lease ends")
+            }
+        }
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.metrics
+            .webhook_attempts
+            .get_or_create(&crate::metrics::OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// One attempt at one message; the receiver's status when it took it.
+    async fn send(
+        &self,
+        rec: &WebhookRecord,
+        job: &JobRecord,
+        event: &str,
+    ) -> Result<u16, Failure> {
+        let url = reqwest12::Url::parse(&rec.url)
+            .map_err(|e| Failure::Refused(format!("not a URL: {e}")))?;
+        let s = &self.settings;
+        if !s.allow_private {
+            match url.host() {
+                Some(url::Host::Domain(d)) => {
+                    let port = url.port_or_known_default().unwrap_or(443);
+                    if let Err(e) = guard::resolve(d, port, false).await {
+                        return Err(match e.downcast_ref::<guard::Refused>() {
+                            Some(r) => Failure::Refused(r.to_string()),
+                            None => Failure::Retry {
+                                error: e.to_string(),
+                                status: 0,
+                            },
+                        });
+                    }
+                }
+                Some(url::Host::Ipv4(ip)) => refuse_ip(ip.into())?,
+                Some(url::Host::Ipv6(ip)) => refuse_ip(ip.into())?,
+                None => return Err(Failure::Refused("the URL names no host".into())),
+            }
+        }
+        if s.secrets.is_empty() {
+            return Err(Failure::Retry {
+                error: "this worker has no --webhook-secret to sign with".into(),
+                status: 0,
+            });
+        }
+        let signing = if job.owner.is_empty() {
+            None
+        } else {
+            match self.signer().await {
+                Some(signer) => Some(Signing {
+                    signer,
+                    exp: clock::now_ms() / 1000 + s.image_url_ttl.as_secs(),
+                }),
+                None => {
+                    return Err(Failure::Retry {
+                        error: "cannot read the URL-signing secret from the store".into(),
+                        status: 0,
+                    });
+                }
+            }
+        };
+        let now = clock::now_ms();
+        let body = serde_json::to_vec(&Message {
+            kind: event,
+            timestamp: clock::iso8601(now * 1000),
+            data: JobView::new(job, None, signing.as_ref()),
+        })
+        .expect("a job view serializes");
+        let id = message_id(&job.id, event);
+        let ts = now / 1000;
+        let resp = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature(&s.secrets, &id, ts, &body))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Failure::Retry {
+                error: describe(&e, s.timeout),
+                status: 0,
+            })?;
+        let status = resp.status().as_u16();
+        if resp.status().is_success() {
+            return Ok(status);
+        }
+        if status == 410 {
+            return Err(Failure::Gone);
+        }
+        let mut error = format!("HTTP {status}");
+        if resp.status().is_redirection() {
+            error.push_str(" (redirects are not followed)");
+        } else if let Ok(Some(chunk)) =
+            tokio::time::timeout(Duration::from_secs(1), bounded_chunk(resp)).await
+        {
+            let text = String::from_utf8_lossy(&chunk);
+            let text: String = text.chars().take(super::MAX_ERROR_BODY).collect();
+            if !text.trim().is_empty() {
+                error = format!("{error}: {}", text.trim());
+            }
+        }
+        Err(Failure::Retry { error, status })
+    }
+
+    async fn signer(&self) -> Option<&UrlSigner> {
+        self.signer
+            .get_or_try_init(|| async {
+                self.store.server_secret().await.map(|s| UrlSigner::new(&s))
+            })
+            .await
+            .ok()
+    }
+}
+
+/// The first bytes of an answer's body (one chunk at most).
+async fn bounded_chunk(mut resp: reqwest12::Response) -> Option<bytes::Bytes> {
+    resp.chunk().await.ok().flatten()
+}
+
+fn refuse_ip(ip: std::net::IpAddr) -> Result<(), Failure> {
+    match guard::forbidden(ip) {
+        Some(why) => Err(Failure::Refused(format!(
+            "{ip} is {why}; {}",
+            guard::ADVICE
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A transport error in words a user can act on.
+fn describe(e: &reqwest12::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!("no answer within {} s", timeout.as_secs_f64());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// The message job `job`'s state calls for next, if any.
+fn next_message(rec: &WebhookRecord, job: &JobRecord) -> Option<&'static str> {
+    let ran = job.status == JobStatus::Processing || (job.status.is_final() && job.attempt > 0);
+    if !rec.started_done && ran {
+        return Some("job.started");
+    }
+    let event = match job.status {
+        JobStatus::Finished => "job.finished",
+        JobStatus::Failed => "job.failed",
+        _ => return None,
+    };
+    rec.wants(event).then_some(event)
+}
+
+/// How long to wait before looking at a job that is not done yet, when no change
+/// wakes its webhook first: 10 s for a new job, growing with its age to 5 min.
+fn recheck_after(age_ms: u64) -> u64 {
+    (age_ms / 10).clamp(10_000, 300_000)
+}
+
+/// Whether a job's change may call for a webhook message.
+fn wants_wake(job: &JobRecord) -> bool {
+    job.params.contains_key("webhook_url")
+        && (job.status.is_final() || job.status == JobStatus::Processing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(status: JobStatus, attempt: u32) -> JobRecord {
+        JobRecord {
+            id: "j".into(),
+            status,
+            attempt,
+            ..JobRecord::default()
+        }
+    }
+
+    #[test]
+    fn messages_follow_the_job() {
+        let plain = WebhookRecord::new(
+            "http://x".into(),
+            vec!["job.finished".into(), "job.failed".into()],
+            0,
+        );
+        assert_eq!(next_message(&plain, &job(JobStatus::Queued, 0)), None);
+        assert_eq!(next_message(&plain, &job(JobStatus::Processing, 1)), None);
+        assert_eq!(
+            next_message(&plain, &job(JobStatus::Finished, 1)),
+            Some("job.finished")
+        );
+        assert_eq!(
+            next_message(&plain, &job(JobStatus::Failed, 0)),
+            Some("job.failed")
+        );
+
+        let mut all = WebhookRecord::new(
+            "http://x".into(),
+            super::super::EVENTS.iter().map(|e| e.to_string()).collect(),
+            0,
+        );
+        assert_eq!(
+            next_message(&all, &job(JobStatus::Processing, 1)),
+            Some("job.started")
+        );
+        assert_eq!(
+            next_message(&all, &job(JobStatus::Finished, 1)),
+            Some("job.started")
+        );
+        // Cancelled while queued: it never started.
+        assert_eq!(
+            next_message(&all, &job(JobStatus::Failed, 0)),
+            Some("job.failed")
+        );
+        all.started_done = true;
+        assert_eq!(
+            next_message(&all, &job(JobStatus::Finished, 1)),
+            Some("job.finished")
+        );
+
+        let only_failed = WebhookRecord::new("http://x".into(), vec!["job.failed".into()], 0);
+        assert_eq!(
+            next_message(&only_failed, &job(JobStatus::Finished, 1)),
+            None
+        );
+    }
+
+    #[test]
+    fn rechecks_grow_with_age_and_stay_bounded() {
+        assert_eq!(recheck_after(0), 10_000);
+        assert_eq!(recheck_after(1_000_000), 100_000);
+        assert_eq!(recheck_after(u64::MAX / 2), 300_000);
+    }
+}
