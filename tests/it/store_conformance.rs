@@ -597,7 +597,7 @@ async fn the_webhook_outbox_leases_fences_and_wakes(kind: Backing) {
         .into_iter()
         .map(|w| w.job_id)
         .collect();
-    assert_eq!(woken, [b.id.clone()]);
+    assert_eq!(woken, std::slice::from_ref(&b.id));
 }
 
 both_stores!(
