@@ -64,13 +64,16 @@ pub struct ApiDoc;
 /// The document as served: the annotations, plus the request body of
 /// `POST /api/generate` built from the workflows this server has loaded (one variant
 /// per workflow, with exactly the fields it accepts, their types and bounds).
-pub fn document(workflows: &WorkflowRegistry) -> Value {
+pub fn document(workflows: &WorkflowRegistry, default_webhook: bool) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     if let Some(schemas) = doc
         .pointer_mut("/components/schemas")
         .and_then(Value::as_object_mut)
     {
-        schemas.insert("GenerateRequest".into(), generate_request(workflows));
+        schemas.insert(
+            "GenerateRequest".into(),
+            generate_request(workflows, default_webhook),
+        );
     }
     add_links(&mut doc);
     add_security(&mut doc);
@@ -169,15 +172,27 @@ fn add_links(doc: &mut Value) {
 
 /// `{"oneOf": [...]}`, one object schema per workflow, told apart by `workflow`
 /// (which the default workflow's variant may leave out).
-fn generate_request(workflows: &WorkflowRegistry) -> Value {
-    let variants: Vec<Value> = workflows.iter().map(variant).collect();
+fn generate_request(workflows: &WorkflowRegistry, default_webhook: bool) -> Value {
+    let variants: Vec<Value> = workflows
+        .iter()
+        .map(|w| variant(w, default_webhook))
+        .collect();
     json!({
         "description": "A submission: `prompt`, `seed` and `workflow`, plus the workflow's declared parameters (as `GET /api/workflows` lists them), each checked against its type and bounds; fields the workflow does not declare are refused (`unknown-field`). A `null` field counts as absent. Beyond what a schema can say: `width` × `height` × `batch_size` must stay within the workflow's pixel budget (`max_pixels`, default 16,777,216), else `invalid-param`.",
         "oneOf": variants,
     })
 }
 
-fn variant(w: &Workflow) -> Value {
+/// What a `webhook_url` looks like, stated so that every string it allows is one
+/// the server takes: http(s), a host name of at most four labels of letters and
+/// digits with single inner hyphens, each at most 61 characters (the URL parser
+/// refuses labels over 63), the last starting with a letter (so it is never read
+/// as an IPv4 number), an optional port, a path of plain characters. (The server also
+/// takes any other URL the WHATWG URL parser reads, IP literals on a server that
+/// allows private addresses among them.)
+pub const WEBHOOK_URL_PATTERN: &str = "^https?://([A-Za-z0-9](-?[A-Za-z0-9]){0,30}\\.){0,3}[A-Za-z](-?[A-Za-z0-9]){0,30}(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~-]*)*$";
+
+fn variant(w: &Workflow, default_webhook: bool) -> Value {
     let default = w.name == DEFAULT_WORKFLOW;
     let mut props = Map::new();
     props.insert(
@@ -205,12 +220,12 @@ fn variant(w: &Workflow) -> Value {
     );
     props.insert(
         "webhook_url".into(),
-        json!({"type": ["string", "null"], "format": "uri", "maxLength": crate::webhooks::MAX_URL_LEN, "pattern": "^https?://",
+        json!({"type": ["string", "null"], "maxLength": crate::webhooks::MAX_URL_LEN, "pattern": WEBHOOK_URL_PATTERN,
                "description": "Where to POST the job's end (Standard Webhooks: signed with the server's whsec_ secret; headers webhook-id, webhook-timestamp, webhook-signature). http or https, no credentials; public addresses only unless the server allows private ones. The server's --webhook-url when absent."}),
     );
     props.insert(
         "webhook_events".into(),
-        json!({"type": ["array", "null"], "minItems": 1, "uniqueItems": true,
+        json!({"type": ["array", "null"], "minItems": 1,
                "items": {"enum": crate::webhooks::EVENTS},
                "description": "Which messages to send (default job.finished and job.failed); needs a webhook_url or the server's --webhook-url."}),
     );
@@ -235,14 +250,21 @@ fn variant(w: &Workflow) -> Value {
             required.push(name.as_str());
         }
     }
-    json!({
+    let mut v = json!({
         "title": w.name,
         "type": "object",
         "properties": props,
         "required": required,
         "additionalProperties": false,
         "x-max-pixels": w.pixel_budget(),
-    })
+    });
+    if !default_webhook {
+        // Without the server's --webhook-url, events need a URL of their own.
+        v["if"] = json!({"required": ["webhook_events"], "properties": {"webhook_events": {"type": "array"}}});
+        v["then"] =
+            json!({"required": ["webhook_url"], "properties": {"webhook_url": {"type": "string"}}});
+    }
+    v
 }
 
 fn param_schema(name: &str, spec: &ParamSpec) -> Value {

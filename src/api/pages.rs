@@ -86,7 +86,11 @@ pub async fn ops_page() -> Response {
 #[utoipa::path(get, path = "/openapi.json", tag = "pages",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
 pub async fn openapi_json(State(state): State<AppState>) -> Response {
-    axum::Json(openapi::document(&state.workflows)).into_response()
+    axum::Json(openapi::document(
+        &state.workflows,
+        state.webhooks.default_url.is_some(),
+    ))
+    .into_response()
 }
 
 /// The assets' names, for the documentation.

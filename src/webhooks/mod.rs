@@ -328,6 +328,26 @@ mod tests {
         assert!(check_url(&format!("https://e.com/{}", "a".repeat(MAX_URL_LEN)), false).is_err());
     }
 
+    /// The longest, oddest URLs the OpenAPI document's pattern allows are taken
+    /// (the fuzzer counts on it).
+    #[test]
+    fn what_the_documented_pattern_allows_is_taken() {
+        let label = format!("a{}", "-b".repeat(30));
+        let digits = format!("0{}", "-9".repeat(30));
+        for url in [
+            format!("https://{digits}.{label}.{label}.{label}:9999/a/./~x/..//-_"),
+            "http://x".to_owned(),
+            "http://0.0.0.a".to_owned(),
+            "http://0x1.xn-a:1/".to_owned(),
+        ] {
+            assert!(
+                check_url(&url, false).is_ok(),
+                "{url}: {:?}",
+                check_url(&url, false)
+            );
+        }
+    }
+
     #[test]
     fn the_default_schedule_is_the_specs() {
         let s = parse_schedule(DEFAULT_SCHEDULE).unwrap();

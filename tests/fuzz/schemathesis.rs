@@ -145,8 +145,6 @@ async fn schemathesis_finds_nothing_wrong(kind: Backing) {
                 serde_json::Value::Object(budgets).to_string(),
             )
             .env("STUDIO_FUZZ_UPLOAD_ID", &upload_id)
-            // The server takes private addresses (test_args); nothing listens there.
-            .env("STUDIO_FUZZ_WEBHOOK_URL", "http://127.0.0.1:9/fuzz")
             .env("STUDIO_FUZZ_MODEL_CHOICES", model_choices.to_string())
             .env(
                 "STUDIO_DEFAULT_WORKFLOW",

@@ -104,34 +104,7 @@ def map_body(ctx, body):
             and value not in choices
         ):
             body[key] = choices[0]
-    _webhook(body)
     return body
-
-
-WEBHOOK_URL = os.environ.get("STUDIO_FUZZ_WEBHOOK_URL", "")
-WEBHOOK_EVENTS = {"job.started", "job.finished", "job.failed"}
-
-
-def _webhook(body):
-    """A schema-valid webhook_url (http or https, at most 2048 characters) may
-    still be no URL at all ("http://[" matches the pattern), which no schema can
-    rule out: it becomes the test's receiver. webhook_events needs a URL, which
-    JSON Schema cannot say either (a null URL counts as absent): a valid list gets
-    the receiver too. A case made to break the schema stays broken."""
-    if not WEBHOOK_URL:
-        return
-    url = body.get("webhook_url")
-    if isinstance(url, str) and len(url) <= 2048 and re.match(r"^https?://", url):
-        body["webhook_url"] = WEBHOOK_URL
-    events = body.get("webhook_events")
-    valid_events = (
-        isinstance(events, list)
-        and events
-        and all(isinstance(e, str) and e in WEBHOOK_EVENTS for e in events)
-        and len(set(events)) == len(events)
-    )
-    if valid_events and body.get("webhook_url") is None:
-        body["webhook_url"] = WEBHOOK_URL
 
 
 _SERIAL = itertools.count()
