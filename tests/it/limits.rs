@@ -553,25 +553,12 @@ both_stores!(
     output_names_urls_must_encode_are_served,
 );
 
-async fn serve(
-    kind: Backing,
-    standin: &StandIn,
-    configure: impl FnOnce(&mut studio_core::config::ServerArgs),
-) -> TestApp {
-    let url = standin.url();
-    TestApp::spawn(kind, Role::Serve, move |a| {
-        a.comfyui = vec![url];
-        configure(a);
-    })
-    .await
-}
-
 async fn an_output_over_the_size_cap_fails_the_job_with_a_clear_error(kind: Backing) {
     let standin = StandIn::start_with(Knobs {
         output_bytes: Some(3 << 20),
         ..Knobs::default()
     });
-    let app = serve(kind, &standin, |a| a.max_output_bytes = 1 << 20).await;
+    let app = TestApp::serve(kind, &standin, |a| a.max_output_bytes = 1 << 20).await;
     let id = app
         .submit(json!({"prompt": "x", "workflow": "smoke"}))
         .await;
@@ -597,7 +584,7 @@ async fn output_names_urls_must_encode_are_served(kind: Backing) {
         odd_names: true,
         ..Knobs::default()
     });
-    let app = serve(kind, &standin, |_| {}).await;
+    let app = TestApp::serve(kind, &standin, |_| {}).await;
     let id = app
         .submit(json!({"prompt": "x", "workflow": "smoke"}))
         .await;

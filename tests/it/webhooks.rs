@@ -111,26 +111,13 @@ fn settled(w: &Value) -> bool {
     !w.is_null() && w["state"] != "waiting" && w["state"] != "retrying"
 }
 
-async fn serve(
-    kind: Backing,
-    standin: &StandIn,
-    configure: impl FnOnce(&mut studio_core::config::ServerArgs),
-) -> TestApp {
-    let url = standin.url();
-    TestApp::spawn(kind, Role::Serve, move |a| {
-        a.comfyui = vec![url];
-        configure(a);
-    })
-    .await
-}
-
 /// The start and the end of a job reach the receiver, signed so that the
 /// reference verifier accepts them, with a new secret in front of the old one (a
 /// rotation: the receiver still knows only the old one).
 async fn signed_messages(kind: Backing) {
     let standin = StandIn::start();
     let rx = Receiver::start();
-    let app = serve(kind, &standin, |a| {
+    let app = TestApp::serve(kind, &standin, |a| {
         a.webhook_secret = format!(
             "{},{TEST_WEBHOOK_SECRET}",
             studio_core::webhooks::Secret::generate()
@@ -200,7 +187,7 @@ async fn signed_messages_on_sqlite() {
 async fn a_receiver_failing_twice_gets_it_the_third_time() {
     let standin = StandIn::start();
     let rx = Receiver::start();
-    let app = serve(Backing::Redis, &standin, |_| {}).await;
+    let app = TestApp::serve(Backing::Redis, &standin, |_| {}).await;
     let id = app
         .submit(json!({"prompt": "flaky", "workflow": "smoke", "webhook_url": rx.url("/flaky/2")}))
         .await;
@@ -241,7 +228,7 @@ async fn failures_gone_and_dead_ends() {
         ..Knobs::default()
     });
     let rx = Receiver::start();
-    let app = serve(Backing::Sqlite, &standin, |a| a.max_attempts = 1).await;
+    let app = TestApp::serve(Backing::Sqlite, &standin, |a| a.max_attempts = 1).await;
     let failed = app
         .submit(json!({"prompt": "doomed", "workflow": "smoke", "webhook_url": rx.url("/ok")}))
         .await;
@@ -308,7 +295,7 @@ async fn failures_gone_and_dead_ends() {
 async fn webhooks_go_only_to_public_addresses() {
     let standin = StandIn::start();
     let rx = Receiver::start();
-    let app = serve(Backing::Sqlite, &standin, |a| {
+    let app = TestApp::serve(Backing::Sqlite, &standin, |a| {
         a.webhook_allow_private = false
     })
     .await;
@@ -375,7 +362,7 @@ async fn webhooks_go_only_to_public_addresses() {
     );
     assert!(rx.log().await.is_empty(), "nothing was sent");
 
-    let unsigned = serve(Backing::Sqlite, &standin, |a| {
+    let unsigned = TestApp::serve(Backing::Sqlite, &standin, |a| {
         a.webhook_secret = String::new()
     })
     .await;

@@ -258,6 +258,20 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// `studio serve` driving one stand-in; `configure` adjusts the rest.
+    pub async fn serve(
+        kind: Backing,
+        standin: &standin::StandIn,
+        configure: impl FnOnce(&mut ServerArgs),
+    ) -> TestApp {
+        let url = standin.url();
+        Self::spawn(kind, Role::Serve, move |a| {
+            a.comfyui = vec![url];
+            configure(a);
+        })
+        .await
+    }
+
     /// Builds and starts the app; `configure` adjusts the settings.
     pub async fn spawn(
         kind: Backing,
