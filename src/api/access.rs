@@ -81,6 +81,11 @@ impl Access {
             .await
     }
 
+    /// Whether every `/api` request must carry an API key.
+    pub fn keys_required(&self) -> bool {
+        self.mode == AuthMode::Keys
+    }
+
     /// Whether image URLs must be signed.
     pub fn signs_urls(&self) -> bool {
         self.mode == AuthMode::Keys

@@ -561,8 +561,9 @@ pub async fn list(
 }
 
 /// Cancels a job: a queued one at once, a running one by asking its worker. Send
-/// `Content-Type: application/json` (any body, `{}` will do) or an
-/// `X-Requested-With` header: a request no web form can make.
+/// `Content-Type: application/json` (any body, `{}` will do): a request no web
+/// form can make. (An `X-Requested-With` header or an API key says the same, and
+/// then no body is needed.)
 #[utoipa::path(post, path = "/api/jobs/{job_id}/cancel", tag = "jobs",
     params(("job_id" = String, Path, description = "The job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
     request_body(content = Object, content_type = "application/json", description = "Ignored; `{}`"),

@@ -64,7 +64,10 @@ pub struct ApiDoc;
 /// The document as served: the annotations, plus the request body of
 /// `POST /api/generate` built from the workflows this server has loaded (one variant
 /// per workflow, with exactly the fields it accepts, their types and bounds).
-pub fn document(workflows: &WorkflowRegistry, default_webhook: bool) -> Value {
+/// The document as this server answers: `default_webhook` when it has a
+/// `--webhook-url`, `keys` when every `/api` request needs an API key (then a
+/// cancel needs no body: the key already shows no web form sent it).
+pub fn document(workflows: &WorkflowRegistry, default_webhook: bool, keys: bool) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     if let Some(schemas) = doc
         .pointer_mut("/components/schemas")
@@ -77,6 +80,11 @@ pub fn document(workflows: &WorkflowRegistry, default_webhook: bool) -> Value {
     }
     add_links(&mut doc);
     add_security(&mut doc);
+    if keys
+        && let Some(body) = doc.pointer_mut("/paths/~1api~1jobs~1{job_id}~1cancel/post/requestBody")
+    {
+        body["required"] = json!(false);
+    }
     doc
 }
 

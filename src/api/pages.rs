@@ -89,6 +89,7 @@ pub async fn openapi_json(State(state): State<AppState>) -> Response {
     axum::Json(openapi::document(
         &state.workflows,
         state.webhooks.default_url.is_some(),
+        state.access.keys_required(),
     ))
     .into_response()
 }

@@ -572,3 +572,52 @@ async fn the_page_shows_the_picture_forming() {
         "saved as the form said: {v}"
     );
 }
+
+/// A webhook URL typed into the form goes with the submission; the receiver (which
+/// verifies the signature with the Standard Webhooks library) answers 500 once, and
+/// the card tells how the webhook went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_sends_a_webhook_and_shows_how_it_went() {
+    let standin = StandIn::start();
+    let rx = crate::webhooks::Receiver::start();
+    let app = TestApp::serve(Backing::Sqlite, &standin, |_| {}).await;
+    let browser = Browser::start(1280, 1000).await;
+    browser.goto(&app.base).await;
+    browser
+        .wait_for(
+            "return [...document.querySelectorAll('#workflow option')].some(o => o.value === 'smoke')",
+            WAIT,
+        )
+        .await;
+    browser
+        .exec("const s = document.getElementById('workflow'); s.value = 'smoke'; s.dispatchEvent(new Event('change')); return true;")
+        .await;
+    let hook = browser.find("#webhook-url").await;
+    browser.type_into(&hook, &rx.url("/flaky/1")).await;
+    let prompt = browser.find("#prompt").await;
+    browser.type_into(&prompt, "tell my server").await;
+    let generate = browser.find("#generate").await;
+    browser.click(&generate).await;
+    let line = browser
+        .wait_for(
+            "const l = document.querySelector('.job .webhook'); \
+             return l && !l.hidden && l.textContent.includes('delivered') && l.textContent",
+            WAIT,
+        )
+        .await;
+    assert!(
+        line.as_str().unwrap().contains("127.0.0.1"),
+        "names the receiver: {line}"
+    );
+    std::fs::write(
+        screenshots().join("webhook.png"),
+        browser.screenshot().await,
+    )
+    .unwrap();
+    let id = browser
+        .exec("return document.querySelector('.job').dataset.jobId")
+        .await;
+    let seen = rx.of(id.as_str().unwrap()).await;
+    assert_eq!(seen.len(), 2, "a 500, then the delivery: {seen:?}");
+    assert!(seen.iter().all(|e| e["verified"] == true), "{seen:?}");
+}

@@ -422,3 +422,69 @@ async fn a_cancel_requested_before_claim_is_honoured_by_the_claim() {
         (JobStatus::Failed, "cancelled")
     );
 }
+
+/// The claim's last script (`settle.lua`, action `claimed`, which lists the job as
+/// processing) can reach Redis late: a worker cut off from Redis has it in flight,
+/// the reaper takes the job back, another worker runs it to its end, and then the
+/// link comes back. Played here by running that script once more, by hand, with the
+/// first worker's keys after the job finished: the job must stay listed as finished
+/// (the chaos test once found a finished job left in the processing index).
+#[tokio::test]
+async fn a_late_claim_settle_does_not_list_a_finished_job_as_processing() {
+    let p = RedisPrefix::new();
+    let s = store(&p);
+    let mut c = p.conn();
+    let j = NewJob::new("late".into(), 1, "smoke".into(), Map::new());
+    s.enqueue(&j).await.unwrap();
+    let (a, b) = (worker(), worker());
+    s.heartbeat(&a).await.unwrap();
+    let first = s.claim(&a, WAIT).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(s.reap().await.unwrap(), vec![j.id.clone()]);
+    s.heartbeat(&b).await.unwrap();
+    let second = s.claim(&b, WAIT).await.unwrap().unwrap();
+    let done = Completion::Finished {
+        image_url: String::new(),
+        outputs: Vec::new(),
+    };
+    assert!(s.complete(&second.lease, done).await.unwrap());
+
+    let k = studio_core::store::redis::Keys::new(&p.prefix);
+    let script = redis::Script::new(&format!(
+        "{}\n{}",
+        include_str!("../../src/store/lua/queue_prelude.lua"),
+        include_str!("../../src/store/lua/settle.lua")
+    ));
+    let mut inv = script.prepare_invoke();
+    inv.key(k.processing(a.as_str()))
+        .key(k.pending())
+        .key(k.index())
+        .key(k.seq())
+        .key(k.delayed())
+        .key(k.dead())
+        .key(k.queue());
+    for key in k.status_indexes() {
+        inv.key(key);
+    }
+    for key in k.lane_keys() {
+        inv.key(key);
+    }
+    inv.arg("claimed")
+        .arg(&first.lease.payload)
+        .arg(j.id.as_str())
+        .arg(1000)
+        .arg(0)
+        .arg("")
+        .arg("")
+        .arg(k.tag());
+    let _: i64 = inv.invoke(&mut c).unwrap();
+
+    let listed = |status: &str| -> Option<f64> {
+        redis::Commands::zscore(&mut p.conn(), k.by_status(status), j.id.as_str()).unwrap()
+    };
+    assert!(listed("finished").is_some(), "listed as finished");
+    assert!(
+        listed("processing").is_none(),
+        "not listed as processing again"
+    );
+}

@@ -17,14 +17,14 @@ use crate::support::standin::{Knobs, StandIn};
 use crate::support::{Backing, TEST_WEBHOOK_SECRET, TempDir, TestApp};
 
 /// The receiver: a Python process, killed when dropped.
-struct Receiver {
+pub(crate) struct Receiver {
     child: Child,
     port: u16,
     http: reqwest::Client,
 }
 
 impl Receiver {
-    fn start() -> Receiver {
+    pub(crate) fn start() -> Receiver {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let python = root.join("target/tools/venv/bin/python");
         assert!(
@@ -50,7 +50,7 @@ impl Receiver {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
@@ -69,7 +69,7 @@ impl Receiver {
     }
 
     /// The deliveries of one job's messages.
-    async fn of(&self, job_id: &str) -> Vec<Value> {
+    pub(crate) async fn of(&self, job_id: &str) -> Vec<Value> {
         let prefix = format!("msg_{job_id}_");
         self.log()
             .await

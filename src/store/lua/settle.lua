@@ -11,7 +11,12 @@ local sets = status_sets(8)
 local tag, owner = ARGV[8], owner_of(ARGV[2])
 local L = lane_keys(12)
 if action == 'claimed' then
-  -- leased: no longer waiting; listed even if another program pushed it
+  -- leased: no longer waiting; listed even if another program pushed it. Only while
+  -- the payload is still this worker's: this script can run late (a worker cut off
+  -- from Redis, its command delivered when the link came back), after the reaper
+  -- took the job back and another worker ran it to its end, and must not list that
+  -- job as processing again.
+  if not redis.call('LPOS', KEYS[1], ARGV[2]) then return 0 end
   redis.call('ZREM', KEYS[2], ARGV[3])
   if not redis.call('ZSCORE', KEYS[3], ARGV[3]) then
     redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), ARGV[3])
@@ -19,9 +24,12 @@ if action == 'claimed' then
   end
   list_as(KEYS[3], sets, ARGV[3], 'processing', tag, owner)
 elseif action == 'drop' then
-  if redis.call('LREM', KEYS[1], 1, ARGV[2]) > 0 then stopped(L, tag, owner) end
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  list_as(KEYS[3], sets, ARGV[3], ARGV[7], tag, owner)
+  -- Listed where it is now only if the payload was still this worker's (see above).
+  if redis.call('LREM', KEYS[1], 1, ARGV[2]) > 0 then
+    stopped(L, tag, owner)
+    redis.call('ZREM', KEYS[2], ARGV[3])
+    list_as(KEYS[3], sets, ARGV[3], ARGV[7], tag, owner)
+  end
 elseif action == 'done' then
   if redis.call('LREM', KEYS[1], 1, ARGV[2]) > 0 then stopped(L, tag, owner) end
   list_as(KEYS[3], sets, ARGV[3], ARGV[7], tag, owner)
