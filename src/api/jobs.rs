@@ -138,7 +138,13 @@ pub async fn generate(
     };
     let Some(idempotency_key) = idempotency_key else {
         put_webhook(&state, &job.id, webhook.as_ref()).await?;
-        let record = state.with_timeout(state.store.enqueue(&job)).await?;
+        let record = match state.with_timeout(state.store.enqueue(&job)).await {
+            Ok(r) => r,
+            Err(e) => {
+                forget_webhook(&state, &job.id, webhook.as_ref()).await;
+                return Err(e);
+            }
+        };
         counted(&job.workflow);
         let body = accepted(record.id.as_str().to_owned(), job.seed, job.workflow);
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
@@ -174,6 +180,7 @@ pub async fn generate(
                 Ok((StatusCode::ACCEPTED, Json(body)).into_response())
             }
             Err(e) => {
+                forget_webhook(&state, &job.id, webhook.as_ref()).await;
                 idempotency::release(store, &scope).await;
                 Err(e)
             }
@@ -264,6 +271,21 @@ async fn put_webhook(
         .retry_after(30));
     }
     Ok(())
+}
+
+/// Takes back the webhook of a job the store refused (a full queue, a quota), so
+/// refused submissions do not fill the outbox. Best effort: one left behind is
+/// dropped when a worker finds no job for it (after [`crate::webhooks::ORPHAN_GRACE`]).
+async fn forget_webhook(
+    state: &AppState,
+    id: &crate::job::JobId,
+    webhook: Option<&crate::webhooks::WebhookRecord>,
+) {
+    if webhook.is_some()
+        && let Err(e) = state.with_timeout(state.store.delete_webhook(id)).await
+    {
+        tracing::debug!(job_id = %id, error = %e.message, "could not take back a refused job's webhook");
+    }
 }
 
 /// Stores the `data:` URLs given for picture parameters as uploads, and puts their

@@ -547,6 +547,9 @@ pub trait JobStore: Send + Sync + 'static {
     /// Makes job `id`'s webhook due now (its job changed), unless it is held.
     async fn wake_webhook(&self, id: &JobId) -> Result<(), StoreError>;
 
+    /// Forgets job `id`'s webhook (its job was refused, so it never existed).
+    async fn delete_webhook(&self, id: &JobId) -> Result<(), StoreError>;
+
     /// An owner's upload, if recorded and not expired; with `extend`, it then lives
     /// at least that much longer (a job uses it).
     async fn get_upload(

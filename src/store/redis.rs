@@ -1139,6 +1139,10 @@ impl JobStore for RedisStore {
         self.wake_webhook_impl(id).await
     }
 
+    async fn delete_webhook(&self, id: &JobId) -> Result<(), StoreError> {
+        self.delete_webhook_impl(id).await
+    }
+
     async fn get_preview(&self, id: &JobId) -> Result<Option<super::Preview>, StoreError> {
         self.get_preview_impl(id).await
     }

@@ -1073,6 +1073,10 @@ impl JobStore for SqliteStore {
         self.wake_webhook_impl(id).await
     }
 
+    async fn delete_webhook(&self, id: &JobId) -> Result<(), StoreError> {
+        self.delete_webhook_impl(id).await
+    }
+
     async fn put_preview(
         &self,
         id: &JobId,

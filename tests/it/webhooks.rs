@@ -430,3 +430,40 @@ async fn a_worker_killed_mid_delivery_is_replaced() {
         killed.elapsed()
     );
 }
+
+/// A submission the store refuses (here: the queue is full) takes its webhook back
+/// out of the outbox, so refused submissions cannot fill it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_submission_leaves_no_webhook_behind() {
+    let app = TestApp::spawn(Backing::Sqlite, Role::Api, |a| {
+        a.max_queued = 1;
+        a.webhook_max_pending = 2;
+    })
+    .await;
+    let body = |prompt: &str| json!({"prompt": prompt, "workflow": "smoke", "webhook_url": "http://127.0.0.1:9/hook"});
+    let first = app.submit(body("first")).await;
+    let (status, v) = app.post_json("/api/generate", &body("refused")).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (503, Some("queue-full")),
+        "{v}"
+    );
+    let (status, v) = app
+        .post_json(&format!("/api/jobs/{first}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    // The first job's webhook (not delivered: no worker here) and this one: two,
+    // the cap. A webhook left behind by the refused one would make this a 503.
+    let (status, v) = app.post_json("/api/generate", &body("third")).await;
+    assert_eq!(
+        status, 202,
+        "the refused submission's webhook was taken back: {v}"
+    );
+    // Now the outbox is at its cap: refused before the queue is even asked.
+    let (status, v) = app.post_json("/api/generate", &body("fourth")).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (503, Some("webhook-outbox-full")),
+        "{v}"
+    );
+}

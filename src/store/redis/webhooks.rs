@@ -109,4 +109,19 @@ impl RedisStore {
         let _: i64 = self.run(inv.invoke_async(&mut conn)).await?;
         Ok(())
     }
+
+    pub(super) async fn delete_webhook_impl(&self, id: &JobId) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        // Both keys are in the queue's slot: one transaction.
+        let mut pipe = ::redis::pipe();
+        pipe.atomic()
+            .cmd("DEL")
+            .arg(self.keys.webhook(id.as_str()))
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.keys.webhooks())
+            .arg(id.as_str())
+            .ignore();
+        self.run(pipe.query_async::<()>(&mut conn)).await
+    }
 }

@@ -156,4 +156,13 @@ impl SqliteStore {
         })
         .await
     }
+
+    pub(super) async fn delete_webhook_impl(&self, id: &JobId) -> Result<(), StoreError> {
+        let id = id.as_str().to_owned();
+        self.write(move |conn| {
+            conn.execute("DELETE FROM webhooks WHERE job_id = ?1", params![id])?;
+            Ok(((), Vec::new()))
+        })
+        .await
+    }
 }
