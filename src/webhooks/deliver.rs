@@ -288,24 +288,10 @@ impl Deliverer {
         let url = reqwest12::Url::parse(&rec.url)
             .map_err(|e| Failure::Refused(format!("not a URL: {e}")))?;
         let s = &self.settings;
+        // IP literals here; names when the client resolves them (GuardedResolver),
+        // whose refusal comes back through the request's error.
         if !s.allow_private {
-            match url.host() {
-                Some(url::Host::Domain(d)) => {
-                    let port = url.port_or_known_default().unwrap_or(443);
-                    if let Err(e) = guard::resolve(d, port, false).await {
-                        return Err(match e.downcast_ref::<guard::Refused>() {
-                            Some(r) => Failure::Refused(r.to_string()),
-                            None => Failure::Retry {
-                                error: e.to_string(),
-                                status: 0,
-                            },
-                        });
-                    }
-                }
-                Some(url::Host::Ipv4(ip)) => refuse_ip(ip.into())?,
-                Some(url::Host::Ipv6(ip)) => refuse_ip(ip.into())?,
-                None => return Err(Failure::Refused("the URL names no host".into())),
-            }
+            guard::check_literal(url.host()).map_err(Failure::Refused)?;
         }
         if s.secrets.is_empty() {
             return Err(Failure::Retry {
@@ -348,9 +334,12 @@ impl Deliverer {
             .body(body)
             .send()
             .await
-            .map_err(|e| Failure::Retry {
-                error: describe(&e, s.timeout),
-                status: 0,
+            .map_err(|e| match refusal(&e) {
+                Some(r) => Failure::Refused(r.to_string()),
+                None => Failure::Retry {
+                    error: describe(&e, s.timeout),
+                    status: 0,
+                },
             })?;
         let status = resp.status().as_u16();
         if resp.status().is_success() {
@@ -389,14 +378,16 @@ async fn bounded_chunk(mut resp: reqwest12::Response) -> Option<bytes::Bytes> {
     resp.chunk().await.ok().flatten()
 }
 
-fn refuse_ip(ip: std::net::IpAddr) -> Result<(), Failure> {
-    match guard::forbidden(ip) {
-        Some(why) => Err(Failure::Refused(format!(
-            "{ip} is {why}; {}",
-            guard::ADVICE
-        ))),
-        None => Ok(()),
+/// The address guard's refusal, if that is why a request failed.
+fn refusal(e: &reqwest12::Error) -> Option<&guard::Refused> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<guard::Refused>() {
+            return Some(r);
+        }
+        source = s.source();
     }
+    None
 }
 
 /// A transport error in words a user can act on.

@@ -1,9 +1,9 @@
 //! Where webhooks may go: public addresses only (unless `--webhook-allow-private`),
 //! judged after DNS resolution, so a name that resolves to loopback or to the
-//! cloud's metadata address is refused like the address itself. The HTTP client
-//! resolves through [`GuardedResolver`] too, so the address connected to is one
-//! that was checked (a name that changes its answer between the check and the
-//! connection gains nothing).
+//! cloud's metadata address is refused like the address itself. The check is the
+//! HTTP client's resolver ([`GuardedResolver`]), so the address connected to is
+//! the one that was checked (a name that changes its answer gains nothing), with
+//! one lookup per connection.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -15,6 +15,20 @@ pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => forbidden_v4(v4),
         IpAddr::V6(v6) => forbidden_v6(v6),
+    }
+}
+
+/// Why a URL's host, when it is an IP literal, is not a public address (names are
+/// judged when they are resolved).
+pub fn check_literal(host: Option<url::Host<&str>>) -> Result<(), String> {
+    let ip: IpAddr = match host {
+        Some(url::Host::Ipv4(ip)) => ip.into(),
+        Some(url::Host::Ipv6(ip)) => ip.into(),
+        _ => return Ok(()),
+    };
+    match forbidden(ip) {
+        Some(why) => Err(format!("{ip} is {why}; {ADVICE}")),
+        None => Ok(()),
     }
 }
 

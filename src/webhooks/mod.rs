@@ -11,8 +11,8 @@
 //! A worker that dies mid-delivery leaves the entry leased; the lease runs out and
 //! another worker delivers again, with the same `webhook-id` (at least once).
 //!
-//! Outbound requests go only to public addresses (checked after DNS resolution,
-//! and again by the connection's own resolver) unless `--webhook-allow-private`;
+//! Outbound requests go only to public addresses (IP literals checked as they are,
+//! names by the connection's own resolver) unless `--webhook-allow-private`;
 //! redirects are not followed; no proxy is used.
 
 pub mod deliver;
@@ -246,16 +246,7 @@ pub fn check_url(s: &str, allow_private: bool) -> Result<reqwest12::Url, String>
     match url.host() {
         None => return Err("must name a host".into()),
         Some(url::Host::Domain("")) => return Err("must name a host".into()),
-        Some(url::Host::Ipv4(ip)) if !allow_private => {
-            if let Some(why) = guard::forbidden(ip.into()) {
-                return Err(format!("{ip} is {why}; {}", guard::ADVICE));
-            }
-        }
-        Some(url::Host::Ipv6(ip)) if !allow_private => {
-            if let Some(why) = guard::forbidden(ip.into()) {
-                return Err(format!("{ip} is {why}; {}", guard::ADVICE));
-            }
-        }
+        Some(host) if !allow_private => guard::check_literal(Some(host))?,
         Some(_) => {}
     }
     if url.fragment().is_some() {
