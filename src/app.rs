@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::shutdown;
 use crate::storage::{FsImageStore, ImageStore, S3ImageStore};
 use crate::store::{JobStore, RedisStore, SqliteStore, StoreSettings};
-use crate::worker::{WorkerConfig, Workers};
+use crate::worker::Workers;
 use crate::workflow::WorkflowRegistry;
 
 /// How long open HTTP connections get to finish after shutdown starts.
@@ -83,13 +83,13 @@ impl App {
             }
         };
         let metrics = Metrics::new(&workflows);
-        let webhooks = Arc::new(args.webhook_settings()?);
+        // Read (and checked) in every role: the API needs the webhook settings too,
+        // to refuse webhooks without a secret and to apply the default URL.
+        let worker_config = args.worker_config()?;
+        let webhooks = worker_config.webhooks.clone();
         let workers = if role.runs_workers() {
             Some(Workers::start(
-                WorkerConfig {
-                    webhooks: webhooks.clone(),
-                    ..args.worker_config()
-                },
+                worker_config,
                 store.clone(),
                 workflows.clone(),
                 images.clone(),

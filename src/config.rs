@@ -451,7 +451,8 @@ impl ServerArgs {
         })
     }
 
-    pub fn worker_config(&self) -> WorkerConfig {
+    /// How workers behave; a bad webhook secret, schedule or default URL fails here.
+    pub fn worker_config(&self) -> anyhow::Result<WorkerConfig> {
         let launch = self.launch_config();
         let mut backends: Vec<String> = self
             .comfyui
@@ -462,7 +463,7 @@ impl ServerArgs {
         if backends.is_empty() && launch.is_none() {
             backends.push("http://127.0.0.1:8188".into());
         }
-        WorkerConfig {
+        Ok(WorkerConfig {
             launch,
             capabilities_interval: Duration::from_secs(300),
             unroutable_after: self.unroutable_after,
@@ -480,8 +481,8 @@ impl ServerArgs {
             shutdown_grace: self.shutdown_grace,
             public_url: self.public_url.trim_end_matches('/').to_owned(),
             max_output_bytes: self.max_output_bytes,
-            webhooks: Arc::new(self.webhook_settings().unwrap_or_default()),
-        }
+            webhooks: Arc::new(self.webhook_settings()?),
+        })
     }
 
     /// How webhooks are sent; a bad secret, schedule or default URL fails here,
@@ -762,17 +763,17 @@ mod tests {
     #[test]
     fn launching_comfyui_replaces_the_default_url() {
         assert_eq!(
-            args(&[]).worker_config().backends,
+            args(&[]).worker_config().unwrap().backends,
             ["http://127.0.0.1:8188"]
         );
         let a = args(&["--comfyui-launch", "/opt/ComfyUI", "--gpus", "0,1"]);
-        let w = a.worker_config();
+        let w = a.worker_config().unwrap();
         assert!(w.backends.is_empty());
         let l = w.launch.unwrap();
         assert_eq!(l.devices, [Some("0".to_owned()), Some("1".to_owned())]);
         assert_eq!(l.python, std::path::PathBuf::from("python3"));
         let cpu = args(&["--comfyui-launch", "/opt/ComfyUI", "--gpus", "cpu"]);
-        assert_eq!(cpu.worker_config().launch.unwrap().devices, [None]);
+        assert_eq!(cpu.worker_config().unwrap().launch.unwrap().devices, [None]);
     }
 
     #[test]
@@ -784,7 +785,7 @@ mod tests {
             "http://b:2,http://c:3",
         ]);
         assert_eq!(
-            a.worker_config().backends,
+            a.worker_config().unwrap().backends,
             ["http://a:1", "http://b:2", "http://c:3"]
         );
     }
