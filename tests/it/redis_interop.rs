@@ -456,17 +456,7 @@ async fn a_late_claim_settle_does_not_list_a_finished_job_as_processing() {
         include_str!("../../src/store/lua/settle.lua")
     ));
     let mut inv = script.prepare_invoke();
-    inv.key(k.processing(a.as_str()))
-        .key(k.pending())
-        .key(k.index())
-        .key(k.seq())
-        .key(k.delayed())
-        .key(k.dead())
-        .key(k.queue());
-    for key in k.status_indexes() {
-        inv.key(key);
-    }
-    for key in k.lane_keys() {
+    for key in k.settle_keys(a.as_str()) {
         inv.key(key);
     }
     inv.arg("claimed")

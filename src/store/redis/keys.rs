@@ -220,6 +220,22 @@ impl Keys {
         ]
     }
 
+    /// The keys `settle.lua` takes, in its order, for a worker's payload.
+    pub fn settle_keys(&self, worker: &str) -> Vec<String> {
+        let mut keys = vec![
+            self.processing(worker),
+            self.pending(),
+            self.index(),
+            self.seq(),
+            self.delayed(),
+            self.dead(),
+            self.queue(),
+        ];
+        keys.extend(self.status_indexes());
+        keys.extend(self.lane_keys());
+        keys
+    }
+
     /// The pub/sub channel every status change is published on.
     pub fn events(&self) -> String {
         format!("{}job:events", self.prefix)

@@ -28,17 +28,7 @@ impl RedisStore {
             Settle::Release => ("release", 0, String::new(), ""),
         };
         let mut inv = self.scripts.settle.prepare_invoke();
-        inv.key(k.processing(worker.as_str()))
-            .key(k.pending())
-            .key(k.index())
-            .key(k.seq())
-            .key(k.delayed())
-            .key(k.dead())
-            .key(k.queue());
-        for key in k.status_indexes() {
-            inv.key(key);
-        }
-        for key in k.lane_keys() {
+        for key in k.settle_keys(worker.as_str()) {
             inv.key(key);
         }
         inv.arg(name)
