@@ -93,18 +93,7 @@ async fn wait_webhook(
     limit: Duration,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let v = app.status(id).await;
-        if done(&v["webhook"]) {
-            return v["webhook"].clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "webhook of {id} never got there: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    app.wait_for(id, limit, |v| done(&v["webhook"])).await["webhook"].clone()
 }
 
 fn settled(w: &Value) -> bool {
