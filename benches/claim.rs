@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Map;
-use studio_core::auth::Priority;
 use studio_core::job::NewJob;
+use studio_core::job::Priority;
 use studio_core::store::redis::RedisStore;
 use studio_core::store::sqlite::SqliteStore;
 use studio_core::store::{Completion, JobStore, Route, Routed, StoreSettings, WorkerId};

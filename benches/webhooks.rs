@@ -23,8 +23,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value};
 use studio_core::job::NewJob;
 use studio_core::store::{Completion, JobStore, RedisStore, SqliteStore, StoreSettings, WorkerId};
-use studio_core::webhooks::deliver::Deliverer;
 use studio_core::webhooks::{Secret, WebhookRecord, WebhookSettings};
+use studio_core::worker::webhooks::Deliverer;
 use support::{cleanup_redis, env_or, pct, prefix, redis_url};
 
 type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
@@ -140,8 +140,11 @@ async fn run(store: &str, s: Arc<dyn JobStore>, burst: usize, sequential: usize)
         concurrency: env_or("BENCH_CONCURRENCY", 16),
         ..WebhookSettings::default()
     });
-    let metrics =
-        studio_core::metrics::Metrics::new(&studio_core::workflow::WorkflowRegistry::built_in());
+    let metrics = studio_core::metrics::Metrics::new(
+        studio_core::workflow::WorkflowRegistry::built_in()
+            .names()
+            .map(str::to_owned),
+    );
     let deliverer =
         || Arc::new(Deliverer::new(s.clone(), settings.clone(), metrics.clone()).unwrap());
     let w = WorkerId::from_string(format!("bench-{}", uuid::Uuid::new_v4().simple()));

@@ -13,11 +13,11 @@ use crate::api::access::Access;
 use crate::api::connections::{self, ConnStats, Server, raise_fd_limit};
 use crate::api::events::{EventHub, StreamLimiter};
 use crate::api::{self, ApiService, AppContext, AppState, CorsOrigins};
-use crate::config::{Role, ServerArgs, StoreArgs, StoreChoice};
+use crate::config::{Role, ServerArgs};
 use crate::metrics::Metrics;
 use crate::shutdown;
 use crate::storage::{FsImageStore, ImageStore, S3ImageStore};
-use crate::store::{JobStore, RedisStore, SqliteStore, StoreSettings};
+use crate::store::JobStore;
 use crate::worker::Workers;
 use crate::workflow::WorkflowRegistry;
 
@@ -36,29 +36,11 @@ pub struct App {
     stop: watch::Sender<bool>,
 }
 
-/// Opens the store the settings ask for.
-pub fn open_store(args: &ServerArgs) -> anyhow::Result<Arc<dyn JobStore>> {
-    open_store_at(&args.store, args.store_settings())
-}
-
-/// Opens the store at `at` with these settings (`studio keys` uses the defaults).
-pub fn open_store_at(at: &StoreArgs, settings: StoreSettings) -> anyhow::Result<Arc<dyn JobStore>> {
-    Ok(match at.choice() {
-        StoreChoice::Redis { url, prefix } => {
-            Arc::new(RedisStore::connect(&url, &prefix, settings)?)
-        }
-        StoreChoice::Sqlite { dir } => Arc::new(
-            SqliteStore::open(&dir, settings)
-                .with_context(|| format!("cannot open the embedded store in {}", dir.display()))?,
-        ),
-    })
-}
-
 impl App {
     /// Opens the store, loads the workflows, binds the listener (API roles) and sets
     /// up the backends (worker roles).
     pub async fn build(role: Role, args: &ServerArgs) -> anyhow::Result<App> {
-        let store = open_store(args)?;
+        let store = args.store.open(args.store_settings())?;
         let workflows = Arc::new(
             WorkflowRegistry::load(args.workflows.as_deref()).context("cannot load workflows")?,
         );
@@ -82,7 +64,7 @@ impl App {
                 Arc::new(store)
             }
         };
-        let metrics = Metrics::new(&workflows);
+        let metrics = Metrics::new(workflows.names().map(str::to_owned));
         // Read (and checked) in every role: the API needs the webhook settings too,
         // to refuse webhooks without a secret and to apply the default URL.
         let worker_config = args.worker_config()?;

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use studio_core::app::App;
-use studio_core::config::{Cli, Command, Role, ServerArgs, StoreChoice, unknown_studio_env};
-use studio_core::{cli, telemetry};
+use studio_core::cli::{self, Cli, Command, unknown_studio_env};
+use studio_core::config::{Role, ServerArgs};
+use studio_core::telemetry;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -48,22 +49,7 @@ async fn server(role: Role, args: ServerArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let store = match args.store_choice() {
-        StoreChoice::Sqlite { dir } => {
-            format!("sqlite (embedded) at {}", dir.join("studio.db").display())
-        }
-        StoreChoice::Redis { url, prefix } => {
-            let prefix = if prefix.is_empty() {
-                String::new()
-            } else {
-                format!(" (key prefix {prefix:?})")
-            };
-            format!(
-                "redis at {}{prefix}",
-                studio_core::store::redis::redact(&url)
-            )
-        }
-    };
+    let store = args.store_choice();
     tracing::info!(
         "Studio Core {} starting ({}); store: {store}",
         env!("CARGO_PKG_VERSION"),

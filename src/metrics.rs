@@ -17,8 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::backends::BackendSample;
 use crate::store::QueueStats;
-use crate::workflow::WorkflowRegistry;
 
 /// The content type of the answer.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -112,51 +112,6 @@ pub struct Metrics {
     http_connections: Gauge,
 }
 
-/// A backend as its worker sees it: what `/metrics` counts, and what the worker
-/// publishes to the store with each heartbeat for `/api/ops` (as JSON; a field a
-/// reader does not find takes its default).
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct BackendSample {
-    pub url: String,
-    /// `up`, `down` or `unknown`.
-    pub state: String,
-    pub in_flight: u64,
-    /// Jobs ended on it since the worker started.
-    pub done: u64,
-    /// Wall time it spent running the worker's prompts since the worker started.
-    pub busy_seconds: f64,
-    pub device: String,
-    pub last_error: String,
-    /// Restarts of a ComfyUI this worker launched itself (`--comfyui-launch`).
-    pub restarts: u64,
-    /// The fingerprint of what it offers (its capabilities, in the store); empty
-    /// until read.
-    pub caps: String,
-}
-
-impl Default for BackendSample {
-    fn default() -> Self {
-        BackendSample {
-            url: String::new(),
-            state: "unknown".into(),
-            in_flight: 0,
-            done: 0,
-            busy_seconds: 0.0,
-            device: String::new(),
-            last_error: String::new(),
-            restarts: 0,
-            caps: String::new(),
-        }
-    }
-}
-
-impl BackendSample {
-    pub fn up(&self) -> bool {
-        self.state == "up"
-    }
-}
-
 /// What a scrape reads from the rest of the process.
 #[derive(Default)]
 pub struct Snapshot {
@@ -168,10 +123,12 @@ pub struct Snapshot {
 }
 
 impl Metrics {
-    pub fn new(workflows: &WorkflowRegistry) -> Arc<Metrics> {
+    /// The metrics of one process; `workflows` are the label values workflow
+    /// metrics may take (others count as `other`).
+    pub fn new(workflows: impl IntoIterator<Item = String>) -> Arc<Metrics> {
         let mut r = Registry::default();
         let m = Metrics {
-            workflows: workflows.names().map(str::to_owned).collect(),
+            workflows: workflows.into_iter().collect(),
             jobs_submitted: Family::default(),
             jobs_completed: Family::default(),
             job_wait: Family::new_with_constructor(job_seconds as fn() -> Histogram),

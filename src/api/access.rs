@@ -22,7 +22,7 @@ use tower::Service;
 
 use super::error::ApiError;
 use super::events::IpKey;
-use crate::auth::cache::{KeyCache, KeyRefusal};
+use super::key_cache::{KeyCache, KeyRefusal};
 use crate::auth::rate::RateDecision;
 use crate::auth::signing::UrlSigner;
 use crate::auth::{AuthMode, Identity};

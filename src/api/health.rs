@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::access::Caller;
+use crate::backends::BackendState;
 use crate::store::{QueueStats, StoreKind};
 
 /// The prototype's `{"status": "ok", "redis": "healthy"}`, plus more.
@@ -45,37 +46,6 @@ pub struct LimitsState {
     pub streams: usize,
     pub max_streams: usize,
     pub max_streams_per_client: usize,
-}
-
-/// One ComfyUI backend as `/health` shows it.
-#[derive(Clone, Debug, Serialize, ToSchema)]
-pub struct BackendState {
-    pub url: String,
-    /// `up`, `down` or `unknown` (not checked yet).
-    pub state: &'static str,
-    /// `connected` or `disconnected`.
-    pub socket: &'static str,
-    /// Jobs this process runs on it now.
-    pub in_flight: usize,
-    /// Jobs ended on it since start.
-    pub done: usize,
-    /// Preview pictures it sent for our jobs since start. None after jobs ran
-    /// means no previews: ComfyUI sends them from samplers only when started with
-    /// `--preview-method auto` (or `taesd`, `latent2rgb`).
-    pub previews: u64,
-    /// Set when jobs ran on it and it sent no preview: how to get them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub previews_note: Option<&'static str>,
-    /// Prompts in its own queue (running + pending) at the last check.
-    pub queue_remaining: Option<u64>,
-    /// Its first device (`cpu`, a GPU name).
-    pub device: String,
-    pub last_ok_at: String,
-    pub last_error: String,
-    pub last_error_at: String,
-    /// A ComfyUI this process launched and supervises (`--comfyui-launch`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub process: Option<crate::worker::launch::ProcessState>,
 }
 
 /// Health of the store and of this process's backends.

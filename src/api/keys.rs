@@ -15,8 +15,9 @@ use super::access::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, PathParams};
 use super::guard::Deliberate;
-use crate::auth::keys::manage::{self, KeyError};
-use crate::auth::{ApiKey, Identity, KeyLimits, KeyUpdate, Priority, Role};
+use crate::auth::{ApiKey, Identity, KeyLimits, KeyUpdate, Role};
+use crate::job::Priority;
+use crate::keys::{self as manage, KeyError};
 
 /// A key as the API shows it: everything but its hash.
 #[derive(Serialize, ToSchema)]
@@ -262,7 +263,7 @@ pub async fn create(
     let mut wanted = change.apply(&base);
     // As `studio keys create`: an admin key may ask for high priority unless told otherwise.
     if wanted.role == Role::Admin && change.max_priority.is_none() {
-        wanted.limits.max_priority = crate::auth::Priority::High;
+        wanted.limits.max_priority = crate::job::Priority::High;
     }
     let (key, secret) = state
         .with_timeout(async {

@@ -13,8 +13,9 @@ use super::access::{Access, Caller, Gate};
 use super::connections::ConnStats;
 use super::error::{ApiError, ErrorBody};
 use super::events::StreamLimiter;
-use super::{ApiService, AppState, BackendReport, CorsOrigins};
+use super::{ApiService, AppState, CorsOrigins};
 use crate::auth::Identity;
+use crate::backends::BackendReport;
 use crate::metrics::{CONTENT_TYPE, Metrics, Snapshot};
 use crate::store::JobStore;
 

@@ -11,9 +11,9 @@ pub mod health;
 pub mod idempotency;
 pub mod images;
 pub mod jobs;
+pub mod key_cache;
 pub mod keys;
 pub mod metrics;
-pub mod offers;
 pub mod openapi;
 pub mod ops;
 pub mod pages;
@@ -35,6 +35,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use self::error::ApiError;
+use crate::auth::signing::Signing;
+use crate::backends::{BackendReport, Offers};
 use crate::storage::ImageStore;
 use crate::store::{JobStore, StoreError};
 use crate::workflow::WorkflowRegistry;
@@ -42,14 +44,6 @@ use crate::workflow::WorkflowRegistry;
 /// Longest a request waits for the store before answering 503. The Redis store
 /// times out each command sooner; this also bounds the embedded store.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Something that can describe the ComfyUI backends this process drives, for
-/// `/health`.
-pub trait BackendReport: Send + Sync {
-    fn snapshot(&self) -> Vec<health::BackendState>;
-    /// The backends as `/metrics` counts them.
-    fn samples(&self) -> Vec<crate::metrics::BackendSample>;
-}
 
 /// What every handler can reach: one pointer, so the clone axum makes for each
 /// extractor of each request costs one atomic increment.
@@ -102,19 +96,19 @@ pub struct AppContext {
     /// Caps on input pictures.
     pub uploads: uploads::UploadLimits,
     /// What the live backends offer (for submissions and `/api/workflows`).
-    pub offers: Arc<offers::Offers>,
+    pub offers: Arc<Offers>,
     /// Webhooks: the default URL, whether they can be signed, where they may go.
     pub webhooks: Arc<crate::webhooks::WebhookSettings>,
 }
 
 impl AppContext {
     /// How picture URLs are signed in this answer (`None` with auth off).
-    pub async fn signing(&self) -> Result<Option<jobs::Signing<'_>>, ApiError> {
+    pub async fn signing(&self) -> Result<Option<Signing<'_>>, ApiError> {
         if !self.access.signs_urls() {
             return Ok(None);
         }
         let signer = self.with_timeout(self.access.signer()).await?;
-        Ok(Some(jobs::Signing {
+        Ok(Some(Signing {
             signer,
             exp: self.access.url_expiry(),
         }))

@@ -18,9 +18,9 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::access::Caller;
 use super::error::{ApiError, ErrorBody};
+use crate::backends::BackendSample;
 use crate::clock;
 use crate::job::JobStatus;
-use crate::metrics::BackendSample;
 use crate::store::{JobStore, ListQuery};
 
 /// An hour of samples at most.

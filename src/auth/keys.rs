@@ -1,6 +1,8 @@
 //! An API key as the store keeps it: who it is for, what it may do, its limits.
 
 use serde::{Deserialize, Serialize};
+
+use crate::job::Priority;
 use utoipa::ToSchema;
 
 /// What a key may do.
@@ -18,58 +20,6 @@ impl Role {
         match self {
             Role::User => "user",
             Role::Admin => "admin",
-        }
-    }
-}
-
-/// A job's priority within its owner's lane: `high` first, then `normal`, then
-/// `low`; first come, first served within each.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    ToSchema,
-    clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Priority {
-    Low,
-    #[default]
-    Normal,
-    High,
-}
-
-impl Priority {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Priority::Low => "low",
-            Priority::Normal => "normal",
-            Priority::High => "high",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Priority> {
-        match s {
-            "low" => Some(Priority::Low),
-            "normal" => Some(Priority::Normal),
-            "high" => Some(Priority::High),
-            _ => None,
-        }
-    }
-
-    /// The rank claims order by within a lane (0 is served first).
-    pub fn rank(self) -> u8 {
-        match self {
-            Priority::High => 0,
-            Priority::Normal => 1,
-            Priority::Low => 2,
         }
     }
 }
@@ -319,89 +269,5 @@ mod tests {
         };
         assert_eq!(clear.apply(&k2).limits.max_running, None);
         assert!(Priority::High.rank() < Priority::Low.rank());
-    }
-}
-
-/// Creating, changing and revoking keys: what `studio keys` and `/api/keys` do,
-/// straight against the store.
-pub mod manage {
-    use super::{ApiKey, KeyLimits, KeyUpdate, Role, check_name};
-    use crate::auth::{NewSecret, new_secret};
-    use crate::clock;
-    use crate::store::{JobStore, StoreError};
-
-    /// Why a key operation was refused.
-    #[derive(Debug)]
-    pub enum KeyError {
-        /// A bad value: which field, and why.
-        Invalid(&'static str, String),
-        NotFound,
-        Store(StoreError),
-    }
-
-    impl From<StoreError> for KeyError {
-        fn from(e: StoreError) -> Self {
-            KeyError::Store(e)
-        }
-    }
-
-    /// Makes a key; the secret is in the answer and nowhere else.
-    pub async fn create(
-        store: &dyn JobStore,
-        name: &str,
-        role: Role,
-        limits: KeyLimits,
-    ) -> Result<(ApiKey, NewSecret), KeyError> {
-        check_name(name).map_err(|m| KeyError::Invalid("name", m))?;
-        limits.check().map_err(|(f, m)| KeyError::Invalid(f, m))?;
-        let secret = new_secret();
-        let key = ApiKey {
-            id: secret.id.clone(),
-            name: name.to_owned(),
-            role,
-            hash: secret.hash.clone(),
-            created_at: clock::iso8601(clock::now_micros()),
-            revoked_at: String::new(),
-            limits,
-        };
-        store.put_key(&key).await?;
-        tracing::info!(key = %key.id, name = %key.name, role = key.role.as_str(), "API key created");
-        Ok((key, secret))
-    }
-
-    /// Changes a key's name, role or limits.
-    pub async fn update(
-        store: &dyn JobStore,
-        id: &str,
-        change: &KeyUpdate,
-    ) -> Result<ApiKey, KeyError> {
-        // A revoked key is gone for good: nothing to change.
-        let key = store
-            .get_key(id)
-            .await?
-            .filter(|k| !k.is_revoked())
-            .ok_or(KeyError::NotFound)?;
-        let new = change.apply(&key);
-        check_name(&new.name).map_err(|m| KeyError::Invalid("name", m))?;
-        new.limits
-            .check()
-            .map_err(|(f, m)| KeyError::Invalid(f, m))?;
-        store.put_key(&new).await?;
-        tracing::info!(key = %id, "API key changed");
-        Ok(new)
-    }
-
-    /// Revokes a key (for good; it stays listed, marked revoked). A key already
-    /// revoked is `NotFound`, like one that never was.
-    pub async fn revoke(store: &dyn JobStore, id: &str) -> Result<ApiKey, KeyError> {
-        let mut key = store
-            .get_key(id)
-            .await?
-            .filter(|k| !k.is_revoked())
-            .ok_or(KeyError::NotFound)?;
-        key.revoked_at = clock::iso8601(clock::now_micros());
-        store.put_key(&key).await?;
-        tracing::info!(key = %id, "API key revoked");
-        Ok(key)
     }
 }

@@ -7,7 +7,6 @@
 //! constant time. Keys live in the job store, so every API process sees the same
 //! keys, limits and revocations.
 
-pub mod cache;
 pub mod keys;
 pub mod rate;
 pub mod signing;
@@ -17,7 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use keys::{ApiKey, KeyLimits, KeyUpdate, Priority, Role};
+pub use keys::{ApiKey, KeyLimits, KeyUpdate, Role};
 
 /// How requests are authenticated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

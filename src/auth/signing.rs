@@ -6,6 +6,8 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::job::UrlSigning;
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Signs URLs for one server secret.
@@ -60,6 +62,18 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+/// Signs picture URLs for one answer (one expiry for all of them).
+pub struct Signing<'a> {
+    pub signer: &'a UrlSigner,
+    pub exp: u64,
+}
+
+impl UrlSigning for Signing<'_> {
+    fn sign(&self, job_id: &str, file: &str, url: &str) -> String {
+        format!("{url}?{}", self.signer.query(job_id, file, self.exp))
+    }
 }
 
 #[cfg(test)]

@@ -8,11 +8,12 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use super::{FAILED, Fail, USAGE, finish};
-use crate::app::open_store_at;
-use crate::auth::keys::manage::{self, KeyError};
-use crate::auth::{ApiKey, KeyLimits, KeyUpdate, Priority, Role};
-use crate::config::{StoreArgs, parse_rate};
+use crate::auth::{ApiKey, KeyLimits, KeyUpdate, Role};
+use crate::config::StoreArgs;
+use crate::job::Priority;
+use crate::keys::{self as manage, KeyError};
 use crate::store::StoreSettings;
+use crate::units::parse_rate;
 
 /// `studio keys`.
 #[derive(Args, Clone, Debug)]
@@ -120,7 +121,9 @@ pub async fn keys(a: KeysArgs) -> ExitCode {
 }
 
 async fn run(a: KeysArgs) -> Result<(), Fail> {
-    let store = open_store_at(&a.store, StoreSettings::default())
+    let store = a
+        .store
+        .open(StoreSettings::default())
         .map_err(|e| Fail::usage(format!("{e:#}")))?;
     let failed = |e: KeyError| match e {
         KeyError::Invalid(field, m) => Fail(USAGE, format!("--{} {m}", field.replace('_', "-"))),

@@ -3,7 +3,10 @@
 //! failed, 2 a usage or connection error (message on stderr).
 
 pub mod keys;
+mod root;
 mod sse;
+
+pub use root::{Cli, Command, unknown_studio_env};
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -64,7 +67,7 @@ pub struct GenerateArgs {
     pub no_wait: bool,
     /// Order among this key's own jobs (at most the key's highest).
     #[arg(long, value_enum)]
-    pub priority: Option<crate::auth::Priority>,
+    pub priority: Option<crate::job::Priority>,
     /// What the pictures are stored as: png (ComfyUI's own), jpeg, or webp
     /// (lossless); the prompt metadata is kept.
     #[arg(long, value_parser = ["png", "jpeg", "webp"])]

@@ -15,7 +15,6 @@
 //! names by the connection's own resolver) unless `--webhook-allow-private`;
 //! redirects are not followed; no proxy is used.
 
-pub mod deliver;
 pub mod guard;
 
 use std::time::Duration;
@@ -95,7 +94,7 @@ pub fn parse_schedule(s: &str) -> Result<Vec<Duration>, String> {
         .split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
-        .map(crate::config::parse_duration)
+        .map(crate::units::parse_duration)
         .collect::<Result<_, _>>()?;
     if delays.len() > 20 {
         return Err("at most 20 retries".into());

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::api::health::BackendState;
+use crate::backends::BackendState;
 use crate::capabilities::Capabilities;
 use crate::clock;
 use crate::comfy::{ComfyClient, ComfySocket};

@@ -10,6 +10,7 @@
 //! in `/health`) when it crashes in a loop. On shutdown: SIGTERM to the group, then
 //! SIGKILL after a grace.
 
+use crate::backends::ProcessState;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
@@ -144,22 +144,6 @@ pub fn plan(config: &LaunchConfig) -> std::io::Result<Vec<Instance>> {
             })
         })
         .collect()
-}
-
-/// What `/health` shows of a launched process.
-#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
-pub struct ProcessState {
-    /// `starting`, `warming-up`, `running`, `restarting`, `failed` or `stopped`.
-    pub state: &'static str,
-    pub pid: Option<u32>,
-    /// Restarts since `studio` started.
-    pub restarts: u64,
-    /// How the last run ended (`exit status 1`, `killed: not answering for 60 s`).
-    pub last_exit: String,
-    /// The log file (admins only).
-    pub log: String,
-    /// The last lines it printed when it failed or last exited (admins only).
-    pub log_tail: Vec<String>,
 }
 
 /// Shared between the supervisor, `/health` and the metrics.

@@ -17,6 +17,7 @@ pub mod preview;
 pub mod progress;
 pub mod routing;
 pub mod run;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,8 +28,7 @@ use tokio::task::JoinSet;
 
 use self::backend::Backend;
 use self::run::{RunContext, Turn, run_job};
-use crate::api::BackendReport;
-use crate::api::health::BackendState;
+use crate::backends::{BackendReport, BackendSample, BackendState, Offers};
 use crate::metrics::Metrics;
 use crate::shutdown::signalled;
 use crate::storage::ImageStore;
@@ -141,12 +141,12 @@ impl BackendReport for BackendList {
         self.0.iter().map(|b| b.snapshot()).collect()
     }
 
-    fn samples(&self) -> Vec<crate::metrics::BackendSample> {
+    fn samples(&self) -> Vec<BackendSample> {
         self.0
             .iter()
             .map(|b| {
                 let s = b.snapshot();
-                crate::metrics::BackendSample {
+                BackendSample {
                     url: s.url,
                     state: s.state.to_owned(),
                     in_flight: s.in_flight as u64,
@@ -243,7 +243,7 @@ impl Workers {
             self.config.maintenance_interval,
             shutdown.clone(),
         ));
-        match crate::webhooks::deliver::Deliverer::new(
+        match webhooks::Deliverer::new(
             self.store.clone(),
             self.config.webhooks.clone(),
             self.metrics.clone(),
@@ -284,7 +284,7 @@ impl Workers {
             }
         }
         let mut dispatchers = JoinSet::new();
-        let offers = Arc::new(crate::api::offers::Offers::default());
+        let offers = Arc::new(Offers::default());
         for b in &self.backends {
             let ctx = RunContext {
                 store: self.store.clone(),

@@ -37,7 +37,7 @@ pub struct RunContext {
     pub abort: watch::Receiver<bool>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// What the live backends of every worker offer (shared by the process).
-    pub offers: Arc<crate::api::offers::Offers>,
+    pub offers: Arc<crate::backends::Offers>,
 }
 
 /// Puts an uploaded picture on this backend, once per backend (content-named,

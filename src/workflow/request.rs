@@ -5,8 +5,8 @@ use serde_json::{Map, Value};
 
 use super::param::MAX_STRING_CHARS;
 use super::{CONTRACT_PARAMS, DEFAULT_WORKFLOW, WorkflowRegistry};
-use crate::auth::Priority;
 use crate::job::NewJob;
+use crate::job::Priority;
 
 /// A request that cannot become a job: which field, a stable code, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,10 +10,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Map;
-use studio_core::auth::Priority;
-use studio_core::auth::keys::manage;
 use studio_core::auth::{KeyLimits, Role};
+use studio_core::job::Priority;
 use studio_core::job::{JobStatus, LaneLimits, NewJob};
+use studio_core::keys as manage;
 use studio_core::store::{
     CancelOutcome, Completion, IdempotencyClaim, JobStore, ListQuery, RedisStore, WorkerId,
 };

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::Map;
-use studio_core::auth::Priority;
+use studio_core::job::Priority;
 use studio_core::job::{JobId, LaneLimits, NewJob};
 use studio_core::store::{Completion, Refusal, Route, Routed, StoreError, WorkerId};
 

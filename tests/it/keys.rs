@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use studio_core::auth::{AuthMode, KeyLimits, Priority, Role};
+use studio_core::auth::{AuthMode, KeyLimits, Role};
 use studio_core::config::Role as ServerRole;
+use studio_core::job::Priority;
 
 use crate::support::standin::StandIn;
 use crate::support::{Backing, TempDir, TestApp, studio_bin};

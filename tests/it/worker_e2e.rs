@@ -658,7 +658,9 @@ mod cached {
             abort: stop_rx,
             offers: Default::default(),
             metrics: studio_core::metrics::Metrics::new(
-                &studio_core::workflow::WorkflowRegistry::built_in(),
+                studio_core::workflow::WorkflowRegistry::built_in()
+                    .names()
+                    .map(str::to_owned),
             ),
         };
         let worker = WorkerId::from_string("w-cached".into());

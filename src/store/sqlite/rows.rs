@@ -3,7 +3,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use crate::auth::Priority;
+use crate::job::Priority;
 use crate::job::{JobRecord, JobStatus};
 
 /// The columns every record query selects, in [`record_from_row`]'s order.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{ApiKey, constant_time_eq, hash_secret, split_secret};
+use crate::auth::{ApiKey, constant_time_eq, hash_secret, split_secret};
 use crate::store::{JobStore, StoreError};
 
 /// How long a copy is trusted.

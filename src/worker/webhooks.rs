@@ -8,13 +8,12 @@ use serde::Serialize;
 use tokio::sync::{Semaphore, broadcast, watch};
 use tokio::task::JoinSet;
 
-use super::{ORPHAN_GRACE, WebhookRecord, WebhookSettings, guard, message_id, signature};
-use crate::api::jobs::{JobView, Signing};
-use crate::auth::signing::UrlSigner;
+use crate::auth::signing::{Signing, UrlSigner};
 use crate::clock;
-use crate::job::{JobRecord, JobStatus};
+use crate::job::{JobRecord, JobStatus, JobView};
 use crate::metrics::Metrics;
 use crate::store::{ClaimedWebhook, JobStore};
+use crate::webhooks::{ORPHAN_GRACE, WebhookRecord, WebhookSettings, guard, message_id, signature};
 
 /// How often the outbox is looked at without a wake-up (due retries, rechecks).
 const POLL: Duration = Duration::from_millis(500);
@@ -355,7 +354,7 @@ impl Deliverer {
             tokio::time::timeout(Duration::from_secs(1), bounded_chunk(resp)).await
         {
             let text = String::from_utf8_lossy(&chunk);
-            let text: String = text.chars().take(super::MAX_ERROR_BODY).collect();
+            let text: String = text.chars().take(crate::webhooks::MAX_ERROR_BODY).collect();
             if !text.trim().is_empty() {
                 error = format!("{error}: {}", text.trim());
             }
@@ -463,7 +462,10 @@ mod tests {
 
         let mut all = WebhookRecord::new(
             "http://x".into(),
-            super::super::EVENTS.iter().map(|e| e.to_string()).collect(),
+            crate::webhooks::EVENTS
+                .iter()
+                .map(|e| e.to_string())
+                .collect(),
             0,
         );
         assert_eq!(

@@ -1,5 +1,11 @@
-//! The job: its id, its status words, its record, and the queue payload of the
-//! prototype. Pure types, no I/O.
+//! The job: its id, its status words, its record, the queue payload of the
+//! prototype, and its public view. Pure types, no I/O.
+
+mod priority;
+pub mod view;
+
+pub use priority::Priority;
+pub use view::{JobView, UrlSigning, WebhookView};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -7,7 +13,6 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::auth::Priority;
 use crate::clock;
 
 /// Longest job id we accept in a URL. UUIDs are 36 characters; ids written by other

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::BackendSample;
 use crate::capabilities::Capabilities;
-use crate::metrics::BackendSample;
 use crate::store::{JobStore, StoreError};
 
 /// How long a look at the live offers is reused.
