@@ -14,8 +14,9 @@ use studio_core::auth::{KeyLimits, Role};
 use studio_core::job::Priority;
 use studio_core::job::{JobStatus, LaneLimits, NewJob};
 use studio_core::keys as manage;
+use studio_core::store::prelude::*;
 use studio_core::store::{
-    CancelOutcome, Completion, IdempotencyClaim, JobStore, ListQuery, RedisStore, WorkerId,
+    CancelOutcome, Completion, IdempotencyClaim, ListQuery, RedisStore, WorkerId,
 };
 
 use crate::support::{KillOnDrop, TempDir, fast_settings, free_port};

@@ -8,7 +8,8 @@ use redis::Commands;
 use serde_json::{Map, Value, json};
 use studio_core::config::Role;
 use studio_core::job::{JobId, JobStatus, NewJob};
-use studio_core::store::{Completion, JobStore, RedisStore, StoreSettings, WorkerId};
+use studio_core::store::prelude::*;
+use studio_core::store::{Completion, RedisStore, StoreSettings, WorkerId};
 
 use crate::support::{Backing, RedisPrefix, TestApp, fast_settings, redis_url};
 

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Map;
 use studio_core::job::NewJob;
-use studio_core::store::{Completion, JobStore, RedisStore, StoreSettings, WorkerId};
+use studio_core::store::prelude::*;
+use studio_core::store::{Completion, RedisStore, StoreSettings, WorkerId};
 
 use crate::support::{KillOnDrop, TempDir, fast_settings, free_port};
 

@@ -1,5 +1,4 @@
-//! One conformance suite, run against both job stores: the embedded SQLite store
-//! and a real Redis (each test under its own key prefix).
+//! `Leases`: claims, fencing, retries, dead letters, hand-backs.
 
 use std::time::Duration;
 
@@ -9,35 +8,8 @@ use studio_core::store::{
     CancelOutcome, Completion, LeaseState, ListQuery, RetryOutcome, StoreSettings, WorkerId,
 };
 
+use super::{WAIT, job, worker};
 use crate::support::{Backing, fast_settings, test_store};
-
-fn job(prompt: &str) -> NewJob {
-    NewJob::new(prompt.into(), 1, "smoke".into(), Map::new())
-}
-
-fn worker(name: &str) -> WorkerId {
-    // Not host:pid shaped, so the embedded store's local-process check leaves it to
-    // the heartbeat alone, like a worker on another machine.
-    WorkerId::from_string(format!("{name}-{}", uuid::Uuid::new_v4().simple()))
-}
-
-const WAIT: Duration = Duration::from_millis(300);
-
-async fn enqueued_jobs_are_queued_and_readable(kind: Backing) {
-    let t = test_store(kind, fast_settings());
-    let j = job("a cat");
-    let rec = t.store.enqueue(&j).await.unwrap();
-    assert_eq!(rec.status, JobStatus::Queued);
-    let got = t.store.get(&j.id).await.unwrap().expect("stored");
-    assert_eq!(got.id, j.id.as_str());
-    assert_eq!(got.status, JobStatus::Queued);
-    assert_eq!(got.prompt, "a cat");
-    assert_eq!(got.progress, 0);
-    assert_eq!(got.attempt, 0);
-    assert_eq!(t.store.queue_position(&j.id).await.unwrap(), Some(0));
-    let unknown = studio_core::job::JobId::random();
-    assert!(t.store.get(&unknown).await.unwrap().is_none());
-}
 
 async fn claims_are_fifo(kind: Backing) {
     let t = test_store(kind, fast_settings());
@@ -233,37 +205,6 @@ async fn a_job_whose_workers_keep_dying_fails_and_is_dead_lettered(kind: Backing
     assert_eq!(t.store.dead_letters(10).await.unwrap().len(), 1);
 }
 
-async fn cancelling_a_queued_job_fails_it_at_once(kind: Backing) {
-    let t = test_store(kind, fast_settings());
-    let (a, b) = (job("a"), job("b"));
-    t.store.enqueue(&a).await.unwrap();
-    t.store.enqueue(&b).await.unwrap();
-    let CancelOutcome::Cancelled(rec) = t.store.cancel(&a.id).await.unwrap() else {
-        panic!("not cancelled")
-    };
-    assert_eq!(rec.status, JobStatus::Failed);
-    assert_eq!(rec.error, "cancelled");
-    assert!(rec.cancelled);
-    assert_eq!(
-        t.store.queue_position(&b.id).await.unwrap(),
-        Some(0),
-        "the cancelled job no longer counts"
-    );
-    let w = worker("w");
-    t.store.heartbeat(&w).await.unwrap();
-    let c = t.store.claim(&w, WAIT).await.unwrap().unwrap();
-    assert_eq!(c.lease.job_id, b.id, "the cancelled job is never claimed");
-    assert!(matches!(
-        t.store.cancel(&a.id).await.unwrap(),
-        CancelOutcome::AlreadyFinal(_)
-    ));
-    let unknown = studio_core::job::JobId::random();
-    assert!(matches!(
-        t.store.cancel(&unknown).await.unwrap(),
-        CancelOutcome::NotFound
-    ));
-}
-
 async fn cancelling_a_running_job_asks_its_worker(kind: Backing) {
     let t = test_store(kind, fast_settings());
     let j = job("a");
@@ -290,30 +231,6 @@ async fn cancelling_a_running_job_asks_its_worker(kind: Backing) {
     assert_eq!(
         (done.status, done.error.as_str(), done.cancelled),
         (JobStatus::Failed, "cancelled", true)
-    );
-}
-
-async fn enqueueing_the_same_job_twice_runs_it_once(kind: Backing) {
-    let t = test_store(kind, fast_settings());
-    let j = job("once");
-    t.store.enqueue(&j).await.unwrap();
-    t.store.enqueue(&j).await.unwrap();
-    let w = worker("w");
-    t.store.heartbeat(&w).await.unwrap();
-    let c = t.store.claim(&w, WAIT).await.unwrap().unwrap();
-    assert!(
-        t.store
-            .complete(&c.lease, Completion::Failed { error: "x".into() })
-            .await
-            .unwrap()
-    );
-    assert!(
-        t.store
-            .claim(&w, Duration::from_millis(100))
-            .await
-            .unwrap()
-            .is_none(),
-        "no second run"
     );
 }
 
@@ -414,205 +331,13 @@ async fn a_released_job_goes_back_first_in_line_without_using_an_attempt(kind: B
     assert_eq!(again.lease.attempt, 1);
 }
 
-async fn listing_is_newest_first_paginated_and_filtered(kind: Backing) {
-    let t = test_store(kind, fast_settings());
-    let jobs: Vec<NewJob> = (0..7).map(|i| job(&format!("{i}"))).collect();
-    for j in &jobs {
-        t.store.enqueue(j).await.unwrap();
-    }
-    t.store.cancel(&jobs[2].id).await.unwrap();
-    let page = |cursor| {
-        let store = t.store.clone();
-        async move {
-            let p = store
-                .list(&ListQuery {
-                    owner: None,
-                    status: None,
-                    limit: 3,
-                    cursor,
-                })
-                .await
-                .unwrap();
-            (
-                p.jobs.into_iter().map(|j| j.id).collect::<Vec<_>>(),
-                p.next_cursor,
-            )
-        }
-    };
-    let ids_of = |idx: &[usize]| {
-        idx.iter()
-            .map(|i| jobs[*i].id.to_string())
-            .collect::<Vec<_>>()
-    };
-    let (first, cursor) = page(None).await;
-    assert_eq!(first, ids_of(&[6, 5, 4]));
-    let (second, cursor) = page(cursor).await;
-    assert_eq!(second, ids_of(&[3, 2, 1]));
-    let (third, cursor) = page(cursor).await;
-    assert_eq!(third, ids_of(&[0]));
-    assert_eq!(cursor, None);
-    let failed = t
-        .store
-        .list(&ListQuery {
-            owner: None,
-            status: Some(JobStatus::Failed),
-            limit: 10,
-            cursor: None,
-        })
-        .await
-        .unwrap();
-    assert_eq!(failed.jobs.len(), 1);
-    assert_eq!(failed.jobs[0].id, jobs[2].id.as_str());
-}
-
-async fn changes_are_published_as_events(kind: Backing) {
-    let t = test_store(kind, fast_settings());
-    let mut events = t.store.subscribe();
-    // Give a Redis subscriber time to attach.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let j = job("e");
-    t.store.enqueue(&j).await.unwrap();
-    let w = worker("w");
-    t.store.heartbeat(&w).await.unwrap();
-    let c = t.store.claim(&w, WAIT).await.unwrap().unwrap();
-    t.store.update(&c.lease, Some(42), None).await.unwrap();
-    t.store
-        .complete(
-            &c.lease,
-            Completion::Failed {
-                error: "boom".into(),
-            },
-        )
-        .await
-        .unwrap();
-    let mut seen = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while seen.last().map(|(s, _): &(String, u8)| s.as_str()) != Some("failed") {
-        let ev = tokio::time::timeout_at(deadline, events.recv())
-            .await
-            .expect("events arrive")
-            .unwrap();
-        if ev.job.id == j.id.as_str() {
-            seen.push((ev.job.status.as_str().to_owned(), ev.job.progress));
-        }
-    }
-    assert_eq!(
-        seen,
-        [
-            ("queued".into(), 0),
-            ("processing".into(), 0),
-            ("processing".into(), 42),
-            ("failed".into(), 42)
-        ]
-    );
-}
-
-/// The webhook outbox: a cap on entries, due entries claimed once under a lease
-/// (then due again for another worker), settling fenced by that lease, wake-ups
-/// that skip held entries, and settling out of the outbox.
-async fn the_webhook_outbox_leases_fences_and_wakes(kind: Backing) {
-    use studio_core::webhooks::WebhookRecord;
-    let t = test_store(kind, fast_settings());
-    let now = studio_core::clock::now_ms();
-    let rec = |url: &str| WebhookRecord::new(url.into(), vec!["job.finished".into()], now);
-    let (a, b, c) = (job("a"), job("b"), job("c"));
-    let s = &t.store;
-    assert!(
-        s.put_webhook(&a.id, &rec("http://a"), now, 2)
-            .await
-            .unwrap()
-    );
-    assert!(
-        s.put_webhook(&b.id, &rec("http://b"), now + 60_000, 2)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !s.put_webhook(&c.id, &rec("http://c"), now, 2)
-            .await
-            .unwrap(),
-        "the outbox is full"
-    );
-    assert!(s.get_webhook(&c.id).await.unwrap().is_none());
-    assert!(
-        s.put_webhook(&a.id, &rec("http://a2"), now, 2)
-            .await
-            .unwrap(),
-        "an entry already in counts once"
-    );
-    assert_eq!(
-        s.get_webhook(&a.id).await.unwrap().unwrap().url,
-        "http://a2"
-    );
-
-    let lease = Duration::from_millis(400);
-    let first = s.claim_webhooks(lease, 10).await.unwrap();
-    assert_eq!(first.len(), 1, "only the due one");
-    assert_eq!(first[0].job_id, a.id);
-    assert!(
-        s.claim_webhooks(lease, 10).await.unwrap().is_empty(),
-        "held"
-    );
-    // A wake-up does not take a held entry away from its worker.
-    s.wake_webhook(&a.id).await.unwrap();
-    assert!(s.claim_webhooks(lease, 10).await.unwrap().is_empty());
-    // The lease runs out: another worker takes it; the first may no longer settle.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let second = s.claim_webhooks(lease, 10).await.unwrap();
-    assert_eq!(second.len(), 1);
-    let mut done = second[0].record.clone();
-    done.state = "delivered".into();
-    assert!(
-        !s.settle_webhook(&first[0], &done, None).await.unwrap(),
-        "fenced"
-    );
-    assert!(s.settle_webhook(&second[0], &done, None).await.unwrap());
-    assert_eq!(
-        s.get_webhook(&a.id).await.unwrap().unwrap().state,
-        "delivered"
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        s.claim_webhooks(lease, 10).await.unwrap().is_empty(),
-        "settled out of the outbox"
-    );
-    // Room again; a wake-up makes a waiting entry due at once.
-    assert!(
-        s.put_webhook(&c.id, &rec("http://c"), now, 2)
-            .await
-            .unwrap()
-    );
-    let got = s.claim_webhooks(lease, 10).await.unwrap();
-    assert_eq!(got.len(), 1);
-    assert!(
-        s.settle_webhook(&got[0], &got[0].record, Some(now + 3_600_000))
-            .await
-            .unwrap()
-    );
-    s.wake_webhook(&b.id).await.unwrap();
-    let woken: Vec<_> = s
-        .claim_webhooks(lease, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|w| w.job_id)
-        .collect();
-    assert_eq!(woken, std::slice::from_ref(&b.id));
-}
-
 both_stores!(
-    the_webhook_outbox_leases_fences_and_wakes,
-    enqueued_jobs_are_queued_and_readable,
     claims_are_fifo,
     an_expired_lease_requeues_and_the_first_workers_late_writes_are_refused,
     a_job_retried_past_max_attempts_fails_and_is_dead_lettered,
     a_job_whose_workers_keep_dying_fails_and_is_dead_lettered,
-    cancelling_a_queued_job_fails_it_at_once,
     cancelling_a_running_job_asks_its_worker,
-    enqueueing_the_same_job_twice_runs_it_once,
     a_final_state_never_changes,
     progress_never_goes_backwards,
     a_released_job_goes_back_first_in_line_without_using_an_attempt,
-    listing_is_newest_first_paginated_and_filtered,
-    changes_are_published_as_events,
 );

@@ -1,29 +1,26 @@
-//! The webhook outbox in the embedded store: one row per job's webhook, with when
-//! it is due (NULL: out of the outbox) and the lease a worker holds on it.
+//! The webhook outbox. (SQLite)
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
 use super::SqliteStore;
 use crate::clock;
 use crate::job::JobId;
-use crate::store::{ClaimedWebhook, StoreError, webhook_ttl};
+use crate::store::{ClaimedWebhook, StoreError, WebhookOutbox, webhook_ttl};
 use crate::webhooks::WebhookRecord;
 
 fn to_json(rec: &WebhookRecord) -> Result<String, StoreError> {
     serde_json::to_string(rec).map_err(|e| StoreError::Internal(e.to_string()))
 }
 
-impl SqliteStore {
-    fn webhook_expiry(&self, now: i64) -> i64 {
-        now + webhook_ttl(&self.settings).as_millis() as i64
-    }
-
-    pub(super) async fn put_webhook_impl(
+#[async_trait]
+impl WebhookOutbox for SqliteStore {
+    async fn put_webhook(
         &self,
         id: &JobId,
-        rec: &WebhookRecord,
+        rec: &crate::webhooks::WebhookRecord,
         due_ms: u64,
         cap: u64,
     ) -> Result<bool, StoreError> {
@@ -67,10 +64,10 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn get_webhook_impl(
+    async fn get_webhook(
         &self,
         id: &JobId,
-    ) -> Result<Option<WebhookRecord>, StoreError> {
+    ) -> Result<Option<crate::webhooks::WebhookRecord>, StoreError> {
         let id = id.as_str().to_owned();
         let now = clock::now_ms() as i64;
         let json: Option<String> = self
@@ -85,7 +82,7 @@ impl SqliteStore {
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
-    pub(super) async fn claim_webhooks_impl(
+    async fn claim_webhooks(
         &self,
         lease: Duration,
         max: usize,
@@ -123,10 +120,10 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn settle_webhook_impl(
+    async fn settle_webhook(
         &self,
         claimed: &ClaimedWebhook,
-        rec: &WebhookRecord,
+        rec: &crate::webhooks::WebhookRecord,
         due_ms: Option<u64>,
     ) -> Result<bool, StoreError> {
         let (id, json) = (claimed.job_id.as_str().to_owned(), to_json(rec)?);
@@ -143,7 +140,7 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn wake_webhook_impl(&self, id: &JobId) -> Result<(), StoreError> {
+    async fn wake_webhook(&self, id: &JobId) -> Result<(), StoreError> {
         let id = id.as_str().to_owned();
         let now = clock::now_ms() as i64;
         self.write(move |conn| {
@@ -157,12 +154,18 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn delete_webhook_impl(&self, id: &JobId) -> Result<(), StoreError> {
+    async fn delete_webhook(&self, id: &JobId) -> Result<(), StoreError> {
         let id = id.as_str().to_owned();
         self.write(move |conn| {
             conn.execute("DELETE FROM webhooks WHERE job_id = ?1", params![id])?;
             Ok(((), Vec::new()))
         })
         .await
+    }
+}
+
+impl SqliteStore {
+    fn webhook_expiry(&self, now: i64) -> i64 {
+        now + webhook_ttl(&self.settings).as_millis() as i64
     }
 }

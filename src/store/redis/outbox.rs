@@ -3,25 +3,24 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
+
 use super::RedisStore;
 use crate::clock;
 use crate::job::JobId;
-use crate::store::{ClaimedWebhook, StoreError, webhook_ttl};
+use crate::store::{ClaimedWebhook, StoreError, WebhookOutbox, webhook_ttl};
 use crate::webhooks::WebhookRecord;
 
 fn to_json(rec: &WebhookRecord) -> Result<String, StoreError> {
     serde_json::to_string(rec).map_err(|e| StoreError::Internal(e.to_string()))
 }
 
-impl RedisStore {
-    fn webhook_ttl_ms(&self) -> u64 {
-        webhook_ttl(&self.settings).as_millis() as u64
-    }
-
-    pub(super) async fn put_webhook_impl(
+#[async_trait]
+impl WebhookOutbox for RedisStore {
+    async fn put_webhook(
         &self,
         id: &JobId,
-        rec: &WebhookRecord,
+        rec: &crate::webhooks::WebhookRecord,
         due_ms: u64,
         cap: u64,
     ) -> Result<bool, StoreError> {
@@ -38,10 +37,10 @@ impl RedisStore {
         Ok(put == 1)
     }
 
-    pub(super) async fn get_webhook_impl(
+    async fn get_webhook(
         &self,
         id: &JobId,
-    ) -> Result<Option<WebhookRecord>, StoreError> {
+    ) -> Result<Option<crate::webhooks::WebhookRecord>, StoreError> {
         let mut conn = self.conn.clone();
         let json: Option<String> = self
             .run(
@@ -54,7 +53,7 @@ impl RedisStore {
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
-    pub(super) async fn claim_webhooks_impl(
+    async fn claim_webhooks(
         &self,
         lease: Duration,
         max: usize,
@@ -79,10 +78,10 @@ impl RedisStore {
             .collect())
     }
 
-    pub(super) async fn settle_webhook_impl(
+    async fn settle_webhook(
         &self,
         claimed: &ClaimedWebhook,
-        rec: &WebhookRecord,
+        rec: &crate::webhooks::WebhookRecord,
         due_ms: Option<u64>,
     ) -> Result<bool, StoreError> {
         let id = claimed.job_id.as_str();
@@ -99,7 +98,7 @@ impl RedisStore {
         Ok(done == 1)
     }
 
-    pub(super) async fn wake_webhook_impl(&self, id: &JobId) -> Result<(), StoreError> {
+    async fn wake_webhook(&self, id: &JobId) -> Result<(), StoreError> {
         let mut inv = self.scripts.webhook_wake.prepare_invoke();
         inv.key(self.keys.webhook(id.as_str()))
             .key(self.keys.webhooks())
@@ -110,7 +109,7 @@ impl RedisStore {
         Ok(())
     }
 
-    pub(super) async fn delete_webhook_impl(&self, id: &JobId) -> Result<(), StoreError> {
+    async fn delete_webhook(&self, id: &JobId) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
         // Both keys are in the queue's slot: one transaction.
         let mut pipe = ::redis::pipe();
@@ -123,5 +122,11 @@ impl RedisStore {
             .arg(id.as_str())
             .ignore();
         self.run(pipe.query_async::<()>(&mut conn)).await
+    }
+}
+
+impl RedisStore {
+    fn webhook_ttl_ms(&self) -> u64 {
+        webhook_ttl(&self.settings).as_millis() as u64
     }
 }

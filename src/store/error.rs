@@ -1,0 +1,34 @@
+//! What a store operation that did not happen says.
+
+/// A store operation that did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or did not answer in time; try again later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store answered, but with something we did not expect.
+    #[error("store error: {0}")]
+    Internal(String),
+    /// The store is fine, but a limit refuses the operation (the caller's answer,
+    /// not an outage).
+    #[error("refused: {0}")]
+    Refused(Refusal),
+}
+
+/// A limit that refused an operation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The queue holds `limit` waiting jobs already.
+    #[error("the queue is full ({limit} jobs waiting)")]
+    QueueFull { limit: u64 },
+    /// The owner has its `limit` of waiting jobs already.
+    #[error("the key's quota of waiting jobs is used ({limit})")]
+    QuotaFull { limit: u32 },
+}
+
+impl StoreError {
+    /// Whether the same call may succeed later (the store is down, not broken).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}

@@ -1,0 +1,37 @@
+//! The latest preview of each running job's picture.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::StoreError;
+use crate::job::JobId;
+
+/// The latest preview of each running job's picture. Safe to call from many tasks and
+/// processes at once.
+#[async_trait]
+pub trait Previews: Send + Sync + 'static {
+    /// Keeps `preview` as job `id`'s latest (for [`PREVIEW_TTL`]) and announces it
+    /// to every process's subscribers (a [`JobEvent`] with `preview`).
+    async fn put_preview(
+        &self,
+        id: &JobId,
+        owner: &str,
+        preview: &Preview,
+    ) -> Result<(), StoreError>;
+
+    /// Job `id`'s latest preview, if one was put and has not expired.
+    async fn get_preview(&self, id: &JobId) -> Result<Option<Preview>, StoreError>;
+}
+
+/// The latest preview of a job's picture as it forms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preview {
+    /// Its number within the attempt (1, 2, …): news when higher.
+    pub seq: u64,
+    pub content_type: String,
+    pub image: bytes::Bytes,
+}
+
+/// How long a job's last preview is kept after it was put.
+pub const PREVIEW_TTL: Duration = Duration::from_secs(600);

@@ -1,0 +1,371 @@
+//! Submitting, reading, listing, cancelling and counting jobs; change events. (Redis)
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use super::RedisStore;
+use super::record_from_map;
+use crate::clock;
+use crate::job::{JobId, JobRecord, NewJob};
+use crate::store::{
+    CancelOutcome, DeadLetter, JobEvent, JobPage, JobQueue, ListQuery, QueueStats, Refusal,
+    StoreError, StoreKind,
+};
+
+/// Index entries examined at most by one `list` call when filtering by status.
+const LIST_SCAN_LIMIT: usize = 2000;
+
+#[async_trait]
+impl JobQueue for RedisStore {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Redis
+    }
+
+    fn describe(&self) -> String {
+        if self.keys.prefix().is_empty() {
+            format!("redis at {}", self.url_for_logs)
+        } else {
+            format!(
+                "redis at {} (key prefix {:?})",
+                self.url_for_logs,
+                self.keys.prefix()
+            )
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let pong: String = self
+            .run(::redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Internal(format!(
+                "unexpected PING reply {pong:?}"
+            )))
+        }
+    }
+
+    async fn enqueue(&self, job: &NewJob) -> Result<JobRecord, StoreError> {
+        let mut record = JobRecord::queued(job);
+        record.rev = 1;
+        let fields = record.to_fields();
+        let k = &self.keys;
+        let mut status = self.scripts.enqueue_status.prepare_invoke();
+        status.key(k.status(job.id.as_str())).arg(self.ttl_secs());
+        for (f, v) in &fields {
+            status.arg(*f).arg(v);
+        }
+        let mut conn = self.conn.clone();
+        let created: i64 = self.run(status.invoke_async(&mut conn)).await?;
+        if created == 0 {
+            return Ok(self.get(&job.id).await?.unwrap_or(record));
+        }
+        // The event other processes see: the hash as the scripts publish it.
+        let event: serde_json::Map<String, serde_json::Value> = fields
+            .into_iter()
+            .map(|(f, v)| (f.to_owned(), serde_json::Value::String(v)))
+            .collect();
+        let mut push = self.scripts.enqueue_push.prepare_invoke();
+        push.key(k.queue())
+            .key(k.index())
+            .key(k.pending())
+            .key(k.seq());
+        for key in k.status_indexes() {
+            push.key(key);
+        }
+        for key in k.lane_keys() {
+            push.key(key);
+        }
+        push.arg(job.payload())
+            .arg(job.id.as_str())
+            .arg(self.settings.index_cap)
+            .arg(self.settings.max_queued)
+            .arg(k.events())
+            .arg(serde_json::Value::Object(event).to_string())
+            .arg(k.tag())
+            .arg(&job.owner)
+            .arg(job.lane.max_queued.unwrap_or(0))
+            .arg(job.lane.weight.max(1))
+            .arg(job.lane.max_running.unwrap_or(0));
+        let pushed = self.run(push.invoke_async::<i64>(&mut conn)).await;
+        if !matches!(pushed, Ok(seq) if seq > 0) {
+            // Nothing is queued: take the record back, best effort (the caller's
+            // refusal means nobody will ask for this job).
+            let _ = self
+                .run(
+                    ::redis::cmd("DEL")
+                        .arg(k.status(job.id.as_str()))
+                        .query_async::<i64>(&mut conn),
+                )
+                .await;
+            let refusal = match pushed? {
+                -2 => Refusal::QuotaFull {
+                    limit: job.lane.max_queued.unwrap_or(0),
+                },
+                _ => Refusal::QueueFull {
+                    limit: self.settings.max_queued,
+                },
+            };
+            return Err(StoreError::Refused(refusal));
+        }
+        self.replicated().await?;
+        tracing::info!(job_id = %job.id, workflow = %job.workflow, "job queued");
+        Ok(record)
+    }
+
+    async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
+        let mut conn = self.conn.clone();
+        let map: HashMap<String, String> = self
+            .run(
+                ::redis::cmd("HGETALL")
+                    .arg(self.keys.status(id.as_str()))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(record_from_map(id.as_str(), map))
+    }
+
+    async fn queue_position(&self, id: &JobId) -> Result<Option<u64>, StoreError> {
+        let mut conn = self.conn.clone();
+        let rank: Option<u64> = self
+            .run(
+                ::redis::cmd("ZRANK")
+                    .arg(self.keys.pending())
+                    .arg(id.as_str())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(rank)
+    }
+
+    async fn status(&self, id: &JobId) -> Result<Option<(JobRecord, Option<u64>)>, StoreError> {
+        // One round trip for both (a plain pipeline: the two need not be atomic).
+        let mut conn = self.conn.clone();
+        let (map, rank): (HashMap<String, String>, Option<u64>) = if self.conn.is_cluster() {
+            // Two slots: two calls.
+            let map = self
+                .run(
+                    ::redis::cmd("HGETALL")
+                        .arg(self.keys.status(id.as_str()))
+                        .query_async(&mut conn),
+                )
+                .await?;
+            (map, self.queue_position(id).await?)
+        } else {
+            self.run(
+                ::redis::pipe()
+                    .cmd("HGETALL")
+                    .arg(self.keys.status(id.as_str()))
+                    .cmd("ZRANK")
+                    .arg(self.keys.pending())
+                    .arg(id.as_str())
+                    .query_async(&mut conn),
+            )
+            .await?
+        };
+        Ok(record_from_map(id.as_str(), map).map(|job| {
+            let position = (job.status == crate::job::JobStatus::Queued)
+                .then_some(rank)
+                .flatten();
+            (job, position)
+        }))
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<JobPage, StoreError> {
+        // A filtered listing reads that status's index only, so it costs what it
+        // returns however many jobs are in other states.
+        let index = match (&query.owner, &query.status) {
+            (Some(o), Some(s)) => self.keys.owner_status(o, s.as_str()),
+            (Some(o), None) => self.keys.owner_index(o),
+            (None, Some(s)) => self.keys.by_status(s.as_str()),
+            (None, None) => self.keys.index(),
+        };
+        // Whose listing this is, to clean it when an entry has expired.
+        let listed_owner = query.owner.as_deref().unwrap_or("");
+        let limit = query.limit.max(1);
+        let mut max = match query.cursor {
+            Some(c) => format!("({c}"),
+            None => "+inf".to_owned(),
+        };
+        let mut jobs = Vec::new();
+        let mut scanned = 0;
+        let mut conn = self.conn.clone();
+        loop {
+            // One more than needed tells whether there is a next page.
+            let batch = limit - jobs.len() + 1;
+            let entries: Vec<(String, f64)> = self
+                .run(
+                    ::redis::cmd("ZREVRANGEBYSCORE")
+                        .arg(&index)
+                        .arg(&max)
+                        .arg("-inf")
+                        .arg("WITHSCORES")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(batch)
+                        .query_async(&mut conn),
+                )
+                .await?;
+            let more = entries.len() == batch;
+            let wanted = &entries[..entries.len().min(limit - jobs.len())];
+            let maps: Vec<HashMap<String, String>> = if wanted.is_empty() {
+                Vec::new()
+            } else if self.conn.is_cluster() {
+                // Each hash in its own slot: concurrent calls, routed one by one.
+                let calls = wanted.iter().map(|(id, _)| {
+                    let mut c = self.conn.clone();
+                    let key = self.keys.status(id);
+                    async move { ::redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
+                });
+                self.run(futures_util::future::try_join_all(calls)).await?
+            } else {
+                let mut pipe = ::redis::pipe();
+                for (id, _) in wanted {
+                    pipe.cmd("HGETALL").arg(self.keys.status(id));
+                }
+                self.run(pipe.query_async(&mut conn)).await?
+            };
+            let mut last_score = None;
+            for ((id, score), map) in wanted.iter().zip(maps) {
+                scanned += 1;
+                last_score = Some(*score as u64);
+                match record_from_map(id, map) {
+                    // Expired: it leaves the listing.
+                    None => self.relist(id, listed_owner, "gone", false).await?,
+                    Some(job) => match &query.status {
+                        // A stale index entry (a crash between a job's two
+                        // scripts): list it where it belongs now.
+                        Some(s) if *s != job.status => {
+                            self.relist(id, &job.owner, job.status.as_str(), false)
+                                .await?
+                        }
+                        _ => jobs.push(job),
+                    },
+                }
+            }
+            let next = last_score.filter(|_| more || wanted.len() < entries.len());
+            if jobs.len() == limit || scanned >= LIST_SCAN_LIMIT || next.is_none() {
+                return Ok(JobPage {
+                    next_cursor: if jobs.len() == limit || scanned >= LIST_SCAN_LIMIT {
+                        next
+                    } else {
+                        None
+                    },
+                    jobs,
+                });
+            }
+            max = format!("({}", next.unwrap_or(0));
+        }
+    }
+
+    async fn cancel(&self, id: &JobId) -> Result<CancelOutcome, StoreError> {
+        let micros = clock::now_micros();
+        let mut inv = self.scripts.cancel.prepare_invoke();
+        inv.key(self.keys.status(id.as_str()))
+            .arg(self.keys.events())
+            .arg(clock::iso8601(micros))
+            .arg(micros / 1000)
+            .arg(self.ttl_secs());
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = self.run(inv.invoke_async(&mut conn)).await?;
+        let outcome = reply.first().cloned().unwrap_or_default();
+        if outcome == "missing" {
+            return Ok(CancelOutcome::NotFound);
+        }
+        if outcome == "cancelled" {
+            // Best effort: the queue entry is dropped at claim time anyway.
+            let owner = reply.get(1).cloned().unwrap_or_default();
+            let _ = self.relist(id.as_str(), &owner, "failed", true).await;
+            tracing::info!(job_id = %id, "job failed: cancelled while queued");
+        } else if outcome == "requested" {
+            tracing::info!(job_id = %id, "cancel requested for running job");
+        }
+        self.replicated().await?;
+        let Some(job) = self.get(id).await? else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        Ok(match outcome.as_str() {
+            "final" => CancelOutcome::AlreadyFinal(job),
+            "requested" => CancelOutcome::Requested(job),
+            "cancelled" => CancelOutcome::Cancelled(job),
+            other => {
+                return Err(StoreError::Internal(format!(
+                    "unexpected cancel reply {other:?}"
+                )));
+            }
+        })
+    }
+
+    async fn stats(&self) -> Result<QueueStats, StoreError> {
+        let k = &self.keys;
+        let mut conn = self.conn.clone();
+        // Waiting: the ownerless queue plus every key's lane.
+        let (queued, in_lanes, processing, delayed, dead, workers): (
+            u64,
+            u64,
+            u64,
+            u64,
+            u64,
+            Vec<String>,
+        ) = self
+            .run(
+                ::redis::pipe()
+                    .cmd("LLEN")
+                    .arg(k.queue())
+                    .cmd("HLEN")
+                    .arg(k.lane_entries())
+                    .cmd("ZCARD")
+                    .arg(k.by_status("processing"))
+                    .cmd("ZCARD")
+                    .arg(k.delayed())
+                    .cmd("LLEN")
+                    .arg(k.dead())
+                    .cmd("SMEMBERS")
+                    .arg(k.workers())
+                    .query_async(&mut conn),
+            )
+            .await?;
+        let mut live = 0;
+        if !workers.is_empty() {
+            let mut pipe = ::redis::pipe();
+            for w in &workers {
+                pipe.cmd("EXISTS").arg(k.heartbeat(w));
+            }
+            let alive: Vec<u64> = self.run(pipe.query_async(&mut conn)).await?;
+            live = alive.iter().sum();
+        }
+        Ok(QueueStats {
+            queued: queued + in_lanes,
+            processing,
+            delayed,
+            dead,
+            workers: live,
+        })
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+        self.start_subscriber();
+        self.events.subscribe()
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut conn = self.conn.clone();
+        let raw: Vec<String> = self
+            .run(
+                ::redis::cmd("LRANGE")
+                    .arg(self.keys.dead())
+                    .arg(0)
+                    .arg(limit.saturating_sub(1) as i64)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Ok(raw
+            .iter()
+            .filter_map(|r| serde_json::from_str(r).ok())
+            .collect())
+    }
+}
