@@ -5,7 +5,7 @@
 use crate::auth::keys::check_name;
 use crate::auth::{ApiKey, KeyLimits, KeyUpdate, NewSecret, Role, new_secret};
 use crate::clock;
-use crate::store::{JobStore, StoreError};
+use crate::store::{KeyStore, StoreError};
 
 /// Why a key operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +21,7 @@ pub enum KeyError {
 
 /// Makes a key; the secret is in the answer and nowhere else.
 pub async fn create(
-    store: &dyn JobStore,
+    store: &dyn KeyStore,
     name: &str,
     role: Role,
     limits: KeyLimits,
@@ -45,7 +45,7 @@ pub async fn create(
 
 /// Changes a key's name, role or limits.
 pub async fn update(
-    store: &dyn JobStore,
+    store: &dyn KeyStore,
     id: &str,
     change: &KeyUpdate,
 ) -> Result<ApiKey, KeyError> {
@@ -67,7 +67,7 @@ pub async fn update(
 
 /// Revokes a key (for good; it stays listed, marked revoked). A key already
 /// revoked is `NotFound`, like one that never was.
-pub async fn revoke(store: &dyn JobStore, id: &str) -> Result<ApiKey, KeyError> {
+pub async fn revoke(store: &dyn KeyStore, id: &str) -> Result<ApiKey, KeyError> {
     let mut key = store
         .get_key(id)
         .await?

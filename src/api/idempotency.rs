@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::store::{IdempotencyClaim, JobStore};
+use crate::store::{Idempotency, IdempotencyClaim};
 
 /// The request header.
 pub const HEADER: &str = "idempotency-key";
@@ -131,7 +131,7 @@ pub async fn take(
 }
 
 /// Gives the key back after the job was refused; best effort (it expires anyway).
-pub async fn release(store: &dyn JobStore, scope: &str) {
+pub async fn release(store: &dyn Idempotency, scope: &str) {
     if let Err(e) = store.release_idempotency(scope).await {
         tracing::warn!(error = %e, "could not release an idempotency key");
     }

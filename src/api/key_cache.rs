@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::auth::{ApiKey, constant_time_eq, hash_secret, split_secret};
-use crate::store::{JobStore, StoreError};
+use crate::store::{KeyStore, StoreError};
 
 /// How long a copy is trusted.
 pub const KEY_TTL: Duration = Duration::from_secs(1);
@@ -44,7 +44,7 @@ impl KeyCache {
     /// The key a presented secret belongs to, if it is valid now.
     pub async fn authenticate(
         &self,
-        store: &dyn JobStore,
+        store: &dyn KeyStore,
         presented: &str,
     ) -> Result<Result<Arc<ApiKey>, KeyRefusal>, StoreError> {
         let Some((id, secret)) = split_secret(presented) else {

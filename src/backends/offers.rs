@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::BackendSample;
 use crate::capabilities::Capabilities;
-use crate::store::{JobStore, StoreError};
+use crate::store::{Routing, StoreError};
 
 /// How long a look at the live offers is reused.
 const FRESH: Duration = Duration::from_secs(2);
@@ -25,7 +25,7 @@ pub struct Offers {
 impl Offers {
     /// The offers of every backend of a live worker (up or not: one that is
     /// restarting comes back with its models). Empty when none has reported.
-    pub async fn live(&self, store: &dyn JobStore) -> Result<Arc<Vec<Capabilities>>, StoreError> {
+    pub async fn live(&self, store: &dyn Routing) -> Result<Arc<Vec<Capabilities>>, StoreError> {
         if let Some((at, offers)) = &*self.last.lock().expect("offers")
             && at.elapsed() < FRESH
         {

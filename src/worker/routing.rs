@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::capabilities::{Capabilities, Requirements, refusal};
-use crate::store::{JobStore, Route, StoreError};
+use crate::store::{self, Route, StoreError};
 
 /// The route of one backend, kept up to date.
 #[derive(Default)]
@@ -67,7 +67,7 @@ impl Routing {
         offer: Option<(String, Arc<Capabilities>)>,
         live: &[Capabilities],
         grace: Duration,
-        store: &dyn JobStore,
+        store: &dyn store::Routing,
     ) -> Result<Route, StoreError> {
         let Some((fp, offer)) = offer else {
             return Ok(Route::default());

@@ -5,8 +5,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::RedisStore;
-use super::record_from_map;
+use super::{RedisStore, record_from_map};
 use crate::clock;
 use crate::job::{JobId, JobRecord, NewJob};
 use crate::store::{

@@ -5,13 +5,10 @@ use std::path::Path;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::SqliteStore;
-use super::{COLUMNS, record_from_row};
+use super::{COLUMNS, SqliteStore, record_from_row};
 use crate::clock;
 use crate::job::JobId;
 use crate::store::{AFFINITY_WINDOW, Claim, Lease, Route, Routed, StoreError, WorkerId, hostname};
-
-/// How often a waiting claim looks again for jobs enqueued by another process (this
 
 impl SqliteStore {
     /// Leases the next due job the route allows in one `UPDATE … RETURNING`;

@@ -6,8 +6,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::params;
 
-use super::SqliteStore;
-use super::{FRONT_OF_QUEUE, changed, get_record, holds_lease, insert_dead_letter, next_seq};
+use super::{
+    FRONT_OF_QUEUE, SqliteStore, changed, get_record, holds_lease, insert_dead_letter, next_seq,
+};
 use crate::clock;
 use crate::job::JobId;
 use crate::store::lease::{log_completion, log_retry};

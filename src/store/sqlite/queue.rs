@@ -5,8 +5,7 @@ use rusqlite::Row;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::broadcast;
 
-use super::SqliteStore;
-use super::{COLUMN_COUNT, COLUMNS, changed, get_record, next_seq, record_from_row};
+use super::{COLUMN_COUNT, COLUMNS, SqliteStore, changed, get_record, next_seq, record_from_row};
 use crate::clock;
 use crate::job::{JobId, JobRecord, JobStatus, NewJob};
 use crate::store::{

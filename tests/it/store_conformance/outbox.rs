@@ -2,13 +2,7 @@
 
 use std::time::Duration;
 
-use serde_json::Map;
-use studio_core::job::{JobStatus, NewJob};
-use studio_core::store::{
-    CancelOutcome, Completion, LeaseState, ListQuery, RetryOutcome, StoreSettings, WorkerId,
-};
-
-use super::{WAIT, job, worker};
+use super::job;
 use crate::support::{Backing, fast_settings, test_store};
 
 /// The webhook outbox: a cap on entries, due entries claimed once under a lease

@@ -2,11 +2,8 @@
 
 use std::time::Duration;
 
-use serde_json::Map;
 use studio_core::job::{JobStatus, NewJob};
-use studio_core::store::{
-    CancelOutcome, Completion, LeaseState, ListQuery, RetryOutcome, StoreSettings, WorkerId,
-};
+use studio_core::store::{CancelOutcome, Completion, ListQuery};
 
 use super::{WAIT, job, worker};
 use crate::support::{Backing, fast_settings, test_store};
