@@ -10,14 +10,16 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::api::access::Access;
-use crate::api::connections::{self, ConnStats, Server, raise_fd_limit};
 use crate::api::events::{EventHub, StreamLimiter};
 use crate::api::{self, ApiService, AppContext, AppState, CorsOrigins};
+use crate::backends::Offers;
 use crate::config::{Role, ServerArgs};
 use crate::metrics::Metrics;
 use crate::shutdown;
 use crate::storage::{FsImageStore, ImageStore, S3ImageStore};
 use crate::store::JobStore;
+use crate::submit::{Submitter, UploadLimits, Uploader};
+use crate::transport::{self, ConnStats, Server, raise_fd_limit};
 use crate::worker::Workers;
 use crate::workflow::WorkflowRegistry;
 
@@ -85,7 +87,7 @@ impl App {
         let ops = api::ops::OpsHistory::new(args.ops_interval);
         let (server, router) = if role.runs_api() {
             let addr = format!("{}:{}", args.host, args.port);
-            let listener = connections::bind(&addr)
+            let listener = transport::bind(&addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
             if auth == crate::auth::AuthMode::Off && !crate::auth::is_loopback_host(&args.host) {
@@ -106,6 +108,23 @@ impl App {
                 max_streams_per_client = args.max_streams_per_client,
                 "connection limits"
             );
+            let offers = Arc::new(Offers::default());
+            let submit = Arc::new(Submitter {
+                store: store.clone(),
+                workflows: workflows.clone(),
+                offers: offers.clone(),
+                webhooks: webhooks.clone(),
+                uploads: Uploader {
+                    limits: UploadLimits {
+                        max_bytes: args.max_upload_bytes,
+                        max_pixels: args.max_upload_pixels,
+                        ttl: args.job_ttl,
+                    },
+                    images: images.clone(),
+                },
+                metrics: metrics.clone(),
+                store_timeout: api::STORE_TIMEOUT,
+            });
             let state = AppState::new(AppContext {
                 store: store.clone(),
                 workflows,
@@ -128,19 +147,15 @@ impl App {
                 metrics,
                 ops: ops.clone(),
                 redirect_images: args.storage_serve == "redirect",
-                uploads: api::uploads::UploadLimits {
-                    max_bytes: args.max_upload_bytes,
-                    max_pixels: args.max_upload_pixels,
-                    ttl: args.job_ttl,
-                },
-                offers: Default::default(),
+                submit,
+                offers,
                 webhooks,
             });
             (Some(server), Some(api::router(state)))
         } else if let Some(port) = args.metrics_port {
             // A worker-only process: /metrics on a port of its own.
             let addr = format!("{}:{}", args.host, port);
-            let listener = connections::bind(&addr)
+            let listener = transport::bind(&addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} for metrics"))?;
             let limits = args.conn_limits(raise_fd_limit());

@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser};
 
-use crate::api::connections::{ConnLimits, default_max_connections};
 use crate::auth::AuthMode;
 use crate::store::{JobStore, RedisStore, SqliteStore, StoreSettings};
+use crate::transport::{ConnLimits, default_max_connections};
 use crate::units::{parse_duration, parse_rate, parse_size, split_args};
 use crate::worker::WorkerConfig;
 

@@ -7,6 +7,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::store::{Refusal, StoreError};
+use crate::submit::{Rejection, SubmitError};
 use crate::workflow::request::FieldError;
 
 /// An error answer: a status, a stable kebab-case code, a message for people, and
@@ -115,6 +116,27 @@ impl From<FieldError> for ApiError {
             message: e.message,
             field: e.field,
             retry_after: None,
+        }
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        ApiError {
+            status: StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
+            code: r.code,
+            message: r.message,
+            field: r.field,
+            retry_after: r.retry_after,
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Rejected(r) => r.into(),
+            SubmitError::Store(e) => e.into(),
         }
     }
 }

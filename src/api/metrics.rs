@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
 
 use super::access::{Access, Caller, Gate};
-use super::connections::ConnStats;
 use super::error::{ApiError, ErrorBody};
 use super::events::StreamLimiter;
 use super::{ApiService, AppState, CorsOrigins};
@@ -18,6 +17,7 @@ use crate::auth::Identity;
 use crate::backends::BackendReport;
 use crate::metrics::{CONTENT_TYPE, Metrics, Snapshot};
 use crate::store::JobStore;
+use crate::transport::ConnStats;
 
 /// How long a scrape waits for the store's counts.
 const STORE_WAIT: Duration = Duration::from_secs(1);

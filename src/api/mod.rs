@@ -2,7 +2,6 @@
 //! passes (request log, CORS, panic guard). One file per resource.
 
 pub mod access;
-pub mod connections;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -84,7 +83,7 @@ pub struct AppContext {
     /// Which browser origins may call the API.
     pub cors: Arc<CorsOrigins>,
     /// The HTTP listener's counts and limits, for `/health`.
-    pub connections: Option<connections::ConnStats>,
+    pub connections: Option<crate::transport::ConnStats>,
     /// Who is asking: keys, rate limits, URL signing.
     pub access: Arc<access::Access>,
     /// What `/metrics` reports.
@@ -93,8 +92,8 @@ pub struct AppContext {
     pub ops: Arc<ops::OpsHistory>,
     /// Answer `/images` with a 302 to a presigned URL (`--storage-serve redirect`).
     pub redirect_images: bool,
-    /// Caps on input pictures.
-    pub uploads: uploads::UploadLimits,
+    /// The one submission path (and input pictures).
+    pub submit: Arc<crate::submit::Submitter>,
     /// What the live backends offer (for submissions and `/api/workflows`).
     pub offers: Arc<Offers>,
     /// Webhooks: the default URL, whether they can be signed, where they may go.
@@ -247,9 +246,9 @@ routes! {
     post "/api/generate" => jobs::generate,
     post "/api/uploads" => uploads::upload,
     get "/api/status/{job_id}" => jobs::status,
-    get "/api/jobs" => jobs::list,
+    get "/api/jobs" => jobs::list::list,
     get "/api/jobs/{job_id}" => jobs::get,
-    post "/api/jobs/{job_id}/cancel" => jobs::cancel,
+    post "/api/jobs/{job_id}/cancel" => jobs::cancel::cancel,
     get "/api/jobs/{job_id}/events" => events::job_events,
     get "/api/jobs/{job_id}/preview" => previews::preview,
     get "/api/events" => events::all_events,

@@ -13,16 +13,7 @@ use super::access::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::extract::read_body;
 use super::guard::Deliberate;
-use crate::uploads::{self, UploadError, UploadRecord};
-
-/// Caps on uploads.
-#[derive(Clone, Copy, Debug)]
-pub struct UploadLimits {
-    pub max_bytes: u64,
-    pub max_pixels: u64,
-    /// How long an upload no job uses is kept (the job TTL).
-    pub ttl: std::time::Duration,
-}
+use crate::uploads::{UploadError, UploadRecord};
 
 impl From<UploadError> for ApiError {
     fn from(e: UploadError) -> Self {
@@ -60,7 +51,7 @@ pub async fn upload(
     _: Deliberate,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let limits = state.uploads;
+    let limits = state.submit.uploads.limits;
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -82,62 +73,17 @@ pub async fn upload(
         (Some(content_type), body)
     };
     let declared = declared.filter(|d| !d.starts_with("application/octet-stream"));
-    let (kind, width, height) = uploads::check(
-        &bytes,
-        declared.as_deref(),
-        limits.max_bytes,
-        limits.max_pixels,
-    )?;
-    let record = store_upload(&state, who.owner(), kind, width, height, &bytes).await?;
-    Ok((StatusCode::CREATED, Json(record)).into_response())
-}
-
-/// Stores checked bytes and records them for `owner`.
-pub async fn store_upload(
-    state: &AppState,
-    owner: &str,
-    kind: &str,
-    width: u32,
-    height: u32,
-    bytes: &[u8],
-) -> Result<UploadRecord, ApiError> {
-    let id = uploads::upload_id(bytes);
-    let dir = uploads::uploads_dir();
-    // Content-addressed: the same bytes are stored once, whoever sends them.
-    let present = state
-        .images
-        .open_part(
-            &dir,
-            &id,
-            Some(crate::storage::ByteRange::From {
-                start: 0,
-                end: Some(0),
-            }),
+    let uploader = &state.submit.uploads;
+    let picture = uploader.check(bytes.to_vec(), declared.as_deref())?;
+    let record = uploader
+        .store(
+            state.store.as_ref(),
+            who.owner(),
+            &picture,
+            super::STORE_TIMEOUT,
         )
-        .await
-        .map_err(|e| ApiError::unavailable(format!("the storage is unavailable: {e}")))?
-        .is_some();
-    if !present {
-        state
-            .images
-            .put(&dir, &id, bytes)
-            .await
-            .map_err(|e| ApiError::unavailable(format!("the storage is unavailable: {e}")))?;
-    }
-    let record = UploadRecord {
-        upload_id: id,
-        width,
-        height,
-        content_type: kind.to_owned(),
-        size: bytes.len() as u64,
-        owner: owner.to_owned(),
-        created_at: crate::clock::iso8601(crate::clock::now_micros()),
-    };
-    state
-        .with_timeout(state.store.put_upload(&record, state.uploads.ttl))
         .await?;
-    tracing::info!(upload_id = %record.upload_id, size = record.size, width, height, "upload stored");
-    Ok(record)
+    Ok((StatusCode::CREATED, Json(record)).into_response())
 }
 
 async fn picture_from_multipart(

@@ -32,3 +32,19 @@ impl StoreError {
         matches!(self, StoreError::Unavailable(_))
     }
 }
+
+/// Runs a store call, giving up with [`StoreError::Unavailable`] after `limit`
+/// (the Redis store times out each command sooner; this also bounds the
+/// embedded store and calls made of several commands).
+pub async fn within<T>(
+    limit: std::time::Duration,
+    f: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "the job store did not answer within {} s",
+            limit.as_secs_f64()
+        ))),
+    }
+}

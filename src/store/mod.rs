@@ -28,7 +28,7 @@ pub mod sqlite;
 pub mod uploads;
 
 pub use self::api_keys::KeyStore;
-pub use self::error::{Refusal, StoreError};
+pub use self::error::{Refusal, StoreError, within};
 pub use self::idempotency::{IDEMPOTENCY_TTL, Idempotency, IdempotencyClaim};
 pub use self::lease::{
     AFFINITY_WINDOW, Claim, Completion, EXPIRED_MESSAGE, Lease, LeaseState, Leases, RetryOutcome,

@@ -161,8 +161,8 @@ async fn keys_are_scoped_to_the_api_key(kind: Backing) {
 /// the two steps): while young it is "in progress" (409, retry shortly); once old,
 /// the next request with it takes it over and queues its job.
 async fn a_key_whose_job_never_arrived_is_taken_over(kind: Backing) {
-    use studio_core::api::idempotency;
     use studio_core::store::IdempotencyClaim;
+    use studio_core::submit as idempotency;
 
     let app = TestApp::spawn(kind, ServerRole::Api, |_| {}).await;
     let body = json!({"prompt": "after a crash", "workflow": "smoke"});

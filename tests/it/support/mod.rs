@@ -247,7 +247,7 @@ pub const TEST_WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 pub struct TestApp {
     pub addr: Option<SocketAddr>,
     /// The listener's counts (API roles).
-    pub conns: Option<studio_core::api::connections::ConnStats>,
+    pub conns: Option<studio_core::transport::ConnStats>,
     pub base: String,
     pub http: reqwest::Client,
     pub store: Arc<dyn JobStore>,

@@ -1,4 +1,5 @@
-//! Accepting HTTP connections under limits: a cap on open connections, and
+//! The HTTP transport: accepting connections under limits, for any service (the
+//! API's router, the worker's `/metrics`): a cap on open connections, and
 //! timeouts for a request's headers, for an idle keep-alive connection and for a
 //! request that makes no progress. `axum::serve` has none of these, so one client
 //! with a slowloris script could hold every file descriptor.
@@ -17,30 +18,28 @@
 //! it wait briefly, then get a `503` and the door. So the operator's `/health` still
 //! answers while a flood holds idle connections.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
-use super::ApiService;
+mod tracked;
+
+use self::tracked::{Busy, ConnState, Registry, TrackedBody, TrackedIo, now_ms};
 use crate::shutdown::signalled;
 
 /// Longest request head (request line and headers) accepted; 431 beyond.
@@ -142,228 +141,6 @@ pub fn default_max_connections(fd_limit: u64) -> usize {
     fd_limit.saturating_sub(reserve).max(16) as usize
 }
 
-/// Milliseconds since the first call, for cheap atomic timestamps.
-fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
-
-/// One connection's state, shared by its I/O wrapper, its requests and its
-/// watchdog.
-struct ConnState {
-    /// Requests in flight (headers received, response body not yet done).
-    busy: AtomicUsize,
-    /// Last time a byte moved either way.
-    last_io: AtomicU64,
-    /// When the connection last became idle.
-    idle_since: AtomicU64,
-    /// When the first byte of the next request arrived while idle (0: none yet).
-    head_started: AtomicU64,
-    /// Told to close (evicted to make room).
-    evict: Notify,
-    /// Cut rather than finished: the socket closes with a reset.
-    reset: std::sync::atomic::AtomicBool,
-}
-
-impl ConnState {
-    fn new() -> Self {
-        let now = now_ms();
-        ConnState {
-            busy: AtomicUsize::new(0),
-            last_io: AtomicU64::new(now),
-            idle_since: AtomicU64::new(now),
-            head_started: AtomicU64::new(0),
-            evict: Notify::new(),
-            reset: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    fn is_idle(&self) -> bool {
-        self.busy.load(Ordering::Acquire) == 0
-    }
-
-    /// When the connection should be closed, given the limits; `None` while busy and
-    /// moving.
-    fn deadline(&self, l: &ConnLimits) -> u64 {
-        if self.is_idle() {
-            match self.head_started.load(Ordering::Acquire) {
-                0 => self.idle_since.load(Ordering::Acquire) + l.idle_timeout.as_millis() as u64,
-                t => t + l.header_timeout.as_millis() as u64,
-            }
-        } else {
-            self.last_io.load(Ordering::Acquire) + l.stall_timeout.as_millis() as u64
-        }
-    }
-
-    /// How long it has been "waiting for a client" (eviction order: longest first).
-    fn idle_rank(&self) -> Option<u64> {
-        if !self.is_idle() {
-            return None;
-        }
-        Some(match self.head_started.load(Ordering::Acquire) {
-            0 => self.idle_since.load(Ordering::Acquire),
-            t => t,
-        })
-    }
-}
-
-/// Marks a request in flight until dropped (with the response body).
-struct Busy(Arc<ConnState>);
-
-impl Busy {
-    fn start(state: &Arc<ConnState>) -> Busy {
-        state.busy.fetch_add(1, Ordering::AcqRel);
-        state.head_started.store(0, Ordering::Release);
-        Busy(state.clone())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        let now = now_ms();
-        self.0.idle_since.store(now, Ordering::Release);
-        self.0.last_io.store(now, Ordering::Release);
-        self.0.busy.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A response body that keeps its request marked in flight until it is done.
-struct TrackedBody {
-    inner: Body,
-    _busy: Busy,
-}
-
-impl HttpBody for TrackedBody {
-    type Data = axum::body::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The socket, noting every byte that moves.
-struct TrackedIo {
-    inner: TcpStream,
-    state: Arc<ConnState>,
-}
-
-impl Drop for TrackedIo {
-    fn drop(&mut self) {
-        if self.state.reset.load(Ordering::Acquire) {
-            // Cut (timed out or evicted), not finished: close with a reset. A
-            // normal close would leave the connection in TIME_WAIT here for a
-            // minute, and a client reconnecting from the same port (a slowloris
-            // does) would run into it.
-            let _ = self.inner.set_zero_linger();
-        }
-    }
-}
-
-impl TrackedIo {
-    fn moved(&self, read: bool) {
-        let now = now_ms();
-        self.state.last_io.store(now, Ordering::Release);
-        if read && self.state.is_idle() {
-            // The first byte of a new request: the header clock starts.
-            let _ = self.state.head_started.compare_exchange(
-                0,
-                now,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
-        }
-    }
-}
-
-impl AsyncRead for TrackedIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.moved(true);
-        }
-        r
-    }
-}
-
-impl AsyncWrite for TrackedIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.moved(false);
-        }
-        r
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// Every open connection, for eviction.
-#[derive(Default)]
-struct Registry {
-    conns: Mutex<HashMap<u64, Arc<ConnState>>>,
-    next_id: AtomicU64,
-}
-
-impl Registry {
-    fn add(&self, state: Arc<ConnState>) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.conns.lock().expect("registry").insert(id, state);
-        id
-    }
-
-    fn remove(&self, id: u64) {
-        self.conns.lock().expect("registry").remove(&id);
-    }
-
-    /// Tells the connection that has waited for its client the longest to close.
-    /// `false` if every connection is busy.
-    fn evict_one(&self) -> bool {
-        let conns = self.conns.lock().expect("registry");
-        let victim = conns
-            .values()
-            .filter_map(|c| c.idle_rank().map(|r| (r, c)))
-            .min_by_key(|(r, _)| *r);
-        match victim {
-            Some((_, c)) => {
-                c.evict.notify_one();
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.conns.lock().expect("registry").len()
-    }
-}
-
 /// What `/health` and the logs can learn about the listener.
 #[derive(Clone)]
 pub struct ConnStats {
@@ -409,7 +186,14 @@ impl Server {
 
     /// Serves `router` until `stop` turns true; then stops accepting, asks every
     /// connection to finish its request and close, and waits for them.
-    pub async fn run(self, router: ApiService, mut stop: watch::Receiver<bool>) -> io::Result<()> {
+    pub async fn run<S>(self, router: S, mut stop: watch::Receiver<bool>) -> io::Result<()>
+    where
+        S: Service<Request<Incoming>, Response = Response, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
         let mut conns = JoinSet::new();
         let mut accept_failing = false;
         loop {
@@ -490,15 +274,18 @@ async fn refuse(mut stream: TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
-async fn serve_one(
+async fn serve_one<S>(
     stream: TcpStream,
     peer: SocketAddr,
-    router: ApiService,
+    router: S,
     limits: ConnLimits,
     registry: Arc<Registry>,
     _permit: OwnedSemaphorePermit,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
     let state = Arc::new(ConnState::new());
     let id = registry.add(state.clone());
     let io = TokioIo::new(TrackedIo {

@@ -1,0 +1,88 @@
+//! `POST /api/jobs/{id}/cancel`.
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::not_found;
+use crate::api::AppState;
+use crate::api::access::Caller;
+use crate::api::error::{ApiError, ErrorBody};
+use crate::api::extract::{JobIdPath, MAX_BODY_BYTES, read_body};
+use crate::api::guard::Deliberate;
+use crate::job::JobView;
+use crate::store::CancelOutcome;
+
+/// Cancels a job: a queued one at once, a running one by asking its worker. Send
+/// `Content-Type: application/json` (any body, `{}` will do): a request no web
+/// form can make. (An `X-Requested-With` header or an API key says the same, and
+/// then no body is needed.)
+#[utoipa::path(post, path = "/api/jobs/{job_id}/cancel", tag = "jobs",
+    params(("job_id" = String, Path, description = "The job id", pattern = r"^[A-Za-z0-9._:-]{1,128}$")),
+    request_body(content = Object, content_type = "application/json", description = "Ignored; `{}`"),
+    responses(
+        (status = 200, description = "It was queued: now `failed` with error `cancelled`", body = JobView),
+        (status = 202, description = "It is running: its worker stops it (`cancel_requested: true`); it ends `failed`/`cancelled` within seconds", body = JobView),
+        (status = 400, description = "Malformed job id (`invalid-job-id`), or a body that is not a JSON object (`invalid-json`, `invalid-body`)", body = ErrorBody),
+        (status = 404, description = "Unknown job", body = ErrorBody),
+        (status = 403, description = "Sent by a web page on an origin `--cors-origins` does not name (`forbidden-origin`)", body = ErrorBody),
+        (status = 409, description = "It already finished or failed (`job-final`)", body = ErrorBody),
+        (status = 415, description = "Neither JSON nor an `X-Requested-With` header (`unsupported-media-type`)", body = ErrorBody),
+    ))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    _: Deliberate,
+    JobIdPath(id): JobIdPath,
+    request: Request,
+) -> Result<Response, ApiError> {
+    // No body is needed; one that is sent must be a JSON object.
+    let body = read_body(request, MAX_BODY_BYTES, state.body_timeout).await?;
+    if !body.is_empty() {
+        let v: Value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid-json",
+                format!("request body is not valid JSON: {e}"),
+            )
+        })?;
+        if !v.is_object() {
+            return Err(ApiError::bad_request(
+                "invalid-body",
+                "request body must be a JSON object ({} will do) or empty",
+            ));
+        }
+    }
+    // Someone else's job is not there, as far as this caller can tell.
+    let visible = state
+        .with_timeout(state.store.get(&id))
+        .await?
+        .is_some_and(|job| who.may_see(&job.owner));
+    if !visible {
+        return Err(not_found(id.as_str()));
+    }
+    let signing = state.signing().await?;
+    match state.with_timeout(state.store.cancel(&id)).await? {
+        CancelOutcome::Cancelled(job) => Ok((
+            StatusCode::OK,
+            Json(JobView::new(&job, None, signing.as_ref())),
+        )
+            .into_response()),
+        CancelOutcome::Requested(job) => Ok((
+            StatusCode::ACCEPTED,
+            Json(JobView::new(&job, None, signing.as_ref())),
+        )
+            .into_response()),
+        CancelOutcome::AlreadyFinal(job) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "job-final",
+            format!(
+                "job {} has already {}; there is nothing to cancel",
+                job.id,
+                job.status.as_str()
+            ),
+        )),
+        CancelOutcome::NotFound => Err(not_found(id.as_str())),
+    }
+}

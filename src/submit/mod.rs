@@ -1,0 +1,212 @@
+//! The one submission path. Every front door (Studio Core's own `POST
+//! /api/generate`, and the other APIs built on it) turns its request into a
+//! [`Submission`] and hands it here; this module does the rest, the same for all:
+//! inline pictures, parsing against the workflow, who may ask for what,
+//! requirements, the webhook outbox, idempotency, the enqueue, and taking back
+//! what a refused submission left behind. No HTTP here: refusals are
+//! [`SubmitError`]s, which each front door answers in its own shape.
+
+mod error;
+mod idempotency;
+mod pictures;
+mod requirements;
+mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use self::error::{Rejection, SubmitError};
+pub use self::idempotency::{IdempotencyKey, ORPHANED_AFTER, fingerprint, scope};
+pub use self::pictures::{UploadLimits, Uploader};
+use crate::auth::Identity;
+use crate::backends::Offers;
+use crate::job::{JobId, LaneLimits, NewJob};
+use crate::metrics::Metrics;
+use crate::store::{IdempotencyClaim, JobStore, StoreError, within};
+use crate::webhooks::WebhookSettings;
+use crate::workflow::WorkflowRegistry;
+use crate::workflow::request::parse_submission;
+
+/// What the submission path needs of the rest of the service.
+pub struct Submitter {
+    pub store: Arc<dyn JobStore>,
+    pub workflows: Arc<WorkflowRegistry>,
+    pub offers: Arc<Offers>,
+    pub webhooks: Arc<WebhookSettings>,
+    pub uploads: Uploader,
+    pub metrics: Arc<Metrics>,
+    /// Longest any one store call may take before the submission is refused as
+    /// unavailable.
+    pub store_timeout: Duration,
+}
+
+/// A request for one job, as a front door received it.
+pub struct Submission<'a> {
+    /// Who asks (their key decides the owner, limits and priority allowed).
+    pub who: &'a Identity,
+    /// Studio Core's submission body (`prompt`, `seed`, `workflow`, parameters).
+    pub body: Value,
+    /// The client's `Idempotency-Key`, already checked for shape.
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+/// A job the store has, new or (for a repeated `Idempotency-Key`) from before.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    pub job_id: JobId,
+    pub seed: u64,
+    pub workflow: String,
+    /// An earlier request with the same `Idempotency-Key` made this job.
+    pub replayed: bool,
+}
+
+impl Submitter {
+    /// Runs a store call under the store timeout.
+    async fn within<T>(
+        &self,
+        f: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, SubmitError> {
+        within(self.store_timeout, f)
+            .await
+            .map_err(SubmitError::from)
+    }
+
+    /// Submits one job: checks it whole, then records its webhook, takes its
+    /// idempotency key and queues it, undoing the first two if the store refuses.
+    pub async fn submit(&self, s: Submission<'_>) -> Result<Accepted, SubmitError> {
+        let who = s.who;
+        let (body, inline) = self
+            .uploads
+            .inline_pictures(&self.workflows, s.body)
+            .await?;
+        let job = parse_submission(&body, &self.workflows)?;
+        self.pictures_exist(who, &job, &inline).await?;
+        let req = self.requirements(&job).await?;
+        if let Some(key) = &who.key
+            && job.priority > key.limits.max_priority
+        {
+            return Err(Rejection::new(
+                403,
+                "priority-not-allowed",
+                format!(
+                    "priority {} is above this key's highest, {}",
+                    job.priority.as_str(),
+                    key.limits.max_priority.as_str()
+                ),
+            )
+            .field("priority")
+            .into());
+        }
+        let mut job = job;
+        let webhook = self.webhook_of(&mut job)?;
+        let priority = job.priority;
+        let mut job = job.owned(who.owner(), priority).needing(req);
+        if let Some(key) = &who.key {
+            job = job.limited(LaneLimits {
+                max_queued: key.limits.max_queued,
+                max_running: key.limits.max_running,
+                weight: key.limits.weight,
+            });
+        }
+        // Pictures given inline are stored only now that the rest is valid.
+        self.uploads
+            .store_all(self.store.as_ref(), who.owner(), inline, self.store_timeout)
+            .await?;
+        let Some(key) = s.idempotency_key else {
+            return self.enqueue(&job, webhook.as_ref()).await;
+        };
+        let scope = scope(&job.owner, key.as_str());
+        let claim = IdempotencyClaim {
+            fingerprint: fingerprint(&body),
+            job_id: job.id.clone(),
+            seed: job.seed,
+            workflow: job.workflow.clone(),
+            taken_ms: crate::clock::now_ms(),
+        };
+        match self.take_idempotency(&scope, &claim).await? {
+            Some(first) => Ok(Accepted {
+                job_id: first.job_id,
+                seed: first.seed,
+                workflow: first.workflow,
+                replayed: true,
+            }),
+            None => match self.enqueue(&job, webhook.as_ref()).await {
+                Ok(accepted) => Ok(accepted),
+                Err(e) => {
+                    idempotency::release(self.store.as_ref(), &scope).await;
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    /// Records the job's webhook (if any) and queues the job; takes the webhook
+    /// back if the store refuses the job.
+    async fn enqueue(
+        &self,
+        job: &NewJob,
+        webhook: Option<&crate::webhooks::WebhookRecord>,
+    ) -> Result<Accepted, SubmitError> {
+        self.put_webhook(&job.id, webhook).await?;
+        let record = match self.within(self.store.enqueue(job)).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.forget_webhook(&job.id, webhook).await;
+                return Err(e);
+            }
+        };
+        self.metrics
+            .jobs_submitted
+            .get_or_create(&self.metrics.workflow(&job.workflow))
+            .inc();
+        Ok(Accepted {
+            job_id: JobId::parse(&record.id).unwrap_or_else(|_| job.id.clone()),
+            seed: job.seed,
+            workflow: job.workflow.clone(),
+            replayed: false,
+        })
+    }
+
+    /// Every picture a job names must be an upload of its owner's, still kept
+    /// (or one given inline, stored once the rest is checked); each then lives at
+    /// least as long as the job's record.
+    async fn pictures_exist(
+        &self,
+        who: &Identity,
+        job: &NewJob,
+        inline: &[pictures::Picture],
+    ) -> Result<(), SubmitError> {
+        let Some(wf) = self.workflows.get(&job.workflow) else {
+            return Ok(());
+        };
+        for (param, spec) in &wf.params {
+            if !spec.kind.is_picture() {
+                continue;
+            }
+            let Some(id) = job.params.get(param).and_then(Value::as_str) else {
+                continue;
+            };
+            if inline.iter().any(|p| p.upload_id == id) {
+                continue;
+            }
+            let found = self
+                .within(
+                    self.store
+                        .get_upload(who.owner(), id, Some(self.uploads.limits.ttl)),
+                )
+                .await?;
+            if found.is_none() {
+                return Err(Rejection::new(
+                    400,
+                    "upload-not-found",
+                    format!("{param}: no upload {id} (unknown, expired, or another key's); upload it with POST /api/uploads"),
+                )
+                .field(param.clone())
+                .into());
+            }
+        }
+        Ok(())
+    }
+}
