@@ -1,6 +1,6 @@
 //! The job store: the queue and the job records, behind one trait with two real
 //! implementations ([`RedisStore`] for many machines, [`SqliteStore`] embedded) that
-//! pass one conformance suite (`tests/it/store_conformance.rs`).
+//! pass one conformance suite (`tests/it/store_conformance/`).
 //!
 //! Semantics shared by both:
 //! - `enqueue` records a job `queued` and puts it at the back of the queue.

@@ -15,7 +15,7 @@
 //! names by the connection's own resolver) unless `--webhook-allow-private`;
 //! redirects are not followed; no proxy is used.
 
-pub mod guard;
+pub mod egress;
 
 use std::time::Duration;
 
@@ -228,11 +228,11 @@ impl WebhookRecord {
 }
 
 /// Why a `webhook_url` or `webhook_events` is refused.
-pub fn check_url(s: &str, allow_private: bool) -> Result<reqwest12::Url, String> {
+pub fn check_url(s: &str, allow_private: bool) -> Result<reqwest::Url, String> {
     if s.len() > MAX_URL_LEN {
         return Err(format!("must be at most {MAX_URL_LEN} characters"));
     }
-    let url = reqwest12::Url::parse(s).map_err(|e| format!("is not a URL ({e})"))?;
+    let url = reqwest::Url::parse(s).map_err(|e| format!("is not a URL ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err("must be an http or https URL".into());
     }
@@ -245,7 +245,7 @@ pub fn check_url(s: &str, allow_private: bool) -> Result<reqwest12::Url, String>
     match url.host() {
         None => return Err("must name a host".into()),
         Some(url::Host::Domain("")) => return Err("must name a host".into()),
-        Some(host) if !allow_private => guard::check_literal(Some(host))?,
+        Some(host) if !allow_private => egress::check_literal(Some(host))?,
         Some(_) => {}
     }
     if url.fragment().is_some() {

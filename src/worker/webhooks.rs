@@ -13,7 +13,9 @@ use crate::clock;
 use crate::job::{JobRecord, JobStatus, JobView};
 use crate::metrics::Metrics;
 use crate::store::{ClaimedWebhook, JobStore};
-use crate::webhooks::{ORPHAN_GRACE, WebhookRecord, WebhookSettings, guard, message_id, signature};
+use crate::webhooks::{
+    ORPHAN_GRACE, WebhookRecord, WebhookSettings, egress, message_id, signature,
+};
 
 /// How often the outbox is looked at without a wake-up (due retries, rechecks).
 const POLL: Duration = Duration::from_millis(500);
@@ -42,22 +44,22 @@ struct Message<'a> {
 pub struct Deliverer {
     store: Arc<dyn JobStore>,
     settings: Arc<WebhookSettings>,
-    client: reqwest12::Client,
+    client: reqwest::Client,
     metrics: Arc<Metrics>,
     signer: tokio::sync::OnceCell<UrlSigner>,
 }
 
 /// The HTTP client webhooks go out with: no redirects, no proxy, every name
 /// resolved through the address guard, the attempt bounded by the timeout.
-pub fn client(settings: &WebhookSettings) -> Result<reqwest12::Client, String> {
-    reqwest12::Client::builder()
-        .redirect(reqwest12::redirect::Policy::none())
+pub fn client(settings: &WebhookSettings) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .timeout(settings.timeout)
         .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
         .pool_max_idle_per_host(4)
         .user_agent(concat!("StudioCore-Webhooks/", env!("CARGO_PKG_VERSION")))
-        .dns_resolver(Arc::new(guard::GuardedResolver {
+        .dns_resolver(Arc::new(egress::GuardedResolver {
             allow_private: settings.allow_private,
         }))
         .build()
@@ -284,13 +286,13 @@ impl Deliverer {
         job: &JobRecord,
         event: &str,
     ) -> Result<u16, Failure> {
-        let url = reqwest12::Url::parse(&rec.url)
+        let url = reqwest::Url::parse(&rec.url)
             .map_err(|e| Failure::Refused(format!("not a URL: {e}")))?;
         let s = &self.settings;
         // IP literals here; names when the client resolves them (GuardedResolver),
         // whose refusal comes back through the request's error.
         if !s.allow_private {
-            guard::check_literal(url.host()).map_err(Failure::Refused)?;
+            egress::check_literal(url.host()).map_err(Failure::Refused)?;
         }
         if s.secrets.is_empty() {
             return Err(Failure::Retry {
@@ -373,15 +375,15 @@ impl Deliverer {
 }
 
 /// The first bytes of an answer's body (one chunk at most).
-async fn bounded_chunk(mut resp: reqwest12::Response) -> Option<bytes::Bytes> {
+async fn bounded_chunk(mut resp: reqwest::Response) -> Option<bytes::Bytes> {
     resp.chunk().await.ok().flatten()
 }
 
 /// The address guard's refusal, if that is why a request failed.
-fn refusal(e: &reqwest12::Error) -> Option<&guard::Refused> {
+fn refusal(e: &reqwest::Error) -> Option<&egress::Refused> {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
-        if let Some(r) = s.downcast_ref::<guard::Refused>() {
+        if let Some(r) = s.downcast_ref::<egress::Refused>() {
             return Some(r);
         }
         source = s.source();
@@ -390,7 +392,7 @@ fn refusal(e: &reqwest12::Error) -> Option<&guard::Refused> {
 }
 
 /// A transport error in words a user can act on.
-fn describe(e: &reqwest12::Error, timeout: Duration) -> String {
+fn describe(e: &reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {
         return format!("no answer within {} s", timeout.as_secs_f64());
     }

@@ -16,6 +16,7 @@ mod idempotency;
 mod images;
 mod keys;
 mod launch;
+mod layers;
 mod limits;
 mod metrics;
 mod openapi;

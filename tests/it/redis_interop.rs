@@ -450,7 +450,7 @@ async fn a_late_claim_settle_does_not_list_a_finished_job_as_processing() {
     };
     assert!(s.complete(&second.lease, done).await.unwrap());
 
-    let k = studio_core::store::redis::Keys::new(&p.prefix);
+    let k = studio_core::store::redis::KeyNames::new(&p.prefix);
     let script = redis::Script::new(&format!(
         "{}\n{}",
         include_str!("../../src/store/lua/queue_prelude.lua"),

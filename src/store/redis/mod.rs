@@ -11,7 +11,7 @@ mod api_keys;
 pub mod conn;
 mod events;
 mod idempotency;
-mod keys;
+mod key_names;
 mod lease;
 mod outbox;
 mod previews;
@@ -32,7 +32,7 @@ use tokio::sync::{Notify, broadcast, watch};
 
 use self::conn::Conn;
 use self::events::subscribe_loop;
-pub use self::keys::Keys;
+pub use self::key_names::KeyNames;
 use self::scripts::Scripts;
 use super::{EVENT_BUFFER, JobEvent, StoreError, StoreSettings, WorkerId};
 use crate::job::JobRecord;
@@ -46,7 +46,7 @@ pub struct RedisStore {
     conn: Conn,
     /// Woken when a job is queued (seen on the events channel), for idle claims.
     wake: Arc<Notify>,
-    keys: Keys,
+    keys: KeyNames,
     settings: StoreSettings,
     scripts: Scripts,
     events: broadcast::Sender<JobEvent>,
@@ -83,7 +83,7 @@ impl RedisStore {
             unanswered: Mutex::new(Vec::new()),
             conn,
             wake: Arc::new(Notify::new()),
-            keys: Keys::new(prefix),
+            keys: KeyNames::new(prefix),
             settings,
             scripts: Scripts::new(),
             events,

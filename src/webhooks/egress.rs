@@ -151,13 +151,13 @@ pub struct GuardedResolver {
     pub allow_private: bool,
 }
 
-impl reqwest12::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest12::dns::Name) -> reqwest12::dns::Resolving {
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let allow = self.allow_private;
         let host = name.as_str().to_owned();
         Box::pin(async move {
             let addrs = resolve(&host, 0, allow).await?;
-            Ok(Box::new(addrs.into_iter()) as reqwest12::dns::Addrs)
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
         })
     }
 }

@@ -10,14 +10,14 @@ pub const LISTED_STATUSES: [&str; 4] = ["queued", "processing", "finished", "fai
 
 /// Key names for one prefix.
 #[derive(Clone, Debug)]
-pub struct Keys {
+pub struct KeyNames {
     prefix: String,
     tag: String,
 }
 
-impl Keys {
+impl KeyNames {
     pub fn new(prefix: &str) -> Self {
-        Keys {
+        KeyNames {
             prefix: prefix.to_owned(),
             tag: format!("{{{prefix}job_queue}}"),
         }
@@ -248,7 +248,7 @@ mod tests {
 
     #[test]
     fn no_prefix_gives_the_prototype_names() {
-        let k = Keys::new("");
+        let k = KeyNames::new("");
         assert_eq!(k.queue(), "job_queue");
         assert_eq!(k.status("abc"), "job:status:abc");
         assert_eq!(k.processing("w1"), "{job_queue}:processing:w1");
@@ -285,7 +285,7 @@ mod tests {
         // 6010 is the slot measured on a real cluster (research/queue-anchors.md §2.6).
         assert_eq!(slot("job_queue"), 6010);
         for prefix in ["", "studio1:"] {
-            let k = Keys::new(prefix);
+            let k = KeyNames::new(prefix);
             let s = slot(&k.queue());
             for key in [
                 k.processing("w"),
