@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::shutdown;
 use crate::storage::{FsImageStore, ImageStore, S3ImageStore};
 use crate::store::JobStore;
-use crate::submit::{Submitter, UploadLimits, Uploader};
+use crate::submit::{Submitter, Uploader};
 use crate::transport::{self, ConnStats, Server, raise_fd_limit};
 use crate::worker::Workers;
 use crate::workflow::WorkflowRegistry;
@@ -114,14 +114,7 @@ impl App {
                 workflows: workflows.clone(),
                 offers: offers.clone(),
                 webhooks: webhooks.clone(),
-                uploads: Uploader {
-                    limits: UploadLimits {
-                        max_bytes: args.max_upload_bytes,
-                        max_pixels: args.max_upload_pixels,
-                        ttl: args.job_ttl,
-                    },
-                    images: images.clone(),
-                },
+                uploads: Uploader::new(args.upload_limits(), images.clone()),
                 metrics: metrics.clone(),
                 store_timeout: api::STORE_TIMEOUT,
             });

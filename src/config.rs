@@ -167,6 +167,21 @@ pub struct ServerArgs {
     /// submission, where the JSON body's own cap also applies).
     #[arg(long, env = "STUDIO_MAX_UPLOAD_BYTES", default_value = "20MiB", value_parser = parse_size)]
     pub max_upload_bytes: u64,
+    /// Bytes of live uploads one key may hold at once (anonymous callers share
+    /// one quota); uploads expire with --job-ttl.
+    #[arg(long, env = "STUDIO_UPLOAD_QUOTA", default_value = "1GiB", value_parser = parse_size)]
+    pub upload_quota: u64,
+    /// Live uploads one key may hold at once.
+    #[arg(long, env = "STUDIO_UPLOAD_QUOTA_COUNT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upload_quota_count: u64,
+    /// Bytes of upload bodies this process reads at once (over it, uploads wait
+    /// a second, then get 503 upload-busy).
+    #[arg(long, env = "STUDIO_UPLOAD_BUFFER", default_value = "128MiB", value_parser = parse_size)]
+    pub upload_buffer: u64,
+    /// Uploads one client (a key, or an address without one) may send at once
+    /// (429 beyond).
+    #[arg(long, env = "STUDIO_MAX_UPLOADS_PER_CLIENT", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_uploads_per_client: u64,
     /// Most pixels (width × height) of an input picture.
     #[arg(long, env = "STUDIO_MAX_UPLOAD_PIXELS", default_value_t = crate::uploads::DEFAULT_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_upload_pixels: u64,
@@ -196,6 +211,10 @@ pub struct ServerArgs {
     /// Longest retry delay.
     #[arg(long, env = "STUDIO_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
     pub retry_max: Duration,
+    /// How often workers delete stored files that no record names any more
+    /// (uploads, after the last record naming them expired).
+    #[arg(long, env = "STUDIO_SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
     /// How long job records live after their last change.
     #[arg(long, env = "STUDIO_JOB_TTL", default_value = "24h", value_parser = parse_duration)]
     pub job_ttl: Duration,
@@ -405,6 +424,21 @@ impl ServerArgs {
         }
     }
 
+    /// Caps on input pictures.
+    pub fn upload_limits(&self) -> crate::submit::UploadLimits {
+        crate::submit::UploadLimits {
+            max_bytes: self.max_upload_bytes,
+            max_pixels: self.max_upload_pixels,
+            ttl: self.job_ttl,
+            quota: crate::store::UploadQuota {
+                max_bytes: self.upload_quota,
+                max_count: self.upload_quota_count,
+            },
+            buffer: self.upload_buffer.max(self.max_upload_bytes),
+            per_client: self.max_uploads_per_client as usize,
+        }
+    }
+
     /// The HTTP listener's limits; `fd_limit` is the file-descriptor limit in force.
     pub fn conn_limits(&self, fd_limit: u64) -> ConnLimits {
         ConnLimits {
@@ -472,6 +506,8 @@ impl ServerArgs {
             backends.push("http://127.0.0.1:8188".into());
         }
         Ok(WorkerConfig {
+            sweep_interval: self.sweep_interval,
+            sweep_grace: crate::worker::sweep::GRACE.min(self.job_ttl),
             launch,
             capabilities_interval: Duration::from_secs(300),
             unroutable_after: self.unroutable_after,

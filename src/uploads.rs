@@ -3,10 +3,13 @@
 //! keeps of it. The bytes live in the output storage, content-addressed by their
 //! SHA-256, under [`UPLOADS_DIR`].
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::job::JobId;
+use crate::picture;
 
 /// The storage "job" whose files are the uploads (a name no job of ours has: job
 /// ids we make are UUIDs).
@@ -87,16 +90,26 @@ pub fn sniff(bytes: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// Checks an upload: its declared type (if any) against its bytes, its size, its
-/// dimensions against `max_pixels` (read from the header, before any decoding),
-/// a full decode (a truncated or corrupt file fails), and nothing after the
-/// image's end (a polyglot: a PNG that is also a ZIP or an HTML page).
-pub fn check(
+/// What an upload's header says: its type and dimensions, checked against the
+/// declared type and the caps. Cheap (no decoding): run before [`check`], so most
+/// refusals cost nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub kind: &'static str,
+    pub format: image::ImageFormat,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Checks an upload's declared type (if any) against its bytes, its size, and
+/// its dimensions against `max_pixels` (read from the header, before any
+/// decoding).
+pub fn check_header(
     bytes: &[u8],
     declared: Option<&str>,
     max_bytes: u64,
     max_pixels: u64,
-) -> Result<(&'static str, u32, u32), UploadError> {
+) -> Result<Header, UploadError> {
     if bytes.len() as u64 > max_bytes {
         return Err(refuse(
             413,
@@ -161,69 +174,50 @@ pub fn check(
     if w == 0 || h == 0 {
         return Err(refuse(400, "invalid-image", "the image has no pixels"));
     }
-    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(w);
-    limits.max_image_height = Some(h);
-    // Decoded RGBA at 16 bits per channel, with room for the decoder's buffers.
-    limits.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
-    reader.limits(limits);
-    reader.decode().map_err(|e| {
-        refuse(
-            400,
-            "invalid-image",
-            format!("the {kind} does not decode: {e}"),
-        )
-    })?;
-    let end = image_end(kind, bytes).ok_or_else(|| {
-        refuse(
-            400,
-            "invalid-image",
-            format!("cannot find the end of the {kind}"),
-        )
-    })?;
-    if end < bytes.len() {
-        return Err(refuse(
-            400,
-            "invalid-image",
-            format!(
-                "{} bytes follow the end of the {kind} (a file that is also something else is refused)",
-                bytes.len() - end
-            ),
-        ));
-    }
-    Ok((kind, w, h))
+    Ok(Header {
+        kind,
+        format,
+        width: w,
+        height: h,
+    })
 }
 
-/// Where the image's own bytes end.
-fn image_end(kind: &str, b: &[u8]) -> Option<usize> {
-    match kind {
-        "image/png" => {
-            // Chunks: length (4), type (4), data, CRC (4); the last is IEND.
-            let mut at = 8usize;
-            loop {
-                let len = u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize;
-                let ty = b.get(at + 4..at + 8)?;
-                at = at.checked_add(12)?.checked_add(len)?;
-                if at > b.len() {
-                    return None;
-                }
-                if ty == b"IEND" {
-                    return Some(at);
-                }
+/// Checks a whole upload: its header ([`check_header`]), its structure to its
+/// end (nothing may follow it: a file that is also a ZIP or an HTML page is
+/// refused; JPEG and WebP metadata is bounded), and a full decode (a truncated
+/// or corrupt file fails). A PNG loses its ancillary chunks (text, ICC
+/// profiles, private data), so what is kept and decoded is only the picture: the
+/// bytes to keep are returned. Blocking (it decodes): call it through
+/// [`crate::picture::off_runtime`].
+pub fn check<'a>(
+    bytes: &'a [u8],
+    declared: Option<&str>,
+    max_bytes: u64,
+    max_pixels: u64,
+) -> Result<(Header, Cow<'a, [u8]>), UploadError> {
+    let header = check_header(bytes, declared, max_bytes, max_pixels)?;
+    let kind = header.kind;
+    let invalid = |why: String| refuse(400, "invalid-image", why);
+    let kept = match header.format {
+        image::ImageFormat::Png => picture::strip_png(bytes).map_err(invalid)?,
+        format => {
+            let end = picture::end_of(format, bytes).map_err(invalid)?;
+            if end < bytes.len() {
+                return Err(invalid(format!(
+                    "{} bytes follow the end of the {kind} (a file that is also something else is refused)",
+                    bytes.len() - end
+                )));
             }
+            Cow::Borrowed(bytes)
         }
-        "image/jpeg" => {
-            // The decoder stopped at the end-of-image marker; it must be last.
-            (b.len() >= 4 && b[b.len() - 2..] == [0xFF, 0xD9]).then_some(b.len())
-        }
-        _ => {
-            // RIFF size counts everything after its first 8 bytes (padded to even).
-            let size = u32::from_le_bytes(b.get(4..8)?.try_into().ok()?) as usize;
-            let end = size.checked_add(8)?;
-            (end <= b.len()).then_some(end + (end % 2).min(b.len() - end))
-        }
-    }
+    };
+    let pixels = u64::from(header.width) * u64::from(header.height);
+    // Decoded RGBA at 16 bits per channel, with room for the decoder's buffers
+    // (a PNG is checked a row at a time and needs far less).
+    let max_alloc = pixels.saturating_mul(8).saturating_add(64 << 20);
+    picture::verify(&kept, header.format, max_alloc)
+        .map_err(|e| invalid(format!("the {kind} does not decode: {e}")))?;
+    Ok((header, kept))
 }
 
 /// The id of these bytes.
@@ -302,16 +296,17 @@ mod tests {
 
     #[test]
     fn good_images_of_each_format_pass() {
+        let dims = |(h, _): (Header, Cow<'_, [u8]>)| (h.kind, h.width, h.height);
         assert_eq!(
-            check(&png(3, 2), Some("image/png"), 1 << 20, 100).unwrap(),
+            dims(check(&png(3, 2), Some("image/png"), 1 << 20, 100).unwrap()),
             ("image/png", 3, 2)
         );
         assert_eq!(
-            check(&jpeg(8, 8), None, 1 << 20, 100).unwrap(),
+            dims(check(&jpeg(8, 8), None, 1 << 20, 100).unwrap()),
             ("image/jpeg", 8, 8)
         );
         assert_eq!(
-            check(&webp(5, 4), Some("image/webp"), 1 << 20, 100).unwrap(),
+            dims(check(&webp(5, 4), Some("image/webp"), 1 << 20, 100).unwrap()),
             ("image/webp", 5, 4)
         );
     }

@@ -148,6 +148,22 @@ fn is_public(path: &str) -> bool {
         || path.starts_with("/images/")
 }
 
+/// A name for who sends a request, for per-client caps: its key, or its
+/// address (an IPv6 client: its /64) without one.
+pub fn client_of<B>(who: &Identity, req: &Request<B>) -> String {
+    match &who.key {
+        Some(k) => format!("key:{}", k.id),
+        None => {
+            let ip = req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+            format!("addr:{:x}", IpKey::of(ip).0)
+        }
+    }
+}
+
 /// Who a request comes from; for the handlers.
 #[derive(Clone, Debug)]
 pub struct Caller(pub Identity);

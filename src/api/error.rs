@@ -104,6 +104,21 @@ impl From<Refusal> for ApiError {
                 ),
             )
             .retry_after(10),
+            Refusal::UploadQuota { what } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "upload-quota",
+                format!(
+                    "this key's uploads would go over its quota ({what}); uploads expire with --job-ttl, or ask for a larger --upload-quota"
+                ),
+            ),
+            Refusal::WebhookQuota { limit } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "webhook-quota",
+                format!(
+                    "this key has {limit} webhooks waiting to be delivered already (--webhook-max-pending-per-key); try again later, or submit without webhook_url"
+                ),
+            )
+            .retry_after(30),
         }
     }
 }

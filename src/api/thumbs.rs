@@ -2,13 +2,10 @@
 //! size from the stored picture, kept beside it in the same storage, and served
 //! like any output after that. Only a few widths exist, so thumbnails cannot be
 //! used to fill the disk (at most one per width per picture, each smaller than the
-//! picture), and making them is bounded (two at a time, pictures up to 64 MiB and
-//! 40 megapixels).
-
-use std::sync::LazyLock;
+//! picture), and making them is bounded (at the process's decode gate, pictures up
+//! to 64 MiB and 40 megapixels).
 
 use axum::http::StatusCode;
-use tokio::sync::Semaphore;
 
 use super::AppState;
 use super::error::ApiError;
@@ -18,8 +15,6 @@ use crate::picture::{DecodeError, MAX_BYTES};
 
 /// The widths a thumbnail may have.
 pub const WIDTHS: [u32; 3] = [128, 256, 512];
-/// Thumbnails made at once in this process (each decodes a whole picture).
-static MAKING: LazyLock<Semaphore> = LazyLock::new(|| Semaphore::new(2));
 
 /// A width the query asked for, checked.
 pub fn width(w: u32) -> Result<u32, ApiError> {
@@ -76,9 +71,9 @@ pub async fn ensure(
     if blob.total > MAX_BYTES {
         return Err(too_large(format!("{} bytes", blob.total)));
     }
-    let _turn = MAKING.acquire().await.map_err(|_| storage("closing"))?;
     let bytes = blob.read_all(MAX_BYTES).await.map_err(storage)?;
-    let made = tokio::task::spawn_blocking(move || make(&bytes, w))
+    // Made off the runtime, at the process's decode gate (shared with uploads).
+    let made = crate::picture::off_runtime(move || make(&bytes, w))
         .await
         .map_err(storage)??;
     state.images.put(job, &name, &made).await.map_err(storage)?;

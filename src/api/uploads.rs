@@ -3,8 +3,7 @@
 //! storage, recorded for its owner with the job TTL.
 
 use axum::Json;
-use axum::body::Body;
-use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -62,6 +61,22 @@ pub async fn upload(
         .to_ascii_lowercase()
         .starts_with("multipart/form-data");
     let limit = limits.max_bytes + if is_multipart { MULTIPART_OVERHEAD } else { 0 };
+    // Room in this process's upload buffer, and a slot among the client's
+    // uploads in flight, before a byte of the body is read.
+    let declared_len = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| *n <= limit)
+        .unwrap_or(limit);
+    let client = super::access::client_of(&who, &req);
+    let _room = state
+        .submit
+        .uploads
+        .reserve(declared_len, &client)
+        .await
+        .map_err(ApiError::from)?;
     let body = read_body(req, limit as usize, state.body_timeout)
         .await
         .map_err(|e| e.with_field("image"))?;
@@ -74,7 +89,7 @@ pub async fn upload(
     };
     let declared = declared.filter(|d| !d.starts_with("application/octet-stream"));
     let uploader = &state.submit.uploads;
-    let picture = uploader.check(bytes.to_vec(), declared.as_deref())?;
+    let picture = uploader.check(bytes.to_vec(), declared.as_deref()).await?;
     let record = uploader
         .store(
             state.store.as_ref(),
@@ -86,6 +101,9 @@ pub async fn upload(
     Ok((StatusCode::CREATED, Json(record)).into_response())
 }
 
+/// The picture in a `multipart/form-data` body (already read, under the cap):
+/// the field named `image`, else the first file. Parsed with multer directly, so
+/// axum's 2 MiB default for its own extractor does not apply.
 async fn picture_from_multipart(
     content_type: &str,
     body: bytes::Bytes,
@@ -93,13 +111,10 @@ async fn picture_from_multipart(
     let bad = |m: String| {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid-multipart", m).with_field("image")
     };
-    let req = Request::builder()
-        .header(header::CONTENT_TYPE, content_type)
-        .body(Body::from(body))
-        .map_err(|e| bad(e.to_string()))?;
-    let mut form = Multipart::from_request(req, &())
-        .await
+    let boundary = multer::parse_boundary(content_type)
         .map_err(|e| bad(format!("not a multipart/form-data body: {e}")))?;
+    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
+    let mut form = multer::Multipart::new(stream, boundary);
     let mut first_file = None;
     while let Some(field) = form
         .next_field()
@@ -111,7 +126,7 @@ async fn picture_from_multipart(
         if !(named_image || is_file) {
             continue;
         }
-        let ct = field.content_type().map(str::to_owned);
+        let ct = field.content_type().map(|m| m.to_string());
         let data = field
             .bytes()
             .await

@@ -1,6 +1,6 @@
 //! Outputs in a local directory: `<root>/<job id>/<file name>`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -30,6 +30,22 @@ impl FsImageStore {
 
 #[async_trait]
 impl ImageStore for FsImageStore {
+    async fn delete(&self, job: &JobId, names: &[String]) -> Result<(), StorageError> {
+        for name in names {
+            match tokio::fs::remove_file(self.path(job, name)?).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // The job's directory goes when it is empty (best effort: a file may be
+        // arriving).
+        if let Some(dir) = self.path(job, "x")?.parent() {
+            let _ = tokio::fs::remove_dir(dir).await;
+        }
+        Ok(())
+    }
+
     async fn put_stream(
         &self,
         job: &JobId,

@@ -156,6 +156,10 @@ pub trait ImageStore: Send + Sync + 'static {
         range: Option<ByteRange>,
     ) -> Result<Option<(Blob, bool)>, StorageError>;
 
+    /// Deletes files of a job (those missing are no error), in as few requests
+    /// as the store allows (S3: one batched delete per thousand).
+    async fn delete(&self, job: &JobId, names: &[String]) -> Result<(), StorageError>;
+
     /// A URL that serves the file for `ttl` without this server (a presigned
     /// `GET`), if the store can make one; `None` also when there is no such file.
     async fn presigned_url(

@@ -113,6 +113,27 @@ impl S3ImageStore {
 
 #[async_trait]
 impl ImageStore for S3ImageStore {
+    async fn delete(&self, job: &JobId, names: &[String]) -> Result<(), StorageError> {
+        let paths: Vec<Result<Path, object_store::Error>> = names
+            .iter()
+            .map(|n| self.path(job, n))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .map(Ok)
+            .collect();
+        // One DeleteObjects request per thousand keys (object_store batches).
+        let mut done = self
+            .store
+            .delete_stream(futures_util::stream::iter(paths).boxed());
+        while let Some(r) = done.next().await {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(StorageError::Io(std::io::Error::other(e.to_string()))),
+            }
+        }
+        Ok(())
+    }
+
     async fn put_stream(
         &self,
         job: &JobId,

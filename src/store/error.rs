@@ -24,6 +24,13 @@ pub enum Refusal {
     /// The owner has its `limit` of waiting jobs already.
     #[error("the key's quota of waiting jobs is used ({limit})")]
     QuotaFull { limit: u32 },
+    /// The owner's live uploads would go over its quota (`what`: the bound, in
+    /// words).
+    #[error("the key's upload quota is used ({what})")]
+    UploadQuota { what: String },
+    /// The owner has its `limit` of webhooks waiting to be delivered already.
+    #[error("the key's quota of pending webhooks is used ({limit})")]
+    WebhookQuota { limit: u64 },
 }
 
 impl StoreError {

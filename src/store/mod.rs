@@ -42,7 +42,7 @@ pub use self::queue::{
 pub use self::redis::RedisStore;
 pub use self::routing::{MAX_REQUIREMENT_SETS, Routing};
 pub use self::sqlite::SqliteStore;
-pub use self::uploads::Uploads;
+pub use self::uploads::{UploadQuota, Uploads};
 
 /// Every role trait, for code that calls a concrete store (`RedisStore`,
 /// `SqliteStore`) rather than a `dyn JobStore`: `use store::prelude::*`.

@@ -1,16 +1,22 @@
-//! Input pictures: checked ([`uploads::check`]), stored content-addressed in the
-//! output storage, and recorded for their owner. One path for `POST
-//! /api/uploads` and for `data:` URLs given inline in a submission.
+//! Input pictures: checked ([`uploads::check`], off the runtime behind the
+//! process's decode gate), stored content-addressed in the output storage,
+//! recorded for their owner within its quota. One path for `POST /api/uploads`,
+//! for `data:` URLs given inline in a submission, and for the other front doors'
+//! uploads. Bodies being read count against a budget of buffered bytes for the
+//! whole process and a cap on uploads in flight per client ([`Uploader::reserve`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::SubmitError;
+use super::{Rejection, SubmitError};
 use crate::clock;
-use crate::storage::{ByteRange, ImageStore};
-use crate::store::{StoreError, Uploads, within};
+use crate::picture::off_runtime;
+use crate::storage::ImageStore;
+use crate::store::{StoreError, UploadQuota, Uploads, within};
 use crate::uploads::{self, UploadRecord};
 use crate::workflow::{DEFAULT_WORKFLOW, WorkflowRegistry};
 
@@ -23,7 +29,18 @@ pub struct UploadLimits {
     pub max_pixels: u64,
     /// How long an upload is kept (the job TTL); a job that names it extends it.
     pub ttl: Duration,
+    /// What one owner may hold at once (`--upload-quota`, `--upload-quota-count`).
+    pub quota: UploadQuota,
+    /// Upload bodies being read at once, in bytes, in this process
+    /// (`--upload-buffer`).
+    pub buffer: u64,
+    /// Uploads one client (a key, or an address without one) may send at once
+    /// (`--max-uploads-per-client`).
+    pub per_client: usize,
 }
+
+/// How long an upload waits for room in the buffer budget before it is refused.
+const BUFFER_WAIT: Duration = Duration::from_secs(1);
 
 /// A checked picture, not stored yet.
 pub struct Picture {
@@ -32,6 +49,7 @@ pub struct Picture {
     pub kind: &'static str,
     pub width: u32,
     pub height: u32,
+    /// What is kept (a PNG without its ancillary chunks).
     pub bytes: Vec<u8>,
 }
 
@@ -39,29 +57,124 @@ pub struct Picture {
 pub struct Uploader {
     pub limits: UploadLimits,
     pub images: Arc<dyn ImageStore>,
+    /// The buffer budget, in KiB.
+    buffered: Arc<Semaphore>,
+    /// Uploads in flight per client.
+    in_flight: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// Room for one upload body: held while it is read and checked.
+pub struct Reservation {
+    _budget: OwnedSemaphorePermit,
+    _client: InFlight,
+}
+
+/// One of a client's uploads in flight; counted down when dropped.
+struct InFlight {
+    client: String,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.client);
+            }
+        }
+    }
 }
 
 impl Uploader {
+    pub fn new(limits: UploadLimits, images: Arc<dyn ImageStore>) -> Self {
+        let kib = (limits.buffer.div_ceil(1024)).clamp(1, Semaphore::MAX_PERMITS as u64);
+        Uploader {
+            limits,
+            images,
+            buffered: Arc::new(Semaphore::new(kib as usize)),
+            in_flight: Arc::default(),
+        }
+    }
+
+    /// Room to read an upload body of at most `bytes` for `client`: refused at
+    /// once when the client has its uploads in flight (429), after a second
+    /// when the process's buffer budget stays full (503).
+    pub async fn reserve(&self, bytes: u64, client: &str) -> Result<Reservation, Rejection> {
+        {
+            let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(client.to_owned()).or_insert(0);
+            if *n >= self.limits.per_client {
+                return Err(Rejection::new(
+                    429,
+                    "too-many-uploads",
+                    format!(
+                        "this client is sending {} uploads already (--max-uploads-per-client); send the next when one is done",
+                        self.limits.per_client
+                    ),
+                )
+                .retry_after(1));
+            }
+            *n += 1;
+        }
+        let client = InFlight {
+            client: client.to_owned(),
+            counts: self.in_flight.clone(),
+        };
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        let kib = kib.min(self.buffered_total());
+        match tokio::time::timeout(BUFFER_WAIT, self.buffered.clone().acquire_many_owned(kib)).await
+        {
+            Ok(Ok(permit)) => Ok(Reservation {
+                _budget: permit,
+                _client: client,
+            }),
+            _ => Err(Rejection::new(
+                503,
+                "upload-busy",
+                "the server is reading as many uploads as it holds at once (--upload-buffer); try again shortly",
+            )
+            .retry_after(2)),
+        }
+    }
+
+    fn buffered_total(&self) -> u32 {
+        u32::try_from(self.limits.buffer.div_ceil(1024).max(1)).unwrap_or(u32::MAX)
+    }
+
     /// Checks `bytes` (what they are, against what the client declared, and the
-    /// caps).
-    pub fn check(&self, bytes: Vec<u8>, declared: Option<&str>) -> Result<Picture, SubmitError> {
-        let (kind, width, height) = uploads::check(
-            &bytes,
-            declared,
-            self.limits.max_bytes,
-            self.limits.max_pixels,
-        )?;
+    /// caps): the header at once, the whole picture off the runtime.
+    pub async fn check(
+        &self,
+        bytes: Vec<u8>,
+        declared: Option<&str>,
+    ) -> Result<Picture, SubmitError> {
+        let (max_bytes, max_pixels) = (self.limits.max_bytes, self.limits.max_pixels);
+        uploads::check_header(&bytes, declared, max_bytes, max_pixels)?;
+        let declared = declared.map(str::to_owned);
+        let checked = off_runtime(move || {
+            let (header, kept) =
+                uploads::check(&bytes, declared.as_deref(), max_bytes, max_pixels)?;
+            let kept = kept.into_owned();
+            Ok::<_, uploads::UploadError>((header, kept))
+        })
+        .await
+        .map_err(|e| Rejection::new(503, "upload-busy", e.to_string()).retry_after(2))??;
+        let (header, bytes) = checked;
         Ok(Picture {
             upload_id: uploads::upload_id(&bytes),
-            kind,
-            width,
-            height,
+            kind: header.kind,
+            width: header.width,
+            height: header.height,
             bytes,
         })
     }
 
-    /// Stores a checked picture (once per content, whoever sends it) and records
-    /// it for `owner`.
+    /// Records a checked picture for `owner` (within its quota), then stores its
+    /// file. The file is written every time, present or not: the answer takes
+    /// as long whether or not anyone sent these bytes before, and a file the
+    /// sweeper was about to delete is written again.
     pub async fn store(
         &self,
         store: &dyn Uploads,
@@ -69,34 +182,8 @@ impl Uploader {
         picture: &Picture,
         timeout: Duration,
     ) -> Result<UploadRecord, SubmitError> {
-        let dir = uploads::uploads_dir();
-        let id = &picture.upload_id;
-        let unavailable = |e: crate::storage::StorageError| {
-            SubmitError::Store(StoreError::Unavailable(format!(
-                "the storage is unavailable: {e}"
-            )))
-        };
-        let present = self
-            .images
-            .open_part(
-                &dir,
-                id,
-                Some(ByteRange::From {
-                    start: 0,
-                    end: Some(0),
-                }),
-            )
-            .await
-            .map_err(unavailable)?
-            .is_some();
-        if !present {
-            self.images
-                .put(&dir, id, &picture.bytes)
-                .await
-                .map_err(unavailable)?;
-        }
         let record = UploadRecord {
-            upload_id: id.clone(),
+            upload_id: picture.upload_id.clone(),
             width: picture.width,
             height: picture.height,
             content_type: picture.kind.to_owned(),
@@ -104,7 +191,19 @@ impl Uploader {
             owner: owner.to_owned(),
             created_at: clock::iso8601(clock::now_micros()),
         };
-        within(timeout, store.put_upload(&record, self.limits.ttl)).await?;
+        within(
+            timeout,
+            store.put_upload(&record, self.limits.ttl, &self.limits.quota),
+        )
+        .await?;
+        self.images
+            .put(&uploads::uploads_dir(), &record.upload_id, &picture.bytes)
+            .await
+            .map_err(|e| {
+                SubmitError::Store(StoreError::Unavailable(format!(
+                    "the storage is unavailable: {e}"
+                )))
+            })?;
         tracing::info!(upload_id = %record.upload_id, size = record.size, width = record.width, height = record.height, "upload stored");
         Ok(record)
     }
@@ -158,7 +257,7 @@ impl Uploader {
             };
             let (mime, bytes) = uploads::decode_data_url(&url, self.limits.max_bytes)
                 .map_err(|e| with_field(e.into()))?;
-            let picture = self.check(bytes, Some(&mime)).map_err(with_field)?;
+            let picture = self.check(bytes, Some(&mime)).await.map_err(with_field)?;
             body[param] = Value::String(picture.upload_id.clone());
             pictures.push(picture);
         }

@@ -17,6 +17,7 @@ pub mod preview;
 pub mod progress;
 pub mod routing;
 pub mod run;
+pub mod sweep;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -42,6 +43,10 @@ const OFFER_WAIT: Duration = Duration::from_secs(10);
 /// How workers behave. Defaults are for production; tests shorten the durations.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
+    /// How often stored files no record names are looked for and deleted.
+    pub sweep_interval: Duration,
+    /// How long such a file is kept after its last record expired.
+    pub sweep_grace: Duration,
     /// ComfyUI servers, one dispatcher each.
     pub backends: Vec<String>,
     /// Prompts submitted ahead of the running one on each backend.
@@ -85,6 +90,8 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
+            sweep_interval: Duration::from_secs(60),
+            sweep_grace: sweep::GRACE,
             backends: vec!["http://127.0.0.1:8188".into()],
             prefetch: 1,
             job_timeout: Duration::from_secs(600),
@@ -241,6 +248,13 @@ impl Workers {
             self.store.clone(),
             self.metrics.clone(),
             self.config.maintenance_interval,
+            shutdown.clone(),
+        ));
+        tasks.spawn(sweep::sweep_loop(
+            self.store.clone(),
+            self.images.clone(),
+            self.config.sweep_interval,
+            self.config.sweep_grace,
             shutdown.clone(),
         ));
         match webhooks::Deliverer::new(

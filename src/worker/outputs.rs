@@ -122,7 +122,7 @@ async fn converted(
             return Err("more bytes than announced".into());
         }
     }
-    tokio::task::spawn_blocking(move || c.apply(&png).map_err(|why| (why, png)))
+    crate::picture::off_runtime(move || c.apply(&png).map_err(|why| (why, png)))
         .await
         .map_err(|e| e.to_string())
 }

@@ -134,6 +134,19 @@ impl KeyNames {
         format!("{}studio:upload:{owner}:{id}", self.prefix)
     }
 
+    /// An owner's live uploads: (ZSET id → expiry ms, HASH id → size), in a slot
+    /// of their own (the owner's tag), for the quota.
+    pub fn upload_usage(&self, owner: &str) -> (String, String) {
+        let base = format!("{}studio:uploads:{{o:{owner}}}", self.prefix);
+        (format!("{base}:exp"), format!("{base}:size"))
+    }
+
+    /// Stored upload files (content-addressed, shared by owners) → until when a
+    /// record names them (ms).
+    pub fn upload_files(&self) -> String {
+        format!("{}:upload-files", self.tag)
+    }
+
     /// A rate limit's bucket (GCRA's theoretical arrival time).
     pub fn rate_bucket(&self, bucket: &str) -> String {
         format!("{}studio:rate:{bucket}", self.prefix)

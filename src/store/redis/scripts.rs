@@ -30,6 +30,8 @@ pub(super) struct Scripts {
     pub(super) webhook_claim: Script,
     pub(super) webhook_settle: Script,
     pub(super) webhook_wake: Script,
+    pub(super) upload_usage: Script,
+    pub(super) forget_file: Script,
 }
 
 impl Scripts {
@@ -66,6 +68,14 @@ impl Scripts {
             webhook_claim: Script::new(include_str!("../lua/webhook_claim.lua")),
             webhook_settle: Script::new(include_str!("../lua/webhook_settle.lua")),
             webhook_wake: Script::new(include_str!("../lua/webhook_wake.lua")),
+            upload_usage: Script::new(include_str!("../lua/upload_usage.lua")),
+            // KEYS[1] the upload files, ARGV[1] id, ARGV[2] before (ms): removed
+            // only if no record has named it since.
+            forget_file: Script::new(
+                "local s = redis.call('ZSCORE', KEYS[1], ARGV[1]) \
+                 if s and tonumber(s) < tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end \
+                 return 0",
+            ),
             unlock: Script::new(
                 "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
             ),

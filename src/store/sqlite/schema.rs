@@ -142,8 +142,16 @@ CREATE TABLE IF NOT EXISTS uploads (
     id         TEXT NOT NULL,
     record     TEXT NOT NULL,
     expires_ms INTEGER NOT NULL,
+    size       INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (owner, id)
 );
+-- Stored upload files (content-addressed, shared by owners) and until when a
+-- record names them: a file no record names is deleted.
+CREATE TABLE IF NOT EXISTS upload_files (
+    id         TEXT PRIMARY KEY,
+    expires_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS upload_files_expiry ON upload_files (expires_ms);
 CREATE INDEX IF NOT EXISTS uploads_expiry ON uploads (expires_ms);
 -- Requirement sets by fingerprint (what jobs need of a backend), judged once by
 -- each dispatcher; a job names its set in `req`.
@@ -163,9 +171,11 @@ CREATE TABLE IF NOT EXISTS webhooks (
     record     TEXT NOT NULL,
     due_ms     INTEGER,
     lease_ms   INTEGER NOT NULL DEFAULT 0,
-    expires_ms INTEGER NOT NULL
+    expires_ms INTEGER NOT NULL,
+    owner      TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks (due_ms) WHERE due_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS webhooks_owner ON webhooks (owner) WHERE due_ms IS NOT NULL;
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id    TEXT NOT NULL,
@@ -180,8 +190,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 /// the prompt once (version 1 also kept the whole queue entry in `payload`) and
 /// counts queued jobs; version 3 adds owners, priorities, lanes, API keys,
 /// settings and idempotency records; version 4 routes jobs by requirement set
-/// (`req`).
-pub(super) const SCHEMA_VERSION: i64 = 4;
+/// (`req`); version 5 keeps upload sizes (quotas), the upload files' index, and
+/// each webhook's owner (per-key caps).
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// Creates the schema in a new file; refuses a file written by a newer version.
 pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -209,7 +220,36 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
         conn.execute_batch("ALTER TABLE jobs ADD COLUMN req TEXT NOT NULL DEFAULT '';")
             .map_err(internal)?;
     }
+    // Version 4's tables gain their columns before the schema's indexes use them.
+    let has_table = |name: &str| -> Result<bool, StoreError> {
+        conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .map_err(internal)
+    };
+    if (1..5).contains(&version) && has_table("uploads")? {
+        conn.execute_batch(
+            "ALTER TABLE uploads ADD COLUMN size INTEGER NOT NULL DEFAULT 0; \
+             UPDATE uploads SET size = COALESCE(json_extract(record, '$.size'), 0);",
+        )
+        .map_err(internal)?;
+    }
+    if (1..5).contains(&version) && has_table("webhooks")? {
+        conn.execute_batch("ALTER TABLE webhooks ADD COLUMN owner TEXT NOT NULL DEFAULT '';")
+            .map_err(internal)?;
+    }
     conn.execute_batch(SCHEMA).map_err(internal)?;
+    if (1..5).contains(&version) {
+        // Files named by the records an earlier version kept.
+        conn.execute_batch(
+            "INSERT OR IGNORE INTO upload_files (id, expires_ms) \
+             SELECT id, MAX(expires_ms) FROM uploads GROUP BY id;",
+        )
+        .map_err(internal)?;
+    }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(internal)?;
     Ok(())
