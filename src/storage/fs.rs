@@ -1,6 +1,6 @@
 //! Outputs in a local directory: `<root>/<job id>/<file name>`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
