@@ -83,7 +83,10 @@ impl App {
             None
         };
         let (stop, stop_rx) = shutdown::flag();
-        let auth = args.auth.resolve(&args.host);
+        let auth = args
+            .auth
+            .resolve(&args.host, &args.public_url, &args.cors_origins);
+        let door = args.door(auth);
         let ops = api::ops::OpsHistory::new(args.ops_interval);
         let (server, router) = if role.runs_api() {
             let addr = format!("{}:{}", args.host, args.port);
@@ -95,6 +98,11 @@ impl App {
                     host = %args.host,
                     "AUTH IS OFF ON A NON-LOOPBACK ADDRESS: anyone who can reach {} can list every prompt, download every picture and queue unlimited work. Use --auth keys (the default for such an address) unless this network is yours alone.",
                     args.host
+                );
+            }
+            if args.auth == crate::auth::AuthMode::Auto && auth == crate::auth::AuthMode::Off {
+                tracing::warn!(
+                    "AUTH IS OFF (--auth auto on a loopback address): anyone on this machine can use the API. Requests that come through a proxy (Forwarded, X-Forwarded-For) need a key anyway; behind a reverse proxy, set --public-url (then auto means keys) or --auth keys."
                 );
             }
             tracing::info!(auth = auth.as_str(), "who may call the API");
@@ -136,11 +144,13 @@ impl App {
                     args.anon_rate,
                     args.image_url_ttl,
                     Some(metrics.clone()),
+                    door.clone(),
                 ),
                 metrics,
                 ops: ops.clone(),
                 redirect_images: args.storage_serve == "redirect",
                 submit,
+                openapi: Default::default(),
                 offers,
                 webhooks,
             });
@@ -160,8 +170,14 @@ impl App {
                 connections: Some(server.stats()),
                 metrics: metrics.clone(),
             };
-            let access =
-                Access::measured(auth, store.clone(), None, args.image_url_ttl, Some(metrics));
+            let access = Access::measured(
+                auth,
+                store.clone(),
+                None,
+                args.image_url_ttl,
+                Some(metrics),
+                door,
+            );
             (
                 Some(server),
                 Some(api::metrics::worker_service(sources, access)),

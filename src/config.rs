@@ -116,6 +116,12 @@ pub struct ServerArgs {
     /// 127.0.0.1 or [::1] port, or `*` for every origin.
     #[arg(long, env = "STUDIO_CORS_ORIGINS", default_value = "loopback")]
     pub cors_origins: String,
+    /// With auth off, host names (or addresses) the API answers for besides
+    /// localhost and --public-url's (comma-separated; `*` for any). A request
+    /// for another host gets 421: a web page whose name was made to resolve
+    /// here (DNS rebinding) cannot use the API.
+    #[arg(long, env = "STUDIO_ALLOWED_HOSTS", default_value = "")]
+    pub allowed_hosts: String,
     /// Prefix of the image URLs handed out (e.g. https://studio.example.com);
     /// empty gives relative URLs (/images/...).
     #[arg(long, env = "STUDIO_PUBLIC_URL", default_value = "")]
@@ -304,20 +310,20 @@ impl Default for ServerArgs {
 #[derive(Args, Clone, Debug)]
 pub struct StoreArgs {
     /// Directory for the embedded database, stored images and the log file.
-    #[arg(long, env = "STUDIO_DATA_DIR", default_value = "./data")]
+    #[arg(long, global = true, env = "STUDIO_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
     /// Redis URL (redis://[:password@]host:port[/db]). Without it (and without
     /// REDIS_HOST) the embedded SQLite store is used.
-    #[arg(long, env = "REDIS_URL")]
+    #[arg(long, global = true, env = "REDIS_URL")]
     pub redis_url: Option<String>,
     /// Redis host, as in the prototype (used when REDIS_URL is not set).
-    #[arg(long, env = "REDIS_HOST")]
+    #[arg(long, global = true, env = "REDIS_HOST")]
     pub redis_host: Option<String>,
     /// Redis port, as in the prototype.
-    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    #[arg(long, global = true, env = "REDIS_PORT", default_value_t = 6379)]
     pub redis_port: u16,
     /// Prefix for every Redis key and channel (empty: the prototype's names).
-    #[arg(long, env = "STUDIO_REDIS_PREFIX", default_value = "")]
+    #[arg(long, global = true, env = "STUDIO_REDIS_PREFIX", default_value = "")]
     pub redis_prefix: String,
 }
 
@@ -421,6 +427,45 @@ impl ServerArgs {
             max_queued: self.max_queued,
             wait_replicas: self.redis_wait_replicas,
             ..StoreSettings::default()
+        }
+    }
+
+    /// How the door is guarded with auth `mode` in force: with auth off, only
+    /// localhost, --public-url's host, --allowed-hosts and an address given to
+    /// --host are answered; `--auth auto` that chose off lets no proxied request
+    /// in without a key.
+    pub fn door(&self, mode: AuthMode) -> crate::api::access::Door {
+        let hosts = (mode == AuthMode::Off && self.allowed_hosts.trim() != "*").then(|| {
+            let mut hosts: Vec<String> = self
+                .allowed_hosts
+                .split(',')
+                .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect();
+            let public = self.public_url.trim();
+            if let Some(rest) = public
+                .strip_prefix("https://")
+                .or_else(|| public.strip_prefix("http://"))
+            {
+                let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+                hosts.push(crate::auth::host_of(authority).to_ascii_lowercase());
+            }
+            let bound = self
+                .host
+                .trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            if bound
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| !ip.is_unspecified())
+            {
+                hosts.push(bound.to_ascii_lowercase());
+            }
+            hosts
+        });
+        crate::api::access::Door {
+            hosts,
+            proxied_needs_key: self.auth == AuthMode::Auto && mode == AuthMode::Off,
         }
     }
 

@@ -19,12 +19,14 @@ pub enum KeyError {
     Store(#[from] StoreError),
 }
 
-/// Makes a key; the secret is in the answer and nowhere else.
+/// Makes a key; the secret is in the answer and nowhere else. `by` says who
+/// asked (the acting key's id, or `cli`), for the log.
 pub async fn create(
     store: &dyn KeyStore,
     name: &str,
     role: Role,
     limits: KeyLimits,
+    by: &str,
 ) -> Result<(ApiKey, NewSecret), KeyError> {
     check_name(name).map_err(|m| KeyError::Invalid("name", m))?;
     limits.check().map_err(|(f, m)| KeyError::Invalid(f, m))?;
@@ -39,7 +41,7 @@ pub async fn create(
         limits,
     };
     store.put_key(&key).await?;
-    tracing::info!(key = %key.id, name = %key.name, role = key.role.as_str(), "API key created");
+    tracing::info!(key = %key.id, name = %key.name, role = key.role.as_str(), by, "API key created");
     Ok((key, secret))
 }
 
@@ -48,6 +50,7 @@ pub async fn update(
     store: &dyn KeyStore,
     id: &str,
     change: &KeyUpdate,
+    by: &str,
 ) -> Result<ApiKey, KeyError> {
     // A revoked key is gone for good: nothing to change.
     let key = store
@@ -61,13 +64,13 @@ pub async fn update(
         .check()
         .map_err(|(f, m)| KeyError::Invalid(f, m))?;
     store.put_key(&new).await?;
-    tracing::info!(key = %id, "API key changed");
+    tracing::info!(key = %id, by, "API key changed");
     Ok(new)
 }
 
 /// Revokes a key (for good; it stays listed, marked revoked). A key already
 /// revoked is `NotFound`, like one that never was.
-pub async fn revoke(store: &dyn KeyStore, id: &str) -> Result<ApiKey, KeyError> {
+pub async fn revoke(store: &dyn KeyStore, id: &str, by: &str) -> Result<ApiKey, KeyError> {
     let mut key = store
         .get_key(id)
         .await?
@@ -75,6 +78,6 @@ pub async fn revoke(store: &dyn KeyStore, id: &str) -> Result<ApiKey, KeyError> 
         .ok_or(KeyError::NotFound)?;
     key.revoked_at = clock::iso8601(clock::now_micros());
     store.put_key(&key).await?;
-    tracing::info!(key = %id, "API key revoked");
+    tracing::info!(key = %id, by, "API key revoked");
     Ok(key)
 }

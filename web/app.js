@@ -206,9 +206,17 @@ async function loadWorkflows() {
     const o = document.createElement("option");
     o.value = w.name;
     o.textContent = w.default ? `${w.name} (default)` : w.name;
+    if (w.runnable === false) {
+      // No live backend has its nodes or model files: shown, but not chosen for you.
+      o.textContent += " — no backend can run it";
+      o.dataset.unrunnable = "1";
+    }
     select.append(o);
   }
-  select.value = localStorage.getItem("studio.workflow") || body.default;
+  const runnable = (name) => body.workflows.some((w) => w.name === name && w.runnable !== false);
+  const saved = localStorage.getItem("studio.workflow");
+  const firstRunnable = (body.workflows.find((w) => w.runnable !== false) || {}).name;
+  select.value = [saved, body.default, firstRunnable].find((n) => n && runnable(n)) || body.default;
   if (!currentWorkflow()) select.value = body.default;
   renderParams();
 }

@@ -105,9 +105,10 @@ function renderBackends(list) {
     pct.textContent = b.utilization == null ? "utilization: measuring…" : `utilization ${(b.utilization * 100).toFixed(0)} %`;
     li.append(name, state, meter, pct);
     if (b.last_error) {
+      // Red only while it is down; an up backend's old error is history.
       const err = document.createElement("p");
-      err.className = "error";
-      err.textContent = b.last_error;
+      err.className = b.state === "up" ? "past-error" : "error";
+      err.textContent = b.state === "up" ? `last error (recovered): ${b.last_error}` : b.last_error;
       li.append(err);
     }
     ul.append(li);

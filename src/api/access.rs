@@ -43,6 +43,22 @@ pub struct Access {
     signer: OnceCell<UrlSigner>,
     /// Counts refusals (401, 429) for `/metrics`.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// With auth off, the `Host` values answered (lower case, without ports):
+    /// a page on another name that resolves here (DNS rebinding) gets `421`.
+    /// `None`: any (auth on, or `--allowed-hosts '*'`).
+    pub hosts: Option<Vec<String>>,
+    /// `--auth auto` that resolved to off: a request that came through a
+    /// proxy (`Forwarded`, `X-Forwarded-For`, `X-Real-IP`) needs a key anyway.
+    pub proxied_needs_key: bool,
+}
+
+/// How [`Access`] guards the door, beyond its mode.
+#[derive(Clone, Debug, Default)]
+pub struct Door {
+    /// See [`Access::hosts`].
+    pub hosts: Option<Vec<String>>,
+    /// See [`Access::proxied_needs_key`].
+    pub proxied_needs_key: bool,
 }
 
 impl Access {
@@ -52,18 +68,21 @@ impl Access {
         anon_rate: Option<(f64, u32)>,
         url_ttl: Duration,
     ) -> Arc<Self> {
-        Self::measured(mode, store, anon_rate, url_ttl, None)
+        Self::measured(mode, store, anon_rate, url_ttl, None, Door::default())
     }
 
-    /// The same, counting its refusals in `metrics`.
+    /// The same, counting its refusals in `metrics`, guarding the door so.
     pub fn measured(
         mode: AuthMode,
         store: Arc<dyn JobStore>,
         anon_rate: Option<(f64, u32)>,
         url_ttl: Duration,
         metrics: Option<Arc<crate::metrics::Metrics>>,
+        door: Door,
     ) -> Arc<Self> {
         Arc::new(Access {
+            hosts: door.hosts,
+            proxied_needs_key: door.proxied_needs_key,
             metrics,
             mode,
             keys: KeyCache::default(),
@@ -103,6 +122,47 @@ impl Access {
         at.div_ceil(300) * 300
     }
 
+    /// A `421` when auth is off and the request names a host this server does
+    /// not answer for (DNS rebinding: a page on evil.example whose name now
+    /// resolves to 127.0.0.1 would otherwise drive the API with the browser's
+    /// help).
+    fn misdirected(&self, headers: &HeaderMap) -> Option<ApiError> {
+        let allowed = self.hosts.as_ref()?;
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| {
+                crate::auth::host_of(h.trim())
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase()
+            });
+        let ok = match &host {
+            // HTTP/1.0 without Host: a local tool, not a browser.
+            None => true,
+            Some(h) => crate::auth::is_loopback_name(h) || allowed.iter().any(|a| a == h),
+        };
+        (!ok).then(|| {
+            ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "host-not-allowed",
+                format!(
+                    "this server (auth off) answers only for localhost and the names --public-url and --allowed-hosts give, not {:?}",
+                    host.unwrap_or_default()
+                ),
+            )
+        })
+    }
+
+    /// Whether this request needs a key although auth is off: it came through a
+    /// proxy, and `--auth auto` chose off only because the server listens on
+    /// loopback.
+    fn needs_key(&self, headers: &HeaderMap) -> bool {
+        self.proxied_needs_key
+            && ["forwarded", "x-forwarded-for", "x-real-ip"]
+                .iter()
+                .any(|h| headers.contains_key(*h))
+    }
+
     /// Decides who `headers` are from. `Ok(None)`: no key was presented.
     async fn identify(&self, headers: &HeaderMap) -> Result<Option<Identity>, ApiError> {
         let Some(presented) = presented_key(headers) else {
@@ -115,7 +175,8 @@ impl Access {
             .map_err(ApiError::from)?;
         match checked {
             Ok(key) => Ok(Some(Identity {
-                sees_all: key.role == crate::auth::Role::Admin || self.mode == AuthMode::Off,
+                sees_all: key.role == crate::auth::Role::Admin
+                    || (self.mode == AuthMode::Off && !self.needs_key(headers)),
                 key: Some(key),
             })),
             Err(KeyRefusal::Revoked) => Err(unauthorized("this API key has been revoked")),
@@ -221,9 +282,14 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let a = &self.access;
+        if let Some(refused) = a.misdirected(req.headers()) {
+            return futures_util::future::Either::Right(Box::pin(async move {
+                Ok(refused.into_response())
+            }));
+        }
         let no_key = presented_key(req.headers()).is_none();
         // The common case with auth off: nothing to look up, nothing to count.
-        if no_key && a.mode == AuthMode::Off && a.anon_rate.is_none()
+        if no_key && a.mode == AuthMode::Off && a.anon_rate.is_none() && !a.needs_key(req.headers())
             || req.method() == axum::http::Method::OPTIONS
         {
             req.extensions_mut().insert(open_identity());
@@ -252,9 +318,10 @@ where
                 .inc();
         }
     };
+    let open = access.mode == AuthMode::Off && !access.needs_key(req.headers());
     let identity = match access.identify(req.headers()).await {
         Ok(Some(id)) => id,
-        Ok(None) if access.mode == AuthMode::Off => open_identity(),
+        Ok(None) if open => open_identity(),
         // The open routes answer anyone: a stale or revoked key (a page's old
         // localStorage, say) makes the request anonymous there, not refused.
         Ok(None) if public => Identity {
@@ -262,7 +329,7 @@ where
             sees_all: false,
         },
         Err(e) if public && e.status == StatusCode::UNAUTHORIZED => {
-            if access.mode == AuthMode::Off {
+            if open {
                 open_identity()
             } else {
                 Identity {
@@ -285,8 +352,10 @@ where
             return e.into_response();
         }
     };
-    // Rate limits count API requests: a key's own, or its address's without one.
-    let limit = if !api {
+    // Rate limits count API requests, and the pictures a key fetches with its
+    // own header: a key's own limit, or its address's without one.
+    let keyed_picture = path.starts_with("/images/") && identity.key.is_some();
+    let limit = if !(api || keyed_picture) {
         None
     } else if let Some(key) = &identity.key {
         key.limits.rate.map(|r| {

@@ -258,7 +258,7 @@ impl From<StreamRefusal> for ApiError {
     }
 }
 
-fn event_of(job: &JobRecord, position: Option<u64>, access: &Access) -> Event {
+fn event_of(job: &JobRecord, position: Option<u64>, access: &Access, internal: bool) -> Event {
     let signing = access
         .signs_urls()
         .then(|| access.signer_ready())
@@ -270,7 +270,7 @@ fn event_of(job: &JobRecord, position: Option<u64>, access: &Access) -> Event {
     Event::default()
         .event("job")
         .id(job.rev.to_string())
-        .json_data(JobView::new(job, position, signing.as_ref()))
+        .json_data(JobView::new(job, position, signing.as_ref(), internal))
         .unwrap_or_else(|_| Event::default().comment("unserializable job"))
 }
 
@@ -310,6 +310,8 @@ struct JobStream {
     last: Option<JobRecord>,
     first: Option<(JobRecord, Option<u64>)>,
     done: bool,
+    /// The viewer may see the backend's address (an admin).
+    internal: bool,
 }
 
 impl JobStream {
@@ -359,7 +361,7 @@ impl JobStream {
     }
 
     fn emit(&mut self, job: JobRecord, position: Option<u64>) -> Event {
-        let ev = event_of(&job, position, &self.state.access);
+        let ev = event_of(&job, position, &self.state.access, self.internal);
         self.done = job.status.is_final();
         self.last = Some(job);
         ev
@@ -411,6 +413,7 @@ pub async fn job_events(
         last: None,
         first: Some(first),
         done: false,
+        internal: who.sees_all,
     };
     let events = futures_util::stream::unfold(stream, |mut s| async move {
         let ev = s.next().await?;
@@ -451,7 +454,7 @@ pub async fn all_events(
                             // Only the caller's jobs (every job for an admin).
                             Ok(JobEvent { job, preview }) if who.may_see(&job.owner) => break match preview {
                                 Some(seq) => preview_event(&public_url, &job.id, seq),
-                                None => event_of(&job, None, &access),
+                                None => event_of(&job, None, &access, who.sees_all),
                             },
                             Ok(_) => {}
                             // A slow client: say how many changes it missed (it can re-read).

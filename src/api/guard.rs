@@ -70,7 +70,9 @@ impl FromRequestParts<AppState> for Deliberate {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
                 "a request that changes something must have Content-Type: application/json \
-                 (or an X-Requested-With header), so that no web form on another site can send it",
+                 (an upload: the picture's own type, image/png, image/jpeg or image/webp), or \
+                 an X-Requested-With header (needed for multipart/form-data uploads), so that \
+                 no web form on another site can send it",
             ));
         }
         Ok(Deliberate)

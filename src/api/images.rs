@@ -78,8 +78,13 @@ fn forbidden(message: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
 }
 
-/// `Cache-Control` of stored outputs: names are unique per job, contents final.
+/// `Cache-Control` of stored outputs with auth off: names are unique per job,
+/// contents final, and anyone may fetch them.
 pub const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// `Cache-Control` of stored outputs with auth on: final too, but for the one
+/// client that was allowed (a shared cache must not serve it keyless or past
+/// its URL's expiry), answered with `Vary: Authorization`.
+pub const PRIVATE: &str = "private, max-age=3600, immutable";
 
 /// A stored output file, with its content type and long cache headers.
 #[utoipa::path(get, path = "/images/{job_id}/{file}", tag = "jobs",
@@ -123,13 +128,27 @@ pub async fn image(
     if state.access.signs_urls() {
         allowed(&state, &who, &id, &name, &q).await?;
     }
-    // A thumbnail is served as the stored file it becomes.
+    // A thumbnail is served as the stored file it becomes, and made only of a
+    // file the job recorded as an output (not of a thumbnail, nor of a name a
+    // client makes up).
     let name = match q.w {
-        Some(w) => super::thumbs::ensure(&state, &id, &name, super::thumbs::width(w)?)
-            .await?
-            .ok_or_else(missing)?,
+        Some(w) => {
+            let w = super::thumbs::width(w)?;
+            let recorded = state
+                .with_timeout(state.store.get(&id))
+                .await?
+                .is_some_and(|job| job.outputs.iter().any(|o| o.filename == name));
+            if !recorded {
+                return Err(missing());
+            }
+            super::thumbs::ensure(&state, &id, &name, w)
+                .await?
+                .ok_or_else(missing)?
+        }
         None => name.clone(),
     };
+    let private = state.access.signs_urls();
+    let cache = if private { PRIVATE } else { IMMUTABLE };
     if state.redirect_images {
         // At most a week: the longest a SigV4 presigned URL may live.
         let ttl = state
@@ -197,7 +216,8 @@ pub async fn image(
             StatusCode::NOT_MODIFIED,
             [
                 (header::ETAG, blob.etag.clone()),
-                (header::CACHE_CONTROL, IMMUTABLE.to_owned()),
+                (header::CACHE_CONTROL, cache.to_owned()),
+                (header::VARY, "authorization".to_owned()),
             ],
         )
             .into_response());
@@ -230,7 +250,8 @@ pub async fn image(
         [
             (header::CONTENT_TYPE, blob.content_type.to_owned()),
             (header::CONTENT_LENGTH, blob.size.to_string()),
-            (header::CACHE_CONTROL, IMMUTABLE.to_owned()),
+            (header::CACHE_CONTROL, cache.to_owned()),
+            (header::VARY, "authorization".to_owned()),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
             (header::ACCEPT_RANGES, "bytes".to_owned()),
             (header::ETAG, blob.etag.clone()),

@@ -70,6 +70,12 @@ impl KeyCache {
         Ok(Ok(key))
     }
 
+    /// Forgets the copy of key `id` (it changed in this process: a revocation
+    /// takes effect here at once, elsewhere within [`KEY_TTL`]).
+    pub fn forget(&self, id: &str) {
+        self.entries.lock().expect("key cache").remove(id);
+    }
+
     fn cached(&self, id: &str) -> Option<Option<Arc<ApiKey>>> {
         let map = self.entries.lock().expect("key cache");
         map.get(id)
@@ -82,7 +88,14 @@ impl KeyCache {
         if map.len() >= MAX_ENTRIES {
             map.retain(|_, (at, _)| at.elapsed() < KEY_TTL);
             if map.len() >= MAX_ENTRIES {
-                map.clear();
+                // Still full of fresh copies: forget the oldest one, not all.
+                if let Some(k) = map
+                    .iter()
+                    .min_by_key(|(_, (at, _))| *at)
+                    .map(|(k, _)| k.clone())
+                {
+                    map.remove(&k);
+                }
             }
         }
         map.insert(id.to_owned(), (Instant::now(), key));

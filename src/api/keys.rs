@@ -272,6 +272,7 @@ pub async fn create(
                 &wanted.name,
                 wanted.role,
                 wanted.limits,
+                who.owner_or("(auth off)"),
             )
             .await)
         })
@@ -310,8 +311,17 @@ pub async fn update(
     not_the_callers_own(&who, &id, "change")?;
     let change = parse_change(&body, false)?;
     let key = state
-        .with_timeout(async { Ok(manage::update(state.store.as_ref(), &id, &change).await) })
+        .with_timeout(async {
+            Ok(manage::update(
+                state.store.as_ref(),
+                &id,
+                &change,
+                who.owner_or("(auth off)"),
+            )
+            .await)
+        })
         .await??;
+    state.access.keys.forget(&id);
     Ok(Json(KeyView::from(&key)))
 }
 
@@ -335,7 +345,10 @@ pub async fn revoke(
     admin_only(&who)?;
     not_the_callers_own(&who, &id, "revoke")?;
     let key = state
-        .with_timeout(async { Ok(manage::revoke(state.store.as_ref(), &id).await) })
+        .with_timeout(async {
+            Ok(manage::revoke(state.store.as_ref(), &id, who.owner_or("(auth off)")).await)
+        })
         .await??;
+    state.access.keys.forget(&id);
     Ok(Json(KeyView::from(&key)))
 }

@@ -92,6 +92,9 @@ pub struct AppContext {
     pub ops: Arc<ops::OpsHistory>,
     /// Answer `/images` with a 302 to a presigned URL (`--storage-serve redirect`).
     pub redirect_images: bool,
+    /// `/openapi.json`, made once (it depends only on the settings and the
+    /// workflows).
+    pub openapi: std::sync::OnceLock<bytes::Bytes>,
     /// The one submission path (and input pictures).
     pub submit: Arc<crate::submit::Submitter>,
     /// What the live backends offer (for submissions and `/api/workflows`).

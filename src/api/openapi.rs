@@ -64,10 +64,10 @@ pub struct ApiDoc;
 /// The document as served: the annotations, plus the request body of
 /// `POST /api/generate` built from the workflows this server has loaded (one variant
 /// per workflow, with exactly the fields it accepts, their types and bounds).
-/// The document as this server answers: `default_webhook` when it has a
-/// `--webhook-url`, `keys` when every `/api` request needs an API key (then a
+/// The document as this server answers: its `webhooks` (none offered without a
+/// `--webhook-secret`), `keys` when every `/api` request needs an API key (then a
 /// cancel needs no body: the key already shows no web form sent it).
-pub fn document(workflows: &WorkflowRegistry, default_webhook: bool, keys: bool) -> Value {
+pub fn document(workflows: &WorkflowRegistry, webhooks: WebhookDoc, keys: bool) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     if let Some(schemas) = doc
         .pointer_mut("/components/schemas")
@@ -75,7 +75,7 @@ pub fn document(workflows: &WorkflowRegistry, default_webhook: bool, keys: bool)
     {
         schemas.insert(
             "GenerateRequest".into(),
-            generate_request(workflows, default_webhook),
+            generate_request(workflows, webhooks),
         );
     }
     add_links(&mut doc);
@@ -180,11 +180,8 @@ fn add_links(doc: &mut Value) {
 
 /// `{"oneOf": [...]}`, one object schema per workflow, told apart by `workflow`
 /// (which the default workflow's variant may leave out).
-fn generate_request(workflows: &WorkflowRegistry, default_webhook: bool) -> Value {
-    let variants: Vec<Value> = workflows
-        .iter()
-        .map(|w| variant(w, default_webhook))
-        .collect();
+fn generate_request(workflows: &WorkflowRegistry, webhooks: WebhookDoc) -> Value {
+    let variants: Vec<Value> = workflows.iter().map(|w| variant(w, webhooks)).collect();
     json!({
         "description": "A submission: `prompt`, `seed` and `workflow`, plus the workflow's declared parameters (as `GET /api/workflows` lists them), each checked against its type and bounds; fields the workflow does not declare are refused (`unknown-field`). A `null` field counts as absent. Beyond what a schema can say: `width` × `height` × `batch_size` must stay within the workflow's pixel budget (`max_pixels`, default 16,777,216), else `invalid-param`.",
         "oneOf": variants,
@@ -200,7 +197,18 @@ fn generate_request(workflows: &WorkflowRegistry, default_webhook: bool) -> Valu
 /// allows private addresses among them.)
 pub const WEBHOOK_URL_PATTERN: &str = "^https?://([A-Za-z0-9](-?[A-Za-z0-9]){0,30}\\.){0,3}[A-Za-z](-?[A-Za-z0-9]){0,30}(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~-]*)*$";
 
-fn variant(w: &Workflow, default_webhook: bool) -> Value {
+/// What the server does with webhooks, as the document says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WebhookDoc {
+    /// No `--webhook-secret`: `webhook_url` is refused, so not offered.
+    Off,
+    /// Webhooks are signed; a submission names its own URL.
+    On,
+    /// And the server has a `--webhook-url` for submissions that name none.
+    OnWithDefault,
+}
+
+fn variant(w: &Workflow, webhooks: WebhookDoc) -> Value {
     let default = w.name == DEFAULT_WORKFLOW;
     let mut props = Map::new();
     props.insert(
@@ -226,17 +234,19 @@ fn variant(w: &Workflow, default_webhook: bool) -> Value {
         json!({"type": ["integer", "null"], "minimum": 1, "maximum": 100,
                "description": "JPEG quality (default 90); WebP is lossless."}),
     );
-    props.insert(
+    if webhooks != WebhookDoc::Off {
+        props.insert(
         "webhook_url".into(),
         json!({"type": ["string", "null"], "maxLength": crate::webhooks::MAX_URL_LEN, "pattern": WEBHOOK_URL_PATTERN,
                "description": "Where to POST the job's end (Standard Webhooks: signed with the server's whsec_ secret; headers webhook-id, webhook-timestamp, webhook-signature). http or https, no credentials; public addresses only unless the server allows private ones. The server's --webhook-url when absent."}),
     );
-    props.insert(
+        props.insert(
         "webhook_events".into(),
         json!({"type": ["array", "null"], "minItems": 1,
                "items": {"enum": crate::webhooks::EVENTS},
                "description": "Which messages to send (default job.finished and job.failed); needs a webhook_url or the server's --webhook-url."}),
     );
+    }
     props.insert(
         "seed".into(),
         json!({"type": ["integer", "null"], "minimum": 0, "maximum": u64::MAX,
@@ -266,7 +276,7 @@ fn variant(w: &Workflow, default_webhook: bool) -> Value {
         "additionalProperties": false,
         "x-max-pixels": w.pixel_budget(),
     });
-    if !default_webhook {
+    if webhooks == WebhookDoc::On {
         // Without the server's --webhook-url, events need a URL of their own.
         v["if"] = json!({"required": ["webhook_events"], "properties": {"webhook_events": {"type": "array"}}});
         v["then"] =

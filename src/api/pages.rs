@@ -86,12 +86,23 @@ pub async fn ops_page() -> Response {
 #[utoipa::path(get, path = "/openapi.json", tag = "pages",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
 pub async fn openapi_json(State(state): State<AppState>) -> Response {
-    axum::Json(openapi::document(
-        &state.workflows,
-        state.webhooks.default_url.is_some(),
-        state.access.keys_required(),
-    ))
-    .into_response()
+    let doc = state.openapi.get_or_init(|| {
+        let webhooks = match (
+            &state.webhooks.secrets.is_empty(),
+            &state.webhooks.default_url,
+        ) {
+            (true, _) => openapi::WebhookDoc::Off,
+            (false, None) => openapi::WebhookDoc::On,
+            (false, Some(_)) => openapi::WebhookDoc::OnWithDefault,
+        };
+        let doc = openapi::document(&state.workflows, webhooks, state.access.keys_required());
+        bytes::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        doc.clone(),
+    )
+        .into_response()
 }
 
 /// The assets' names, for the documentation.

@@ -30,7 +30,8 @@ const MULTIPART_OVERHEAD: u64 = 64 * 1024;
 
 /// Uploads a picture (PNG, JPEG or WebP) for a job's image or mask parameter.
 #[utoipa::path(post, path = "/api/uploads", tag = "uploads",
-    request_body(description = "The picture as the raw body with its own type (`image/png`, `image/jpeg`, `image/webp`), or `multipart/form-data` with the file in a field named `image` (or the first file field)",
+    params(("X-Requested-With" = Option<String>, Header, description = "Required with `multipart/form-data` (any value, e.g. `XMLHttpRequest`; an API key header does as well): a header no web form can send. Not needed for a raw body with the picture's own type.")),
+    request_body(description = "The picture as the raw body with its own type (`image/png`, `image/jpeg`, `image/webp`), or `multipart/form-data` with the file in a field named `image` (or the first file field) and an `X-Requested-With` header",
         content(
             (Vec<u8> = "image/png"),
             (Vec<u8> = "image/jpeg"),
@@ -40,9 +41,10 @@ const MULTIPART_OVERHEAD: u64 = 64 * 1024;
     responses(
         (status = 201, description = "Stored (the same bytes again answer the same id)", body = UploadRecord),
         (status = 400, description = "Not a whole image: truncated, corrupt, or with data after its end (`invalid-image`)", body = ErrorBody),
-        (status = 413, description = "Too many bytes (`upload-too-large`) or pixels (`image-too-large`)", body = ErrorBody),
-        (status = 415, description = "Not PNG, JPEG or WebP, or not what its content type says (`unsupported-image-type`)", body = ErrorBody),
-        (status = 503, description = "The store or the storage is unavailable", body = ErrorBody),
+        (status = 413, description = "Too many bytes (`upload-too-large`) or pixels (`image-too-large`), or over the key's upload quota (`upload-quota`)", body = ErrorBody),
+        (status = 415, description = "Not PNG, JPEG or WebP, or not what its content type says (`unsupported-image-type`); multipart without `X-Requested-With` (`unsupported-media-type`)", body = ErrorBody),
+        (status = 429, description = "This client sends its maximum of uploads at once (`too-many-uploads`, with `Retry-After`)", body = ErrorBody),
+        (status = 503, description = "The store or the storage is unavailable, or the server reads its maximum of upload bytes at once (`upload-busy`, with `Retry-After`)", body = ErrorBody),
     ))]
 pub async fn upload(
     State(state): State<AppState>,

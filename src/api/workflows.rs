@@ -33,6 +33,10 @@ pub struct WorkflowInfo {
     pub params: Vec<ParamInfo>,
     /// Most pixels one job may ask for (`width` × `height` × `batch_size`).
     pub max_pixels: u64,
+    /// Whether a live backend has every node and model file it needs with its
+    /// defaults (absent when no backend has reported yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runnable: Option<bool>,
 }
 
 /// One declared parameter.
@@ -87,6 +91,11 @@ pub async fn list(State(state): State<AppState>) -> Json<WorkflowList> {
             .map(|w| {
                 let mut info = describe(w);
                 fill_model_choices(w, &mut info, &offers);
+                if !offers.is_empty() {
+                    let graph = w.render("probe", "", 0, &serde_json::Map::new());
+                    let need = crate::capabilities::Requirements::of_graph(&graph);
+                    info.runnable = Some(crate::capabilities::refusal(&need, &offers).is_none());
+                }
                 info
             })
             .collect(),
@@ -163,5 +172,6 @@ pub fn describe(w: &Workflow) -> WorkflowInfo {
         default: w.name == DEFAULT_WORKFLOW,
         params,
         max_pixels: w.pixel_budget(),
+        runnable: None,
     }
 }

@@ -188,11 +188,43 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if n == 0 || n > 100 || name.chars().any(char::is_control) || name.trim().is_empty() {
         return Err("name must be 1 to 100 printable characters".into());
     }
+    if let Some(c) = name.chars().find(|c| is_format_char(*c)) {
+        return Err(format!(
+            "name must not hold invisible formatting characters (U+{:04X}): they make a name read as another in lists and logs",
+            c as u32
+        ));
+    }
     Ok(())
+}
+
+/// Unicode's format characters (category Cf) and the other invisible ones that
+/// reorder or hide text: bidirectional overrides and isolates, zero-width
+/// characters, the soft hyphen, the byte-order mark, interlinear annotations.
+fn is_format_char(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F
+        | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFFB | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn key_names_refuse_invisible_formatting() {
+        assert!(check_name("render farm").is_ok());
+        assert!(check_name("Zoë's studio 🎨").is_ok());
+        for bad in [
+            "admin\u{202E}nimda",
+            "a\u{200B}b",
+            "\u{FEFF}x",
+            "",
+            " ",
+            "a\nb",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

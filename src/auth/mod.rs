@@ -31,10 +31,21 @@ pub enum AuthMode {
 }
 
 impl AuthMode {
-    /// The mode in force for a server listening on `host`.
-    pub fn resolve(self, host: &str) -> AuthMode {
+    /// The mode in force for a server listening on `host` and reached at
+    /// `public_url` by pages on `cors_origins`: `auto` is `off` only when all of
+    /// them are this machine's (a same-host reverse proxy for a public name
+    /// means keys).
+    pub fn resolve(self, host: &str, public_url: &str, cors_origins: &str) -> AuthMode {
+        let public_url = public_url.trim();
+        let only_loopback = is_loopback_host(host)
+            && (public_url.is_empty() || is_loopback_origin(public_url))
+            && cors_origins
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .all(|o| o == "loopback" || is_loopback_origin(o));
         match self {
-            AuthMode::Auto if is_loopback_host(host) => AuthMode::Off,
+            AuthMode::Auto if only_loopback => AuthMode::Off,
             AuthMode::Auto => AuthMode::Keys,
             m => m,
         }
@@ -55,6 +66,37 @@ pub fn is_loopback_host(host: &str) -> bool {
     h.eq_ignore_ascii_case("localhost")
         || h.parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether a URL or origin (`http://localhost:5000/…`) names this machine.
+pub fn is_loopback_origin(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    is_loopback_host(host_of(authority))
+}
+
+/// The host of an authority (`host:port`, `[::1]:port`), without its port.
+pub fn host_of(authority: &str) -> &str {
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
+}
+
+/// Whether `host` (a Host header's host) is loopback: `localhost` (and its
+/// subdomains, which resolve to loopback), 127.0.0.0/8, `::1`.
+pub fn is_loopback_name(host: &str) -> bool {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    h == "localhost" || h.ends_with(".localhost") || is_loopback_host(&h)
 }
 
 /// The prefix of every secret, so a leaked one is recognisable (secret scanners,
@@ -132,6 +174,11 @@ impl Identity {
         self.key.as_ref().map_or("", |k| k.id.as_str())
     }
 
+    /// The owner, or `none` when there is no key (for logs).
+    pub fn owner_or<'a>(&'a self, none: &'a str) -> &'a str {
+        self.key.as_ref().map_or(none, |k| k.id.as_str())
+    }
+
     /// Whether a job with this owner is visible to it.
     pub fn may_see(&self, owner: &str) -> bool {
         self.sees_all || (!owner.is_empty() && owner == self.owner())
@@ -174,12 +221,40 @@ mod tests {
     #[test]
     fn auto_means_off_on_loopback_only() {
         for h in ["127.0.0.1", "localhost", "::1", "[::1]"] {
-            assert_eq!(AuthMode::Auto.resolve(h), AuthMode::Off, "{h}");
+            assert_eq!(
+                AuthMode::Auto.resolve(h, "", "loopback"),
+                AuthMode::Off,
+                "{h}"
+            );
         }
         for h in ["0.0.0.0", "::", "192.168.1.5", "studio.example"] {
-            assert_eq!(AuthMode::Auto.resolve(h), AuthMode::Keys, "{h}");
+            assert_eq!(
+                AuthMode::Auto.resolve(h, "", "loopback"),
+                AuthMode::Keys,
+                "{h}"
+            );
         }
-        assert_eq!(AuthMode::Off.resolve("0.0.0.0"), AuthMode::Off);
+        assert_eq!(AuthMode::Off.resolve("0.0.0.0", "", ""), AuthMode::Off);
+        // Behind a same-host proxy for a public name: keys.
+        let proxied = AuthMode::Auto.resolve("127.0.0.1", "https://studio.example.com", "loopback");
+        assert_eq!(proxied, AuthMode::Keys);
+        let page = AuthMode::Auto.resolve("127.0.0.1", "", "loopback,https://app.example.com");
+        assert_eq!(page, AuthMode::Keys);
+        assert_eq!(AuthMode::Auto.resolve("127.0.0.1", "", "*"), AuthMode::Keys);
+        let local =
+            AuthMode::Auto.resolve("127.0.0.1", "http://localhost:5000", "http://[::1]:3000");
+        assert_eq!(local, AuthMode::Off);
+    }
+
+    #[test]
+    fn hosts_and_origins_are_read_without_their_ports() {
+        assert_eq!(host_of("localhost:5000"), "localhost");
+        assert_eq!(host_of("[::1]:5000"), "::1");
+        assert_eq!(host_of("evil.example"), "evil.example");
+        assert!(is_loopback_name("app.localhost"));
+        assert!(is_loopback_name("127.1.2.3"));
+        assert!(!is_loopback_name("evil.example"));
+        assert!(!is_loopback_name("localhost.evil.example"));
     }
 
     #[test]

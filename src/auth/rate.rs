@@ -67,7 +67,15 @@ impl LocalLimiter {
             // changes nothing.
             map.retain(|_, tat| *tat > now_ms);
             if map.len() >= MAX_BUCKETS {
-                map.clear();
+                // Still full of live buckets: forget the one nearest to full
+                // (the least allowance gained by forgetting), not all of them.
+                if let Some(k) = map
+                    .iter()
+                    .min_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(k, _)| k.clone())
+                {
+                    map.remove(&k);
+                }
             }
         }
         let tat = map.get(bucket).copied().unwrap_or(0.0);
@@ -95,6 +103,23 @@ mod tests {
         assert!(!l.check("k", t + 500.0, 2.0, 4).allowed);
         // Other buckets are independent.
         assert!(l.check("other", t, 2.0, 4).allowed);
+    }
+
+    #[test]
+    fn a_full_limiter_forgets_one_bucket_not_all() {
+        let l = LocalLimiter::default();
+        let t = 1_000_000.0;
+        // A spent bucket, then enough live ones to fill the map.
+        for _ in 0..4 {
+            l.check("spent", t, 0.001, 4);
+        }
+        for i in 0..MAX_BUCKETS {
+            l.check(&format!("b{i}"), t, 1.0, 1);
+        }
+        assert!(
+            !l.check("spent", t, 0.001, 4).allowed,
+            "the spent bucket is still remembered"
+        );
     }
 
     #[test]

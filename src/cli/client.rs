@@ -53,6 +53,8 @@ pub(crate) fn finish(r: Result<(), Fail>) -> ExitCode {
 pub(super) struct Client {
     pub(super) base: String,
     pub(super) http: reqwest::Client,
+    /// `Authorization: Bearer <key>`, sent only to the server's own origin.
+    key: Option<reqwest::header::HeaderValue>,
 }
 
 impl Client {
@@ -63,20 +65,23 @@ impl Client {
                 "--server must be an http:// or https:// URL, not {base:?}"
             )));
         }
-        let mut headers = reqwest::header::HeaderMap::new();
-        if let Some(key) = server.api_key.as_deref().filter(|k| !k.is_empty()) {
-            let mut v =
-                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.trim()))
-                    .map_err(|_| Fail::usage("--api-key holds characters a header cannot carry"))?;
-            v.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, v);
-        }
+        let key = match server.api_key.as_deref().filter(|k| !k.is_empty()) {
+            Some(key) => {
+                let mut v =
+                    reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+                        .map_err(|_| {
+                            Fail::usage("--api-key holds characters a header cannot carry")
+                        })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .default_headers(headers)
             .build()
             .map_err(|e| Fail::usage(e.to_string()))?;
-        Ok(Client { base, http })
+        Ok(Client { base, http, key })
     }
 
     pub(super) fn url(&self, path: &str) -> String {
@@ -85,6 +90,28 @@ impl Client {
         } else {
             format!("{}{path}", self.base)
         }
+    }
+
+    /// A request to `path` (or to an absolute URL the server gave): the key
+    /// goes along only to the server's own origin, never to another host a
+    /// server (or whoever answers in its place) names.
+    pub(super) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let url = self.url(path);
+        let req = self.http.request(method, &url);
+        match &self.key {
+            Some(key) if same_origin(&url, &self.base) => {
+                req.header(reqwest::header::AUTHORIZATION, key.clone())
+            }
+            _ => req,
+        }
+    }
+
+    pub(super) fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::GET, path)
+    }
+
+    pub(super) fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.request(reqwest::Method::POST, path)
     }
 
     pub(super) fn unreachable(&self, e: reqwest::Error) -> Fail {
@@ -102,6 +129,16 @@ impl Client {
         let body: Value = res.json().await.unwrap_or(Value::Null);
         Ok((status, body))
     }
+}
+
+/// Whether `url` is on `base`'s origin (scheme, host and port).
+fn same_origin(url: &str, base: &str) -> bool {
+    let origin = |u: &str| {
+        let (scheme, rest) = u.split_once("://")?;
+        let authority = rest.split(['/', '?', '#']).next()?;
+        Some((scheme.to_ascii_lowercase(), authority.to_ascii_lowercase()))
+    };
+    matches!((origin(url), origin(base)), (Some(a), Some(b)) if a == b)
 }
 
 pub(super) fn server_error(status: u16, body: &Value) -> String {
@@ -123,8 +160,7 @@ pub(super) async fn upload(client: &Client, path: &std::path::Path) -> Result<St
         ))
     })?;
     let req = client
-        .http
-        .post(client.url("/api/uploads"))
+        .post("/api/uploads")
         .header("content-type", content_type)
         .header("x-requested-with", "studio-cli")
         .body(bytes);
@@ -137,4 +173,19 @@ pub(super) async fn upload(client: &Client, path: &std::path::Path) -> Result<St
         )));
     }
     Ok(v["upload_id"].as_str().unwrap_or_default().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_origin;
+
+    #[test]
+    fn the_key_goes_only_to_the_servers_origin() {
+        let base = "http://127.0.0.1:5000";
+        assert!(same_origin("http://127.0.0.1:5000/images/j/a.png", base));
+        assert!(!same_origin("http://127.0.0.1:5001/x", base));
+        assert!(!same_origin("https://127.0.0.1:5000/x", base));
+        assert!(!same_origin("http://evil.example/x", base));
+        assert!(!same_origin("http://127.0.0.1:5000@evil.example/x", base));
+    }
 }

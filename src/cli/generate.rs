@@ -127,8 +127,7 @@ async fn generate_inner(a: GenerateArgs) -> Result<(), Fail> {
     let (status, v) = loop {
         tries += 1;
         let req = client
-            .http
-            .post(client.url("/api/generate"))
+            .post("/api/generate")
             .header("idempotency-key", &idempotency_key)
             .json(&body);
         let answer = client.call(req).await;
@@ -201,13 +200,7 @@ async fn follow(client: &Client, id: &str, tty: bool) -> Result<Value, Fail> {
     };
     let mut failures = 0;
     loop {
-        match sse::follow_job(
-            &client.http,
-            &client.url(&format!("/api/jobs/{id}/events")),
-            &mut show,
-        )
-        .await
-        {
+        match sse::follow_job(client.get(&format!("/api/jobs/{id}/events")), &mut show).await {
             Ok(Some(job)) => {
                 if tty {
                     println!();
@@ -224,7 +217,7 @@ async fn follow(client: &Client, id: &str, tty: bool) -> Result<Value, Fail> {
     // The stream is not available: poll.
     loop {
         let (status, job) = client
-            .call(client.http.get(client.url(&format!("/api/status/{id}"))))
+            .call(client.get(&format!("/api/status/{id}")))
             .await?;
         if status != 200 {
             return Err(Fail::usage(server_error(status, &job)));
@@ -258,8 +251,7 @@ async fn download(client: &Client, job: &Value, dir: &Path) -> Result<Vec<PathBu
             continue;
         }
         let res = client
-            .http
-            .get(client.url(url))
+            .get(url)
             .send()
             .await
             .map_err(|e| client.unreachable(e))?;

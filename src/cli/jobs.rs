@@ -43,11 +43,7 @@ pub async fn status(a: JobArgs) -> ExitCode {
 async fn status_inner(a: JobArgs) -> Result<(), Fail> {
     let client = Client::new(&a.server)?;
     let (status, job) = client
-        .call(
-            client
-                .http
-                .get(client.url(&format!("/api/status/{}", a.job_id))),
-        )
+        .call(client.get(&format!("/api/status/{}", a.job_id)))
         .await?;
     if status != 200 {
         return Err(Fail::usage(server_error(status, &job)));
@@ -118,8 +114,7 @@ async fn cancel_inner(a: JobArgs) -> Result<(), Fail> {
     let (status, job) = client
         .call(
             client
-                .http
-                .post(client.url(&format!("/api/jobs/{}/cancel", a.job_id)))
+                .post(&format!("/api/jobs/{}/cancel", a.job_id))
                 .json(&json!({})),
         )
         .await?;
@@ -149,9 +144,7 @@ async fn jobs_inner(a: JobsArgs) -> Result<(), Fail> {
     if let Some(s) = &a.status {
         query.push(("status", s.clone()));
     }
-    let (status, page) = client
-        .call(client.http.get(client.url("/api/jobs")).query(&query))
-        .await?;
+    let (status, page) = client.call(client.get("/api/jobs").query(&query)).await?;
     if status != 200 {
         return Err(Fail::usage(server_error(status, &page)));
     }

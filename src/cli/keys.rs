@@ -143,7 +143,7 @@ async fn run(a: KeysArgs) -> Result<(), Fail> {
                     Role::User => Priority::Normal,
                 }),
             };
-            let (key, secret) = manage::create(store.as_ref(), &c.name, c.role, limits)
+            let (key, secret) = manage::create(store.as_ref(), &c.name, c.role, limits, "cli")
                 .await
                 .map_err(failed)?;
             println!(
@@ -182,7 +182,9 @@ async fn run(a: KeysArgs) -> Result<(), Fail> {
             }
         }
         KeysAction::Revoke { id } => {
-            let key = manage::revoke(store.as_ref(), &id).await.map_err(failed)?;
+            let key = manage::revoke(store.as_ref(), &id, "cli")
+                .await
+                .map_err(failed)?;
             println!(
                 "revoked API key {} ({}) at {}",
                 key.id, key.name, key.revoked_at
@@ -202,7 +204,7 @@ async fn run(a: KeysArgs) -> Result<(), Fail> {
             if change.is_empty() {
                 return Err(Fail::usage("nothing to change: give at least one setting"));
             }
-            let key = manage::update(store.as_ref(), &u.id, &change)
+            let key = manage::update(store.as_ref(), &u.id, &change, "cli")
                 .await
                 .map_err(failed)?;
             println!(

@@ -6,15 +6,10 @@ use serde_json::Value;
 /// Reads a job's event stream, calling `show` with each state, until the job is
 /// final (`Some(job)`) or the stream ends early (`None`).
 pub async fn follow_job(
-    http: &reqwest::Client,
-    url: &str,
+    request: reqwest::RequestBuilder,
     show: &mut impl FnMut(&Value),
 ) -> Result<Option<Value>, reqwest::Error> {
-    let res = http
-        .get(url)
-        .header("accept", "text/event-stream")
-        .send()
-        .await?;
+    let res = request.header("accept", "text/event-stream").send().await?;
     if !res.status().is_success() {
         return Ok(None);
     }

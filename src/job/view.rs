@@ -35,7 +35,8 @@ pub struct JobView<'a> {
     #[schema(value_type = String)]
     image_url: Cow<'a, str>,
     /// Why it failed (`cancelled` for a cancelled job); empty otherwise.
-    error: &'a str,
+    #[schema(value_type = String)]
+    error: Cow<'a, str>,
     workflow: &'a str,
     seed: Option<u64>,
     prompt: &'a str,
@@ -64,7 +65,8 @@ pub struct JobView<'a> {
     retry_at: Option<String>,
     /// The error of the last attempt, when it was retried.
     #[serde(skip_serializing_if = "str::is_empty")]
-    last_error: &'a str,
+    #[schema(value_type = String)]
+    last_error: Cow<'a, str>,
     /// The record's revision, raised by every change: of two views of a job, the
     /// higher `rev` is the newer (also the `id` of its live events).
     rev: u64,
@@ -83,11 +85,14 @@ pub struct JobView<'a> {
 }
 
 impl<'a> JobView<'a> {
-    /// The view of a job; with `signing`, its picture URLs are signed.
+    /// The view of a job; with `signing`, its picture URLs are signed. Without
+    /// `internal` (callers other than admins, and webhook receivers), the
+    /// backend's address is left out, also from the errors.
     pub fn new(
         job: &'a JobRecord,
         queue_position: Option<u64>,
         signing: Option<&impl UrlSigning>,
+        internal: bool,
     ) -> Self {
         let queued = job.status == JobStatus::Queued;
         let (image_url, outputs) = match signing {
@@ -120,7 +125,7 @@ impl<'a> JobView<'a> {
             status: job.status.as_str(),
             progress: job.progress,
             image_url,
-            error: &job.error,
+            error: redact(&job.error, &job.backend, internal),
             workflow: &job.workflow,
             seed: job.seed,
             prompt: &job.prompt,
@@ -131,10 +136,10 @@ impl<'a> JobView<'a> {
             outputs,
             cancelled: job.cancelled,
             cancel_requested: job.cancel_requested && !job.status.is_final(),
-            backend: &job.backend,
+            backend: if internal { &job.backend } else { "" },
             queue_position: queue_position.filter(|_| queued),
             retry_at: (queued && job.retry_at > 0).then(|| clock::iso8601(job.retry_at * 1000)),
-            last_error: &job.last_error,
+            last_error: redact(&job.last_error, &job.backend, internal),
             rev: job.rev,
             owner: &job.owner,
             priority: job.priority,
@@ -148,6 +153,15 @@ impl<'a> JobView<'a> {
                 Cow::Owned(extra)
             },
         }
+    }
+}
+
+/// `text` without the backend's address (unless `internal`).
+fn redact<'a>(text: &'a str, backend: &str, internal: bool) -> Cow<'a, str> {
+    if internal || backend.is_empty() || !text.contains(backend) {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(text.replace(backend, "the backend"))
     }
 }
 

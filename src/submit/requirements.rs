@@ -37,6 +37,13 @@ impl Submitter {
                 .field(field)
                 .into());
         }
+        if offers.is_empty() {
+            // No backend has said what it holds: any name passes the check above,
+            // so registering would let made-up model names fill the registry. The
+            // job goes to any backend (whose own check then names what is
+            // missing).
+            return Ok(String::new());
+        }
         let fp = need.fingerprint();
         let json = serde_json::to_string(&need).unwrap_or_default();
         if !self

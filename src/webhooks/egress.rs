@@ -69,6 +69,19 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
         return forbidden_v4(v4);
     }
     let s = ip.segments();
+    if s[0..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 {
+        // IPv4-translated (::ffff:0:a.b.c.d, SIIT): judged by its IPv4 address.
+        let o = ip.octets();
+        return forbidden_v4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+    }
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+        // Local-use NAT64 (64:ff9b:1::/48): translates into a network of its own.
+        return Some("a local-use NAT64 address");
+    }
+    if s[0] == 0x2001 && s[1] == 0 {
+        // Teredo (2001::/32) tunnels to an IPv4 host it hides.
+        return Some("a Teredo address");
+    }
     if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
         // NAT64: the IPv4 address is the last 32 bits.
         let o = ip.octets();
@@ -205,6 +218,10 @@ mod tests {
             ("64:ff9b::a9fe:a9fe", "link-local"),
             ("2002:7f00:1::", "loopback"),
             ("::127.0.0.1", "reserved"),
+            ("::ffff:0:7f00:1", "loopback"),
+            ("::ffff:0:a00:1", "private"),
+            ("64:ff9b:1::a00:1", "NAT64"),
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo"),
         ] {
             let w = why(ip).unwrap_or_else(|| panic!("{ip} passed"));
             assert!(w.contains(word), "{ip}: {w}");

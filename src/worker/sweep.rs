@@ -50,7 +50,10 @@ pub async fn sweep_uploads(
             .delete(&uploads_dir(), &gone)
             .await
             .map_err(|e| e.to_string())?;
-        tracing::info!(files = gone.len(), "upload files no record names were deleted");
+        tracing::info!(
+            files = gone.len(),
+            "upload files no record names were deleted"
+        );
     }
     Ok(gone.len())
 }

@@ -320,7 +320,7 @@ impl Deliverer {
         let body = serde_json::to_vec(&Message {
             kind: event,
             timestamp: clock::iso8601(now * 1000),
-            data: JobView::new(job, None, signing.as_ref()),
+            data: JobView::new(job, None, signing.as_ref(), false),
         })
         .expect("a job view serializes");
         let id = message_id(&job.id, event);

@@ -199,7 +199,7 @@ async fn the_store_works_on_a_three_master_cluster() {
         .await
         .unwrap();
     assert_eq!(page.jobs.len(), 8);
-    let (key, secret) = manage::create(&store, "c", Role::User, KeyLimits::default())
+    let (key, secret) = manage::create(&store, "c", Role::User, KeyLimits::default(), "test")
         .await
         .unwrap();
     assert_eq!(store.get_key(&key.id).await.unwrap().unwrap().name, "c");

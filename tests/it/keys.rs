@@ -623,6 +623,12 @@ async fn two_api_processes_share_keys_revocations_and_rate_limits() {
 
 #[test]
 fn auto_auth_means_keys_on_a_network_address() {
-    assert_eq!(AuthMode::Auto.resolve("0.0.0.0"), AuthMode::Keys);
-    assert_eq!(AuthMode::Auto.resolve("127.0.0.1"), AuthMode::Off);
+    assert_eq!(
+        AuthMode::Auto.resolve("0.0.0.0", "", "loopback"),
+        AuthMode::Keys
+    );
+    assert_eq!(
+        AuthMode::Auto.resolve("127.0.0.1", "", "loopback"),
+        AuthMode::Off
+    );
 }

@@ -66,12 +66,12 @@ pub async fn cancel(
     match state.with_timeout(state.store.cancel(&id)).await? {
         CancelOutcome::Cancelled(job) => Ok((
             StatusCode::OK,
-            Json(JobView::new(&job, None, signing.as_ref())),
+            Json(JobView::new(&job, None, signing.as_ref(), who.sees_all)),
         )
             .into_response()),
         CancelOutcome::Requested(job) => Ok((
             StatusCode::ACCEPTED,
-            Json(JobView::new(&job, None, signing.as_ref())),
+            Json(JobView::new(&job, None, signing.as_ref(), who.sees_all)),
         )
             .into_response()),
         CancelOutcome::AlreadyFinal(job) => Err(ApiError::new(

@@ -123,7 +123,7 @@ pub async fn list(
         jobs: page
             .jobs
             .iter()
-            .map(|j| JobView::new(j, None, signing.as_ref()))
+            .map(|j| JobView::new(j, None, signing.as_ref(), who.sees_all))
             .collect(),
         next_cursor: page.next_cursor.map(|c| c.to_string()),
     })

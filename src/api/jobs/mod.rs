@@ -137,7 +137,7 @@ pub async fn status(
     } else {
         None
     };
-    let mut view = JobView::new(&job, position, signing.as_ref());
+    let mut view = JobView::new(&job, position, signing.as_ref(), who.sees_all);
     view.webhook = webhook;
     Ok(Json(view).into_response())
 }

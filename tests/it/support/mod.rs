@@ -351,7 +351,7 @@ impl TestApp {
         role: studio_core::auth::Role,
         limits: studio_core::auth::KeyLimits,
     ) -> String {
-        studio_core::keys::create(self.store.as_ref(), name, role, limits)
+        studio_core::keys::create(self.store.as_ref(), name, role, limits, "test")
             .await
             .unwrap()
             .1
