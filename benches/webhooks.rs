@@ -82,9 +82,17 @@ async fn submit(s: &dyn JobStore, url: &str, n: usize, due_in: u64) -> Vec<NewJo
             now,
         );
         assert!(
-            s.put_webhook(&j.id, &rec, now + due_in, 1_000_000)
-                .await
-                .unwrap()
+            s.put_webhook(
+                &j.id,
+                &rec,
+                now + due_in,
+                studio_core::store::OutboxCap {
+                    total: 1_000_000,
+                    per_owner: 1_000_000,
+                },
+            )
+            .await
+            .unwrap()
         );
         s.enqueue(&j).await.unwrap();
         jobs.push(j);

@@ -293,6 +293,10 @@ pub struct ServerArgs {
     /// Webhooks waiting in the outbox at most; submissions with one beyond are refused.
     #[arg(long, env = "STUDIO_WEBHOOK_MAX_PENDING", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub webhook_max_pending: u64,
+    /// Webhooks one key may have waiting in the outbox; its submissions with one
+    /// beyond get 429 webhook-quota (so one key cannot fill the outbox for all).
+    #[arg(long, env = "STUDIO_WEBHOOK_MAX_PENDING_PER_KEY", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub webhook_max_pending_per_key: u64,
 }
 
 impl Default for ServerArgs {
@@ -597,6 +601,7 @@ impl ServerArgs {
             timeout: self.webhook_timeout,
             schedule,
             max_pending: self.webhook_max_pending,
+            max_pending_per_key: self.webhook_max_pending_per_key,
             concurrency: 16,
             image_url_ttl: self.image_url_ttl,
         })

@@ -34,7 +34,7 @@ pub use self::lease::{
     AFFINITY_WINDOW, Claim, Completion, EXPIRED_MESSAGE, Lease, LeaseState, Leases, RetryOutcome,
     Route, Routed, WorkerId, gave_up_message, hostname,
 };
-pub use self::outbox::{ClaimedWebhook, WebhookOutbox, webhook_ttl};
+pub use self::outbox::{ClaimedWebhook, OutboxCap, WebhookOutbox, webhook_ttl};
 pub use self::previews::{PREVIEW_TTL, Preview, Previews};
 pub use self::queue::{
     CancelOutcome, DeadLetter, EVENT_BUFFER, JobEvent, JobPage, JobQueue, ListQuery, QueueStats,

@@ -13,13 +13,15 @@ use crate::webhooks::WebhookRecord;
 #[async_trait]
 pub trait WebhookOutbox: Send + Sync + 'static {
     /// Puts job `id`'s webhook record in the outbox, due at `due_ms` (ms since the
-    /// epoch); `false` (nothing written) when the outbox holds `cap` entries.
+    /// epoch); `false` (nothing written) when the outbox holds `cap.total`
+    /// entries, [`super::Refusal::WebhookQuota`] when the record's owner has
+    /// `cap.per_owner` waiting.
     async fn put_webhook(
         &self,
         id: &JobId,
         rec: &WebhookRecord,
         due_ms: u64,
-        cap: u64,
+        cap: OutboxCap,
     ) -> Result<bool, StoreError>;
 
     /// Job `id`'s webhook record, if it has one.
@@ -47,6 +49,15 @@ pub trait WebhookOutbox: Send + Sync + 'static {
 
     /// Forgets job `id`'s webhook (its job was refused, so it never existed).
     async fn delete_webhook(&self, id: &JobId) -> Result<(), StoreError>;
+}
+
+/// Bounds on the outbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutboxCap {
+    /// Entries in all (`--webhook-max-pending`).
+    pub total: u64,
+    /// Entries of one owner (`--webhook-max-pending-per-key`).
+    pub per_owner: u64,
 }
 
 /// A webhook a worker took from the outbox.

@@ -100,7 +100,7 @@ impl Submitter {
             .into());
         }
         let mut job = job;
-        let webhook = self.webhook_of(&mut job)?;
+        let webhook = self.webhook_of(&mut job, who.owner())?;
         let priority = job.priority;
         let mut job = job.owned(who.owner(), priority).needing(req);
         if let Some(key) = &who.key {

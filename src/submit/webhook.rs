@@ -6,6 +6,7 @@ use serde_json::Value;
 use super::{Rejection, SubmitError, Submitter};
 use crate::clock;
 use crate::job::{JobId, NewJob};
+use crate::store::OutboxCap;
 use crate::webhooks::{self, WebhookRecord};
 
 /// A webhook is first due this long after its job is queued: a change of the
@@ -19,6 +20,7 @@ impl Submitter {
     pub(super) fn webhook_of(
         &self,
         job: &mut NewJob,
+        owner: &str,
     ) -> Result<Option<WebhookRecord>, SubmitError> {
         let settings = &self.webhooks;
         let url = match job.params.get("webhook_url").and_then(Value::as_str) {
@@ -64,7 +66,9 @@ impl Submitter {
                 .map(|e| e.to_string())
                 .collect(),
         };
-        Ok(Some(WebhookRecord::new(url, events, clock::now_ms())))
+        let mut rec = WebhookRecord::new(url, events, clock::now_ms());
+        rec.owner = owner.to_owned();
+        Ok(Some(rec))
     }
 
     /// Puts a job's webhook in the outbox before the job is queued.
@@ -76,8 +80,12 @@ impl Submitter {
         let Some(rec) = webhook else { return Ok(()) };
         let due = clock::now_ms() + FIRST_RECHECK_MS;
         let max = self.webhooks.max_pending;
+        let cap = OutboxCap {
+            total: max,
+            per_owner: self.webhooks.max_pending_per_key,
+        };
         if !self
-            .within(self.store.put_webhook(id, rec, due, max))
+            .within(self.store.put_webhook(id, rec, due, cap))
             .await?
         {
             return Err(Rejection::new(

@@ -59,6 +59,8 @@ pub struct WebhookSettings {
     pub schedule: Vec<Duration>,
     /// Outbox entries at most (submissions with a webhook beyond are refused).
     pub max_pending: u64,
+    /// Webhooks one key may have waiting (`--webhook-max-pending-per-key`).
+    pub max_pending_per_key: u64,
     /// Deliveries in flight at once in one worker process.
     pub concurrency: usize,
     /// How long signed picture URLs in a body stay valid (jobs with an owner).
@@ -74,6 +76,7 @@ impl Default for WebhookSettings {
             timeout: Duration::from_secs(15),
             schedule: parse_schedule(DEFAULT_SCHEDULE).expect("the default schedule parses"),
             max_pending: 100_000,
+            max_pending_per_key: 1_000,
             concurrency: 16,
             image_url_ttl: Duration::from_secs(3600),
         }
@@ -200,6 +203,10 @@ pub struct WebhookRecord {
     /// When the last message was delivered (ms since the epoch; 0: never).
     pub delivered_ms: u64,
     pub created_ms: u64,
+    /// The API key whose job it is ("" for none): its pending webhooks are
+    /// capped, and deliveries are shared fairly between keys.
+    #[serde(default)]
+    pub owner: String,
 }
 
 impl WebhookRecord {

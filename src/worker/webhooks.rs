@@ -47,6 +47,120 @@ pub struct Deliverer {
     client: reqwest::Client,
     metrics: Arc<Metrics>,
     signer: tokio::sync::OnceCell<UrlSigner>,
+    fair: Fairness,
+}
+
+/// Consecutive failed attempts at one receiver that open its breaker.
+const BREAKER_AFTER: u32 = 3;
+/// How long an opened breaker stays open at first (doubling while the receiver
+/// keeps failing, up to [`BREAKER_MAX`]).
+const BREAKER_OPEN: Duration = Duration::from_secs(30);
+const BREAKER_MAX: Duration = Duration::from_secs(300);
+/// A webhook whose receiver or key has its share in flight is due again this
+/// much later (no attempt counted).
+const DEFER: Duration = Duration::from_secs(1);
+
+/// Sharing the deliverer's slots: a receiver (scheme, host and port) and a key
+/// each get a part of them, so one key's slow or dead receiver cannot hold back
+/// everyone else's webhooks; a receiver that keeps failing has its breaker
+/// opened, and its webhooks wait without an attempt counted.
+struct Fairness {
+    per_receiver: usize,
+    per_owner: usize,
+    state: std::sync::Mutex<FairState>,
+}
+
+#[derive(Default)]
+struct FairState {
+    receivers: std::collections::HashMap<String, usize>,
+    owners: std::collections::HashMap<String, usize>,
+    /// Receiver → (failures in a row, open until ms).
+    breakers: std::collections::HashMap<String, (u32, u64)>,
+}
+
+/// What the fair share decided for one claimed webhook.
+enum Turn {
+    Go(Share),
+    /// Due again at this time (ms), untouched.
+    Later(u64),
+}
+
+/// A delivery's place in its receiver's and its key's shares.
+struct Share {
+    receiver: String,
+    owner: String,
+    fair: Arc<Deliverer>,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut guard = self.fair.fair.lock();
+        let s = &mut *guard;
+        for (map, key) in [
+            (&mut s.receivers, &self.receiver),
+            (&mut s.owners, &self.owner),
+        ] {
+            if let Some(n) = map.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(key);
+                }
+            }
+        }
+    }
+}
+
+/// The receiver a webhook goes to: its URL's scheme, host and port.
+fn receiver_of(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .map(|u| {
+            format!(
+                "{}://{}:{}",
+                u.scheme(),
+                u.host_str().unwrap_or(""),
+                u.port_or_known_default().unwrap_or(0)
+            )
+        })
+        .unwrap_or_else(|_| url.to_owned())
+}
+
+impl Fairness {
+    fn new(slots: usize) -> Self {
+        Fairness {
+            per_receiver: (slots / 4).max(2),
+            per_owner: (slots / 2).max(2),
+            state: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FairState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A receiver's attempt ended: a success closes its breaker, a failure
+    /// counts toward opening it.
+    fn ended(&self, receiver: &str, ok: bool) {
+        let mut s = self.lock();
+        if ok {
+            s.breakers.remove(receiver);
+            return;
+        }
+        let now = clock::now_ms();
+        let (failures, until) = s.breakers.entry(receiver.to_owned()).or_insert((0, 0));
+        *failures += 1;
+        if *failures >= BREAKER_AFTER {
+            let doublings = (*failures - BREAKER_AFTER).min(8);
+            let open = (BREAKER_OPEN * 2u32.pow(doublings)).min(BREAKER_MAX);
+            *until = now + open.as_millis() as u64;
+            if *failures == BREAKER_AFTER {
+                tracing::warn!(
+                    receiver,
+                    open_s = open.as_secs(),
+                    "webhook receiver keeps failing: its breaker is open; its webhooks wait"
+                );
+            }
+        }
+    }
 }
 
 /// The HTTP client webhooks go out with: no redirects, no proxy, every name
@@ -73,6 +187,7 @@ impl Deliverer {
         metrics: Arc<Metrics>,
     ) -> Result<Deliverer, String> {
         Ok(Deliverer {
+            fair: Fairness::new(settings.concurrency.max(1)),
             client: client(&settings)?,
             store,
             settings,
@@ -120,12 +235,21 @@ impl Deliverer {
             match self.store.claim_webhooks(self.settings.lease(), free).await {
                 Ok(claimed) => {
                     for c in claimed {
+                        let share = match self.clone().turn(&c) {
+                            Turn::Go(share) => share,
+                            Turn::Later(due) => {
+                                let mut rec = c.record.clone();
+                                self.settle(&c, &mut rec, Some(due)).await;
+                                continue;
+                            }
+                        };
                         let Ok(permit) = slots.clone().try_acquire_owned() else {
                             break;
                         };
                         let me = self.clone();
                         tasks.spawn(async move {
                             me.deliver(c).await;
+                            drop(share);
                             drop(permit);
                         });
                     }
@@ -135,6 +259,34 @@ impl Deliverer {
         }
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// Whether a claimed webhook goes now: its receiver's breaker is closed and
+    /// its receiver and key are within their shares.
+    fn turn(self: Arc<Self>, c: &ClaimedWebhook) -> Turn {
+        let receiver = receiver_of(&c.record.url);
+        let owner = c.record.owner.clone();
+        let now = clock::now_ms();
+        {
+            let mut s = self.fair.lock();
+            if let Some((_, until)) = s.breakers.get(&receiver)
+                && *until > now
+            {
+                return Turn::Later(*until);
+            }
+            let busy_receiver = s.receivers.get(&receiver).copied().unwrap_or(0);
+            let busy_owner = s.owners.get(&owner).copied().unwrap_or(0);
+            if busy_receiver >= self.fair.per_receiver || busy_owner >= self.fair.per_owner {
+                return Turn::Later(now + DEFER.as_millis() as u64);
+            }
+            *s.receivers.entry(receiver.clone()).or_insert(0) += 1;
+            *s.owners.entry(owner.clone()).or_insert(0) += 1;
+        }
+        Turn::Go(Share {
+            receiver,
+            owner,
+            fair: self,
+        })
     }
 
     /// Sends what job `c.job_id`'s state calls for, then settles the entry.
@@ -183,7 +335,13 @@ impl Deliverer {
                 return;
             };
             rec.last_message_id = message_id(&job.id, event);
-            match self.send(&rec, &job, event).await {
+            let sent = self.send(&rec, &job, event).await;
+            match &sent {
+                Ok(_) => self.fair.ended(&receiver_of(&rec.url), true),
+                Err(Failure::Retry { .. }) => self.fair.ended(&receiver_of(&rec.url), false),
+                Err(_) => {}
+            }
+            match sent {
                 Ok(status) => {
                     self.count("delivered");
                     rec.delivered += 1;

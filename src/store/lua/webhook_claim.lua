@@ -1,8 +1,9 @@
 -- Takes up to ARGV[3] due webhooks under a lease until now + ARGV[2]: each entry
 -- becomes due again at the lease's end (a worker that dies leaves it to another).
 -- Entries whose record expired are dropped.
--- KEYS[1] the outbox; ARGV[1] now ms, ARGV[2] lease ms, ARGV[3] most,
--- ARGV[4] the record hashes' prefix (same slot: `{tag}:webhook:`)
+-- KEYS[1] the outbox, KEYS[2] the owners; ARGV[1] now ms, ARGV[2] lease ms,
+-- ARGV[3] most, ARGV[4] the record hashes' prefix (same slot: `{tag}:webhook:`),
+-- ARGV[5] the owner sets' prefix
 -- Returns id, record, lease, id, record, lease, ...
 local now = tonumber(ARGV[1])
 local till = now + tonumber(ARGV[2])
@@ -18,7 +19,7 @@ for _, id in ipairs(due) do
     out[#out + 1] = rec
     out[#out + 1] = tostring(till)
   else
-    redis.call('ZREM', KEYS[1], id)
+    out_of_outbox(KEYS[1], KEYS[2], ARGV[5], id)
   end
 end
 return out

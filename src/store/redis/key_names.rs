@@ -134,6 +134,17 @@ impl KeyNames {
         format!("{}studio:upload:{owner}:{id}", self.prefix)
     }
 
+    /// The outbox's owners: job id → the key whose webhook it is.
+    pub fn webhook_owners(&self) -> String {
+        format!("{}:webhook-owners", self.tag)
+    }
+
+    /// The prefix of each owner's set of webhooks in the outbox (the owner's id
+    /// follows; "" for none).
+    pub fn webhooks_of(&self, owner: &str) -> String {
+        format!("{}:webhooks-of:{owner}", self.tag)
+    }
+
     /// An owner's live uploads: (ZSET id → expiry ms, HASH id → size), in a slot
     /// of their own (the owner's tag), for the quota.
     pub fn upload_usage(&self, owner: &str) -> (String, String) {

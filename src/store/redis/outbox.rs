@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::RedisStore;
 use crate::clock;
 use crate::job::JobId;
-use crate::store::{ClaimedWebhook, StoreError, WebhookOutbox, webhook_ttl};
+use crate::store::{ClaimedWebhook, OutboxCap, Refusal, StoreError, WebhookOutbox, webhook_ttl};
 use crate::webhooks::WebhookRecord;
 
 fn to_json(rec: &WebhookRecord) -> Result<String, StoreError> {
@@ -22,18 +22,27 @@ impl WebhookOutbox for RedisStore {
         id: &JobId,
         rec: &crate::webhooks::WebhookRecord,
         due_ms: u64,
-        cap: u64,
+        cap: OutboxCap,
     ) -> Result<bool, StoreError> {
         let mut inv = self.scripts.webhook_put.prepare_invoke();
         inv.key(self.keys.webhook(id.as_str()))
             .key(self.keys.webhooks())
+            .key(self.keys.webhook_owners())
+            .key(self.keys.webhooks_of(&rec.owner))
             .arg(to_json(rec)?)
             .arg(due_ms)
             .arg(self.webhook_ttl_ms())
-            .arg(cap)
-            .arg(id.as_str());
+            .arg(cap.total)
+            .arg(id.as_str())
+            .arg(&rec.owner)
+            .arg(cap.per_owner);
         let mut conn = self.conn.clone();
         let put: i64 = self.run(inv.invoke_async(&mut conn)).await?;
+        if put == -1 {
+            return Err(StoreError::Refused(Refusal::WebhookQuota {
+                limit: cap.per_owner,
+            }));
+        }
         Ok(put == 1)
     }
 
@@ -60,10 +69,12 @@ impl WebhookOutbox for RedisStore {
     ) -> Result<Vec<ClaimedWebhook>, StoreError> {
         let mut inv = self.scripts.webhook_claim.prepare_invoke();
         inv.key(self.keys.webhooks())
+            .key(self.keys.webhook_owners())
             .arg(clock::now_ms())
             .arg(lease.as_millis() as u64)
             .arg(max)
-            .arg(self.keys.webhook(""));
+            .arg(self.keys.webhook(""))
+            .arg(self.keys.webhooks_of(""));
         let mut conn = self.conn.clone();
         let flat: Vec<String> = self.run(inv.invoke_async(&mut conn)).await?;
         Ok(flat
@@ -88,11 +99,13 @@ impl WebhookOutbox for RedisStore {
         let mut inv = self.scripts.webhook_settle.prepare_invoke();
         inv.key(self.keys.webhook(id))
             .key(self.keys.webhooks())
+            .key(self.keys.webhook_owners())
             .arg(to_json(rec)?)
             .arg(due_ms.map(|d| d.to_string()).unwrap_or_default())
             .arg(self.webhook_ttl_ms())
             .arg(id)
-            .arg(claimed.lease.to_string());
+            .arg(claimed.lease.to_string())
+            .arg(self.keys.webhooks_of(""));
         let mut conn = self.conn.clone();
         let done: i64 = self.run(inv.invoke_async(&mut conn)).await?;
         Ok(done == 1)
@@ -110,18 +123,15 @@ impl WebhookOutbox for RedisStore {
     }
 
     async fn delete_webhook(&self, id: &JobId) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        // Both keys are in the queue's slot: one transaction.
-        let mut pipe = ::redis::pipe();
-        pipe.atomic()
-            .cmd("DEL")
-            .arg(self.keys.webhook(id.as_str()))
-            .ignore()
-            .cmd("ZREM")
-            .arg(self.keys.webhooks())
+        let mut inv = self.scripts.webhook_delete.prepare_invoke();
+        inv.key(self.keys.webhook(id.as_str()))
+            .key(self.keys.webhooks())
+            .key(self.keys.webhook_owners())
             .arg(id.as_str())
-            .ignore();
-        self.run(pipe.query_async::<()>(&mut conn)).await
+            .arg(self.keys.webhooks_of(""));
+        let mut conn = self.conn.clone();
+        let _: i64 = self.run(inv.invoke_async(&mut conn)).await?;
+        Ok(())
     }
 }
 

@@ -29,6 +29,7 @@ pub(super) struct Scripts {
     pub(super) webhook_put: Script,
     pub(super) webhook_claim: Script,
     pub(super) webhook_settle: Script,
+    pub(super) webhook_delete: Script,
     pub(super) webhook_wake: Script,
     pub(super) upload_usage: Script,
     pub(super) forget_file: Script,
@@ -41,6 +42,9 @@ impl Scripts {
         let queue_prelude = include_str!("../lua/queue_prelude.lua");
         // Scripts that change the queue and the listing's indexes.
         let requeueing = |body: &str| Script::new(&format!("{queue_prelude}\n{body}"));
+        let outbox_prelude = include_str!("../lua/webhook_out.lua");
+        // Scripts that take entries out of the webhook outbox.
+        let outbox = |body: &str| Script::new(&format!("{outbox_prelude}\n{body}"));
         Scripts {
             enqueue_status: Script::new(include_str!("../lua/enqueue_status.lua")),
             enqueue_push: requeueing(include_str!("../lua/enqueue_push.lua")),
@@ -65,8 +69,11 @@ impl Scripts {
                  return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])",
             ),
             webhook_put: Script::new(include_str!("../lua/webhook_put.lua")),
-            webhook_claim: Script::new(include_str!("../lua/webhook_claim.lua")),
-            webhook_settle: Script::new(include_str!("../lua/webhook_settle.lua")),
+            webhook_claim: outbox(include_str!("../lua/webhook_claim.lua")),
+            webhook_settle: outbox(include_str!("../lua/webhook_settle.lua")),
+            webhook_delete: outbox(
+                "redis.call('DEL', KEYS[1]) out_of_outbox(KEYS[2], KEYS[3], ARGV[2], ARGV[1]) return 1",
+            ),
             webhook_wake: Script::new(include_str!("../lua/webhook_wake.lua")),
             upload_usage: Script::new(include_str!("../lua/upload_usage.lua")),
             // KEYS[1] the upload files, ARGV[1] id, ARGV[2] before (ms): removed

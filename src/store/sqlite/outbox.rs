@@ -8,7 +8,7 @@ use rusqlite::{OptionalExtension, params};
 use super::SqliteStore;
 use crate::clock;
 use crate::job::JobId;
-use crate::store::{ClaimedWebhook, StoreError, WebhookOutbox, webhook_ttl};
+use crate::store::{ClaimedWebhook, OutboxCap, Refusal, StoreError, WebhookOutbox, webhook_ttl};
 use crate::webhooks::WebhookRecord;
 
 fn to_json(rec: &WebhookRecord) -> Result<String, StoreError> {
@@ -22,9 +22,10 @@ impl WebhookOutbox for SqliteStore {
         id: &JobId,
         rec: &crate::webhooks::WebhookRecord,
         due_ms: u64,
-        cap: u64,
+        cap: OutboxCap,
     ) -> Result<bool, StoreError> {
         let (id, json) = (id.as_str().to_owned(), to_json(rec)?);
+        let owner = rec.owner.clone();
         let now = clock::now_ms() as i64;
         let expires = self.webhook_expiry(now);
         self.write(move |conn| {
@@ -48,20 +49,32 @@ impl WebhookOutbox for SqliteStore {
                     [],
                     |r| r.get(0),
                 )?;
-                if pending as u64 >= cap {
-                    return Ok((false, Vec::new()));
+                if pending as u64 >= cap.total {
+                    return Ok((Some(false), Vec::new()));
+                }
+                let mine: i64 = conn.query_row(
+                    "SELECT COUNT(*) FROM webhooks WHERE owner = ?1 AND due_ms IS NOT NULL",
+                    params![owner],
+                    |r| r.get(0),
+                )?;
+                if mine as u64 >= cap.per_owner {
+                    return Ok((None, Vec::new()));
                 }
             }
             conn.execute(
-                "INSERT INTO webhooks (job_id, record, due_ms, lease_ms, expires_ms) \
-                 VALUES (?1, ?2, ?3, 0, ?4) \
+                "INSERT INTO webhooks (job_id, record, due_ms, lease_ms, expires_ms, owner) \
+                 VALUES (?1, ?2, ?3, 0, ?4, ?5) \
                  ON CONFLICT(job_id) DO UPDATE SET record = excluded.record, \
-                 due_ms = excluded.due_ms, lease_ms = 0, expires_ms = excluded.expires_ms",
-                params![id, json, due_ms as i64, expires],
+                 due_ms = excluded.due_ms, lease_ms = 0, expires_ms = excluded.expires_ms, \
+                 owner = excluded.owner",
+                params![id, json, due_ms as i64, expires, owner],
             )?;
-            Ok((true, Vec::new()))
+            Ok((Some(true), Vec::new()))
         })
-        .await
+        .await?
+        .ok_or(StoreError::Refused(Refusal::WebhookQuota {
+            limit: cap.per_owner,
+        }))
     }
 
     async fn get_webhook(

@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use super::job;
+use studio_core::store::{OutboxCap, Refusal, StoreError};
+
 use crate::support::{Backing, fast_settings, test_store};
 
 /// The webhook outbox: a cap on entries, due entries claimed once under a lease
@@ -16,24 +18,24 @@ async fn the_webhook_outbox_leases_fences_and_wakes(kind: Backing) {
     let (a, b, c) = (job("a"), job("b"), job("c"));
     let s = &t.store;
     assert!(
-        s.put_webhook(&a.id, &rec("http://a"), now, 2)
+        s.put_webhook(&a.id, &rec("http://a"), now, cap(2))
             .await
             .unwrap()
     );
     assert!(
-        s.put_webhook(&b.id, &rec("http://b"), now + 60_000, 2)
+        s.put_webhook(&b.id, &rec("http://b"), now + 60_000, cap(2))
             .await
             .unwrap()
     );
     assert!(
-        !s.put_webhook(&c.id, &rec("http://c"), now, 2)
+        !s.put_webhook(&c.id, &rec("http://c"), now, cap(2))
             .await
             .unwrap(),
         "the outbox is full"
     );
     assert!(s.get_webhook(&c.id).await.unwrap().is_none());
     assert!(
-        s.put_webhook(&a.id, &rec("http://a2"), now, 2)
+        s.put_webhook(&a.id, &rec("http://a2"), now, cap(2))
             .await
             .unwrap(),
         "an entry already in counts once"
@@ -76,7 +78,7 @@ async fn the_webhook_outbox_leases_fences_and_wakes(kind: Backing) {
     );
     // Room again; a wake-up makes a waiting entry due at once.
     assert!(
-        s.put_webhook(&c.id, &rec("http://c"), now, 2)
+        s.put_webhook(&c.id, &rec("http://c"), now, cap(2))
             .await
             .unwrap()
     );
@@ -98,4 +100,58 @@ async fn the_webhook_outbox_leases_fences_and_wakes(kind: Backing) {
     assert_eq!(woken, std::slice::from_ref(&b.id));
 }
 
-both_stores!(the_webhook_outbox_leases_fences_and_wakes,);
+fn cap(total: u64) -> OutboxCap {
+    OutboxCap {
+        total,
+        per_owner: 1_000,
+    }
+}
+
+/// One owner's waiting webhooks are capped, others' are not; an entry leaving
+/// the outbox (settled out, or deleted) frees its owner's room.
+async fn an_owners_pending_webhooks_are_capped(kind: Backing) {
+    let t = test_store(kind, fast_settings());
+    let s = t.store.as_ref();
+    let now = studio_core::clock::now_ms();
+    let cap = OutboxCap {
+        total: 100,
+        per_owner: 2,
+    };
+    let owned = |o: &str| {
+        let mut r = studio_core::webhooks::WebhookRecord::new("http://x".into(), vec![], now);
+        r.owner = o.into();
+        r
+    };
+    let (a, b, c, d) = (job("a"), job("b"), job("c"), job("d"));
+    assert!(s.put_webhook(&a.id, &owned("k1"), now, cap).await.unwrap());
+    assert!(s.put_webhook(&b.id, &owned("k1"), now, cap).await.unwrap());
+    let third = s.put_webhook(&c.id, &owned("k1"), now, cap).await;
+    assert!(
+        matches!(
+            third,
+            Err(StoreError::Refused(Refusal::WebhookQuota { limit: 2 }))
+        ),
+        "{third:?}"
+    );
+    assert!(
+        s.put_webhook(&d.id, &owned("k2"), now, cap).await.unwrap(),
+        "another key has room"
+    );
+    s.delete_webhook(&a.id).await.unwrap();
+    assert!(s.put_webhook(&c.id, &owned("k1"), now, cap).await.unwrap());
+    let claimed = s
+        .claim_webhooks(std::time::Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    let b_claim = claimed.iter().find(|w| w.job_id == b.id).expect("b is due");
+    assert!(s.settle_webhook(b_claim, &owned("k1"), None).await.unwrap());
+    assert!(
+        s.put_webhook(&a.id, &owned("k1"), now, cap).await.unwrap(),
+        "settled out of the outbox frees its room"
+    );
+}
+
+both_stores!(
+    the_webhook_outbox_leases_fences_and_wakes,
+    an_owners_pending_webhooks_are_capped,
+);
