@@ -155,14 +155,26 @@ pub fn check_header(
         "image/jpeg" => image::ImageFormat::Jpeg,
         _ => image::ImageFormat::WebP,
     };
-    let reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
-    let (w, h) = reader.into_dimensions().map_err(|e| {
-        refuse(
-            400,
-            "invalid-image",
-            format!("cannot read the {kind} header: {e}"),
-        )
-    })?;
+    let (w, h) = if format == image::ImageFormat::Png {
+        // Straight from IHDR: a decoder would read (and inflate) the chunks
+        // before the first IDAT, an `iCCP` bomb among them.
+        png_dimensions(bytes).ok_or_else(|| {
+            refuse(
+                400,
+                "invalid-image",
+                "cannot read the image/png header (IHDR)",
+            )
+        })?
+    } else {
+        let reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+        reader.into_dimensions().map_err(|e| {
+            refuse(
+                400,
+                "invalid-image",
+                format!("cannot read the {kind} header: {e}"),
+            )
+        })?
+    };
     let pixels = u64::from(w) * u64::from(h);
     if pixels > max_pixels {
         return Err(refuse(
@@ -180,6 +192,16 @@ pub fn check_header(
         width: w,
         height: h,
     })
+}
+
+/// A PNG's width and height, from its first chunk (which must be `IHDR`).
+fn png_dimensions(b: &[u8]) -> Option<(u32, u32)> {
+    if b.get(12..16)? != b"IHDR" {
+        return None;
+    }
+    let w = u32::from_be_bytes(b.get(16..20)?.try_into().ok()?);
+    let h = u32::from_be_bytes(b.get(20..24)?.try_into().ok()?);
+    Some((w, h))
 }
 
 /// Checks a whole upload: its header ([`check_header`]), its structure to its

@@ -186,11 +186,11 @@ impl KeyUpdate {
 pub fn check_name(name: &str) -> Result<(), String> {
     let n = name.chars().count();
     if n == 0 || n > 100 || name.chars().any(char::is_control) || name.trim().is_empty() {
-        return Err("name must be 1 to 100 printable characters".into());
+        return Err("must be 1 to 100 printable characters".into());
     }
     if let Some(c) = name.chars().find(|c| is_format_char(*c)) {
         return Err(format!(
-            "name must not hold invisible formatting characters (U+{:04X}): they make a name read as another in lists and logs",
+            "must not hold invisible formatting characters (U+{:04X}): they make a name read as another in lists and logs",
             c as u32
         ));
     }
@@ -199,12 +199,14 @@ pub fn check_name(name: &str) -> Result<(), String> {
 
 /// Unicode's format characters (category Cf) and the other invisible ones that
 /// reorder or hide text: bidirectional overrides and isolates, zero-width
-/// characters, the soft hyphen, the byte-order mark, interlinear annotations.
+/// characters, the soft hyphen, the byte-order mark, interlinear annotations
+/// (those of the Basic Multilingual Plane, which the API document's pattern for
+/// names can state; `api/keys.rs` lists the same).
 fn is_format_char(c: char) -> bool {
     matches!(c as u32,
         0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F
         | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F
-        | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFFB | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
+        | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFFB)
 }
 
 #[cfg(test)]

@@ -232,7 +232,15 @@ impl Deliverer {
             if !look || free == 0 {
                 continue;
             }
-            match self.store.claim_webhooks(self.settings.lease(), free).await {
+            // Look deeper than the free slots: entries whose receiver or key has
+            // its share in flight are put back, and what lies behind them (another
+            // key's webhook) is reached in this round, not after many.
+            let look_at = (free * 8).clamp(64, 256);
+            match self
+                .store
+                .claim_webhooks(self.settings.lease(), look_at)
+                .await
+            {
                 Ok(claimed) => {
                     for c in claimed {
                         let share = match self.clone().turn(&c) {
@@ -244,7 +252,11 @@ impl Deliverer {
                             }
                         };
                         let Ok(permit) = slots.clone().try_acquire_owned() else {
-                            break;
+                            // No slot left this round: back, due at once.
+                            drop(share);
+                            let mut rec = c.record.clone();
+                            self.settle(&c, &mut rec, Some(clock::now_ms())).await;
+                            continue;
                         };
                         let me = self.clone();
                         tasks.spawn(async move {

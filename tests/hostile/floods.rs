@@ -46,7 +46,7 @@ async fn pipelined(
         let mut out = String::with_capacity(k * 90);
         for i in sent..sent + k {
             out.push_str(&format!(
-                "GET {} HTTP/1.1\r\nhost: studio\r\n\r\n",
+                "GET {} HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n",
                 path_of(i)
             ));
         }
@@ -146,7 +146,7 @@ async fn slowloris(from: [u8; 4], addr: SocketAddr, stop: Arc<AtomicBool>, open:
         };
         open.fetch_add(1, Ordering::Relaxed);
         let _ = c
-            .write_all(b"GET /health HTTP/1.1\r\nhost: studio\r\nx-slow: ")
+            .write_all(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nx-slow: ")
             .await;
         let mut byte = [0u8; 1];
         while !stop.load(Ordering::Relaxed) {
@@ -177,7 +177,7 @@ async fn a_slowloris_of_ten_thousand_and_two_thousand_streams_do_not_slow_other_
     for chunk in 0..20 {
         let opened = futures_util::future::join_all((0..100).map(|_| async {
             let mut c = connect_from(attacker, addr).await.unwrap();
-            c.write_all(b"GET /api/events HTTP/1.1\r\nhost: studio\r\n\r\n")
+            c.write_all(b"GET /api/events HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
                 .await
                 .unwrap();
             let mut head = vec![0u8; 4096];

@@ -12,11 +12,13 @@
 #[macro_use]
 mod support;
 
+mod bombs;
 mod chaos;
 mod fairness;
 mod floods;
 mod listing;
 mod outputs;
+mod webhook_fairness;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;

@@ -80,7 +80,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     })
     .await;
     let mut c = TcpStream::connect(addr(&app)).await.unwrap();
-    c.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nx-slow: ")
+    c.write_all(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nx-slow: ")
         .await
         .unwrap();
     // Trickling keeps it busy, not alive: the header clock started at the first byte.
@@ -107,7 +107,7 @@ async fn an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not() {
     let mut c = TcpStream::connect(addr(&app)).await.unwrap();
     for _ in 0..3 {
         // Requests closer together than the idle timeout keep it open.
-        c.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        c.write_all(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
             .await
             .unwrap();
         assert_eq!(read_answer(&mut c).await.0, 200);
@@ -125,7 +125,7 @@ async fn a_body_that_trickles_past_the_deadline_gets_408() {
     })
     .await;
     let mut c = TcpStream::connect(addr(&app)).await.unwrap();
-    c.write_all(b"POST /api/generate HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"prompt\"")
+    c.write_all(b"POST /api/generate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"prompt\"")
         .await
         .unwrap();
     let start = Instant::now();
@@ -164,7 +164,7 @@ async fn over_the_connection_cap_with_every_connection_busy_new_ones_get_503() {
     let mut streams = Vec::new();
     for _ in 0..3 {
         let mut c = TcpStream::connect(addr(&app)).await.unwrap();
-        c.write_all(b"GET /api/events HTTP/1.1\r\nhost: x\r\n\r\n")
+        c.write_all(b"GET /api/events HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
             .await
             .unwrap();
         let mut head = [0u8; 512];
@@ -173,7 +173,7 @@ async fn over_the_connection_cap_with_every_connection_busy_new_ones_get_503() {
         streams.push(c);
     }
     let mut c = TcpStream::connect(addr(&app)).await.unwrap();
-    c.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+    c.write_all(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let (status, body) = read_answer(&mut c).await;
