@@ -22,6 +22,7 @@ mod metrics;
 mod openapi;
 mod previews;
 mod redis_interop;
+mod review3;
 mod s3;
 mod sentinel;
 mod store_conformance;
