@@ -38,11 +38,16 @@ impl Submitter {
                 .into());
         }
         if offers.is_empty() {
-            // No backend has said what it holds: any name passes the check above,
-            // so registering would let made-up model names fill the registry. The
-            // job goes to any backend (whose own check then names what is
-            // missing).
-            return Ok(String::new());
+            // No backend has said what it holds yet, so any name passes the check
+            // above. Only what the workflow needs with its own defaults is
+            // registered then (a bounded set: one per workflow, so such jobs are
+            // routed, or failed after the grace, once backends report); a job
+            // that names other files goes to any backend, whose own check names
+            // what is missing, and made-up names cannot fill the registry.
+            let defaults = wf.render(job.id.as_str(), &job.prompt, job.seed, &Default::default());
+            if Requirements::of_graph(&defaults).fingerprint() != need.fingerprint() {
+                return Ok(String::new());
+            }
         }
         let fp = need.fingerprint();
         let json = serde_json::to_string(&need).unwrap_or_default();

@@ -52,9 +52,9 @@ pub struct Deliverer {
 
 /// Consecutive failed attempts at one receiver that open its breaker.
 const BREAKER_AFTER: u32 = 3;
-/// How long an opened breaker stays open at first (doubling while the receiver
-/// keeps failing, up to [`BREAKER_MAX`]).
-const BREAKER_OPEN: Duration = Duration::from_secs(30);
+/// Longest an opened breaker stays open. It opens at first for the schedule's
+/// first retry delay (5 s by default: a receiver back soon loses little), doubling
+/// while the receiver keeps failing.
 const BREAKER_MAX: Duration = Duration::from_secs(300);
 /// A webhook whose receiver or key has its share in flight is due again this
 /// much later (no attempt counted).
@@ -67,6 +67,8 @@ const DEFER: Duration = Duration::from_secs(1);
 struct Fairness {
     per_receiver: usize,
     per_owner: usize,
+    /// How long a breaker opens at first.
+    open_for: Duration,
     state: std::sync::Mutex<FairState>,
 }
 
@@ -125,10 +127,11 @@ fn receiver_of(url: &str) -> String {
 }
 
 impl Fairness {
-    fn new(slots: usize) -> Self {
+    fn new(slots: usize, open_for: Duration) -> Self {
         Fairness {
             per_receiver: (slots / 4).max(2),
             per_owner: (slots / 2).max(2),
+            open_for: open_for.clamp(Duration::from_millis(50), BREAKER_MAX),
             state: Default::default(),
         }
     }
@@ -150,7 +153,7 @@ impl Fairness {
         *failures += 1;
         if *failures >= BREAKER_AFTER {
             let doublings = (*failures - BREAKER_AFTER).min(8);
-            let open = (BREAKER_OPEN * 2u32.pow(doublings)).min(BREAKER_MAX);
+            let open = (self.open_for * 2u32.pow(doublings)).min(BREAKER_MAX);
             *until = now + open.as_millis() as u64;
             if *failures == BREAKER_AFTER {
                 tracing::warn!(
@@ -187,7 +190,14 @@ impl Deliverer {
         metrics: Arc<Metrics>,
     ) -> Result<Deliverer, String> {
         Ok(Deliverer {
-            fair: Fairness::new(settings.concurrency.max(1)),
+            fair: Fairness::new(
+                settings.concurrency.max(1),
+                settings
+                    .schedule
+                    .first()
+                    .copied()
+                    .unwrap_or(Duration::from_secs(5)),
+            ),
             client: client(&settings)?,
             store,
             settings,
@@ -247,6 +257,9 @@ impl Deliverer {
                             Turn::Go(share) => share,
                             Turn::Later(due) => {
                                 let mut rec = c.record.clone();
+                                if rec.next_attempt_ms > 0 {
+                                    rec.next_attempt_ms = rec.next_attempt_ms.max(due);
+                                }
                                 self.settle(&c, &mut rec, Some(due)).await;
                                 continue;
                             }
