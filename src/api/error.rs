@@ -111,6 +111,11 @@ impl From<Refusal> for ApiError {
                     "this key's uploads would go over its quota ({what}); uploads expire with --job-ttl, or ask for a larger --upload-quota"
                 ),
             ),
+            Refusal::TooManyWorkflows { limit } => ApiError::new(
+                StatusCode::CONFLICT,
+                "too-many-workflows",
+                format!("{limit} workflows are published already; publish a new version of an existing name instead"),
+            ),
             Refusal::WebhookQuota { limit } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "webhook-quota",

@@ -28,6 +28,9 @@ pub enum Refusal {
     /// words).
     #[error("the key's upload quota is used ({what})")]
     UploadQuota { what: String },
+    /// [`super::MAX_WORKFLOWS`] names are published already.
+    #[error("{limit} workflows are published already")]
+    TooManyWorkflows { limit: u64 },
     /// The owner has its `limit` of webhooks waiting to be delivered already.
     #[error("the key's quota of pending webhooks is used ({limit})")]
     WebhookQuota { limit: u64 },

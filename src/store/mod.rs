@@ -26,6 +26,7 @@ pub mod redis;
 pub mod routing;
 pub mod sqlite;
 pub mod uploads;
+pub mod workflows;
 
 pub use self::api_keys::KeyStore;
 pub use self::error::{Refusal, StoreError, within};
@@ -43,13 +44,14 @@ pub use self::redis::RedisStore;
 pub use self::routing::{MAX_REQUIREMENT_SETS, Routing};
 pub use self::sqlite::SqliteStore;
 pub use self::uploads::{UploadQuota, Uploads};
+pub use self::workflows::{MAX_WORKFLOWS, StoredWorkflow, WorkflowEntry, WorkflowStore};
 
 /// Every role trait, for code that calls a concrete store (`RedisStore`,
 /// `SqliteStore`) rather than a `dyn JobStore`: `use store::prelude::*`.
 pub mod prelude {
     pub use super::{
         Idempotency, JobQueue, JobStore, KeyStore, Leases, Previews, Routing, Uploads,
-        WebhookOutbox,
+        WebhookOutbox, WorkflowStore,
     };
 }
 
@@ -105,11 +107,27 @@ impl Default for StoreSettings {
 /// A whole job store: every role. What the service holds (`Arc<dyn JobStore>`);
 /// code that needs one role takes that role (`&dyn KeyStore`, `&dyn WebhookOutbox`).
 pub trait JobStore:
-    JobQueue + Leases + Routing + KeyStore + Idempotency + WebhookOutbox + Uploads + Previews
+    JobQueue
+    + Leases
+    + Routing
+    + KeyStore
+    + Idempotency
+    + WebhookOutbox
+    + Uploads
+    + Previews
+    + WorkflowStore
 {
 }
 
 impl<T> JobStore for T where
-    T: JobQueue + Leases + Routing + KeyStore + Idempotency + WebhookOutbox + Uploads + Previews
+    T: JobQueue
+        + Leases
+        + Routing
+        + KeyStore
+        + Idempotency
+        + WebhookOutbox
+        + Uploads
+        + Previews
+        + WorkflowStore
 {
 }

@@ -134,6 +134,21 @@ impl KeyNames {
         format!("{}studio:upload:{owner}:{id}", self.prefix)
     }
 
+    /// Published workflows: name → `<latest version> <retired 0|1>`.
+    pub fn workflows(&self) -> String {
+        format!("{}:workflows", self.tag)
+    }
+
+    /// One published workflow's versions: version → definition.
+    pub fn workflow_versions(&self, name: &str) -> String {
+        format!("{}:workflow:{name}", self.tag)
+    }
+
+    /// Raised by every publish and retirement.
+    pub fn workflows_generation(&self) -> String {
+        format!("{}:workflows-gen", self.tag)
+    }
+
     /// The outbox's owners: job id → the key whose webhook it is.
     pub fn webhook_owners(&self) -> String {
         format!("{}:webhook-owners", self.tag)

@@ -20,6 +20,7 @@ mod routing;
 mod scripts;
 mod settle;
 mod uploads;
+mod workflows;
 
 use std::collections::HashMap;
 use std::future::Future;

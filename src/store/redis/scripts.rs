@@ -32,6 +32,8 @@ pub(super) struct Scripts {
     pub(super) webhook_delete: Script,
     pub(super) webhook_wake: Script,
     pub(super) upload_usage: Script,
+    pub(super) workflow_publish: Script,
+    pub(super) workflow_retire: Script,
     pub(super) forget_file: Script,
 }
 
@@ -76,6 +78,8 @@ impl Scripts {
             ),
             webhook_wake: Script::new(include_str!("../lua/webhook_wake.lua")),
             upload_usage: Script::new(include_str!("../lua/upload_usage.lua")),
+            workflow_publish: Script::new(include_str!("../lua/workflow_publish.lua")),
+            workflow_retire: Script::new(include_str!("../lua/workflow_retire.lua")),
             // KEYS[1] the upload files, ARGV[1] id, ARGV[2] before (ms): removed
             // only if no record has named it since.
             forget_file: Script::new(

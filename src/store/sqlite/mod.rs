@@ -18,6 +18,7 @@ mod routing;
 mod rows;
 mod schema;
 mod uploads;
+mod workflows;
 mod writer;
 
 use std::collections::HashMap;

@@ -176,6 +176,19 @@ CREATE TABLE IF NOT EXISTS webhooks (
 );
 CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks (due_ms) WHERE due_ms IS NOT NULL;
 CREATE INDEX IF NOT EXISTS webhooks_owner ON webhooks (owner) WHERE due_ms IS NOT NULL;
+-- Published workflows: every version (immutable), and per name the latest and
+-- whether it is retired; settings.workflows_gen counts changes.
+CREATE TABLE IF NOT EXISTS workflow_versions (
+    name       TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    definition TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS workflow_names (
+    name    TEXT PRIMARY KEY,
+    latest  INTEGER NOT NULL,
+    retired INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id    TEXT NOT NULL,
@@ -190,8 +203,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 /// the prompt once (version 1 also kept the whole queue entry in `payload`) and
 /// counts queued jobs; version 3 adds owners, priorities, lanes, API keys,
 /// settings and idempotency records; version 4 routes jobs by requirement set
-/// (`req`); version 5 keeps upload sizes (quotas), the upload files' index, and
-/// each webhook's owner (per-key caps).
+/// (`req`); version 5 keeps upload sizes (quotas), the upload files' index,
+/// each webhook's owner (per-key caps), published workflows, and the workflow
+/// version a job runs.
 pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// Creates the schema in a new file; refuses a file written by a newer version.

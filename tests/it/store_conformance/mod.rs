@@ -10,6 +10,7 @@ mod previews;
 mod queue;
 mod routing;
 mod uploads;
+mod workflows;
 
 use std::time::Duration;
 
