@@ -13,6 +13,7 @@ use crate::api::access::Access;
 use crate::api::events::{EventHub, StreamLimiter};
 use crate::api::{self, ApiService, AppContext, AppState, CorsOrigins};
 use crate::backends::Offers;
+use crate::catalog::Catalog;
 use crate::config::{Role, ServerArgs};
 use crate::metrics::Metrics;
 use crate::shutdown;
@@ -28,6 +29,8 @@ const HTTP_DRAIN: Duration = Duration::from_secs(5);
 
 /// A built, bound, not yet running service.
 pub struct App {
+    /// The workflows, kept current by a watcher task.
+    catalog: Arc<Catalog>,
     /// The `/ops` sampler (API roles).
     ops: Option<Arc<api::ops::OpsHistory>>,
     role: Role,
@@ -46,6 +49,12 @@ impl App {
         let workflows = Arc::new(
             WorkflowRegistry::load(args.workflows.as_deref()).context("cannot load workflows")?,
         );
+        let catalog = Catalog::new(workflows.clone(), store.clone());
+        // The published workflows, if the store answers now (else the watcher
+        // reads them as soon as it does).
+        if let Err(e) = catalog.refresh().await {
+            tracing::warn!(error = %e, "cannot read the published workflows yet");
+        }
         let images: Arc<dyn ImageStore> = match args.s3_settings() {
             None => Arc::new(FsImageStore::new(args.store.data_dir.join("images"))),
             Some(s3) => {
@@ -75,7 +84,7 @@ impl App {
             Some(Workers::start(
                 worker_config,
                 store.clone(),
-                workflows.clone(),
+                catalog.clone(),
                 images.clone(),
                 metrics.clone(),
             )?)
@@ -119,7 +128,7 @@ impl App {
             let offers = Arc::new(Offers::default());
             let submit = Arc::new(Submitter {
                 store: store.clone(),
-                workflows: workflows.clone(),
+                catalog: catalog.clone(),
                 offers: offers.clone(),
                 webhooks: webhooks.clone(),
                 uploads: Uploader::new(args.upload_limits(), images.clone()),
@@ -128,7 +137,7 @@ impl App {
             });
             let state = AppState::new(AppContext {
                 store: store.clone(),
-                workflows,
+                catalog: catalog.clone(),
                 images,
                 public_url: args.public_url.trim_end_matches('/').to_owned(),
                 backends: workers.as_ref().map(Workers::report),
@@ -186,6 +195,7 @@ impl App {
             (None, None)
         };
         Ok(App {
+            catalog,
             ops: role.runs_api().then_some(ops),
             role,
             server,
@@ -235,6 +245,13 @@ impl App {
                         tokio::time::sleep(HTTP_DRAIN).await;
                     } => Ok(()),
                 }
+            });
+        }
+        {
+            let (catalog, stop) = (self.catalog.clone(), stop_rx.clone());
+            tasks.spawn(async move {
+                catalog.watch(stop).await;
+                Ok(())
             });
         }
         if let Some(ops) = self.ops {

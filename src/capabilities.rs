@@ -33,6 +33,29 @@ pub struct Capabilities {
     pub nodes: BTreeSet<String>,
     /// `Class.input` → the files it can load.
     pub models: BTreeMap<String, BTreeSet<String>>,
+    /// The fingerprint of its whole `/object_info`, kept in the store beside the
+    /// offer (as `info:<fingerprint>`): what converting a UI-format workflow and
+    /// ComfyUI's own frontend read. Empty when not published.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub info: String,
+}
+
+/// How long a backend's `/object_info` is kept in the store: long after the
+/// backend went, so a workflow can still be converted from the last one reported.
+pub const INFO_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// The store's name of a whole `/object_info` by its fingerprint.
+pub fn info_key(fp: &str) -> String {
+    format!("info:{fp}")
+}
+
+/// The store's name of the fingerprint of the `/object_info` reported last.
+pub const LAST_INFO: &str = "info:last";
+
+/// The fingerprint of an `/object_info` document's text.
+pub fn info_fingerprint(text: &str) -> String {
+    let d = Sha256::digest(text.as_bytes());
+    d.iter().take(12).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The choices of an input spec: `[["a", "b"], {…}]` (V1) or

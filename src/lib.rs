@@ -8,6 +8,7 @@ pub mod app;
 pub mod auth;
 pub mod backends;
 pub mod capabilities;
+pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod comfy;

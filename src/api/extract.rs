@@ -30,37 +30,59 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let ctype = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let mime = ctype
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if mime != "application/json" {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                if ctype.is_empty() {
-                    "Content-Type must be application/json (none was given)".to_owned()
-                } else {
-                    format!("Content-Type must be application/json, not {ctype:?}")
-                },
-            ));
-        }
-        let bytes = read_body(req, MAX_BODY_BYTES, state.body_timeout).await?;
-        let value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::bad_request(
-                "invalid-json",
-                format!("request body is not valid JSON: {e}"),
-            )
-        })?;
-        Ok(JsonBody(value))
+        json_body(req, MAX_BODY_BYTES, state).await.map(JsonBody)
     }
+}
+
+/// Longest workflow body (`POST /api/workflows`, `/api/workflows/convert`): UI
+/// files of the largest real workflows are a few hundred KiB.
+pub const MAX_WORKFLOW_BYTES: usize = 4 << 20;
+
+/// A JSON body as [`JsonBody`], up to [`MAX_WORKFLOW_BYTES`]: a workflow.
+pub struct WorkflowBody(pub Value);
+
+impl FromRequest<AppState> for WorkflowBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        json_body(req, MAX_WORKFLOW_BYTES, state)
+            .await
+            .map(WorkflowBody)
+    }
+}
+
+/// A JSON body of at most `limit` bytes.
+async fn json_body(req: Request, limit: usize, state: &AppState) -> Result<Value, ApiError> {
+    let ctype = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ctype
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if mime != "application/json" {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            if ctype.is_empty() {
+                "Content-Type must be application/json (none was given)".to_owned()
+            } else {
+                format!("Content-Type must be application/json, not {ctype:?}")
+            },
+        ));
+    }
+    let bytes = read_body(req, limit, state.body_timeout).await?;
+    let value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(
+            "invalid-json",
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+    Ok(value)
 }
 
 /// Reads a request body of at most `limit` bytes (413 beyond) within `timeout`

@@ -84,6 +84,10 @@ macro_rules! key_request {
             #[schema(minimum = 1, maximum = 1000)]
             pub weight: Option<u32>,
             pub max_priority: Option<Priority>,
+            /// It may publish workflows (admins always may).
+            pub publish: Option<bool>,
+            /// It may run raw graphs (admins always may).
+            pub graphs: Option<bool>,
         }
     };
 }
@@ -195,6 +199,19 @@ fn parse_change(body: &Value, creating: bool) -> Result<KeyUpdate, ApiError> {
             "weight" => {
                 u.weight = Some(uint(v)?.ok_or_else(|| invalid(k, "must be a whole number"))?)
             }
+            "publish" | "graphs" => {
+                let b = if v.is_null() {
+                    false
+                } else {
+                    v.as_bool()
+                        .ok_or_else(|| invalid(k, "must be true or false"))?
+                };
+                if k == "publish" {
+                    u.publish = Some(b);
+                } else {
+                    u.graphs = Some(b);
+                }
+            }
             "max_priority" => {
                 u.max_priority = Some(
                     v.as_str()
@@ -205,7 +222,7 @@ fn parse_change(body: &Value, creating: bool) -> Result<KeyUpdate, ApiError> {
             other => {
                 return Err(ApiError::bad_request(
                     "unknown-field",
-                    format!("unknown field {other:?}; a key has name, role, rate, burst, max_queued, max_running, weight, max_priority"),
+                    format!("unknown field {other:?}; a key has name, role, rate, burst, max_queued, max_running, weight, max_priority, publish, graphs"),
                 )
                 .with_field(other));
             }

@@ -38,7 +38,6 @@ use crate::auth::signing::Signing;
 use crate::backends::{BackendReport, Offers};
 use crate::storage::ImageStore;
 use crate::store::{JobStore, StoreError};
-use crate::workflow::WorkflowRegistry;
 
 /// Longest a request waits for the store before answering 503. The Redis store
 /// times out each command sooner; this also bounds the embedded store.
@@ -66,7 +65,8 @@ impl std::ops::Deref for AppState {
 /// The parts of [`AppState`].
 pub struct AppContext {
     pub store: Arc<dyn JobStore>,
-    pub workflows: Arc<WorkflowRegistry>,
+    /// The workflows: the base and the published ones, kept current.
+    pub catalog: Arc<crate::catalog::Catalog>,
     pub images: Arc<dyn ImageStore>,
     /// Prefix of the URLs we hand out (empty: relative URLs such as `/images/…`).
     pub public_url: String,
@@ -92,9 +92,9 @@ pub struct AppContext {
     pub ops: Arc<ops::OpsHistory>,
     /// Answer `/images` with a 302 to a presigned URL (`--storage-serve redirect`).
     pub redirect_images: bool,
-    /// `/openapi.json`, made once (it depends only on the settings and the
-    /// workflows).
-    pub openapi: std::sync::OnceLock<bytes::Bytes>,
+    /// `/openapi.json` as last made, with the workflow generation it was made
+    /// for (it depends only on the settings and the workflows).
+    pub openapi: std::sync::Mutex<Option<(u64, bytes::Bytes)>>,
     /// The one submission path (and input pictures).
     pub submit: Arc<crate::submit::Submitter>,
     /// What the live backends offer (for submissions and `/api/workflows`).
@@ -256,6 +256,11 @@ routes! {
     get "/api/jobs/{job_id}/preview" => previews::preview,
     get "/api/events" => events::all_events,
     get "/api/workflows" => workflows::list,
+    post "/api/workflows" => workflows::publish,
+    post "/api/workflows/convert" => workflows::convert,
+    get "/api/workflows/{name}" => workflows::get,
+    delete "/api/workflows/{name}" => workflows::retire,
+    get "/api/workflows/{name}/versions/{version}" => workflows::version,
     get "/api/ops" => ops::ops,
     get "/api/keys" => keys::list,
     post "/api/keys" => keys::create,

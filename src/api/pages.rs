@@ -86,21 +86,35 @@ pub async fn ops_page() -> Response {
 #[utoipa::path(get, path = "/openapi.json", tag = "pages",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
 pub async fn openapi_json(State(state): State<AppState>) -> Response {
-    let doc = state.openapi.get_or_init(|| {
-        let webhooks = match (
-            &state.webhooks.secrets.is_empty(),
-            &state.webhooks.default_url,
-        ) {
-            (true, _) => openapi::WebhookDoc::Off,
-            (false, None) => openapi::WebhookDoc::On,
-            (false, Some(_)) => openapi::WebhookDoc::OnWithDefault,
-        };
-        let doc = openapi::document(&state.workflows, webhooks, state.access.keys_required());
-        bytes::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())
-    });
+    let snap = state.catalog.snapshot();
+    let cached = state
+        .openapi
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .filter(|(generation, _)| *generation == snap.generation)
+        .map(|(_, doc)| doc.clone());
+    let doc = match cached {
+        Some(doc) => doc,
+        None => {
+            let webhooks = match (
+                state.webhooks.secrets.is_empty(),
+                &state.webhooks.default_url,
+            ) {
+                (true, _) => openapi::WebhookDoc::Off,
+                (false, None) => openapi::WebhookDoc::On,
+                (false, Some(_)) => openapi::WebhookDoc::OnWithDefault,
+            };
+            let doc = openapi::document(&snap.registry, webhooks, state.access.keys_required());
+            let doc = bytes::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
+            *state.openapi.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((snap.generation, doc.clone()));
+            doc
+        }
+    };
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
-        doc.clone(),
+        doc,
     )
         .into_response()
 }

@@ -1,13 +1,24 @@
-//! `GET /api/workflows`: the workflows and their parameters, so a client can build
-//! a form (types, defaults, bounds) without reading our templates.
+//! Workflows: `GET /api/workflows` (every workflow and its parameters, so a
+//! client can build a form without reading our templates), publishing
+//! (`POST /api/workflows`, in either of ComfyUI's formats), each one whole
+//! (`GET /api/workflows/{name}`, `…/versions/{n}`), retiring (`DELETE`), and
+//! converting ComfyUI's UI format (`POST /api/workflows/convert`).
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Number, Value};
 use utoipa::ToSchema;
 
 use super::AppState;
+use super::access::Caller;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{PathParams, WorkflowBody};
+use super::guard::Deliberate;
+use crate::capabilities::Requirements;
+use crate::catalog::{Publish, PublishError, api_graph};
 use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, Workflow};
 
 /// Parameters shown first, in this order; the rest alphabetically.
@@ -37,6 +48,9 @@ pub struct WorkflowInfo {
     /// defaults (absent when no backend has reported yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runnable: Option<bool>,
+    /// Published: its latest version (`name@1` … `name@<version>` name each).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
 }
 
 /// One declared parameter.
@@ -86,7 +100,8 @@ pub async fn list(State(state): State<AppState>) -> Json<WorkflowList> {
     Json(WorkflowList {
         default: DEFAULT_WORKFLOW,
         workflows: state
-            .workflows
+            .catalog
+            .current()
             .iter()
             .map(|w| {
                 let mut info = describe(w);
@@ -173,5 +188,331 @@ pub fn describe(w: &Workflow) -> WorkflowInfo {
         params,
         max_pixels: w.pixel_budget(),
         runnable: None,
+        version: w.version,
     }
+}
+
+/// A published version (or a base workflow) as the API shows it whole: what a
+/// designer published, with what its graph needs of a backend.
+#[derive(Serialize, ToSchema)]
+pub struct WorkflowDetail {
+    pub name: String,
+    /// The published version (absent for a built-in or file workflow).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// The name's latest version (published workflows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latest: Option<u32>,
+    /// Retired: no new jobs (jobs already queued still run their version).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub retired: bool,
+    pub description: String,
+    /// Its parameters as a template declares them: type, bounds, default, and
+    /// the node inputs each sets.
+    #[schema(value_type = Object)]
+    pub params: Value,
+    /// Node classes and model files a backend must have.
+    #[schema(value_type = Object)]
+    pub requirements: Value,
+    /// The API-format graph.
+    #[schema(value_type = Object)]
+    pub graph: Value,
+    /// It came in ComfyUI's UI format and was converted (publishing only).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub converted: bool,
+}
+
+fn detail(wf: &Workflow, latest: Option<u32>, retired: bool, converted: bool) -> WorkflowDetail {
+    let graph = Value::Object(wf.graph.clone());
+    WorkflowDetail {
+        name: wf.name.clone(),
+        version: wf.version,
+        latest,
+        retired,
+        description: wf.description.clone(),
+        params: serde_json::to_value(&wf.params).unwrap_or_default(),
+        requirements: serde_json::to_value(Requirements::of_graph(&graph)).unwrap_or_default(),
+        graph,
+        converted,
+    }
+}
+
+fn publish_error(e: PublishError) -> ApiError {
+    match e {
+        PublishError::Invalid { field, message } => {
+            let code = if field == "workflow" {
+                "invalid-workflow"
+            } else {
+                "invalid-param"
+            };
+            ApiError::bad_request(code, format!("{field}: {message}")).with_field(field)
+        }
+        PublishError::ReadOnly(name) => ApiError::new(
+            StatusCode::CONFLICT,
+            "workflow-read-only",
+            format!("{name:?} is a built-in or --workflows file workflow: those are read-only; publish under another name"),
+        )
+        .with_field("name"),
+        PublishError::NoNodeInfo => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-node-info",
+            "no backend has reported its nodes yet, so a UI-format workflow cannot be converted; start a worker (or publish the API format)",
+        )
+        .retry_after(5),
+        PublishError::Store(e) => e.into(),
+    }
+}
+
+fn forbidden_publish() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "publish-not-allowed",
+        "publishing workflows needs an admin key or a key made with --publish",
+    )
+}
+
+fn not_published(name: &str, version: Option<u32>) -> ApiError {
+    ApiError::not_found(
+        "workflow-not-found",
+        match version {
+            Some(v) => format!("workflow {name:?} has no version {v}"),
+            None => format!("no workflow {name:?}"),
+        },
+    )
+    .with_field("name")
+}
+
+/// A `POST /api/workflows` body.
+#[derive(serde::Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct PublishRequest {
+    /// 1–64 letters, digits, `-` or `_` (not a built-in's name, not starting
+    /// with `_`). Publishing a name again makes its next version.
+    pub name: String,
+    pub description: Option<String>,
+    /// An API-format graph, or a UI-format workflow as ComfyUI saves it
+    /// (converted with the backends' `/object_info`).
+    #[schema(value_type = Object)]
+    pub workflow: Value,
+    /// Parameters as a template file declares them; read from the graph when
+    /// absent (prompt, negative_prompt, seed, steps, cfg, sampler_name,
+    /// scheduler, denoise, width, height, batch_size, checkpoint, lora, image…, and
+    /// the widgets of nodes titled `$name`).
+    #[schema(value_type = Option<Object>)]
+    pub params: Option<Value>,
+}
+
+/// Publishes a workflow: the next version of its name.
+#[utoipa::path(post, path = "/api/workflows", tag = "workflows", operation_id = "publish_workflow",
+    request_body(content = PublishRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Published", body = WorkflowDetail),
+        (status = 400, description = "A bad name, graph (naming the node) or parameter (`invalid-workflow`, `invalid-param`, `invalid-json`, `invalid-body`)", body = ErrorBody),
+        (status = 403, description = "Not a key that may publish (`publish-not-allowed`)", body = ErrorBody),
+        (status = 409, description = "A built-in's name (`workflow-read-only`), or too many workflows (`too-many-workflows`)", body = ErrorBody),
+        (status = 413, description = "Over 4 MiB (`payload-too-large`)", body = ErrorBody),
+        (status = 503, description = "A UI-format workflow and no backend has reported its nodes (`no-node-info`), or the store is unavailable", body = ErrorBody),
+    ))]
+pub async fn publish(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    _: Deliberate,
+    WorkflowBody(body): WorkflowBody,
+) -> Result<Response, ApiError> {
+    if !who.may_publish() {
+        return Err(forbidden_publish());
+    }
+    let obj = body
+        .as_object()
+        .ok_or_else(|| ApiError::bad_request("invalid-body", "the body must be a JSON object"))?;
+    for k in obj.keys() {
+        if !matches!(k.as_str(), "name" | "description" | "workflow" | "params") {
+            return Err(ApiError::bad_request(
+                "unknown-field",
+                format!("unknown field {k:?}; a workflow has name, description, workflow, params"),
+            )
+            .with_field(k.clone()));
+        }
+    }
+    let text = |k: &'static str, required: bool| -> Result<Option<String>, ApiError> {
+        match obj.get(k) {
+            None | Some(Value::Null) if !required => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            _ => Err(ApiError::bad_request(
+                "invalid-param",
+                format!(
+                    "{k} {}",
+                    if required {
+                        "is required (a string)"
+                    } else {
+                        "must be a string"
+                    }
+                ),
+            )
+            .with_field(k)),
+        }
+    };
+    let name = text("name", true)?.unwrap_or_default();
+    let description = text("description", false)?;
+    let workflow = obj
+        .get("workflow")
+        .filter(|v| v.is_object())
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid-workflow",
+                "workflow is required: an API-format graph or a UI-format workflow (a JSON object)",
+            )
+            .with_field("workflow")
+        })?;
+    let info = state
+        .with_timeout(state.offers.object_info(state.store.as_ref()))
+        .await?;
+    let published = state
+        .catalog
+        .publish(
+            Publish {
+                name,
+                description,
+                workflow,
+                params: obj.get("params").cloned(),
+                by: who.owner_or("(auth off)").to_owned(),
+            },
+            info.as_deref(),
+        )
+        .await
+        .map_err(publish_error)?;
+    let wf = &published.workflow;
+    Ok((
+        StatusCode::CREATED,
+        Json(detail(wf, wf.version, false, published.converted)),
+    )
+        .into_response())
+}
+
+/// Converts a UI-format workflow (the body, as ComfyUI saves it) to the API
+/// format, with the backends' `/object_info`, without storing anything.
+#[utoipa::path(post, path = "/api/workflows/convert", tag = "workflows", operation_id = "convert_workflow",
+    request_body(content = Object, content_type = "application/json", description = "A UI-format workflow"),
+    responses(
+        (status = 200, description = "`{\"prompt\": <API-format graph>}`, as ComfyUI's frontend would send it", body = Object),
+        (status = 400, description = "Not convertible, naming the node (`invalid-workflow`)", body = ErrorBody),
+        (status = 413, description = "Over 4 MiB (`payload-too-large`)", body = ErrorBody),
+        (status = 503, description = "No backend has reported its nodes (`no-node-info`)", body = ErrorBody),
+    ))]
+pub async fn convert(
+    State(state): State<AppState>,
+    _: Caller,
+    _: Deliberate,
+    WorkflowBody(body): WorkflowBody,
+) -> Result<Response, ApiError> {
+    if !crate::workflow::is_ui_format(&body) {
+        return Err(ApiError::bad_request(
+            "invalid-workflow",
+            "not a UI-format workflow (it has no \"nodes\" and \"links\")",
+        )
+        .with_field("workflow"));
+    }
+    let info = state
+        .with_timeout(state.offers.object_info(state.store.as_ref()))
+        .await?;
+    let (graph, _) = api_graph(&body, info.as_deref(), "workflow").map_err(publish_error)?;
+    Ok(Json(serde_json::json!({"prompt": graph})).into_response())
+}
+
+/// A workflow, at its latest version.
+#[utoipa::path(get, path = "/api/workflows/{name}", tag = "workflows", operation_id = "get_workflow",
+    params(("name" = String, Path, description = "The workflow's name")),
+    responses(
+        (status = 200, description = "The workflow", body = WorkflowDetail),
+        (status = 404, description = "No such workflow (`workflow-not-found`)", body = ErrorBody),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    _: Caller,
+    PathParams(name): PathParams<String>,
+) -> Result<Response, ApiError> {
+    if let Some(wf) = state.catalog.base().get(&name) {
+        return Ok(Json(detail(wf, None, false, false)).into_response());
+    }
+    let snap = state.catalog.snapshot();
+    let Some(entry) = snap.published.get(&name) else {
+        return Err(not_published(&name, None));
+    };
+    let wf = state
+        .with_timeout(state.catalog.version(&name, entry.latest))
+        .await?
+        .ok_or_else(|| not_published(&name, None))?;
+    Ok(Json(detail(&wf, Some(entry.latest), entry.retired, false)).into_response())
+}
+
+/// One version of a published workflow (versions never change).
+#[utoipa::path(get, path = "/api/workflows/{name}/versions/{version}", tag = "workflows", operation_id = "get_workflow_version",
+    params(("name" = String, Path, description = "The workflow's name"),
+           ("version" = u32, Path, description = "A version, from 1", minimum = 1)),
+    responses(
+        (status = 200, description = "That version", body = WorkflowDetail),
+        (status = 400, description = "Not a version number (`invalid-path`)", body = ErrorBody),
+        (status = 404, description = "No such workflow or version (`workflow-not-found`)", body = ErrorBody),
+    ))]
+pub async fn version(
+    State(state): State<AppState>,
+    _: Caller,
+    PathParams((name, version)): PathParams<(String, String)>,
+) -> Result<Response, ApiError> {
+    let v: u32 = version.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid-path",
+            format!("{version:?} is not a version (1, 2, …)"),
+        )
+        .with_field("version")
+    })?;
+    let snap = state.catalog.snapshot();
+    let wf = state
+        .with_timeout(state.catalog.version(&name, v))
+        .await?
+        .ok_or_else(|| not_published(&name, Some(v)))?;
+    let entry = snap.published.get(&name);
+    Ok(Json(detail(
+        &wf,
+        entry.map(|e| e.latest),
+        entry.is_some_and(|e| e.retired),
+        false,
+    ))
+    .into_response())
+}
+
+/// Retires a published workflow: new jobs naming it get `410 workflow-retired`;
+/// jobs already queued run the version they were given.
+#[utoipa::path(delete, path = "/api/workflows/{name}", tag = "workflows", operation_id = "retire_workflow",
+    params(("name" = String, Path, description = "The workflow's name")),
+    responses(
+        (status = 200, description = "Retired", body = WorkflowDetail),
+        (status = 403, description = "Not a key that may publish (`publish-not-allowed`)", body = ErrorBody),
+        (status = 404, description = "No such published workflow (`workflow-not-found`)", body = ErrorBody),
+        (status = 409, description = "A built-in or file workflow (`workflow-read-only`)", body = ErrorBody),
+    ))]
+pub async fn retire(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    _: Deliberate,
+    PathParams(name): PathParams<String>,
+) -> Result<Response, ApiError> {
+    if !who.may_publish() {
+        return Err(forbidden_publish());
+    }
+    if state.catalog.base().contains(&name) {
+        return Err(publish_error(PublishError::ReadOnly(name)));
+    }
+    let by = who.owner_or("(auth off)");
+    if !state.with_timeout(state.catalog.retire(&name, by)).await? {
+        return Err(not_published(&name, None));
+    }
+    let entry = state.catalog.snapshot().published.get(&name).cloned();
+    let latest = entry.as_ref().map_or(0, |e| e.latest);
+    let wf = state
+        .with_timeout(state.catalog.version(&name, latest))
+        .await?
+        .ok_or_else(|| not_published(&name, None))?;
+    Ok(Json(detail(&wf, Some(latest), true, false)).into_response())
 }

@@ -45,6 +45,13 @@ pub struct KeyLimits {
     /// The highest priority its jobs may ask for.
     #[serde(default)]
     pub max_priority: Priority,
+    /// It may publish workflows (`POST /api/workflows`); admins always may.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub publish: bool,
+    /// It may run raw graphs (`graph` in a submission, ComfyUI's `POST /prompt`);
+    /// admins always may.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub graphs: bool,
 }
 
 fn one() -> u32 {
@@ -60,6 +67,8 @@ impl Default for KeyLimits {
             max_running: None,
             weight: 1,
             max_priority: Priority::Normal,
+            publish: false,
+            graphs: false,
         }
     }
 }
@@ -143,6 +152,8 @@ pub struct KeyUpdate {
     pub max_running: Option<Option<u32>>,
     pub weight: Option<u32>,
     pub max_priority: Option<Priority>,
+    pub publish: Option<bool>,
+    pub graphs: Option<bool>,
 }
 
 impl KeyUpdate {
@@ -170,6 +181,12 @@ impl KeyUpdate {
         }
         if let Some(v) = self.weight {
             l.weight = v;
+        }
+        if let Some(v) = self.publish {
+            l.publish = v;
+        }
+        if let Some(v) = self.graphs {
+            l.graphs = v;
         }
         if let Some(v) = self.max_priority {
             l.max_priority = v;

@@ -184,6 +184,18 @@ impl Identity {
         self.sees_all || (!owner.is_empty() && owner == self.owner())
     }
 
+    /// Whether it may publish and retire workflows: an admin key, a key made
+    /// with `--publish`, or anyone with auth off.
+    pub fn may_publish(&self) -> bool {
+        self.sees_all || self.key.as_ref().is_some_and(|k| k.limits.publish)
+    }
+
+    /// Whether it may run a raw graph: an admin key, a key made with
+    /// `--graphs`, or anyone with auth off.
+    pub fn may_run_graphs(&self) -> bool {
+        self.sees_all || self.key.as_ref().is_some_and(|k| k.limits.graphs)
+    }
+
     /// Whether it holds an admin key.
     pub fn is_admin_key(&self) -> bool {
         self.key.as_ref().is_some_and(|k| k.role == Role::Admin)

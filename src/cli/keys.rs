@@ -70,6 +70,13 @@ pub struct CreateArgs {
     /// high for admins).
     #[arg(long, value_enum)]
     pub max_priority: Option<Priority>,
+    /// It may publish and retire workflows (admins always may).
+    #[arg(long)]
+    pub publish: bool,
+    /// It may run raw graphs (`graph` in a submission, ComfyUI's `/prompt`;
+    /// admins always may).
+    #[arg(long)]
+    pub graphs: bool,
 }
 
 /// `studio keys update`.
@@ -97,6 +104,12 @@ pub struct UpdateArgs {
     pub weight: Option<u32>,
     #[arg(long, value_enum)]
     pub max_priority: Option<Priority>,
+    /// `true` or `false`: it may publish workflows.
+    #[arg(long)]
+    pub publish: Option<bool>,
+    /// `true` or `false`: it may run raw graphs.
+    #[arg(long)]
+    pub graphs: Option<bool>,
 }
 
 fn number_or_none(s: &str) -> Result<Option<u32>, String> {
@@ -142,6 +155,8 @@ async fn run(a: KeysArgs) -> Result<(), Fail> {
                     Role::Admin => Priority::High,
                     Role::User => Priority::Normal,
                 }),
+                publish: c.publish,
+                graphs: c.graphs,
             };
             let (key, secret) = manage::create(store.as_ref(), &c.name, c.role, limits, "cli")
                 .await
@@ -200,6 +215,8 @@ async fn run(a: KeysArgs) -> Result<(), Fail> {
                 max_running: u.max_running,
                 weight: u.weight,
                 max_priority: u.max_priority,
+                publish: u.publish,
+                graphs: u.graphs,
             };
             if change.is_empty() {
                 return Err(Fail::usage("nothing to change: give at least one setting"));

@@ -303,6 +303,15 @@ impl JobRecord {
         r
     }
 
+    /// The published version of its workflow it runs (kept in its parameters;
+    /// `None`: a built-in, a file, or a job another program pushed).
+    pub fn workflow_version(&self) -> Option<u32> {
+        self.params
+            .get("workflow_version")
+            .and_then(Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+    }
+
     /// The prototype's queue entry for this job (what `job_queue` holds).
     pub fn payload(&self) -> String {
         QueuePayload {

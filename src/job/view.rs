@@ -38,6 +38,9 @@ pub struct JobView<'a> {
     #[schema(value_type = String)]
     error: Cow<'a, str>,
     workflow: &'a str,
+    /// The published version of the workflow it runs (absent for a built-in).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workflow_version: Option<u32>,
     seed: Option<u64>,
     prompt: &'a str,
     /// The workflow parameters used (with defaults filled in).
@@ -127,6 +130,7 @@ impl<'a> JobView<'a> {
             image_url,
             error: redact(&job.error, &job.backend, internal),
             workflow: &job.workflow,
+            workflow_version: job.workflow_version(),
             seed: job.seed,
             prompt: &job.prompt,
             params: &job.params,

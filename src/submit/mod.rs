@@ -22,17 +22,38 @@ pub use self::idempotency::{IdempotencyKey, ORPHANED_AFTER, fingerprint, scope};
 pub use self::pictures::{UploadLimits, Uploader};
 use crate::auth::Identity;
 use crate::backends::Offers;
+use crate::catalog::{Catalog, Unresolved};
 use crate::job::{JobId, LaneLimits, NewJob};
 use crate::metrics::Metrics;
 use crate::store::{IdempotencyClaim, JobStore, StoreError, within};
 use crate::webhooks::WebhookSettings;
-use crate::workflow::WorkflowRegistry;
-use crate::workflow::request::parse_submission;
+use crate::workflow::Workflow;
+use crate::workflow::request::{self, parse_for};
+
+/// The parameter a job keeps the published version of its workflow in (beside
+/// `webhook_url` and the other submission fields it keeps).
+pub const WORKFLOW_VERSION: &str = "workflow_version";
+
+/// A workflow a submission names that cannot be used, as a refusal.
+fn refusal_of(e: Unresolved) -> SubmitError {
+    match e {
+        Unresolved::Store(e) => SubmitError::Store(e),
+        Unresolved::Retired(_) => Rejection::new(410, "workflow-retired", e.to_string())
+            .field("workflow")
+            .into(),
+        Unresolved::Unknown { .. } | Unresolved::NoVersion { .. } | Unresolved::Malformed(_) => {
+            Rejection::new(400, "unknown-workflow", e.to_string())
+                .field("workflow")
+                .into()
+        }
+    }
+}
 
 /// What the submission path needs of the rest of the service.
 pub struct Submitter {
     pub store: Arc<dyn JobStore>,
-    pub workflows: Arc<WorkflowRegistry>,
+    /// The workflows a job may name.
+    pub catalog: Arc<Catalog>,
     pub offers: Arc<Offers>,
     pub webhooks: Arc<WebhookSettings>,
     pub uploads: Uploader,
@@ -77,13 +98,17 @@ impl Submitter {
     /// idempotency key and queues it, undoing the first two if the store refuses.
     pub async fn submit(&self, s: Submission<'_>) -> Result<Accepted, SubmitError> {
         let who = s.who;
-        let (body, inline) = self
-            .uploads
-            .inline_pictures(&self.workflows, s.body)
-            .await?;
-        let job = parse_submission(&body, &self.workflows)?;
-        self.pictures_exist(who, &job, &inline).await?;
-        let req = self.requirements(&job).await?;
+        request::precheck(&s.body)?;
+        let spec = request::workflow_field(&s.body)?.to_owned();
+        let resolved = self.catalog.resolve(&spec).await.map_err(refusal_of)?;
+        let wf = resolved.workflow.as_ref();
+        let (body, inline) = self.uploads.inline_pictures(wf, s.body).await?;
+        let mut job = parse_for(&body, wf)?;
+        if let Some(v) = resolved.version {
+            job.params.insert(WORKFLOW_VERSION.into(), Value::from(v));
+        }
+        self.pictures_exist(who, wf, &job, &inline).await?;
+        let req = self.requirements(wf, &job).await?;
         if let Some(key) = &who.key
             && job.priority > key.limits.max_priority
         {
@@ -99,7 +124,6 @@ impl Submitter {
             .field("priority")
             .into());
         }
-        let mut job = job;
         let webhook = self.webhook_of(&mut job, who.owner())?;
         let priority = job.priority;
         let mut job = job.owned(who.owner(), priority).needing(req);
@@ -175,12 +199,10 @@ impl Submitter {
     async fn pictures_exist(
         &self,
         who: &Identity,
+        wf: &Workflow,
         job: &NewJob,
         inline: &[pictures::Picture],
     ) -> Result<(), SubmitError> {
-        let Some(wf) = self.workflows.get(&job.workflow) else {
-            return Ok(());
-        };
         for (param, spec) in &wf.params {
             if !spec.kind.is_picture() {
                 continue;

@@ -18,7 +18,7 @@ use crate::picture::off_runtime;
 use crate::storage::ImageStore;
 use crate::store::{StoreError, UploadQuota, Uploads, within};
 use crate::uploads::{self, UploadRecord};
-use crate::workflow::{DEFAULT_WORKFLOW, WorkflowRegistry};
+use crate::workflow::Workflow;
 
 /// Caps on input pictures.
 #[derive(Clone, Copy, Debug)]
@@ -227,18 +227,10 @@ impl Uploader {
     /// the rest of the submission is checked.
     pub(super) async fn inline_pictures(
         &self,
-        workflows: &WorkflowRegistry,
+        wf: &Workflow,
         mut body: Value,
     ) -> Result<(Value, Vec<Picture>), SubmitError> {
-        let name = body
-            .get("workflow")
-            .and_then(Value::as_str)
-            .unwrap_or(DEFAULT_WORKFLOW)
-            .to_owned();
         let mut pictures = Vec::new();
-        let Some(wf) = workflows.get(&name) else {
-            return Ok((body, pictures));
-        };
         for (param, spec) in &wf.params {
             if !spec.kind.is_picture() {
                 continue;

@@ -7,16 +7,18 @@ use super::{Rejection, SubmitError, Submitter};
 use crate::capabilities::{self, Requirements};
 use crate::clock;
 use crate::job::NewJob;
+use crate::workflow::Workflow;
 
 impl Submitter {
     /// The job's requirement set (a node or a model none offers is refused;
     /// anything is accepted when no backend has reported yet), registered in
     /// the store. Its fingerprint, or "" when it cannot be registered (the
     /// registry is full: the job then goes to any backend).
-    pub(super) async fn requirements(&self, job: &NewJob) -> Result<String, SubmitError> {
-        let Some(wf) = self.workflows.get(&job.workflow) else {
-            return Ok(String::new());
-        };
+    pub(super) async fn requirements(
+        &self,
+        wf: &Workflow,
+        job: &NewJob,
+    ) -> Result<String, SubmitError> {
         let graph = wf.render(job.id.as_str(), &job.prompt, job.seed, &job.params);
         let need = Requirements::of_graph(&graph);
         let offers = self.within(self.offers.live(self.store.as_ref())).await?;

@@ -145,7 +145,8 @@ impl Backend {
             }
             match self.client.object_info().await {
                 Ok(info) => {
-                    let caps = crate::capabilities::Capabilities::from_object_info(&info);
+                    let mut caps = crate::capabilities::Capabilities::from_object_info(&info);
+                    caps.info = self.publish_info(store.as_ref(), &info).await;
                     let fp = caps.fingerprint();
                     let json = serde_json::to_string(&caps).unwrap_or_default();
                     // Kept for three refreshes: a worker that dies takes its offer
@@ -177,6 +178,33 @@ impl Backend {
                 // A reconnect is a chance its models changed: read again then.
                 _ = self.wait_unhealthy() => {}
                 _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Keeps the whole `/object_info` in the store (for conversions and ComfyUI's
+    /// frontend) and notes it as the last one reported; its fingerprint, or ""
+    /// when it could not be kept.
+    async fn publish_info(
+        &self,
+        store: &dyn crate::store::Routing,
+        info: &serde_json::Value,
+    ) -> String {
+        use crate::capabilities::{INFO_TTL, LAST_INFO, info_fingerprint, info_key};
+        let text = info.to_string();
+        let fp = info_fingerprint(&text);
+        let kept = async {
+            store
+                .put_capabilities(&info_key(&fp), &text, INFO_TTL)
+                .await?;
+            store.put_capabilities(LAST_INFO, &fp, INFO_TTL).await
+        }
+        .await;
+        match kept {
+            Ok(()) => fp,
+            Err(e) => {
+                tracing::warn!(backend = %self.url, error = %e, "cannot keep /object_info in the store");
+                String::new()
             }
         }
     }

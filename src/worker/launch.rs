@@ -24,6 +24,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use super::backend::Backend;
+use crate::catalog::Catalog;
 use crate::comfy::client::RunStatus;
 use crate::workflow::WorkflowRegistry;
 
@@ -321,7 +322,7 @@ pub async fn supervise(
     inst: Instance,
     backend: Arc<Backend>,
     sup: Arc<Supervised>,
-    workflows: Arc<WorkflowRegistry>,
+    catalog: Arc<Catalog>,
     mut stop_rx: watch::Receiver<bool>,
 ) {
     let log_path = config.data_dir.join(format!("comfyui-{}.log", inst.n));
@@ -390,7 +391,7 @@ pub async fn supervise(
             &inst,
             &backend,
             &sup,
-            &workflows,
+            &catalog.current(),
             &mut child,
             &mut stop_rx,
         )

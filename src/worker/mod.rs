@@ -30,11 +30,11 @@ use tokio::task::JoinSet;
 use self::backend::Backend;
 use self::run::{RunContext, Turn, run_job};
 use crate::backends::{BackendReport, BackendSample, BackendState, Offers};
+use crate::catalog::Catalog;
 use crate::metrics::Metrics;
 use crate::shutdown::signalled;
 use crate::storage::ImageStore;
 use crate::store::{JobStore, Routed, StoreError, WorkerId};
-use crate::workflow::WorkflowRegistry;
 
 /// How long a dispatcher waits for its backend's capabilities before its first
 /// claim.
@@ -117,7 +117,7 @@ impl Default for WorkerConfig {
 pub struct Workers {
     pub id: WorkerId,
     store: Arc<dyn JobStore>,
-    workflows: Arc<WorkflowRegistry>,
+    catalog: Arc<Catalog>,
     images: Arc<dyn ImageStore>,
     config: Arc<WorkerConfig>,
     backends: Vec<Arc<Backend>>,
@@ -174,7 +174,7 @@ impl Workers {
     pub fn start(
         config: WorkerConfig,
         store: Arc<dyn JobStore>,
-        workflows: Arc<WorkflowRegistry>,
+        catalog: Arc<Catalog>,
         images: Arc<dyn ImageStore>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Workers> {
@@ -208,7 +208,7 @@ impl Workers {
             launched,
             id: WorkerId::generate(),
             store,
-            workflows,
+            catalog,
             images,
             config: Arc::new(config),
             backends,
@@ -292,7 +292,7 @@ impl Workers {
                     inst.clone(),
                     b.clone(),
                     sup.clone(),
-                    self.workflows.clone(),
+                    self.catalog.clone(),
                     children_rx.clone(),
                 ));
             }
@@ -302,7 +302,7 @@ impl Workers {
         for b in &self.backends {
             let ctx = RunContext {
                 store: self.store.clone(),
-                workflows: self.workflows.clone(),
+                catalog: self.catalog.clone(),
                 images: self.images.clone(),
                 config: self.config.clone(),
                 backend: b.clone(),

@@ -15,11 +15,12 @@ use super::backend::Backend;
 use super::convert::Convert;
 use super::follow::{Followed, follow};
 use super::outputs::collect;
+use crate::catalog::Catalog;
 use crate::comfy::{ComfyClient, ComfyError, RunStatus};
 use crate::job::{JobRecord, Output};
 use crate::storage::ImageStore;
 use crate::store::{Claim, Completion, JobStore, Lease, LeaseState, RetryOutcome};
-use crate::workflow::{CONTRACT_PARAMS, WorkflowRegistry};
+use crate::workflow::CONTRACT_PARAMS;
 
 /// After cancelling, how long we wait for the prompt to leave the backend before
 /// giving its slot to the next job anyway.
@@ -29,7 +30,8 @@ const CANCEL_DRAIN: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct RunContext {
     pub store: Arc<dyn JobStore>,
-    pub workflows: Arc<WorkflowRegistry>,
+    /// The workflows jobs name (a published one at the version the job records).
+    pub catalog: Arc<Catalog>,
     pub images: Arc<dyn ImageStore>,
     pub config: Arc<WorkerConfig>,
     pub backend: Arc<Backend>,
@@ -288,17 +290,27 @@ async fn execute(ctx: &RunContext, lease: &Lease, job: &JobRecord, turn: &mut Tu
         return outcome;
     }
 
-    let Some(workflow) = ctx.workflows.get(&job.workflow) else {
-        return Outcome::Failed(format!(
-            "unknown workflow {:?}; known workflows: {}",
-            job.workflow,
-            ctx.workflows.names().collect::<Vec<_>>().join(", ")
-        ));
+    let version = job.workflow_version();
+    let workflow = match ctx.catalog.for_job(&job.workflow, version).await {
+        Ok(Some(wf)) => wf,
+        Ok(None) => {
+            return Outcome::Failed(match version {
+                Some(v) => format!("workflow {}@{v} is not published", job.workflow),
+                None => format!(
+                    "unknown workflow {:?}; known workflows: {}",
+                    job.workflow,
+                    ctx.catalog.current().names().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        Err(e) => return Outcome::Retry(format!("cannot read workflow {}: {e}", job.workflow)),
     };
     let mut params = Map::new();
     for (k, v) in &job.params {
         // Not the graph's: what the pictures are stored as (read by `collect`).
-        if crate::workflow::request::SUBMISSION_FIELDS.contains(&k.as_str()) {
+        if crate::workflow::request::SUBMISSION_FIELDS.contains(&k.as_str())
+            || crate::workflow::request::KEPT_FIELDS.contains(&k.as_str())
+        {
             continue;
         }
         match workflow.params.get(k) {
@@ -458,8 +470,11 @@ async fn adopt(
         return Some(Outcome::LeaseLost);
     }
     let total = ctx
-        .workflows
-        .get(&job.workflow)
+        .catalog
+        .for_job(&job.workflow, job.workflow_version())
+        .await
+        .ok()
+        .flatten()
         .map_or(1, |w| w.graph.len());
     let followed = follow(ctx, lease, &job.owner, &client, socket, cancels, total).await;
     Some(conclude(ctx, lease, &client, followed, Convert::of(&job.params)).await)

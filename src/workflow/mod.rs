@@ -5,11 +5,15 @@
 //! `workflows/` and are compiled into the binary; users add their own in a directory
 //! (`--workflows DIR`). See `docs/workflows.md`.
 
+pub mod graph;
+pub mod infer;
 pub mod param;
 pub mod request;
+pub mod ui;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -75,6 +79,9 @@ pub struct Workflow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_pixels: Option<u64>,
     pub graph: Map<String, Value>,
+    /// The published version (absent: a built-in or a `--workflows` file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
 }
 
 impl Workflow {
@@ -102,6 +109,11 @@ impl Workflow {
         Ok(wf)
     }
 
+    /// The checks a published workflow passes too (those of a template file).
+    pub fn check_published(&self) -> Result<(), String> {
+        self.check()
+    }
+
     fn check(&self) -> Result<(), String> {
         if self.name.is_empty()
             || !self
@@ -126,8 +138,13 @@ impl Workflow {
             }
         }
         for (name, spec) in &self.params {
-            if name == "workflow" {
-                return Err("a parameter cannot be named \"workflow\"".into());
+            if name == "workflow"
+                || request::SUBMISSION_FIELDS.contains(&name.as_str())
+                || request::KEPT_FIELDS.contains(&name.as_str())
+            {
+                return Err(format!(
+                    "a parameter cannot be named {name:?} (a submission field of its own)"
+                ));
             }
             if spec.kind == ParamKind::Enum && spec.choices.is_empty() {
                 return Err(format!("parameter {name}: an enum needs choices"));
@@ -261,9 +278,9 @@ pub fn is_ui_format(v: &Value) -> bool {
 }
 
 /// All known workflows, by name.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct WorkflowRegistry {
-    by_name: BTreeMap<String, Workflow>,
+    by_name: BTreeMap<String, Arc<Workflow>>,
 }
 
 impl WorkflowRegistry {
@@ -273,7 +290,7 @@ impl WorkflowRegistry {
             .iter()
             .map(|(file, text)| {
                 let wf = Workflow::parse(file, text).expect("built-in templates are valid");
-                (wf.name.clone(), wf)
+                (wf.name.clone(), Arc::new(wf))
             })
             .collect();
         WorkflowRegistry { by_name }
@@ -299,13 +316,22 @@ impl WorkflowRegistry {
         for path in files {
             let text = std::fs::read_to_string(&path).map_err(|e| io(&path, e))?;
             let wf = Workflow::parse(&path.display().to_string(), &text)?;
-            reg.by_name.insert(wf.name.clone(), wf);
+            reg.by_name.insert(wf.name.clone(), Arc::new(wf));
         }
         Ok(reg)
     }
 
     pub fn get(&self, name: &str) -> Option<&Workflow> {
-        self.by_name.get(name)
+        self.by_name.get(name).map(Arc::as_ref)
+    }
+
+    /// The shared workflow, to keep beyond this registry's life.
+    pub fn get_arc(&self, name: &str) -> Option<Arc<Workflow>> {
+        self.by_name.get(name).cloned()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -313,7 +339,16 @@ impl WorkflowRegistry {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Workflow> {
-        self.by_name.values()
+        self.by_name.values().map(Arc::as_ref)
+    }
+
+    /// These workflows and `more` (which win on a name both have).
+    pub fn with(&self, more: impl IntoIterator<Item = Arc<Workflow>>) -> WorkflowRegistry {
+        let mut by_name = self.by_name.clone();
+        for wf in more {
+            by_name.insert(wf.name.clone(), wf);
+        }
+        WorkflowRegistry { by_name }
     }
 }
 

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value};
 
 use super::param::MAX_STRING_CHARS;
-use super::{CONTRACT_PARAMS, DEFAULT_WORKFLOW, WorkflowRegistry};
+use super::{CONTRACT_PARAMS, DEFAULT_WORKFLOW, Workflow, WorkflowRegistry};
 use crate::job::NewJob;
 use crate::job::Priority;
 
@@ -36,10 +36,45 @@ pub fn is_blank(c: char) -> bool {
 /// Checks a submission body and turns it into a new job. A missing seed becomes a
 /// random one; parameters the request leaves out get their declared defaults.
 pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<NewJob, FieldError> {
+    precheck(body)?;
+    let name = workflow_field(body)?;
+    let workflow = workflows.get(name).ok_or_else(|| {
+        FieldError::new(
+            "workflow",
+            "unknown-workflow",
+            format!(
+                "unknown workflow {name:?}; known workflows: {}",
+                workflows.names().collect::<Vec<_>>().join(", ")
+            ),
+        )
+    })?;
+    parse_for(body, workflow)
+}
+
+/// The checks that come before a workflow is looked up: a JSON object with a
+/// prompt.
+pub fn precheck(body: &Value) -> Result<(), FieldError> {
     let obj = body
         .as_object()
         .ok_or_else(|| FieldError::new("", "invalid-body", "request body must be a JSON object"))?;
+    prompt_of(obj).map(drop)
+}
 
+/// The workflow a submission names (`name` or `name@version`; the default when
+/// absent).
+pub fn workflow_field(body: &Value) -> Result<&str, FieldError> {
+    match body.get("workflow") {
+        None | Some(Value::Null) => Ok(DEFAULT_WORKFLOW),
+        Some(Value::String(s)) => Ok(s.as_str()),
+        Some(_) => Err(FieldError::new(
+            "workflow",
+            "invalid-workflow",
+            "workflow must be a string",
+        )),
+    }
+}
+
+fn prompt_of(obj: &Map<String, Value>) -> Result<&String, FieldError> {
     let prompt = match obj.get("prompt") {
         None | Some(Value::Null) => {
             return Err(FieldError::new(
@@ -64,28 +99,15 @@ pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<Ne
             "prompt must not be empty or only whitespace",
         ));
     }
+    Ok(prompt)
+}
 
-    let name = match obj.get("workflow") {
-        None | Some(Value::Null) => DEFAULT_WORKFLOW,
-        Some(Value::String(s)) => s.as_str(),
-        Some(_) => {
-            return Err(FieldError::new(
-                "workflow",
-                "invalid-workflow",
-                "workflow must be a string",
-            ));
-        }
-    };
-    let workflow = workflows.get(name).ok_or_else(|| {
-        FieldError::new(
-            "workflow",
-            "unknown-workflow",
-            format!(
-                "unknown workflow {name:?}; known workflows: {}",
-                workflows.names().collect::<Vec<_>>().join(", ")
-            ),
-        )
-    })?;
+/// [`parse_submission`] for a workflow already found (a published version).
+pub fn parse_for(body: &Value, workflow: &Workflow) -> Result<NewJob, FieldError> {
+    let obj = body
+        .as_object()
+        .ok_or_else(|| FieldError::new("", "invalid-body", "request body must be a JSON object"))?;
+    let prompt = prompt_of(obj)?;
 
     let limit = workflow
         .params
@@ -304,6 +326,10 @@ pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<Ne
 
     Ok(NewJob::new(prompt.clone(), seed, workflow.name.clone(), params).owned("", priority))
 }
+
+/// What a job keeps in its parameters beyond the workflow's own, not sent by
+/// clients: the published version it runs, a raw graph's graph.
+pub const KEPT_FIELDS: &[&str] = &["workflow_version", "graph"];
 
 /// Fields of a submission beyond the workflow's parameters.
 pub const SUBMISSION_FIELDS: &[&str] = &[

@@ -26,6 +26,7 @@ mod review3;
 mod s3;
 mod sentinel;
 mod store_conformance;
+mod ui_conversion;
 mod upgrade;
 mod uploads;
 mod webhooks;

@@ -644,7 +644,7 @@ mod cached {
         let (_stop, stop_rx) = tokio::sync::watch::channel(false);
         let ctx = RunContext {
             store: t.store.clone(),
-            workflows,
+            catalog: studio_core::catalog::Catalog::new(workflows, t.store.clone()),
             images: Arc::new(FsImageStore::new(t.dir.path().join("images"))),
             config: Arc::new(WorkerConfig {
                 poll_interval: Duration::from_millis(200),
