@@ -13,15 +13,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio::sync::watch;
 
 mod publish;
 
 pub use publish::{Publish, PublishError, Published, api_graph, check_name};
 
+use crate::job::JobRecord;
 use crate::shutdown::signalled;
 use crate::store::{StoreError, WorkflowEntry, WorkflowStore};
-use crate::workflow::{Workflow, WorkflowRegistry};
+use crate::workflow::{GRAPH_FIELD, GRAPH_WORKFLOW, Workflow, WorkflowRegistry};
 
 /// How often a process looks for a new workflow generation.
 pub const POLL: Duration = Duration::from_millis(400);
@@ -237,16 +239,19 @@ impl Catalog {
         }
     }
 
-    /// What a queued job runs: its recorded version of a published workflow, or
-    /// the base (or latest published) workflow of its name.
-    pub async fn for_job(
-        &self,
-        name: &str,
-        version: Option<u32>,
-    ) -> Result<Option<Arc<Workflow>>, StoreError> {
-        match version {
-            Some(v) => self.version(name, v).await,
-            None => Ok(self.current().get_arc(name)),
+    /// What a queued job runs: the graph it carries (a raw graph), its recorded
+    /// version of a published workflow, or the base (or latest published)
+    /// workflow of its name.
+    pub async fn for_job(&self, job: &JobRecord) -> Result<Option<Arc<Workflow>>, StoreError> {
+        if job.workflow == GRAPH_WORKFLOW {
+            return Ok(job.params.get(GRAPH_FIELD).and_then(|g| match g {
+                Value::Object(graph) => Some(Arc::new(Workflow::raw(graph.clone()))),
+                _ => None,
+            }));
+        }
+        match job.workflow_version() {
+            Some(v) => self.version(&job.workflow, v).await,
+            None => Ok(self.current().get_arc(&job.workflow)),
         }
     }
 

@@ -121,6 +121,14 @@ pub fn api_graph(
                 ),
             ));
         }
+        if let Some((id, input, ty)) = graph::value_for_link(&graph, info) {
+            return Err(invalid(
+                field,
+                format!(
+                    "node {id}: input {input:?} takes a link [\"node id\", output index] to an {ty}, not a value"
+                ),
+            ));
+        }
     }
     Ok((graph, converted))
 }

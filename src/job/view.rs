@@ -43,9 +43,10 @@ pub struct JobView<'a> {
     workflow_version: Option<u32>,
     seed: Option<u64>,
     prompt: &'a str,
-    /// The workflow parameters used (with defaults filled in).
+    /// The workflow parameters used (with defaults filled in). A raw graph's
+    /// job leaves its graph out (it may be large).
     #[schema(value_type = Object)]
-    params: &'a Map<String, Value>,
+    params: Cow<'a, Map<String, Value>>,
     created_at: &'a str,
     updated_at: &'a str,
     /// How many times a worker has taken it.
@@ -133,7 +134,13 @@ impl<'a> JobView<'a> {
             workflow_version: job.workflow_version(),
             seed: job.seed,
             prompt: &job.prompt,
-            params: &job.params,
+            params: if job.params.contains_key("graph") {
+                let mut p = job.params.clone();
+                p.remove("graph");
+                Cow::Owned(p)
+            } else {
+                Cow::Borrowed(&job.params)
+            },
             created_at: &job.created_at,
             updated_at: &job.updated_at,
             attempt: job.attempt,

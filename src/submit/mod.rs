@@ -7,6 +7,7 @@
 //! [`SubmitError`]s, which each front door answers in its own shape.
 
 mod error;
+mod graph;
 mod idempotency;
 mod pictures;
 mod requirements;
@@ -27,8 +28,8 @@ use crate::job::{JobId, LaneLimits, NewJob};
 use crate::metrics::Metrics;
 use crate::store::{IdempotencyClaim, JobStore, StoreError, within};
 use crate::webhooks::WebhookSettings;
-use crate::workflow::Workflow;
 use crate::workflow::request::{self, parse_for};
+use crate::workflow::{GRAPH_FIELD, GRAPH_WORKFLOW, Workflow};
 
 /// The parameter a job keeps the published version of its workflow in (beside
 /// `webhook_url` and the other submission fields it keeps).
@@ -98,14 +99,24 @@ impl Submitter {
     /// idempotency key and queues it, undoing the first two if the store refuses.
     pub async fn submit(&self, s: Submission<'_>) -> Result<Accepted, SubmitError> {
         let who = s.who;
-        request::precheck(&s.body)?;
-        let spec = request::workflow_field(&s.body)?.to_owned();
-        let resolved = self.catalog.resolve(&spec).await.map_err(refusal_of)?;
-        let wf = resolved.workflow.as_ref();
-        let (body, inline) = self.uploads.inline_pictures(wf, s.body).await?;
+        let (wf, version, body) = if Self::carries_graph(&s.body) {
+            let (wf, body) = self.raw_graph(who, s.body).await?;
+            (wf, None, body)
+        } else {
+            request::precheck(&s.body)?;
+            let spec = request::workflow_field(&s.body)?.to_owned();
+            let resolved = self.catalog.resolve(&spec).await.map_err(refusal_of)?;
+            (resolved.workflow, resolved.version, s.body)
+        };
+        let wf = wf.as_ref();
+        let (body, inline) = self.uploads.inline_pictures(wf, body).await?;
         let mut job = parse_for(&body, wf)?;
-        if let Some(v) = resolved.version {
+        if let Some(v) = version {
             job.params.insert(WORKFLOW_VERSION.into(), Value::from(v));
+        }
+        if wf.name == GRAPH_WORKFLOW {
+            job.params
+                .insert(GRAPH_FIELD.into(), Value::Object(wf.graph.clone()));
         }
         self.pictures_exist(who, wf, &job, &inline).await?;
         let req = self.requirements(wf, &job).await?;

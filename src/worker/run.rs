@@ -291,7 +291,7 @@ async fn execute(ctx: &RunContext, lease: &Lease, job: &JobRecord, turn: &mut Tu
     }
 
     let version = job.workflow_version();
-    let workflow = match ctx.catalog.for_job(&job.workflow, version).await {
+    let workflow = match ctx.catalog.for_job(job).await {
         Ok(Some(wf)) => wf,
         Ok(None) => {
             return Outcome::Failed(match version {
@@ -471,7 +471,7 @@ async fn adopt(
     }
     let total = ctx
         .catalog
-        .for_job(&job.workflow, job.workflow_version())
+        .for_job(job)
         .await
         .ok()
         .flatten()

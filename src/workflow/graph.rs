@@ -146,6 +146,59 @@ pub fn unknown_classes(graph: &Map<String, Value>, object_info: &Value) -> Vec<(
         .collect()
 }
 
+/// Types an input takes as a value (a widget's); others come through links.
+const VALUE_TYPES: [&str; 5] = ["INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"];
+
+/// The first input given a value where `object_info` says it takes a link: its
+/// type is one some class outputs (an `IMAGE`, a `MODEL`…), not a widget's.
+/// `(node id, input, type)`.
+pub fn value_for_link(
+    graph: &Map<String, Value>,
+    object_info: &Value,
+) -> Option<(String, String, String)> {
+    let Some(classes) = object_info.as_object() else {
+        return None;
+    };
+    let outputs: BTreeSet<&str> = classes
+        .values()
+        .filter_map(|c| c.get("output")?.as_array())
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|t| !VALUE_TYPES.contains(t) && *t != "*")
+        .collect();
+    for (id, node) in graph {
+        let Some(def) = node
+            .get("class_type")
+            .and_then(Value::as_str)
+            .and_then(|c| classes.get(c))
+        else {
+            continue;
+        };
+        let Some(inputs) = node.get("inputs").and_then(Value::as_object) else {
+            continue;
+        };
+        for (name, v) in inputs {
+            if as_link(v).is_some() {
+                continue;
+            }
+            let ty = ["required", "optional"]
+                .iter()
+                .find_map(|s| def.pointer(&format!("/input/{s}/{}", escape(name))))
+                .and_then(|spec| spec.get(0))
+                .and_then(Value::as_str);
+            if let Some(ty) = ty.filter(|t| outputs.contains(t)) {
+                return Some((id.clone(), name.clone(), ty.to_owned()));
+            }
+        }
+    }
+    None
+}
+
+/// A JSON pointer token.
+fn escape(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +232,29 @@ mod tests {
         assert!(check(&g).unwrap_err().message.contains("class_type"));
         assert!(check(&json!([])).is_err());
         assert!(check(&json!({})).is_err());
+    }
+
+    #[test]
+    fn a_value_where_a_link_belongs_is_found() {
+        let info = json!({
+            "EmptyImage": {"input": {"required": {"width": ["INT", {}]}}, "output": ["IMAGE"]},
+            "SaveImage": {"input": {"required": {"images": ["IMAGE", {}], "filename_prefix": ["STRING", {}]}}, "output": []}
+        });
+        let g = smoke();
+        assert_eq!(value_for_link(g.as_object().unwrap(), &info), None);
+        let mut g = smoke();
+        g["2"]["inputs"]["images"] = json!({"node": "1"});
+        assert_eq!(
+            value_for_link(g.as_object().unwrap(), &info),
+            Some(("2".into(), "images".into(), "IMAGE".into()))
+        );
+        let mut g = smoke();
+        g["2"]["inputs"]["filename_prefix"] = json!(7);
+        assert_eq!(
+            value_for_link(g.as_object().unwrap(), &info),
+            None,
+            "a widget's value"
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!   with a `text` input);
 //! - the sampler's `seed` (or `noise_seed`), `steps`, `cfg`, `sampler_name`,
 //!   `scheduler` and `denoise`;
-//! - the latent it starts from: `width`, `height`, `batch_size`;
+//! - the latent it starts from: `width`, `height`, `batch_size` (with no
+//!   sampler, those of the first `Empty…` node with a size);
 //! - `checkpoint` (and `lora`, `lora_2`, …) as enums of what the backends hold;
 //! - each `LoadImage` as an `image` parameter (`image`, `image_2`, …), each
 //!   `LoadImageMask` as a `mask`;
@@ -81,6 +82,26 @@ pub fn infer(
                     .is_some_and(is_widget_value)
                 {
                     out.insert(input.to_owned(), spec_of(graph, object_info, latent, input));
+                }
+            }
+        }
+    }
+    if !out.contains_key("width") {
+        // No sampler's latent (a graph that makes pictures otherwise): the first
+        // empty canvas with a size.
+        let canvas = ids.iter().copied().find(|id| {
+            let n = &graph[*id];
+            n["class_type"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("Empty"))
+                && ["width", "height"]
+                    .iter()
+                    .all(|i| n["inputs"].get(*i).is_some_and(is_widget_value))
+        });
+        if let Some(c) = canvas {
+            for input in ["width", "height", "batch_size"] {
+                if graph[c]["inputs"].get(input).is_some_and(is_widget_value) {
+                    out.insert(input.to_owned(), spec_of(graph, object_info, c, input));
                 }
             }
         }
@@ -372,6 +393,21 @@ mod tests {
         assert_eq!(p["steps"].kind, ParamKind::Int);
         assert_eq!(p["cfg"].kind, ParamKind::Float);
         assert_eq!(p["checkpoint"].kind, ParamKind::String);
+    }
+
+    #[test]
+    fn with_no_sampler_the_first_empty_canvas_gives_the_size() {
+        let g = json!({
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}
+        });
+        let p = infer(g.as_object().unwrap(), Some(&info()));
+        assert_eq!(p["width"].targets[0].node, "1");
+        assert_eq!(p["height"].default, Some(json!(48)));
+        assert_eq!(p["width"].max, Some(Number::from(16384)));
+        assert!(p.contains_key("batch_size"));
+        assert!(!p.contains_key("prompt"));
     }
 
     #[test]

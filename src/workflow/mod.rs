@@ -84,7 +84,27 @@ pub struct Workflow {
     pub version: Option<u32>,
 }
 
+/// The workflow name of a job that carries its own graph (a raw graph, or a
+/// ComfyUI client's prompt): no published name starts with `_`.
+pub const GRAPH_WORKFLOW: &str = "_graph";
+
+/// Where such a job keeps its graph, among its parameters.
+pub const GRAPH_FIELD: &str = "graph";
+
 impl Workflow {
+    /// A raw graph as a workflow of no parameters: it runs as it is, only its
+    /// `filename_prefix` made the job's.
+    pub fn raw(graph: Map<String, Value>) -> Workflow {
+        Workflow {
+            name: GRAPH_WORKFLOW.to_owned(),
+            description: String::new(),
+            params: BTreeMap::new(),
+            max_pixels: None,
+            graph,
+            version: None,
+        }
+    }
+
     /// Parses and checks one template file's text.
     pub fn parse(file: &str, text: &str) -> Result<Workflow, WorkflowError> {
         let invalid = |message: String| WorkflowError::Invalid {

@@ -241,6 +241,7 @@ pub fn parse_for(body: &Value, workflow: &Workflow) -> Result<NewJob, FieldError
             !SUBMISSION_FIELDS.contains(k)
                 && !CONTRACT_PARAMS.contains(k)
                 && !workflow.params.contains_key(*k)
+                && !(*k == super::GRAPH_FIELD && workflow.name == super::GRAPH_WORKFLOW)
         })
         .collect();
     if !unknown.is_empty() {

@@ -31,3 +31,4 @@ mod upgrade;
 mod uploads;
 mod webhooks;
 mod worker_e2e;
+mod workflows;

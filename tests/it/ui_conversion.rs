@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use studio_core::catalog::api_graph;
 use studio_core::workflow::ui::convert;
 
 fn fixtures() -> PathBuf {
@@ -109,6 +110,10 @@ fn comfyuis_templates_convert_as_its_frontend_converts_them() {
             Ok(g) => difference(g, &theirs),
             Err(e) => Some(format!("not converted: {e}")),
         };
+        // And each passes the checks a published workflow passes.
+        if let Err(e) = api_graph(&ui, Some(&info), "workflow") {
+            unexpected.push(format!("{name}: would not publish: {e}"));
+        }
         match (diff, known.get(name)) {
             (None, None) => matched += 1,
             (None, Some(_)) => unexpected.push(format!(

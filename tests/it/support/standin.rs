@@ -89,6 +89,10 @@ pub struct Knobs {
     /// choices (as an unknown future format would): Studio Core cannot tell which
     /// files it has, so it sends it any and ComfyUI's own validation speaks.
     pub unlisted_checkpoints: bool,
+    /// `/object_info` describes its classes as a real ComfyUI 0.3.64 does
+    /// (their inputs, types, bounds, widget order), for converting and reading
+    /// workflows; by default it lists them with no inputs.
+    pub real_info: bool,
 }
 
 impl Default for Knobs {
@@ -109,6 +113,7 @@ impl Default for Knobs {
             extra_nodes: Vec::new(),
             unlisted_checkpoints: false,
             type1_previews: false,
+            real_info: false,
         }
     }
 }
@@ -790,21 +795,36 @@ async fn system_stats() -> Json<Value> {
 async fn object_info(State(st): State<St>) -> Json<Value> {
     let knobs = st.inner.lock().unwrap().knobs.clone();
     let mut info = Map::new();
+    let real: Value = if knobs.real_info {
+        serde_json::from_slice(REAL_INFO).expect("the recorded object_info reads")
+    } else {
+        Value::Null
+    };
     for class in STANDIN_NODES {
-        info.insert(
-            (*class).to_owned(),
-            json!({"input": {"required": {}}, "output_node": *class == "SaveImage"}),
-        );
+        let def = match real.get(*class) {
+            Some(def) => def.clone(),
+            None => json!({"input": {"required": {}}, "output_node": *class == "SaveImage"}),
+        };
+        info.insert((*class).to_owned(), def);
     }
     let ckpt = if knobs.unlisted_checkpoints {
         json!(["STRING", {}])
     } else {
         json!([knobs.checkpoints, {"tooltip": "The name of the checkpoint (model) to load."}])
     };
-    info.insert(
-        "CheckpointLoaderSimple".into(),
-        json!({"input": {"required": {"ckpt_name": ckpt}}, "output_node": false}),
-    );
+    match real.get("CheckpointLoaderSimple") {
+        Some(def) => {
+            let mut def = def.clone();
+            def["input"]["required"]["ckpt_name"] = ckpt;
+            info.insert("CheckpointLoaderSimple".into(), def);
+        }
+        None => {
+            info.insert(
+                "CheckpointLoaderSimple".into(),
+                json!({"input": {"required": {"ckpt_name": ckpt}}, "output_node": false}),
+            );
+        }
+    }
     info.insert(
         "UpscaleModelLoader".into(),
         json!({"input": {"required": {"model_name": ["COMBO", {"multiselect": false, "options": ["4x-UltraSharp.pth"]}]}}, "output_node": false}),
@@ -817,6 +837,9 @@ async fn object_info(State(st): State<St>) -> Json<Value> {
     }
     Json(Value::Object(info))
 }
+
+/// What a real ComfyUI 0.3.64 on CPU answered at `/object_info`.
+const REAL_INFO: &[u8] = include_bytes!("../../fixtures/comfyui/files/object_info_full.json");
 
 /// Classes every stand-in offers besides the checkpoint loader.
 const STANDIN_NODES: &[&str] = &[
