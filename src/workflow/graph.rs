@@ -156,9 +156,7 @@ pub fn value_for_link(
     graph: &Map<String, Value>,
     object_info: &Value,
 ) -> Option<(String, String, String)> {
-    let Some(classes) = object_info.as_object() else {
-        return None;
-    };
+    let classes = object_info.as_object()?;
     let outputs: BTreeSet<&str> = classes
         .values()
         .filter_map(|c| c.get("output")?.as_array())

@@ -238,10 +238,11 @@ pub fn parse_for(body: &Value, workflow: &Workflow) -> Result<NewJob, FieldError
         .keys()
         .map(String::as_str)
         .filter(|k| {
+            let carried_graph = *k == super::GRAPH_FIELD && workflow.name == super::GRAPH_WORKFLOW;
             !SUBMISSION_FIELDS.contains(k)
                 && !CONTRACT_PARAMS.contains(k)
                 && !workflow.params.contains_key(*k)
-                && !(*k == super::GRAPH_FIELD && workflow.name == super::GRAPH_WORKFLOW)
+                && !carried_graph
         })
         .collect();
     if !unknown.is_empty() {
