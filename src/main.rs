@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         Command::Status(args) => runtime.block_on(cli::status(args)),
         Command::Cancel(args) => runtime.block_on(cli::cancel(args)),
         Command::Jobs(args) => runtime.block_on(cli::jobs(args)),
+        Command::Workflows(args) => runtime.block_on(cli::workflows(args)),
         Command::Keys(args) => runtime.block_on(cli::keys::keys(args)),
         Command::WebhookSecret => {
             println!("{}", studio_core::webhooks::Secret::generate());

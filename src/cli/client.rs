@@ -11,10 +11,15 @@ use serde_json::Value;
 #[derive(Args, Clone)]
 pub struct ServerUrl {
     /// The Studio Core server.
-    #[arg(long, env = "STUDIO_SERVER", default_value = "http://127.0.0.1:5000")]
+    #[arg(
+        long,
+        global = true,
+        env = "STUDIO_SERVER",
+        default_value = "http://127.0.0.1:5000"
+    )]
     pub server: String,
     /// The API key (`sk_…`), when the server has auth on.
-    #[arg(long, env = "STUDIO_API_KEY", hide_env_values = true)]
+    #[arg(long, global = true, env = "STUDIO_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 }
 

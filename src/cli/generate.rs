@@ -19,6 +19,11 @@ pub struct GenerateArgs {
     /// Workflow to run (default: the server's default, sdxl).
     #[arg(long, short)]
     pub workflow: Option<String>,
+    /// Run this ComfyUI graph file once instead of a workflow (API format, or a
+    /// UI-format file the server converts; admin keys and keys made with
+    /// `--graphs` only).
+    #[arg(long, value_name = "PATH", conflicts_with = "workflow")]
+    pub graph: Option<PathBuf>,
     /// Seed (default: random).
     #[arg(long, short)]
     pub seed: Option<u64>,
@@ -77,6 +82,9 @@ pub fn parse_param(p: &str) -> Result<(String, Value), String> {
     Ok((k.to_owned(), value))
 }
 
+/// Largest graph file sent: the server takes submissions of 256 KiB.
+const MAX_GRAPH_FILE: u64 = 256 * 1024;
+
 /// Tries at a submission that meets a network error or a 502/503/504.
 const SUBMIT_TRIES: u64 = 3;
 
@@ -91,6 +99,10 @@ async fn generate_inner(a: GenerateArgs) -> Result<(), Fail> {
     body.insert("prompt".into(), a.prompt.clone().into());
     if let Some(w) = &a.workflow {
         body.insert("workflow".into(), w.clone().into());
+    }
+    if let Some(g) = &a.graph {
+        let graph = super::workflows::read_json(g, MAX_GRAPH_FILE).await?;
+        body.insert("graph".into(), graph);
     }
     if let Some(s) = a.seed {
         body.insert("seed".into(), s.into());

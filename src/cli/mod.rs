@@ -1,4 +1,5 @@
-//! The client commands: `studio generate`, `status`, `cancel`, `jobs`. They talk to
+//! The client commands: `studio generate`, `status`, `cancel`, `jobs`,
+//! `workflows`. They talk to
 //! a running server over its public API. Exit codes: 0 finished (or done), 1 the job
 //! failed, 2 a usage or connection error (message on stderr).
 
@@ -8,9 +9,11 @@ mod jobs;
 pub mod keys;
 mod root;
 mod sse;
+mod workflows;
 
 pub use client::ServerUrl;
 pub(crate) use client::{FAILED, Fail, USAGE, finish};
 pub use generate::{GenerateArgs, generate, parse_param};
 pub use jobs::{JobArgs, JobsArgs, cancel, jobs, status};
 pub use root::{Cli, Command, unknown_studio_env};
+pub use workflows::{WorkflowsArgs, workflows};

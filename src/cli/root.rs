@@ -29,6 +29,8 @@ pub enum Command {
     Cancel(super::JobArgs),
     /// List recent jobs.
     Jobs(super::JobsArgs),
+    /// Publish, list, show and retire workflows (ComfyUI files, either format).
+    Workflows(super::WorkflowsArgs),
     /// Manage API keys (straight in the job store: no server needed).
     Keys(super::keys::KeysArgs),
     /// Print a new webhook signing secret (`whsec_…`) for --webhook-secret.

@@ -7,13 +7,13 @@ use studio_core::config::Role;
 use crate::support::standin::{Knobs, StandIn};
 use crate::support::{Backing, TempDir, TestApp, studio_bin};
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-async fn studio(args: &[&str]) -> Run {
+pub(crate) async fn studio(args: &[&str]) -> Run {
     studio_with(args, None).await
 }
 

@@ -655,3 +655,137 @@ async fn publishing_and_raw_graphs_need_keys_that_may() {
     assert_eq!((s, e["field"].as_str()), (400, Some("graph")), "{e}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_pushes_lists_shows_retires_and_converts() {
+    use crate::cli::studio;
+    let standin = real_standin();
+    let app = TestApp::serve(Backing::Sqlite, &standin, |_| {}).await;
+    wait_reported(&app).await;
+    let dir = TempDir::new();
+    let ui = dir.path().join("smoke.json");
+    std::fs::write(&ui, smoke_ui().to_string()).unwrap();
+    let api = dir.path().join("smoke-api.json");
+    std::fs::write(&api, smoke_api().to_string()).unwrap();
+    let server = ["--server", app.base.as_str()];
+    let ui_path = ui.to_str().unwrap();
+
+    let r = studio(
+        &[
+            &["workflows", "push", ui_path, "--name", "flat"][..],
+            &server[..],
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("published flat@1 (converted from the UI format)"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("canvas_color"),
+        "the inferred form: {}",
+        r.stdout
+    );
+    let r = studio(
+        &[
+            &[
+                "workflows",
+                "push",
+                api.to_str().unwrap(),
+                "--name",
+                "flat",
+                "--description",
+                "second",
+            ][..],
+            &server[..],
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("published flat@2\n"), "{}", r.stdout);
+
+    let r = studio(&[&["workflows", "list"][..], &server[..]].concat()).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("flat "))
+        .unwrap_or_default();
+    assert!(
+        line.contains("v2") && line.contains("second"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("smoke ") && l.contains("built-in")),
+        "{}",
+        r.stdout
+    );
+
+    let r = studio(&[&["workflows", "show", "flat@1", "--json"][..], &server[..]].concat()).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        (v["version"].as_u64(), v["latest"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let r = studio(&[&["workflows", "show", "flat"][..], &server[..]].concat()).await;
+    assert!(r.stdout.contains("version   2 (latest 2)"), "{}", r.stdout);
+    let r = studio(&[&["workflows", "show", "nope@1"][..], &server[..]].concat()).await;
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("no version 1") || r.stderr.contains("404"),
+        "{}",
+        r.stderr
+    );
+
+    let r = studio(&[&["workflows", "convert", ui_path][..], &server[..]].concat()).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let converted: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(converted["3"]["inputs"]["image"], json!(["2", 0]));
+
+    // A raw graph from the command line (auth off: anyone here may).
+    let out = TempDir::new();
+    let r = studio(
+        &[
+            &[
+                "generate",
+                "--graph",
+                api.to_str().unwrap(),
+                "-o",
+                out.path().to_str().unwrap(),
+                "a graph",
+            ][..],
+            &server[..],
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    assert_eq!(
+        std::fs::read_dir(out.path()).unwrap().count(),
+        1,
+        "the picture was saved"
+    );
+
+    let r = studio(&[&["workflows", "retire", "flat"][..], &server[..]].concat()).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = studio(
+        &[
+            &["generate", "--workflow", "flat", "--no-wait", "x"][..],
+            &server[..],
+        ]
+        .concat(),
+    )
+    .await;
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("retired"), "{}", r.stderr);
+    app.stop().await;
+}
