@@ -15,6 +15,16 @@ to `tests/fixtures/workflows/object_info.json`, and the templates it skipped (an
 why) to `tests/fixtures/workflows/skipped.json`. The templates themselves are not
 copied: the tests read them from the `comfyui-workflow-templates` package
 (PyPI), as `scripts/test` installs it.
+
+    scripts/workflow-fixtures.py --groups http://127.0.0.1:8188
+
+makes workflows of our own that the templates do not cover, in the frontend
+itself: group nodes (the older way of nesting, `workflow>NAME`), made with its
+"Convert selected nodes to group node" command from the model-free smoke graph
+and from ComfyUI's default workflow, their widgets changed, then saved
+(`graph.serialize()`, as Workflow -> Save writes) and converted
+(`graphToPrompt()`): `tests/fixtures/workflows/extra/<name>.ui.json` and
+`<name>.api.json`.
 """
 import json
 import os
@@ -94,7 +104,126 @@ const [text, done] = [arguments[0], arguments[arguments.length - 1]];
 """
 
 
+SMOKE_UI = {
+    "last_node_id": 5, "last_link_id": 4,
+    "nodes": [
+        {"id": 1, "type": "EmptyImage", "pos": [0, 0], "size": [300, 130], "mode": 0,
+         "inputs": [], "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]}],
+         "widgets_values": [48, 40, 1, 0]},
+        {"id": 2, "type": "ImageInvert", "pos": [350, 0], "size": [200, 50], "mode": 0,
+         "inputs": [{"name": "image", "type": "IMAGE", "link": 1}],
+         "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [2]}], "widgets_values": []},
+        {"id": 3, "type": "ImageBlur", "pos": [600, 0], "size": [300, 100], "mode": 0,
+         "inputs": [{"name": "image", "type": "IMAGE", "link": 2}],
+         "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [3, 4]}], "widgets_values": [2, 1.5]},
+        {"id": 4, "type": "SaveImage", "pos": [950, 0], "size": [300, 300], "mode": 0,
+         "inputs": [{"name": "images", "type": "IMAGE", "link": 3}], "widgets_values": ["ComfyUI"]},
+        {"id": 5, "type": "PreviewImage", "pos": [950, 350], "size": [300, 300], "mode": 0,
+         "inputs": [{"name": "images", "type": "IMAGE", "link": 4}], "widgets_values": []},
+    ],
+    "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "IMAGE"], [3, 3, 0, 4, 0, "IMAGE"],
+              [4, 3, 0, 5, 0, "IMAGE"]],
+    "version": 0.4,
+}
+
+# (name, the workflow to start from (None: the frontend's default), the node ids
+# to group).
+GROUPS = [
+    ("group_smoke", SMOKE_UI, [2, 3]),
+    ("group_default", None, [3, 5, 6, 7]),
+    ("group_loader", None, [4, 6, 7]),
+]
+
+GROUP = """
+const [text, ids, name, done] = arguments;
+(async () => {
+  try {
+    if (text) {
+      await window.app.loadGraphData(JSON.parse(text), true, true, null, {showMissingModelsDialog: false, showMissingNodesDialog: false});
+    } else {
+      await window.app.loadGraphData();
+    }
+    const canvas = window.app.canvas;
+    canvas.deselectAll();
+    for (const id of ids) canvas.select(window.app.graph.getNodeById(id));
+    window.app.extensionManager.command.execute('Comfy.GroupNode.ConvertSelectedNodesToGroupNode');
+    done({ok: true});
+  } catch (e) {
+    done({err: String(e && e.stack || e)});
+  }
+})();
+"""
+
+CONFIRM = """
+const done = arguments[arguments.length - 1];
+const button = [...document.querySelectorAll('.p-dialog button')].find(b => b.innerText.trim() === 'Confirm');
+if (!button) { done('no Confirm button in the dialog'); } else { button.click(); done(true); }
+"""
+
+AFTER_GROUP = """
+const done = arguments[arguments.length - 1];
+(async () => {
+  try {
+    const g = window.app.graph.nodes.find(n => String(n.type).startsWith('workflow>'));
+    if (!g) return done({err: 'no group node was made'});
+    // Change every value widget, so that the test sees each reach its inner input.
+    for (const w of g.widgets || []) {
+      if (w.name.endsWith('control_after_generate') || w.type === 'button') continue;
+      if (typeof w.value === 'number') {
+        const max = w.options && w.options.max;
+        w.value = (max !== undefined && w.value + 1 > max) ? w.value - 1 : w.value + 1;
+      } else if (typeof w.value === 'string' && w.type !== 'combo') {
+        w.value = w.value + ' (grouped)';
+      }
+    }
+    const ui = window.app.graph.serialize();
+    const p = await window.app.graphToPrompt();
+    done({ok: JSON.stringify({ui: ui, api: p.output})});
+  } catch (e) {
+    done({err: String(e && e.stack || e)});
+  }
+})();
+"""
+
+
+def groups(comfy):
+    out = os.path.join(OUT, "extra")
+    os.makedirs(out, exist_ok=True)
+    b = Browser()
+    try:
+        b.go(comfy + "/")
+        if not b.run(WAIT_APP):
+            sys.exit("the frontend did not start")
+        for name, start, ids in GROUPS:
+            text = json.dumps(start) if start else ""
+            r = http("POST", b.url + "/execute/async", {"script": GROUP, "args": [text, ids, name]})["value"]
+            if "err" in r:
+                sys.exit(f"{name}: {r['err']}")
+            # The frontend asks for the group node's name in a dialog.
+            time.sleep(1)
+            el = http("POST", b.url + "/element", {"using": "css selector", "value": ".p-dialog input"})["value"]
+            eid = next(iter(el.values()))
+            http("POST", f"{b.url}/element/{eid}/value", {"text": name})
+            time.sleep(0.3)
+            confirm = b.run(CONFIRM)
+            if confirm is not True:
+                sys.exit(f"{name}: {confirm}")
+            time.sleep(1)
+            r = b.run(AFTER_GROUP)
+            if "err" in r:
+                sys.exit(f"{name}: {r['err']}")
+            both = json.loads(r["ok"])
+            for kind in ("ui", "api"):
+                with open(os.path.join(out, f"{name}.{kind}.json"), "w") as f:
+                    json.dump(both[kind], f, indent=1, sort_keys=True)
+            print(f"{name}: {len(both['api'])} nodes", flush=True)
+    finally:
+        b.close()
+
+
 def main():
+    if sys.argv[1] == "--groups":
+        return groups(sys.argv[2])
     comfy, templates = sys.argv[1], sys.argv[2]
     os.makedirs(OUT, exist_ok=True)
     info = http("GET", comfy + "/object_info")

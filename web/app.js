@@ -119,81 +119,91 @@ function renderParams() {
   $("prompt").maxLength = (promptParam && promptParam.max_length) || 10000;
   const shown = wf.params.filter((p) => !OWN_INPUTS.has(p.name));
   $("params").hidden = shown.length === 0;
-  for (const p of shown) {
-    const id = `param-${p.name}`;
-    const wrap = document.createElement("div");
-    const label = document.createElement("label");
-    label.htmlFor = id;
-    label.textContent = p.name.replace(/_/g, " ");
-    let input;
-    if (p.type === "image" || p.type === "mask") {
-      // A file picker that also takes a dropped file, with a preview; the file is
-      // uploaded (POST /api/uploads) when the job is submitted.
-      input = document.createElement("input");
-      input.type = "file";
-      input.accept = "image/png,image/jpeg,image/webp";
-      const drop = document.createElement("div");
-      drop.className = "drop";
-      drop.textContent = p.type === "mask" ? "Drop a mask here (white: the part to change)" : "Drop a picture here";
-      const preview = document.createElement("img");
-      preview.className = "preview";
-      preview.alt = `${p.name} preview`;
-      preview.hidden = true;
-      const show = (file) => {
-        input.file = file;
-        if (preview.src) URL.revokeObjectURL(preview.src);
-        preview.src = URL.createObjectURL(file);
-        preview.hidden = false;
-        drop.textContent = file.name;
-      };
-      input.addEventListener("change", () => { if (input.files[0]) show(input.files[0]); });
-      drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-      drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-      drop.addEventListener("drop", (e) => {
-        e.preventDefault();
-        drop.classList.remove("over");
-        const f = e.dataTransfer.files[0];
-        if (f) show(f);
-      });
-      input.id = id;
-      input.dataset.param = p.name;
-      input.dataset.type = p.type;
-      if (p.description) input.title = p.description;
-      wrap.append(label, input, drop, preview);
-      box.append(wrap);
-      continue;
-    } else if (p.type === "enum" || (p.choices && p.choices.length)) {
-      // Enums, and model files the live backends have (from_backends).
-      input = document.createElement("select");
-      for (const c of p.choices) {
-        const o = document.createElement("option");
-        o.value = o.textContent = c;
-        input.append(o);
-      }
-      if (p.default != null) input.value = p.default;
-    } else if (p.type === "bool") {
-      input = document.createElement("input");
-      input.type = "checkbox";
-      input.checked = p.default === true;
-    } else {
-      input = document.createElement("input");
-      if (p.type === "int" || p.type === "float") {
-        input.type = "number";
-        input.step = p.type === "int" ? "1" : "any";
-        if (p.min != null) input.min = p.min;
-        if (p.max != null) input.max = p.max;
-      } else if (p.max_length) {
-        input.maxLength = p.max_length;
-      }
-      if (p.default != null) input.value = p.default;
-    }
+  for (const p of shown) box.append(paramField(p, "param-", false));
+}
+
+// One parameter's input: a number, a text, a checkbox, a drop-down of choices, or
+// a picture (a file picker that takes a dropped file). `preview`: shown only, as
+// the form a workflow being published will get.
+function paramField(p, prefix, preview) {
+  const id = `${prefix}${p.name}`;
+  const wrap = document.createElement("div");
+  const label = document.createElement("label");
+  label.htmlFor = id;
+  label.textContent = p.name.replace(/_/g, " ");
+  let input;
+  if (p.type === "image" || p.type === "mask") {
+    input = document.createElement("input");
+    input.type = "file";
+    input.accept = "image/png,image/jpeg,image/webp";
     input.id = id;
     input.dataset.param = p.name;
     input.dataset.type = p.type;
     if (p.description) input.title = p.description;
-    wrap.append(label, input);
-    box.append(wrap);
+    if (preview) {
+      input.disabled = true;
+      wrap.append(label, input);
+      return wrap;
+    }
+    // The file is uploaded (POST /api/uploads) when the job is submitted.
+    const drop = document.createElement("div");
+    drop.className = "drop";
+    drop.textContent = p.type === "mask" ? "Drop a mask here (white: the part to change)" : "Drop a picture here";
+    const img = document.createElement("img");
+    img.className = "preview";
+    img.alt = `${p.name} preview`;
+    img.hidden = true;
+    const show = (file) => {
+      input.file = file;
+      if (img.src) URL.revokeObjectURL(img.src);
+      img.src = URL.createObjectURL(file);
+      img.hidden = false;
+      drop.textContent = file.name;
+    };
+    input.addEventListener("change", () => { if (input.files[0]) show(input.files[0]); });
+    drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+    drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+    drop.addEventListener("drop", (e) => {
+      e.preventDefault();
+      drop.classList.remove("over");
+      const f = e.dataTransfer.files[0];
+      if (f) show(f);
+    });
+    wrap.append(label, input, drop, img);
+    return wrap;
   }
+  if (p.type === "enum" || (p.choices && p.choices.length)) {
+    // Enums, and model files the live backends have (from_backends).
+    input = document.createElement("select");
+    for (const c of p.choices || []) {
+      const o = document.createElement("option");
+      o.value = o.textContent = c;
+      input.append(o);
+    }
+    if (p.default != null) input.value = p.default;
+  } else if (p.type === "bool") {
+    input = document.createElement("input");
+    input.type = "checkbox";
+    input.checked = p.default === true;
+  } else {
+    input = document.createElement("input");
+    if (p.type === "int" || p.type === "float") {
+      input.type = "number";
+      input.step = p.type === "int" ? "1" : "any";
+      if (p.min != null) input.min = p.min;
+      if (p.max != null) input.max = p.max;
+    } else if (p.max_length) {
+      input.maxLength = p.max_length;
+    }
+    if (p.default != null) input.value = p.default;
+  }
+  input.id = id;
+  input.dataset.param = p.name;
+  input.dataset.type = p.type;
+  input.disabled = preview;
+  if (p.description) input.title = p.description;
+  wrap.append(label, input);
+  return wrap;
 }
 
 async function loadWorkflows() {
@@ -206,6 +216,7 @@ async function loadWorkflows() {
     const o = document.createElement("option");
     o.value = w.name;
     o.textContent = w.default ? `${w.name} (default)` : w.name;
+    if (w.version) o.textContent += ` v${w.version}`;
     if (w.runnable === false) {
       // No live backend has its nodes or model files: shown, but not chosen for you.
       o.textContent += " — no backend can run it";
@@ -615,6 +626,121 @@ async function loadActiveJobs() {
     for (const job of body.jobs.reverse()) upsertJob(job, true);
   }
 }
+
+// ---------- publishing a workflow ----------
+
+const MAX_WORKFLOW_BYTES = 4 * 1024 * 1024;
+const draft = { workflow: null, timer: 0, seq: 0 };
+
+function showPublishError(message) {
+  $("wf-error").textContent = message || "";
+  $("wf-error").hidden = !message;
+}
+
+// A name from a file name: `Portrait v2.json` → `portrait-v2`.
+function nameFromFile(file) {
+  return file.name.replace(/\.json$/i, "").toLowerCase()
+    .replace(/[^a-z0-9_-]+/g, "-").replace(/^[-_]+|-+$/g, "").slice(0, 64);
+}
+
+async function readWorkflowFile(file) {
+  showPublishError("");
+  $("wf-form").hidden = true;
+  $("wf-publish").disabled = true;
+  draft.workflow = null;
+  if (file.size > MAX_WORKFLOW_BYTES) {
+    showPublishError(`${file.name} is ${Math.round(file.size / 1048576)} MiB; at most 4 MiB are taken.`);
+    return;
+  }
+  let parsed;
+  try {
+    parsed = JSON.parse(await file.text());
+  } catch (e) {
+    showPublishError(`${file.name} is not a workflow (not JSON: ${e.message}).`);
+    return;
+  }
+  draft.workflow = parsed;
+  $("wf-drop").textContent = file.name;
+  if (!$("wf-name").value) $("wf-name").value = nameFromFile(file);
+  await previewWorkflow();
+}
+
+// Asks the server what publishing would make (a dry run: nothing stored) and
+// shows the form the workflow gets.
+async function previewWorkflow() {
+  if (!draft.workflow) return;
+  const seq = ++draft.seq;
+  const body = { name: $("wf-name").value.trim(), workflow: draft.workflow };
+  const description = $("wf-description").value.trim();
+  if (description) body.description = description;
+  const { status, body: res } = await api("/api/workflows/check", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  if (seq !== draft.seq) return; // a newer preview is on its way
+  if (status !== 200) {
+    $("wf-form").hidden = true;
+    $("wf-publish").disabled = true;
+    $("wf-summary").textContent = "";
+    showPublishError((res && res.error) || `The server answered ${status}.`);
+    return;
+  }
+  showPublishError("");
+  const nodes = Object.keys(res.graph || {}).length;
+  const models = Object.values((res.requirements && res.requirements.models) || {}).flat();
+  $("wf-summary").textContent = `${nodes} nodes${res.converted ? ", converted from ComfyUI's UI format" : ""}` +
+    (models.length ? `; needs ${models.join(", ")}` : "; needs no model files") + ".";
+  const params = Object.entries(res.params || {}).map(([name, p]) => ({ name, ...p }));
+  const box = $("wf-params");
+  box.replaceChildren(...params.map((p) => paramField(p, "wf-param-", true)));
+  $("wf-form").hidden = params.length === 0;
+  $("wf-publish").disabled = false;
+}
+
+async function publishWorkflow() {
+  if (!draft.workflow) return;
+  const button = $("wf-publish");
+  button.disabled = true;
+  const body = { name: $("wf-name").value.trim(), workflow: draft.workflow };
+  const description = $("wf-description").value.trim();
+  if (description) body.description = description;
+  const { status, body: res } = await api("/api/workflows", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  if (status !== 201) {
+    button.disabled = false;
+    showPublishError((res && res.error) || `The server answered ${status}.`);
+    return;
+  }
+  $("wf-summary").textContent = `Published ${res.name} v${res.version}: every machine runs it from now on.`;
+  try { localStorage.setItem("studio.workflow", res.name); } catch (_) { /* private mode */ }
+  await loadWorkflows();
+  $("workflow").value = res.name;
+  renderParams();
+}
+
+function schedulePreview() {
+  clearTimeout(draft.timer);
+  draft.timer = setTimeout(previewWorkflow, 300);
+}
+
+$("wf-file").addEventListener("change", () => { if ($("wf-file").files[0]) readWorkflowFile($("wf-file").files[0]); });
+$("wf-drop").addEventListener("click", () => $("wf-file").click());
+$("wf-drop").addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("wf-file").click(); } });
+$("wf-drop").addEventListener("dragover", (e) => { e.preventDefault(); $("wf-drop").classList.add("over"); });
+$("wf-drop").addEventListener("dragleave", () => $("wf-drop").classList.remove("over"));
+$("wf-drop").addEventListener("drop", (e) => {
+  e.preventDefault();
+  $("wf-drop").classList.remove("over");
+  const f = e.dataTransfer.files[0];
+  if (f) { $("publish-box").open = true; readWorkflowFile(f); }
+});
+$("wf-name").addEventListener("input", schedulePreview);
+$("wf-description").addEventListener("input", schedulePreview);
+$("wf-publish").addEventListener("click", publishWorkflow);
 
 // ---------- start ----------
 

@@ -258,6 +258,7 @@ routes! {
     get "/api/workflows" => workflows::list,
     post "/api/workflows" => workflows::publish,
     post "/api/workflows/convert" => workflows::convert,
+    post "/api/workflows/check" => workflows::check,
     get "/api/workflows/{name}" => workflows::get,
     delete "/api/workflows/{name}" => workflows::retire,
     get "/api/workflows/{name}/versions/{version}" => workflows::version,

@@ -38,6 +38,7 @@ pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0
         workflows::list,
         workflows::publish,
         workflows::convert,
+        workflows::check,
         workflows::get,
         workflows::version,
         workflows::retire,

@@ -17,6 +17,7 @@ use super::access::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{PathParams, WorkflowBody};
 use super::guard::Deliberate;
+use crate::auth::Identity;
 use crate::capabilities::Requirements;
 use crate::catalog::{Publish, PublishError, api_graph};
 use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, Workflow};
@@ -237,6 +238,36 @@ fn detail(wf: &Workflow, latest: Option<u32>, retired: bool, converted: bool) ->
     }
 }
 
+/// A retired workflow's answer to a read: `410 workflow-retired`, the error
+/// with the workflow as it was.
+#[derive(Serialize, ToSchema)]
+pub struct RetiredWorkflow {
+    pub error: String,
+    /// `workflow-retired`.
+    pub code: &'static str,
+    /// `name`.
+    pub field: &'static str,
+    pub workflow: WorkflowDetail,
+}
+
+/// A published workflow's read: 200, or 410 once retired (its versions still
+/// shown, for the jobs that ran them).
+fn shown(d: WorkflowDetail) -> Response {
+    if !d.retired {
+        return Json(d).into_response();
+    }
+    (
+        StatusCode::GONE,
+        Json(RetiredWorkflow {
+            error: format!("workflow {:?} is retired: no new jobs may name it", d.name),
+            code: "workflow-retired",
+            field: "name",
+            workflow: d,
+        }),
+    )
+        .into_response()
+}
+
 fn publish_error(e: PublishError) -> ApiError {
     match e {
         PublishError::Invalid { field, message } => {
@@ -284,11 +315,19 @@ fn not_published(name: &str, version: Option<u32>) -> ApiError {
 
 /// A `POST /api/workflows` body.
 #[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct PublishRequest {
     /// 1–64 letters, digits, `-` or `_` (not a built-in's name, not starting
     /// with `_`). Publishing a name again makes its next version.
+    #[schema(
+        pattern = "^[A-Za-z0-9][A-Za-z0-9_-]*$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub name: String,
+    /// What it makes, for people choosing one (at most 2000 characters).
+    #[schema(max_length = 2000)]
     pub description: Option<String>,
     /// An API-format graph, or a UI-format workflow as ComfyUI saves it
     /// (converted with the backends' `/object_info`).
@@ -311,6 +350,7 @@ pub struct PublishRequest {
         (status = 403, description = "Not a key that may publish (`publish-not-allowed`)", body = ErrorBody),
         (status = 409, description = "A built-in's name (`workflow-read-only`), or too many workflows (`too-many-workflows`)", body = ErrorBody),
         (status = 413, description = "Over 4 MiB (`payload-too-large`)", body = ErrorBody),
+        (status = 415, description = "Not JSON (`unsupported-media-type`)", body = ErrorBody),
         (status = 503, description = "A UI-format workflow and no backend has reported its nodes (`no-node-info`), or the store is unavailable", body = ErrorBody),
     ))]
 pub async fn publish(
@@ -318,6 +358,37 @@ pub async fn publish(
     Caller(who): Caller,
     _: Deliberate,
     WorkflowBody(body): WorkflowBody,
+) -> Result<Response, ApiError> {
+    publish_or_check(state, who, body, false).await
+}
+
+/// What publishing a workflow would give (checked, converted, its parameters
+/// read from the graph), storing nothing: the same body as `POST /api/workflows`.
+#[utoipa::path(post, path = "/api/workflows/check", tag = "workflows", operation_id = "check_workflow",
+    request_body(content = PublishRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "What would be published (no `version`; nothing stored)", body = WorkflowDetail),
+        (status = 400, description = "A bad name, graph (naming the node) or parameter (`invalid-workflow`, `invalid-param`, `invalid-json`, `invalid-body`)", body = ErrorBody),
+        (status = 403, description = "Not a key that may publish (`publish-not-allowed`)", body = ErrorBody),
+        (status = 409, description = "A built-in's name (`workflow-read-only`)", body = ErrorBody),
+        (status = 413, description = "Over 4 MiB (`payload-too-large`)", body = ErrorBody),
+        (status = 415, description = "Not JSON (`unsupported-media-type`)", body = ErrorBody),
+        (status = 503, description = "A UI-format workflow and no backend has reported its nodes (`no-node-info`), or the store is unavailable", body = ErrorBody),
+    ))]
+pub async fn check(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    _: Deliberate,
+    WorkflowBody(body): WorkflowBody,
+) -> Result<Response, ApiError> {
+    publish_or_check(state, who, body, true).await
+}
+
+async fn publish_or_check(
+    state: AppState,
+    who: Identity,
+    body: Value,
+    dry_run: bool,
 ) -> Result<Response, ApiError> {
     if !who.may_publish() {
         return Err(forbidden_publish());
@@ -377,12 +448,16 @@ pub async fn publish(
                 workflow,
                 params: obj.get("params").cloned(),
                 by: who.owner_or("(auth off)").to_owned(),
+                dry_run,
             },
             info.as_deref(),
         )
         .await
         .map_err(publish_error)?;
     let wf = &published.workflow;
+    if dry_run {
+        return Ok(Json(detail(wf, None, false, published.converted)).into_response());
+    }
     Ok((
         StatusCode::CREATED,
         Json(detail(wf, wf.version, false, published.converted)),
@@ -398,6 +473,7 @@ pub async fn publish(
         (status = 200, description = "`{\"prompt\": <API-format graph>}`, as ComfyUI's frontend would send it", body = Object),
         (status = 400, description = "Not convertible, naming the node (`invalid-workflow`)", body = ErrorBody),
         (status = 413, description = "Over 4 MiB (`payload-too-large`)", body = ErrorBody),
+        (status = 415, description = "Not JSON (`unsupported-media-type`)", body = ErrorBody),
         (status = 503, description = "No backend has reported its nodes (`no-node-info`)", body = ErrorBody),
     ))]
 pub async fn convert(
@@ -426,6 +502,7 @@ pub async fn convert(
     responses(
         (status = 200, description = "The workflow", body = WorkflowDetail),
         (status = 404, description = "No such workflow (`workflow-not-found`)", body = ErrorBody),
+        (status = 410, description = "Retired (`workflow-retired`), with the workflow as it was", body = RetiredWorkflow),
     ))]
 pub async fn get(
     State(state): State<AppState>,
@@ -443,7 +520,7 @@ pub async fn get(
         .with_timeout(state.catalog.version(&name, entry.latest))
         .await?
         .ok_or_else(|| not_published(&name, None))?;
-    Ok(Json(detail(&wf, Some(entry.latest), entry.retired, false)).into_response())
+    Ok(shown(detail(&wf, Some(entry.latest), entry.retired, false)))
 }
 
 /// One version of a published workflow (versions never change).
@@ -454,6 +531,7 @@ pub async fn get(
         (status = 200, description = "That version", body = WorkflowDetail),
         (status = 400, description = "Not a version number (`invalid-path`)", body = ErrorBody),
         (status = 404, description = "No such workflow or version (`workflow-not-found`)", body = ErrorBody),
+        (status = 410, description = "The workflow is retired (`workflow-retired`), with that version", body = RetiredWorkflow),
     ))]
 pub async fn version(
     State(state): State<AppState>,
@@ -473,13 +551,12 @@ pub async fn version(
         .await?
         .ok_or_else(|| not_published(&name, Some(v)))?;
     let entry = snap.published.get(&name);
-    Ok(Json(detail(
+    Ok(shown(detail(
         &wf,
         entry.map(|e| e.latest),
         entry.is_some_and(|e| e.retired),
         false,
-    ))
-    .into_response())
+    )))
 }
 
 /// Retires a published workflow: new jobs naming it get `410 workflow-retired`;

@@ -15,6 +15,8 @@ use crate::workflow::{Workflow, graph, infer, is_ui_format, ui};
 
 /// Longest published name.
 pub const MAX_NAME: usize = 64;
+/// The longest description kept, in characters.
+pub const MAX_DESCRIPTION: usize = 2000;
 
 /// What a designer publishes.
 #[derive(Clone, Debug)]
@@ -28,6 +30,9 @@ pub struct Publish {
     pub params: Option<Value>,
     /// Who publishes (a key id, or empty), for the log.
     pub by: String,
+    /// Check and convert only: nothing is stored (what the page shows before
+    /// a designer publishes).
+    pub dry_run: bool,
 }
 
 /// A published version.
@@ -142,6 +147,14 @@ impl Catalog {
         object_info: Option<&Value>,
     ) -> Result<Published, PublishError> {
         check_name(&p.name)?;
+        if let Some(d) = &p.description
+            && d.chars().count() > MAX_DESCRIPTION
+        {
+            return Err(invalid(
+                "description",
+                format!("must be at most {MAX_DESCRIPTION} characters"),
+            ));
+        }
         if self.base().contains(&p.name) {
             return Err(PublishError::ReadOnly(p.name));
         }
@@ -164,6 +177,14 @@ impl Catalog {
             version: None,
         };
         wf.check_published().map_err(|m| invalid("params", m))?;
+        if p.dry_run {
+            let requirements = Requirements::of_graph(&Value::Object(wf.graph.clone()));
+            return Ok(Published {
+                workflow: Arc::new(wf),
+                requirements,
+                converted,
+            });
+        }
         let definition = serde_json::to_string(&wf)
             .map_err(|e| StoreError::Internal(format!("a workflow does not serialize: {e}")))?;
         let version = self.store.publish_workflow(&p.name, &definition).await?;

@@ -140,8 +140,11 @@ async fn run(a: WorkflowsArgs) -> Result<(), Fail> {
                 Some((n, v)) => format!("/api/workflows/{}/versions/{}", enc(n), enc(v)),
                 None => format!("/api/workflows/{}", enc(&spec)),
             };
-            let (status, v) = client.call(client.get(&path)).await?;
-            if status != 200 {
+            let (status, mut v) = client.call(client.get(&path)).await?;
+            // A retired workflow is 410, with the workflow as it was.
+            if status == 410 && v["workflow"].is_object() {
+                v = v["workflow"].take();
+            } else if status != 200 {
                 return Err(Fail(FAILED, server_error(status, &v)));
             }
             if as_json {

@@ -13,7 +13,7 @@
 //! - each `LoadImage` as an `image` parameter (`image`, `image_2`, …), each
 //!   `LoadImageMask` as a `mask`;
 //! - a node titled `$name` exposes its widgets: `name` for one, `name_<input>`
-//!   for several.
+//!   for several (those the names above already offer keep those names).
 //!
 //! The graph's own values become the defaults.
 
@@ -165,6 +165,14 @@ pub fn infer(
             .map(|(k, _)| k)
             .collect();
         for w in &widgets {
+            // A widget the usual names already offer (the sampler's latent
+            // titled `$size`: its width stays `width`) keeps that name.
+            let taken = out
+                .values()
+                .any(|p| p.targets.iter().any(|t| t.node == **id && t.input == **w));
+            if taken {
+                continue;
+            }
             let pname = if widgets.len() == 1 {
                 name.to_owned()
             } else {
@@ -408,6 +416,18 @@ mod tests {
         assert_eq!(p["width"].max, Some(Number::from(16384)));
         assert!(p.contains_key("batch_size"));
         assert!(!p.contains_key("prompt"));
+    }
+
+    #[test]
+    fn a_titled_node_exposes_only_what_the_usual_names_do_not() {
+        let g = json!({
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": 0},
+                  "_meta": {"title": "$canvas"}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}
+        });
+        let p = infer(g.as_object().unwrap(), Some(&info()));
+        let names: Vec<&str> = p.keys().map(String::as_str).collect();
+        assert_eq!(names, ["batch_size", "canvas_color", "height", "width"]);
     }
 
     #[test]

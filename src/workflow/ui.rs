@@ -86,7 +86,7 @@ struct Flat {
 /// Converts a UI-format workflow (with `object_info`: what the backends have)
 /// to an API-format graph.
 pub fn convert(ui: &Value, object_info: &Value) -> Result<Map<String, Value>, UiError> {
-    let flat = flatten(ui)?;
+    let flat = flatten(ui, object_info)?;
     let mut out = Map::new();
     // Primitive nodes write their value into the widgets they feed.
     let mut primed: HashMap<(String, String), Value> = flat.promoted.clone();
@@ -424,23 +424,36 @@ fn is_widget(spec: &Value) -> bool {
     }
 }
 
-/// The UI graph with subgraphs expanded: nodes with their final ids, links by
-/// (scoped) id.
-fn flatten(ui: &Value) -> Result<Flat, UiError> {
-    let subgraphs: HashMap<String, &Value> = ui
-        .pointer("/definitions/subgraphs")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|s| Some((s.get("id")?.as_str()?.to_owned(), s)))
-        .collect();
+/// What a level's nodes may name besides node classes: subgraphs, the older
+/// group nodes, and what the backends have (a group node's inputs and outputs
+/// are its inner nodes' classes').
+struct Defs<'a> {
+    subgraphs: HashMap<String, &'a Value>,
+    groups: Option<&'a Map<String, Value>>,
+    info: &'a Value,
+}
+
+/// The UI graph with subgraphs and group nodes expanded: nodes with their final
+/// ids, links by (scoped) id.
+fn flatten(ui: &Value, info: &Value) -> Result<Flat, UiError> {
+    let defs = Defs {
+        subgraphs: ui
+            .pointer("/definitions/subgraphs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| Some((s.get("id")?.as_str()?.to_owned(), s)))
+            .collect(),
+        groups: ui.pointer("/extra/groupNodes").and_then(Value::as_object),
+        info,
+    };
     let mut flat = Flat {
         nodes: Vec::new(),
         by_id: HashMap::new(),
         links: HashMap::new(),
         promoted: HashMap::new(),
     };
-    add_level(ui, "", &subgraphs, &mut flat, 0)?;
+    add_level(ui, "", &defs, &mut flat, 0)?;
     Ok(flat)
 }
 
@@ -492,7 +505,7 @@ fn read_links(v: Option<&Value>) -> Vec<(String, String, u64, String, u64, Strin
 fn add_level(
     level: &Value,
     prefix: &str,
-    subgraphs: &HashMap<String, &Value>,
+    defs: &Defs,
     flat: &mut Flat,
     depth: usize,
 ) -> Result<(), UiError> {
@@ -530,34 +543,13 @@ fn add_level(
             .ok_or_else(|| err(id.clone(), "no type"))?
             .to_owned();
         let mode = n.get("mode").and_then(Value::as_u64).unwrap_or(0);
-        let inputs = n
-            .get("inputs")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .map(|i| {
-                let name = i
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned();
-                let ty = match i.get("type") {
-                    Some(Value::String(s)) => s.clone(),
-                    _ => "*".to_owned(),
-                };
-                let link = match i.get("link") {
-                    Some(Value::Number(x)) => Some(format!("{prefix}{x}")),
-                    _ => None,
-                };
-                let widget = i
-                    .pointer("/widget/name")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                (name, ty, link, widget)
-            })
-            .collect();
-        if let Some(sub) = subgraphs.get(&class) {
-            expand(n, &id, sub, subgraphs, flat, depth)?;
+        let inputs = read_inputs(n, Some(prefix));
+        if let Some(sub) = defs.subgraphs.get(&class) {
+            expand(n, &id, sub, defs, flat, depth)?;
+            continue;
+        }
+        if let Some(group) = group_name(&class).and_then(|g| defs.groups?.get(g)) {
+            expand_group(n, &id, prefix, mode, group, defs.info, flat)?;
             continue;
         }
         flat.by_id.insert(id.clone(), flat.nodes.len());
@@ -579,12 +571,12 @@ fn expand(
     outer: &Value,
     id: &str,
     sub: &Value,
-    subgraphs: &HashMap<String, &Value>,
+    defs: &Defs,
     flat: &mut Flat,
     depth: usize,
 ) -> Result<(), UiError> {
     let prefix = format!("{id}:");
-    add_level(sub, &prefix, subgraphs, flat, depth + 1)?;
+    add_level(sub, &prefix, defs, flat, depth + 1)?;
     // The subgraph's input node (id -10) and output node (id -20): links from
     // -10 slot k come from whatever feeds the outer node's input k; links into
     // -20 slot k are what the outer node's output k gives.
@@ -711,6 +703,325 @@ fn expand(
     Ok(())
 }
 
+/// A node's input sockets: name, type, the link into it (scoped by `prefix`;
+/// none without one), the widget it stands for.
+type Socket = (String, String, Option<String>, Option<String>);
+
+fn read_inputs(n: &Value, prefix: Option<&str>) -> Vec<Socket> {
+    n.get("inputs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            let name = i
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let ty = match i.get("type") {
+                Some(Value::String(s)) => s.clone(),
+                _ => "*".to_owned(),
+            };
+            let link = match (i.get("link"), prefix) {
+                (Some(Value::Number(x)), Some(p)) => Some(format!("{p}{x}")),
+                _ => None,
+            };
+            let widget = i
+                .pointer("/widget/name")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            (name, ty, link, widget)
+        })
+        .collect()
+}
+
+/// The definition a group node's type names (`extra.groupNodes`): `workflow>NAME`,
+/// or `workflow/NAME` as frontends before 1.2.63 wrote it.
+fn group_name(class: &str) -> Option<&str> {
+    class
+        .strip_prefix("workflow>")
+        .or_else(|| class.strip_prefix("workflow/"))
+}
+
+/// A class's inputs in the frontend's order (required then optional, each in
+/// `input_order`, else as listed), with their specs.
+fn input_specs(def: &Value) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for section in ["required", "optional"] {
+        let Some(specs) = def
+            .pointer(&format!("/input/{section}"))
+            .and_then(Value::as_object)
+        else {
+            continue;
+        };
+        let order: Vec<String> = def
+            .pointer(&format!("/input_order/{section}"))
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_else(|| specs.keys().cloned().collect());
+        for name in order {
+            if let Some(spec) = specs.get(&name) {
+                out.push((name, spec.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// How many widgets the frontend makes for one widget input of a group node:
+/// the value, then its own (a seed's control, which a group node also gives
+/// every `seed` and `noise_seed`; an upload button; a remote list's refresh).
+fn widget_count(name: &str, spec: &Value) -> usize {
+    let own = widgets_of("", &json!({"input": {"required": {name: spec}}}));
+    let control = own.iter().any(|w| w.name == "control_after_generate");
+    own.len() + usize::from(!control && (name == "seed" || name == "noise_seed"))
+}
+
+/// Expands an instance `outer` (node id `id`, on the level whose link ids carry
+/// `level`) of a group node, the frontend's older way of nesting (a type
+/// `workflow>NAME`, its definition in `extra.groupNodes`), as the frontend's
+/// group node extension does: inner nodes get ids `<id>:<index>`; the group's
+/// inputs are its inner nodes' unlinked sockets (first the plain ones, node by
+/// node, then the widgets' sockets), its widgets those widgets in the same
+/// order, and its outputs the inner outputs not used inside (or marked
+/// external).
+fn expand_group(
+    outer: &Value,
+    id: &str,
+    level: &str,
+    mode: u64,
+    group: &Value,
+    info: &Value,
+    flat: &mut Flat,
+) -> Result<(), UiError> {
+    let nodes = group
+        .get("nodes")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            err(
+                id.to_owned(),
+                "its group node definition has no \"nodes\" list",
+            )
+        })?;
+    if flat.nodes.len() + nodes.len() > MAX_UI_NODES {
+        return Err(err(None, format!("more than {MAX_UI_NODES} nodes")));
+    }
+    let prefix = format!("{id}:");
+    let base = flat.nodes.len();
+    for (i, n) in nodes.iter().enumerate() {
+        let inner = format!("{prefix}{i}");
+        let class = n
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| err(inner.clone(), "no type"))?;
+        if group_name(class).is_some() {
+            return Err(err(inner, "a group node inside a group node"));
+        }
+        let own = n.get("mode").and_then(Value::as_u64).unwrap_or(0);
+        flat.by_id.insert(inner.clone(), flat.nodes.len());
+        flat.nodes.push(Node {
+            id: inner,
+            class: class.to_owned(),
+            mode: if mode == MUTED || mode == BYPASSED {
+                mode
+            } else {
+                own
+            },
+            title: n.get("title").and_then(Value::as_str).map(str::to_owned),
+            inputs: read_inputs(n, None),
+            widgets_values: n.get("widgets_values").cloned().unwrap_or(Value::Null),
+        });
+    }
+    // Links inside: [from index, from slot, to index, to slot, from id, type].
+    let index = |v: Option<&Value>| v.and_then(Value::as_u64).map(|x| x as usize);
+    let mut links_to: HashMap<(usize, usize), ()> = HashMap::new();
+    let mut links_from: HashMap<(usize, usize), ()> = HashMap::new();
+    for (k, l) in group
+        .get("links")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let (Some(from), Some(from_slot), Some(to), Some(to_slot)) = (
+            index(l.get(0)),
+            index(l.get(1)),
+            index(l.get(2)),
+            index(l.get(3)),
+        ) else {
+            continue;
+        };
+        if from >= nodes.len() || to >= nodes.len() {
+            return Err(err(
+                id.to_owned(),
+                format!(
+                    "its group node definition links node index {} of {}",
+                    from.max(to),
+                    nodes.len()
+                ),
+            ));
+        }
+        let lid = format!("{prefix}~{k}");
+        flat.links.insert(
+            lid.clone(),
+            Link {
+                from: format!("{prefix}{from}"),
+                from_slot: from_slot as u64,
+                ty: l.get(5).and_then(Value::as_str).unwrap_or("").to_owned(),
+            },
+        );
+        if let Some(socket) = flat.nodes[base + to].inputs.get_mut(to_slot) {
+            socket.2 = Some(lid);
+        }
+        links_to.insert((to, to_slot), ());
+        links_from.insert((from, from_slot), ());
+    }
+    let external: Vec<(usize, usize)> = group
+        .get("external")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((index(e.get(0))?, index(e.get(1))?)))
+        .collect();
+    let config = |i: usize, kind: &str, key: &str| {
+        group
+            .get("config")
+            .and_then(|c| c.get(i.to_string()))
+            .and_then(|c| c.get(kind))
+            .and_then(|c| c.get(key))
+            .and_then(|c| c.get("visible"))
+            .and_then(Value::as_bool)
+    };
+    // The group node's definition, as the frontend builds it.
+    let mut inputs: Vec<(usize, usize, String)> = Vec::new();
+    let mut widgets: Vec<(usize, String, Value)> = Vec::new();
+    let mut outputs: Vec<(usize, usize)> = Vec::new();
+    let mut later = Vec::new();
+    for i in 0..nodes.len() {
+        let node = &flat.nodes[base + i];
+        let (specs, n_out) = match node.class.as_str() {
+            "Reroute" => {
+                let used_inside = links_to.keys().any(|(t, _)| *t == i)
+                    && links_from.keys().any(|(f, _)| *f == i)
+                    && !external.contains(&(i, 0));
+                if used_inside {
+                    continue;
+                }
+                (
+                    vec![("*".to_owned(), json!(["*", {"forceInput": true}]))],
+                    1,
+                )
+            }
+            "PrimitiveNode" => {
+                if !links_from.keys().any(|(f, _)| *f == i) {
+                    continue;
+                }
+                return Err(err(
+                    node.id.clone(),
+                    "a PrimitiveNode inside a group node; in ComfyUI, convert the group node to nodes and save again",
+                ));
+            }
+            c => match info.get(c) {
+                Some(def) => (
+                    input_specs(def),
+                    def.get("output")
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len),
+                ),
+                None if VIRTUAL.contains(&c) => continue,
+                None => {
+                    return Err(err(
+                        node.id.clone(),
+                        format!("no live backend has node class {c:?}"),
+                    ));
+                }
+            },
+        };
+        let mut slots = Vec::new();
+        let mut converted = Vec::new();
+        for (name, spec) in specs {
+            if !is_widget(&spec) {
+                slots.push(name);
+                continue;
+            }
+            let socket = node
+                .inputs
+                .iter()
+                .position(|(n, _, _, w)| *n == name && w.as_deref() == Some(name.as_str()));
+            match socket {
+                Some(pos) => converted.push((pos, name, spec)),
+                None => widgets.push((i, name, spec)),
+            }
+        }
+        for (slot, name) in slots.iter().enumerate() {
+            if links_to.contains_key(&(i, slot)) || config(i, "input", name) == Some(false) {
+                continue;
+            }
+            inputs.push((i, slot, name.clone()));
+        }
+        later.push((i, slots.len(), converted));
+        for o in 0..n_out {
+            let used_inside = links_from.contains_key(&(i, o)) && !external.contains(&(i, o));
+            if config(i, "output", &o.to_string()).unwrap_or(!used_inside) {
+                outputs.push((i, o));
+            }
+        }
+    }
+    // Widgets with sockets come after every node's plain inputs, each node's in
+    // the order of their sockets (sorted as JavaScript sorts numbers: as text).
+    for (i, n_slots, mut converted) in later {
+        converted.sort_by_key(|(pos, _, _)| pos.to_string());
+        for (k, (_, name, spec)) in converted.into_iter().enumerate() {
+            let slot = n_slots + k;
+            if links_to.contains_key(&(i, slot)) {
+                continue;
+            }
+            widgets.push((i, name.clone(), spec));
+            inputs.push((i, slot, name));
+        }
+    }
+    // What feeds the instance's inputs feeds the inner sockets they stand for.
+    let outer_inputs = read_inputs(outer, Some(level));
+    for (k, (i, slot, name)) in inputs.into_iter().enumerate() {
+        let Some(link) = outer_inputs.get(k).and_then(|s| s.2.clone()) else {
+            continue;
+        };
+        let node = &mut flat.nodes[base + i];
+        match node.inputs.get_mut(slot) {
+            Some(socket) => socket.2 = Some(link),
+            None => node.inputs.push((name, "*".to_owned(), Some(link), None)),
+        }
+    }
+    // The instance's widget values go to the inner widgets they stand for.
+    let values = outer.get("widgets_values").and_then(Value::as_array);
+    let mut at = 0;
+    for (i, name, spec) in widgets {
+        if let Some(v) = values.and_then(|v| v.get(at)) {
+            flat.promoted
+                .insert((format!("{prefix}{i}"), name.clone()), v.clone());
+        }
+        at += widget_count(&name, &spec);
+    }
+    // Links from the instance's outputs leave the inner outputs they stand for.
+    for link in flat.links.values_mut() {
+        if link.from == id {
+            match outputs.get(link.from_slot as usize) {
+                Some((i, o)) => {
+                    link.from = format!("{prefix}{i}");
+                    link.from_slot = *o as u64;
+                }
+                None => link.from = format!("{prefix}(no output {})", link.from_slot),
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -812,5 +1123,49 @@ mod tests {
         let e = convert(&w, &info()).unwrap_err();
         assert_eq!(e.node.as_deref(), Some("4"));
         assert!(convert(&json!({"nodes": 3}), &info()).is_err());
+    }
+
+    #[test]
+    fn a_broken_group_node_is_named() {
+        let group = |links: Value, inner: Value| {
+            json!({
+                "nodes": [
+                    {"id": 1, "type": "EmptyImage", "mode": 0, "inputs": [], "widgets_values": [8, 8, 1, 0]},
+                    {"id": 6, "type": "workflow>pair", "mode": 0,
+                     "inputs": [{"name": "image", "type": "IMAGE", "link": 1}], "widgets_values": [1, 1.0]},
+                    {"id": 4, "type": "SaveImage", "mode": 0,
+                     "inputs": [{"name": "images", "type": "IMAGE", "link": 2}], "widgets_values": ["x"]}
+                ],
+                "links": [[1, 1, 0, 6, 0, "IMAGE"], [2, 6, 0, 4, 0, "IMAGE"]],
+                "extra": {"groupNodes": {"pair": {"nodes": inner, "links": links, "external": []}}}
+            })
+        };
+        let inner = json!([
+            {"type": "ImageInvert", "inputs": [{"name": "image", "type": "IMAGE", "link": null}], "widgets_values": []},
+            {"type": "ImageBlur", "inputs": [{"name": "image", "type": "IMAGE", "link": null}], "widgets_values": [2, 1.5]}
+        ]);
+        let ok = convert(
+            &group(json!([[0, 0, 1, 0, 2, "IMAGE"]]), inner.clone()),
+            &info(),
+        )
+        .unwrap();
+        assert_eq!(ok["6:1"]["inputs"]["image"], json!(["6:0", 0]));
+        assert_eq!(ok["6:0"]["inputs"]["image"], json!(["1", 0]));
+        assert_eq!(ok["4"]["inputs"]["images"], json!(["6:1", 0]));
+        assert_eq!(
+            ok["6:1"]["inputs"]["blur_radius"],
+            json!(1),
+            "the group node's widget"
+        );
+        let e = convert(&group(json!([[0, 0, 9, 0, 2, "IMAGE"]]), inner), &info()).unwrap_err();
+        assert_eq!(e.node.as_deref(), Some("6"), "{e}");
+        let primitive = json!([
+            {"type": "PrimitiveNode", "inputs": [], "outputs": [{"name": "INT", "type": "INT"}], "widgets_values": [3]},
+            {"type": "ImageBlur", "inputs": [{"name": "image", "type": "IMAGE", "link": null},
+                                             {"name": "blur_radius", "type": "INT", "widget": {"name": "blur_radius"}, "link": null}],
+             "widgets_values": [2, 1.5]}
+        ]);
+        let e = convert(&group(json!([[0, 0, 1, 1, 2, "INT"]]), primitive), &info()).unwrap_err();
+        assert_eq!(e.node.as_deref(), Some("6:0"), "{e}");
     }
 }

@@ -37,7 +37,12 @@ fn schemathesis() -> PathBuf {
 
 async fn schemathesis_finds_nothing_wrong(kind: Backing) {
     let tool = schemathesis();
-    let standin = StandIn::start();
+    // Its `/object_info` as a real ComfyUI's, so that workflows can be published
+    // and converted.
+    let standin = StandIn::start_with(crate::support::standin::Knobs {
+        real_info: true,
+        ..Default::default()
+    });
     let url = standin.url();
     // On Redis with auth on and an admin key (every operation, the key management
     // too, is reachable); on SQLite with auth off, the prototype's open contract.
@@ -139,17 +144,24 @@ async fn schemathesis_finds_nothing_wrong(kind: Backing) {
             .current_dir(cwd)
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("SCHEMATHESIS_HOOKS", "hooks")
-            .env("PYTHONPATH", hooks)
+            .env("PYTHONPATH", &hooks)
             .env(
                 "STUDIO_PIXEL_BUDGETS",
                 serde_json::Value::Object(budgets).to_string(),
             )
             .env("STUDIO_FUZZ_UPLOAD_ID", &upload_id)
             .env("STUDIO_FUZZ_MODEL_CHOICES", model_choices.to_string())
+            .env("STUDIO_FUZZ_GRAPH", crate::support::smoke_api().to_string())
+            .env(
+                "STUDIO_FUZZ_UI_WORKFLOW",
+                crate::support::smoke_ui().to_string(),
+            )
             .env(
                 "STUDIO_DEFAULT_WORKFLOW",
                 studio_core::workflow::DEFAULT_WORKFLOW,
             )
+            .arg("--config-file")
+            .arg(hooks.join("schemathesis.toml"))
             .args([
                 "run",
                 &format!("{base}/openapi.json"),

@@ -130,3 +130,40 @@ fn comfyuis_templates_convert_as_its_frontend_converts_them() {
     );
     assert!(unexpected.is_empty(), "{}", unexpected.join("\n"));
 }
+
+/// Workflows of our own the templates do not cover, made in ComfyUI's frontend
+/// and converted by it (`scripts/workflow-fixtures.py --groups`): group nodes,
+/// the older way of nesting, with every widget of the group node changed.
+#[test]
+fn group_nodes_made_in_the_frontend_convert_as_it_converts_them() {
+    let dir = fixtures();
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("object_info.json")).unwrap())
+            .unwrap();
+    let extra = dir.join("extra");
+    let mut names: Vec<String> = std::fs::read_dir(&extra)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(".ui.json").map(str::to_owned))
+        .collect();
+    names.sort();
+    assert!(names.len() >= 3, "{names:?}");
+    let read = |n: String| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(extra.join(n)).unwrap()).unwrap()
+    };
+    for name in names {
+        let ui = read(format!("{name}.ui.json"));
+        let theirs = read(format!("{name}.api.json"));
+        assert!(
+            ui["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["type"].as_str().unwrap().starts_with("workflow>")),
+            "{name} has a group node"
+        );
+        let ours = Value::Object(convert(&ui, &info).unwrap_or_else(|e| panic!("{name}: {e}")));
+        assert_eq!(difference(&ours, &theirs), None, "{name}");
+        api_graph(&ui, Some(&info), "workflow").unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}

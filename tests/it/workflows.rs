@@ -10,49 +10,7 @@ use studio_core::auth::{AuthMode, KeyLimits, Role as KeyRole};
 use studio_core::config::Role;
 
 use crate::support::standin::{Knobs, StandIn};
-use crate::support::{Backing, TempDir, TestApp};
-
-/// The model-free smoke graph in the API format.
-fn smoke_api() -> Value {
-    json!({
-        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
-        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-        "3": {"class_type": "ImageBlur", "inputs": {"image": ["2", 0], "blur_radius": 1, "sigma": 1.0}},
-        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "studio"}}
-    })
-}
-
-/// The same graph as ComfyUI saves it (the UI format): a reroute between the
-/// invert and the blur, a note, a muted second saver, and the canvas titled
-/// `$canvas` (its widgets become parameters).
-fn smoke_ui() -> Value {
-    json!({
-        "last_node_id": 7, "last_link_id": 6,
-        "nodes": [
-            {"id": 1, "type": "EmptyImage", "mode": 0, "title": "$canvas", "inputs": [],
-             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]}],
-             "widgets_values": [48, 40, 1, 0]},
-            {"id": 2, "type": "ImageInvert", "mode": 0,
-             "inputs": [{"name": "image", "type": "IMAGE", "link": 1}],
-             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [2]}], "widgets_values": []},
-            {"id": 5, "type": "Reroute", "mode": 0, "inputs": [{"name": "", "type": "*", "link": 2}],
-             "outputs": [{"name": "", "type": "IMAGE", "links": [3]}]},
-            {"id": 3, "type": "ImageBlur", "mode": 0,
-             "inputs": [{"name": "image", "type": "IMAGE", "link": 3}],
-             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [4, 6]}], "widgets_values": [2, 1.5]},
-            {"id": 4, "type": "SaveImage", "mode": 0,
-             "inputs": [{"name": "images", "type": "IMAGE", "link": 4}], "widgets_values": ["ComfyUI"]},
-            {"id": 6, "type": "Note", "mode": 0, "inputs": [], "widgets_values": ["made in ComfyUI"]},
-            {"id": 7, "type": "SaveImage", "mode": 2,
-             "inputs": [{"name": "images", "type": "IMAGE", "link": 6}], "widgets_values": ["muted"]}
-        ],
-        "links": [
-            [1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 5, 0, "*"], [3, 5, 0, 3, 0, "IMAGE"],
-            [4, 3, 0, 4, 0, "IMAGE"], [6, 3, 0, 7, 0, "IMAGE"]
-        ],
-        "version": 0.4
-    })
-}
+use crate::support::{Backing, TempDir, TestApp, smoke_api, smoke_ui};
 
 fn real_standin() -> StandIn {
     StandIn::start_with(Knobs {
@@ -169,14 +127,43 @@ async fn published_as_data_in_both_formats_and_run(kind: Backing) {
         g["2"]["_meta"]["title"], "Invert Image",
         "the class's display name"
     );
-    // `$canvas` exposes the canvas's widgets; the size as usual.
-    for p in ["canvas_color", "canvas_width", "width", "height"] {
-        assert!(v2["params"].get(p).is_some(), "{p} in {}", v2["params"]);
-    }
+    // `$canvas` exposes the canvas's widgets the usual names do not: its
+    // colour; the size keeps the usual names.
+    let mut names: Vec<&str> = v2["params"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["batch_size", "canvas_color", "height", "width"],
+        "{}",
+        v2["params"]
+    );
     // The conversion endpoint gives the same graph and stores nothing.
     let (s, conv) = app.post_json("/api/workflows/convert", &smoke_ui()).await;
     assert_eq!(s, 200, "{conv}");
     assert_eq!(&conv["prompt"], g);
+    // So does checking what publishing would give: no version, nothing stored.
+    let (s, checked) = app
+        .post_json(
+            "/api/workflows/check",
+            &json!({"name": "canvas", "workflow": smoke_ui()}),
+        )
+        .await;
+    assert_eq!(s, 200, "{checked}");
+    assert_eq!(&checked["graph"], g);
+    assert_eq!(checked["params"], v2["params"]);
+    assert!(checked["version"].is_null(), "{checked}");
+    let (s, e) = app
+        .post_json(
+            "/api/workflows/check",
+            &json!({"name": "_x", "workflow": smoke_ui()}),
+        )
+        .await;
+    assert_eq!((s, e["field"].as_str()), (400, Some("name")), "{e}");
     let (_, latest) = app.get("/api/workflows/canvas").await;
     assert_eq!(latest["version"], 2);
     assert_eq!(latest["latest"], 2);
@@ -223,10 +210,17 @@ async fn published_as_data_in_both_formats_and_run(kind: Backing) {
     let (s, e) = app
         .post_json(
             "/api/generate",
-            &json!({"workflow": "canvas", "prompt": "x", "canvas_width": 100000}),
+            &json!({"workflow": "canvas", "prompt": "x", "canvas_width": 64}),
         )
         .await;
     assert_eq!((s, e["field"].as_str()), (400, Some("canvas_width")), "{e}");
+    let (s, e) = app
+        .post_json(
+            "/api/generate",
+            &json!({"workflow": "canvas", "prompt": "x", "width": 100000}),
+        )
+        .await;
+    assert_eq!((s, e["field"].as_str()), (400, Some("width")), "{e}");
     app.stop().await;
 }
 
@@ -325,6 +319,17 @@ async fn a_retired_workflow_takes_no_new_jobs_but_runs_those_queued(kind: Backin
             .any(|w| w["name"] == "brief"),
         "a retired workflow is not offered: {list}"
     );
+    // Reading it says it is gone, and still shows what it was.
+    for path in ["/api/workflows/brief", "/api/workflows/brief/versions/1"] {
+        let (s, r) = api.get(path).await;
+        assert_eq!(
+            (s, r["code"].as_str()),
+            (410, Some("workflow-retired")),
+            "{path}: {r}"
+        );
+        assert_eq!(r["workflow"]["version"], 1, "{path}: {r}");
+        assert_eq!(r["workflow"]["retired"], true, "{path}: {r}");
+    }
     // A worker that starts now runs the queued job at its version.
     let url = standin.url();
     let worker = TestApp::spawn_with(kind, Role::Worker, shared, dir, move |a| {
@@ -787,5 +792,126 @@ async fn the_cli_pushes_lists_shows_retires_and_converts() {
     .await;
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("retired"), "{}", r.stderr);
+    app.stop().await;
+}
+
+/// The studio page: a workflow file dropped on it shows the form it gets (a dry
+/// run), is published, is offered in the picker with its version, and runs; a
+/// workflow no live backend can run is marked so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_publishes_a_dropped_workflow_and_runs_it() {
+    use crate::support::webdriver::Browser;
+    const WAIT: Duration = Duration::from_secs(20);
+    let standin = real_standin();
+    let app = TestApp::serve(Backing::Sqlite, &standin, |_| {}).await;
+    wait_reported(&app).await;
+    // One that needs a checkpoint no backend has.
+    let mut needs = smoke_api();
+    needs["5"] = json!({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "absent.safetensors"}});
+    let (s, v) = publish(&app, &json!({"name": "elsewhere", "workflow": needs})).await;
+    assert_eq!(s, 201, "{v}");
+
+    let browser = Browser::start(1280, 1100).await;
+    browser.goto(&app.base).await;
+    browser
+        .wait_for("return [...document.querySelectorAll('#workflow option')].some(o => o.value === 'elsewhere')", WAIT)
+        .await;
+    let marked = browser
+        .exec("return [...document.querySelectorAll('#workflow option')].find(o => o.value === 'elsewhere').textContent")
+        .await;
+    assert!(
+        marked.as_str().unwrap().contains("v1")
+            && marked.as_str().unwrap().contains("no backend can run it"),
+        "{marked}"
+    );
+    assert_ne!(
+        browser
+            .exec("return document.getElementById('workflow').value")
+            .await,
+        "elsewhere",
+        "not chosen for you"
+    );
+
+    // Drop the UI-format file on the page.
+    let text = serde_json::to_string(&smoke_ui().to_string()).unwrap();
+    browser
+        .exec(&format!(
+            "document.getElementById('publish-box').open = true; \
+             const dt = new DataTransfer(); \
+             dt.items.add(new File([{text}], 'Flat Colour.json', {{type: 'application/json'}})); \
+             document.getElementById('wf-drop').dispatchEvent(new DragEvent('drop', {{dataTransfer: dt, bubbles: true, cancelable: true}})); \
+             return true;"
+        ))
+        .await;
+    browser
+        .wait_for("return !document.getElementById('wf-form').hidden && !!document.getElementById('wf-param-canvas_color')", WAIT)
+        .await;
+    assert_eq!(
+        browser
+            .exec("return document.getElementById('wf-name').value")
+            .await,
+        "flat-colour"
+    );
+    let summary = browser
+        .exec("return document.getElementById('wf-summary').textContent")
+        .await;
+    assert!(summary.as_str().unwrap().contains("converted"), "{summary}");
+    assert_eq!(
+        browser.exec("const i = document.getElementById('wf-param-width'); return [i.type, i.value, i.max, i.disabled]").await,
+        json!(["number", "48", "16384", true]),
+        "the inferred form, typed and bounded"
+    );
+    // Nothing was stored by looking.
+    let (s, _) = app.get("/api/workflows/flat-colour").await;
+    assert_eq!(s, 404);
+    // A bad name is said at once.
+    let name = browser.find("#wf-name").await;
+    browser.type_into(&name, " x").await;
+    let error = browser
+        .wait_for(
+            "const e = document.getElementById('wf-error'); return !e.hidden && e.textContent",
+            WAIT,
+        )
+        .await;
+    assert!(error.as_str().unwrap().contains("name"), "{error}");
+    browser
+        .exec("const n = document.getElementById('wf-name'); n.value = 'flat-colour'; n.dispatchEvent(new Event('input')); return true;")
+        .await;
+    browser
+        .wait_for("return !document.getElementById('wf-publish').disabled && document.getElementById('wf-error').hidden", WAIT)
+        .await;
+    let button = browser.find("#wf-publish").await;
+    browser.click(&button).await;
+    browser
+        .wait_for("return document.getElementById('workflow').value === 'flat-colour' && !!document.getElementById('param-canvas_color')", WAIT)
+        .await;
+    let (s, v) = app.get("/api/workflows/flat-colour").await;
+    assert_eq!((s, v["version"].as_u64()), (200, Some(1)), "{v}");
+
+    // Run it from the form.
+    browser
+        .exec("const w = document.getElementById('param-width'); w.value = '24'; return true;")
+        .await;
+    let prompt = browser.find("#prompt").await;
+    browser.type_into(&prompt, "a flat colour").await;
+    let generate = browser.find("#generate").await;
+    browser.click(&generate).await;
+    let job_id = browser
+        .wait_for(
+            "const c = document.querySelector('.job'); return c && c.dataset.jobId",
+            WAIT,
+        )
+        .await;
+    let job_id = job_id.as_str().unwrap().to_owned();
+    let done = app.wait_final(&job_id, WAIT).await;
+    assert_eq!(done["status"], "finished", "{done}");
+    assert_eq!(done["workflow"], "flat-colour");
+    assert_eq!(
+        standin.graph_of(&job_id).unwrap()["1"]["inputs"]["width"],
+        24
+    );
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("publish.png"), browser.screenshot().await).unwrap();
     app.stop().await;
 }

@@ -31,6 +31,18 @@ unique (its generated value plus a counter, still within the documented 1-255
 visible ASCII characters), so the header's syntax is still fuzzed but no two cases share a
 key. Replays and reuse are tested in tests/it/idempotency.rs.
 
+Workflows: whether a graph can be published (POST /api/workflows, and
+/api/workflows/check, which says what publishing would give) or converted
+(POST /api/workflows/convert) depends on the node classes the live backends
+report, and its parameters on the graph's node ids: no schema can generate one
+that is valid, as with model files. The test passes a graph the backends can run
+in both of ComfyUI's formats (STUDIO_FUZZ_GRAPH, STUDIO_FUZZ_UI_WORKFLOW), and
+`map_body` puts it in place of any schema-valid `workflow` (an object) and drops
+a schema-valid `params` (an object), so the name and description are still
+fuzzed and every 201 path is reached; a case made to break the schema (a
+`workflow` or `params` that is not an object, a bad name) stays broken. Hostile
+graphs have their own test (tests/it/workflows.rs).
+
 The body rules run in `map_body` and again in `before_call`, which sees every call:
 some phases send cases that `map_body` never saw.
 """
@@ -83,7 +95,26 @@ MODEL_CHOICES = json.loads(os.environ.get("STUDIO_FUZZ_MODEL_CHOICES", "{}"))
 
 @schemathesis.hook
 def map_body(ctx, body):
-    return _fix_generate(ctx, body)
+    return _fix_workflow(ctx, _fix_generate(ctx, body))
+
+
+FUZZ_GRAPH = json.loads(os.environ.get("STUDIO_FUZZ_GRAPH", "null"))
+FUZZ_UI_WORKFLOW = json.loads(os.environ.get("STUDIO_FUZZ_UI_WORKFLOW", "null"))
+
+
+def _fix_workflow(ctx, body):
+    if ctx.operation is None or ctx.operation.method.upper() != "POST":
+        return body
+    path = ctx.operation.path
+    if path == "/api/workflows/convert" and isinstance(body, dict) and FUZZ_UI_WORKFLOW:
+        return json.loads(json.dumps(FUZZ_UI_WORKFLOW))
+    if path not in ("/api/workflows", "/api/workflows/check") or not isinstance(body, dict):
+        return body
+    if isinstance(body.get("workflow"), dict) and FUZZ_GRAPH:
+        body["workflow"] = json.loads(json.dumps(FUZZ_GRAPH))
+    if isinstance(body.get("params"), dict):
+        del body["params"]
+    return body
 
 
 def _fix_generate(ctx, body):
@@ -125,6 +156,7 @@ def before_call(ctx, case, kwargs):
     # Idempotency-Key with bodies that differed only in one enum value).
     if isinstance(case.body, dict):
         _fix_generate(ctx, case.body)
+        case.body = _fix_workflow(ctx, case.body)
     headers = case.headers
     if not headers or "Idempotency-Key" not in headers:
         return

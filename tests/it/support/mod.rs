@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use studio_core::app::App;
 use studio_core::config::{Role, ServerArgs};
 use studio_core::store::{JobStore, RedisStore, SqliteStore, StoreSettings};
@@ -527,4 +527,46 @@ impl SseReader {
             }
         }
     }
+}
+
+/// The model-free smoke graph in the API format.
+pub fn smoke_api() -> Value {
+    json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "ImageBlur", "inputs": {"image": ["2", 0], "blur_radius": 1, "sigma": 1.0}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "studio"}}
+    })
+}
+
+/// The same graph as ComfyUI saves it (the UI format): a reroute between the
+/// invert and the blur, a note, a muted second saver, and the canvas titled
+/// `$canvas` (its widgets become parameters).
+pub fn smoke_ui() -> Value {
+    json!({
+        "last_node_id": 7, "last_link_id": 6,
+        "nodes": [
+            {"id": 1, "type": "EmptyImage", "mode": 0, "title": "$canvas", "inputs": [],
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]}],
+             "widgets_values": [48, 40, 1, 0]},
+            {"id": 2, "type": "ImageInvert", "mode": 0,
+             "inputs": [{"name": "image", "type": "IMAGE", "link": 1}],
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [2]}], "widgets_values": []},
+            {"id": 5, "type": "Reroute", "mode": 0, "inputs": [{"name": "", "type": "*", "link": 2}],
+             "outputs": [{"name": "", "type": "IMAGE", "links": [3]}]},
+            {"id": 3, "type": "ImageBlur", "mode": 0,
+             "inputs": [{"name": "image", "type": "IMAGE", "link": 3}],
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [4, 6]}], "widgets_values": [2, 1.5]},
+            {"id": 4, "type": "SaveImage", "mode": 0,
+             "inputs": [{"name": "images", "type": "IMAGE", "link": 4}], "widgets_values": ["ComfyUI"]},
+            {"id": 6, "type": "Note", "mode": 0, "inputs": [], "widgets_values": ["made in ComfyUI"]},
+            {"id": 7, "type": "SaveImage", "mode": 2,
+             "inputs": [{"name": "images", "type": "IMAGE", "link": 6}], "widgets_values": ["muted"]}
+        ],
+        "links": [
+            [1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 5, 0, "*"], [3, 5, 0, 3, 0, "IMAGE"],
+            [4, 3, 0, 4, 0, "IMAGE"], [6, 3, 0, 7, 0, "IMAGE"]
+        ],
+        "version": 0.4
+    })
 }
