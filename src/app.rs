@@ -36,6 +36,8 @@ pub struct App {
     role: Role,
     server: Option<Server>,
     router: Option<ApiService>,
+    /// The ComfyUI-compatible listener (`--comfyui-api-port`).
+    comfy: Option<(Server, ApiService)>,
     workers: Option<Workers>,
     store: Arc<dyn JobStore>,
     stop: watch::Sender<bool>,
@@ -97,6 +99,7 @@ impl App {
             .resolve(&args.host, &args.public_url, &args.cors_origins);
         let door = args.door(auth);
         let ops = api::ops::OpsHistory::new(args.ops_interval);
+        let mut comfy = None;
         let (server, router) = if role.runs_api() {
             let addr = format!("{}:{}", args.host, args.port);
             let listener = transport::bind(&addr)
@@ -163,6 +166,16 @@ impl App {
                 offers,
                 webhooks,
             });
+            if let Some(port) = args.comfyui_api_port {
+                let addr = format!("{}:{}", args.host, port);
+                let listener = transport::bind(&addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} for the ComfyUI API"))?;
+                comfy = Some((
+                    Server::new(listener, limits),
+                    api::comfyui::router(state.clone()),
+                ));
+            }
             (Some(server), Some(api::router(state)))
         } else if let Some(port) = args.metrics_port {
             // A worker-only process: /metrics on a port of its own.
@@ -200,6 +213,7 @@ impl App {
             role,
             server,
             router,
+            comfy,
             workers,
             store,
             stop,
@@ -209,6 +223,11 @@ impl App {
     /// The address the API listens on (with port 0, the port picked).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.server.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The address the ComfyUI-compatible API listens on, if it does.
+    pub fn comfyui_addr(&self) -> Option<SocketAddr> {
+        self.comfy.as_ref().and_then(|(s, _)| s.local_addr().ok())
     }
 
     /// The HTTP listener's counts and limits (API roles).
@@ -240,6 +259,20 @@ impl App {
             tasks.spawn(async move {
                 tokio::select! {
                     r = server.run(router, graceful) => r.context("HTTP server failed"),
+                    _ = async {
+                        shutdown::signalled(&mut deadline).await;
+                        tokio::time::sleep(HTTP_DRAIN).await;
+                    } => Ok(()),
+                }
+            });
+        }
+        if let Some((server, router)) = self.comfy {
+            let addr = server.local_addr()?;
+            tracing::info!("ComfyUI's API on http://{addr}");
+            let (graceful, mut deadline) = (stop_rx.clone(), stop_rx.clone());
+            tasks.spawn(async move {
+                tokio::select! {
+                    r = server.run(router, graceful) => r.context("the ComfyUI API server failed"),
                     _ = async {
                         shutdown::signalled(&mut deadline).await;
                         tokio::time::sleep(HTTP_DRAIN).await;

@@ -82,6 +82,11 @@ pub struct ServerArgs {
     /// roles serve it on their own port.
     #[arg(long, env = "STUDIO_METRICS_PORT")]
     pub metrics_port: Option<u16>,
+    /// `serve` and `api`: also speak ComfyUI's own HTTP and WebSocket API on
+    /// this port (on `--host`), so ComfyUI's clients use the whole farm as one
+    /// ComfyUI. Off by default.
+    #[arg(long, env = "STUDIO_COMFYUI_API_PORT")]
+    pub comfyui_api_port: Option<u16>,
     /// Redis: replicas that must have a write before a client or a worker is told
     /// it happened (`WAIT` after each such write, up to a second; fewer is a 503
     /// and the write is retried). 0: acknowledge at once (asynchronous replication).

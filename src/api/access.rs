@@ -5,6 +5,7 @@
 //! auth off and no rate limit on anonymous requests, a request without a key costs
 //! nothing here.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -170,7 +171,7 @@ impl Access {
         };
         let checked = self
             .keys
-            .authenticate(self.store.as_ref(), presented)
+            .authenticate(self.store.as_ref(), &presented)
             .await
             .map_err(ApiError::from)?;
         match checked {
@@ -185,16 +186,33 @@ impl Access {
     }
 }
 
-/// The key a request presents: `Authorization: Bearer <key>` or `X-API-Key`.
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
+/// The key a request presents: `Authorization: Bearer <key>`, `X-API-Key`, or
+/// the password of HTTP basic auth (as many ComfyUI clients send one; the user
+/// name when the password is empty).
+fn presented_key(headers: &HeaderMap) -> Option<Cow<'_, str>> {
     if let Some(v) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
         let (scheme, rest) = v.trim().split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim());
+        if scheme.eq_ignore_ascii_case("basic") {
+            use base64::Engine;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(rest.trim())
+                .ok()?;
+            let text = String::from_utf8(raw).ok()?;
+            let (user, pass) = text.split_once(':')?;
+            let key = if pass.is_empty() { user } else { pass };
+            return (!key.is_empty()).then(|| Cow::Owned(key.to_owned()));
+        }
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| Cow::Borrowed(rest.trim()));
     }
-    headers.get("x-api-key").and_then(|v| v.to_str().ok())
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(Cow::Borrowed)
 }
 
 pub fn unauthorized(message: &str) -> ApiError {
@@ -256,11 +274,31 @@ fn open_identity() -> Identity {
 pub struct Gate<S> {
     inner: S,
     access: Arc<Access>,
+    surface: Surface,
+}
+
+/// Which front door a gate guards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    /// Studio Core's own API: the pages, health and pictures are open; `/api/`
+    /// is rate limited.
+    Studio,
+    /// The ComfyUI-compatible port: every route is API (ComfyUI's have no
+    /// `/api/` prefix of their own), none open.
+    ComfyUi,
 }
 
 impl<S> Gate<S> {
     pub fn new(inner: S, access: Arc<Access>) -> Self {
-        Gate { inner, access }
+        Gate::on(inner, access, Surface::Studio)
+    }
+
+    pub fn on(inner: S, access: Arc<Access>, surface: Surface) -> Self {
+        Gate {
+            inner,
+            access,
+            surface,
+        }
     }
 }
 
@@ -305,21 +343,29 @@ where
             return futures_util::future::Either::Left(self.inner.call(req));
         }
         let access = self.access.clone();
+        let surface = self.surface;
         let mut inner = self.inner.clone();
         std::mem::swap(&mut inner, &mut self.inner);
-        futures_util::future::Either::Right(Box::pin(
-            async move { Ok(gate(access, inner, req).await) },
-        ))
+        futures_util::future::Either::Right(Box::pin(async move {
+            Ok(gate(access, surface, inner, req).await)
+        }))
     }
 }
 
-async fn gate<S, B>(access: Arc<Access>, mut inner: S, mut req: Request<B>) -> Response
+async fn gate<S, B>(
+    access: Arc<Access>,
+    surface: Surface,
+    mut inner: S,
+    mut req: Request<B>,
+) -> Response
 where
     S: Service<Request<B>, Response = Response, Error = Infallible>,
 {
     let path = req.uri().path();
-    let public = is_public(path);
-    let api = path.starts_with("/api/");
+    let (public, api) = match surface {
+        Surface::Studio => (is_public(path), path.starts_with("/api/")),
+        Surface::ComfyUi => (false, true),
+    };
     let refused = |code: &'static str| {
         if let Some(m) = &access.metrics {
             m.http_refusals
@@ -444,13 +490,30 @@ mod tests {
         let mut h = HeaderMap::new();
         assert_eq!(presented_key(&h), None);
         h.insert("x-api-key", HeaderValue::from_static("sk_a"));
-        assert_eq!(presented_key(&h), Some("sk_a"));
+        assert_eq!(presented_key(&h).as_deref(), Some("sk_a"));
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer  sk_b "),
         );
-        assert_eq!(presented_key(&h), Some("sk_b"), "Authorization wins");
+        assert_eq!(
+            presented_key(&h).as_deref(),
+            Some("sk_b"),
+            "Authorization wins"
+        );
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(presented_key(&h), None, "not user:password");
+        // "comfy:sk_c" and "sk_d:" in base64: the password, else the user name.
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic Y29tZnk6c2tfYw=="),
+        );
+        assert_eq!(presented_key(&h).as_deref(), Some("sk_c"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("basic c2tfZDo="),
+        );
+        assert_eq!(presented_key(&h).as_deref(), Some("sk_d"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Digest x"));
         assert_eq!(presented_key(&h), None, "another scheme is no key");
     }
 

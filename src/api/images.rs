@@ -21,7 +21,7 @@ use crate::job::JobId;
 use crate::storage::ByteRange;
 
 /// The signature of a picture URL (with auth on).
-#[derive(Deserialize, IntoParams)]
+#[derive(Deserialize, IntoParams, Default)]
 #[into_params(parameter_in = Query)]
 pub struct SignedQuery {
     /// When the URL stops working (seconds since 1970).

@@ -2,6 +2,7 @@
 //! passes (request log, CORS, panic guard). One file per resource.
 
 pub mod access;
+pub mod comfyui;
 pub mod error;
 pub mod events;
 pub mod extract;
@@ -283,9 +284,14 @@ pub type ApiService = guard::Answers<tower_http::cors::Cors<access::Gate<Router>
 /// CORS, who is asking and their rate limit ([`access::Gate`]), the panic guard,
 /// the request log, the route.
 pub fn router(state: AppState) -> ApiService {
+    layered(add_routes(Router::new()), state, access::Surface::Studio)
+}
+
+/// `routes` with every layer [`router`] describes, for the front door `surface`.
+fn layered(routes: Router<AppState>, state: AppState, surface: access::Surface) -> ApiService {
     let cors = state.cors.layer();
     let access = state.access.clone();
-    let routes = add_routes(Router::new())
+    let routes = routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
@@ -298,7 +304,7 @@ pub fn router(state: AppState) -> ApiService {
     // by the page that caused it.
     guard::Answers::new(tower::Layer::layer(
         &cors,
-        access::Gate::new(routes, access),
+        access::Gate::on(routes, access, surface),
     ))
 }
 

@@ -174,6 +174,48 @@ fn num_of(v: Option<&Value>) -> Option<f64> {
 }
 
 impl WsMessage {
+    /// The message as ComfyUI sends it, for a client of ours following its
+    /// prompt: those about the run so far (its start, the cached nodes, the
+    /// node running, steps, every node's state). `None` for the rest: how a run
+    /// ended is told from the job's record, once its pictures are stored.
+    pub fn relayed_text(&self, now_ms: u64) -> Option<String> {
+        use serde_json::json;
+        let v = match self {
+            WsMessage::ExecutionStart { prompt_id } => json!({"type": "execution_start",
+                "data": {"prompt_id": prompt_id, "timestamp": now_ms}}),
+            WsMessage::ExecutionCached { prompt_id, nodes } => json!({"type": "execution_cached",
+                "data": {"nodes": nodes, "prompt_id": prompt_id, "timestamp": now_ms}}),
+            WsMessage::Executing {
+                prompt_id: Some(p),
+                node: Some(n),
+            } => json!({"type": "executing",
+                "data": {"node": n, "display_node": n, "prompt_id": p}}),
+            WsMessage::Progress {
+                prompt_id: Some(p),
+                node,
+                value,
+                max,
+            } => json!({"type": "progress",
+                "data": {"value": value, "max": max, "prompt_id": p, "node": node}}),
+            WsMessage::ProgressState { prompt_id, nodes } => {
+                let nodes: serde_json::Map<String, Value> = nodes
+                    .iter()
+                    .map(|(id, n)| {
+                        (
+                            id.clone(),
+                            json!({"value": n.value, "max": n.max, "state": n.state,
+                            "node_id": id, "prompt_id": prompt_id, "display_node_id": id,
+                            "parent_node_id": null, "real_node_id": id}),
+                        )
+                    })
+                    .collect();
+                json!({"type": "progress_state", "data": {"prompt_id": prompt_id, "nodes": nodes}})
+            }
+            _ => return None,
+        };
+        Some(v.to_string())
+    }
+
     /// Parses a text frame.
     pub fn parse(text: &str) -> Result<WsMessage, ParseError> {
         let v: Value =

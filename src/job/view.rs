@@ -134,9 +134,12 @@ impl<'a> JobView<'a> {
             workflow_version: job.workflow_version(),
             seed: job.seed,
             prompt: &job.prompt,
-            params: if job.params.contains_key("graph") {
+            // A raw graph (up to 4 MiB) and what a ComfyUI client gave with it
+            // are not shown on every status read.
+            params: if job.params.contains_key("graph") || job.params.contains_key("comfyui") {
                 let mut p = job.params.clone();
                 p.remove("graph");
+                p.remove("comfyui");
                 Cow::Owned(p)
             } else {
                 Cow::Borrowed(&job.params)

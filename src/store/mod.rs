@@ -36,7 +36,7 @@ pub use self::lease::{
     Route, Routed, WorkerId, gave_up_message, hostname,
 };
 pub use self::outbox::{ClaimedWebhook, OutboxCap, WebhookOutbox, webhook_ttl};
-pub use self::previews::{PREVIEW_TTL, Preview, Previews};
+pub use self::previews::{PREVIEW_TTL, Preview, Previews, RELAY_BUFFER, Relayed};
 pub use self::queue::{
     CancelOutcome, DeadLetter, EVENT_BUFFER, JobEvent, JobPage, JobQueue, ListQuery, QueueStats,
 };

@@ -72,6 +72,11 @@ pub struct Submission<'a> {
     pub body: Value,
     /// The client's `Idempotency-Key`, already checked for shape.
     pub idempotency_key: Option<IdempotencyKey>,
+    /// Recorded among the job's parameters after they are checked (what a
+    /// ComfyUI client gave with a prompt: [`crate::workflow::COMFYUI_FIELD`]).
+    pub extra: Option<(&'static str, Value)>,
+    /// The id the client chose (ComfyUI's `prompt_id`); refused if taken.
+    pub job_id: Option<JobId>,
 }
 
 /// A job the store has, new or (for a repeated `Idempotency-Key`) from before.
@@ -113,6 +118,21 @@ impl Submitter {
         let mut job = parse_for(&body, wf)?;
         if let Some(v) = version {
             job.params.insert(WORKFLOW_VERSION.into(), Value::from(v));
+        }
+        if let Some((k, v)) = s.extra {
+            job.params.insert(k.into(), v);
+        }
+        if let Some(id) = s.job_id {
+            if self.within(self.store.get(&id)).await?.is_some() {
+                return Err(Rejection::new(
+                    409,
+                    "job-id-taken",
+                    format!("a job with id {id} already exists"),
+                )
+                .field("prompt_id")
+                .into());
+            }
+            job.id = id;
         }
         if wf.name == GRAPH_WORKFLOW {
             job.params

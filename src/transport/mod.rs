@@ -318,7 +318,9 @@ async fn serve_one<S>(
     // the connection by aborting that task (or, at shutdown, asking it to finish).
     let (finish, finish_rx) = oneshot::channel::<()>();
     let mut conn_task = tokio::spawn(async move {
-        let conn = builder.serve_connection(io, service);
+        // Upgrades: WebSockets (the ComfyUI-compatible port's `/ws`), which
+        // then live on outside this connection's clocks, capped as streams are.
+        let conn = builder.serve_connection(io, service).with_upgrades();
         tokio::pin!(conn);
         tokio::select! {
             biased;

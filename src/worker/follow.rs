@@ -36,7 +36,9 @@ pub(super) enum Followed {
 pub(super) async fn follow(
     ctx: &RunContext,
     lease: &Lease,
-    owner: &str,
+    // The job's owner, and whether ComfyUI's messages about it are relayed (it
+    // came through the ComfyUI-compatible port).
+    (owner, relay): (&str, bool),
     client: &ComfyClient,
     mut socket: Option<broadcast::Receiver<SocketEvent>>,
     mut cancels: broadcast::Receiver<JobEvent>,
@@ -87,6 +89,10 @@ pub(super) async fn follow(
                     if let WsMessage::Preview { content_type, image, .. } = &*m {
                         offer_preview(ctx, lease, owner, &mut previews, content_type, image).await;
                         continue;
+                    }
+                    if relay && let Some(text) = m.relayed_text(crate::clock::now_ms()) {
+                        // Fire and forget: the client's stream is live, as ComfyUI's is.
+                        let _ = ctx.store.relay(&lease.job_id, owner, &text).await;
                     }
                     tracker.apply(&m);
                 }

@@ -398,7 +398,10 @@ async fn execute(ctx: &RunContext, lease: &Lease, job: &JobRecord, turn: &mut Tu
     let followed = follow(
         ctx,
         lease,
-        &job.owner,
+        (
+            &job.owner,
+            job.params.contains_key(crate::workflow::COMFYUI_FIELD),
+        ),
         client,
         Some(socket),
         cancels,
@@ -476,7 +479,17 @@ async fn adopt(
         .ok()
         .flatten()
         .map_or(1, |w| w.graph.len());
-    let followed = follow(ctx, lease, &job.owner, &client, socket, cancels, total).await;
+    let relay = job.params.contains_key(crate::workflow::COMFYUI_FIELD);
+    let followed = follow(
+        ctx,
+        lease,
+        (&job.owner, relay),
+        &client,
+        socket,
+        cancels,
+        total,
+    )
+    .await;
     Some(conclude(ctx, lease, &client, followed, Convert::of(&job.params)).await)
 }
 

@@ -91,6 +91,11 @@ pub const GRAPH_WORKFLOW: &str = "_graph";
 /// Where such a job keeps its graph, among its parameters.
 pub const GRAPH_FIELD: &str = "graph";
 
+/// Where a job sent through the ComfyUI-compatible port keeps what ComfyUI's
+/// clients gave with it (`client_id`, `number`, `extra_data`), among its
+/// parameters: its worker relays ComfyUI's messages about it.
+pub const COMFYUI_FIELD: &str = "comfyui";
+
 impl Workflow {
     /// A raw graph as a workflow of no parameters: it runs as it is, only its
     /// `filename_prefix` made the job's.

@@ -9,6 +9,7 @@ mod capabilities;
 mod cli;
 mod cluster;
 mod comfy_protocol;
+mod comfyui_api;
 mod events;
 mod fairness;
 mod faults;

@@ -85,6 +85,8 @@ pub async fn generate(
         who: &who,
         body,
         idempotency_key: idempotency::key(&headers)?,
+        extra: None,
+        job_id: None,
     };
     let accepted = state.submit.submit(submission).await?;
     let replayed = accepted.replayed;

@@ -10,14 +10,14 @@ use futures_util::StreamExt;
 use tokio::sync::{Notify, broadcast, watch};
 
 use crate::job::JobRecord;
-use crate::store::JobEvent;
+use crate::store::{JobEvent, Relayed};
 
 /// One pub/sub connection per process: every change published by any script on any
 /// process reaches this process's subscribers. Reconnects with backoff.
 pub(super) async fn subscribe_loop(
     conn: super::conn::Conn,
     channel: String,
-    tx: broadcast::Sender<JobEvent>,
+    (tx, relayed): (broadcast::Sender<JobEvent>, broadcast::Sender<Relayed>),
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
     connect_timeout: Duration,
@@ -51,6 +51,14 @@ pub(super) async fn subscribe_loop(
                         msg = stream.next() => match msg {
                             Some(msg) => {
                                 if let Some(job) = decode_event(msg.get_payload_bytes()) {
+                                    if let Some(text) = job.extra.get(MESSAGE_FIELD) {
+                                        let _ = relayed.send(Relayed {
+                                            job_id: job.id.clone(),
+                                            owner: job.owner.clone(),
+                                            text: text.as_str().into(),
+                                        });
+                                        continue;
+                                    }
                                     if let Some(seq) = job.extra.get(PREVIEW_FIELD).and_then(|v| v.parse().ok()) {
                                         let _ = tx.send(JobEvent::preview(&job.id, &job.owner, seq));
                                         continue;
@@ -83,6 +91,10 @@ pub(super) async fn subscribe_loop(
 /// The field that makes a published event a preview announcement:
 /// `{"job_id", "owner_key", "preview_seq"}`.
 pub(super) const PREVIEW_FIELD: &str = "preview_seq";
+
+/// The field that makes a published event one of ComfyUI's messages relayed:
+/// `{"job_id", "owner_key", "comfy_message"}`.
+pub(super) const MESSAGE_FIELD: &str = "comfy_message";
 
 /// An event published by a script: a JSON object of the hash's string fields.
 fn decode_event(bytes: &[u8]) -> Option<JobRecord> {

@@ -51,6 +51,8 @@ pub struct RedisStore {
     settings: StoreSettings,
     scripts: Scripts,
     events: broadcast::Sender<JobEvent>,
+    /// ComfyUI's messages relayed (see `Previews::relay`).
+    relayed: broadcast::Sender<crate::store::Relayed>,
     subscriber: Mutex<Option<watch::Sender<bool>>>,
     op_timeout: Duration,
     url_for_logs: String,
@@ -79,6 +81,7 @@ impl RedisStore {
             .set_max_delay(Duration::from_millis(200));
         let conn = Conn::open(url, config)?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (relayed, _) = broadcast::channel(crate::store::RELAY_BUFFER);
         Ok(RedisStore {
             stranded: Mutex::new(Vec::new()),
             unanswered: Mutex::new(Vec::new()),
@@ -88,6 +91,7 @@ impl RedisStore {
             settings,
             scripts: Scripts::new(),
             events,
+            relayed,
             subscriber: Mutex::new(None),
             op_timeout,
             url_for_logs: redact(url),
@@ -193,7 +197,7 @@ impl RedisStore {
         tokio::spawn(subscribe_loop(
             self.conn.clone(),
             channel,
-            tx,
+            (tx, self.relayed.clone()),
             self.wake.clone(),
             stop_rx,
             connect_timeout,

@@ -46,6 +46,28 @@ impl Previews for RedisStore {
         .await
     }
 
+    async fn relay(&self, id: &JobId, owner: &str, message: &str) -> Result<(), StoreError> {
+        let announce = serde_json::json!({
+            "job_id": id.as_str(),
+            "owner_key": owner,
+            super::events::MESSAGE_FIELD: message,
+        })
+        .to_string();
+        let mut conn = self.conn.clone();
+        self.run(
+            ::redis::cmd("PUBLISH")
+                .arg(self.keys.events())
+                .arg(announce)
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+
+    fn relayed(&self) -> tokio::sync::broadcast::Receiver<crate::store::Relayed> {
+        self.start_subscriber();
+        self.relayed.subscribe()
+    }
+
     async fn get_preview(&self, id: &JobId) -> Result<Option<Preview>, StoreError> {
         let mut conn = self.conn.clone();
         let (seq, content_type, image): (Option<u64>, Option<String>, Option<Vec<u8>>) = self

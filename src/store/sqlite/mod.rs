@@ -53,6 +53,8 @@ pub struct SqliteStore {
     read_permits: Arc<Semaphore>,
     settings: StoreSettings,
     events: broadcast::Sender<JobEvent>,
+    /// ComfyUI's messages relayed (see `Previews::relay`).
+    relayed: broadcast::Sender<crate::store::Relayed>,
     /// Woken whenever a job becomes claimable in this process.
     wake: Arc<Notify>,
     /// Worker ids this process registered (never reaped as "a previous life").
@@ -107,6 +109,7 @@ impl SqliteStore {
             read_permits: Arc::new(Semaphore::new(READERS)),
             settings,
             events,
+            relayed: broadcast::channel(crate::store::RELAY_BUFFER).0,
             wake: Arc::new(Notify::new()),
             own_workers: Mutex::new(Vec::new()),
             limiter: LocalLimiter::default(),

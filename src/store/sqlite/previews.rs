@@ -36,6 +36,19 @@ impl Previews for SqliteStore {
         Ok(())
     }
 
+    async fn relay(&self, id: &JobId, owner: &str, message: &str) -> Result<(), StoreError> {
+        let _ = self.relayed.send(crate::store::Relayed {
+            job_id: id.to_string(),
+            owner: owner.to_owned(),
+            text: message.into(),
+        });
+        Ok(())
+    }
+
+    fn relayed(&self) -> tokio::sync::broadcast::Receiver<crate::store::Relayed> {
+        self.relayed.subscribe()
+    }
+
     async fn get_preview(&self, id: &JobId) -> Result<Option<Preview>, StoreError> {
         Ok(self
             .previews

@@ -249,6 +249,8 @@ pub struct TestApp {
     /// The listener's counts (API roles).
     pub conns: Option<studio_core::transport::ConnStats>,
     pub base: String,
+    /// The ComfyUI-compatible port's base URL (`--comfyui-api-port`), if on.
+    pub comfy: Option<String>,
     pub http: reqwest::Client,
     pub store: Arc<dyn JobStore>,
     pub redis: Option<RedisPrefix>,
@@ -300,6 +302,7 @@ impl TestApp {
         configure(&mut args);
         let app = App::build(role, &args).await.expect("app builds");
         let addr = app.local_addr();
+        let comfy = app.comfyui_addr().map(|a| format!("http://{a}"));
         let conns = app.connections();
         let store = app.store();
         let (tx, rx) = oneshot::channel::<()>();
@@ -310,6 +313,7 @@ impl TestApp {
             addr,
             conns,
             base: addr.map(|a| format!("http://{a}")).unwrap_or_default(),
+            comfy,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()

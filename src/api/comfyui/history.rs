@@ -1,0 +1,248 @@
+//! The caller's prompts as ComfyUI shows them: `/history` (those that ended),
+//! `/queue` (waiting and running; `POST` deletes), `/interrupt`.
+
+use axum::Json;
+use axum::extract::{Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{cross_site, graph_of, outputs_by_node, prompt_entry};
+use crate::api::AppState;
+use crate::api::access::Caller;
+use crate::api::error::ApiError;
+use crate::api::extract::{PathParams, read_body};
+use crate::auth::Identity;
+use crate::job::{JobId, JobRecord, JobStatus};
+use crate::store::ListQuery;
+
+/// Most entries `/history` gives at once.
+const MAX_HISTORY: usize = 500;
+/// Most prompts a `POST /queue` deletes or `/interrupt` stops at once.
+const MAX_EDITS: usize = 500;
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    max_items: Option<usize>,
+}
+
+/// The caller's jobs (everyone's for an admin, or with auth off) of a status,
+/// newest first.
+async fn own_jobs(
+    state: &AppState,
+    who: &Identity,
+    status: JobStatus,
+    limit: usize,
+) -> Result<Vec<JobRecord>, ApiError> {
+    let owner = (!who.sees_all).then(|| who.owner().to_owned());
+    let page = state
+        .with_timeout(state.store.list(&ListQuery {
+            status: Some(status),
+            limit,
+            cursor: None,
+            owner,
+        }))
+        .await?;
+    Ok(page.jobs)
+}
+
+/// One `/history` entry: the prompt, its outputs by node, how it ended.
+fn history_entry(job: &JobRecord) -> Value {
+    let ts = job.updated_ms;
+    let start = json!(["execution_start", {"prompt_id": job.id, "timestamp": ts}]);
+    let (status_str, completed, end) = match job.status {
+        JobStatus::Finished => (
+            "success",
+            true,
+            json!(["execution_success", {"prompt_id": job.id, "timestamp": ts}]),
+        ),
+        _ if job.cancelled => (
+            "error",
+            false,
+            json!(["execution_interrupted", {"prompt_id": job.id, "node_id": "", "node_type": "",
+                "executed": [], "timestamp": ts}]),
+        ),
+        _ => (
+            "error",
+            false,
+            json!(["execution_error", {"prompt_id": job.id, "node_id": "", "node_type": "",
+                "executed": [], "exception_message": job.error, "exception_type": "",
+                "traceback": [], "current_inputs": {}, "current_outputs": {}, "timestamp": ts}]),
+        ),
+    };
+    let outputs = outputs_by_node(job);
+    let meta: Map<String, Value> = outputs
+        .keys()
+        .map(|n| {
+            (
+                n.clone(),
+                json!({"node_id": n, "display_node": n, "parent_node": null, "real_node_id": n}),
+            )
+        })
+        .collect();
+    json!({
+        "prompt": prompt_entry(job),
+        "outputs": outputs,
+        "status": {"status_str": status_str, "completed": completed, "messages": [start, end]},
+        "meta": meta,
+    })
+}
+
+/// `GET /history?max_items=`: the caller's prompts that ended, oldest first
+/// (as ComfyUI lists them), at most 500.
+pub async fn history(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Query(q): Query<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    let limit = q.max_items.unwrap_or(MAX_HISTORY).clamp(1, MAX_HISTORY);
+    let mut jobs = own_jobs(&state, &who, JobStatus::Finished, limit).await?;
+    jobs.extend(own_jobs(&state, &who, JobStatus::Failed, limit).await?);
+    jobs.retain(|j| graph_of(j).is_some());
+    jobs.sort_by_key(|j| j.updated_ms);
+    let skip = jobs.len().saturating_sub(limit);
+    let out: Map<String, Value> = jobs[skip..]
+        .iter()
+        .map(|j| (j.id.clone(), history_entry(j)))
+        .collect();
+    Ok(Json(Value::Object(out)).into_response())
+}
+
+/// `GET /history/{prompt_id}`: `{}` until it ends (and for another's prompt).
+pub async fn history_of(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    PathParams(id): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let Ok(id) = JobId::parse(&id) else {
+        return Ok(Json(json!({})).into_response());
+    };
+    let job = state
+        .with_timeout(state.store.get(&id))
+        .await?
+        .filter(|j| who.may_see(&j.owner) && graph_of(j).is_some() && j.status.is_final());
+    Ok(match job {
+        Some(j) => Json(json!({j.id.clone(): history_entry(&j)})).into_response(),
+        None => Json(json!({})).into_response(),
+    })
+}
+
+/// `GET /queue`: `{"queue_running": [...], "queue_pending": [...]}`, the
+/// caller's.
+pub async fn queue(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+) -> Result<Response, ApiError> {
+    let entries = |jobs: Vec<JobRecord>| -> Vec<Value> {
+        let mut jobs: Vec<JobRecord> = jobs.into_iter().filter(|j| graph_of(j).is_some()).collect();
+        jobs.sort_by_key(|j| j.updated_ms);
+        jobs.iter().map(prompt_entry).collect()
+    };
+    let running = entries(own_jobs(&state, &who, JobStatus::Processing, MAX_HISTORY).await?);
+    let pending = entries(own_jobs(&state, &who, JobStatus::Queued, MAX_HISTORY).await?);
+    Ok(Json(json!({"queue_running": running, "queue_pending": pending})).into_response())
+}
+
+/// A JSON object body, or `{}` for none.
+async fn object_body(state: &AppState, req: Request) -> Result<Value, Response> {
+    if let Some(refused) = cross_site(req.headers()) {
+        return Err(refused);
+    }
+    let body = read_body(req, 256 << 10, state.body_timeout)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(v) if v.is_object() => Ok(v),
+        _ => Err(super::comfy_error(
+            axum::http::StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the body must be a JSON object",
+            json!({}),
+        )),
+    }
+}
+
+/// Cancels each of `ids` the caller may see (queued: at once; running: its
+/// worker stops it).
+async fn cancel_all(state: &AppState, who: &Identity, ids: &[String]) -> Result<usize, ApiError> {
+    let mut n = 0;
+    for id in ids.iter().take(MAX_EDITS) {
+        let Ok(id) = JobId::parse(id) else { continue };
+        let visible = state
+            .with_timeout(state.store.get(&id))
+            .await?
+            .is_some_and(|j| who.may_see(&j.owner));
+        if visible {
+            state.with_timeout(state.store.cancel(&id)).await?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// `POST /queue`: `{"delete": [prompt ids]}` takes waiting prompts out,
+/// `{"clear": true}` all of the caller's.
+pub async fn queue_edit(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    req: Request,
+) -> Response {
+    let body = match object_body(&state, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let mut ids: Vec<String> = body
+        .get("delete")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    if body.get("clear").and_then(Value::as_bool) == Some(true) {
+        match own_jobs(&state, &who, JobStatus::Queued, MAX_EDITS).await {
+            Ok(jobs) => ids.extend(jobs.into_iter().map(|j| j.id)),
+            Err(e) => return e.into_response(),
+        }
+    }
+    // Only waiting ones: ComfyUI's queue deletes what has not started.
+    let mut waiting = Vec::new();
+    for id in ids.into_iter().take(MAX_EDITS) {
+        let Ok(jid) = JobId::parse(&id) else { continue };
+        match state.with_timeout(state.store.get(&jid)).await {
+            Ok(Some(j)) if j.status == JobStatus::Queued => waiting.push(id),
+            Ok(_) => {}
+            Err(e) => return e.into_response(),
+        }
+    }
+    match cancel_all(&state, &who, &waiting).await {
+        Ok(_) => axum::http::StatusCode::OK.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /interrupt` (`{"prompt_id"}` optional): stops that running prompt, or
+/// every running prompt of the caller's.
+pub async fn interrupt(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    req: Request,
+) -> Response {
+    let body = match object_body(&state, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let ids: Vec<String> = match body.get("prompt_id").and_then(Value::as_str) {
+        Some(id) => vec![id.to_owned()],
+        None => match own_jobs(&state, &who, JobStatus::Processing, MAX_EDITS).await {
+            Ok(jobs) => jobs.into_iter().map(|j| j.id).collect(),
+            Err(e) => return e.into_response(),
+        },
+    };
+    match cancel_all(&state, &who, &ids).await {
+        Ok(_) => axum::http::StatusCode::OK.into_response(),
+        Err(e) => e.into_response(),
+    }
+}

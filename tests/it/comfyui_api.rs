@@ -1,0 +1,432 @@
+//! The farm as one ComfyUI (`--comfyui-api-port`): ComfyUI's own routes over
+//! Studio Core's queue, keys and storage, on both stores, against a stand-in
+//! backend: `/prompt` (and its error shapes), `/ws` (message by message against
+//! a real ComfyUI's recording, and only the client's own prompts), `/history`,
+//! `/view`, `/queue`, `/interrupt`, `/object_info`, `/models`, keys given every
+//! way ComfyUI's clients give them.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use studio_core::auth::{AuthMode, KeyLimits, Role as KeyRole};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::support::standin::StandIn;
+use crate::support::{Backing, TestApp};
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The smoke graph as a ComfyUI client sends it.
+fn smoke() -> Value {
+    json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 48, "batch_size": 1, "color": 3368652}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "ComfyUI"}}
+    })
+}
+
+async fn connect(base: &str, client: &str, key: &str) -> Ws {
+    let url = format!("{}/ws?clientId={client}", base.replacen("http", "ws", 1));
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("x-api-key", key.parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws
+}
+
+/// The next text message, within `wait`.
+async fn next_json(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(wait, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),
+            Ok(Some(Ok(Message::Binary(_)))) | Ok(Some(Ok(Message::Ping(_)))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Messages up to (and with) `executing` with no node for `prompt`.
+async fn until_done(ws: &mut Ws, prompt: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    while let Some(m) = next_json(ws, Duration::from_secs(15)).await {
+        let done = m["type"] == "executing"
+            && m["data"]["node"].is_null()
+            && m["data"]["prompt_id"] == prompt;
+        out.push(m);
+        if done {
+            return out;
+        }
+    }
+    panic!("no end of {prompt}: {out:?}");
+}
+
+/// What a real ComfyUI said on the submitting client's socket for a prompt that
+/// ran (tests/fixtures/comfyui/a1_simple_success.jsonl; with steps,
+/// g_progress_savewebsocket.jsonl): each message type, with the keys of its
+/// data.
+fn recorded(text: &str) -> Vec<(String, Vec<String>)> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["kind"] == "ws_text" && e["ws"] == "main")
+        .map(|e| {
+            let mut keys: Vec<String> = e["json"]["data"]
+                .as_object()
+                .map(|d| d.keys().cloned().collect())
+                .unwrap_or_default();
+            keys.sort();
+            (e["json"]["type"].as_str().unwrap().to_owned(), keys)
+        })
+        .collect()
+}
+
+fn keys_of(m: &Value) -> Vec<String> {
+    let mut k: Vec<String> = m["data"]
+        .as_object()
+        .map(|d| d.keys().cloned().collect())
+        .unwrap_or_default();
+    k.sort();
+    k
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    auth: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+) -> (u16, Value) {
+    let res = auth(http.post(url).json(body)).send().await.unwrap();
+    let s = res.status().as_u16();
+    (s, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(http: &reqwest::Client, url: &str, key: &str) -> (u16, Value) {
+    let res = http.get(url).header("x-api-key", key).send().await.unwrap();
+    let s = res.status().as_u16();
+    (s, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn a_comfyui_client_runs_prompts_on_the_farm(kind: Backing) {
+    let standin = StandIn::start();
+    let app = TestApp::serve(kind, &standin, |a| {
+        a.auth = AuthMode::Keys;
+        a.comfyui_api_port = Some(0);
+    })
+    .await;
+    let comfy = app.comfy.clone().expect("the ComfyUI port is on");
+    let graphs = KeyLimits {
+        graphs: true,
+        ..Default::default()
+    };
+    let alice = app.new_key("alice", KeyRole::User, graphs.clone()).await;
+    let bob = app.new_key("bob", KeyRole::User, graphs).await;
+    let carol = app
+        .new_key("carol", KeyRole::User, KeyLimits::default())
+        .await;
+    let http = reqwest::Client::new();
+
+    // Without a key: 401; with one, every way ComfyUI's clients send one.
+    let res = http
+        .get(format!("{comfy}/object_info"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = http
+        .get(format!("{comfy}/api/object_info"))
+        .basic_auth("comfy", Some(&alice))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let info: Value = res.json().await.unwrap();
+    assert!(
+        info.get("EmptyImage").is_some() && info.get("SaveImage").is_some(),
+        "{info}"
+    );
+    let (s, one) = get(&http, &format!("{comfy}/object_info/SaveImage"), &alice).await;
+    assert_eq!((s, one.as_object().map(|o| o.len())), (200, Some(1)));
+    // The backend's models, once its worker has said what it has.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let ckpts = loop {
+        let (s, c) = get(&http, &format!("{comfy}/models/checkpoints"), &alice).await;
+        assert_eq!(s, 200);
+        if c.as_array().is_some_and(|a| !a.is_empty()) || tokio::time::Instant::now() > deadline {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        ckpts
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "sd_xl_base_1.0.safetensors"),
+        "{ckpts}"
+    );
+
+    // Three sockets: alice's two clients, and bob.
+    let mut a1 = connect(&comfy, "client-a1", &alice).await;
+    let mut a2 = connect(&comfy, "client-a2", &alice).await;
+    let mut b1 = connect(&comfy, "client-b1", &bob).await;
+    for (ws, sid) in [
+        (&mut a1, "client-a1"),
+        (&mut a2, "client-a2"),
+        (&mut b1, "client-b1"),
+    ] {
+        let first = next_json(ws, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(first["type"], "status");
+        assert_eq!(first["data"]["sid"], sid);
+        assert!(first["data"]["status"]["exec_info"]["queue_remaining"].is_u64());
+    }
+
+    // A prompt from alice's first client, the key as a basic-auth password.
+    let (s, r) = post(
+        &http,
+        &format!("{comfy}/prompt"),
+        &json!({"prompt": smoke(), "client_id": "client-a1"}),
+        |b| b.basic_auth("", Some(&alice)),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["node_errors"], json!({}));
+    assert!(r["number"].is_u64());
+    let id = r["prompt_id"].as_str().unwrap().to_owned();
+    let got = until_done(&mut a1, &id).await;
+    // Message by message against the recording: the same types in the same
+    // order (ours relays fewer progress_state updates), each with the same keys.
+    let theirs = recorded(include_str!("../fixtures/comfyui/a1_simple_success.jsonl"));
+    let with_steps = recorded(include_str!(
+        "../fixtures/comfyui/g_progress_savewebsocket.jsonl"
+    ));
+    let ours: Vec<(String, Vec<String>)> = got
+        .iter()
+        .filter(|m| m["type"] != "status")
+        .map(|m| (m["type"].as_str().unwrap().to_owned(), keys_of(m)))
+        .collect();
+    for (t, k) in &ours {
+        // Some message ComfyUI sent of that type had exactly these keys
+        // (`executing` has a `display_node` but not at the end; progress_state's
+        // nodes are checked by type only).
+        let all = theirs.iter().chain(&with_steps);
+        let same = all
+            .clone()
+            .any(|(tt, kk)| tt == t && (kk == k || t == "progress_state"));
+        assert!(same, "{t} {k:?} is not a message ComfyUI sent: {ours:?}");
+    }
+    let order = |types: &[(String, Vec<String>)]| -> Vec<String> {
+        let wanted = [
+            "execution_start",
+            "executing",
+            "executed",
+            "execution_success",
+        ];
+        let mut seen: Vec<String> = Vec::new();
+        for (t, _) in types {
+            if wanted.contains(&t.as_str()) && seen.last() != Some(t) {
+                seen.push(t.clone());
+            }
+        }
+        seen
+    };
+    let their_order: Vec<(String, Vec<String>)> = theirs
+        .iter()
+        .filter(|(t, _)| t != "status")
+        .cloned()
+        .collect();
+    assert_eq!(order(&ours), order(&their_order), "{ours:?}");
+    let executed = got.iter().find(|m| m["type"] == "executed").unwrap();
+    assert_eq!(executed["data"]["prompt_id"], id.as_str());
+    let image = &executed["data"]["output"]["images"][0];
+    assert_eq!(image["subfolder"], id.as_str());
+    assert_eq!(image["type"], "output");
+    assert!(
+        got.iter()
+            .all(|m| m["data"].get("prompt_id").is_none_or(|p| p == id.as_str())),
+        "{got:?}"
+    );
+
+    // The others saw nothing of it (alice's other client at most a queue size).
+    for ws in [&mut a2, &mut b1] {
+        while let Some(m) = next_json(ws, Duration::from_millis(300)).await {
+            assert_eq!(m["type"], "status", "another client sees {m}");
+            assert!(m["data"].get("prompt_id").is_none());
+        }
+    }
+
+    // The picture, through /view, as /history names it.
+    let (s, h) = get(&http, &format!("{comfy}/history/{id}"), &alice).await;
+    assert_eq!(s, 200);
+    let entry = &h[id.as_str()];
+    assert_eq!(entry["status"]["status_str"], "success", "{h}");
+    assert_eq!(entry["status"]["completed"], true);
+    assert_eq!(entry["prompt"][1], id.as_str());
+    assert_eq!(entry["prompt"][2], smoke());
+    let out = &entry["outputs"]["2"]["images"][0];
+    assert_eq!(out, image);
+    let view = format!(
+        "{comfy}/view?filename={}&subfolder={}&type=output",
+        out["filename"].as_str().unwrap(),
+        id
+    );
+    let res = http
+        .get(&view)
+        .header("x-api-key", &alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let png = res.bytes().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a picture");
+    // Another key sees none of it.
+    let res = http
+        .get(&view)
+        .header("x-api-key", &bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let (_, hb) = get(&http, &format!("{comfy}/history/{id}"), &bob).await;
+    assert_eq!(hb, json!({}));
+    let (_, all_b) = get(&http, &format!("{comfy}/history"), &bob).await;
+    assert!(all_b.get(&id).is_none());
+    let (_, all_a) = get(&http, &format!("{comfy}/history"), &alice).await;
+    assert!(all_a.get(&id).is_some());
+    // The same job on Studio Core's own API.
+    let res = http
+        .get(app.url(&format!("/api/jobs/{id}")))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let job: Value = res.json().await.unwrap();
+    assert_eq!(
+        (job["status"].as_str(), job["workflow"].as_str()),
+        (Some("finished"), Some("_graph"))
+    );
+
+    // ComfyUI's error shapes.
+    let mut unknown = smoke();
+    unknown["1"]["class_type"] = json!("NoSuchNode");
+    let (s, e) = post(
+        &http,
+        &format!("{comfy}/prompt"),
+        &json!({"prompt": unknown}),
+        |b| b.header("x-api-key", &alice),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    assert_eq!(e["error"]["type"], "prompt_outputs_failed_validation");
+    assert_eq!(e["node_errors"]["1"]["class_type"], "NoSuchNode", "{e}");
+    let (s, e) = post(
+        &http,
+        &format!("{comfy}/prompt"),
+        &json!({"client_id": "x"}),
+        |b| b.header("x-api-key", &alice),
+    )
+    .await;
+    assert_eq!((s, e["error"]["type"].as_str()), (400, Some("no_prompt")));
+    let res = http
+        .post(format!("{comfy}/prompt"))
+        .header("x-api-key", &alice)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let many: serde_json::Map<String, Value> = (0..10_000)
+        .map(|i| {
+            (
+                i.to_string(),
+                json!({"class_type": "EmptyImage", "inputs": {}}),
+            )
+        })
+        .collect();
+    let (s, e) = post(
+        &http,
+        &format!("{comfy}/prompt"),
+        &json!({"prompt": many}),
+        |b| b.header("x-api-key", &alice),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    let (s, e) = post(
+        &http,
+        &format!("{comfy}/prompt"),
+        &json!({"prompt": smoke()}),
+        |b| b.bearer_auth(&carol),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["type"].as_str()),
+        (403, Some("graphs-not-allowed")),
+        "{e}"
+    );
+    let res = http
+        .get(format!(
+            "{comfy}/view?filename=../../etc/passwd&subfolder={id}&type=output"
+        ))
+        .header("x-api-key", &alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    // A page on another site cannot queue with a visitor's browser.
+    let (s, _) = post(
+        &http,
+        &format!("{comfy}/prompt"),
+        &json!({"prompt": smoke()}),
+        |b| {
+            b.header("x-api-key", &alice)
+                .header("origin", "https://evil.example")
+        },
+    )
+    .await;
+    assert_eq!(s, 403);
+
+    // The queue: a slow prompt waits behind nothing and shows as running, then
+    // an interrupt stops it.
+    standin.knobs(|k| k.duration = Duration::from_secs(20));
+    let (_, r) = post(
+        &http,
+        &format!("{comfy}/api/prompt"),
+        &json!({"prompt": smoke(), "client_id": "client-a1"}),
+        |b| b.header("x-api-key", &alice),
+    )
+    .await;
+    let slow = r["prompt_id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, q) = get(&http, &format!("{comfy}/queue"), &alice).await;
+        if q["queue_running"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e[1] == slow.as_str())
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{q}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, qb) = get(&http, &format!("{comfy}/queue"), &bob).await;
+    assert_eq!(qb, json!({"queue_running": [], "queue_pending": []}));
+    let res = http
+        .post(format!("{comfy}/interrupt"))
+        .header("x-api-key", &alice)
+        .json(&json!({"prompt_id": slow}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let got = until_done(&mut a1, &slow).await;
+    assert!(
+        got.iter().any(|m| m["type"] == "execution_interrupted"),
+        "{got:?}"
+    );
+    let _ = a1.close(None).await;
+    app.stop().await;
+}
+
+both_stores!(a_comfyui_client_runs_prompts_on_the_farm);
