@@ -52,6 +52,18 @@ pub async fn upload(
     _: Deliberate,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let record = receive(&state, &who, req).await?;
+    Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
+/// Reads, checks and stores an uploaded picture (the raw body, or the `image`
+/// field of a form): what `POST /api/uploads` and the ComfyUI port's
+/// `/upload/image` both do.
+pub async fn receive(
+    state: &AppState,
+    who: &crate::auth::Identity,
+    req: Request,
+) -> Result<crate::uploads::UploadRecord, ApiError> {
     let limits = state.submit.uploads.limits;
     let content_type = req
         .headers()
@@ -72,7 +84,7 @@ pub async fn upload(
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|n| *n <= limit)
         .unwrap_or(limit);
-    let client = super::access::client_of(&who, &req);
+    let client = super::access::client_of(who, &req);
     let _room = state
         .submit
         .uploads
@@ -92,15 +104,14 @@ pub async fn upload(
     let declared = declared.filter(|d| !d.starts_with("application/octet-stream"));
     let uploader = &state.submit.uploads;
     let picture = uploader.check(bytes.to_vec(), declared.as_deref()).await?;
-    let record = uploader
+    Ok(uploader
         .store(
             state.store.as_ref(),
             who.owner(),
             &picture,
             super::STORE_TIMEOUT,
         )
-        .await?;
-    Ok((StatusCode::CREATED, Json(record)).into_response())
+        .await?)
 }
 
 /// The picture in a `multipart/form-data` body (already read, under the cap):

@@ -245,7 +245,17 @@ impl Catalog {
     pub async fn for_job(&self, job: &JobRecord) -> Result<Option<Arc<Workflow>>, StoreError> {
         if job.workflow == GRAPH_WORKFLOW {
             return Ok(job.params.get(GRAPH_FIELD).and_then(|g| match g {
-                Value::Object(graph) => Some(Arc::new(Workflow::raw(graph.clone()))),
+                Value::Object(graph) => {
+                    // The uploads its `LoadImage` nodes name (taken as picture
+                    // parameters when it was submitted) go to its backend.
+                    let mut wf = Workflow::raw(graph.clone());
+                    for (name, spec) in crate::workflow::infer::infer(graph, None) {
+                        if spec.kind.is_picture() && job.params.contains_key(&name) {
+                            wf.params.insert(name, spec);
+                        }
+                    }
+                    Some(Arc::new(wf))
+                }
                 _ => None,
             }));
         }

@@ -16,6 +16,24 @@ use crate::workflow::{GRAPH_FIELD, PIXEL_PARAMS, Workflow, infer};
 /// The prompt a raw graph's job shows when the request gives none.
 const UNNAMED: &str = "(graph)";
 
+/// The upload a `LoadImage` value names: a 64-hex upload id, alone or with a
+/// picture's extension.
+pub fn upload_id_of(value: &str) -> Option<&str> {
+    // A client may put the upload's subfolder in front ("sub/<name>").
+    let value = value.rsplit('/').next().unwrap_or(value);
+    let id = value
+        .strip_suffix(".png")
+        .or_else(|| value.strip_suffix(".jpg"))
+        .or_else(|| value.strip_suffix(".jpeg"))
+        .or_else(|| value.strip_suffix(".webp"))
+        .unwrap_or(value);
+    (id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then_some(id)
+}
+
 fn invalid(message: impl Into<String>) -> SubmitError {
     Rejection::new(400, "invalid-graph", message)
         .field(GRAPH_FIELD)
@@ -77,7 +95,27 @@ impl Submitter {
                 .unwrap_or(UNNAMED);
             obj.insert("prompt".into(), Value::from(text));
         }
-        let wf = Workflow::raw(graph);
+        let mut wf = Workflow::raw(graph);
+        // A `LoadImage` (or `LoadImageMask`) naming an upload of ours (its id,
+        // or the name the ComfyUI port's `/upload/image` gave: `<id>.png`)
+        // takes that picture as a parameter would: its owner's, put on the
+        // backend that runs the job.
+        for (name, spec) in inferred.iter().filter(|(_, s)| s.kind.is_picture()) {
+            let Some(target) = spec.targets.first() else {
+                continue;
+            };
+            let given = wf
+                .graph
+                .get(&target.node)
+                .and_then(|n| n["inputs"].get(&target.input));
+            let Some(id) = given.and_then(Value::as_str).and_then(upload_id_of) else {
+                continue;
+            };
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert(name.clone(), Value::from(id));
+            }
+            wf.params.insert(name.clone(), spec.clone());
+        }
         let sizes: Map<String, Value> = PIXEL_PARAMS
             .iter()
             .filter_map(|p| Some((p.to_string(), inferred.get(*p)?.default.clone()?)))

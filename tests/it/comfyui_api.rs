@@ -430,3 +430,83 @@ async fn a_comfyui_client_runs_prompts_on_the_farm(kind: Backing) {
 }
 
 both_stores!(a_comfyui_client_runs_prompts_on_the_farm);
+
+/// A ComfyUI client library nobody here wrote (`comfy-api-simplified`, PyPI,
+/// installed by `scripts/test`) uploads a picture, runs a workflow loading it
+/// through the port unchanged, with the key as its basic-auth password, and gets
+/// the pictures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_comfyui_client_library_runs_a_workflow_unchanged() {
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/python");
+    assert!(python.exists(), "scripts/test makes {}", python.display());
+    let standin = StandIn::start_with(crate::support::standin::Knobs {
+        // Previews would be the pictures this library returns.
+        previews: false,
+        ..Default::default()
+    });
+    let app = TestApp::serve(Backing::Redis, &standin, |a| {
+        a.auth = AuthMode::Keys;
+        a.comfyui_api_port = Some(0);
+    })
+    .await;
+    let comfy = app.comfy.clone().unwrap();
+    let key = app
+        .new_key(
+            "simplified",
+            KeyRole::User,
+            KeyLimits {
+                graphs: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    let picture = app.dir.path().join("in.png");
+    std::fs::write(&picture, crate::support::png(24, 16, [10, 20, 30])).unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/comfyui/simplified_client.py");
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(&comfy)
+        .arg(&key)
+        .arg(&picture)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("the client ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(v["upload"]["type"], "input", "{v}");
+    assert!(
+        v["upload"]["name"].as_str().unwrap().ends_with(".png"),
+        "{v}"
+    );
+    let images = v["images"].as_object().unwrap();
+    assert_eq!(images.len(), 1, "{v}");
+    assert!(images.values().all(|n| n.as_u64().unwrap() > 8), "{v}");
+    assert_eq!(v["png"], true);
+    assert_eq!(v["wrong_key_refused"], true);
+    // The stand-in got our upload, under the name it gave, in the graph.
+    let jobs = app.store.list(&studio_core::store::ListQuery {
+        status: None,
+        limit: 10,
+        cursor: None,
+        owner: None,
+    });
+    let page = jobs.await.unwrap();
+    let job = &page.jobs[0];
+    let graph = standin.graph_of(&job.id).unwrap();
+    let given = graph["1"]["inputs"]["image"].as_str().unwrap().to_owned();
+    assert!(
+        !given.contains(v["upload"]["name"].as_str().unwrap()),
+        "the backend's own name: {given}"
+    );
+    app.stop().await;
+}

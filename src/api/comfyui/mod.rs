@@ -9,6 +9,8 @@
 //! - `GET /ws?clientId=` streams ComfyUI's messages about that client's prompts,
 //!   relayed from whichever backend runs each (`ws.rs`);
 //! - `/history`, `/queue`, `/interrupt`, `/view`: the caller's own jobs;
+//! - `/upload/image`, `/upload/mask`: into Studio Core's uploads, which a
+//!   graph's `LoadImage` then names (`upload.rs`);
 //! - `/object_info`, `/system_stats`, `/models`, `/embeddings`, `/features`:
 //!   what the live backends offer, as one ComfyUI would answer (`info.rs`).
 //!
@@ -17,6 +19,7 @@
 mod history;
 mod info;
 mod prompt;
+mod upload;
 mod ws;
 
 use axum::Router;
@@ -47,6 +50,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/models/{folder}"),
     ("get", "/features"),
     ("get", "/ws"),
+    ("post", "/upload/image"),
+    ("post", "/upload/mask"),
 ];
 
 fn routes() -> Router<AppState> {
@@ -67,7 +72,9 @@ fn routes() -> Router<AppState> {
             .route(&p("/models"), get(info::model_folders))
             .route(&p("/models/{folder}"), get(info::models))
             .route(&p("/features"), get(info::features))
-            .route(&p("/ws"), get(ws::ws));
+            .route(&p("/ws"), get(ws::ws))
+            .route(&p("/upload/image"), post(upload::upload))
+            .route(&p("/upload/mask"), post(upload::upload));
     }
     r
 }
