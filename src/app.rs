@@ -165,6 +165,7 @@ impl App {
                 openapi: Default::default(),
                 offers,
                 webhooks,
+                comfyui: api::comfyui::Frontend::new(args.comfyui_frontend_dir()),
             });
             if let Some(port) = args.comfyui_api_port {
                 let addr = format!("{}:{}", args.host, port);

@@ -87,6 +87,11 @@ pub struct ServerArgs {
     /// ComfyUI. Off by default.
     #[arg(long, env = "STUDIO_COMFYUI_API_PORT")]
     pub comfyui_api_port: Option<u16>,
+    /// ComfyUI's frontend, served at `/` of `--comfyui-api-port`: the `static`
+    /// directory of the `comfyui-frontend-package` (PyPI). Default: that of
+    /// the launched ComfyUI's Python (`--comfyui-launch`), if it has one.
+    #[arg(long, env = "STUDIO_COMFYUI_FRONTEND")]
+    pub comfyui_frontend: Option<PathBuf>,
     /// Redis: replicas that must have a write before a client or a worker is told
     /// it happened (`WAIT` after each such write, up to a second; fewer is a 503
     /// and the write is retried). 0: acknowledge at once (asynchronous replication).
@@ -504,6 +509,26 @@ impl ServerArgs {
             idle_timeout: self.idle_timeout,
             stall_timeout: self.idle_timeout,
         }
+    }
+
+    /// Where ComfyUI's frontend is (`--comfyui-frontend`, or the package of the
+    /// launched ComfyUI's Python), when the ComfyUI port is on.
+    pub fn comfyui_frontend_dir(&self) -> Option<PathBuf> {
+        self.comfyui_api_port?;
+        if let Some(d) = &self.comfyui_frontend {
+            return Some(d.clone());
+        }
+        let python = self.launch_config()?.python;
+        let out = std::process::Command::new(python)
+            .args([
+                "-c",
+                "import comfyui_frontend_package as p, os; print(os.path.join(os.path.dirname(p.__file__), 'static'))",
+            ])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()?;
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        (out.status.success() && dir.join("index.html").is_file()).then_some(dir)
     }
 
     /// The ComfyUI processes to launch, if any.

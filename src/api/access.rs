@@ -106,6 +106,16 @@ impl Access {
         self.mode == AuthMode::Keys
     }
 
+    /// Whether `presented` is a valid key (the login page's check).
+    pub async fn check_key(&self, presented: &str) -> Result<bool, ApiError> {
+        let checked = self
+            .keys
+            .authenticate(self.store.as_ref(), presented)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(checked.is_ok())
+    }
+
     /// Whether image URLs must be signed.
     pub fn signs_urls(&self) -> bool {
         self.mode == AuthMode::Keys
@@ -165,8 +175,12 @@ impl Access {
     }
 
     /// Decides who `headers` are from. `Ok(None)`: no key was presented.
-    async fn identify(&self, headers: &HeaderMap) -> Result<Option<Identity>, ApiError> {
-        let Some(presented) = presented_key(headers) else {
+    async fn identify(
+        &self,
+        headers: &HeaderMap,
+        surface: Surface,
+    ) -> Result<Option<Identity>, ApiError> {
+        let Some(presented) = presented_key(headers, surface) else {
             return Ok(None);
         };
         let checked = self
@@ -189,7 +203,26 @@ impl Access {
 /// The key a request presents: `Authorization: Bearer <key>`, `X-API-Key`, or
 /// the password of HTTP basic auth (as many ComfyUI clients send one; the user
 /// name when the password is empty).
-fn presented_key(headers: &HeaderMap) -> Option<Cow<'_, str>> {
+fn presented_key(headers: &HeaderMap, surface: Surface) -> Option<Cow<'_, str>> {
+    // On the ComfyUI port, the login page's cookie: what ComfyUI's frontend (a
+    // browser, its WebSocket too) sends.
+    if surface == Surface::ComfyUi
+        && headers.get(header::AUTHORIZATION).is_none()
+        && headers.get("x-api-key").is_none()
+    {
+        let cookie = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|c| {
+                let (k, v) = c.trim().split_once('=')?;
+                (k == super::comfyui::KEY_COOKIE && !v.is_empty()).then_some(v)
+            });
+        if let Some(c) = cookie {
+            return Some(Cow::Borrowed(c));
+        }
+    }
     if let Some(v) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -334,7 +367,7 @@ where
                 Ok(refused.into_response())
             }));
         }
-        let no_key = presented_key(req.headers()).is_none();
+        let no_key = presented_key(req.headers(), self.surface).is_none();
         // The common case with auth off: nothing to look up, nothing to count.
         if no_key && a.mode == AuthMode::Off && a.anon_rate.is_none() && !a.needs_key(req.headers())
             || req.method() == axum::http::Method::OPTIONS
@@ -364,7 +397,12 @@ where
     let path = req.uri().path();
     let (public, api) = match surface {
         Surface::Studio => (is_public(path), path.starts_with("/api/")),
-        Surface::ComfyUi => (false, true),
+        // The frontend's files and the login page are open (the page itself
+        // sends a browser without a key to log in); ComfyUI's routes are API.
+        Surface::ComfyUi => {
+            let api = super::comfyui::is_api(path);
+            (!api, api)
+        }
     };
     let refused = |code: &'static str| {
         if let Some(m) = &access.metrics {
@@ -374,7 +412,7 @@ where
         }
     };
     let open = access.mode == AuthMode::Off && !access.needs_key(req.headers());
-    let identity = match access.identify(req.headers()).await {
+    let identity = match access.identify(req.headers(), surface).await {
         Ok(Some(id)) => id,
         Ok(None) if open => open_identity(),
         // The open routes answer anyone: a stale or revoked key (a page's old
@@ -488,33 +526,41 @@ mod tests {
     #[test]
     fn keys_come_from_bearer_or_x_api_key() {
         let mut h = HeaderMap::new();
-        assert_eq!(presented_key(&h), None);
+        assert_eq!(presented_key(&h, Surface::Studio), None);
         h.insert("x-api-key", HeaderValue::from_static("sk_a"));
-        assert_eq!(presented_key(&h).as_deref(), Some("sk_a"));
+        assert_eq!(presented_key(&h, Surface::Studio).as_deref(), Some("sk_a"));
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Bearer  sk_b "),
         );
         assert_eq!(
-            presented_key(&h).as_deref(),
+            presented_key(&h, Surface::Studio).as_deref(),
             Some("sk_b"),
             "Authorization wins"
         );
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(presented_key(&h), None, "not user:password");
+        assert_eq!(
+            presented_key(&h, Surface::Studio),
+            None,
+            "not user:password"
+        );
         // "comfy:sk_c" and "sk_d:" in base64: the password, else the user name.
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("Basic Y29tZnk6c2tfYw=="),
         );
-        assert_eq!(presented_key(&h).as_deref(), Some("sk_c"));
+        assert_eq!(presented_key(&h, Surface::Studio).as_deref(), Some("sk_c"));
         h.insert(
             header::AUTHORIZATION,
             HeaderValue::from_static("basic c2tfZDo="),
         );
-        assert_eq!(presented_key(&h).as_deref(), Some("sk_d"));
+        assert_eq!(presented_key(&h, Surface::Studio).as_deref(), Some("sk_d"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Digest x"));
-        assert_eq!(presented_key(&h), None, "another scheme is no key");
+        assert_eq!(
+            presented_key(&h, Surface::Studio),
+            None,
+            "another scheme is no key"
+        );
     }
 
     #[test]

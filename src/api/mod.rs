@@ -102,6 +102,8 @@ pub struct AppContext {
     pub offers: Arc<Offers>,
     /// Webhooks: the default URL, whether they can be signed, where they may go.
     pub webhooks: Arc<crate::webhooks::WebhookSettings>,
+    /// ComfyUI's frontend on the ComfyUI-compatible port.
+    pub comfyui: comfyui::Frontend,
 }
 
 impl AppContext {
@@ -284,7 +286,11 @@ pub type ApiService = guard::Answers<tower_http::cors::Cors<access::Gate<Router>
 /// CORS, who is asking and their rate limit ([`access::Gate`]), the panic guard,
 /// the request log, the route.
 pub fn router(state: AppState) -> ApiService {
-    layered(add_routes(Router::new()), state, access::Surface::Studio)
+    layered(
+        add_routes(Router::new()).fallback(not_found),
+        state,
+        access::Surface::Studio,
+    )
 }
 
 /// `routes` with every layer [`router`] describes, for the front door `surface`.
@@ -292,7 +298,6 @@ fn layered(routes: Router<AppState>, state: AppState, surface: access::Surface) 
     let cors = state.cors.layer();
     let access = state.access.clone();
     let routes = routes
-        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
         .layer(middleware::from_fn_with_state(

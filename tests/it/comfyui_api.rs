@@ -510,3 +510,138 @@ async fn a_comfyui_client_library_runs_a_workflow_unchanged() {
     );
     app.stop().await;
 }
+
+/// ComfyUI's own frontend (`comfyui-frontend-package`, PyPI, installed by
+/// `scripts/test`), served by the port, in headless Chromium: a browser without
+/// a key is sent to the login page; after it, a model-free workflow queued from
+/// the frontend (as *Run* does) runs on a backend, and its picture appears in
+/// the frontend's queue. Screenshot: `target/screenshots/comfyui-frontend.png`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comfyuis_frontend_runs_a_workflow_on_the_farm() {
+    use crate::support::webdriver::Browser;
+    const WAIT: Duration = Duration::from_secs(30);
+    let lib = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/lib");
+    let frontend = std::fs::read_dir(&lib)
+        .ok()
+        .and_then(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| {
+                    e.path()
+                        .join("site-packages/comfyui_frontend_package/static")
+                })
+                .find(|p| p.join("index.html").is_file())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "comfyui-frontend-package is not under {} (scripts/test installs it)",
+                lib.display()
+            )
+        });
+    let standin = StandIn::start_with(crate::support::standin::Knobs {
+        real_info: true,
+        ..Default::default()
+    });
+    let app = TestApp::serve(Backing::Sqlite, &standin, move |a| {
+        a.auth = AuthMode::Keys;
+        a.comfyui_api_port = Some(0);
+        a.comfyui_frontend = Some(frontend);
+    })
+    .await;
+    let comfy = app.comfy.clone().unwrap();
+    let key = app
+        .new_key(
+            "designer",
+            KeyRole::User,
+            KeyLimits {
+                graphs: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    let browser = Browser::start(1400, 900).await;
+    browser.goto(&format!("{comfy}/")).await;
+    browser
+        .wait_for(
+            "return location.pathname === '/login' && !!document.getElementById('key')",
+            WAIT,
+        )
+        .await;
+    // A wrong key is refused on the page.
+    let input = browser.find("#key").await;
+    browser.type_into(&input, "sk_nothing_wrong").await;
+    browser.click(&browser.find("#sign-in").await).await;
+    browser
+        .wait_for("return document.body.innerText.includes('not valid')", WAIT)
+        .await;
+    let input = browser.find("#key").await;
+    browser.type_into(&input, &key).await;
+    browser.click(&browser.find("#sign-in").await).await;
+    browser
+        .wait_for("return location.pathname === '/' && !!(window.app && window.app.graph && window.app.graphToPrompt)", WAIT)
+        .await;
+    // The smoke workflow, as the frontend saves one, queued as Run does.
+    let mut ui = crate::support::smoke_ui();
+    for (i, n) in ui["nodes"].as_array_mut().unwrap().iter_mut().enumerate() {
+        n["flags"] = json!({});
+        n["order"] = json!(i);
+        n["properties"] = json!({});
+        n["pos"] = json!([i * 250, 100]);
+        n["size"] = json!([200, 100]);
+    }
+    let text = serde_json::to_string(&ui.to_string()).unwrap();
+    browser
+        .exec(&format!(
+            "window.__queued = null; \
+             (async () => {{ \
+               await window.app.loadGraphData(JSON.parse({text}), true, true, null, {{showMissingModelsDialog: false, showMissingNodesDialog: false}}); \
+               await window.app.queuePrompt(0, 1); \
+               window.__queued = true; \
+             }})().catch(e => window.__queued = String(e)); \
+             return true;"
+        ))
+        .await;
+    let queued = browser.wait_for("return window.__queued", WAIT).await;
+    assert_eq!(queued, json!(true), "{queued}");
+    // The picture comes back into the frontend: the output of the saver node,
+    // and an image of ours in its queue.
+    let outputs = browser
+        .wait_for(
+            "const o = window.app.nodeOutputs || {}; \
+             const k = Object.keys(o).find(k => (o[k].images || []).length); \
+             return k ? o[k].images[0] : null;",
+            WAIT,
+        )
+        .await;
+    assert_eq!(outputs["type"], "output", "{outputs}");
+    let job = outputs["subfolder"].as_str().unwrap().to_owned();
+    browser
+        .exec("window.app.extensionManager.command.execute('Workspace.ToggleSidebarTab.queue'); return true;")
+        .await;
+    let src = browser
+        .wait_for(
+            "return [...document.querySelectorAll('img')].map(i => i.src).find(s => s.includes('/api/view?')) || null",
+            WAIT,
+        )
+        .await;
+    assert!(src.as_str().unwrap().contains(&job), "{src}");
+    // (A new user is offered templates first; closed for the picture.)
+    browser
+        .exec("document.querySelectorAll('.p-dialog-close-button').forEach(b => b.click()); return true;")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let shot = browser.screenshot().await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("comfyui-frontend.png"), shot).unwrap();
+    // It ran on the backend, as a job of the key's.
+    let graph = standin.graph_of(&job).expect("the backend ran it");
+    assert_eq!(graph["3"]["inputs"]["blur_radius"], 2);
+    let res = reqwest::Client::new()
+        .get(app.url(&format!("/api/jobs/{job}")))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    app.stop().await;
+}

@@ -93,6 +93,20 @@ pub async fn model_folders(State(state): State<AppState>, _: Caller) -> Result<R
     Ok(Json(f.keys().collect::<Vec<_>>()).into_response())
 }
 
+/// `GET /experiment/models`: the folders, as ComfyUI's model library reads
+/// them (`[{"name", "folders"}]`).
+pub async fn model_folder_list(
+    State(state): State<AppState>,
+    _: Caller,
+) -> Result<Response, ApiError> {
+    let f = folders(&state).await?;
+    let list: Vec<_> = f
+        .keys()
+        .map(|k| json!({"name": k, "folders": []}))
+        .collect();
+    Ok(Json(list).into_response())
+}
+
 /// `GET /models/{folder}`: the files in it, on any live backend.
 pub async fn models(
     State(state): State<AppState>,

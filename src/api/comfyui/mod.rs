@@ -16,6 +16,7 @@
 //!
 //! Every route is also under `/api/`, as ComfyUI serves them.
 
+mod frontend;
 mod history;
 mod info;
 mod prompt;
@@ -28,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+pub use self::frontend::{Frontend, KEY_COOKIE};
 use super::{ApiService, AppState};
 use crate::job::JobRecord;
 use crate::workflow::{COMFYUI_FIELD, GRAPH_FIELD};
@@ -52,7 +54,32 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/ws"),
     ("post", "/upload/image"),
     ("post", "/upload/mask"),
+    ("get", "/users"),
+    ("get", "/settings"),
+    ("post", "/settings"),
+    ("get", "/settings/{id}"),
+    ("post", "/settings/{id}"),
+    ("get", "/userdata"),
+    ("get", "/v2/userdata"),
+    ("get", "/userdata/{file}"),
+    ("post", "/userdata/{file}"),
+    ("get", "/extensions"),
+    ("get", "/i18n"),
+    ("get", "/workflow_templates"),
+    ("get", "/experiment/models"),
 ];
+
+/// Whether a path is one of ComfyUI's routes (API: a key needed, rate
+/// limited), not a file of the frontend or the login page.
+pub fn is_api(path: &str) -> bool {
+    if path.starts_with("/api/") || path.starts_with("/internal/") {
+        return true;
+    }
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    ROUTES
+        .iter()
+        .any(|(_, r)| r.trim_start_matches('/').split('/').next() == Some(first))
+}
 
 fn routes() -> Router<AppState> {
     let mut r = Router::new();
@@ -74,9 +101,29 @@ fn routes() -> Router<AppState> {
             .route(&p("/features"), get(info::features))
             .route(&p("/ws"), get(ws::ws))
             .route(&p("/upload/image"), post(upload::upload))
-            .route(&p("/upload/mask"), post(upload::upload));
+            .route(&p("/upload/mask"), post(upload::upload))
+            .route(&p("/users"), get(frontend::users))
+            .route(
+                &p("/settings"),
+                get(frontend::settings).post(frontend::save_settings),
+            )
+            .route(
+                &p("/settings/{id}"),
+                get(frontend::setting).post(frontend::save_setting),
+            )
+            .route(&p("/userdata"), get(frontend::userdata_list))
+            .route(&p("/v2/userdata"), get(frontend::userdata_list))
+            .route(
+                &p("/userdata/{file}"),
+                get(frontend::userdata_file).post(frontend::userdata_save),
+            )
+            .route(&p("/extensions"), get(frontend::extensions))
+            .route(&p("/i18n"), get(frontend::empty_object))
+            .route(&p("/workflow_templates"), get(frontend::empty_object))
+            .route(&p("/experiment/models"), get(info::model_folder_list));
     }
-    r
+    r.route("/login", get(frontend::login_page).post(frontend::login))
+        .fallback(frontend::file)
 }
 
 /// The ComfyUI-compatible service: the same layers as Studio Core's own API

@@ -835,6 +835,27 @@ async fn object_info(State(st): State<St>) -> Json<Value> {
             json!({"input": {"required": {}}, "output_node": false}),
         );
     }
+    // Every definition with the fields a real ComfyUI gives each (its frontend
+    // reads them).
+    for (class, def) in info.iter_mut() {
+        let Some(d) = def.as_object_mut() else {
+            continue;
+        };
+        for (k, v) in [
+            ("name", json!(class)),
+            ("display_name", json!(class)),
+            ("category", json!("stand-in")),
+            ("output", json!([])),
+            ("output_is_list", json!([])),
+            ("output_name", json!([])),
+            ("description", json!("")),
+            ("python_module", json!("nodes")),
+            ("deprecated", json!(false)),
+            ("experimental", json!(false)),
+        ] {
+            d.entry(k).or_insert(v);
+        }
+    }
     Json(Value::Object(info))
 }
 
