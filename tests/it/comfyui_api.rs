@@ -35,12 +35,17 @@ async fn connect(base: &str, client: &str, key: &str) -> Ws {
     ws
 }
 
-/// The next text message, within `wait`.
+/// The next text message, within `wait`; a binary frame comes as
+/// `{"binary": [event type, format, bytes]}`.
 async fn next_json(ws: &mut Ws, wait: Duration) -> Option<Value> {
     loop {
         match tokio::time::timeout(wait, ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),
-            Ok(Some(Ok(Message::Binary(_)))) | Ok(Some(Ok(Message::Ping(_)))) => continue,
+            Ok(Some(Ok(Message::Binary(b)))) if b.len() >= 8 => {
+                let word = |i: usize| u32::from_be_bytes(b[i..i + 4].try_into().unwrap());
+                return Some(json!({"binary": [word(0), word(4), b.len() - 8]}));
+            }
+            Ok(Some(Ok(Message::Ping(_)))) => continue,
             _ => return None,
         }
     }
@@ -199,6 +204,18 @@ async fn a_comfyui_client_runs_prompts_on_the_farm(kind: Backing) {
     let with_steps = recorded(include_str!(
         "../fixtures/comfyui/g_progress_savewebsocket.jsonl"
     ));
+    // The previews, as ComfyUI's binary frames: event 1, JPEG (1) or PNG (2).
+    let previews: Vec<&Value> = got.iter().filter(|m| m.get("binary").is_some()).collect();
+    assert!(!previews.is_empty(), "previews: {got:?}");
+    for p in &previews {
+        assert_eq!(p["binary"][0], 1, "{p}");
+        assert!(p["binary"][1] == 1 || p["binary"][1] == 2, "{p}");
+        assert!(p["binary"][2].as_u64().unwrap() > 0);
+    }
+    let got: Vec<Value> = got
+        .into_iter()
+        .filter(|m| m.get("binary").is_none())
+        .collect();
     let ours: Vec<(String, Vec<String>)> = got
         .iter()
         .filter(|m| m["type"] != "status")
@@ -250,6 +267,7 @@ async fn a_comfyui_client_runs_prompts_on_the_farm(kind: Backing) {
     for ws in [&mut a2, &mut b1] {
         while let Some(m) = next_json(ws, Duration::from_millis(300)).await {
             assert_eq!(m["type"], "status", "another client sees {m}");
+            assert!(m.get("binary").is_none(), "another client sees a preview");
             assert!(m["data"].get("prompt_id").is_none());
         }
     }
@@ -644,4 +662,153 @@ async fn comfyuis_frontend_runs_a_workflow_on_the_farm() {
         .unwrap();
     assert_eq!(res.status(), 200);
     app.stop().await;
+}
+
+/// Two backends behind the port, each with its own worker (one a real process),
+/// two clients with different keys sending 20 prompts: both backends run some,
+/// each client's history and stream hold exactly its own prompts, and nothing
+/// is lost when the worker process is killed with SIGKILL mid-run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_backends_two_clients_and_a_worker_killed_lose_nothing() {
+    use crate::support::proc::Proc;
+    use crate::support::{RedisPrefix, TempDir};
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    let knobs = || crate::support::standin::Knobs {
+        duration: Duration::from_millis(400),
+        previews: false,
+        ..Default::default()
+    };
+    let (sa, sb) = (StandIn::start_with(knobs()), StandIn::start_with(knobs()));
+    let data = Arc::new(TempDir::new());
+    let api = TestApp::spawn_with(
+        Backing::Redis,
+        studio_core::config::Role::Api,
+        Some(RedisPrefix::new()),
+        data.clone(),
+        |a| {
+            a.auth = AuthMode::Keys;
+            a.comfyui_api_port = Some(0);
+        },
+    )
+    .await;
+    let comfy = api.comfy.clone().unwrap();
+    let p = api.redis.as_ref().unwrap();
+    let url_a = sa.url();
+    let _worker_a = TestApp::spawn_with(
+        Backing::Redis,
+        studio_core::config::Role::Worker,
+        Some(RedisPrefix {
+            url: p.url.clone(),
+            prefix: p.prefix.clone(),
+        }),
+        data.clone(),
+        move |a| a.comfyui = vec![url_a],
+    )
+    .await;
+    let env: Vec<(&str, String)> = vec![
+        ("REDIS_URL", p.url.clone()),
+        ("STUDIO_REDIS_PREFIX", p.prefix.clone()),
+        ("COMFYUI_URL", sb.url()),
+        ("STUDIO_DATA_DIR", data.path().display().to_string()),
+        ("STUDIO_WORKER_TTL", "1s".into()),
+        ("STUDIO_HEALTH_INTERVAL", "200ms".into()),
+        ("STUDIO_POLL_INTERVAL", "300ms".into()),
+        ("STUDIO_RETRY_BASE", "100ms".into()),
+    ];
+    let mut worker_b = Proc::spawn(&["worker"], &env, data.path().join("worker-b1.log"));
+    let graphs = KeyLimits {
+        graphs: true,
+        ..Default::default()
+    };
+    let keys = [
+        api.new_key("alice", KeyRole::User, graphs.clone()).await,
+        api.new_key("bob", KeyRole::User, graphs).await,
+    ];
+    let mut sockets = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let mut ws = connect(&comfy, &format!("client-{i}"), key).await;
+        assert_eq!(
+            next_json(&mut ws, Duration::from_secs(5)).await.unwrap()["type"],
+            "status"
+        );
+        sockets.push(ws);
+    }
+    let http = reqwest::Client::new();
+    let mut ids: [BTreeSet<String>; 2] = Default::default();
+    for n in 0..20u32 {
+        let who = (n % 2) as usize;
+        let mut g = smoke();
+        g["1"]["inputs"]["color"] = json!(n);
+        let (s, r) = post(
+            &http,
+            &format!("{comfy}/prompt"),
+            &json!({"prompt": g, "client_id": format!("client-{who}")}),
+            |b| b.basic_auth("", Some(&keys[who])),
+        )
+        .await;
+        assert_eq!(s, 200, "{r}");
+        ids[who].insert(r["prompt_id"].as_str().unwrap().to_owned());
+        if n == 5 {
+            // Backend B's worker dies while B runs one of them.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while sb.running().is_none() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "B never ran a prompt"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            worker_b.kill9();
+            worker_b = Proc::spawn(&["worker"], &env, data.path().join("worker-b2.log"));
+        }
+    }
+    // Every prompt ends well, and each key's history is exactly its own.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    for who in 0..2 {
+        loop {
+            let (_, h) = get(&http, &format!("{comfy}/history"), &keys[who]).await;
+            let done: BTreeSet<String> = h.as_object().unwrap().keys().cloned().collect();
+            if done.len() >= ids[who].len() {
+                assert_eq!(done, ids[who], "client {who}'s history is its own");
+                for (id, e) in h.as_object().unwrap() {
+                    assert_eq!(e["status"]["status_str"], "success", "{id}: {e}");
+                }
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {} ended: {h}",
+                done.len(),
+                ids[who].len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(
+        sa.submitted_total() > 0 && sb.submitted_total() > 0,
+        "both backends ran prompts"
+    );
+    // Each stream told its own client the end of each of its prompts, and
+    // nothing of the other's.
+    for (who, ws) in sockets.iter_mut().enumerate() {
+        let mut ended = BTreeSet::new();
+        while ended.len() < ids[who].len() {
+            let Some(m) = next_json(ws, Duration::from_secs(10)).await else {
+                panic!(
+                    "client {who} heard the end of {} of {}",
+                    ended.len(),
+                    ids[who].len()
+                );
+            };
+            if let Some(pid) = m["data"]["prompt_id"].as_str() {
+                assert!(ids[who].contains(pid), "client {who} heard of {pid}: {m}");
+                if m["type"] == "executing" && m["data"]["node"].is_null() {
+                    ended.insert(pid.to_owned());
+                }
+            }
+        }
+    }
+    drop(worker_b);
+    api.stop().await;
 }
