@@ -310,6 +310,27 @@ async fn a_comfyui_client_runs_prompts_on_the_farm(kind: Backing) {
     assert!(all_b.get(&id).is_none());
     let (_, all_a) = get(&http, &format!("{comfy}/history"), &alice).await;
     assert!(all_a.get(&id).is_some());
+    // ComfyUI's newer jobs API says the same.
+    let (s, jobs) = get(&http, &format!("{comfy}/api/jobs?status=completed"), &alice).await;
+    assert_eq!(s, 200);
+    let listed = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["id"] == id.as_str())
+        .cloned();
+    let listed = listed.unwrap_or_else(|| panic!("{jobs}"));
+    assert_eq!(listed["status"], "completed");
+    assert_eq!(listed["preview_output"]["filename"], out["filename"]);
+    assert_eq!(jobs["pagination"]["total"], 1);
+    let (s, one) = get(&http, &format!("{comfy}/api/jobs/{id}"), &alice).await;
+    assert_eq!(s, 200);
+    assert_eq!(one["outputs"]["2"]["images"][0], *out);
+    assert_eq!(one["workflow"]["prompt"], smoke());
+    let (s, _) = get(&http, &format!("{comfy}/api/jobs/{id}"), &bob).await;
+    assert_eq!(s, 404);
+    let (_, none) = get(&http, &format!("{comfy}/api/jobs"), &bob).await;
+    assert_eq!(none["jobs"], json!([]));
     // The same job on Studio Core's own API.
     let res = http
         .get(app.url(&format!("/api/jobs/{id}")))
@@ -443,6 +464,8 @@ async fn a_comfyui_client_runs_prompts_on_the_farm(kind: Backing) {
         got.iter().any(|m| m["type"] == "execution_interrupted"),
         "{got:?}"
     );
+    let (_, j) = get(&http, &format!("{comfy}/api/jobs/{slow}"), &alice).await;
+    assert_eq!(j["status"], "cancelled", "{j}");
     let _ = a1.close(None).await;
     app.stop().await;
 }

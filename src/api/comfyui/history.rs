@@ -246,3 +246,171 @@ pub async fn interrupt(
         Err(e) => e.into_response(),
     }
 }
+
+/// ComfyUI's newer jobs API: a job as `GET /api/jobs` shows it (`status`
+/// pending, in_progress, completed, failed or cancelled; counts and a preview
+/// of its outputs), with its outputs and prompt for `GET /api/jobs/{id}`.
+fn job_summary(job: &JobRecord, detail: bool) -> Value {
+    let status = match job.status {
+        JobStatus::Queued => "pending",
+        JobStatus::Processing => "in_progress",
+        JobStatus::Finished => "completed",
+        _ if job.cancelled => "cancelled",
+        _ => "failed",
+    };
+    let comfy = job.params.get(crate::workflow::COMFYUI_FIELD);
+    let outputs = outputs_by_node(job);
+    let preview = outputs.iter().find_map(|(node, o)| {
+        let (media, items) = o.as_object()?.iter().next()?;
+        let mut item = items.get(0)?.clone();
+        item["nodeId"] = json!(node);
+        item["mediaType"] = json!(media);
+        Some(item)
+    });
+    let mut v = json!({
+        "id": job.id,
+        "status": status,
+        "priority": super::number_of(job),
+        "outputs_count": job.outputs.len(),
+        "previewable_outputs_count": job.outputs.len(),
+    });
+    if let Some(t) = comfy.and_then(|c| c.get("create_time")) {
+        v["create_time"] = t.clone();
+    }
+    if let Some(id) = comfy.and_then(|c| c.pointer("/extra_pnginfo/workflow/id")) {
+        v["workflow_id"] = id.clone();
+    }
+    if job.status.is_final() {
+        v["execution_end_time"] = json!(job.updated_ms);
+    }
+    if let Some(p) = preview {
+        v["preview_output"] = p;
+    }
+    if status == "failed" {
+        v["execution_error"] = json!({"prompt_id": job.id, "exception_message": job.error});
+    }
+    if detail {
+        v["outputs"] = Value::Object(outputs);
+        v["workflow"] = json!({
+            "prompt": graph_of(job),
+            "extra_data": {"client_id": super::client_of(job)},
+        });
+        if job.status.is_final() {
+            v["execution_status"] = history_entry(job)["status"].clone();
+        }
+    }
+    v
+}
+
+#[derive(Deserialize)]
+pub struct JobsQuery {
+    status: Option<String>,
+    sort_order: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+/// `GET /api/jobs?status=&sort_order=&limit=&offset=`: the caller's prompts in
+/// every state, newest first unless `sort_order=asc`.
+pub async fn jobs(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    Query(q): Query<JobsQuery>,
+) -> Result<Response, ApiError> {
+    let wanted: Vec<&str> = q
+        .status
+        .as_deref()
+        .map(|s| s.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    let mut all = Vec::new();
+    for status in [
+        JobStatus::Queued,
+        JobStatus::Processing,
+        JobStatus::Finished,
+        JobStatus::Failed,
+    ] {
+        all.extend(own_jobs(&state, &who, status, MAX_HISTORY).await?);
+    }
+    let mut list: Vec<Value> = all
+        .iter()
+        .filter(|j| graph_of(j).is_some())
+        .map(|j| (j.updated_ms, job_summary(j, false)))
+        .filter(|(_, v)| wanted.is_empty() || wanted.contains(&v["status"].as_str().unwrap_or("")))
+        .map(|(t, mut v)| {
+            v["_t"] = json!(t);
+            v
+        })
+        .collect();
+    list.sort_by_key(|v| v["_t"].as_u64().unwrap_or(0));
+    if q.sort_order.as_deref() != Some("asc") {
+        list.reverse();
+    }
+    for v in &mut list {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("_t");
+        }
+    }
+    let total = list.len();
+    let offset = q.offset.unwrap_or(0).min(total);
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_HISTORY);
+    let page: Vec<Value> = list.into_iter().skip(offset).take(limit).collect();
+    let has_more = offset + page.len() < total;
+    Ok(Json(json!({
+        "jobs": page,
+        "pagination": {"offset": offset, "limit": limit, "total": total, "has_more": has_more},
+    }))
+    .into_response())
+}
+
+/// The caller's job of that id, if it is one of ComfyUI's (a graph).
+async fn own_job(
+    state: &AppState,
+    who: &Identity,
+    id: &str,
+) -> Result<Option<JobRecord>, ApiError> {
+    let Ok(id) = JobId::parse(id) else {
+        return Ok(None);
+    };
+    Ok(state
+        .with_timeout(state.store.get(&id))
+        .await?
+        .filter(|j| who.may_see(&j.owner) && graph_of(j).is_some()))
+}
+
+/// `GET /api/jobs/{id}`: the job with its outputs and prompt; 404 if none.
+pub async fn job(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    PathParams(id): PathParams<String>,
+) -> Result<Response, ApiError> {
+    match own_job(&state, &who, &id).await? {
+        Some(j) => Ok(Json(job_summary(&j, true)).into_response()),
+        None => Err(ApiError::not_found(
+            "job-not-found",
+            format!("no job {id:?}"),
+        )),
+    }
+}
+
+/// `POST /api/jobs/{id}/cancel`: a waiting job is taken out, a running one
+/// stopped; the job as it is then.
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    PathParams(id): PathParams<String>,
+) -> Result<Response, ApiError> {
+    let Some(j) = own_job(&state, &who, &id).await? else {
+        return Err(ApiError::not_found(
+            "job-not-found",
+            format!("no job {id:?}"),
+        ));
+    };
+    let jid =
+        JobId::parse(&j.id).map_err(|_| ApiError::not_found("job-not-found", "no such job"))?;
+    state.with_timeout(state.store.cancel(&jid)).await?;
+    let now = state
+        .with_timeout(state.store.get(&jid))
+        .await?
+        .unwrap_or(j);
+    Ok(Json(job_summary(&now, false)).into_response())
+}

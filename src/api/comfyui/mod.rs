@@ -67,6 +67,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/i18n"),
     ("get", "/workflow_templates"),
     ("get", "/experiment/models"),
+    ("get", "/api/jobs"),
+    ("get", "/api/jobs/{job_id}"),
+    ("post", "/api/jobs/{job_id}/cancel"),
 ];
 
 /// Whether a path is one of ComfyUI's routes (API: a key needed, rate
@@ -122,7 +125,11 @@ fn routes() -> Router<AppState> {
             .route(&p("/workflow_templates"), get(frontend::empty_object))
             .route(&p("/experiment/models"), get(info::model_folder_list));
     }
-    r.route("/login", get(frontend::login_page).post(frontend::login))
+    // ComfyUI's newer jobs API, only under /api.
+    r.route("/api/jobs", get(history::jobs))
+        .route("/api/jobs/{job_id}", get(history::job))
+        .route("/api/jobs/{job_id}/cancel", post(history::cancel_job))
+        .route("/login", get(frontend::login_page).post(frontend::login))
         .fallback(frontend::file)
 }
 

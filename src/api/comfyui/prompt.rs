@@ -129,6 +129,7 @@ pub async fn prompt(State(state): State<AppState>, Caller(who): Caller, req: Req
     let mut kept = Map::new();
     kept.insert("client_id".into(), json!(client_id));
     kept.insert("number".into(), json!(number));
+    kept.insert("create_time".into(), json!(crate::clock::now_ms()));
     if let Some(info) = v
         .pointer("/extra_data/extra_pnginfo")
         .filter(|i| i.is_object())
