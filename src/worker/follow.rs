@@ -121,6 +121,9 @@ pub(super) async fn follow(
                 match poll(client, id).await {
                     Ok(Some(entry)) => {
                         flush_progress(ctx, lease, &tracker, &mut written).await;
+                        if relay {
+                            relay_buffered(ctx, lease, owner, &mut socket).await;
+                        }
                         return Followed::Done(entry);
                     }
                     Ok(None) => {
@@ -179,6 +182,28 @@ pub(super) async fn follow(
             },
             _ = tokio::time::sleep_until(deadline) => return Followed::TimedOut,
             _ = crate::shutdown::signalled(&mut abort) => return Followed::HandBack,
+        }
+    }
+}
+
+/// What the socket had already said about a prompt that has ended (a fast
+/// prompt ends before its messages are read), relayed before its end is
+/// written, so a client hears every node.
+async fn relay_buffered(
+    ctx: &RunContext,
+    lease: &Lease,
+    owner: &str,
+    socket: &mut Option<broadcast::Receiver<SocketEvent>>,
+) {
+    let Some(rx) = socket else { return };
+    let id = lease.job_id.as_str();
+    // Bounded by what is buffered now (the channel's capacity).
+    while let Ok(ev) = rx.try_recv() {
+        if let SocketEvent::Message(m) = ev
+            && m.prompt_id() == Some(id)
+            && let Some(text) = m.relayed_text(crate::clock::now_ms())
+        {
+            let _ = ctx.store.relay(&lease.job_id, owner, &text).await;
         }
     }
 }
