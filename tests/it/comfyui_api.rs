@@ -358,6 +358,17 @@ async fn a_comfyui_client_runs_prompts_on_the_farm(kind: Backing) {
     assert_eq!(s, 400, "{e}");
     assert_eq!(e["error"]["type"], "prompt_outputs_failed_validation");
     assert_eq!(e["node_errors"]["1"]["class_type"], "NoSuchNode", "{e}");
+    let mut dangling = smoke();
+    dangling["2"]["inputs"]["images"] = json!(["9", 0]);
+    let (s, e) = post(
+        &http,
+        &format!("{comfy}/prompt"),
+        &json!({"prompt": dangling}),
+        |b| b.header("x-api-key", &alice),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    assert_eq!(e["node_errors"]["2"]["class_type"], "SaveImage", "{e}");
     let (s, e) = post(
         &http,
         &format!("{comfy}/prompt"),
