@@ -166,6 +166,7 @@ impl App {
                 offers,
                 webhooks,
                 comfyui: api::comfyui::Frontend::new(args.comfyui_frontend_dir()),
+                openai_timeout: args.openai_timeout,
             });
             if let Some(port) = args.comfyui_api_port {
                 let addr = format!("{}:{}", args.host, port);

@@ -92,6 +92,10 @@ pub struct ServerArgs {
     /// the launched ComfyUI's Python (`--comfyui-launch`), if it has one.
     #[arg(long, env = "STUDIO_COMFYUI_FRONTEND")]
     pub comfyui_frontend: Option<PathBuf>,
+    /// How long an OpenAI Images API request (`/v1/images/...`) waits for its
+    /// pictures before its jobs are cancelled and it answers 504.
+    #[arg(long, env = "STUDIO_OPENAI_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub openai_timeout: Duration,
     /// Redis: replicas that must have a write before a client or a worker is told
     /// it happened (`WAIT` after each such write, up to a second; fewer is a 503
     /// and the write is retried). 0: acknowledge at once (asynchronous replication).

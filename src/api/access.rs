@@ -396,7 +396,10 @@ where
 {
     let path = req.uri().path();
     let (public, api) = match surface {
-        Surface::Studio => (is_public(path), path.starts_with("/api/")),
+        Surface::Studio => (
+            is_public(path),
+            path.starts_with("/api/") || path.starts_with("/v1/"),
+        ),
         // The frontend's files and the login page are open (the page itself
         // sends a browser without a key to log in); ComfyUI's routes are API.
         Surface::ComfyUi => {

@@ -135,8 +135,10 @@ where
     }
 
     fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        let openai = req.uri().path().starts_with("/v1/");
         AnswersFuture::Inner {
             fut: self.inner.call(req),
+            openai,
         }
     }
 }
@@ -145,7 +147,7 @@ pin_project! {
     /// The answer of [`Answers`].
     #[project = Proj]
     pub enum AnswersFuture<F> {
-        Inner { #[pin] fut: F },
+        Inner { #[pin] fut: F, openai: bool },
         Rewrite { fut: Pin<Box<dyn Future<Output = Response> + Send>> },
     }
 }
@@ -155,9 +157,9 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for AnswersFuture<
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
-            let res = match self.as_mut().project() {
-                Proj::Inner { fut } => match fut.poll(cx) {
-                    Poll::Ready(Ok(res)) => res,
+            let (res, openai) = match self.as_mut().project() {
+                Proj::Inner { fut, openai } => match fut.poll(cx) {
+                    Poll::Ready(Ok(res)) => (res, *openai),
                     Poll::Pending => return Poll::Pending,
                 },
                 Proj::Rewrite { fut } => match fut.as_mut().poll(cx) {
@@ -165,6 +167,16 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for AnswersFuture<
                     Poll::Pending => return Poll::Pending,
                 },
             };
+            let error = res.status().is_client_error() || res.status().is_server_error();
+            if openai && error {
+                // OpenAI's clients read OpenAI's error shape.
+                self.set(AnswersFuture::Rewrite {
+                    fut: Box::pin(
+                        async move { openai_error(json_error_if_needed(res).await).await },
+                    ),
+                });
+                continue;
+            }
             if !needs_rewrite(&res) {
                 return Poll::Ready(Ok(with_headers(res)));
             }
@@ -199,6 +211,49 @@ fn needs_rewrite(res: &Response) -> bool {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"))
+}
+
+async fn json_error_if_needed(res: Response) -> Response {
+    if needs_rewrite(&res) {
+        json_error(res).await
+    } else {
+        res
+    }
+}
+
+/// Our error shape (`{"error", "code", "field"}`) as OpenAI's (`{"error":
+/// {"message", "type", "param", "code"}}`); one already in it stays.
+async fn openai_error(res: Response) -> Response {
+    let status = res.status();
+    let (parts, body) = res.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_TEXT_ERROR)
+        .await
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let out = if v["error"].is_object() {
+        v
+    } else {
+        let kind = match status.as_u16() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            429 => "rate_limit_error",
+            s if s >= 500 => "server_error",
+            _ => "invalid_request_error",
+        };
+        serde_json::json!({"error": {
+            "message": v["error"].as_str().unwrap_or(status.canonical_reason().unwrap_or("refused")),
+            "type": kind,
+            "param": v["field"],
+            "code": v["code"],
+        }})
+    };
+    let mut res = (status, axum::Json(out)).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            res.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    res
 }
 
 async fn json_error(res: Response) -> Response {

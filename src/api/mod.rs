@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod key_cache;
 pub mod keys;
 pub mod metrics;
+pub mod openai;
 pub mod openapi;
 pub mod ops;
 pub mod pages;
@@ -104,6 +105,8 @@ pub struct AppContext {
     pub webhooks: Arc<crate::webhooks::WebhookSettings>,
     /// ComfyUI's frontend on the ComfyUI-compatible port.
     pub comfyui: comfyui::Frontend,
+    /// How long an OpenAI Images request waits for its pictures.
+    pub openai_timeout: Duration,
 }
 
 impl AppContext {
@@ -276,6 +279,8 @@ routes! {
     get "/ops" => pages::ops_page,
     get "/openapi.json" => pages::openapi_json,
     get "/assets/{file}" => pages::asset,
+    post "/v1/images/generations" => openai::generations,
+    get "/v1/models" => openai::models,
 }
 
 /// The HTTP service the listener runs.

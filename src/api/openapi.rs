@@ -5,7 +5,7 @@ use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 
 use super::{
-    events, health, images, jobs, keys, metrics, ops, pages, previews, uploads, workflows,
+    events, health, images, jobs, keys, metrics, openai, ops, pages, previews, uploads, workflows,
 };
 use crate::workflow::param::MAX_STRING_CHARS;
 use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, ParamSpec, Workflow, WorkflowRegistry};
@@ -39,6 +39,8 @@ pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0
         workflows::publish,
         workflows::convert,
         workflows::check,
+        openai::generations,
+        openai::models,
         workflows::get,
         workflows::version,
         workflows::retire,
@@ -61,6 +63,7 @@ pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0
         (name = "events", description = "Live changes as Server-Sent Events"),
         (name = "workflows", description = "The workflows and their parameters"),
         (name = "keys", description = "API keys (admins only)"),
+        (name = "openai", description = "The OpenAI Images API, for OpenAI's SDKs and chat front ends (its own request and error shapes)"),
         (name = "service", description = "Health"),
         (name = "pages", description = "The studio page and these docs"),
     )

@@ -20,6 +20,7 @@ mod launch;
 mod layers;
 mod limits;
 mod metrics;
+mod openai;
 mod openapi;
 mod previews;
 mod redis_interop;
