@@ -280,6 +280,7 @@ routes! {
     get "/openapi.json" => pages::openapi_json,
     get "/assets/{file}" => pages::asset,
     post "/v1/images/generations" => openai::generations,
+    post "/v1/images/edits" => openai::edits,
     get "/v1/models" => openai::models,
 }
 

@@ -221,6 +221,18 @@ pub async fn generations(
     if let Some(f @ ("png" | "jpeg" | "webp")) = v.get("output_format").and_then(Value::as_str) {
         fields.insert("output_format".into(), json!(f));
     }
+    run(&state, &who, fields, n, format, &host).await
+}
+
+/// Makes `n` jobs of `fields`, waits for them, answers their pictures.
+async fn run(
+    state: &AppState,
+    who: &Identity,
+    fields: Map<String, Value>,
+    n: u64,
+    format: &str,
+    host: &str,
+) -> Response {
     let mut guard = CancelOnDrop {
         store: state.store.clone(),
         ids: Vec::new(),
@@ -229,7 +241,7 @@ pub async fn generations(
     for _ in 0..n {
         // No seed: each job gets a random one, so the n pictures differ.
         let submission = Submission {
-            who: &who,
+            who,
             body: Value::Object(fields.clone()),
             idempotency_key: None,
             extra: None,
@@ -257,7 +269,7 @@ pub async fn generations(
     let waited = tokio::time::timeout(state.openai_timeout, async {
         let mut jobs = Vec::new();
         for id in &guard.ids {
-            jobs.push(wait_final(&state, id).await?);
+            jobs.push(wait_final(state, id).await?);
         }
         Ok::<_, Response>(jobs)
     })
@@ -287,7 +299,7 @@ pub async fn generations(
             "generation_failed",
         );
     }
-    let data = match pictures(&state, &who, &jobs, format, &host).await {
+    let data = match pictures(state, who, &jobs, format, host).await {
         Ok(d) => d,
         Err(r) => return r,
     };
@@ -360,4 +372,183 @@ async fn pictures(
         data.push(item);
     }
     Ok(data)
+}
+
+/// A refusal from the submission path, in OpenAI's shape.
+fn refusal(e: SubmitError, param: &str) -> Response {
+    let e = super::error::ApiError::from(e);
+    oai_error(
+        e.status,
+        &e.message,
+        Some(e.field.as_deref().unwrap_or(param)),
+        e.code,
+    )
+}
+
+/// OpenAI's `POST /v1/images/edits` (multipart: `image`, `mask`, `prompt`,
+/// `model`, `n`, `response_format`): the picture (and mask) become uploads, and
+/// `n` jobs of an img2img workflow (`sdxl-img2img` by default) or, with a mask,
+/// an inpainting one (`sd15-inpaint`) take them.
+#[utoipa::path(post, path = "/v1/images/edits", tag = "openai",
+    request_body(content = Object, content_type = "multipart/form-data",
+        description = "OpenAI's: `image` (PNG, JPEG or WebP), `mask` (optional), `prompt`, `model` (a workflow taking an image), `n`, `response_format`"),
+    responses(
+        (status = 200, description = "`{\"created\", \"data\": [{\"url\" | \"b64_json\"}]}`", body = Object),
+        (status = 400, description = "A bad field or picture (`invalid_request_error`, naming it as `param`)", body = OpenAiError),
+        (status = 401, description = "No valid key (with auth on)", body = OpenAiError),
+        (status = 404, description = "No such model (`model_not_found`)", body = OpenAiError),
+        (status = 413, description = "A picture over the upload limit", body = OpenAiError),
+        (status = 415, description = "Not multipart, or not a picture we take", body = OpenAiError),
+        (status = 429, description = "Over a limit", body = OpenAiError),
+        (status = 502, description = "A job failed", body = OpenAiError),
+        (status = 504, description = "Not ready within `--openai-timeout`", body = OpenAiError),
+    ))]
+pub async fn edits(State(state): State<AppState>, Caller(who): Caller, req: Request) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost")
+        .to_owned();
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let Ok(boundary) = multer::parse_boundary(&content_type) else {
+        return oai_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be multipart/form-data with an image",
+            Some("image"),
+            "invalid_content_type",
+        );
+    };
+    let uploader = &state.submit.uploads;
+    let limit = 2 * uploader.limits.max_bytes + (64 << 10);
+    let client = super::access::client_of(&who, &req);
+    let _room = match uploader.reserve(limit, &client).await {
+        Ok(r) => r,
+        Err(r) => return refusal(r.into(), "image"),
+    };
+    let body = match read_body(req, limit as usize, state.body_timeout).await {
+        Ok(b) => b,
+        Err(e) => return oai_error(e.status, &e.message, Some("image"), e.code),
+    };
+    let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
+    let mut form = multer::Multipart::new(stream, boundary);
+    let mut text: Map<String, Value> = Map::new();
+    let (mut image, mut mask) = (None, None);
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return bad(&format!("a broken multipart body: {e}"), "image"),
+        };
+        let name = field.name().unwrap_or("").to_owned();
+        let declared = field.content_type().map(|m| m.to_string());
+        let Ok(bytes) = field.bytes().await else {
+            return bad("a broken multipart body", &name);
+        };
+        match name.as_str() {
+            "image" | "image[]" => {
+                image.get_or_insert((declared, bytes));
+            }
+            "mask" => mask = Some((declared, bytes)),
+            _ if bytes.len() <= 32 << 10 => {
+                let Ok(t) = String::from_utf8(bytes.to_vec()) else {
+                    return bad("a text field that is not UTF-8", &name);
+                };
+                text.insert(name, Value::String(t));
+            }
+            _ => return bad("a text field over 32 KiB", &name),
+        }
+    }
+    let Some(prompt) = text
+        .get("prompt")
+        .and_then(Value::as_str)
+        .filter(|p| !p.trim().is_empty())
+    else {
+        return bad("prompt is required: a non-empty string", "prompt");
+    };
+    let Some(image) = image else {
+        return bad("image is required: the picture to edit", "image");
+    };
+    let n = match text.get("n").and_then(Value::as_str) {
+        None => 1,
+        Some(s) => match s.parse::<u64>() {
+            Ok(n) if (1..=MAX_N).contains(&n) => n,
+            _ => return bad(&format!("n must be an integer from 1 to {MAX_N}"), "n"),
+        },
+    };
+    let format = match text.get("response_format").and_then(Value::as_str) {
+        None => "url",
+        Some(f @ ("url" | "b64_json")) => f,
+        Some(_) => return bad("response_format must be url or b64_json", "response_format"),
+    };
+    let model = text
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            if mask.is_some() {
+                "sd15-inpaint"
+            } else {
+                "sdxl-img2img"
+            }
+            .into()
+        });
+    let wf = match state.catalog.resolve(&model).await {
+        Ok(r) => r.workflow,
+        Err(_) => {
+            return oai_error(
+                StatusCode::NOT_FOUND,
+                &format!("The model `{model}` does not exist: GET /v1/models lists the workflows"),
+                Some("model"),
+                "model_not_found",
+            );
+        }
+    };
+    let takes = |kind: crate::workflow::ParamKind| {
+        wf.params
+            .iter()
+            .find(|(_, p)| p.kind == kind)
+            .map(|(n, _)| n.clone())
+    };
+    let Some(image_param) = takes(crate::workflow::ParamKind::Image) else {
+        return bad(&format!("the model `{model}` takes no image"), "model");
+    };
+    let mut fields = Map::new();
+    fields.insert("prompt".into(), json!(prompt));
+    fields.insert("workflow".into(), json!(model));
+    for (param, picture, name) in [
+        (Some(image_param), Some(image), "image"),
+        (takes(crate::workflow::ParamKind::Mask), mask, "mask"),
+    ] {
+        let Some((declared, bytes)) = picture else {
+            continue;
+        };
+        let Some(param) = param else {
+            return bad(&format!("the model `{model}` takes no mask"), "mask");
+        };
+        let checked = match uploader.check(bytes.to_vec(), declared.as_deref()).await {
+            Ok(p) => p,
+            Err(e) => return refusal(e, name),
+        };
+        match uploader
+            .store(
+                state.store.as_ref(),
+                who.owner(),
+                &checked,
+                super::STORE_TIMEOUT,
+            )
+            .await
+        {
+            Ok(record) => {
+                fields.insert(param, json!(record.upload_id));
+            }
+            Err(e) => return refusal(e, name),
+        }
+    }
+    run(&state, &who, fields, n, format, &host).await
 }

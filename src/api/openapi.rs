@@ -40,6 +40,7 @@ pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0
         workflows::convert,
         workflows::check,
         openai::generations,
+        openai::edits,
         openai::models,
         workflows::get,
         workflows::version,

@@ -44,6 +44,7 @@ async fn openais_sdk_makes_pictures_on_the_farm() {
     assert_eq!(v["distinct"], true, "two pictures, two seeds: {v}");
     assert_eq!(v["url_size"], json!([64, 64]), "{v}");
     // The size asked for reached the graph of each job.
+    // The edit ran on the backend with the uploaded picture loaded.
     let page = app
         .store
         .list(&studio_core::store::ListQuery {
@@ -54,6 +55,25 @@ async fn openais_sdk_makes_pictures_on_the_farm() {
         })
         .await
         .unwrap();
+    let edit = page
+        .jobs
+        .iter()
+        .find(|j| j.workflow == "smoke-img2img")
+        .expect("the edit's job");
+    let g = standin.graph_of(&edit.id).unwrap();
+    let loaded = g
+        .as_object()
+        .unwrap()
+        .values()
+        .find(|n| n["class_type"] == "LoadImage")
+        .map(|n| n["inputs"]["image"].clone());
+    assert!(
+        loaded
+            .as_ref()
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty()),
+        "{g}"
+    );
     let mut sizes: Vec<(Value, Value)> = page
         .jobs
         .iter()
@@ -65,6 +85,8 @@ async fn openais_sdk_makes_pictures_on_the_farm() {
             )
         })
         .collect();
+    // (The edit's job has no canvas: its picture is its size.)
+    sizes.retain(|s| !s.0.is_null());
     sizes.sort_by_key(|s| s.0.as_u64());
     assert_eq!(
         sizes,
@@ -85,6 +107,12 @@ async fn openais_sdk_makes_pictures_on_the_farm() {
     assert_eq!(
         v["bad_model"],
         json!({"status": 404, "code": "model_not_found"})
+    );
+    assert_eq!(v["edit"], json!([64, 64]), "an edited picture: {v}");
+    assert_eq!(
+        v["edit_mask"],
+        json!({"status": 400, "param": "mask"}),
+        "{v}"
     );
     assert_eq!(
         v["wrong_key"],

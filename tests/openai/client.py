@@ -48,4 +48,21 @@ try:
     out["wrong_key"] = None
 except openai.AuthenticationError as e:
     out["wrong_key"] = {"status": e.status_code, "type": e.type}
+# An edit: the picture through the img2img smoke workflow (LoadImage -> invert).
+def png(w, h, rgb):
+    import zlib
+    raw = b"".join(b"\x00" + bytes(rgb) * w for _ in range(h))
+    def chunk(t, d):
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+r = client.images.edit(model="smoke-img2img", image=("in.png", png(24, 16, (10, 20, 30)), "image/png"),
+                       prompt="inverted", response_format="b64_json")
+out["edit"] = size_of(base64.b64decode(r.data[0].b64_json))
+try:
+    client.images.edit(model="smoke-img2img", image=("in.png", png(8, 8, (1, 2, 3)), "image/png"),
+                       mask=("m.png", png(8, 8, (255, 255, 255)), "image/png"), prompt="x")
+    out["edit_mask"] = None
+except openai.BadRequestError as e:
+    out["edit_mask"] = {"status": e.status_code, "param": e.param}
 print(json.dumps(out))
