@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Command::Jobs(args) => runtime.block_on(cli::jobs(args)),
         Command::Workflows(args) => runtime.block_on(cli::workflows(args)),
         Command::Keys(args) => runtime.block_on(cli::keys::keys(args)),
+        Command::Mcp(args) => runtime.block_on(cli::mcp(args)),
         Command::WebhookSecret => {
             println!("{}", studio_core::webhooks::Secret::generate());
             ExitCode::SUCCESS

@@ -398,7 +398,7 @@ where
     let (public, api) = match surface {
         Surface::Studio => (
             is_public(path),
-            path.starts_with("/api/") || path.starts_with("/v1/"),
+            path.starts_with("/api/") || path.starts_with("/v1/") || path == "/mcp",
         ),
         // The frontend's files and the login page are open (the page itself
         // sends a browser without a key to log in); ComfyUI's routes are API.

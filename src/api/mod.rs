@@ -13,6 +13,7 @@ pub mod images;
 pub mod jobs;
 pub mod key_cache;
 pub mod keys;
+pub mod mcp;
 pub mod metrics;
 pub mod openai;
 pub mod openapi;
@@ -282,6 +283,9 @@ routes! {
     post "/v1/images/generations" => openai::generations,
     post "/v1/images/edits" => openai::edits,
     get "/v1/models" => openai::models,
+    post "/mcp" => mcp::post,
+    get "/mcp" => mcp::no_stream,
+    delete "/mcp" => mcp::no_session,
 }
 
 /// The HTTP service the listener runs.

@@ -5,7 +5,8 @@ use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 
 use super::{
-    events, health, images, jobs, keys, metrics, openai, ops, pages, previews, uploads, workflows,
+    events, health, images, jobs, keys, mcp, metrics, openai, ops, pages, previews, uploads,
+    workflows,
 };
 use crate::workflow::param::MAX_STRING_CHARS;
 use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, ParamSpec, Workflow, WorkflowRegistry};
@@ -42,6 +43,9 @@ pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0
         openai::generations,
         openai::edits,
         openai::models,
+        mcp::post,
+        mcp::no_stream,
+        mcp::no_session,
         workflows::get,
         workflows::version,
         workflows::retire,
@@ -64,6 +68,7 @@ pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0
         (name = "events", description = "Live changes as Server-Sent Events"),
         (name = "workflows", description = "The workflows and their parameters"),
         (name = "keys", description = "API keys (admins only)"),
+        (name = "mcp", description = "An MCP server for agents (streamable HTTP; `studio mcp` relays stdio to it)"),
         (name = "openai", description = "The OpenAI Images API, for OpenAI's SDKs and chat front ends (its own request and error shapes)"),
         (name = "service", description = "Health"),
         (name = "pages", description = "The studio page and these docs"),
@@ -295,7 +300,7 @@ fn variant(w: &Workflow, webhooks: WebhookDoc) -> Value {
     v
 }
 
-fn param_schema(name: &str, spec: &ParamSpec) -> Value {
+pub(crate) fn param_schema(name: &str, spec: &ParamSpec) -> Value {
     let mut s = match spec.kind {
         ParamKind::String => {
             let limit = spec.max_length.unwrap_or(MAX_STRING_CHARS);

@@ -31,6 +31,9 @@ pub enum Command {
     Jobs(super::JobsArgs),
     /// Publish, list, show and retire workflows (ComfyUI files, either format).
     Workflows(super::WorkflowsArgs),
+    /// An MCP server on stdin/stdout for an agent on this machine, relaying to
+    /// a Studio Core server's `/mcp` (`--server`, `--api-key`).
+    Mcp(super::McpArgs),
     /// Manage API keys (straight in the job store: no server needed).
     Keys(super::keys::KeysArgs),
     /// Print a new webhook signing secret (`whsec_…`) for --webhook-secret.

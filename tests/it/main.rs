@@ -19,6 +19,7 @@ mod keys;
 mod launch;
 mod layers;
 mod limits;
+mod mcp;
 mod metrics;
 mod openai;
 mod openapi;

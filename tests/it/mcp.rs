@@ -1,0 +1,90 @@
+//! The MCP server with the official MCP Python SDK (PyPI, installed by
+//! `scripts/test`) as the client: over streamable HTTP at `/mcp` and over stdio
+//! through `studio mcp` (the real binary): the tools, a `generate` that returns
+//! the picture, the workflows as choices, a tool error for a bad job id.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use studio_core::auth::{AuthMode, KeyLimits, Role as KeyRole};
+
+use crate::support::standin::StandIn;
+use crate::support::{Backing, TestApp, studio_bin};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_makes_pictures_over_mcp_on_both_transports() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join("target/tools/venv/bin/python");
+    assert!(python.exists(), "scripts/test makes {}", python.display());
+    let standin = StandIn::start();
+    let app = TestApp::serve(Backing::Redis, &standin, |a| a.auth = AuthMode::Keys).await;
+    let key = app
+        .new_key("agent", KeyRole::User, KeyLimits::default())
+        .await;
+    for mode in ["http", "stdio"] {
+        let out = tokio::process::Command::new(&python)
+            .arg(root.join("tests/mcp/client.py"))
+            .args([mode, &app.base, &key])
+            .arg(studio_bin())
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(120), out)
+            .await
+            .expect("the client ends")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{mode}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert_eq!(
+            v["tools"],
+            json!([
+                "cancel_job",
+                "generate",
+                "get_job",
+                "list_jobs",
+                "list_workflows",
+                "upload_image",
+                "wait_for_job"
+            ]),
+            "{mode}: {v}"
+        );
+        assert!(
+            v["workflow_choices"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w == "smoke"),
+            "{mode}: {v}"
+        );
+        assert_eq!(v["images"], json!([["image/png", true]]), "{mode}: {v}");
+        assert_eq!(
+            (v["status"].as_str(), v["seed"].as_u64()),
+            (Some("finished"), Some(7)),
+            "{mode}: {v}"
+        );
+        assert_eq!(v["again"], "finished");
+        assert!(
+            v["smoke_params"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p == "blur_radius"),
+            "{v}"
+        );
+        assert_eq!(v["is_error"], false);
+        assert_eq!(v["bad_is_error"], true);
+    }
+    // Without a key: refused.
+    let res = reqwest::Client::new()
+        .post(app.url("/mcp"))
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    app.stop().await;
+}
