@@ -32,6 +32,17 @@ const MAX_WAIT: Duration = Duration::from_secs(120);
 /// The largest picture returned as image content.
 const MAX_IMAGE: u64 = 16 << 20;
 
+/// A JSON-RPC error answer: `{"jsonrpc": "2.0", "id", "error": {"code", "message"}}`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct JsonRpcError {
+    pub jsonrpc: String,
+    #[schema(value_type = Object)]
+    pub id: Value,
+    /// `{"code", "message"}`.
+    #[schema(value_type = Object)]
+    pub error: Value,
+}
+
 fn rpc_result(id: &Value, result: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "result": result})
 }
@@ -53,7 +64,7 @@ fn tool_text(text: String, is_error: bool) -> Value {
     responses(
         (status = 200, description = "The JSON-RPC answer", body = Object),
         (status = 202, description = "A notification, taken"),
-        (status = 400, description = "Not JSON (a JSON-RPC parse error)", body = Object),
+        (status = 400, description = "Not JSON (a JSON-RPC parse error, -32700)", body = JsonRpcError),
         (status = 401, description = "No valid key (with auth on)", body = super::error::ErrorBody),
         (status = 413, description = "Over 48 MiB", body = super::error::ErrorBody),
         (status = 429, description = "Over the key's rate", body = super::error::ErrorBody),
@@ -102,7 +113,7 @@ pub async fn post(State(state): State<AppState>, Caller(who): Caller, req: Reque
 /// No stream of the server's own (each POST is answered).
 #[utoipa::path(get, path = "/mcp", tag = "mcp",
     responses(
-        (status = 405, description = "No server-initiated stream", body = String),
+        (status = 405, description = "No server-initiated stream (`method-not-allowed`)", body = super::error::ErrorBody),
         (status = 401, description = "No valid key (with auth on)", body = super::error::ErrorBody),
     ))]
 pub async fn no_stream(c: Caller) -> Response {
@@ -112,16 +123,19 @@ pub async fn no_stream(c: Caller) -> Response {
 /// No sessions to end.
 #[utoipa::path(delete, path = "/mcp", tag = "mcp",
     responses(
-        (status = 405, description = "No sessions", body = String),
+        (status = 405, description = "No sessions (`method-not-allowed`)", body = super::error::ErrorBody),
         (status = 401, description = "No valid key (with auth on)", body = super::error::ErrorBody),
     ))]
 pub async fn no_session(_: Caller) -> Response {
-    (
+    let mut res = super::error::ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        [(header::ALLOW, "POST")],
-        "this MCP server answers each POST; it opens no stream of its own",
+        "method-not-allowed",
+        "this MCP server answers each POST; it opens no stream and keeps no sessions",
     )
-        .into_response()
+    .into_response();
+    res.headers_mut()
+        .insert(header::ALLOW, axum::http::HeaderValue::from_static("POST"));
+    res
 }
 
 /// One JSON-RPC message; `None` for a notification.
