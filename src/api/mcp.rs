@@ -66,10 +66,17 @@ fn tool_text(text: String, is_error: bool) -> Value {
         (status = 202, description = "A notification, taken"),
         (status = 400, description = "Not JSON (a JSON-RPC parse error, -32700)", body = JsonRpcError),
         (status = 401, description = "No valid key (with auth on)", body = super::error::ErrorBody),
+        (status = 403, description = "From a web page on another origin (`forbidden-origin`)", body = super::error::ErrorBody),
         (status = 413, description = "Over 48 MiB", body = super::error::ErrorBody),
+        (status = 415, description = "Neither JSON nor a key or X-Requested-With header (`unsupported-media-type`)", body = super::error::ErrorBody),
         (status = 429, description = "Over the key's rate", body = super::error::ErrorBody),
     ))]
-pub async fn post(State(state): State<AppState>, Caller(who): Caller, req: Request) -> Response {
+pub async fn post(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    _: super::guard::Deliberate,
+    req: Request,
+) -> Response {
     let body = match read_body(req, MAX_BODY, state.body_timeout).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
@@ -116,17 +123,22 @@ pub async fn post(State(state): State<AppState>, Caller(who): Caller, req: Reque
         (status = 405, description = "No server-initiated stream (`method-not-allowed`)", body = super::error::ErrorBody),
         (status = 401, description = "No valid key (with auth on)", body = super::error::ErrorBody),
     ))]
-pub async fn no_stream(c: Caller) -> Response {
-    no_session(c).await
+pub async fn no_stream(_: Caller) -> Response {
+    not_allowed()
 }
 
 /// No sessions to end.
 #[utoipa::path(delete, path = "/mcp", tag = "mcp",
     responses(
         (status = 405, description = "No sessions (`method-not-allowed`)", body = super::error::ErrorBody),
+        (status = 403, description = "From a web page on another origin (`forbidden-origin`)", body = super::error::ErrorBody),
         (status = 401, description = "No valid key (with auth on)", body = super::error::ErrorBody),
     ))]
-pub async fn no_session(_: Caller) -> Response {
+pub async fn no_session(_: Caller, _: super::guard::Deliberate) -> Response {
+    not_allowed()
+}
+
+fn not_allowed() -> Response {
     let mut res = super::error::ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method-not-allowed",

@@ -128,6 +128,7 @@ async fn wait_final(state: &AppState, id: &JobId) -> Result<JobRecord, Response>
         (status = 403, description = "Refused for this key", body = OpenAiError),
         (status = 404, description = "No such model (`model_not_found`)", body = OpenAiError),
         (status = 413, description = "Body over 64 KiB", body = OpenAiError),
+        (status = 415, description = "Neither JSON nor a key or X-Requested-With header", body = OpenAiError),
         (status = 429, description = "Over a limit (`rate_limit_error`)", body = OpenAiError),
         (status = 502, description = "A job failed (`generation_failed`)", body = OpenAiError),
         (status = 503, description = "The store is unavailable", body = OpenAiError),
@@ -136,6 +137,7 @@ async fn wait_final(state: &AppState, id: &JobId) -> Result<JobRecord, Response>
 pub async fn generations(
     State(state): State<AppState>,
     Caller(who): Caller,
+    _: super::guard::Deliberate,
     req: Request,
 ) -> Response {
     let host = req
@@ -396,6 +398,7 @@ fn refusal(e: SubmitError, param: &str) -> Response {
         (status = 200, description = "`{\"created\", \"data\": [{\"url\" | \"b64_json\"}]}`", body = Object),
         (status = 400, description = "A bad field or picture (`invalid_request_error`, naming it as `param`)", body = OpenAiError),
         (status = 401, description = "No valid key (with auth on)", body = OpenAiError),
+        (status = 403, description = "From a web page on another origin", body = OpenAiError),
         (status = 404, description = "No such model (`model_not_found`)", body = OpenAiError),
         (status = 413, description = "A picture over the upload limit", body = OpenAiError),
         (status = 415, description = "Not multipart, or not a picture we take", body = OpenAiError),
@@ -403,7 +406,12 @@ fn refusal(e: SubmitError, param: &str) -> Response {
         (status = 502, description = "A job failed", body = OpenAiError),
         (status = 504, description = "Not ready within `--openai-timeout`", body = OpenAiError),
     ))]
-pub async fn edits(State(state): State<AppState>, Caller(who): Caller, req: Request) -> Response {
+pub async fn edits(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    _: super::guard::Deliberate,
+    req: Request,
+) -> Response {
     let host = req
         .headers()
         .get(header::HOST)
