@@ -137,14 +137,23 @@ async fn a_comfyui_client_runs_prompts_on_the_farm(kind: Backing) {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
-    let res = http
-        .get(format!("{comfy}/api/object_info"))
-        .basic_auth("comfy", Some(&alice))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let info: Value = res.json().await.unwrap();
+    // (Once the backend's worker has reported what it has.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let info = loop {
+        let res = http
+            .get(format!("{comfy}/api/object_info"))
+            .basic_auth("comfy", Some(&alice))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let info: Value = res.json().await.unwrap();
+        if info.as_object().is_some_and(|o| !o.is_empty()) || tokio::time::Instant::now() > deadline
+        {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         info.get("EmptyImage").is_some() && info.get("SaveImage").is_some(),
         "{info}"
@@ -610,6 +619,25 @@ async fn comfyuis_frontend_runs_a_workflow_on_the_farm() {
             },
         )
         .await;
+    // The frontend reads the node classes once, at start: after the backend's
+    // worker has reported them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, info) = get(
+            &reqwest::Client::new(),
+            &format!("{comfy}/object_info"),
+            &key,
+        )
+        .await;
+        if info.get("EmptyImage").is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no backend reported: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let browser = Browser::start(1400, 900).await;
     browser.goto(&format!("{comfy}/")).await;
     browser

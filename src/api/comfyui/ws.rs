@@ -75,7 +75,7 @@ fn status(remaining: usize, sid: Option<&str>) -> Message {
 }
 
 /// What a client is told when one of its prompts ends.
-fn ending(job: &JobRecord, remaining: usize) -> Vec<Message> {
+fn ending(job: &JobRecord, remaining: usize, last_state: Option<Message>) -> Vec<Message> {
     let id = job.id.as_str();
     let ts = job.updated_ms;
     let mut out = Vec::new();
@@ -85,6 +85,7 @@ fn ending(job: &JobRecord, remaining: usize) -> Vec<Message> {
                 out.push(text(json!({"type": "executed", "data": {
                     "node": node, "display_node": node, "output": output, "prompt_id": id}})));
             }
+            out.extend(last_state.clone());
             out.push(text(json!({"type": "execution_success",
                 "data": {"prompt_id": id, "timestamp": ts}})));
         }
@@ -94,6 +95,10 @@ fn ending(job: &JobRecord, remaining: usize) -> Vec<Message> {
             "prompt_id": id, "node_id": "", "node_type": "", "executed": [],
             "exception_message": job.error, "exception_type": "", "traceback": [],
             "current_inputs": {}, "current_outputs": {}, "timestamp": ts}}))),
+    }
+    if job.status != JobStatus::Finished {
+        // (An error's last node states go before the error, as ComfyUI's do.)
+        out.splice(0..0, last_state);
     }
     out.push(status(remaining, None));
     out.push(text(
@@ -120,6 +125,10 @@ fn preview_frame(content_type: &str, image: &[u8]) -> Option<Message> {
 /// Which jobs are this client's, as seen so far.
 struct Mine {
     known: HashMap<String, bool>,
+    /// The last `progress_state` of each prompt, held until the next message
+    /// about it: ComfyUI sends the last one after `executed`, which is told
+    /// here at the end.
+    held: HashMap<String, Message>,
     /// Its prompts waiting or running.
     pending: HashSet<String>,
     /// Its prompts whose end was told.
@@ -165,6 +174,7 @@ async fn run(mut socket: WebSocket, state: AppState, who: Identity, client: Stri
     let mut shutdown = state.shutdown.clone();
     let mut mine = Mine {
         known: HashMap::new(),
+        held: HashMap::new(),
         pending: HashSet::new(),
         ended: HashSet::new(),
     };
@@ -181,7 +191,17 @@ async fn run(mut socket: WebSocket, state: AppState, who: Identity, client: Stri
                     {
                         continue;
                     }
-                    vec![Message::Text(m.text.to_string().into())]
+                    let msg = Message::Text(m.text.to_string().into());
+                    let before = mine.held.remove(&m.job_id);
+                    let kind = serde_json::from_str::<Value>(&m.text).ok().map(|v| v["type"].clone());
+                    if kind.as_ref().and_then(Value::as_str) == Some("progress_state") {
+                        if mine.held.len() < MAX_KNOWN {
+                            mine.held.insert(m.job_id.clone(), msg);
+                        }
+                        before.into_iter().collect()
+                    } else {
+                        before.into_iter().chain([msg]).collect()
+                    }
                 }
                 Err(RecvError::Lagged(_)) => continue,
                 Err(RecvError::Closed) => return,
@@ -210,7 +230,7 @@ async fn run(mut socket: WebSocket, state: AppState, who: Identity, client: Stri
                         let full = state.with_timeout(state.store.get(&jid)).await.ok().flatten();
                         let full = full.unwrap_or_else(|| (**job).clone());
                         let remaining = super::prompt::remaining(&state, &who).await.unwrap_or(0);
-                        ending(&full, remaining)
+                        ending(&full, remaining, mine.held.remove(&job.id))
                     } else if mine.pending.insert(job.id.clone()) {
                         let remaining = super::prompt::remaining(&state, &who).await.unwrap_or(0);
                         vec![status(remaining, None)]
