@@ -111,6 +111,28 @@ impl EventHub {
     }
 }
 
+/// Job `id` once it is final, or as it is at `deadline` (its changes, and a
+/// read now and then in case one was lost); `None` if it is not there.
+pub async fn wait_final(
+    state: &AppState,
+    id: &JobId,
+    deadline: tokio::time::Instant,
+) -> Result<Option<JobRecord>, ApiError> {
+    let mut sub = state.hub.subscribe_job(id.as_str());
+    loop {
+        let job = state.with_timeout(state.store.get(id)).await?;
+        match job {
+            Some(j) if !j.status.is_final() && tokio::time::Instant::now() < deadline => {}
+            other => return Ok(other),
+        }
+        let _ = tokio::time::timeout_at(
+            deadline.min(tokio::time::Instant::now() + Duration::from_secs(2)),
+            sub.recv(),
+        )
+        .await;
+    }
+}
+
 /// A subscription to one job's changes; the hub's entry for the job goes with the
 /// last one.
 pub struct JobSubscription {

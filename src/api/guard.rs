@@ -96,7 +96,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 }
 
 /// Whether `origin` is this server as the browser addressed it (its own page).
-fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
+pub(crate) fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
         return false;
     };
@@ -233,16 +233,9 @@ async fn openai_error(res: Response) -> Response {
     let out = if v["error"].is_object() {
         v
     } else {
-        let kind = match status.as_u16() {
-            401 => "authentication_error",
-            403 => "permission_error",
-            429 => "rate_limit_error",
-            s if s >= 500 => "server_error",
-            _ => "invalid_request_error",
-        };
         serde_json::json!({"error": {
             "message": v["error"].as_str().unwrap_or(status.canonical_reason().unwrap_or("refused")),
-            "type": kind,
+            "type": openai_error_type(status),
             "param": v["field"],
             "code": v["code"],
         }})
@@ -254,6 +247,17 @@ async fn openai_error(res: Response) -> Response {
         }
     }
     res
+}
+
+/// OpenAI's error `type` for an answer's status.
+pub(crate) fn openai_error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        429 => "rate_limit_error",
+        s if s >= 500 => "server_error",
+        _ => "invalid_request_error",
+    }
 }
 
 async fn json_error(res: Response) -> Response {

@@ -281,6 +281,18 @@ pub async fn image(
 
 /// `bytes=a-b`, `bytes=a-` or `bytes=-n`; `None` for anything else (several
 /// ranges, other units, nonsense), which then serves the whole file.
+/// A job's stored output read whole, if it is there and at most `max` bytes.
+pub async fn read_whole(state: &AppState, job: &JobId, name: &str, max: u64) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut blob = state.images.open(job, name).await.ok().flatten()?;
+    if blob.total > max {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(blob.size as usize);
+    blob.reader.read_to_end(&mut bytes).await.ok()?;
+    Some(bytes)
+}
+
 pub fn parse_range(h: &str) -> Option<ByteRange> {
     let spec = h.trim().strip_prefix("bytes=")?.trim();
     if spec.contains(',') {

@@ -13,7 +13,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Map, Value, json};
-use tokio::io::AsyncReadExt;
 
 use super::AppState;
 use super::access::Caller;
@@ -394,27 +393,19 @@ async fn view(
 /// Waits (up to [`MAX_WAIT`]) for a job to end: the job, and its first picture
 /// as image content when it finished.
 async fn finished(state: &AppState, who: &Identity, id: &JobId) -> Result<Value, ToolError> {
-    let mut sub = state.hub.subscribe_job(id.as_str());
+    visible(state, who, id).await?;
     let deadline = tokio::time::Instant::now() + MAX_WAIT;
-    let job = loop {
-        let job = visible(state, who, id).await?;
-        if job.status.is_final() || tokio::time::Instant::now() >= deadline {
-            break job;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(2), sub.recv()).await;
-    };
+    let job = super::events::wait_final(state, id, deadline)
+        .await?
+        .ok_or_else(|| ToolError::Failed(format!("no job {id}")))?;
     let mut content =
         vec![json!({"type": "text", "text": view(state, who, &job).await?.to_string()})];
     if job.status == crate::job::JobStatus::Finished
         && let Some(out) = job.outputs.iter().find(|o| o.kind == "image")
-        && let Ok(Some(mut blob)) = state.images.open(id, &out.filename).await
-        && blob.total <= MAX_IMAGE
+        && let Some(bytes) = super::images::read_whole(state, id, &out.filename, MAX_IMAGE).await
     {
-        let mut bytes = Vec::with_capacity(blob.size as usize);
-        if blob.reader.read_to_end(&mut bytes).await.is_ok() {
-            content.push(json!({"type": "image", "mimeType": out.content_type,
-                "data": base64::engine::general_purpose::STANDARD.encode(&bytes)}));
-        }
+        content.push(json!({"type": "image", "mimeType": out.content_type,
+            "data": base64::engine::general_purpose::STANDARD.encode(&bytes)}));
     }
     let failed = job.status == crate::job::JobStatus::Failed;
     Ok(json!({"content": content, "isError": failed}))

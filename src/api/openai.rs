@@ -7,7 +7,6 @@
 //! "code"}}`: [`crate::api::guard`] puts every error of `/v1/` in it).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Request, State};
@@ -15,7 +14,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{Map, Value, json};
-use tokio::io::AsyncReadExt;
 
 use super::AppState;
 use super::access::Caller;
@@ -34,14 +32,7 @@ const MAX_B64_PICTURE: u64 = 32 << 20;
 
 /// An error in OpenAI's shape.
 fn oai_error(status: StatusCode, message: &str, param: Option<&str>, code: &str) -> Response {
-    let kind = match status.as_u16() {
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "invalid_request_error",
-        429 => "rate_limit_error",
-        s if s >= 500 => "server_error",
-        _ => "invalid_request_error",
-    };
+    let kind = super::guard::openai_error_type(status);
     (
         status,
         Json(json!({"error": {"message": message, "type": kind, "param": param, "code": code}})),
@@ -81,6 +72,44 @@ pub async fn models(State(state): State<AppState>, _: Caller) -> Response {
     Json(json!({"object": "list", "data": data})).into_response()
 }
 
+/// The host the client addressed (for absolute picture URLs).
+fn host_of(req: &Request) -> String {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost")
+        .to_owned()
+}
+
+/// `response_format`: `url` (the default) or `b64_json`; `None` for another.
+fn format_of(given: Option<&str>) -> Option<&'static str> {
+    match given {
+        None | Some("url") => Some("url"),
+        Some("b64_json") => Some("b64_json"),
+        Some(_) => None,
+    }
+}
+
+/// The workflow a `model` names, or OpenAI's 404.
+async fn workflow_of(
+    state: &AppState,
+    model: &str,
+) -> Result<Arc<crate::workflow::Workflow>, Response> {
+    state
+        .catalog
+        .resolve(model)
+        .await
+        .map(|r| r.workflow)
+        .map_err(|_| {
+            oai_error(
+                StatusCode::NOT_FOUND,
+                &format!("The model `{model}` does not exist: GET /v1/models lists the workflows"),
+                Some("model"),
+                "model_not_found",
+            )
+        })
+}
+
 /// Cancels the jobs of a request whose client went away before their pictures.
 struct CancelOnDrop {
     store: Arc<dyn JobStore>,
@@ -99,19 +128,6 @@ impl Drop for CancelOnDrop {
                 let _ = store.cancel(&id).await;
             }
         });
-    }
-}
-
-/// Waits until job `id` is final (its events, and a read now and then).
-async fn wait_final(state: &AppState, id: &JobId) -> Result<JobRecord, Response> {
-    let mut sub = state.hub.subscribe_job(id.as_str());
-    loop {
-        match state.with_timeout(state.store.get(id)).await {
-            Ok(Some(j)) if j.status.is_final() => return Ok(j),
-            Ok(_) => {}
-            Err(e) => return Err(oai_error(e.status, &e.message, None, e.code)),
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(2), sub.recv()).await;
     }
 }
 
@@ -140,12 +156,7 @@ pub async fn generations(
     _: super::guard::Deliberate,
     req: Request,
 ) -> Response {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost")
-        .to_owned();
+    let host = host_of(&req);
     let body = match read_body(req, MAX_BODY, state.body_timeout).await {
         Ok(b) => b,
         Err(e) => return oai_error(e.status, &e.message, None, e.code),
@@ -168,26 +179,17 @@ pub async fn generations(
             _ => return bad(&format!("n must be an integer from 1 to {MAX_N}"), "n"),
         },
     };
-    let format = match v.get("response_format").and_then(Value::as_str) {
-        None => "url",
-        Some(f @ ("url" | "b64_json")) => f,
-        Some(_) => return bad("response_format must be url or b64_json", "response_format"),
+    let Some(format) = format_of(v.get("response_format").and_then(Value::as_str)) else {
+        return bad("response_format must be url or b64_json", "response_format");
     };
     let model = v
         .get("model")
         .and_then(Value::as_str)
         .unwrap_or(crate::workflow::DEFAULT_WORKFLOW)
         .to_owned();
-    let wf = match state.catalog.resolve(&model).await {
-        Ok(r) => r.workflow,
-        Err(_) => {
-            return oai_error(
-                StatusCode::NOT_FOUND,
-                &format!("The model `{model}` does not exist: GET /v1/models lists the workflows"),
-                Some("model"),
-                "model_not_found",
-            );
-        }
+    let wf = match workflow_of(&state, &model).await {
+        Ok(wf) => wf,
+        Err(r) => return r,
     };
     let mut fields = Map::new();
     fields.insert("prompt".into(), json!(prompt));
@@ -251,47 +253,29 @@ async fn run(
         };
         match state.submit.submit(submission).await {
             Ok(a) => guard.ids.push(a.job_id),
-            Err(e) => {
-                let (status, message, param, code) = match e {
-                    SubmitError::Rejected(r) => (
-                        StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
-                        r.message,
-                        r.field,
-                        r.code,
-                    ),
-                    other => {
-                        let e = super::error::ApiError::from(other);
-                        (e.status, e.message, e.field, e.code)
-                    }
-                };
-                return oai_error(status, &message, param.as_deref(), code);
-            }
+            Err(e) => return refusal(e, None),
         }
     }
-    let waited = tokio::time::timeout(state.openai_timeout, async {
-        let mut jobs = Vec::new();
-        for id in &guard.ids {
-            jobs.push(wait_final(state, id).await?);
+    let deadline = tokio::time::Instant::now() + state.openai_timeout;
+    let mut jobs = Vec::new();
+    for id in &guard.ids {
+        match super::events::wait_final(state, id, deadline).await {
+            Ok(Some(j)) if j.status.is_final() => jobs.push(j),
+            Ok(_) => {
+                // The guard cancels them.
+                return oai_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(
+                        "the pictures were not ready within {} s (--openai-timeout); the jobs were cancelled",
+                        state.openai_timeout.as_secs()
+                    ),
+                    None,
+                    "timeout",
+                );
+            }
+            Err(e) => return oai_error(e.status, &e.message, None, e.code),
         }
-        Ok::<_, Response>(jobs)
-    })
-    .await;
-    let jobs = match waited {
-        Ok(Ok(jobs)) => jobs,
-        Ok(Err(r)) => return r,
-        Err(_) => {
-            // The guard cancels them.
-            return oai_error(
-                StatusCode::GATEWAY_TIMEOUT,
-                &format!(
-                    "the pictures were not ready within {} s (--openai-timeout); the jobs were cancelled",
-                    state.openai_timeout.as_secs()
-                ),
-                None,
-                "timeout",
-            );
-        }
-    };
+    }
     guard.done = true;
     if let Some(failed) = jobs.iter().find(|j| j.status != JobStatus::Finished) {
         return oai_error(
@@ -351,8 +335,9 @@ async fn pictures(
             });
         } else {
             let id = JobId::parse(&job.id).map_err(|_| bad("a bad job id", "id"))?;
-            let blob = state.images.open(&id, &out.filename).await.ok().flatten();
-            let Some(mut blob) = blob.filter(|b| b.total <= MAX_B64_PICTURE) else {
+            let Some(bytes) =
+                super::images::read_whole(state, &id, &out.filename, MAX_B64_PICTURE).await
+            else {
                 return Err(oai_error(
                     StatusCode::BAD_GATEWAY,
                     "the picture cannot be read",
@@ -360,15 +345,6 @@ async fn pictures(
                     "storage_error",
                 ));
             };
-            let mut bytes = Vec::with_capacity(blob.size as usize);
-            blob.reader.read_to_end(&mut bytes).await.map_err(|_| {
-                oai_error(
-                    StatusCode::BAD_GATEWAY,
-                    "the picture cannot be read",
-                    None,
-                    "storage_error",
-                )
-            })?;
             item["b64_json"] = json!(base64::engine::general_purpose::STANDARD.encode(&bytes));
         }
         data.push(item);
@@ -377,14 +353,9 @@ async fn pictures(
 }
 
 /// A refusal from the submission path, in OpenAI's shape.
-fn refusal(e: SubmitError, param: &str) -> Response {
+fn refusal(e: SubmitError, param: Option<&str>) -> Response {
     let e = super::error::ApiError::from(e);
-    oai_error(
-        e.status,
-        &e.message,
-        Some(e.field.as_deref().unwrap_or(param)),
-        e.code,
-    )
+    oai_error(e.status, &e.message, e.field.as_deref().or(param), e.code)
 }
 
 /// OpenAI's `POST /v1/images/edits` (multipart: `image`, `mask`, `prompt`,
@@ -412,12 +383,7 @@ pub async fn edits(
     _: super::guard::Deliberate,
     req: Request,
 ) -> Response {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost")
-        .to_owned();
+    let host = host_of(&req);
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -437,7 +403,7 @@ pub async fn edits(
     let client = super::access::client_of(&who, &req);
     let _room = match uploader.reserve(limit, &client).await {
         Ok(r) => r,
-        Err(r) => return refusal(r.into(), "image"),
+        Err(r) => return refusal(r.into(), Some("image")),
     };
     let body = match read_body(req, limit as usize, state.body_timeout).await {
         Ok(b) => b,
@@ -489,10 +455,8 @@ pub async fn edits(
             _ => return bad(&format!("n must be an integer from 1 to {MAX_N}"), "n"),
         },
     };
-    let format = match text.get("response_format").and_then(Value::as_str) {
-        None => "url",
-        Some(f @ ("url" | "b64_json")) => f,
-        Some(_) => return bad("response_format must be url or b64_json", "response_format"),
+    let Some(format) = format_of(text.get("response_format").and_then(Value::as_str)) else {
+        return bad("response_format must be url or b64_json", "response_format");
     };
     let model = text
         .get("model")
@@ -506,16 +470,9 @@ pub async fn edits(
             }
             .into()
         });
-    let wf = match state.catalog.resolve(&model).await {
-        Ok(r) => r.workflow,
-        Err(_) => {
-            return oai_error(
-                StatusCode::NOT_FOUND,
-                &format!("The model `{model}` does not exist: GET /v1/models lists the workflows"),
-                Some("model"),
-                "model_not_found",
-            );
-        }
+    let wf = match workflow_of(&state, &model).await {
+        Ok(wf) => wf,
+        Err(r) => return r,
     };
     let takes = |kind: crate::workflow::ParamKind| {
         wf.params
@@ -541,7 +498,7 @@ pub async fn edits(
         };
         let checked = match uploader.check(bytes.to_vec(), declared.as_deref()).await {
             Ok(p) => p,
-            Err(e) => return refusal(e, name),
+            Err(e) => return refusal(e, Some(name)),
         };
         match uploader
             .store(
@@ -555,7 +512,7 @@ pub async fn edits(
             Ok(record) => {
                 fields.insert(param, json!(record.upload_id));
             }
-            Err(e) => return refusal(e, name),
+            Err(e) => return refusal(e, Some(name)),
         }
     }
     run(&state, &who, fields, n, format, &host).await

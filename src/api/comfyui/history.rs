@@ -28,7 +28,7 @@ pub struct HistoryQuery {
 
 /// The caller's jobs (everyone's for an admin, or with auth off) of a status,
 /// newest first.
-async fn own_jobs(
+pub(super) async fn own_jobs(
     state: &AppState,
     who: &Identity,
     status: JobStatus,

@@ -156,13 +156,8 @@ pub fn comfy_error(status: StatusCode, kind: &str, message: &str, node_errors: V
 /// A page on another site driving this port with a visitor's browser: ComfyUI
 /// itself refuses a request whose `Origin` names another host than `Host`.
 fn cross_site(headers: &HeaderMap) -> Option<Response> {
-    let origin = headers.get(header::ORIGIN)?.to_str().ok()?;
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok())?;
-    let origin_host = origin
-        .split_once("://")
-        .map_or(origin, |(_, rest)| rest)
-        .trim_end_matches('/');
-    (!origin_host.eq_ignore_ascii_case(host)).then(|| {
+    let origin = headers.get(header::ORIGIN)?.to_str().unwrap_or("");
+    (!super::guard::same_origin(origin, headers)).then(|| {
         comfy_error(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -15,7 +15,6 @@ use crate::api::AppState;
 use crate::api::access::Caller;
 use crate::api::extract::read_body;
 use crate::job::{JobId, JobStatus};
-use crate::store::ListQuery;
 use crate::submit::{Submission, SubmitError};
 use crate::workflow::{COMFYUI_FIELD, GRAPH_FIELD};
 
@@ -47,18 +46,11 @@ pub async fn remaining(
     state: &AppState,
     who: &crate::auth::Identity,
 ) -> Result<usize, crate::api::error::ApiError> {
-    let owner = (!who.sees_all).then(|| who.owner().to_owned());
     let mut n = 0;
     for status in [JobStatus::Queued, JobStatus::Processing] {
-        let page = state
-            .with_timeout(state.store.list(&ListQuery {
-                status: Some(status),
-                limit: 500,
-                cursor: None,
-                owner: owner.clone(),
-            }))
-            .await?;
-        n += page.jobs.len();
+        n += super::history::own_jobs(state, who, status, 500)
+            .await?
+            .len();
     }
     Ok(n)
 }
