@@ -498,9 +498,6 @@ both_stores!(a_comfyui_client_runs_prompts_on_the_farm);
 /// the pictures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_comfyui_client_library_runs_a_workflow_unchanged() {
-    let python =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/python");
-    assert!(python.exists(), "scripts/test makes {}", python.display());
     let standin = StandIn::start_with(crate::support::standin::Knobs {
         // Previews would be the pictures this library returns.
         previews: false,
@@ -524,26 +521,12 @@ async fn a_comfyui_client_library_runs_a_workflow_unchanged() {
         .await;
     let picture = app.dir.path().join("in.png");
     std::fs::write(&picture, crate::support::png(24, 16, [10, 20, 30])).unwrap();
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/comfyui/simplified_client.py");
-    let out = tokio::process::Command::new(&python)
-        .arg(&script)
-        .arg(&comfy)
-        .arg(&key)
-        .arg(&picture)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), out)
-        .await
-        .expect("the client ends")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let v = crate::support::python_json(
+        "comfyui/simplified_client.py",
+        &[&comfy, &key, picture.to_str().unwrap()],
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(v["upload"]["type"], "input", "{v}");
     assert!(
         v["upload"]["name"].as_str().unwrap().ends_with(".png"),

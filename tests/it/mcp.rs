@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use studio_core::auth::{AuthMode, KeyLimits, Role as KeyRole};
 
 use crate::support::standin::StandIn;
@@ -13,32 +13,19 @@ use crate::support::{Backing, TestApp, studio_bin};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_makes_pictures_over_mcp_on_both_transports() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let python = root.join("target/tools/venv/bin/python");
-    assert!(python.exists(), "scripts/test makes {}", python.display());
     let standin = StandIn::start();
     let app = TestApp::serve(Backing::Redis, &standin, |a| a.auth = AuthMode::Keys).await;
     let key = app
         .new_key("agent", KeyRole::User, KeyLimits::default())
         .await;
     for mode in ["http", "stdio"] {
-        let out = tokio::process::Command::new(&python)
-            .arg(root.join("tests/mcp/client.py"))
-            .args([mode, &app.base, &key])
-            .arg(studio_bin())
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(120), out)
-            .await
-            .expect("the client ends")
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{mode}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        let studio = studio_bin();
+        let v = crate::support::python_json(
+            "mcp/client.py",
+            &[mode, &app.base, &key, studio.to_str().unwrap()],
+            Duration::from_secs(120),
+        )
+        .await;
         assert_eq!(
             v["tools"],
             json!([

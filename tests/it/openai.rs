@@ -13,32 +13,17 @@ use crate::support::{Backing, TestApp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openais_sdk_makes_pictures_on_the_farm() {
-    let python =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/python");
-    assert!(python.exists(), "scripts/test makes {}", python.display());
     let standin = StandIn::start();
     let app = TestApp::serve(Backing::Redis, &standin, |a| a.auth = AuthMode::Keys).await;
     let key = app
         .new_key("chat", KeyRole::User, KeyLimits::default())
         .await;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai/client.py");
-    let out = tokio::process::Command::new(&python)
-        .arg(&script)
-        .arg(&app.base)
-        .arg(&key)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), out)
-        .await
-        .expect("the client ends")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let v = crate::support::python_json(
+        "openai/client.py",
+        &[&app.base, &key],
+        Duration::from_secs(120),
+    )
+    .await;
     // Two decodable pictures (the stand-in's are always 64×64), two seeds.
     assert_eq!(v["b64_sizes"], json!([[64, 64], [64, 64]]), "{v}");
     assert_eq!(v["distinct"], true, "two pictures, two seeds: {v}");

@@ -574,3 +574,29 @@ pub fn smoke_ui() -> Value {
         "version": 0.4
     })
 }
+
+/// Runs a Python client script of this repository (`tests/<script>`) with the
+/// tools venv's Python (`scripts/test` makes it), at most `limit`; it must
+/// succeed and print one JSON line last, which is returned.
+pub async fn python_json(script: &str, args: &[&str], limit: Duration) -> Value {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join("target/tools/venv/bin/python");
+    assert!(python.exists(), "scripts/test makes {}", python.display());
+    let out = tokio::process::Command::new(&python)
+        .arg(root.join("tests").join(script))
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output();
+    let out = tokio::time::timeout(limit, out)
+        .await
+        .unwrap_or_else(|_| panic!("{script} did not end within {limit:?}"))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} {args:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{script}: {e}: {stdout}"))
+}
