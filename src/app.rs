@@ -137,6 +137,7 @@ impl App {
                 uploads: Uploader::new(args.upload_limits(), images.clone()),
                 metrics: metrics.clone(),
                 store_timeout: api::STORE_TIMEOUT,
+                max_batch: args.max_batch,
             });
             let state = AppState::new(AppContext {
                 store: store.clone(),

@@ -22,6 +22,16 @@ pub enum StorageChoice {
     S3 { bucket: String, prefix: String },
 }
 
+fn parse_max_batch(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=crate::store::MAX_BATCH).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "must be an integer from 1 to {}",
+            crate::store::MAX_BATCH
+        )),
+    }
+}
+
 fn parse_storage(s: &str) -> Result<StorageChoice, String> {
     if s == "fs" {
         return Ok(StorageChoice::Fs);
@@ -96,6 +106,9 @@ pub struct ServerArgs {
     /// pictures before its jobs are cancelled and it answers 504.
     #[arg(long, env = "STUDIO_OPENAI_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub openai_timeout: Duration,
+    /// Most jobs one batch (`POST /api/batches`) may make, 1–1000.
+    #[arg(long, env = "STUDIO_MAX_BATCH", default_value_t = crate::submit::DEFAULT_MAX_BATCH, value_parser = parse_max_batch)]
+    pub max_batch: usize,
     /// Redis: replicas that must have a write before a client or a worker is told
     /// it happened (`WAIT` after each such write, up to a second; fewer is a 503
     /// and the write is retried). 0: acknowledge at once (asynchronous replication).

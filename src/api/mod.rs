@@ -2,6 +2,7 @@
 //! passes (request log, CORS, panic guard). One file per resource.
 
 pub mod access;
+pub mod batches;
 pub mod comfyui;
 pub mod error;
 pub mod events;
@@ -254,6 +255,9 @@ routes! {
     get "/health" => health::health,
     get "/metrics" => metrics::metrics,
     post "/api/generate" => jobs::generate,
+    post "/api/batches" => batches::submit,
+    get "/api/batches/{batch_id}" => batches::get,
+    post "/api/batches/{batch_id}/cancel" => batches::cancel,
     post "/api/uploads" => uploads::upload,
     get "/api/status/{job_id}" => jobs::status,
     get "/api/jobs" => jobs::list::list,

@@ -5,8 +5,8 @@ use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 
 use super::{
-    events, health, images, jobs, keys, mcp, metrics, openai, ops, pages, previews, uploads,
-    workflows,
+    batches, events, health, images, jobs, keys, mcp, metrics, openai, ops, pages, previews,
+    uploads, workflows,
 };
 use crate::workflow::param::MAX_STRING_CHARS;
 use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, ParamSpec, Workflow, WorkflowRegistry};
@@ -28,6 +28,9 @@ pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0
         health::health,
         metrics::metrics,
         jobs::generate,
+        batches::submit,
+        batches::get,
+        batches::cancel,
         uploads::upload,
         jobs::status,
         jobs::get,
@@ -64,6 +67,7 @@ pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0
     components(schemas(pages::AssetName, jobs::list::ListStatus)),
     tags(
         (name = "jobs", description = "Submit, follow, list and cancel generation jobs; download their outputs"),
+        (name = "batches", description = "Many jobs as one: N variations, lists of seeds or prompts, grids over parameters"),
         (name = "uploads", description = "Input pictures for image and mask parameters (img2img, inpainting)"),
         (name = "events", description = "Live changes as Server-Sent Events"),
         (name = "workflows", description = "The workflows and their parameters"),
@@ -82,7 +86,12 @@ pub struct ApiDoc;
 /// The document as this server answers: its `webhooks` (none offered without a
 /// `--webhook-secret`), `keys` when every `/api` request needs an API key (then a
 /// cancel needs no body: the key already shows no web form sent it).
-pub fn document(workflows: &WorkflowRegistry, webhooks: WebhookDoc, keys: bool) -> Value {
+pub fn document(
+    workflows: &WorkflowRegistry,
+    webhooks: WebhookDoc,
+    keys: bool,
+    max_batch: usize,
+) -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
     if let Some(schemas) = doc
         .pointer_mut("/components/schemas")
@@ -92,13 +101,20 @@ pub fn document(workflows: &WorkflowRegistry, webhooks: WebhookDoc, keys: bool) 
             "GenerateRequest".into(),
             generate_request(workflows, webhooks),
         );
+        schemas.insert(
+            "BatchRequest".into(),
+            batch_request(workflows, webhooks, max_batch),
+        );
     }
     add_links(&mut doc);
     add_security(&mut doc);
-    if keys
-        && let Some(body) = doc.pointer_mut("/paths/~1api~1jobs~1{job_id}~1cancel/post/requestBody")
-    {
-        body["required"] = json!(false);
+    for cancel in [
+        "/paths/~1api~1jobs~1{job_id}~1cancel/post/requestBody",
+        "/paths/~1api~1batches~1{batch_id}~1cancel/post/requestBody",
+    ] {
+        if keys && let Some(body) = doc.pointer_mut(cancel) {
+            body["required"] = json!(false);
+        }
     }
     doc
 }
@@ -182,7 +198,14 @@ fn add_links(doc: &mut Value) {
             json!({}),
         ),
         ("/paths/~1api~1jobs~1{job_id}/get/responses/200", json!({})),
+        (
+            "/paths/~1api~1batches/post/responses/202",
+            job("$response.body#/job_ids/0"),
+        ),
     ];
+    let batch = json!({"batch_id": "$response.body#/batch_id"});
+    links[4].1["GetBatch"] = json!({"operationId": "get_batch", "parameters": batch});
+    links[4].1["CancelBatch"] = json!({"operationId": "cancel_batch", "parameters": batch});
     links[1].1["FirstOutput"] = image("$response.body#/jobs/0");
     links[2].1["Output"] = image("$response.body#");
     links[3].1["Output"] = image("$response.body#");
@@ -199,6 +222,29 @@ fn generate_request(workflows: &WorkflowRegistry, webhooks: WebhookDoc) -> Value
     let variants: Vec<Value> = workflows.iter().map(|w| variant(w, webhooks)).collect();
     json!({
         "description": "A submission: `prompt`, `seed` and `workflow`, plus the workflow's declared parameters (as `GET /api/workflows` lists them), each checked against its type and bounds; fields the workflow does not declare are refused (`unknown-field`). A `null` field counts as absent. Beyond what a schema can say: `width` × `height` × `batch_size` must stay within the workflow's pixel budget (`max_pixels`, default 16,777,216), else `invalid-param`.",
+        "oneOf": variants,
+    })
+}
+
+/// `POST /api/batches`'s body: each workflow's submission plus `count`. The
+/// other ways (`seeds`, `prompts`, `grid`) are described, not in the schema:
+/// which pairs of fields exclude each other, and that a grid's product stays
+/// within `--max-batch`, are beyond what a schema says plainly.
+fn batch_request(workflows: &WorkflowRegistry, webhooks: WebhookDoc, max_batch: usize) -> Value {
+    let variants: Vec<Value> = workflows
+        .iter()
+        .map(|w| {
+            let mut v = variant(w, webhooks);
+            v["properties"]["count"] = json!({"type": "integer", "minimum": 1, "maximum": max_batch,
+                "description": "How many jobs: seeds count up from `seed` (random when absent)."});
+            if let Some(r) = v["required"].as_array_mut() {
+                r.push(json!("count"));
+            }
+            v
+        })
+        .collect();
+    json!({
+        "description": format!("A batch: one job's fields, as POST /api/generate takes them, plus exactly one of `count` (N jobs, seeds counting up from `seed` or a random one), `seeds` (a list: one job per seed; no `seed`), `prompts` (a list: one job per prompt; no `prompt`) or `grid` (an object of field: [values]: one job per combination, fields in name order, the first varying slowest; a grid cannot vary `workflow`). 1 to {max_batch} jobs (`--max-batch`); every job is checked as a submission is, and the batch is queued whole or refused whole (the key's quota of waiting jobs counts every job). The schema below states the `count` form."),
         "oneOf": variants,
     })
 }

@@ -105,7 +105,12 @@ pub async fn openapi_json(State(state): State<AppState>) -> Response {
                 (false, None) => openapi::WebhookDoc::On,
                 (false, Some(_)) => openapi::WebhookDoc::OnWithDefault,
             };
-            let doc = openapi::document(&snap.registry, webhooks, state.access.keys_required());
+            let doc = openapi::document(
+                &snap.registry,
+                webhooks,
+                state.access.keys_required(),
+                state.submit.max_batch,
+            );
             let doc = bytes::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
             *state.openapi.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some((snap.generation, doc.clone()));

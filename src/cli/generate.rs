@@ -61,8 +61,35 @@ pub struct GenerateArgs {
     /// Which webhook messages to send (default: job.finished,job.failed).
     #[arg(long, value_delimiter = ',', value_parser = crate::webhooks::EVENTS)]
     pub webhook_events: Vec<String>,
+    /// Make N variations as one batch (seeds counting up from `--seed`, or a
+    /// random one), 1 to the server's `--max-batch`.
+    #[arg(long, value_name = "N", conflicts_with_all = ["graph", "grid"], value_parser = clap::value_parser!(u32).range(1..))]
+    pub count: Option<u32>,
+    /// A batch over a parameter's values, `name=v1,v2,...` (repeatable: one job
+    /// per combination), e.g. `--grid steps=20,30 --grid cfg=5,7`.
+    #[arg(long, value_name = "NAME=V1,V2", conflicts_with = "graph")]
+    pub grid: Vec<String>,
     #[command(flatten)]
     pub server: ServerUrl,
+}
+
+/// `name=v1,v2` → (name, [values]), each value as `--param` reads it.
+pub fn parse_grid(g: &str) -> Result<(String, Value), String> {
+    let (k, values) = g
+        .split_once('=')
+        .ok_or_else(|| format!("--grid {g:?} is not NAME=V1,V2,..."))?;
+    let mut list = Vec::new();
+    for v in values.split(',') {
+        list.push(
+            parse_param(&format!("{k}={v}"))
+                .map_err(|_| format!("--grid {g:?} has no name"))?
+                .1,
+        );
+    }
+    if list.iter().any(|v| v.as_str() == Some("")) {
+        return Err(format!("--grid {g:?} has an empty value"));
+    }
+    Ok((k.trim().to_owned(), Value::Array(list)))
 }
 
 /// `name=value` → (name, JSON value): numbers and booleans as such, the rest text.
@@ -132,26 +159,21 @@ async fn generate_inner(a: GenerateArgs) -> Result<(), Fail> {
             body.insert(param.into(), id.into());
         }
     }
-    // One Idempotency-Key for every try: a submission retried after a lost answer
-    // or a passing outage is answered with the job the first try queued.
-    let idempotency_key = uuid::Uuid::new_v4().to_string();
-    let mut tries = 0;
-    let (status, v) = loop {
-        tries += 1;
-        let req = client
-            .post("/api/generate")
-            .header("idempotency-key", &idempotency_key)
-            .json(&body);
-        let answer = client.call(req).await;
-        let retry = match &answer {
-            Err(_) => true,
-            Ok((status, _)) => *status == 502 || *status == 503 || *status == 504,
-        };
-        if !retry || tries >= SUBMIT_TRIES {
-            break answer?;
+    if a.count.is_some() || !a.grid.is_empty() {
+        if let Some(n) = a.count {
+            body.insert("count".into(), n.into());
         }
-        tokio::time::sleep(Duration::from_secs(tries)).await;
-    };
+        let mut grid = Map::new();
+        for g in &a.grid {
+            let (k, v) = parse_grid(g).map_err(Fail::usage)?;
+            grid.insert(k, v);
+        }
+        if !grid.is_empty() {
+            body.insert("grid".into(), Value::Object(grid));
+        }
+        return batch(&client, body, &a).await;
+    }
+    let (status, v) = submit(&client, "/api/generate", &body).await?;
     if status != 202 {
         return Err(Fail::usage(server_error(status, &v)));
     }
@@ -181,6 +203,102 @@ async fn generate_inner(a: GenerateArgs) -> Result<(), Fail> {
             ),
         )),
     }
+}
+
+/// Posts a submission, retried on a network error or a 502/503/504 with one
+/// Idempotency-Key for every try: a submission retried after a lost answer or a
+/// passing outage is answered with what the first try queued.
+async fn submit(
+    client: &Client,
+    path: &str,
+    body: &Map<String, Value>,
+) -> Result<(u16, Value), Fail> {
+    let idempotency_key = uuid::Uuid::new_v4().to_string();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let req = client
+            .post(path)
+            .header("idempotency-key", &idempotency_key)
+            .json(body);
+        let answer = client.call(req).await;
+        let retry = match &answer {
+            Err(_) => true,
+            Ok((status, _)) => *status == 502 || *status == 503 || *status == 504,
+        };
+        if !retry || tries >= SUBMIT_TRIES {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_secs(tries)).await;
+    }
+}
+
+/// Submits a batch, follows it to its end, and saves every finished job's
+/// outputs; fails if any job failed.
+async fn batch(client: &Client, body: Map<String, Value>, a: &GenerateArgs) -> Result<(), Fail> {
+    let (status, v) = submit(client, "/api/batches", &body).await?;
+    if status != 202 {
+        return Err(Fail::usage(server_error(status, &v)));
+    }
+    let id = v["batch_id"].as_str().unwrap_or_default().to_owned();
+    let total = v["job_ids"].as_array().map_or(0, Vec::len);
+    if a.no_wait {
+        println!("{id}");
+        for j in v["job_ids"].as_array().into_iter().flatten() {
+            println!("{}", j.as_str().unwrap_or_default());
+        }
+        return Ok(());
+    }
+    println!("batch {id} queued: {total} jobs");
+    let mut shown = String::new();
+    let batch = loop {
+        let (status, b) = client
+            .call(client.get(&format!("/api/batches/{id}")))
+            .await?;
+        if status != 200 {
+            return Err(Fail::usage(server_error(status, &b)));
+        }
+        let c = &b["counts"];
+        let line = format!(
+            "{} {}% ({} finished, {} failed, {} running, {} queued)",
+            b["status"].as_str().unwrap_or("?"),
+            b["progress"],
+            c["finished"],
+            c["failed"],
+            c["processing"],
+            c["queued"]
+        );
+        if line != shown {
+            println!("{line}");
+            shown = line;
+        }
+        if !matches!(b["status"].as_str(), Some("queued" | "processing")) {
+            break b;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut failed = 0;
+    for job in batch["jobs"].as_array().into_iter().flatten() {
+        if job["status"] == "finished" {
+            for p in download(client, job, &a.out).await? {
+                println!("saved {}", p.display());
+            }
+        } else {
+            failed += 1;
+            eprintln!(
+                "job {} failed: {}",
+                job["job_id"].as_str().unwrap_or_default(),
+                job["error"].as_str().unwrap_or("unknown error")
+            );
+        }
+    }
+    if failed > 0 {
+        return Err(Fail(
+            FAILED,
+            format!("{failed} of {total} jobs of batch {id} failed"),
+        ));
+    }
+    Ok(())
 }
 
 /// Follows a job's events to its final state, showing progress. Reconnects a few
@@ -307,6 +425,17 @@ mod tests {
             ("negative_prompt".into(), json!("a=b, c"))
         );
         assert!(parse_param("nothing").is_err());
+        assert_eq!(
+            parse_grid("steps=20,30").unwrap(),
+            ("steps".into(), json!([20, 30]))
+        );
+        assert_eq!(
+            parse_grid("sampler=euler,dpmpp_2m").unwrap(),
+            ("sampler".into(), json!(["euler", "dpmpp_2m"]))
+        );
+        assert!(parse_grid("steps").is_err());
+        assert!(parse_grid("=1,2").is_err());
+        assert!(parse_grid("steps=20,").is_err());
         assert!(parse_param("=3").is_err());
     }
 }

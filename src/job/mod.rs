@@ -1,10 +1,12 @@
 //! The job: its id, its status words, its record, the queue payload of the
 //! prototype, and its public view. Pure types, no I/O.
 
+pub mod batch;
 mod new;
 mod priority;
 pub mod view;
 
+pub use batch::{BATCH_FIELD, BatchCounts, BatchRecord, BatchView};
 pub use new::{LaneLimits, NewJob, QueuePayload};
 pub use priority::Priority;
 pub use view::{JobView, UrlSigning, WebhookView};
@@ -310,6 +312,11 @@ impl JobRecord {
             .get("workflow_version")
             .and_then(Value::as_u64)
             .and_then(|v| u32::try_from(v).ok())
+    }
+
+    /// The batch it was submitted in (kept in its parameters).
+    pub fn batch_id(&self) -> Option<&str> {
+        self.params.get(BATCH_FIELD).and_then(Value::as_str)
     }
 
     /// The prototype's queue entry for this job (what `job_queue` holds).

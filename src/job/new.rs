@@ -24,6 +24,10 @@ pub struct NewJob {
     pub req: String,
     /// What the owner's lane allows (from its key): not part of the job.
     pub lane: LaneLimits,
+    /// Jobs of the same batch queued right after this one: the queue and the
+    /// owner's quota must have room for them too, so a batch that does not fit
+    /// is refused at its first job, whole. Not part of the job.
+    pub following: u32,
 }
 
 /// An owner's quota of waiting jobs, cap on running ones, and share: what a
@@ -61,6 +65,7 @@ impl NewJob {
             priority: Priority::Normal,
             req: String::new(),
             lane: LaneLimits::default(),
+            following: 0,
         }
     }
 

@@ -41,6 +41,9 @@ pub struct JobView<'a> {
     /// The published version of the workflow it runs (absent for a built-in).
     #[serde(skip_serializing_if = "Option::is_none")]
     workflow_version: Option<u32>,
+    /// The batch it was submitted in (`POST /api/batches`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch_id: Option<&'a str>,
     seed: Option<u64>,
     prompt: &'a str,
     /// The workflow parameters used (with defaults filled in). A raw graph's
@@ -132,6 +135,7 @@ impl<'a> JobView<'a> {
             error: redact(&job.error, &job.backend, internal),
             workflow: &job.workflow,
             workflow_version: job.workflow_version(),
+            batch_id: job.batch_id(),
             seed: job.seed,
             prompt: &job.prompt,
             // A raw graph (up to 4 MiB) and what a ComfyUI client gave with it

@@ -16,6 +16,7 @@
 //!   a final state never changes.
 
 pub mod api_keys;
+pub mod batches;
 pub mod error;
 pub mod idempotency;
 pub mod lease;
@@ -29,6 +30,7 @@ pub mod uploads;
 pub mod workflows;
 
 pub use self::api_keys::KeyStore;
+pub use self::batches::{Batches, MAX_BATCH};
 pub use self::error::{Refusal, StoreError, within};
 pub use self::idempotency::{IDEMPOTENCY_TTL, Idempotency, IdempotencyClaim};
 pub use self::lease::{
@@ -50,7 +52,7 @@ pub use self::workflows::{MAX_WORKFLOWS, StoredWorkflow, WorkflowEntry, Workflow
 /// `SqliteStore`) rather than a `dyn JobStore`: `use store::prelude::*`.
 pub mod prelude {
     pub use super::{
-        Idempotency, JobQueue, JobStore, KeyStore, Leases, Previews, Routing, Uploads,
+        Batches, Idempotency, JobQueue, JobStore, KeyStore, Leases, Previews, Routing, Uploads,
         WebhookOutbox, WorkflowStore,
     };
 }
@@ -116,6 +118,7 @@ pub trait JobStore:
     + Uploads
     + Previews
     + WorkflowStore
+    + Batches
 {
 }
 
@@ -129,5 +132,6 @@ impl<T> JobStore for T where
         + Uploads
         + Previews
         + WorkflowStore
+        + Batches
 {
 }

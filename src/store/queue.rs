@@ -28,6 +28,18 @@ pub trait JobQueue: Send + Sync + 'static {
     /// A job's record, or `None` if unknown (or expired).
     async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError>;
 
+    /// The records of jobs `ids` (a batch's), in order; `None` for one unknown.
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<JobRecord>>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(match JobId::parse(id) {
+                Ok(id) => self.get(&id).await?,
+                Err(_) => None,
+            });
+        }
+        Ok(out)
+    }
+
     /// How many jobs are ahead of a queued job, if the store can tell cheaply.
     async fn queue_position(&self, id: &JobId) -> Result<Option<u64>, StoreError>;
 

@@ -53,6 +53,19 @@ pub enum SubmitError {
     Store(#[from] StoreError),
 }
 
+impl SubmitError {
+    /// The same refusal, saying which job of a batch (counted from 0) it is about.
+    pub fn in_batch(self, index: usize) -> Self {
+        match self {
+            SubmitError::Rejected(mut r) => {
+                r.message = format!("job {index} of the batch: {}", r.message);
+                SubmitError::Rejected(r)
+            }
+            other => other,
+        }
+    }
+}
+
 impl From<Rejection> for SubmitError {
     fn from(r: Rejection) -> Self {
         SubmitError::Rejected(r)

@@ -6,6 +6,7 @@
 //! what a refused submission left behind. No HTTP here: refusals are
 //! [`SubmitError`]s, which each front door answers in its own shape.
 
+mod batch;
 mod error;
 mod graph;
 mod idempotency;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub use self::batch::{BATCH_FIELDS, BatchAccepted, BatchSubmission, DEFAULT_MAX_BATCH};
 pub use self::error::{Rejection, SubmitError};
 pub use self::idempotency::{IdempotencyKey, ORPHANED_AFTER, fingerprint, scope};
 pub use self::pictures::{UploadLimits, Uploader};
@@ -27,7 +29,7 @@ use crate::catalog::{Catalog, Unresolved};
 use crate::job::{JobId, LaneLimits, NewJob};
 use crate::metrics::Metrics;
 use crate::store::{IdempotencyClaim, JobStore, StoreError, within};
-use crate::webhooks::WebhookSettings;
+use crate::webhooks::{WebhookRecord, WebhookSettings};
 use crate::workflow::request::{self, parse_for};
 use crate::workflow::{GRAPH_FIELD, GRAPH_WORKFLOW, Workflow};
 
@@ -62,6 +64,8 @@ pub struct Submitter {
     /// Longest any one store call may take before the submission is refused as
     /// unavailable.
     pub store_timeout: Duration,
+    /// Jobs in one batch at most (`--max-batch`).
+    pub max_batch: usize,
 }
 
 /// A request for one job, as a front door received it.
@@ -104,67 +108,12 @@ impl Submitter {
     /// idempotency key and queues it, undoing the first two if the store refuses.
     pub async fn submit(&self, s: Submission<'_>) -> Result<Accepted, SubmitError> {
         let who = s.who;
-        let (wf, version, body) = if Self::carries_graph(&s.body) {
-            let (wf, body) = self.raw_graph(who, s.body).await?;
-            (wf, None, body)
-        } else {
-            request::precheck(&s.body)?;
-            let spec = request::workflow_field(&s.body)?.to_owned();
-            let resolved = self.catalog.resolve(&spec).await.map_err(refusal_of)?;
-            (resolved.workflow, resolved.version, s.body)
-        };
+        let (wf, version, body) = self.workflow_of(who, s.body).await?;
         let wf = wf.as_ref();
         let (body, inline) = self.uploads.inline_pictures(wf, body).await?;
-        let mut job = parse_for(&body, wf)?;
-        if let Some(v) = version {
-            job.params.insert(WORKFLOW_VERSION.into(), Value::from(v));
-        }
-        if let Some((k, v)) = s.extra {
-            job.params.insert(k.into(), v);
-        }
-        if let Some(id) = s.job_id {
-            if self.within(self.store.get(&id)).await?.is_some() {
-                return Err(Rejection::new(
-                    409,
-                    "job-id-taken",
-                    format!("a job with id {id} already exists"),
-                )
-                .field("prompt_id")
-                .into());
-            }
-            job.id = id;
-        }
-        if wf.name == GRAPH_WORKFLOW {
-            job.params
-                .insert(GRAPH_FIELD.into(), Value::Object(wf.graph.clone()));
-        }
-        self.pictures_exist(who, wf, &job, &inline).await?;
-        let req = self.requirements(wf, &job).await?;
-        if let Some(key) = &who.key
-            && job.priority > key.limits.max_priority
-        {
-            return Err(Rejection::new(
-                403,
-                "priority-not-allowed",
-                format!(
-                    "priority {} is above this key's highest, {}",
-                    job.priority.as_str(),
-                    key.limits.max_priority.as_str()
-                ),
-            )
-            .field("priority")
-            .into());
-        }
-        let webhook = self.webhook_of(&mut job, who.owner())?;
-        let priority = job.priority;
-        let mut job = job.owned(who.owner(), priority).needing(req);
-        if let Some(key) = &who.key {
-            job = job.limited(LaneLimits {
-                max_queued: key.limits.max_queued,
-                max_running: key.limits.max_running,
-                weight: key.limits.weight,
-            });
-        }
+        let (job, webhook) = self
+            .check(who, wf, version, &body, &inline, s.extra, s.job_id)
+            .await?;
         // Pictures given inline are stored only now that the rest is valid.
         self.uploads
             .store_all(self.store.as_ref(), who.owner(), inline, self.store_timeout)
@@ -197,12 +146,95 @@ impl Submitter {
         }
     }
 
+    /// The workflow a submission runs (a raw graph, or one named in the
+    /// catalog), its published version, and the body to parse against it.
+    async fn workflow_of(
+        &self,
+        who: &Identity,
+        body: Value,
+    ) -> Result<(Arc<Workflow>, Option<u32>, Value), SubmitError> {
+        if Self::carries_graph(&body) {
+            let (wf, body) = self.raw_graph(who, body).await?;
+            return Ok((wf, None, body));
+        }
+        request::precheck(&body)?;
+        let spec = request::workflow_field(&body)?.to_owned();
+        let resolved = self.catalog.resolve(&spec).await.map_err(refusal_of)?;
+        Ok((resolved.workflow, resolved.version, body))
+    }
+
+    /// Checks one job's body against its workflow and its submitter: the job to
+    /// queue and its webhook, nothing written yet.
+    #[allow(clippy::too_many_arguments)]
+    async fn check(
+        &self,
+        who: &Identity,
+        wf: &Workflow,
+        version: Option<u32>,
+        body: &Value,
+        inline: &[pictures::Picture],
+        extra: Option<(&'static str, Value)>,
+        job_id: Option<JobId>,
+    ) -> Result<(NewJob, Option<WebhookRecord>), SubmitError> {
+        let mut job = parse_for(body, wf)?;
+        if let Some(v) = version {
+            job.params.insert(WORKFLOW_VERSION.into(), Value::from(v));
+        }
+        if let Some((k, v)) = extra {
+            job.params.insert(k.into(), v);
+        }
+        if let Some(id) = job_id {
+            if self.within(self.store.get(&id)).await?.is_some() {
+                return Err(Rejection::new(
+                    409,
+                    "job-id-taken",
+                    format!("a job with id {id} already exists"),
+                )
+                .field("prompt_id")
+                .into());
+            }
+            job.id = id;
+        }
+        if wf.name == GRAPH_WORKFLOW {
+            job.params
+                .insert(GRAPH_FIELD.into(), Value::Object(wf.graph.clone()));
+        }
+        self.pictures_exist(who, wf, &job, inline).await?;
+        let req = self.requirements(wf, &job).await?;
+        if let Some(key) = &who.key
+            && job.priority > key.limits.max_priority
+        {
+            return Err(Rejection::new(
+                403,
+                "priority-not-allowed",
+                format!(
+                    "priority {} is above this key's highest, {}",
+                    job.priority.as_str(),
+                    key.limits.max_priority.as_str()
+                ),
+            )
+            .field("priority")
+            .into());
+        }
+        let webhook = self.webhook_of(&mut job, who.owner())?;
+        let priority = job.priority;
+        let mut job = job.owned(who.owner(), priority).needing(req);
+        if let Some(key) = &who.key {
+            job = job.limited(LaneLimits {
+                max_queued: key.limits.max_queued,
+                max_running: key.limits.max_running,
+                weight: key.limits.weight,
+            });
+        }
+        Ok((job, webhook))
+    }
+
     /// Records the job's webhook (if any) and queues the job; takes the webhook
     /// back if the store refuses the job.
     async fn enqueue(
         &self,
         job: &NewJob,
-        webhook: Option<&crate::webhooks::WebhookRecord>,
+        webhook: Option<&WebhookRecord>,
     ) -> Result<Accepted, SubmitError> {
         self.put_webhook(&job.id, webhook).await?;
         let record = match self.within(self.store.enqueue(job)).await {

@@ -27,6 +27,8 @@ use sha2::Sha256;
 
 /// Every event a webhook can ask for.
 pub const EVENTS: [&str; 3] = ["job.started", "job.finished", "job.failed"];
+/// The one event of a batch's own webhook: its last job has ended.
+pub const BATCH_FINISHED: &str = "batch.finished";
 /// The events sent when a submission does not say.
 pub const DEFAULT_EVENTS: [&str; 2] = ["job.finished", "job.failed"];
 /// Longest `webhook_url`.
@@ -207,6 +209,10 @@ pub struct WebhookRecord {
     /// capped, and deliveries are shared fairly between keys.
     #[serde(default)]
     pub owner: String,
+    /// A batch's webhook (keyed by the batch id; sends `batch.finished`), not a
+    /// job's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch: bool,
 }
 
 impl WebhookRecord {

@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use crate::auth::signing::{Signing, UrlSigner};
 use crate::clock;
-use crate::job::{JobRecord, JobStatus, JobView};
+use crate::job::{BatchView, JobRecord, JobStatus, JobView};
 use crate::metrics::Metrics;
 use crate::store::{ClaimedWebhook, JobStore};
 use crate::webhooks::{
@@ -31,13 +31,14 @@ enum Failure {
     Refused(String),
 }
 
-/// The JSON body of every message (the spec's suggested shape).
+/// The JSON body of every message (the spec's suggested shape): `data` is the
+/// job's view, or the batch's.
 #[derive(Serialize)]
-struct Message<'a> {
+struct Message<'a, T: Serialize> {
     #[serde(rename = "type")]
     kind: &'a str,
     timestamp: String,
-    data: JobView<'a>,
+    data: T,
 }
 
 /// Sends webhooks for one worker process.
@@ -218,12 +219,18 @@ impl Deliverer {
             let look = tokio::select! {
                 _ = shutdown.changed() => break,
                 ev = events.recv() => match ev {
-                    Ok(ev) if ev.preview.is_none() && wants_wake(&ev.job) => {
-                        let id = crate::job::JobId::parse(&ev.job.id);
-                        if let Ok(id) = id
-                            && let Err(e) = self.store.wake_webhook(&id).await
-                        {
-                            tracing::debug!(error = %e, "webhook wake-up failed; the recheck catches it");
+                    Ok(ev) if ev.preview.is_none() && (wants_wake(&ev.job) || ends_batch(&ev.job)) => {
+                        // The job's own webhook, and its batch's when it ended.
+                        let ids = [
+                            Some(ev.job.id.as_str()).filter(|_| wants_wake(&ev.job)),
+                            ev.job.batch_id().filter(|_| ends_batch(&ev.job)),
+                        ];
+                        for id in ids.into_iter().flatten() {
+                            if let Ok(id) = crate::job::JobId::parse(id)
+                                && let Err(e) = self.store.wake_webhook(&id).await
+                            {
+                                tracing::debug!(error = %e, "webhook wake-up failed; the recheck catches it");
+                            }
                         }
                         true
                     }
@@ -316,6 +323,9 @@ impl Deliverer {
 
     /// Sends what job `c.job_id`'s state calls for, then settles the entry.
     pub async fn deliver(&self, c: ClaimedWebhook) {
+        if c.record.batch {
+            return self.deliver_batch(c).await;
+        }
         let mut rec = c.record.clone();
         let job = match self.store.get(&c.job_id).await {
             Ok(job) => job,
@@ -361,26 +371,15 @@ impl Deliverer {
             };
             rec.last_message_id = message_id(&job.id, event);
             let sent = self.send(&rec, &job, event).await;
-            match &sent {
-                Ok(_) => self.fair.ended(&receiver_of(&rec.url), true),
-                Err(Failure::Retry { .. }) => self.fair.ended(&receiver_of(&rec.url), false),
-                Err(_) => {}
-            }
+            self.ended(&rec, &sent);
             match sent {
                 Ok(status) => {
-                    self.count("delivered");
-                    rec.delivered += 1;
-                    rec.delivered_ms = clock::now_ms();
-                    rec.attempts = 0;
-                    rec.last_status = status;
-                    rec.last_error.clear();
-                    rec.next_attempt_ms = 0;
+                    self.succeeded(&mut rec, status);
                     tracing::info!(job_id = %job.id, event, url = %rec.url, status, "webhook delivered");
                     if event == "job.started" {
                         rec.started_done = true;
                         continue;
                     }
-                    rec.state = "delivered".into();
                     return self.settle(&c, &mut rec, None).await;
                 }
                 Err(f) => {
@@ -462,12 +461,114 @@ impl Deliverer {
             .inc();
     }
 
-    /// One attempt at one message; the receiver's status when it took it.
+    /// Sends `batch.finished` once every job of batch `c.job_id` has ended,
+    /// then settles the entry.
+    async fn deliver_batch(&self, c: ClaimedWebhook) {
+        let mut rec = c.record.clone();
+        let batch = match self.store.get_batch(c.job_id.as_str()).await {
+            Ok(b) => b,
+            Err(e) => {
+                return tracing::debug!(batch_id = %c.job_id, error = %e, "webhook: cannot read the batch");
+            }
+        };
+        let Some(batch) = batch else {
+            rec.state = "failed".into();
+            rec.last_error = "the batch is gone (expired, or it was refused)".into();
+            return self.settle(&c, &mut rec, None).await;
+        };
+        let jobs = match self.store.get_many(&batch.job_ids).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                return tracing::debug!(batch_id = %c.job_id, error = %e, "webhook: cannot read the batch's jobs");
+            }
+        };
+        if !crate::job::batch::ended(&crate::job::batch::counts(&jobs)) {
+            rec.state = "waiting".into();
+            let recheck = recheck_after(clock::now_ms().saturating_sub(rec.created_ms));
+            return self
+                .settle(&c, &mut rec, Some(clock::now_ms() + recheck))
+                .await;
+        }
+        let event = crate::webhooks::BATCH_FINISHED;
+        rec.last_message_id = message_id(&batch.id, event);
+        let sent = match self.signing_for(&batch.owner).await {
+            Ok(signing) => {
+                let data = BatchView::new(&batch, &jobs, signing.as_ref(), false);
+                self.post(&rec, &batch.id, event, data).await
+            }
+            Err(f) => Err(f),
+        };
+        self.ended(&rec, &sent);
+        let due = match sent {
+            Ok(status) => {
+                self.succeeded(&mut rec, status);
+                tracing::info!(batch_id = %batch.id, event, url = %rec.url, status, "webhook delivered");
+                None
+            }
+            Err(f) => self.failed(&mut rec, event, f),
+        };
+        self.settle(&c, &mut rec, due).await
+    }
+
+    /// Tells the fair share how an attempt at `rec`'s receiver went.
+    fn ended(&self, rec: &WebhookRecord, sent: &Result<u16, Failure>) {
+        match sent {
+            Ok(_) => self.fair.ended(&receiver_of(&rec.url), true),
+            Err(Failure::Retry { .. }) => self.fair.ended(&receiver_of(&rec.url), false),
+            Err(_) => {}
+        }
+    }
+
+    /// Records a delivered message.
+    fn succeeded(&self, rec: &mut WebhookRecord, status: u16) {
+        self.count("delivered");
+        rec.delivered += 1;
+        rec.delivered_ms = clock::now_ms();
+        rec.attempts = 0;
+        rec.last_status = status;
+        rec.last_error.clear();
+        rec.next_attempt_ms = 0;
+        rec.state = "delivered".into();
+    }
+
+    /// One attempt at one message about a job; the receiver's status when it
+    /// took it.
     async fn send(
         &self,
         rec: &WebhookRecord,
         job: &JobRecord,
         event: &str,
+    ) -> Result<u16, Failure> {
+        let signing = self.signing_for(&job.owner).await?;
+        let data = JobView::new(job, None, signing.as_ref(), false);
+        self.post(rec, &job.id, event, data).await
+    }
+
+    /// How picture URLs in a body for `owner`'s job are signed (none without
+    /// an owner: auth is off).
+    async fn signing_for(&self, owner: &str) -> Result<Option<Signing<'_>>, Failure> {
+        if owner.is_empty() {
+            return Ok(None);
+        }
+        match self.signer().await {
+            Some(signer) => Ok(Some(Signing {
+                signer,
+                exp: clock::now_ms() / 1000 + self.settings.image_url_ttl.as_secs(),
+            })),
+            None => Err(Failure::Retry {
+                error: "cannot read the URL-signing secret from the store".into(),
+                status: 0,
+            }),
+        }
+    }
+
+    /// Signs and posts one message about `subject` (a job or a batch id).
+    async fn post(
+        &self,
+        rec: &WebhookRecord,
+        subject: &str,
+        event: &str,
+        data: impl Serialize,
     ) -> Result<u16, Failure> {
         let url = reqwest::Url::parse(&rec.url)
             .map_err(|e| Failure::Refused(format!("not a URL: {e}")))?;
@@ -483,30 +584,14 @@ impl Deliverer {
                 status: 0,
             });
         }
-        let signing = if job.owner.is_empty() {
-            None
-        } else {
-            match self.signer().await {
-                Some(signer) => Some(Signing {
-                    signer,
-                    exp: clock::now_ms() / 1000 + s.image_url_ttl.as_secs(),
-                }),
-                None => {
-                    return Err(Failure::Retry {
-                        error: "cannot read the URL-signing secret from the store".into(),
-                        status: 0,
-                    });
-                }
-            }
-        };
         let now = clock::now_ms();
         let body = serde_json::to_vec(&Message {
             kind: event,
             timestamp: clock::iso8601(now * 1000),
-            data: JobView::new(job, None, signing.as_ref(), false),
+            data,
         })
-        .expect("a job view serializes");
-        let id = message_id(&job.id, event);
+        .expect("a view serializes");
+        let id = message_id(subject, event);
         let ts = now / 1000;
         let resp = self
             .client
@@ -606,6 +691,11 @@ fn next_message(rec: &WebhookRecord, job: &JobRecord) -> Option<&'static str> {
 /// wakes its webhook first: 10 s for a new job, growing with its age to 5 min.
 fn recheck_after(age_ms: u64) -> u64 {
     (age_ms / 10).clamp(10_000, 300_000)
+}
+
+/// Whether a job's change may end its batch (and so call for `batch.finished`).
+fn ends_batch(job: &JobRecord) -> bool {
+    job.status.is_final() && job.batch_id().is_some()
 }
 
 /// Whether a job's change may call for a webhook message.

@@ -381,3 +381,80 @@ async fn generate_uploads_the_image_and_mask_it_is_given() {
     assert_eq!(r.code, 2, "not a picture: a usage error:\n{}", r.stderr);
     assert!(r.stderr.contains("not a PNG, JPEG or WebP"), "{}", r.stderr);
 }
+
+/// `--grid` makes one job per combination as one batch, followed to its end,
+/// every picture saved; `--count --no-wait` prints the batch and its jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_makes_batches_with_count_and_grid() {
+    let standin = StandIn::start();
+    let app = serve(&standin).await;
+    let out = TempDir::new();
+    let r = studio(&[
+        "generate",
+        "a grid of cats",
+        "--workflow",
+        "smoke",
+        "--grid",
+        "width=32,48",
+        "--grid",
+        "blur_radius=1,2",
+        "--server",
+        &app.base,
+        "--out",
+        out.path().to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("4 jobs"), "{}", r.stdout);
+    let saved: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("saved "))
+        .collect();
+    assert_eq!(saved.len(), 4, "{}", r.stdout);
+    for path in saved {
+        let name = std::path::Path::new(path)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), standin.file(name).unwrap());
+    }
+    let r = studio(&[
+        "generate",
+        "three",
+        "--workflow",
+        "smoke",
+        "--count",
+        "3",
+        "--no-wait",
+        "--server",
+        &app.base,
+    ])
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "the batch id, then its 3 jobs: {}",
+        r.stdout
+    );
+    let (s, b) = app.get(&format!("/api/batches/{}", lines[0])).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["total"], 3);
+    // Over the server's bound: refused, with its reason.
+    let r = studio(&[
+        "generate",
+        "x",
+        "--workflow",
+        "smoke",
+        "--count",
+        "65",
+        "--server",
+        &app.base,
+    ])
+    .await;
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(r.stderr.contains("count"), "{}", r.stderr);
+}

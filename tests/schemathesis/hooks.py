@@ -1,6 +1,7 @@
 """Schemathesis hooks for Studio Core's API (SCHEMATHESIS_HOOKS=hooks).
 
-One rule of POST /api/generate cannot be written in JSON Schema: width x height x
+One rule of POST /api/generate (and of POST /api/batches, whose jobs take the
+same fields) cannot be written in JSON Schema: width x height x
 batch_size must stay within the workflow's pixel budget (`max_pixels` in
 GET /api/workflows, `x-max-pixels` on each variant of the request schema). A body
 over the budget is refused with 400 `invalid-param` by design, so the fuzzer must
@@ -53,6 +54,7 @@ import re
 
 import schemathesis
 
+SUBMISSIONS = ("/api/generate", "/api/batches")
 BUDGETS = json.loads(os.environ.get("STUDIO_PIXEL_BUDGETS", "{}"))
 DEFAULT_WORKFLOW = os.environ.get("STUDIO_DEFAULT_WORKFLOW", "sdxl")
 
@@ -67,7 +69,7 @@ def _int(v):
 
 @schemathesis.hook
 def filter_body(ctx, body):
-    if ctx.operation is None or ctx.operation.path != "/api/generate":
+    if ctx.operation is None or ctx.operation.path not in SUBMISSIONS:
         return True
     if not isinstance(body, dict):
         return True
@@ -118,7 +120,7 @@ def _fix_workflow(ctx, body):
 
 
 def _fix_generate(ctx, body):
-    if ctx.operation is None or ctx.operation.path != "/api/generate":
+    if ctx.operation is None or ctx.operation.path not in SUBMISSIONS:
         return body
     if not isinstance(body, dict):
         return body

@@ -38,22 +38,7 @@ pub async fn cancel(
     JobIdPath(id): JobIdPath,
     request: Request,
 ) -> Result<Response, ApiError> {
-    // No body is needed; one that is sent must be a JSON object.
-    let body = read_body(request, MAX_BODY_BYTES, state.body_timeout).await?;
-    if !body.is_empty() {
-        let v: Value = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(
-                "invalid-json",
-                format!("request body is not valid JSON: {e}"),
-            )
-        })?;
-        if !v.is_object() {
-            return Err(ApiError::bad_request(
-                "invalid-body",
-                "request body must be a JSON object ({} will do) or empty",
-            ));
-        }
-    }
+    no_body(&state, request).await?;
     // Someone else's job is not there, as far as this caller can tell.
     let visible = state
         .with_timeout(state.store.get(&id))
@@ -85,4 +70,25 @@ pub async fn cancel(
         )),
         CancelOutcome::NotFound => Err(not_found(id.as_str())),
     }
+}
+
+/// Reads the body of a request that needs none: empty, or a JSON object (what a
+/// cancel sends so no web form can make it).
+pub(crate) async fn no_body(state: &AppState, request: Request) -> Result<(), ApiError> {
+    let body = read_body(request, MAX_BODY_BYTES, state.body_timeout).await?;
+    if !body.is_empty() {
+        let v: Value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid-json",
+                format!("request body is not valid JSON: {e}"),
+            )
+        })?;
+        if !v.is_object() {
+            return Err(ApiError::bad_request(
+                "invalid-body",
+                "request body must be a JSON object ({} will do) or empty",
+            ));
+        }
+    }
+    Ok(())
 }

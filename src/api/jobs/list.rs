@@ -10,7 +10,8 @@ use crate::api::AppState;
 use crate::api::access::Caller;
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::extract::QueryParams;
-use crate::job::{JobStatus, JobView};
+use crate::auth::Identity;
+use crate::job::{JobRecord, JobStatus, JobView};
 use crate::store::ListQuery;
 
 /// Jobs per page of `GET /api/jobs` when the request does not say.
@@ -35,6 +36,9 @@ pub struct ListParams {
     /// `next_cursor` of the previous page.
     #[param(value_type = Option<u64>, minimum = 0, maximum = 9007199254740991_u64)]
     cursor: Option<String>,
+    /// Only the jobs of this batch (`POST /api/batches`), newest first.
+    #[param(value_type = Option<String>, pattern = r"^[A-Za-z0-9._:-]{1,128}$")]
+    batch_id: Option<String>,
 }
 
 /// The states a listing can be filtered by.
@@ -60,7 +64,8 @@ pub struct JobPage<'a> {
 #[utoipa::path(get, path = "/api/jobs", tag = "jobs", operation_id = "list_jobs", params(ListParams),
     responses(
         (status = 200, description = "A page of jobs", body = JobPage),
-        (status = 400, description = "A bad query parameter (`invalid-status`, `invalid-limit`, `invalid-cursor`, `invalid-query`)", body = ErrorBody),
+        (status = 400, description = "A bad query parameter (`invalid-status`, `invalid-limit`, `invalid-cursor`, `invalid-batch-id`, `invalid-query`)", body = ErrorBody),
+        (status = 404, description = "`batch_id` names no batch this caller can see (`batch-not-found`)", body = ErrorBody),
     ))]
 pub async fn list(
     State(state): State<AppState>,
@@ -110,6 +115,9 @@ pub async fn list(
                 })?,
         ),
     };
+    if let Some(batch) = p.batch_id.as_deref() {
+        return of_batch(&state, &who, batch, status, limit, cursor).await;
+    }
     let page = state
         .with_timeout(state.store.list(&ListQuery {
             status,
@@ -126,6 +134,35 @@ pub async fn list(
             .map(|j| JobView::new(j, None, signing.as_ref(), who.sees_all))
             .collect(),
         next_cursor: page.next_cursor.map(|c| c.to_string()),
+    })
+    .into_response())
+}
+
+/// A page of a batch's jobs, newest first; the cursor counts jobs skipped.
+async fn of_batch(
+    state: &AppState,
+    who: &Identity,
+    batch: &str,
+    status: Option<JobStatus>,
+    limit: usize,
+    cursor: Option<u64>,
+) -> Result<Response, ApiError> {
+    let (_, jobs) = crate::api::batches::read(state, who, batch).await?;
+    let matching: Vec<&JobRecord> = jobs
+        .iter()
+        .rev()
+        .flatten()
+        .filter(|j| status.as_ref().is_none_or(|s| &j.status == s))
+        .collect();
+    let skip = cursor.unwrap_or(0).min(matching.len() as u64) as usize;
+    let end = (skip + limit).min(matching.len());
+    let signing = state.signing().await?;
+    Ok(Json(JobPage {
+        jobs: matching[skip..end]
+            .iter()
+            .map(|j| JobView::new(j, None, signing.as_ref(), who.sees_all))
+            .collect(),
+        next_cursor: (end < matching.len()).then(|| end.to_string()),
     })
     .into_response())
 }

@@ -8,17 +8,18 @@
 -- ARGV[5] events channel, ARGV[6] the new job's event (JSON), ARGV[7] the queue's
 -- hash tag, ARGV[8] the owner ('' for none), ARGV[9] most jobs waiting for the
 -- owner (0: no limit), ARGV[10] the owner's weight, ARGV[11] its cap on running
--- jobs (0: none)
+-- jobs (0: none), ARGV[12] jobs of the same batch that follow (which must fit too)
 -- Returns the job's sequence number; -1 when the queue is full, -2 when the owner
 -- has its maximum waiting
 local sets = status_sets(5)
-if redis.call('ZCARD', sets.queued) >= tonumber(ARGV[4]) then return -1 end
+local following = tonumber(ARGV[12] or '0')
+if redis.call('ZCARD', sets.queued) + following >= tonumber(ARGV[4]) then return -1 end
 local owner, tag = ARGV[8], ARGV[7]
 local oindex, osets
 if owner ~= '' then
   oindex, osets = owner_keys(tag, owner)
   local limit = tonumber(ARGV[9])
-  if limit > 0 and redis.call('ZCARD', osets.queued) >= limit then return -2 end
+  if limit > 0 and redis.call('ZCARD', osets.queued) + following >= limit then return -2 end
 end
 local L = lane_keys(9)
 local seq = redis.call('INCR', KEYS[4])

@@ -229,6 +229,11 @@ impl KeyNames {
         format!("{}:req-sets", self.tag)
     }
 
+    /// A batch's record (JSON): its owner and its jobs.
+    pub fn batch(&self, id: &str) -> String {
+        format!("{}studio:batch:{id}", self.prefix)
+    }
+
     /// A job's latest preview: a hash of `seq`, `type`, `image`.
     pub fn preview(&self, job_id: &str) -> String {
         format!("{}studio:preview:{job_id}", self.prefix)

@@ -8,6 +8,7 @@
 //! is run again, and the lease token fences off the stale runner.
 
 mod api_keys;
+mod batches;
 pub mod conn;
 mod events;
 mod idempotency;

@@ -89,7 +89,8 @@ impl JobQueue for RedisStore {
             .arg(&job.owner)
             .arg(job.lane.max_queued.unwrap_or(0))
             .arg(job.lane.weight.max(1))
-            .arg(job.lane.max_running.unwrap_or(0));
+            .arg(job.lane.max_running.unwrap_or(0))
+            .arg(job.following);
         let pushed = self.run(push.invoke_async::<i64>(&mut conn)).await;
         if !matches!(pushed, Ok(seq) if seq > 0) {
             // Nothing is queued: take the record back, best effort (the caller's

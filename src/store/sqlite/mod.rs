@@ -8,6 +8,7 @@
 //! events only reach the process that wrote them.
 
 mod api_keys;
+mod batches;
 mod claim;
 mod idempotency;
 mod lease;

@@ -61,6 +61,7 @@ impl JobQueue for SqliteStore {
         let params_json = serde_json::Value::Object(job.params.clone()).to_string();
         let max_queued = self.settings.max_queued as i64;
         let lane = job.lane.clone();
+        let following = i64::from(job.following);
         let r = rec.clone();
         let out = self
             .write(move |conn| {
@@ -70,7 +71,7 @@ impl JobQueue for SqliteStore {
                 let queued: i64 = conn
                     .prepare_cached("SELECT value FROM counters WHERE name = 'queued'")?
                     .query_row([], |row| row.get(0))?;
-                if queued >= max_queued {
+                if queued + following >= max_queued {
                     return Ok((Err(Refusal::QueueFull { limit: max_queued as u64 }), Vec::new()));
                 }
                 if !r.owner.is_empty() {
@@ -80,7 +81,7 @@ impl JobQueue for SqliteStore {
                             .query_row(params![r.owner], |row| row.get(0))
                             .optional()?
                             .unwrap_or(0);
-                        if mine >= i64::from(limit) {
+                        if mine + following >= i64::from(limit) {
                             return Ok((Err(Refusal::QuotaFull { limit }), Vec::new()));
                         }
                     }

@@ -189,6 +189,12 @@ CREATE TABLE IF NOT EXISTS workflow_names (
     latest  INTEGER NOT NULL,
     retired INTEGER NOT NULL DEFAULT 0
 );
+-- Batches: many jobs submitted as one (a JSON record of its jobs).
+CREATE TABLE IF NOT EXISTS batches (
+    id         TEXT PRIMARY KEY,
+    record     TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     seq       INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id    TEXT NOT NULL,
@@ -205,7 +211,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 /// settings and idempotency records; version 4 routes jobs by requirement set
 /// (`req`); version 5 keeps upload sizes (quotas), the upload files' index,
 /// each webhook's owner (per-key caps), published workflows, and the workflow
-/// version a job runs.
+/// version a job runs. (The batches table came later without a new version: a
+/// table an older build does not read leaves it working.)
 pub(super) const SCHEMA_VERSION: i64 = 5;
 
 /// Creates the schema in a new file; refuses a file written by a newer version.

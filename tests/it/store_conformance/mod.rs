@@ -3,6 +3,7 @@
 //! role traits are: one file per role.
 
 mod api_keys;
+mod batches;
 mod idempotency;
 mod lease;
 mod outbox;
