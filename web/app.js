@@ -13,6 +13,7 @@ const OWN_INPUTS = new Set(["prompt", "negative_prompt", "seed"]);
 const state = {
   workflows: [],
   jobs: new Map(), // job id -> card element
+  batches: new Map(), // batch id -> { card, cells: job id -> cell, jobs: job id -> job }
   shownInGallery: new Set(),
   galleryCursor: null,
 };
@@ -245,7 +246,7 @@ function showFormError(message) {
   el.hidden = !message;
 }
 
-async function submit(event) {
+async function submit(event, count = 0) {
   event.preventDefault();
   showFormError("");
   const prompt = $("prompt").value;
@@ -275,7 +276,8 @@ async function submit(event) {
     else body[name] = input.value;
   }
   // The seed is written as typed digits: 64-bit seeds do not fit a JavaScript number.
-  const seed = $("seed").value.trim();
+  // A batch counts seeds up from its first: one JavaScript numbers hold exactly.
+  const seed = $("seed").value.trim() || (count ? randomSeed() : "");
   if (seed && !/^[0-9]+$/.test(seed)) {
     showFormError("The seed must be a whole number (or empty for a random one).");
     $("seed").focus();
@@ -283,7 +285,7 @@ async function submit(event) {
   }
   let json = JSON.stringify(body);
   if (seed) json = json.slice(0, -1) + `,"seed":${seed}}`;
-  const button = $("generate");
+  const button = $(count ? "variations" : "generate");
   button.disabled = true;
   try {
     for (const [name, file] of pictures) {
@@ -300,7 +302,8 @@ async function submit(event) {
     }
     json = JSON.stringify(body);
     if (seed) json = json.slice(0, -1) + `,"seed":${seed}}`;
-    const { status, body: answer } = await api("/api/generate", {
+    if (count) json = json.slice(0, -1) + `,"count":${count}}`;
+    const { status, body: answer } = await api(count ? "/api/batches" : "/api/generate", {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: json,
@@ -310,6 +313,10 @@ async function submit(event) {
       return;
     }
     localStorage.setItem("studio.workflow", body.workflow);
+    if (count) {
+      await showBatch(answer.batch_id, prompt);
+      return;
+    }
     upsertJob({ job_id: answer.job_id, status: "queued", progress: 0, prompt, workflow: answer.workflow, seed: answer.seed, error: "", outputs: [] }, true);
     const fresh = await api(`/api/status/${answer.job_id}`);
     if (fresh.status === 200) upsertJob(fresh.body);
@@ -352,6 +359,10 @@ function stateWords(job) {
 }
 
 function upsertJob(job, create = false) {
+  if (job.batch_id && state.batches.has(job.batch_id)) {
+    updateBatchCell(job);
+    return;
+  }
   let card = state.jobs.get(job.job_id);
   if (!card) {
     if (!create) {
@@ -457,6 +468,100 @@ function showWebhook(card, job) {
 
 // A thumbnail of a stored picture (the server makes it once per width: 128, 256
 // or 512); other outputs as they are.
+// ---------- batches ----------
+
+// A batch as one card: a grid with a cell per job (its picture once done), a
+// line of counts, and one Cancel for what has not ended.
+async function showBatch(id, prompt) {
+  const { status, body: batch } = await api(`/api/batches/${id}`);
+  if (status !== 200) {
+    showFormError((batch && batch.error) || `The server answered ${status}.`);
+    return;
+  }
+  if (state.batches.has(id)) return;
+  const card = document.createElement("li");
+  card.className = "job batch";
+  card.dataset.batchId = id;
+  card.innerHTML = `
+    <p class="prompt"></p>
+    <div class="side"><button type="button" class="cancel">Cancel all</button></div>
+    <p class="meta"></p>
+    <progress max="100" value="0"></progress>
+    <p class="state" aria-live="polite"></p>
+    <ul class="batch-grid"></ul>`;
+  card.querySelector(".prompt").textContent = prompt || "(no prompt)";
+  card.querySelector(".meta").textContent = `${batch.workflow} · batch of ${batch.total} · ${id.slice(0, 8)}`;
+  card.querySelector("progress").setAttribute("aria-label", "batch progress");
+  const cancel = card.querySelector(".cancel");
+  cancel.setAttribute("aria-label", `Cancel the batch “${(prompt || "").slice(0, 40)}”`);
+  cancel.addEventListener("click", () => cancelBatch(id, cancel));
+  const entry = { card, cells: new Map(), jobs: new Map() };
+  for (const job of batch.jobs) {
+    const cell = document.createElement("li");
+    cell.className = "cell";
+    cell.dataset.jobId = job.job_id;
+    card.querySelector(".batch-grid").append(cell);
+    entry.cells.set(job.job_id, cell);
+  }
+  state.batches.set(id, entry);
+  $("jobs").prepend(card);
+  $("jobs-empty").hidden = true;
+  for (const job of batch.jobs) updateBatchCell(job);
+}
+
+function updateBatchCell(job) {
+  const entry = state.batches.get(job.batch_id);
+  const cell = entry.cells.get(job.job_id);
+  if (!cell) return;
+  const last = entry.jobs.get(job.job_id);
+  if (last && job.rev != null && last.rev != null && job.rev < last.rev) return;
+  entry.jobs.set(job.job_id, job);
+  cell.className = `cell ${job.status}`;
+  cell.dataset.status = job.status;
+  cell.replaceChildren();
+  const image = job.status === "finished" && (job.outputs || []).find((o) => o.kind === "image");
+  if (image) {
+    const a = document.createElement("a");
+    a.className = "thumb";
+    a.href = image.url;
+    a.addEventListener("click", (e) => { e.preventDefault(); openViewer(image, job); });
+    const img = document.createElement("img");
+    img.src = thumbUrl(image, 256);
+    img.alt = `Seed ${job.seed} of “${job.prompt}”`;
+    a.append(img);
+    cell.append(a);
+    addToGallery(job, true);
+  } else {
+    const words = document.createElement("span");
+    words.textContent = job.status === "processing" ? `${job.progress || 0}%` : stateWords(job);
+    cell.append(words);
+  }
+  const all = [...entry.jobs.values()];
+  const count = (s) => all.filter((j) => j.status === s).length;
+  const total = entry.cells.size;
+  const ended = count("finished") + count("failed");
+  const progress = Math.round(all.reduce((sum, j) => sum + (TERMINAL.has(j.status) ? 100 : j.progress || 0), 0) / total);
+  const card = entry.card;
+  card.querySelector("progress").value = progress;
+  card.querySelector("progress").hidden = ended === total;
+  card.querySelector(".state").textContent = ended === total
+    ? `Done: ${count("finished")} of ${total} pictures${count("failed") ? `, ${count("failed")} failed or cancelled` : ""}`
+    : `${count("finished")} of ${total} done · ${count("processing")} generating · ${count("queued")} waiting`;
+  card.dataset.status = ended === total ? "finished" : "processing";
+  card.querySelector(".cancel").style.display = ended === total ? "none" : "";
+}
+
+async function cancelBatch(id, button) {
+  button.disabled = true;
+  const { status, body } = await api(`/api/batches/${id}/cancel`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: "{}",
+  });
+  if (status === 200) for (const job of body.jobs) updateBatchCell(job);
+  button.disabled = false;
+}
+
 function thumbUrl(output, width) {
   if (!/\.(png|jpe?g|webp)$/i.test(output.filename || "")) return output.url;
   return `${output.url}${output.url.includes("?") ? "&" : "?"}w=${width}`;
@@ -617,13 +722,25 @@ async function refreshOpenJobs() {
     const { status, body } = await api(`/api/status/${id}`);
     if (status === 200) upsertJob(body);
   }
+  for (const [id, entry] of state.batches) {
+    if (entry.card.dataset.status === "finished") continue;
+    const { status, body } = await api(`/api/batches/${id}`);
+    if (status === 200) for (const job of body.jobs) updateBatchCell(job);
+  }
 }
 
 async function loadActiveJobs() {
   for (const s of ["queued", "processing"]) {
     const { status, body } = await api(`/api/jobs?status=${s}&limit=20`);
     if (status !== 200) continue;
-    for (const job of body.jobs.reverse()) upsertJob(job, true);
+    for (const job of body.jobs.reverse()) {
+      // A batch's jobs are shown together, as its grid.
+      if (job.batch_id) {
+        if (!state.batches.has(job.batch_id)) await showBatch(job.batch_id, job.prompt);
+        continue;
+      }
+      upsertJob(job, true);
+    }
   }
 }
 
@@ -745,6 +862,7 @@ $("wf-publish").addEventListener("click", publishWorkflow);
 // ---------- start ----------
 
 $("form").addEventListener("submit", submit);
+$("variations").addEventListener("click", (e) => submit(e, 4));
 $("prompt").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("form").requestSubmit();
 });

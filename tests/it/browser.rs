@@ -621,3 +621,63 @@ async fn the_page_sends_a_webhook_and_shows_how_it_went() {
     assert_eq!(seen.len(), 2, "a 500, then the delivery: {seen:?}");
     assert!(seen.iter().all(|e| e["verified"] == true), "{seen:?}");
 }
+
+/// "4 variations" is one click: one batch of four jobs with four seeds, shown
+/// as one card whose grid fills with the four pictures; a second batch is
+/// cancelled with one button.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_makes_four_variations_and_shows_them_as_a_grid() {
+    let standin = StandIn::start_with(Knobs {
+        duration: Duration::from_millis(300),
+        ..Knobs::default()
+    });
+    let app = TestApp::serve(Backing::Sqlite, &standin, |_| {}).await;
+    let browser = Browser::start(1280, 1000).await;
+    browser.goto(&app.base).await;
+    browser
+        .wait_for(
+            "return [...document.querySelectorAll('#workflow option')].some(o => o.value === 'smoke')",
+            WAIT,
+        )
+        .await;
+    browser
+        .exec("const s = document.getElementById('workflow'); s.value = 'smoke'; s.dispatchEvent(new Event('change')); return true;")
+        .await;
+    let prompt = browser.find("#prompt").await;
+    browser.type_into(&prompt, "four foxes").await;
+    let variations = browser.find("#variations").await;
+    browser.click(&variations).await;
+    let imgs = browser
+        .wait_for(
+            "const c = document.querySelector('.job.batch'); \
+             const imgs = c ? [...c.querySelectorAll('.cell img')] : []; \
+             return imgs.length === 4 && imgs.every(i => i.complete && i.naturalWidth > 0) && imgs.map(i => i.alt)",
+            WAIT,
+        )
+        .await;
+    let alts: Vec<&str> = imgs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let distinct: std::collections::BTreeSet<&&str> = alts.iter().collect();
+    assert_eq!(distinct.len(), 4, "four seeds: {alts:?}");
+    let state = browser
+        .exec("return document.querySelector('.job.batch .state').textContent")
+        .await;
+    assert!(state.as_str().unwrap().contains("4 of 4"), "{state}");
+    let cancel_shown = browser
+        .exec("return getComputedStyle(document.querySelector('.job.batch .cancel')).display")
+        .await;
+    assert_eq!(cancel_shown, "none", "nothing left to cancel");
+    let batch = browser
+        .exec("return document.querySelector('.job.batch').dataset.batchId")
+        .await;
+    let (s, b) = app
+        .get(&format!("/api/batches/{}", batch.as_str().unwrap()))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(b["counts"]["finished"], 4, "{b}");
+    std::fs::write(screenshots().join("batch.png"), browser.screenshot().await).unwrap();
+}
