@@ -102,9 +102,14 @@ fn variation_of(body: &mut Value, max: usize) -> Result<Variation, SubmitError> 
     };
     match field {
         "count" => {
-            let n = value.as_u64().ok_or_else(|| {
-                refuse("count", format!("count must be an integer from 1 to {max}"))
-            })?;
+            // An integral number in any spelling (`4`, `4.0`), as seeds are read.
+            let n = value
+                .as_number()
+                .and_then(crate::workflow::param::as_i128)
+                .and_then(|n| u64::try_from(n).ok())
+                .ok_or_else(|| {
+                    refuse("count", format!("count must be an integer from 1 to {max}"))
+                })?;
             if n == 0 || n > max as u64 {
                 return Err(too_many(n as usize));
             }
@@ -419,6 +424,13 @@ mod tests {
         );
         assert_eq!(field(json!({"prompt": "x", "count": 0}), 64).1, "count");
         assert_eq!(field(json!({"prompt": "x", "count": "4"}), 64).1, "count");
+        assert_eq!(field(json!({"prompt": "x", "count": 1.5}), 64).1, "count");
+        assert_eq!(
+            bodies(json!({"prompt": "x", "count": 2.0}), 64)
+                .unwrap()
+                .len(),
+            2
+        );
         assert_eq!(field(json!({"prompt": "x"}), 64).1, "count");
         assert_eq!(
             field(json!({"prompt": "x", "count": 2, "seeds": [1]}), 64).1,
