@@ -168,6 +168,7 @@ impl App {
                 webhooks,
                 comfyui: api::comfyui::Frontend::new(args.comfyui_frontend_dir()),
                 openai_timeout: args.openai_timeout,
+                run_times: api::eta::RunTimes::start(store.clone()),
             });
             if let Some(port) = args.comfyui_api_port {
                 let addr = format!("{}:{}", args.host, port);

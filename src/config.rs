@@ -106,6 +106,10 @@ pub struct ServerArgs {
     /// pictures before its jobs are cancelled and it answers 504.
     #[arg(long, env = "STUDIO_OPENAI_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
     pub openai_timeout: Duration,
+    /// How long usage accounts (`GET /api/usage`) are kept, past the jobs' own
+    /// records.
+    #[arg(long, env = "STUDIO_USAGE_RETENTION", default_value = "400d", value_parser = parse_duration)]
+    pub usage_retention: Duration,
     /// Most jobs one batch (`POST /api/batches`) may make, 1–1000.
     #[arg(long, env = "STUDIO_MAX_BATCH", default_value_t = crate::submit::DEFAULT_MAX_BATCH, value_parser = parse_max_batch)]
     pub max_batch: usize,
@@ -457,6 +461,7 @@ impl ServerArgs {
             worker_ttl: self.worker_ttl,
             max_queued: self.max_queued,
             wait_replicas: self.redis_wait_replicas,
+            usage_retention: self.usage_retention,
             ..StoreSettings::default()
         }
     }

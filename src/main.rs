@@ -31,6 +31,8 @@ fn main() -> ExitCode {
         Command::Jobs(args) => runtime.block_on(cli::jobs(args)),
         Command::Workflows(args) => runtime.block_on(cli::workflows(args)),
         Command::Keys(args) => runtime.block_on(cli::keys::keys(args)),
+        Command::Admin(args) => runtime.block_on(cli::admin::admin(args)),
+        Command::Usage(args) => runtime.block_on(cli::usage::usage(args)),
         Command::Mcp(args) => runtime.block_on(cli::mcp(args)),
         Command::WebhookSecret => {
             println!("{}", studio_core::webhooks::Secret::generate());

@@ -53,6 +53,23 @@ pub struct StateLabel {
     pub state: &'static str,
 }
 
+/// An API key's budget window.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabel {
+    pub key: String,
+    /// `day` or `month` (UTC).
+    pub window: String,
+}
+
+/// A key's spend against its budget in one window, read at a scrape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BudgetSample {
+    pub key: String,
+    pub window: &'static str,
+    pub used_seconds: f64,
+    pub budget_seconds: f64,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabel {
     pub backend: String,
@@ -104,6 +121,8 @@ pub struct Metrics {
     workers: Gauge,
     store_up: Gauge,
     backend_up: Family<BackendLabel, Gauge>,
+    key_gpu_used: Family<BudgetLabel, Gauge<f64, AtomicU64>>,
+    key_gpu_budget: Family<BudgetLabel, Gauge<f64, AtomicU64>>,
     backend_in_flight: Family<BackendLabel, Gauge>,
     backend_busy: Family<BackendLabel, Counter<f64, AtomicU64>>,
     backend_jobs: Family<BackendLabel, Counter>,
@@ -120,6 +139,8 @@ pub struct Snapshot {
     pub backends: Vec<BackendSample>,
     pub event_streams: Option<u64>,
     pub http_connections: Option<u64>,
+    /// Keys with a budget: their spend.
+    pub budgets: Vec<BudgetSample>,
 }
 
 impl Metrics {
@@ -143,6 +164,8 @@ impl Metrics {
             workers: Gauge::default(),
             store_up: Gauge::default(),
             backend_up: Family::default(),
+            key_gpu_used: Family::default(),
+            key_gpu_budget: Family::default(),
             backend_restarts: Family::default(),
             backend_in_flight: Family::default(),
             backend_busy: Family::default(),
@@ -220,6 +243,16 @@ impl Metrics {
             m.store_up.clone(),
         );
         r.register(
+            "studio_key_gpu_seconds",
+            "GPU-seconds an API key with a budget used in the current UTC day or month",
+            m.key_gpu_used.clone(),
+        );
+        r.register(
+            "studio_key_gpu_budget_seconds",
+            "An API key's GPU-second budget for the UTC day or month",
+            m.key_gpu_budget.clone(),
+        );
+        r.register(
             "studio_backend_up",
             "1 when the ComfyUI backend answers its health check",
             m.backend_up.clone(),
@@ -287,6 +320,14 @@ impl Metrics {
             None => {
                 self.store_up.set(0);
             }
+        }
+        for b in &snap.budgets {
+            let l = BudgetLabel {
+                key: b.key.clone(),
+                window: b.window.to_owned(),
+            };
+            self.key_gpu_used.get_or_create(&l).set(b.used_seconds);
+            self.key_gpu_budget.get_or_create(&l).set(b.budget_seconds);
         }
         for b in &snap.backends {
             let l = BackendLabel {

@@ -88,6 +88,12 @@ macro_rules! key_request {
             pub publish: Option<bool>,
             /// It may run raw graphs (admins always may).
             pub graphs: Option<bool>,
+            /// GPU-seconds its jobs may use per UTC day (null: no budget).
+            #[schema(minimum = 1, maximum = 1_000_000_000)]
+            pub gpu_seconds_per_day: Option<u64>,
+            /// GPU-seconds its jobs may use per UTC month (null: no budget).
+            #[schema(minimum = 1, maximum = 1_000_000_000)]
+            pub gpu_seconds_per_month: Option<u64>,
         }
     };
 }
@@ -196,6 +202,28 @@ fn parse_change(body: &Value, creating: bool) -> Result<KeyUpdate, ApiError> {
             "burst" => u.burst = Some(uint(v)?),
             "max_queued" => u.max_queued = Some(uint(v)?),
             "max_running" => u.max_running = Some(uint(v)?),
+            "gpu_seconds_per_day" | "gpu_seconds_per_month" => {
+                let n = if v.is_null() {
+                    None
+                } else {
+                    Some(
+                        v.as_number()
+                            .and_then(crate::workflow::param::as_i128)
+                            .and_then(|n| u64::try_from(n).ok())
+                            .ok_or_else(|| {
+                                invalid(
+                                    k,
+                                    "must be a whole number of seconds (or null for no budget)",
+                                )
+                            })?,
+                    )
+                };
+                if k == "gpu_seconds_per_day" {
+                    u.gpu_seconds_per_day = Some(n);
+                } else {
+                    u.gpu_seconds_per_month = Some(n);
+                }
+            }
             "weight" => {
                 u.weight = Some(uint(v)?.ok_or_else(|| invalid(k, "must be a whole number"))?)
             }
@@ -222,7 +250,7 @@ fn parse_change(body: &Value, creating: bool) -> Result<KeyUpdate, ApiError> {
             other => {
                 return Err(ApiError::bad_request(
                     "unknown-field",
-                    format!("unknown field {other:?}; a key has name, role, rate, burst, max_queued, max_running, weight, max_priority, publish, graphs"),
+                    format!("unknown field {other:?}; a key has name, role, rate, burst, max_queued, max_running, weight, max_priority, publish, graphs, gpu_seconds_per_day, gpu_seconds_per_month"),
                 )
                 .with_field(other));
             }

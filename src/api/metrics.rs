@@ -53,6 +53,9 @@ impl Sources {
                 .unwrap_or_default(),
             event_streams: self.streams.as_ref().map(|s| s.open() as u64),
             http_connections: self.connections.as_ref().map(|c| c.open() as u64),
+            budgets: tokio::time::timeout(STORE_WAIT, budgets(self.store.as_ref()))
+                .await
+                .unwrap_or_default(),
         };
         Ok((
             [(header::CONTENT_TYPE, CONTENT_TYPE)],
@@ -60,6 +63,37 @@ impl Sources {
         )
             .into_response())
     }
+}
+
+/// Every key with a budget: its spend in the windows it has budgets for.
+/// Keys are few (each made by an operator); a key without a budget costs no read.
+pub async fn budgets(store: &dyn JobStore) -> Vec<crate::metrics::BudgetSample> {
+    let Ok(keys) = store.list_keys().await else {
+        return Vec::new();
+    };
+    let now = crate::clock::now_ms();
+    let mut out = Vec::new();
+    for k in keys.iter().filter(|k| !k.is_revoked()) {
+        let (day, month) = (k.limits.gpu_seconds_per_day, k.limits.gpu_seconds_per_month);
+        if day.is_none() && month.is_none() {
+            continue;
+        }
+        let Ok(spend) = store.spend(&k.id, now).await else {
+            continue;
+        };
+        for (window, budget, used) in [("day", day, spend.day_ms), ("month", month, spend.month_ms)]
+        {
+            if let Some(b) = budget {
+                out.push(crate::metrics::BudgetSample {
+                    key: k.id.clone(),
+                    window,
+                    used_seconds: used as f64 / 1000.0,
+                    budget_seconds: b as f64,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// The process's metrics, in the OpenMetrics text format.

@@ -2,9 +2,11 @@
 //! passes (request log, CORS, panic guard). One file per resource.
 
 pub mod access;
+pub mod admin;
 pub mod batches;
 pub mod comfyui;
 pub mod error;
+pub mod eta;
 pub mod events;
 pub mod extract;
 pub mod guard;
@@ -23,6 +25,7 @@ pub mod pages;
 pub mod previews;
 pub mod thumbs;
 pub mod uploads;
+pub mod usage;
 pub mod workflows;
 
 use std::future::Future;
@@ -109,6 +112,8 @@ pub struct AppContext {
     pub comfyui: comfyui::Frontend,
     /// How long an OpenAI Images request waits for its pictures.
     pub openai_timeout: Duration,
+    /// Recent run times, for a queued job's `eta_seconds`.
+    pub run_times: Arc<eta::RunTimes>,
 }
 
 impl AppContext {
@@ -263,6 +268,13 @@ routes! {
     get "/api/jobs" => jobs::list::list,
     get "/api/jobs/{job_id}" => jobs::get,
     post "/api/jobs/{job_id}/cancel" => jobs::cancel::cancel,
+    post "/api/jobs/{job_id}/retry" => admin::retry,
+    get "/api/admin/pause" => admin::get_pauses,
+    post "/api/admin/pause" => admin::pause,
+    post "/api/admin/resume" => admin::resume,
+    post "/api/admin/drain" => admin::drain,
+    get "/api/admin/dead" => admin::dead,
+    post "/api/admin/dead/requeue" => admin::requeue,
     get "/api/jobs/{job_id}/events" => events::job_events,
     get "/api/jobs/{job_id}/preview" => previews::preview,
     get "/api/events" => events::all_events,
@@ -274,6 +286,7 @@ routes! {
     delete "/api/workflows/{name}" => workflows::retire,
     get "/api/workflows/{name}/versions/{version}" => workflows::version,
     get "/api/ops" => ops::ops,
+    get "/api/usage" => usage::usage,
     get "/api/keys" => keys::list,
     post "/api/keys" => keys::create,
     patch "/api/keys/{key_id}" => keys::update,

@@ -5,8 +5,8 @@ use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 
 use super::{
-    batches, events, health, images, jobs, keys, mcp, metrics, openai, ops, pages, previews,
-    uploads, workflows,
+    admin, batches, events, health, images, jobs, keys, mcp, metrics, openai, ops, pages, previews,
+    uploads, usage, workflows,
 };
 use crate::workflow::param::MAX_STRING_CHARS;
 use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, ParamSpec, Workflow, WorkflowRegistry};
@@ -36,6 +36,13 @@ pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0
         jobs::get,
         jobs::list::list,
         jobs::cancel::cancel,
+        admin::retry,
+        admin::get_pauses,
+        admin::pause,
+        admin::resume,
+        admin::drain,
+        admin::dead,
+        admin::requeue,
         events::job_events,
         events::all_events,
         previews::preview,
@@ -53,6 +60,7 @@ pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0
         workflows::version,
         workflows::retire,
         ops::ops,
+        usage::usage,
         keys::list,
         keys::create,
         keys::update,
@@ -64,7 +72,7 @@ pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0
         pages::openapi_json,
         pages::asset,
     ),
-    components(schemas(pages::AssetName, jobs::list::ListStatus)),
+    components(schemas(pages::AssetName, jobs::list::ListStatus, usage::GroupBy)),
     tags(
         (name = "jobs", description = "Submit, follow, list and cancel generation jobs; download their outputs"),
         (name = "batches", description = "Many jobs as one: N variations, lists of seeds or prompts, grids over parameters"),
@@ -72,6 +80,8 @@ pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0
         (name = "events", description = "Live changes as Server-Sent Events"),
         (name = "workflows", description = "The workflows and their parameters"),
         (name = "keys", description = "API keys (admins only)"),
+        (name = "usage", description = "GPU-seconds, queue wait and outputs by key, workflow, day or backend"),
+        (name = "admin", description = "Steering the queue (admins only): pause, resume, drain; dead letters and requeue"),
         (name = "mcp", description = "An MCP server for agents (streamable HTTP; `studio mcp` relays stdio to it)"),
         (name = "openai", description = "The OpenAI Images API, for OpenAI's SDKs and chat front ends (its own request and error shapes)"),
         (name = "service", description = "Health"),

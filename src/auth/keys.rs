@@ -52,6 +52,13 @@ pub struct KeyLimits {
     /// admins always may.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub graphs: bool,
+    /// GPU-seconds its jobs may use per UTC day; over it, submissions are
+    /// refused (`429 budget-exhausted`) until the day turns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_seconds_per_day: Option<u64>,
+    /// The same per UTC month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_seconds_per_month: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -69,6 +76,8 @@ impl Default for KeyLimits {
             max_priority: Priority::Normal,
             publish: false,
             graphs: false,
+            gpu_seconds_per_day: None,
+            gpu_seconds_per_month: None,
         }
     }
 }
@@ -103,6 +112,17 @@ impl KeyLimits {
                 which,
                 "must be at least 1 (leave it out for no limit)".into(),
             ));
+        }
+        for (name, v) in [
+            ("gpu_seconds_per_day", self.gpu_seconds_per_day),
+            ("gpu_seconds_per_month", self.gpu_seconds_per_month),
+        ] {
+            if v.is_some_and(|v| v == 0 || v > 1_000_000_000) {
+                return Err((
+                    name,
+                    "must be from 1 to 1000000000 (leave it out for no budget)".into(),
+                ));
+            }
         }
         if !(1..=1000).contains(&self.weight) {
             return Err(("weight", "must be from 1 to 1000".into()));
@@ -154,6 +174,8 @@ pub struct KeyUpdate {
     pub max_priority: Option<Priority>,
     pub publish: Option<bool>,
     pub graphs: Option<bool>,
+    pub gpu_seconds_per_day: Option<Option<u64>>,
+    pub gpu_seconds_per_month: Option<Option<u64>>,
 }
 
 impl KeyUpdate {
@@ -187,6 +209,12 @@ impl KeyUpdate {
         }
         if let Some(v) = self.graphs {
             l.graphs = v;
+        }
+        if let Some(v) = self.gpu_seconds_per_day {
+            l.gpu_seconds_per_day = v;
+        }
+        if let Some(v) = self.gpu_seconds_per_month {
+            l.gpu_seconds_per_month = v;
         }
         if let Some(v) = self.max_priority {
             l.max_priority = v;

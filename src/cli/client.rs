@@ -125,8 +125,17 @@ impl Client {
 
     /// Sends a request; a JSON body back, or the server's error message.
     pub(super) async fn call(&self, req: reqwest::RequestBuilder) -> Result<(u16, Value), Fail> {
+        self.call_within(req, Duration::from_secs(30)).await
+    }
+
+    /// [`Client::call`] for a request the server may take `limit` to answer.
+    pub(super) async fn call_within(
+        &self,
+        req: reqwest::RequestBuilder,
+        limit: Duration,
+    ) -> Result<(u16, Value), Fail> {
         let res = req
-            .timeout(Duration::from_secs(30))
+            .timeout(limit)
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;

@@ -77,6 +77,12 @@ pub struct CreateArgs {
     /// admins always may).
     #[arg(long)]
     pub graphs: bool,
+    /// GPU-seconds its jobs may use per UTC day (then `429 budget-exhausted`).
+    #[arg(long)]
+    pub gpu_seconds_per_day: Option<u64>,
+    /// GPU-seconds its jobs may use per UTC month.
+    #[arg(long)]
+    pub gpu_seconds_per_month: Option<u64>,
 }
 
 /// `studio keys update`.
@@ -110,6 +116,21 @@ pub struct UpdateArgs {
     /// `true` or `false`: it may run raw graphs.
     #[arg(long)]
     pub graphs: Option<bool>,
+    /// GPU-seconds per UTC day, or `none`.
+    #[arg(long, value_parser = seconds_or_none)]
+    pub gpu_seconds_per_day: Option<Option<u64>>,
+    /// GPU-seconds per UTC month, or `none`.
+    #[arg(long, value_parser = seconds_or_none)]
+    pub gpu_seconds_per_month: Option<Option<u64>>,
+}
+
+fn seconds_or_none(s: &str) -> Result<Option<u64>, String> {
+    if s == "none" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("{s:?} is not a whole number of seconds (or none)"))
 }
 
 fn number_or_none(s: &str) -> Result<Option<u32>, String> {
@@ -157,6 +178,8 @@ async fn run(a: KeysArgs) -> Result<(), Fail> {
                 }),
                 publish: c.publish,
                 graphs: c.graphs,
+                gpu_seconds_per_day: c.gpu_seconds_per_day,
+                gpu_seconds_per_month: c.gpu_seconds_per_month,
             };
             let (key, secret) = manage::create(store.as_ref(), &c.name, c.role, limits, "cli")
                 .await
@@ -217,6 +240,8 @@ async fn run(a: KeysArgs) -> Result<(), Fail> {
                 max_priority: u.max_priority,
                 publish: u.publish,
                 graphs: u.graphs,
+                gpu_seconds_per_day: u.gpu_seconds_per_day,
+                gpu_seconds_per_month: u.gpu_seconds_per_month,
             };
             if change.is_empty() {
                 return Err(Fail::usage("nothing to change: give at least one setting"));
@@ -254,6 +279,12 @@ fn describe(l: &KeyLimits) -> String {
     }
     if let Some(n) = l.max_running {
         parts.push(format!("max running {n}"));
+    }
+    if let Some(n) = l.gpu_seconds_per_day {
+        parts.push(format!("{n} GPU-s/day"));
+    }
+    if let Some(n) = l.gpu_seconds_per_month {
+        parts.push(format!("{n} GPU-s/month"));
     }
     parts.push(format!("weight {}", l.weight));
     parts.push(format!("max priority {}", l.max_priority.as_str()));

@@ -3,6 +3,7 @@
 //! a running server over its public API. Exit codes: 0 finished (or done), 1 the job
 //! failed, 2 a usage or connection error (message on stderr).
 
+pub mod admin;
 mod client;
 mod generate;
 mod jobs;
@@ -10,6 +11,7 @@ pub mod keys;
 mod mcp;
 mod root;
 mod sse;
+pub mod usage;
 mod workflows;
 
 pub use client::ServerUrl;

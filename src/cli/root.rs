@@ -36,6 +36,10 @@ pub enum Command {
     Mcp(super::McpArgs),
     /// Manage API keys (straight in the job store: no server needed).
     Keys(super::keys::KeysArgs),
+    /// Usage: GPU-seconds, queue wait and outputs by key, workflow, day or backend.
+    Usage(super::usage::UsageArgs),
+    /// Steer the queue: pause, resume, drain; dead letters, requeue, retry.
+    Admin(super::admin::AdminArgs),
     /// Print a new webhook signing secret (`whsec_…`) for --webhook-secret.
     WebhookSecret,
 }

@@ -83,6 +83,9 @@ pub enum RunStatus {
 pub struct HistoryEntry {
     pub status: RunStatus,
     pub files: Vec<FileRef>,
+    /// How long the backend ran the prompt, by its own clock: from its
+    /// `execution_start` to its last message (`None` when it recorded neither).
+    pub run_ms: Option<u64>,
 }
 
 impl HistoryEntry {
@@ -150,7 +153,24 @@ impl HistoryEntry {
                 }
             }
         }
-        HistoryEntry { status, files }
+        let stamp =
+            |name: &str| find(name).and_then(|d| d.get("timestamp").and_then(Value::as_u64));
+        let end = [
+            "execution_success",
+            "execution_error",
+            "execution_interrupted",
+        ]
+        .into_iter()
+        .find_map(stamp);
+        let run_ms = match (stamp("execution_start"), end) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
+        HistoryEntry {
+            status,
+            files,
+            run_ms,
+        }
     }
 }
 

@@ -178,6 +178,8 @@ pub struct JobRecord {
     /// The fingerprint of what it needs of a backend (its requirement set), which
     /// routes it to the backends that have it; empty: any backend.
     pub req: String,
+    /// When it was first sent to a backend (ms since the epoch; 0: not yet).
+    pub started_ms: u64,
     /// Fields written by other programs that we do not know; reported as written.
     pub extra: BTreeMap<String, String>,
 }
@@ -209,6 +211,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "payload",
     "rev",
     "owner_key",
+    "started_ms",
 ];
 
 impl Default for JobRecord {
@@ -239,6 +242,7 @@ impl Default for JobRecord {
             owner: String::new(),
             priority: Priority::Normal,
             req: String::new(),
+            started_ms: 0,
             extra: BTreeMap::new(),
         }
     }
@@ -291,6 +295,7 @@ impl JobRecord {
                 "retry_at" => r.retry_at = v.parse().unwrap_or(0),
                 "rev" => r.rev = v.parse().unwrap_or(0),
                 "owner_key" => r.owner = v.to_owned(),
+                "started_ms" => r.started_ms = v.parse().unwrap_or(0),
                 // Ours only if it is one of our words: another program may keep
                 // something else under this name.
                 "priority" if Priority::parse(v).is_some() => {

@@ -44,6 +44,9 @@ pub struct JobView<'a> {
     /// The batch it was submitted in (`POST /api/batches`).
     #[serde(skip_serializing_if = "Option::is_none")]
     batch_id: Option<&'a str>,
+    /// The failed job this one runs again (`POST /api/jobs/{id}/retry`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_of: Option<&'a str>,
     seed: Option<u64>,
     prompt: &'a str,
     /// The workflow parameters used (with defaults filled in). A raw graph's
@@ -52,6 +55,22 @@ pub struct JobView<'a> {
     params: Cow<'a, Map<String, Value>>,
     created_at: &'a str,
     updated_at: &'a str,
+    /// When it was submitted (the same as `created_at`).
+    queued_at: &'a str,
+    /// When it was first sent to a backend (absent before).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started_at: Option<String>,
+    /// When it finished or failed (absent before).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended_at: Option<&'a str>,
+    /// From its first start to its end, in seconds (absent before it ends, or
+    /// if it never started).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_seconds: Option<f64>,
+    /// While queued: about how long until it starts, from the recent run times
+    /// of its workflow and the jobs ahead of it (absent when unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<u64>,
     /// How many times a worker has taken it.
     attempt: u32,
     /// Every file it produced, once finished (URLs signed as `image_url`).
@@ -136,6 +155,7 @@ impl<'a> JobView<'a> {
             workflow: &job.workflow,
             workflow_version: job.workflow_version(),
             batch_id: job.batch_id(),
+            retry_of: job.params.get("retry_of").and_then(Value::as_str),
             seed: job.seed,
             prompt: &job.prompt,
             // A raw graph (up to 4 MiB) and what a ComfyUI client gave with it
@@ -150,6 +170,12 @@ impl<'a> JobView<'a> {
             },
             created_at: &job.created_at,
             updated_at: &job.updated_at,
+            queued_at: &job.created_at,
+            started_at: (job.started_ms > 0).then(|| clock::iso8601(job.started_ms * 1000)),
+            ended_at: job.status.is_final().then_some(job.updated_at.as_str()),
+            run_seconds: (job.status.is_final() && job.started_ms > 0)
+                .then(|| job.updated_ms.saturating_sub(job.started_ms) as f64 / 1000.0),
+            eta_seconds: None,
             attempt: job.attempt,
             outputs,
             cancelled: job.cancelled,

@@ -26,7 +26,9 @@ pub mod queue;
 pub mod redis;
 pub mod routing;
 pub mod sqlite;
+pub mod steering;
 pub mod uploads;
+pub mod usage;
 pub mod workflows;
 
 pub use self::api_keys::KeyStore;
@@ -45,15 +47,17 @@ pub use self::queue::{
 pub use self::redis::RedisStore;
 pub use self::routing::{MAX_REQUIREMENT_SETS, Routing};
 pub use self::sqlite::SqliteStore;
+pub use self::steering::{MAX_PAUSED, Pauses, Steering};
 pub use self::uploads::{UploadQuota, Uploads};
+pub use self::usage::{MAX_USAGE_ROWS, Spend, Usage, UsageRecord};
 pub use self::workflows::{MAX_WORKFLOWS, StoredWorkflow, WorkflowEntry, WorkflowStore};
 
 /// Every role trait, for code that calls a concrete store (`RedisStore`,
 /// `SqliteStore`) rather than a `dyn JobStore`: `use store::prelude::*`.
 pub mod prelude {
     pub use super::{
-        Batches, Idempotency, JobQueue, JobStore, KeyStore, Leases, Previews, Routing, Uploads,
-        WebhookOutbox, WorkflowStore,
+        Batches, Idempotency, JobQueue, JobStore, KeyStore, Leases, Previews, Routing, Steering,
+        Uploads, Usage, WebhookOutbox, WorkflowStore,
     };
 }
 
@@ -91,6 +95,8 @@ pub struct StoreSettings {
     /// Redis only: replicas that must have a write before it is acknowledged
     /// (`WAIT`), 0 for none.
     pub wait_replicas: u32,
+    /// How long usage accounts are kept (`--usage-retention`).
+    pub usage_retention: Duration,
 }
 
 impl Default for StoreSettings {
@@ -102,6 +108,7 @@ impl Default for StoreSettings {
             index_cap: 100_000,
             max_queued: 100_000,
             wait_replicas: 0,
+            usage_retention: usage::DEFAULT_USAGE_RETENTION,
         }
     }
 }
@@ -119,6 +126,8 @@ pub trait JobStore:
     + Previews
     + WorkflowStore
     + Batches
+    + Steering
+    + Usage
 {
 }
 
@@ -133,5 +142,7 @@ impl<T> JobStore for T where
         + Previews
         + WorkflowStore
         + Batches
+        + Steering
+        + Usage
 {
 }

@@ -215,6 +215,7 @@ impl Submitter {
     /// between), the jobs already queued are cancelled and the batch refused.
     pub async fn submit_batch(&self, s: BatchSubmission<'_>) -> Result<BatchAccepted, SubmitError> {
         let who = s.who;
+        self.within_budget(who).await?;
         let original = s.body.clone();
         let mut body = s.body;
         let variation = variation_of(&mut body, self.max_batch)?;

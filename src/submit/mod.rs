@@ -7,11 +7,13 @@
 //! [`SubmitError`]s, which each front door answers in its own shape.
 
 mod batch;
+mod budget;
 mod error;
 mod graph;
 mod idempotency;
 mod pictures;
 mod requirements;
+mod retry;
 mod webhook;
 
 use std::sync::Arc;
@@ -23,6 +25,7 @@ pub use self::batch::{BATCH_FIELDS, BatchAccepted, BatchSubmission, DEFAULT_MAX_
 pub use self::error::{Rejection, SubmitError};
 pub use self::idempotency::{IdempotencyKey, ORPHANED_AFTER, fingerprint, scope};
 pub use self::pictures::{UploadLimits, Uploader};
+pub use self::retry::{RETRY_OF, Retried, retry_body};
 use crate::auth::Identity;
 use crate::backends::Offers;
 use crate::catalog::{Catalog, Unresolved};
@@ -108,6 +111,7 @@ impl Submitter {
     /// idempotency key and queues it, undoing the first two if the store refuses.
     pub async fn submit(&self, s: Submission<'_>) -> Result<Accepted, SubmitError> {
         let who = s.who;
+        self.within_budget(who).await?;
         let (wf, version, body) = self.workflow_of(who, s.body).await?;
         let wf = wf.as_ref();
         let (body, inline) = self.uploads.inline_pictures(wf, body).await?;

@@ -271,6 +271,11 @@ impl Backend {
         }
     }
 
+    /// Its GPU, as its `/system_stats` last named it ("" before).
+    pub fn device(&self) -> String {
+        self.info.lock().expect("backend info").device.clone()
+    }
+
     fn mark_up(&self, stats: &Value) {
         {
             let mut info = self.info.lock().expect("backend info");

@@ -299,6 +299,8 @@ impl Workers {
         }
         let mut dispatchers = JoinSet::new();
         let offers = Arc::new(Offers::default());
+        let (pauses_tx, pauses_rx) = watch::channel(crate::store::Pauses::default());
+        tasks.spawn(pause_loop(self.store.clone(), pauses_tx, shutdown.clone()));
         for b in &self.backends {
             let ctx = RunContext {
                 store: self.store.clone(),
@@ -309,6 +311,8 @@ impl Workers {
                 abort: abort_rx.clone(),
                 metrics: self.metrics.clone(),
                 offers: offers.clone(),
+                pauses: pauses_rx.clone(),
+                ran: Arc::default(),
             };
             dispatchers.spawn(dispatch(ctx, id.clone(), shutdown.clone()));
         }
@@ -340,6 +344,41 @@ impl Workers {
     }
 }
 
+/// How often a worker process reads what is paused: a pause takes effect
+/// within this (a claim already waiting for a job hands it back untouched).
+pub const PAUSE_POLL: Duration = Duration::from_millis(250);
+
+/// Reads what is paused, for every dispatcher of this process.
+async fn pause_loop(
+    store: Arc<dyn JobStore>,
+    tx: watch::Sender<crate::store::Pauses>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(PAUSE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = signalled(&mut shutdown) => return,
+        }
+        match store.pauses().await {
+            Ok(p) => {
+                tx.send_if_modified(|old| {
+                    let changed = *old != p;
+                    if changed {
+                        tracing::info!(farm = p.farm, backends = ?p.backends, "paused: what dispatchers may claim changed");
+                        *old = p.clone();
+                    }
+                    changed
+                });
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read what is paused; keeping the last state")
+            }
+        }
+    }
+}
+
 /// One backend's dispatcher: claims while the backend is up and has room.
 async fn dispatch(ctx: RunContext, worker: WorkerId, mut shutdown: watch::Receiver<bool>) {
     let backend = ctx.backend.clone();
@@ -361,6 +400,16 @@ async fn dispatch(ctx: RunContext, worker: WorkerId, mut shutdown: watch::Receiv
             _ = signalled(&mut shutdown) => break,
         };
         if !backend.ready() {
+            continue;
+        }
+        if ctx.pauses.borrow().blocks(&backend.url) {
+            // Paused by an operator: claim nothing until resumed (running jobs go on).
+            drop(permit);
+            let mut pauses = ctx.pauses.clone();
+            tokio::select! {
+                _ = pauses.wait_for(|p| !p.blocks(&backend.url)) => {}
+                _ = signalled(&mut shutdown) => break,
+            }
             continue;
         }
         if ctx.config.prefetch > 0 {
@@ -408,7 +457,7 @@ async fn dispatch(ctx: RunContext, worker: WorkerId, mut shutdown: watch::Receiv
             claim_failing = false;
         }
         match claimed {
-            Ok(Some(claim)) if !backend.ready() => {
+            Ok(Some(claim)) if !backend.ready() || ctx.pauses.borrow().blocks(&backend.url) => {
                 // The backend went down while we waited for a job: hand the job back
                 // untouched (the attempt does not count) for a backend that is up.
                 if let Err(e) = ctx.store.release(&claim.lease).await {

@@ -40,6 +40,28 @@ pub struct RunContext {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// What the live backends of every worker offer (shared by the process).
     pub offers: Arc<crate::backends::Offers>,
+    /// What an operator has paused (read from the store every [`super::PAUSE_POLL`]).
+    pub pauses: watch::Receiver<crate::store::Pauses>,
+    /// What the running attempt learned of its prompt's run (one per job).
+    pub ran: Arc<std::sync::Mutex<Ran>>,
+}
+
+/// Where an attempt's prompt ran and for how long, by the backend's clock.
+#[derive(Clone, Debug, Default)]
+pub struct Ran {
+    pub backend: String,
+    pub run_ms: Option<u64>,
+}
+
+/// How recording an attempt's outcome went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settled {
+    /// The job ended (finished, failed, cancelled, or out of attempts).
+    Ended,
+    /// It was handed back for a later attempt.
+    Retried,
+    /// Nothing of ours was recorded (the lease was lost, a hand-back, an error).
+    Not,
 }
 
 /// Puts an uploaded picture on this backend, once per backend (content-named,
@@ -139,9 +161,14 @@ impl Drop for Turn {
 /// Runs one claimed job to its end and records the outcome.
 pub async fn run_job(ctx: RunContext, claim: Claim, mut turn: Turn) {
     let span = tracing::info_span!("job", job_id = %claim.lease.job_id, backend = %ctx.backend.url, attempt = claim.lease.attempt);
+    let ctx = RunContext {
+        ran: Arc::default(),
+        ..ctx
+    };
     async move {
         let lease = claim.lease.clone();
         let taken = std::time::Instant::now();
+        let claimed_ms = crate::clock::now_ms();
         let workflow = ctx.metrics.workflow(&claim.job.workflow);
         if lease.attempt == 1
             && let Some(created) = crate::clock::parse_iso8601_ms(&claim.job.created_at)
@@ -182,7 +209,7 @@ pub async fn run_job(ctx: RunContext, claim: Claim, mut turn: Turn) {
             matches!(outcome, Outcome::Finished { .. }),
         );
         tracing::debug!(?outcome, "attempt over");
-        settle(&ctx, &lease, &outcome).await;
+        let settled = settle(&ctx, &lease, &outcome).await;
         if let Outcome::Cancelled {
             drain: Some(client),
         } = &outcome
@@ -190,7 +217,14 @@ pub async fn run_job(ctx: RunContext, claim: Claim, mut turn: Turn) {
             // Keep the backend slot until the stopped prompt is gone, so the next
             // job does not queue behind a dying one unseen.
             wait_gone(client, lease.job_id.as_str(), CANCEL_DRAIN).await;
+            // What it ran before it stopped is in its history now.
+            if let Ok(Some(entry)) = client.history(lease.job_id.as_str()).await {
+                let mut ran = ctx.ran.lock().expect("ran");
+                ran.backend = client.base_url().to_owned();
+                ran.run_ms = entry.run_ms;
+            }
         }
+        account(&ctx, &claim.job, &lease, &outcome, settled, claimed_ms).await;
     }
     .instrument(span)
     .await
@@ -206,7 +240,7 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     half + Duration::from_millis(fastrand::u64(0..=half.as_millis() as u64))
 }
 
-async fn settle(ctx: &RunContext, lease: &Lease, outcome: &Outcome) {
+async fn settle(ctx: &RunContext, lease: &Lease, outcome: &Outcome) -> Settled {
     let store = &ctx.store;
     // The store may be down for a while (a Redis restart loads its whole AOF
     // before it answers). While this worker heartbeats, nobody else will take the
@@ -223,7 +257,7 @@ async fn settle(ctx: &RunContext, lease: &Lease, outcome: &Outcome) {
                     },
                 )
                 .await
-                .map(drop),
+                .map(ended),
             Outcome::Failed(error) => store
                 .complete(
                     lease,
@@ -232,23 +266,31 @@ async fn settle(ctx: &RunContext, lease: &Lease, outcome: &Outcome) {
                     },
                 )
                 .await
-                .map(drop),
-            Outcome::Cancelled { .. } => {
-                store.complete(lease, Completion::Cancelled).await.map(drop)
-            }
+                .map(ended),
+            Outcome::Cancelled { .. } => store
+                .complete(lease, Completion::Cancelled)
+                .await
+                .map(ended),
             Outcome::Retry(error) => {
                 let delay = backoff(ctx.config.retry_base, ctx.config.retry_max, lease.attempt);
-                store.retry_later(lease, error, delay).await.map(|r| {
-                    if r == RetryOutcome::GaveUp {
-                        tracing::warn!(%error, "giving up on the job");
-                    }
-                })
+                store
+                    .retry_later(lease, error, delay)
+                    .await
+                    .map(|r| match r {
+                        RetryOutcome::GaveUp => {
+                            tracing::warn!(%error, "giving up on the job");
+                            Settled::Ended
+                        }
+                        RetryOutcome::Cancelled => Settled::Ended,
+                        RetryOutcome::Scheduled { .. } => Settled::Retried,
+                        RetryOutcome::Lost => Settled::Not,
+                    })
             }
-            Outcome::HandBack => store.release(lease).await,
-            Outcome::LeaseLost => Ok(()),
+            Outcome::HandBack => store.release(lease).await.map(|()| Settled::Not),
+            Outcome::LeaseLost => Ok(Settled::Not),
         };
         match result {
-            Ok(()) => return,
+            Ok(settled) => return settled,
             Err(e) if e.is_retryable() && tokio::time::Instant::now() < until => {
                 if attempt < 10 || attempt % 20 == 0 {
                     tracing::warn!(error = %e, "cannot record the outcome yet; retrying");
@@ -260,7 +302,90 @@ async fn settle(ctx: &RunContext, lease: &Lease, outcome: &Outcome) {
                 // A store that refuses (or has been away for ten minutes): the job
                 // stays with this worker until it stops, then the reaper requeues it.
                 tracing::error!(error = %e, "cannot record the outcome; the job is reclaimed when this worker stops");
-                return;
+                return Settled::Not;
+            }
+        }
+    }
+    Settled::Not
+}
+
+/// A completion's answer as a settlement: written (ours), or not.
+fn ended(written: bool) -> Settled {
+    if written {
+        Settled::Ended
+    } else {
+        Settled::Not
+    }
+}
+
+/// Writes the attempt's usage account once its outcome is recorded as ours (so
+/// an attempt whose lease was lost, and whose prompt another worker adopted,
+/// is never counted twice): every attempt that ended the job, and an attempt
+/// handed back after its prompt ran.
+async fn account(
+    ctx: &RunContext,
+    job: &JobRecord,
+    lease: &Lease,
+    outcome: &Outcome,
+    settled: Settled,
+    claimed_ms: u64,
+) {
+    let ran = ctx.ran.lock().expect("ran").clone();
+    let outcome_word = match (settled, outcome) {
+        (Settled::Not, _) => return,
+        (Settled::Retried, _) if ran.run_ms.is_none() => return,
+        (Settled::Retried, _) => "retried",
+        (Settled::Ended, Outcome::Finished { .. }) => "finished",
+        (Settled::Ended, Outcome::Cancelled { .. }) => "cancelled",
+        (Settled::Ended, _) => "failed",
+    };
+    let now = crate::clock::now_ms();
+    let backend = if ran.backend.is_empty() {
+        ctx.backend.url.clone()
+    } else {
+        ran.backend
+    };
+    let gpu = if backend == ctx.backend.url {
+        ctx.backend.device()
+    } else {
+        String::new()
+    };
+    let created = crate::clock::parse_iso8601_ms(&job.created_at).unwrap_or(now);
+    // Its first start: recorded by an earlier attempt, or this claim.
+    let started = if job.started_ms > 0 {
+        job.started_ms
+    } else {
+        claimed_ms
+    };
+    let record = crate::store::UsageRecord {
+        job_id: lease.job_id.to_string(),
+        attempt: lease.attempt,
+        owner: job.owner.clone(),
+        workflow: job.workflow.clone(),
+        version: job.workflow_version(),
+        backend,
+        gpu,
+        gpu_ms: ran.run_ms.unwrap_or(0),
+        wait_ms: if settled == Settled::Ended {
+            started.saturating_sub(created)
+        } else {
+            0
+        },
+        output_bytes: match outcome {
+            Outcome::Finished { outputs, .. } => outputs.iter().map(|o| o.size).sum(),
+            _ => 0,
+        },
+        outcome: outcome_word.into(),
+        ended_ms: now,
+    };
+    for attempt in 0..5u64 {
+        match ctx.store.record_usage(&record).await {
+            Ok(_) => return,
+            Err(e) if e.is_retryable() && attempt < 4 => {
+                tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+            }
+            Err(e) => {
+                return tracing::error!(error = %e, gpu_ms = record.gpu_ms, "cannot write the job's usage account");
             }
         }
     }
@@ -502,6 +627,11 @@ async fn conclude(
     convert: Option<Convert>,
 ) -> Outcome {
     let id = lease.job_id.as_str();
+    if let Followed::Done(entry) = &followed {
+        let mut ran = ctx.ran.lock().expect("ran");
+        ran.backend = client.base_url().to_owned();
+        ran.run_ms = entry.run_ms;
+    }
     match followed {
         Followed::Done(entry) => match entry.status {
             RunStatus::Success => collect(ctx, lease, client, &entry, convert).await,

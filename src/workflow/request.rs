@@ -330,8 +330,15 @@ pub fn parse_for(body: &Value, workflow: &Workflow) -> Result<NewJob, FieldError
 }
 
 /// What a job keeps in its parameters beyond the workflow's own, not sent by
-/// clients: the published version it runs, a raw graph's graph.
-pub const KEPT_FIELDS: &[&str] = &["workflow_version", "graph", "comfyui", "batch_id"];
+/// clients: the published version it runs, a raw graph's graph, what a ComfyUI
+/// client gave, its batch, the job it retries.
+pub const KEPT_FIELDS: &[&str] = &[
+    "workflow_version",
+    "graph",
+    "comfyui",
+    "batch_id",
+    "retry_of",
+];
 
 /// Fields of a submission beyond the workflow's parameters.
 pub const SUBMISSION_FIELDS: &[&str] = &[

@@ -121,6 +121,15 @@ fn recorded_history_entries_give_outcome_and_files() {
         ),
         ("studio_00001_.png", "output", "images")
     );
+    // The backend's run time, from its own execution_start and execution_success.
+    let start = ok["status"]["messages"][0][1]["timestamp"]
+        .as_u64()
+        .unwrap();
+    let end = ok["status"]["messages"].as_array().unwrap().last().unwrap()[1]["timestamp"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(e.run_ms, Some(end - start));
+    assert!(e.run_ms.unwrap() > 0);
 
     let (_, err) = history_body("d_runtime_error.jsonl", 0);
     let RunStatus::Error(x) = HistoryEntry::parse(&err).status else {

@@ -657,6 +657,8 @@ mod cached {
             )),
             abort: stop_rx,
             offers: Default::default(),
+            pauses: tokio::sync::watch::channel(Default::default()).1,
+            ran: Default::default(),
             metrics: studio_core::metrics::Metrics::new(
                 studio_core::workflow::WorkflowRegistry::built_in()
                     .names()

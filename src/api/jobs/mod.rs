@@ -141,6 +141,14 @@ pub async fn status(
     };
     let mut view = JobView::new(&job, position, signing.as_ref(), who.sees_all);
     view.webhook = webhook;
+    if let Some(ahead) = position.filter(|_| job.status == crate::job::JobStatus::Queued) {
+        let backends = state
+            .offers
+            .live(state.store.as_ref())
+            .await
+            .map_or(1, |l| l.len());
+        view.eta_seconds = state.run_times.eta(&job.workflow, ahead, backends);
+    }
     Ok(Json(view).into_response())
 }
 

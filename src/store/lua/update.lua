@@ -1,7 +1,8 @@
 -- A lease holder's progress (never decreasing) and other running-state fields.
 -- KEYS[1] job:status:<id>
 -- ARGV[1] channel, ARGV[2] lease token, ARGV[3] progress or '' , ARGV[4] now (ISO),
--- ARGV[5] now (ms), ARGV[6] ttl seconds, ARGV[7..] field, value pairs
+-- ARGV[5] now (ms), ARGV[6] ttl seconds, ARGV[7..] field, value pairs (a field
+-- named `?name` is set only when `name` has no value yet)
 -- Returns -1 lease lost, 1 held, 2 held and cancel requested
 if redis.call('HGET', KEYS[1], 'lease_token') ~= ARGV[2] then return -1 end
 local changed = false
@@ -14,7 +15,11 @@ if ARGV[3] ~= '' then
   end
 end
 for i = 7, #ARGV, 2 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then
+  if string.sub(ARGV[i], 1, 1) == '?' then
+    if redis.call('HSETNX', KEYS[1], string.sub(ARGV[i], 2), ARGV[i + 1]) == 1 then
+      changed = true
+    end
+  elseif redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
     changed = true
   end

@@ -74,6 +74,11 @@ impl KeyNames {
     }
 
     /// Dead letters (JSON), newest first, capped.
+    /// What is paused: `*` (the farm) or a backend → since when (ms).
+    pub fn paused(&self) -> String {
+        format!("{}:paused", self.tag)
+    }
+
     pub fn dead(&self) -> String {
         format!("{}:dead", self.tag)
     }
@@ -227,6 +232,16 @@ impl KeyNames {
     /// as a claim reads its size).
     pub fn requirement_sets(&self) -> String {
         format!("{}:req-sets", self.tag)
+    }
+
+    /// One UTC day's usage accounts: `job:attempt` → JSON.
+    pub fn usage_day(&self, day: &str) -> String {
+        format!("{}:usage:{day}", self.tag)
+    }
+
+    /// One key's spend: `d:<day>` and `m:<month>` → GPU ms.
+    pub fn spend(&self, owner: &str) -> String {
+        format!("{}:spend:{owner}", self.tag)
     }
 
     /// A batch's record (JSON): its owner and its jobs.

@@ -181,7 +181,11 @@ impl Leases for RedisStore {
             .arg(micros / 1000)
             .arg(self.ttl_secs());
         if let Some(b) = backend {
-            inv.arg("backend").arg(b);
+            // Sent to a backend: the first time, it started.
+            inv.arg("backend")
+                .arg(b)
+                .arg("?started_ms")
+                .arg(micros / 1000);
         }
         let mut conn = self.conn.clone();
         let r: i64 = self.run(inv.invoke_async(&mut conn)).await?;

@@ -20,7 +20,9 @@ mod queue;
 mod routing;
 mod scripts;
 mod settle;
+mod steering;
 mod uploads;
+mod usage;
 mod workflows;
 
 use std::collections::HashMap;

@@ -35,6 +35,7 @@ pub(super) struct Scripts {
     pub(super) workflow_publish: Script,
     pub(super) workflow_retire: Script,
     pub(super) forget_file: Script,
+    pub(super) usage_record: Script,
 }
 
 impl Scripts {
@@ -58,6 +59,7 @@ impl Scripts {
             requeue_status: publishing(include_str!("../lua/requeue_status.lua")),
             cancel: publishing(include_str!("../lua/cancel.lua")),
             settle: requeueing(include_str!("../lua/settle.lua")),
+            usage_record: Script::new(include_str!("../lua/usage_record.lua")),
             claim: requeueing(include_str!("../lua/claim.lua")),
             relist: requeueing(include_str!("../lua/relist.lua")),
             reap: requeueing(include_str!("../lua/reap.lua")),

@@ -101,10 +101,13 @@ impl Leases for SqliteStore {
                 return Ok((LeaseState::Lost, Vec::new()));
             };
             let micros = clock::now_micros();
+            // Sent to a backend: the first time, it started.
             let updated = conn.execute(
                 "UPDATE jobs SET progress = MAX(progress, COALESCE(?2, progress)), \
-                 backend = COALESCE(?3, backend), updated_at = ?4, updated_ms = ?5 \
-                 WHERE id = ?1 AND (progress < COALESCE(?2, -1) OR backend != COALESCE(?3, backend))",
+                 backend = COALESCE(?3, backend), updated_at = ?4, updated_ms = ?5, \
+                 started_ms = CASE WHEN started_ms = 0 AND ?3 IS NOT NULL THEN ?5 ELSE started_ms END \
+                 WHERE id = ?1 AND (progress < COALESCE(?2, -1) OR backend != COALESCE(?3, backend) \
+                 OR (started_ms = 0 AND ?3 IS NOT NULL))",
                 params![id, progress.map(|p| p.min(100) as i64), backend, clock::iso8601(micros), (micros / 1000) as i64],
             )?;
             let events = if updated > 0 { changed(conn, &id)?.into_iter().collect() } else { Vec::new() };

@@ -18,7 +18,9 @@ mod queue;
 mod routing;
 mod rows;
 mod schema;
+mod steering;
 mod uploads;
+mod usage;
 mod workflows;
 mod writer;
 

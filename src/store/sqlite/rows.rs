@@ -9,10 +9,10 @@ use crate::job::{JobRecord, JobStatus};
 /// The columns every record query selects, in [`record_from_row`]'s order.
 pub(super) const COLUMNS: &str = "id, status, progress, image_url, error, created_at, updated_at, updated_ms, \
     prompt, seed, workflow, params, attempt, cancel_requested, cancelled, outputs, backend, \
-    worker_id, last_error, run_at, rev, owner, priority, req";
+    worker_id, last_error, run_at, rev, owner, priority, req, started_ms";
 
 /// Columns in [`COLUMNS`] (the next one selected is at this index).
-pub(super) const COLUMN_COUNT: usize = 24;
+pub(super) const COLUMN_COUNT: usize = 25;
 
 /// The next number of the one sequence that orders both the listing and the queue:
 /// O(1), where `MAX(queue_seq)` would scan the whole queue index.
@@ -54,6 +54,7 @@ pub(super) fn record_from_row(r: &Row<'_>) -> rusqlite::Result<JobRecord> {
             _ => Priority::Normal,
         },
         req: r.get(23)?,
+        started_ms: r.get::<_, i64>(24)?.max(0) as u64,
         extra: Default::default(),
     })
 }

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     rev              INTEGER NOT NULL DEFAULT 1,
     owner            TEXT NOT NULL DEFAULT '',
     priority         INTEGER NOT NULL DEFAULT 1,
-    req              TEXT NOT NULL DEFAULT ''
+    req              TEXT NOT NULL DEFAULT '',
+    started_ms       INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_by_list_seq ON jobs(list_seq);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, list_seq);
@@ -189,6 +190,23 @@ CREATE TABLE IF NOT EXISTS workflow_names (
     latest  INTEGER NOT NULL,
     retired INTEGER NOT NULL DEFAULT 0
 );
+-- Usage accounts: one per attempt that ended, kept --usage-retention.
+CREATE TABLE IF NOT EXISTS usage (
+    job_id   TEXT NOT NULL,
+    attempt  INTEGER NOT NULL,
+    owner    TEXT NOT NULL,
+    ended_ms INTEGER NOT NULL,
+    gpu_ms   INTEGER NOT NULL,
+    record   TEXT NOT NULL,
+    PRIMARY KEY (job_id, attempt)
+);
+CREATE INDEX IF NOT EXISTS usage_by_time ON usage (ended_ms);
+CREATE INDEX IF NOT EXISTS usage_by_owner ON usage (owner, ended_ms);
+-- What is paused: '*' (the farm) or a backend.
+CREATE TABLE IF NOT EXISTS pauses (
+    target   TEXT PRIMARY KEY,
+    since_ms INTEGER NOT NULL
+);
 -- Batches: many jobs submitted as one (a JSON record of its jobs).
 CREATE TABLE IF NOT EXISTS batches (
     id         TEXT PRIMARY KEY,
@@ -211,9 +229,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 /// settings and idempotency records; version 4 routes jobs by requirement set
 /// (`req`); version 5 keeps upload sizes (quotas), the upload files' index,
 /// each webhook's owner (per-key caps), published workflows, and the workflow
-/// version a job runs. (The batches table came later without a new version: a
-/// table an older build does not read leaves it working.)
-pub(super) const SCHEMA_VERSION: i64 = 5;
+/// version a job runs; version 6 when a job first started (`started_ms`), and
+/// the batches, pauses and usage tables.
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 /// Creates the schema in a new file; refuses a file written by a newer version.
 pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
@@ -257,6 +275,10 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StoreError> {
              UPDATE uploads SET size = COALESCE(json_extract(record, '$.size'), 0);",
         )
         .map_err(internal)?;
+    }
+    if (1..6).contains(&version) && has_table("jobs")? {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN started_ms INTEGER NOT NULL DEFAULT 0;")
+            .map_err(internal)?;
     }
     if (1..5).contains(&version) && has_table("webhooks")? {
         conn.execute_batch("ALTER TABLE webhooks ADD COLUMN owner TEXT NOT NULL DEFAULT '';")

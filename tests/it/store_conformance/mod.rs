@@ -11,6 +11,7 @@ mod previews;
 mod queue;
 mod routing;
 mod uploads;
+mod usage;
 mod workflows;
 
 use std::time::Duration;

@@ -174,6 +174,7 @@ pub fn fast_settings() -> StoreSettings {
         index_cap: 1000,
         max_queued: 100_000,
         wait_replicas: 0,
+        usage_retention: Duration::from_secs(400 * 24 * 3600),
     }
 }
 
