@@ -138,6 +138,7 @@ impl App {
                 metrics: metrics.clone(),
                 store_timeout: api::STORE_TIMEOUT,
                 max_batch: args.max_batch,
+                max_stored_bytes: args.max_stored_bytes,
             });
             let state = AppState::new(AppContext {
                 store: store.clone(),

@@ -255,6 +255,14 @@ pub struct ServerArgs {
     /// How long job records live after their last change.
     #[arg(long, env = "STUDIO_JOB_TTL", default_value = "24h", value_parser = parse_duration)]
     pub job_ttl: Duration,
+    /// How long a job's outputs (and their thumbnails) are kept after it ends;
+    /// never less than its record lives. Default: the job TTL.
+    #[arg(long, env = "STUDIO_OUTPUT_TTL", value_parser = parse_duration)]
+    pub output_ttl: Option<Duration>,
+    /// Bytes of outputs one API key may have stored (e.g. `10GiB`); submissions
+    /// beyond are refused (`413 storage-quota`). Default: no limit.
+    #[arg(long, env = "STUDIO_MAX_STORED_BYTES", value_parser = crate::units::parse_size)]
+    pub max_stored_bytes: Option<u64>,
     /// How often /history is polled while the socket is healthy.
     #[arg(long, env = "STUDIO_POLL_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub poll_interval: Duration,
@@ -607,6 +615,8 @@ impl ServerArgs {
             backends.push("http://127.0.0.1:8188".into());
         }
         Ok(WorkerConfig {
+            job_ttl: self.job_ttl,
+            output_ttl: self.output_ttl.unwrap_or(self.job_ttl),
             sweep_interval: self.sweep_interval,
             sweep_grace: crate::worker::sweep::GRACE.min(self.job_ttl),
             launch,

@@ -267,6 +267,7 @@ routes! {
     get "/api/status/{job_id}" => jobs::status,
     get "/api/jobs" => jobs::list::list,
     get "/api/jobs/{job_id}" => jobs::get,
+    delete "/api/jobs/{job_id}" => jobs::delete::delete,
     post "/api/jobs/{job_id}/cancel" => jobs::cancel::cancel,
     post "/api/jobs/{job_id}/retry" => admin::retry,
     get "/api/admin/pause" => admin::get_pauses,

@@ -36,6 +36,7 @@ pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0
         jobs::get,
         jobs::list::list,
         jobs::cancel::cancel,
+        jobs::delete::delete,
         admin::retry,
         admin::get_pauses,
         admin::pause,

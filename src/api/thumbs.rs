@@ -13,8 +13,7 @@ use crate::job::JobId;
 
 use crate::picture::{DecodeError, MAX_BYTES};
 
-/// The widths a thumbnail may have.
-pub const WIDTHS: [u32; 3] = [128, 256, 512];
+pub use crate::storage::THUMB_WIDTHS as WIDTHS;
 
 /// A width the query asked for, checked.
 pub fn width(w: u32) -> Result<u32, ApiError> {
@@ -30,11 +29,7 @@ pub fn width(w: u32) -> Result<u32, ApiError> {
     }
 }
 
-/// The name a picture's thumbnail of width `w` is stored under, beside it (a
-/// JPEG, whatever the picture is: `thumb-256-<stem>.<ext>.jpg`, shortened to fit).
-pub fn stored_name(file: &str, w: u32) -> String {
-    crate::storage::fit_name(&format!("thumb-{w}-{file}.jpg"), "")
-}
+pub use crate::storage::thumb_name as stored_name;
 
 /// The thumbnail's stored name, made and stored first if it was not there. `None`
 /// when there is no such picture.

@@ -28,8 +28,56 @@ impl FsImageStore {
     }
 }
 
+/// The file that says a disk's pictures from earlier versions are known.
+const SWEPT_MARKER: &str = ".swept-v6";
+
 #[async_trait]
 impl ImageStore for FsImageStore {
+    async fn unswept(
+        &self,
+        skip: &JobId,
+    ) -> Result<Vec<(String, Vec<(String, u64)>)>, StorageError> {
+        if tokio::fs::try_exists(self.root.join(SWEPT_MARKER))
+            .await
+            .unwrap_or(false)
+        {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let mut dirs = match tokio::fs::read_dir(&self.root).await {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
+        while let Some(d) = dirs.next_entry().await? {
+            let name = d.file_name().to_string_lossy().into_owned();
+            if name == skip.as_str() || name.starts_with('.') || !d.file_type().await?.is_dir() {
+                continue;
+            }
+            if JobId::parse(&name).is_err() {
+                continue;
+            }
+            let mut files = Vec::new();
+            let mut entries = tokio::fs::read_dir(d.path()).await?;
+            while let Some(f) = entries.next_entry().await? {
+                let fname = f.file_name().to_string_lossy().into_owned();
+                if fname.starts_with('.') {
+                    continue;
+                }
+                let size = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+                files.push((fname, size));
+            }
+            out.push((name, files));
+        }
+        Ok(out)
+    }
+
+    async fn mark_swept(&self) -> Result<(), StorageError> {
+        tokio::fs::create_dir_all(&self.root).await?;
+        tokio::fs::write(self.root.join(SWEPT_MARKER), b"").await?;
+        Ok(())
+    }
+
     async fn delete(&self, job: &JobId, names: &[String]) -> Result<(), StorageError> {
         for name in names {
             match tokio::fs::remove_file(self.path(job, name)?).await {

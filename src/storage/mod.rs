@@ -160,6 +160,22 @@ pub trait ImageStore: Send + Sync + 'static {
     /// as the store allows (S3: one batched delete per thousand).
     async fn delete(&self, job: &JobId, names: &[String]) -> Result<(), StorageError>;
 
+    /// Jobs' directories an earlier version may have left, until
+    /// [`ImageStore::mark_swept`] ran: each job id with its files and their
+    /// sizes, the directory `skip` (the uploads') left out. Local disks only (an
+    /// S3 bucket answers nothing; give it a lifecycle rule).
+    async fn unswept(
+        &self,
+        _skip: &JobId,
+    ) -> Result<Vec<(String, Vec<(String, u64)>)>, StorageError> {
+        Ok(Vec::new())
+    }
+
+    /// Records that every directory an earlier version left is known now.
+    async fn mark_swept(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     /// A URL that serves the file for `ttl` without this server (a presigned
     /// `GET`), if the store can make one; `None` also when there is no such file.
     async fn presigned_url(
@@ -170,6 +186,25 @@ pub trait ImageStore: Send + Sync + 'static {
     ) -> Result<Option<String>, StorageError> {
         Ok(None)
     }
+}
+
+/// The widths a thumbnail may have.
+pub const THUMB_WIDTHS: [u32; 3] = [128, 256, 512];
+
+/// The name a picture's thumbnail of width `w` is stored under, beside it (a
+/// JPEG, whatever the picture is: `thumb-256-<stem>.<ext>.jpg`, shortened to fit).
+pub fn thumb_name(file: &str, w: u32) -> String {
+    fit_name(&format!("thumb-{w}-{file}.jpg"), "")
+}
+
+/// Every file a job's outputs may have left: the outputs and the thumbnails
+/// that may have been made of them.
+pub fn files_of(outputs: &[String]) -> Vec<String> {
+    let mut all = outputs.to_vec();
+    for o in outputs {
+        all.extend(THUMB_WIDTHS.iter().map(|w| thumb_name(o, *w)));
+    }
+    all
 }
 
 /// `<job id>/<file name>`, both checked: what both stores put under their root.

@@ -24,6 +24,7 @@ pub mod outbox;
 pub mod previews;
 pub mod queue;
 pub mod redis;
+pub mod retention;
 pub mod routing;
 pub mod sqlite;
 pub mod steering;
@@ -45,6 +46,7 @@ pub use self::queue::{
     CancelOutcome, DeadLetter, EVENT_BUFFER, JobEvent, JobPage, JobQueue, ListQuery, QueueStats,
 };
 pub use self::redis::RedisStore;
+pub use self::retention::{Retention, StoredOutputs};
 pub use self::routing::{MAX_REQUIREMENT_SETS, Routing};
 pub use self::sqlite::SqliteStore;
 pub use self::steering::{MAX_PAUSED, Pauses, Steering};
@@ -56,8 +58,8 @@ pub use self::workflows::{MAX_WORKFLOWS, StoredWorkflow, WorkflowEntry, Workflow
 /// `SqliteStore`) rather than a `dyn JobStore`: `use store::prelude::*`.
 pub mod prelude {
     pub use super::{
-        Batches, Idempotency, JobQueue, JobStore, KeyStore, Leases, Previews, Routing, Steering,
-        Uploads, Usage, WebhookOutbox, WorkflowStore,
+        Batches, Idempotency, JobQueue, JobStore, KeyStore, Leases, Previews, Retention, Routing,
+        Steering, Uploads, Usage, WebhookOutbox, WorkflowStore,
     };
 }
 
@@ -128,6 +130,7 @@ pub trait JobStore:
     + Batches
     + Steering
     + Usage
+    + Retention
 {
 }
 
@@ -144,5 +147,6 @@ impl<T> JobStore for T where
         + Batches
         + Steering
         + Usage
+        + Retention
 {
 }

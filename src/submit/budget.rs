@@ -1,5 +1,6 @@
-//! A key's GPU budget: over its GPU-seconds for the UTC day (or month), its
-//! submissions are refused until the window turns; running jobs finish.
+//! A key's GPU budget and storage quota: over its GPU-seconds for the UTC day
+//! (or month), its submissions are refused until the window turns (running jobs
+//! finish); over `--max-stored-bytes` of pictures, until some are deleted.
 
 use super::{Rejection, SubmitError, Submitter};
 use crate::auth::Identity;
@@ -12,6 +13,19 @@ impl Submitter {
     /// that have a budget.
     pub(super) async fn within_budget(&self, who: &Identity) -> Result<(), SubmitError> {
         let Some(key) = &who.key else { return Ok(()) };
+        if let Some(max) = self.max_stored_bytes {
+            let stored = self.within(self.store.stored_bytes(&key.id)).await?;
+            if stored >= max {
+                return Err(Rejection::new(
+                    413,
+                    "storage-quota",
+                    format!(
+                        "this key has {stored} bytes of pictures stored, its quota is {max} (--max-stored-bytes); delete some (DELETE /api/jobs/<id>) or wait for them to expire"
+                    ),
+                )
+                .into());
+            }
+        }
         let (per_day, per_month) = (
             key.limits.gpu_seconds_per_day,
             key.limits.gpu_seconds_per_month,

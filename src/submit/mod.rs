@@ -69,6 +69,8 @@ pub struct Submitter {
     pub store_timeout: Duration,
     /// Jobs in one batch at most (`--max-batch`).
     pub max_batch: usize,
+    /// Bytes of outputs one key may have stored (`--max-stored-bytes`).
+    pub max_stored_bytes: Option<u64>,
 }
 
 /// A request for one job, as a front door received it.

@@ -43,6 +43,10 @@ const OFFER_WAIT: Duration = Duration::from_secs(10);
 /// How workers behave. Defaults are for production; tests shorten the durations.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
+    /// How long job records live after their last change (`--job-ttl`).
+    pub job_ttl: Duration,
+    /// How long a job's outputs are kept after it ends (`--output-ttl`).
+    pub output_ttl: Duration,
     /// How often stored files no record names are looked for and deleted.
     pub sweep_interval: Duration,
     /// How long such a file is kept after its last record expired.
@@ -90,6 +94,8 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
+            job_ttl: Duration::from_secs(24 * 3600),
+            output_ttl: Duration::from_secs(24 * 3600),
             sweep_interval: Duration::from_secs(60),
             sweep_grace: sweep::GRACE,
             backends: vec!["http://127.0.0.1:8188".into()],
@@ -253,8 +259,7 @@ impl Workers {
         tasks.spawn(sweep::sweep_loop(
             self.store.clone(),
             self.images.clone(),
-            self.config.sweep_interval,
-            self.config.sweep_grace,
+            self.config.clone(),
             shutdown.clone(),
         ));
         match webhooks::Deliverer::new(

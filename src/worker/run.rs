@@ -225,6 +225,11 @@ pub async fn run_job(ctx: RunContext, claim: Claim, mut turn: Turn) {
             }
         }
         account(&ctx, &claim.job, &lease, &outcome, settled, claimed_ms).await;
+        if settled == Settled::Ended
+            && let Outcome::Finished { outputs, .. } = &outcome
+        {
+            keep_outputs(&ctx, &claim.job, outputs).await;
+        }
     }
     .instrument(span)
     .await
@@ -315,6 +320,33 @@ fn ended(written: bool) -> Settled {
         Settled::Ended
     } else {
         Settled::Not
+    }
+}
+
+/// Records a finished job's outputs for the sweep: they go `--output-ttl` after
+/// it ended (never while its record lives), and count against its key's
+/// stored bytes meanwhile.
+async fn keep_outputs(ctx: &RunContext, job: &JobRecord, outputs: &[crate::job::Output]) {
+    if outputs.is_empty() {
+        return;
+    }
+    let o = crate::store::StoredOutputs {
+        job_id: job.id.clone(),
+        owner: job.owner.clone(),
+        files: outputs.iter().map(|o| o.filename.clone()).collect(),
+        bytes: outputs.iter().map(|o| o.size).sum(),
+    };
+    let due = crate::clock::now_ms() + ctx.config.output_ttl.as_millis() as u64;
+    for attempt in 0..5u64 {
+        match ctx.store.keep_outputs(&o, due).await {
+            Ok(()) => return,
+            Err(e) if e.is_retryable() && attempt < 4 => {
+                tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+            }
+            Err(e) => {
+                return tracing::error!(error = %e, "cannot record the job's outputs for deletion; they stay until swept by hand");
+            }
+        }
     }
 }
 

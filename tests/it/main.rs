@@ -26,6 +26,7 @@ mod openai;
 mod openapi;
 mod previews;
 mod redis_interop;
+mod retention;
 mod review3;
 mod s3;
 mod sentinel;

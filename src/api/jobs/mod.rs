@@ -11,6 +11,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 pub mod cancel;
+pub mod delete;
 pub mod list;
 
 use super::AppState;

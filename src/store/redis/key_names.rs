@@ -234,6 +234,21 @@ impl KeyNames {
         format!("{}:req-sets", self.tag)
     }
 
+    /// Jobs with stored outputs, by when they may be deleted (ms).
+    pub fn outputs(&self) -> String {
+        format!("{}:outputs", self.tag)
+    }
+
+    /// Each such job's files, owner and bytes (JSON).
+    pub fn output_files(&self) -> String {
+        format!("{}:output-files", self.tag)
+    }
+
+    /// Bytes of outputs stored per owner.
+    pub fn stored(&self) -> String {
+        format!("{}:stored", self.tag)
+    }
+
     /// One UTC day's usage accounts: `job:attempt` → JSON.
     pub fn usage_day(&self, day: &str) -> String {
         format!("{}:usage:{day}", self.tag)

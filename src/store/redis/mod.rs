@@ -17,6 +17,7 @@ mod lease;
 mod outbox;
 mod previews;
 mod queue;
+mod retention;
 mod routing;
 mod scripts;
 mod settle;

@@ -36,6 +36,8 @@ pub(super) struct Scripts {
     pub(super) workflow_retire: Script,
     pub(super) forget_file: Script,
     pub(super) usage_record: Script,
+    pub(super) outputs_keep: Script,
+    pub(super) outputs_forget: Script,
 }
 
 impl Scripts {
@@ -60,6 +62,8 @@ impl Scripts {
             cancel: publishing(include_str!("../lua/cancel.lua")),
             settle: requeueing(include_str!("../lua/settle.lua")),
             usage_record: Script::new(include_str!("../lua/usage_record.lua")),
+            outputs_keep: Script::new(include_str!("../lua/outputs_keep.lua")),
+            outputs_forget: Script::new(include_str!("../lua/outputs_forget.lua")),
             claim: requeueing(include_str!("../lua/claim.lua")),
             relist: requeueing(include_str!("../lua/relist.lua")),
             reap: requeueing(include_str!("../lua/reap.lua")),

@@ -15,6 +15,7 @@ mod lease;
 mod outbox;
 mod previews;
 mod queue;
+mod retention;
 mod routing;
 mod rows;
 mod schema;

@@ -190,6 +190,16 @@ CREATE TABLE IF NOT EXISTS workflow_names (
     latest  INTEGER NOT NULL,
     retired INTEGER NOT NULL DEFAULT 0
 );
+-- Each job's stored outputs: its files, their bytes, when they may go.
+CREATE TABLE IF NOT EXISTS outputs (
+    job_id TEXT PRIMARY KEY,
+    owner  TEXT NOT NULL,
+    files  TEXT NOT NULL,
+    bytes  INTEGER NOT NULL,
+    due_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outputs_due ON outputs (due_ms);
+CREATE INDEX IF NOT EXISTS outputs_owner ON outputs (owner);
 -- Usage accounts: one per attempt that ended, kept --usage-retention.
 CREATE TABLE IF NOT EXISTS usage (
     job_id   TEXT NOT NULL,
@@ -230,7 +240,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 /// (`req`); version 5 keeps upload sizes (quotas), the upload files' index,
 /// each webhook's owner (per-key caps), published workflows, and the workflow
 /// version a job runs; version 6 when a job first started (`started_ms`), and
-/// the batches, pauses and usage tables.
+/// the batches, pauses, usage and outputs tables.
 pub(super) const SCHEMA_VERSION: i64 = 6;
 
 /// Creates the schema in a new file; refuses a file written by a newer version.

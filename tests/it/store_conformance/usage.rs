@@ -1,5 +1,6 @@
-//! `Usage` and `Steering`: an attempt's account is kept once and summed into
-//! its key's spend for the UTC day and month; pauses and dead letters.
+//! `Usage`, `Steering` and `Retention`: an attempt's account is kept once and
+//! summed into its key's spend for the UTC day and month; pauses and dead
+//! letters; stored outputs indexed once and counted per owner.
 
 use studio_core::store::UsageRecord;
 
@@ -93,7 +94,69 @@ async fn pauses_and_dead_letters(kind: Backing) {
     assert_eq!(t.store.remove_dead_letter("none").await.unwrap(), 0);
 }
 
+async fn stored_outputs_are_indexed_once_and_counted_per_owner(kind: Backing) {
+    use studio_core::store::StoredOutputs;
+    let t = test_store(kind, fast_settings());
+    let o = |job: &str, owner: &str, bytes: u64| StoredOutputs {
+        job_id: job.into(),
+        owner: owner.into(),
+        files: vec![format!("{job}.png")],
+        bytes,
+    };
+    t.store
+        .keep_outputs(&o("a", "k1", 100), 1_000)
+        .await
+        .unwrap();
+    t.store
+        .keep_outputs(&o("a", "k1", 100), 5_000)
+        .await
+        .unwrap();
+    t.store
+        .keep_outputs(&o("b", "k1", 50), 2_000)
+        .await
+        .unwrap();
+    t.store.keep_outputs(&o("c", "k2", 7), 9_000).await.unwrap();
+    assert_eq!(
+        t.store.stored_bytes("k1").await.unwrap(),
+        150,
+        "a job counts once"
+    );
+    let due: Vec<String> = t
+        .store
+        .due_outputs(2_500, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.job_id)
+        .collect();
+    assert_eq!(due, vec!["a", "b"], "the first recording's time holds");
+    t.store.postpone_outputs("a", 8_000).await.unwrap();
+    let due: Vec<String> = t
+        .store
+        .due_outputs(2_500, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.job_id)
+        .collect();
+    assert_eq!(due, vec!["b"]);
+    assert_eq!(
+        t.store.forget_outputs("b").await.unwrap(),
+        Some(o("b", "k1", 50))
+    );
+    assert_eq!(t.store.forget_outputs("b").await.unwrap(), None, "once");
+    assert_eq!(t.store.stored_bytes("k1").await.unwrap(), 100);
+    assert_eq!(t.store.stored_bytes("nobody").await.unwrap(), 0);
+    // Deleting a record.
+    let j = super::job("gone soon");
+    t.store.enqueue(&j).await.unwrap();
+    assert!(t.store.delete_job(j.id.as_str()).await.unwrap());
+    assert!(t.store.get(&j.id).await.unwrap().is_none());
+    assert!(!t.store.delete_job(j.id.as_str()).await.unwrap());
+}
+
 both_stores!(
     an_account_is_kept_once_and_summed_into_the_spend,
     pauses_and_dead_letters,
+    stored_outputs_are_indexed_once_and_counted_per_owner,
 );
