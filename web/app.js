@@ -341,11 +341,21 @@ function plainError(error) {
   return error;
 }
 
+// Seconds in words: "40 s", "3 min", "2 h".
+function duration(s) {
+  if (s < 90) return `${Math.max(1, Math.round(s))} s`;
+  if (s < 5400) return `${Math.round(s / 60)} min`;
+  return `${Math.round(s / 3600)} h`;
+}
+
 function stateWords(job) {
   switch (job.status) {
     case "queued":
       if (job.retry_at) return `Waiting to retry after a problem: ${plainError(job.last_error)}`;
-      if (job.queue_position != null) return job.queue_position === 0 ? "Next in line" : `Waiting in line — ${job.queue_position} ahead`;
+      if (job.queue_position != null) {
+        const line = job.queue_position === 0 ? "Next in line" : `Waiting in line — ${job.queue_position} ahead`;
+        return job.eta_seconds ? `${line}, starts in about ${duration(job.eta_seconds)}` : line;
+      }
       return "Waiting in line";
     case "processing":
       return job.cancel_requested ? "Cancelling…" : `Generating… ${job.progress}%`;

@@ -82,6 +82,103 @@ function perMinute(series) {
   return [...buckets.values()];
 }
 
+// Sends a steering request; the answer's body (or throws with the server's words).
+async function post(path, body = {}) {
+  const res = await fetch(path, {
+    method: "POST",
+    headers: { ...headers(), "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const v = await res.json().catch(() => ({}));
+  if (!res.ok && res.status !== 202) throw new Error(v.error || `the server answered ${res.status}`);
+  return v;
+}
+
+function showControlError(message) {
+  $("control-error").textContent = message || "";
+  $("control-error").hidden = !message;
+}
+
+const state = { paused: { farm: false, backends: [] } };
+
+function renderPaused(p) {
+  state.paused = p;
+  const parts = [];
+  if (p.farm) parts.push("the farm is paused: nothing new starts");
+  if (p.backends.length) parts.push(`paused backends: ${p.backends.join(", ")}`);
+  $("paused").textContent = parts.length ? parts.join(" · ") : "running: every backend takes work";
+  $("paused").classList.toggle("bad", p.farm);
+  $("pause").disabled = p.farm;
+  $("resume").disabled = !p.farm && p.backends.length === 0;
+}
+
+async function steer(path, body) {
+  showControlError("");
+  try {
+    const v = await post(path, body);
+    renderPaused(v.paused || v);
+    if (path.endsWith("/drain")) {
+      $("paused").textContent = v.drained ? "drained: nothing runs; resume when done" : `still ${v.running} running (paused)`;
+    }
+  } catch (e) {
+    showControlError(e.message);
+  }
+}
+
+function renderUsage(month, today, keys) {
+  const body = $("usage").querySelector("tbody");
+  body.replaceChildren();
+  const todays = new Map(today.groups.map((g) => [g.group, g]));
+  const budgets = new Map((keys || []).map((k) => [k.id, k.limits && k.limits.gpu_seconds_per_day]));
+  $("usage-empty").hidden = month.groups.length > 0;
+  $("usage").hidden = month.groups.length === 0;
+  for (const g of month.groups) {
+    const tr = document.createElement("tr");
+    const t = todays.get(g.group);
+    const budget = budgets.get(g.group);
+    for (const text of [g.group || "(no key)", String(g.jobs), g.gpu_seconds.toFixed(1), t ? t.gpu_seconds.toFixed(1) : "0.0", budget ? `${budget}` : "—"]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.append(td);
+    }
+    if (budget && t && t.gpu_seconds >= budget) tr.classList.add("over");
+    body.append(tr);
+  }
+}
+
+function renderDead(list) {
+  const body = $("dead").querySelector("tbody");
+  body.replaceChildren();
+  $("dead-empty").hidden = list.length > 0;
+  $("dead").hidden = list.length === 0;
+  $("requeue").hidden = list.length === 0;
+  for (const d of list) {
+    const tr = document.createElement("tr");
+    for (const text of [d.job_id.slice(0, 8), d.error, d.failed_at ? new Date(d.failed_at).toLocaleString() : ""]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.append(td);
+    }
+    tr.firstChild.title = d.job_id;
+    body.append(tr);
+  }
+}
+
+async function refreshSteering() {
+  const get = async (path) => {
+    const res = await fetch(path, { headers: headers() });
+    return res.ok ? res.json() : null;
+  };
+  const today = new Date().toISOString().slice(0, 10);
+  const [paused, dead, month, day, keys] = await Promise.all([
+    get("/api/admin/pause"), get("/api/admin/dead?limit=50"), get("/api/usage?group_by=key"),
+    get(`/api/usage?group_by=key&from=${today}`), get("/api/keys"),
+  ]);
+  if (paused) renderPaused(paused);
+  if (dead) renderDead(dead.dead);
+  if (month && day) renderUsage(month, day, Array.isArray(keys) ? keys : (keys && keys.keys));
+}
+
 function renderBackends(list) {
   const ul = $("backends");
   ul.replaceChildren();
@@ -103,7 +200,13 @@ function renderBackends(list) {
     const pct = document.createElement("span");
     pct.className = "utilization";
     pct.textContent = b.utilization == null ? "utilization: measuring…" : `utilization ${(b.utilization * 100).toFixed(0)} %`;
-    li.append(name, state, meter, pct);
+    const paused = state.paused.backends.includes(b.url);
+    const toggle = document.createElement("button");
+    toggle.type = "button";
+    toggle.className = "backend-pause";
+    toggle.textContent = paused ? "Resume this backend" : "Pause this backend";
+    toggle.addEventListener("click", () => steer(paused ? "/api/admin/resume" : "/api/admin/pause", { backend: b.url }).then(refresh));
+    li.append(name, state, meter, pct, toggle);
     if (b.last_error) {
       // Red only while it is down; an up backend's old error is history.
       const err = document.createElement("p");
@@ -171,6 +274,7 @@ async function refresh() {
   ], { bars: true });
   const last = minutes[minutes.length - 1];
   $("tput-now").textContent = last ? `${last.finished} finished, ${last.failed} failed this minute` : "no samples yet";
+  await refreshSteering();
   renderBackends(v.backends);
   renderFailures(v.failures);
   const now = v.series[v.series.length - 1];
@@ -186,6 +290,27 @@ $("key-form").addEventListener("submit", (e) => {
   if (!key) return;
   localStorage.setItem(KEY_STORAGE, key);
   location.reload();
+});
+
+$("pause").addEventListener("click", () => steer("/api/admin/pause"));
+$("resume").addEventListener("click", async () => {
+  await steer("/api/admin/resume");
+  for (const b of state.paused.backends) await steer("/api/admin/resume", { backend: b });
+  refresh();
+});
+$("drain").addEventListener("click", () => {
+  $("paused").textContent = "draining: waiting for the running jobs…";
+  steer("/api/admin/drain", { timeout: 600 });
+});
+$("requeue").addEventListener("click", async () => {
+  showControlError("");
+  try {
+    const v = await post("/api/admin/dead/requeue", {});
+    $("paused").textContent = `requeued ${v.requeued.length}${v.skipped.length ? `, ${v.skipped.length} could not be` : ""}`;
+  } catch (e) {
+    showControlError(e.message);
+  }
+  refresh();
 });
 
 refresh();

@@ -77,6 +77,13 @@ async fn options(
     Ok(m)
 }
 
+/// A whole number in any JSON spelling (`5`, `5.0`).
+fn whole(v: &Value) -> Option<u64> {
+    v.as_number()
+        .and_then(crate::workflow::param::as_i128)
+        .and_then(|n| u64::try_from(n).ok())
+}
+
 /// The `backend` an option names (`None`: the whole farm).
 fn backend_of(m: &Map<String, Value>) -> Result<Option<String>, ApiError> {
     match m.get("backend") {
@@ -96,9 +103,15 @@ fn backend_of(m: &Map<String, Value>) -> Result<Option<String>, ApiError> {
 
 /// A pause or resume: which backend, if not the whole farm.
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct PauseRequest {
     /// A backend's URL, as `/health` names it; absent: the whole farm.
+    #[schema(
+        min_length = 1,
+        max_length = 2048,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub backend: Option<String>,
 }
 
@@ -190,9 +203,15 @@ pub async fn resume(
 
 /// A drain: which backend, and how long to wait.
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct DrainRequest {
     /// A backend's URL, as `/health` names it; absent: the whole farm.
+    #[schema(
+        min_length = 1,
+        max_length = 2048,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]+$"
+    )]
     pub backend: Option<String>,
     /// Seconds to wait for the running jobs to end, 0–3600 (default 600).
     #[schema(minimum = 0, maximum = 3600)]
@@ -233,7 +252,7 @@ pub async fn drain(
     let backend = backend_of(&m)?;
     let timeout = match m.get("timeout") {
         None | Some(Value::Null) => 600,
-        Some(v) => v.as_u64().filter(|t| *t <= MAX_DRAIN_SECS).ok_or_else(|| {
+        Some(v) => whole(v).filter(|t| *t <= MAX_DRAIN_SECS).ok_or_else(|| {
             ApiError::bad_request(
                 "invalid-timeout",
                 format!("timeout must be whole seconds from 0 to {MAX_DRAIN_SECS}"),
@@ -361,9 +380,11 @@ pub async fn dead(
 
 /// Which dead letters to requeue.
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct RequeueRequest {
-    /// These jobs' dead letters; absent: the newest `limit`.
+    /// These jobs' dead letters (at most 1000); absent: the newest `limit`.
+    #[schema(max_items = 1000)]
     pub job_ids: Option<Vec<String>>,
     /// How many of the newest, 1–1000 (default 100), when `job_ids` is absent.
     #[schema(minimum = 1, maximum = 1000)]
@@ -432,8 +453,7 @@ pub async fn requeue(
     };
     let limit = match m.get("limit") {
         None | Some(Value::Null) => 100,
-        Some(v) => v
-            .as_u64()
+        Some(v) => whole(v)
             .map(|n| n as usize)
             .filter(|n| (1..=MAX_DEAD).contains(n))
             .ok_or_else(|| {

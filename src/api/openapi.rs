@@ -122,6 +122,11 @@ pub fn document(
     for cancel in [
         "/paths/~1api~1jobs~1{job_id}~1cancel/post/requestBody",
         "/paths/~1api~1batches~1{batch_id}~1cancel/post/requestBody",
+        "/paths/~1api~1jobs~1{job_id}~1retry/post/requestBody",
+        "/paths/~1api~1admin~1pause/post/requestBody",
+        "/paths/~1api~1admin~1resume/post/requestBody",
+        "/paths/~1api~1admin~1drain/post/requestBody",
+        "/paths/~1api~1admin~1dead~1requeue/post/requestBody",
     ] {
         if keys && let Some(body) = doc.pointer_mut(cancel) {
             body["required"] = json!(false);

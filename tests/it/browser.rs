@@ -408,6 +408,39 @@ async fn the_ops_page_charts_the_queue_backends_and_failures() {
         failure[1].as_str().unwrap().contains("ckpt_name"),
         "{failure}"
     );
+    // Usage: the jobs of the last 30 days (no key here: one row).
+    let usage = browser
+        .wait_for(
+            "const r = document.querySelector('#usage tbody tr'); return r && [r.cells[1].textContent, r.cells[2].textContent]",
+            WAIT,
+        )
+        .await;
+    assert_eq!(usage[0], "6", "every job that ended: {usage}");
+    assert!(
+        usage[1].as_str().unwrap().parse::<f64>().unwrap() > 0.0,
+        "{usage}"
+    );
+    // Pause and resume with the buttons.
+    let pause = browser.find("#pause").await;
+    browser.click(&pause).await;
+    browser
+        .wait_for(
+            "return document.getElementById('paused').textContent.includes('the farm is paused')",
+            WAIT,
+        )
+        .await;
+    let (_, p) = app.get("/api/admin/pause").await;
+    assert_eq!(p["farm"], true);
+    let resume = browser.find("#resume").await;
+    browser.click(&resume).await;
+    browser
+        .wait_for(
+            "return document.getElementById('paused').textContent.startsWith('running')",
+            WAIT,
+        )
+        .await;
+    let (_, p) = app.get("/api/admin/pause").await;
+    assert_eq!(p["farm"], false);
     let png = browser.screenshot().await;
     assert_eq!(&png[1..4], b"PNG");
     std::fs::write(screenshots().join("studio-ops.png"), png).unwrap();

@@ -44,6 +44,13 @@ fuzzed and every 201 path is reached; a case made to break the schema (a
 `workflow` or `params` that is not an object, a bad name) stays broken. Hostile
 graphs have their own test (tests/it/workflows.rs).
 
+Usage: `GET /api/usage` takes `from` and `to` as RFC 3339 times or days, which
+a string schema cannot state; `map_query` puts readable ones in place of
+generated strings, so grouping and keys are still fuzzed (bad times have their
+own test, tests/it/usage.rs). A drain (`POST /api/admin/drain`) waits up to its
+`timeout` for running jobs: the hook keeps it within the fuzzer's own request
+timeout.
+
 The body rules run in `map_body` and again in `before_call`, which sees every call:
 some phases send cases that `map_body` never saw.
 """
@@ -97,7 +104,7 @@ MODEL_CHOICES = json.loads(os.environ.get("STUDIO_FUZZ_MODEL_CHOICES", "{}"))
 
 @schemathesis.hook
 def map_body(ctx, body):
-    return _fix_workflow(ctx, _fix_generate(ctx, body))
+    return _fix_drain(ctx, _fix_workflow(ctx, _fix_generate(ctx, body)))
 
 
 FUZZ_GRAPH = json.loads(os.environ.get("STUDIO_FUZZ_GRAPH", "null"))
@@ -147,6 +154,30 @@ def _fix_generate(ctx, body):
     return body
 
 
+@schemathesis.hook
+def map_query(ctx, query):
+    return _fix_usage(ctx, query)
+
+
+def _fix_usage(ctx, query):
+    if ctx.operation is None or ctx.operation.path != "/api/usage":
+        return query
+    if isinstance(query, dict):
+        for key, value in (("from", "2026-01-01"), ("to", "2026-12-31T00:00:00Z")):
+            if isinstance(query.get(key), str):
+                query[key] = value
+    return query
+
+
+def _fix_drain(ctx, body):
+    if ctx.operation is None or ctx.operation.path != "/api/admin/drain":
+        return body
+    if isinstance(body, dict) and isinstance(body.get("timeout"), int) and not isinstance(body.get("timeout"), bool):
+        if 0 <= body["timeout"] <= 3600:
+            body["timeout"] = min(body["timeout"], 2)
+    return body
+
+
 _SERIAL = itertools.count()
 VALID_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
@@ -159,6 +190,9 @@ def before_call(ctx, case, kwargs):
     if isinstance(case.body, dict):
         _fix_generate(ctx, case.body)
         case.body = _fix_workflow(ctx, case.body)
+        case.body = _fix_drain(ctx, case.body)
+    if isinstance(case.query, dict):
+        case.query = _fix_usage(ctx, case.query)
     headers = case.headers
     if not headers or "Idempotency-Key" not in headers:
         return
