@@ -99,10 +99,10 @@ function showControlError(message) {
   $("control-error").hidden = !message;
 }
 
-const state = { paused: { farm: false, backends: [] } };
+const steering = { paused: { farm: false, backends: [] } };
 
 function renderPaused(p) {
-  state.paused = p;
+  steering.paused = p;
   const parts = [];
   if (p.farm) parts.push("the farm is paused: nothing new starts");
   if (p.backends.length) parts.push(`paused backends: ${p.backends.join(", ")}`);
@@ -151,7 +151,7 @@ function renderDead(list) {
   body.replaceChildren();
   $("dead-empty").hidden = list.length > 0;
   $("dead").hidden = list.length === 0;
-  $("requeue").hidden = list.length === 0;
+  $("requeue").style.display = list.length === 0 ? "none" : "";
   for (const d of list) {
     const tr = document.createElement("tr");
     for (const text of [d.job_id.slice(0, 8), d.error, d.failed_at ? new Date(d.failed_at).toLocaleString() : ""]) {
@@ -200,7 +200,7 @@ function renderBackends(list) {
     const pct = document.createElement("span");
     pct.className = "utilization";
     pct.textContent = b.utilization == null ? "utilization: measuring…" : `utilization ${(b.utilization * 100).toFixed(0)} %`;
-    const paused = state.paused.backends.includes(b.url);
+    const paused = steering.paused.backends.includes(b.url);
     const toggle = document.createElement("button");
     toggle.type = "button";
     toggle.className = "backend-pause";
@@ -295,7 +295,7 @@ $("key-form").addEventListener("submit", (e) => {
 $("pause").addEventListener("click", () => steer("/api/admin/pause"));
 $("resume").addEventListener("click", async () => {
   await steer("/api/admin/resume");
-  for (const b of state.paused.backends) await steer("/api/admin/resume", { backend: b });
+  for (const b of steering.paused.backends) await steer("/api/admin/resume", { backend: b });
   refresh();
 });
 $("drain").addEventListener("click", () => {

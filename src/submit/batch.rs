@@ -40,7 +40,7 @@ pub struct BatchAccepted {
 #[derive(Debug, PartialEq)]
 enum Variation {
     /// N seeds counting up from the given (or a random) one.
-    Count(usize),
+    Count(usize, Option<u64>),
     Seeds(Vec<Value>),
     Prompts(Vec<Value>),
     /// Every combination of these values, the first field varying slowest.
@@ -113,7 +113,26 @@ fn variation_of(body: &mut Value, max: usize) -> Result<Variation, SubmitError> 
             if n == 0 || n > max as u64 {
                 return Err(too_many(n as usize));
             }
-            Ok(Variation::Count(n as usize))
+            // The first seed, checked as a job's is (the others count up from it).
+            let first = match obj.get("seed") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(
+                    v.as_number()
+                        .and_then(crate::workflow::param::as_i128)
+                        .and_then(|n| u64::try_from(n).ok())
+                        .ok_or_else(|| {
+                            SubmitError::from(
+                                Rejection::new(
+                                    400,
+                                    "invalid-seed",
+                                    format!("seed must be an integer from 0 to {}", u64::MAX),
+                                )
+                                .field("seed"),
+                            )
+                        })?,
+                ),
+            };
+            Ok(Variation::Count(n as usize, first))
         }
         "seeds" => {
             if obj.get("seed").is_some_and(|v| !v.is_null()) {
@@ -177,11 +196,8 @@ impl Variation {
             Value::Object(b)
         };
         match self {
-            Variation::Count(n) => {
-                let first = base
-                    .get("seed")
-                    .and_then(Value::as_u64)
-                    .unwrap_or_else(|| fastrand::u64(..));
+            Variation::Count(n, first) => {
+                let first = first.unwrap_or_else(|| fastrand::u64(..));
                 (0..*n as u64)
                     .map(|i| with(&[("seed", &Value::from(first.wrapping_add(i)))]))
                     .collect()
@@ -426,6 +442,10 @@ mod tests {
         assert_eq!(field(json!({"prompt": "x", "count": 0}), 64).1, "count");
         assert_eq!(field(json!({"prompt": "x", "count": "4"}), 64).1, "count");
         assert_eq!(field(json!({"prompt": "x", "count": 1.5}), 64).1, "count");
+        assert_eq!(
+            field(json!({"prompt": "x", "count": 2, "seed": -1}), 64),
+            ("invalid-seed", "seed".into())
+        );
         assert_eq!(
             bodies(json!({"prompt": "x", "count": 2.0}), 64)
                 .unwrap()

@@ -420,6 +420,10 @@ async fn the_ops_page_charts_the_queue_backends_and_failures() {
         usage[1].as_str().unwrap().parse::<f64>().unwrap() > 0.0,
         "{usage}"
     );
+    let requeue = browser
+        .exec("return getComputedStyle(document.getElementById('requeue')).display")
+        .await;
+    assert_eq!(requeue, "none", "nothing to requeue");
     // Pause and resume with the buttons.
     let pause = browser.find("#pause").await;
     browser.click(&pause).await;

@@ -174,6 +174,10 @@ async fn accounts_match_the_backends_own_run_time_through_a_kill(kind: Backing) 
         let key = g["group"].as_str().unwrap();
         let want = truth[key];
         let got = g["gpu_seconds"].as_f64().unwrap();
+        eprintln!(
+            "usage {key}: metered {got:.3} GPU-s, the stand-ins ran {want:.3} s ({:+.2} %)",
+            (got - want) / want * 100.0
+        );
         assert!(
             (got - want).abs() <= want * 0.02,
             "{key}: {got} GPU-s metered, {want} s run: {report}"
