@@ -15,12 +15,13 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use super::access::Caller;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{JobIdPath, MAX_BODY_BYTES, QueryParams, read_body};
+use super::extract::{JobIdPath, QueryParams, optional_object};
 use super::guard::Deliberate;
 use crate::auth::Identity;
 use crate::job::{JobStatus, QueuePayload};
 use crate::store::{DeadLetter, JobStore, ListQuery, MAX_PAUSED, Pauses};
 use crate::submit::Retried;
+use crate::workflow::param::as_whole;
 
 /// Longest `timeout` of a drain, in seconds.
 pub const MAX_DRAIN_SECS: u64 = 3600;
@@ -48,22 +49,7 @@ async fn options(
     request: Request,
     allowed: &[&str],
 ) -> Result<Map<String, Value>, ApiError> {
-    let body = read_body(request, MAX_BODY_BYTES, state.body_timeout).await?;
-    if body.is_empty() {
-        return Ok(Map::new());
-    }
-    let v: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid-json",
-            format!("request body is not valid JSON: {e}"),
-        )
-    })?;
-    let Value::Object(m) = v else {
-        return Err(ApiError::bad_request(
-            "invalid-body",
-            "request body must be a JSON object ({} will do) or empty",
-        ));
-    };
+    let m = optional_object(request, state.body_timeout).await?;
     if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(ApiError::bad_request(
             "unknown-field",
@@ -75,13 +61,6 @@ async fn options(
         .with_field(k.clone()));
     }
     Ok(m)
-}
-
-/// A whole number in any JSON spelling (`5`, `5.0`).
-fn whole(v: &Value) -> Option<u64> {
-    v.as_number()
-        .and_then(crate::workflow::param::as_i128)
-        .and_then(|n| u64::try_from(n).ok())
 }
 
 /// The `backend` an option names (`None`: the whole farm).
@@ -252,13 +231,15 @@ pub async fn drain(
     let backend = backend_of(&m)?;
     let timeout = match m.get("timeout") {
         None | Some(Value::Null) => 600,
-        Some(v) => whole(v).filter(|t| *t <= MAX_DRAIN_SECS).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid-timeout",
-                format!("timeout must be whole seconds from 0 to {MAX_DRAIN_SECS}"),
-            )
-            .with_field("timeout")
-        })?,
+        Some(v) => as_whole(v)
+            .filter(|t| *t <= MAX_DRAIN_SECS)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid-timeout",
+                    format!("timeout must be whole seconds from 0 to {MAX_DRAIN_SECS}"),
+                )
+                .with_field("timeout")
+            })?,
     };
     let mut pause_body = Map::new();
     if let Some(b) = &backend {
@@ -453,7 +434,7 @@ pub async fn requeue(
     };
     let limit = match m.get("limit") {
         None | Some(Value::Null) => 100,
-        Some(v) => whole(v)
+        Some(v) => as_whole(v)
             .map(|n| n as usize)
             .filter(|n| (1..=MAX_DEAD).contains(n))
             .ok_or_else(|| {
@@ -617,15 +598,5 @@ pub async fn retry(
         })?
     };
     let accepted = state.submit.retry(&as_owner, &retried).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(super::jobs::Accepted {
-            status_url: format!("{}/api/status/{}", state.public_url, accepted.job_id),
-            job_id: accepted.job_id.to_string(),
-            status: "queued",
-            seed: accepted.seed,
-            workflow: accepted.workflow,
-        }),
-    )
-        .into_response())
+    Ok(super::jobs::accepted_answer(&state, accepted))
 }

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -88,22 +88,14 @@ pub async fn submit(
             idempotency_key: idempotency::key(&headers)?,
         })
         .await?;
+    let replayed = accepted.replayed;
     let body = Json(BatchAccepted {
         status_url: format!("{}/api/batches/{}", state.public_url, accepted.batch_id),
         batch_id: accepted.batch_id,
         job_ids: accepted.job_ids,
         workflow: accepted.workflow,
     });
-    Ok(if accepted.replayed {
-        (
-            StatusCode::ACCEPTED,
-            [(idempotency::REPLAYED, "true")],
-            body,
-        )
-            .into_response()
-    } else {
-        (StatusCode::ACCEPTED, body).into_response()
-    })
+    Ok(idempotency::accepted(body, replayed))
 }
 
 /// A batch: counts by status, progress, and every job.

@@ -85,6 +85,31 @@ async fn json_body(req: Request, limit: usize, state: &AppState) -> Result<Value
     Ok(value)
 }
 
+/// The body of a request that may carry none: empty is `{}`, anything else
+/// must be a JSON object (what a cancel or a pause sends, so no web form can).
+pub async fn optional_object(
+    req: Request,
+    timeout: Duration,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let body = read_body(req, MAX_BODY_BYTES, timeout).await?;
+    if body.is_empty() {
+        return Ok(serde_json::Map::new());
+    }
+    let v: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid-json",
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+    match v {
+        Value::Object(m) => Ok(m),
+        _ => Err(ApiError::bad_request(
+            "invalid-body",
+            "request body must be a JSON object ({} will do) or empty",
+        )),
+    }
+}
+
 /// Reads a request body of at most `limit` bytes (413 beyond) within `timeout`
 /// (408 beyond: a client trickling its body must not hold a connection for ever).
 pub async fn read_body(req: Request, limit: usize, timeout: Duration) -> Result<Bytes, ApiError> {

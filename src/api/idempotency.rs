@@ -1,7 +1,8 @@
 //! The `Idempotency-Key` header of `POST /api/generate`: read and checked here;
 //! what it means is the submission path's ([`crate::submit`]).
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use crate::submit::IdempotencyKey;
@@ -26,4 +27,14 @@ pub fn key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
     }
     let s = v.to_str().map_err(|_| bad("must be visible ASCII"))?;
     IdempotencyKey::parse(s).map(Some).map_err(|why| bad(&why))
+}
+
+/// `202` with `body`, saying `Idempotent-Replayed: true` when it answers an
+/// earlier request with the same key.
+pub fn accepted(body: impl IntoResponse, replayed: bool) -> Response {
+    if replayed {
+        (StatusCode::ACCEPTED, [(REPLAYED, "true")], body).into_response()
+    } else {
+        (StatusCode::ACCEPTED, body).into_response()
+    }
 }

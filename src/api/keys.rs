@@ -171,8 +171,7 @@ fn parse_change(body: &Value, creating: bool) -> Result<KeyUpdate, ApiError> {
             if v.is_null() {
                 return Ok(None);
             }
-            v.as_number()
-                .and_then(crate::workflow::param::as_i128)
+            crate::workflow::param::as_whole(v)
                 .and_then(|n| u32::try_from(n).ok())
                 .map(Some)
                 .ok_or_else(|| invalid(k, "must be a whole number (or null for no limit)"))
@@ -206,17 +205,12 @@ fn parse_change(body: &Value, creating: bool) -> Result<KeyUpdate, ApiError> {
                 let n = if v.is_null() {
                     None
                 } else {
-                    Some(
-                        v.as_number()
-                            .and_then(crate::workflow::param::as_i128)
-                            .and_then(|n| u64::try_from(n).ok())
-                            .ok_or_else(|| {
-                                invalid(
-                                    k,
-                                    "must be a whole number of seconds (or null for no budget)",
-                                )
-                            })?,
-                    )
+                    Some(crate::workflow::param::as_whole(v).ok_or_else(|| {
+                        invalid(
+                            k,
+                            "must be a whole number of seconds (or null for no budget)",
+                        )
+                    })?)
                 };
                 if k == "gpu_seconds_per_day" {
                     u.gpu_seconds_per_day = Some(n);

@@ -103,35 +103,14 @@ fn variation_of(body: &mut Value, max: usize) -> Result<Variation, SubmitError> 
     match field {
         "count" => {
             // An integral number in any spelling (`4`, `4.0`), as seeds are read.
-            let n = value
-                .as_number()
-                .and_then(crate::workflow::param::as_i128)
-                .and_then(|n| u64::try_from(n).ok())
-                .ok_or_else(|| {
-                    refuse("count", format!("count must be an integer from 1 to {max}"))
-                })?;
+            let n = crate::workflow::param::as_whole(&value).ok_or_else(|| {
+                refuse("count", format!("count must be an integer from 1 to {max}"))
+            })?;
             if n == 0 || n > max as u64 {
                 return Err(too_many(n as usize));
             }
             // The first seed, checked as a job's is (the others count up from it).
-            let first = match obj.get("seed") {
-                None | Some(Value::Null) => None,
-                Some(v) => Some(
-                    v.as_number()
-                        .and_then(crate::workflow::param::as_i128)
-                        .and_then(|n| u64::try_from(n).ok())
-                        .ok_or_else(|| {
-                            SubmitError::from(
-                                Rejection::new(
-                                    400,
-                                    "invalid-seed",
-                                    format!("seed must be an integer from 0 to {}", u64::MAX),
-                                )
-                                .field("seed"),
-                            )
-                        })?,
-                ),
-            };
+            let first = crate::workflow::request::seed_field(obj.get("seed"))?;
             Ok(Variation::Count(n as usize, first))
         }
         "seeds" => {

@@ -337,15 +337,24 @@ async fn keep_outputs(ctx: &RunContext, job: &JobRecord, outputs: &[crate::job::
         bytes: outputs.iter().map(|o| o.size).sum(),
     };
     let due = crate::clock::now_ms() + ctx.config.output_ttl.as_millis() as u64;
-    for attempt in 0..5u64 {
-        match ctx.store.keep_outputs(&o, due).await {
-            Ok(()) => return,
+    if let Err(e) = a_few_times(|| ctx.store.keep_outputs(&o, due)).await {
+        tracing::error!(error = %e, "cannot record the job's outputs for deletion; they stay until swept by hand");
+    }
+}
+
+/// A store write after the outcome, tried up to five times while the store is
+/// unavailable (backing off 0.2 to 0.8 s).
+async fn a_few_times<T, F: Future<Output = Result<T, crate::store::StoreError>>>(
+    mut write: impl FnMut() -> F,
+) -> Result<T, crate::store::StoreError> {
+    let mut attempt = 0u64;
+    loop {
+        match write().await {
             Err(e) if e.is_retryable() && attempt < 4 => {
-                tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
             }
-            Err(e) => {
-                return tracing::error!(error = %e, "cannot record the job's outputs for deletion; they stay until swept by hand");
-            }
+            r => return r,
         }
     }
 }
@@ -410,16 +419,8 @@ async fn account(
         outcome: outcome_word.into(),
         ended_ms: now,
     };
-    for attempt in 0..5u64 {
-        match ctx.store.record_usage(&record).await {
-            Ok(_) => return,
-            Err(e) if e.is_retryable() && attempt < 4 => {
-                tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
-            }
-            Err(e) => {
-                return tracing::error!(error = %e, gpu_ms = record.gpu_ms, "cannot write the job's usage account");
-            }
-        }
+    if let Err(e) = a_few_times(|| ctx.store.record_usage(&record)).await {
+        tracing::error!(error = %e, gpu_ms = record.gpu_ms, "cannot write the job's usage account");
     }
 }
 

@@ -198,6 +198,14 @@ impl ParamSpec {
     }
 }
 
+/// A JSON value as a whole number from 0 to 2^64 − 1, in any spelling JSON
+/// Schema calls an integer (`5`, `5.0`).
+pub fn as_whole(v: &Value) -> Option<u64> {
+    v.as_number()
+        .and_then(as_i128)
+        .and_then(|n| u64::try_from(n).ok())
+}
+
 /// A JSON number as an integer, if it is one: as JSON Schema says it, any number
 /// without a fractional part (`2.0` is 2), of magnitude below 2^64.
 pub fn as_i128(n: &Number) -> Option<i128> {

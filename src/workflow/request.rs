@@ -53,6 +53,20 @@ pub fn parse_submission(body: &Value, workflows: &WorkflowRegistry) -> Result<Ne
 
 /// The checks that come before a workflow is looked up: a JSON object with a
 /// prompt.
+/// A submission's `seed`, checked: `None` when absent (or null).
+pub fn seed_field(v: Option<&Value>) -> Result<Option<u64>, FieldError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => super::param::as_whole(v).map(Some).ok_or_else(|| {
+            FieldError::new(
+                "seed",
+                "invalid-seed",
+                format!("seed must be an integer from 0 to {}", u64::MAX),
+            )
+        }),
+    }
+}
+
 pub fn precheck(body: &Value) -> Result<(), FieldError> {
     let obj = body
         .as_object()
@@ -123,20 +137,7 @@ pub fn parse_for(body: &Value, workflow: &Workflow) -> Result<NewJob, FieldError
         ));
     }
 
-    let seed = match obj.get("seed") {
-        None | Some(Value::Null) => fastrand::u64(..),
-        Some(v) => v
-            .as_number()
-            .and_then(super::param::as_i128)
-            .and_then(|i| u64::try_from(i).ok())
-            .ok_or_else(|| {
-                FieldError::new(
-                    "seed",
-                    "invalid-seed",
-                    format!("seed must be an integer from 0 to {}", u64::MAX),
-                )
-            })?,
-    };
+    let seed = seed_field(obj.get("seed"))?.unwrap_or_else(|| fastrand::u64(..));
 
     let priority = match obj.get("priority") {
         None | Some(Value::Null) => Priority::Normal,

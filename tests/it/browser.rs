@@ -21,6 +21,19 @@ fn screenshots() -> PathBuf {
     dir
 }
 
+/// Picks the `smoke` workflow in the form, once the page has listed it.
+async fn choose_smoke(browser: &Browser) {
+    browser
+        .wait_for(
+            "return [...document.querySelectorAll('#workflow option')].some(o => o.value === 'smoke')",
+            WAIT,
+        )
+        .await;
+    browser
+        .exec("const s = document.getElementById('workflow'); s.value = 'smoke'; s.dispatchEvent(new Event('change')); return true;")
+        .await;
+}
+
 /// A job card as the page shows it every 40 ms until the job ends: (status,
 /// progress bar value, state in words) at each look.
 async fn watch_card(browser: &Browser, job_id: &str) -> Vec<(String, f64, String)> {
@@ -559,15 +572,7 @@ async fn the_page_shows_the_picture_forming() {
     let app = TestApp::spawn(Backing::Sqlite, Role::Serve, move |a| a.comfyui = vec![url]).await;
     let browser = Browser::start(1280, 1000).await;
     browser.goto(&app.base).await;
-    browser
-        .wait_for(
-            "return [...document.querySelectorAll('#workflow option')].some(o => o.value === 'smoke')",
-            WAIT,
-        )
-        .await;
-    browser
-        .exec("const s = document.getElementById('workflow'); s.value = 'smoke'; s.dispatchEvent(new Event('change')); return true;")
-        .await;
+    choose_smoke(&browser).await;
     // Saved as WebP (the form's "Save as").
     browser
         .exec("document.getElementById('output-format').value = 'webp'; return true;")
@@ -620,15 +625,7 @@ async fn the_page_sends_a_webhook_and_shows_how_it_went() {
     let app = TestApp::serve(Backing::Sqlite, &standin, |_| {}).await;
     let browser = Browser::start(1280, 1000).await;
     browser.goto(&app.base).await;
-    browser
-        .wait_for(
-            "return [...document.querySelectorAll('#workflow option')].some(o => o.value === 'smoke')",
-            WAIT,
-        )
-        .await;
-    browser
-        .exec("const s = document.getElementById('workflow'); s.value = 'smoke'; s.dispatchEvent(new Event('change')); return true;")
-        .await;
+    choose_smoke(&browser).await;
     let hook = browser.find("#webhook-url").await;
     browser.type_into(&hook, &rx.url("/flaky/1")).await;
     let prompt = browser.find("#prompt").await;
@@ -671,15 +668,7 @@ async fn the_page_makes_four_variations_and_shows_them_as_a_grid() {
     let app = TestApp::serve(Backing::Sqlite, &standin, |_| {}).await;
     let browser = Browser::start(1280, 1000).await;
     browser.goto(&app.base).await;
-    browser
-        .wait_for(
-            "return [...document.querySelectorAll('#workflow option')].some(o => o.value === 'smoke')",
-            WAIT,
-        )
-        .await;
-    browser
-        .exec("const s = document.getElementById('workflow'); s.value = 'smoke'; s.dispatchEvent(new Event('change')); return true;")
-        .await;
+    choose_smoke(&browser).await;
     let prompt = browser.find("#prompt").await;
     browser.type_into(&prompt, "four foxes").await;
     let variations = browser.find("#variations").await;

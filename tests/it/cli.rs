@@ -41,6 +41,30 @@ async fn studio_with(args: &[&str], api_key: Option<&str>) -> Run {
     }
 }
 
+/// The files the CLI said it saved (`saved <path>` lines).
+fn saved(stdout: &str) -> Vec<&str> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("saved "))
+        .collect()
+}
+
+/// Each saved file holds the bytes the stand-in made under its name.
+fn saved_as_made(paths: &[&str], standin: &StandIn) {
+    for path in paths {
+        let name = std::path::Path::new(path)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert_eq!(
+            std::fs::read(path).unwrap(),
+            standin.file(name).unwrap(),
+            "the bytes the backend made"
+        );
+    }
+}
+
 async fn serve(standin: &StandIn) -> TestApp {
     let url = standin.url();
     TestApp::spawn(Backing::Sqlite, Role::Serve, move |a| a.comfyui = vec![url]).await
@@ -78,25 +102,9 @@ async fn generate_follows_progress_downloads_the_outputs_and_exits_0() {
         "a line per change when not a terminal:\n{}",
         r.stdout
     );
-    let saved: Vec<&str> = r
-        .stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("saved "))
-        .collect();
-    assert_eq!(saved.len(), 2, "{}", r.stdout);
-    for path in saved {
-        let bytes = std::fs::read(path).unwrap();
-        let name = std::path::Path::new(path)
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap();
-        assert_eq!(
-            bytes,
-            standin.file(name).unwrap(),
-            "the bytes the backend made"
-        );
-    }
+    let files = saved(&r.stdout);
+    assert_eq!(files.len(), 2, "{}", r.stdout);
+    saved_as_made(&files, &standin);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,13 +302,9 @@ async fn the_cli_sends_studio_api_key() {
     assert!(r.stderr.contains("401"), "{}", r.stderr);
     let r = studio_with(&args, Some(&secrets[0])).await;
     assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
-    let saved: Vec<&str> = r
-        .stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("saved "))
-        .collect();
-    assert_eq!(saved.len(), 1, "{}", r.stdout);
-    assert!(std::fs::metadata(saved[0]).unwrap().len() > 0);
+    let files = saved(&r.stdout);
+    assert_eq!(files.len(), 1, "{}", r.stdout);
+    assert!(std::fs::metadata(files[0]).unwrap().len() > 0);
     // Another key's job is not in this key's list.
     let r = studio_with(
         &[
@@ -406,20 +410,9 @@ async fn generate_makes_batches_with_count_and_grid() {
     .await;
     assert_eq!(r.code, 0, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("4 jobs"), "{}", r.stdout);
-    let saved: Vec<&str> = r
-        .stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("saved "))
-        .collect();
-    assert_eq!(saved.len(), 4, "{}", r.stdout);
-    for path in saved {
-        let name = std::path::Path::new(path)
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap();
-        assert_eq!(std::fs::read(path).unwrap(), standin.file(name).unwrap());
-    }
+    let files = saved(&r.stdout);
+    assert_eq!(files.len(), 4, "{}", r.stdout);
+    saved_as_made(&files, &standin);
     let r = studio(&[
         "generate",
         "three",

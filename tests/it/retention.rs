@@ -177,24 +177,10 @@ async fn a_key_over_its_stored_bytes_is_refused_until_it_deletes(kind: Backing) 
     };
     let first: Value = submit(&key).await.unwrap().json().await.unwrap();
     let id = first["job_id"].as_str().unwrap().to_owned();
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        let v: Value = app
-            .http
-            .get(app.url(&format!("/api/status/{id}")))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["status"] == "finished" {
-            break;
-        }
-        assert!(Instant::now() < end, "{v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.wait_for_as(Some(&key), &id, Duration::from_secs(20), |v| {
+        v["status"] == "finished"
+    })
+    .await;
     // Its outputs are recorded just after the job ends.
     let end = Instant::now() + Duration::from_secs(5);
     let refused = loop {

@@ -122,26 +122,11 @@ async fn thumbnails_come_only_from_recorded_outputs_and_keyed_pictures_are_rate_
         .as_str()
         .unwrap()
         .to_owned();
-    let job = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let v: Value = app
-                .http
-                .get(app.url(&format!("/api/status/{id}")))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if v["status"] == "finished" {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .unwrap();
+    let job = app
+        .wait_for_as(Some(&key), &id, Duration::from_secs(30), |v| {
+            v["status"] == "finished"
+        })
+        .await;
     let file = job["outputs"][0]["filename"].as_str().unwrap().to_owned();
     let get = |path: String| {
         let app = &app;

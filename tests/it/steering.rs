@@ -235,24 +235,10 @@ async fn a_failed_job_is_retried_by_its_owner_and_only_admins_steer(kind: Backin
         .as_str()
         .unwrap()
         .to_owned();
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        let v: Value = app
-            .http
-            .get(app.url(&format!("/api/status/{id}")))
-            .bearer_auth(&user)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["status"] == "failed" {
-            break;
-        }
-        assert!(Instant::now() < end, "{v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    app.wait_for_as(Some(&user), &id, Duration::from_secs(20), |v| {
+        v["status"] == "failed"
+    })
+    .await;
     // Another key cannot see it; its owner retries it.
     let res = send(&other, &format!("/api/jobs/{id}/retry"), json!({}))
         .await
@@ -265,35 +251,13 @@ async fn a_failed_job_is_retried_by_its_owner_and_only_admins_steer(kind: Backin
     let new: Value = res.json().await.unwrap();
     let new_id = new["job_id"].as_str().unwrap().to_owned();
     assert_eq!(new["seed"], 3);
-    let end = Instant::now() + Duration::from_secs(20);
-    let done = loop {
-        let v: Value = app
-            .http
-            .get(app.url(&format!("/api/status/{new_id}")))
-            .bearer_auth(&user)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v["status"] == "finished" {
-            break v;
-        }
-        assert!(Instant::now() < end, "{v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let done = app
+        .wait_for_as(Some(&user), &new_id, Duration::from_secs(20), |v| {
+            v["status"] == "finished"
+        })
+        .await;
     assert_eq!(done["retry_of"], id.as_str());
-    let first: Value = app
-        .http
-        .get(app.url(&format!("/api/status/{id}")))
-        .bearer_auth(&user)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first = app.status_as(Some(&user), &id).await;
     assert_eq!(done["owner"], first["owner"]);
     // A job that did not fail is not retried.
     let res = send(&user, &format!("/api/jobs/{new_id}/retry"), json!({}))

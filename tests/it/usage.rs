@@ -291,22 +291,10 @@ async fn a_budget_refuses_once_spent_across_two_api_processes(kind: Backing) {
         .await;
         assert_eq!(s, 202, "job {i} is within the budget: {v}");
         let id = v["job_id"].as_str().unwrap().to_owned();
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (_, v) = call(
-                &http,
-                reqwest::Method::GET,
-                one.url(&format!("/api/status/{id}")),
-                &key,
-                None,
-            )
-            .await;
-            if v["status"] == "finished" {
-                break;
-            }
-            assert!(Instant::now() < end, "{v}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        one.wait_for_as(Some(&key), &id, Duration::from_secs(20), |v| {
+            v["status"] == "finished"
+        })
+        .await;
         ids.push(id);
     }
     for app in [&one, &two] {

@@ -4,13 +4,12 @@ use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
 use super::not_found;
 use crate::api::AppState;
 use crate::api::access::Caller;
 use crate::api::error::{ApiError, ErrorBody};
-use crate::api::extract::{JobIdPath, MAX_BODY_BYTES, read_body};
+use crate::api::extract::{JobIdPath, optional_object};
 use crate::api::guard::Deliberate;
 use crate::job::JobView;
 use crate::store::CancelOutcome;
@@ -75,20 +74,5 @@ pub async fn cancel(
 /// Reads the body of a request that needs none: empty, or a JSON object (what a
 /// cancel sends so no web form can make it).
 pub(crate) async fn no_body(state: &AppState, request: Request) -> Result<(), ApiError> {
-    let body = read_body(request, MAX_BODY_BYTES, state.body_timeout).await?;
-    if !body.is_empty() {
-        let v: Value = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(
-                "invalid-json",
-                format!("request body is not valid JSON: {e}"),
-            )
-        })?;
-        if !v.is_object() {
-            return Err(ApiError::bad_request(
-                "invalid-body",
-                "request body must be a JSON object ({} will do) or empty",
-            ));
-        }
-    }
-    Ok(())
+    optional_object(request, state.body_timeout).await.map(drop)
 }

@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
 use serde::Serialize;
@@ -90,6 +90,11 @@ pub async fn generate(
         job_id: None,
     };
     let accepted = state.submit.submit(submission).await?;
+    Ok(accepted_answer(&state, accepted))
+}
+
+/// `202` to a job the submission path accepted (a replay says so).
+pub(crate) fn accepted_answer(state: &AppState, accepted: crate::submit::Accepted) -> Response {
     let replayed = accepted.replayed;
     let body = Json(Accepted {
         status_url: format!("{}/api/status/{}", state.public_url, accepted.job_id),
@@ -98,16 +103,7 @@ pub async fn generate(
         seed: accepted.seed,
         workflow: accepted.workflow,
     });
-    Ok(if replayed {
-        (
-            StatusCode::ACCEPTED,
-            [(idempotency::REPLAYED, "true")],
-            body,
-        )
-            .into_response()
-    } else {
-        (StatusCode::ACCEPTED, body).into_response()
-    })
+    idempotency::accepted(body, replayed)
 }
 
 /// A job's status: the prototype's five keys plus ours.

@@ -117,6 +117,23 @@ impl JobQueue for RedisStore {
         Ok(record)
     }
 
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<Option<JobRecord>>, StoreError> {
+        // Ids that could not name a hash read as absent, as the default does.
+        let valid: Vec<&str> = ids
+            .iter()
+            .filter(|id| JobId::parse(id).is_ok())
+            .map(String::as_str)
+            .collect();
+        let mut maps = self.status_hashes(valid.iter().copied()).await?.into_iter();
+        Ok(ids
+            .iter()
+            .map(|id| match JobId::parse(id) {
+                Ok(_) => maps.next().and_then(|m| record_from_map(id, m)),
+                Err(_) => None,
+            })
+            .collect())
+    }
+
     async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let mut conn = self.conn.clone();
         let map: HashMap<String, String> = self
@@ -212,23 +229,9 @@ impl JobQueue for RedisStore {
                 .await?;
             let more = entries.len() == batch;
             let wanted = &entries[..entries.len().min(limit - jobs.len())];
-            let maps: Vec<HashMap<String, String>> = if wanted.is_empty() {
-                Vec::new()
-            } else if self.conn.is_cluster() {
-                // Each hash in its own slot: concurrent calls, routed one by one.
-                let calls = wanted.iter().map(|(id, _)| {
-                    let mut c = self.conn.clone();
-                    let key = self.keys.status(id);
-                    async move { ::redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
-                });
-                self.run(futures_util::future::try_join_all(calls)).await?
-            } else {
-                let mut pipe = ::redis::pipe();
-                for (id, _) in wanted {
-                    pipe.cmd("HGETALL").arg(self.keys.status(id));
-                }
-                self.run(pipe.query_async(&mut conn)).await?
-            };
+            let maps = self
+                .status_hashes(wanted.iter().map(|(id, _)| id.as_str()))
+                .await?;
             let mut last_score = None;
             for ((id, score), map) in wanted.iter().zip(maps) {
                 scanned += 1;
@@ -367,5 +370,33 @@ impl JobQueue for RedisStore {
             .iter()
             .filter_map(|r| serde_json::from_str(r).ok())
             .collect())
+    }
+}
+
+impl RedisStore {
+    /// The status hashes of `ids`, in order (empty for one that is gone): one
+    /// pipelined round trip, or concurrent calls on a Cluster (each hash in its
+    /// own slot).
+    async fn status_hashes<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a str>,
+    ) -> Result<Vec<HashMap<String, String>>, StoreError> {
+        let keys: Vec<String> = ids.map(|id| self.keys.status(id)).collect();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.conn.is_cluster() {
+            let calls = keys.into_iter().map(|key| {
+                let mut c = self.conn.clone();
+                async move { ::redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
+            });
+            return self.run(futures_util::future::try_join_all(calls)).await;
+        }
+        let mut pipe = ::redis::pipe();
+        for key in &keys {
+            pipe.cmd("HGETALL").arg(key);
+        }
+        let mut conn = self.conn.clone();
+        self.run(pipe.query_async(&mut conn)).await
     }
 }

@@ -403,7 +403,18 @@ impl TestApp {
     }
 
     pub async fn status(&self, id: &str) -> Value {
-        let (code, v) = self.get(&format!("/api/status/{id}")).await;
+        self.status_as(None, id).await
+    }
+
+    /// A job's status as an API key (`None`: without one) sees it.
+    pub async fn status_as(&self, key: Option<&str>, id: &str) -> Value {
+        let mut req = self.http.get(self.url(&format!("/api/status/{id}")));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let res = req.send().await.unwrap();
+        let code = res.status().as_u16();
+        let v: Value = res.json().await.unwrap_or(Value::Null);
         assert_eq!(code, 200, "status of {id}: {v}");
         v
     }
@@ -415,9 +426,20 @@ impl TestApp {
         limit: Duration,
         done: impl Fn(&Value) -> bool,
     ) -> Value {
+        self.wait_for_as(None, id, limit, done).await
+    }
+
+    /// [`TestApp::wait_for`] as an API key.
+    pub async fn wait_for_as(
+        &self,
+        key: Option<&str>,
+        id: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let v = self.status(id).await;
+            let v = self.status_as(key, id).await;
             if done(&v) {
                 return v;
             }
