@@ -62,11 +62,15 @@ async fn fill_sets(store: &dyn JobStore, owners: usize, per_owner: usize, sets: 
                 Map::new(),
             )
             .owned(&owner, Priority::Normal)
-            .needing(if sets > 0 {
-                set(k.wrapping_mul(2_654_435_761) % sets)
-            } else {
-                String::new()
-            });
+            .needing(
+                if sets > 0 {
+                    set(k.wrapping_mul(2_654_435_761) % sets)
+                } else {
+                    String::new()
+                },
+                // Registered above.
+                String::new(),
+            );
             k += 1;
             store.enqueue(&job).await.unwrap();
         }

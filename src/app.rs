@@ -139,6 +139,7 @@ impl App {
                 store_timeout: api::STORE_TIMEOUT,
                 max_batch: args.max_batch,
                 max_stored_bytes: args.max_stored_bytes,
+                needs: Default::default(),
             });
             let state = AppState::new(AppContext {
                 store: store.clone(),

@@ -15,6 +15,7 @@ pub mod comfy;
 pub mod config;
 pub mod job;
 pub mod keys;
+pub mod limit;
 pub mod metrics;
 pub mod picture;
 pub mod shutdown;

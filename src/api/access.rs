@@ -24,7 +24,7 @@ use tower::Service;
 use super::error::ApiError;
 use super::events::IpKey;
 use super::key_cache::{KeyCache, KeyRefusal};
-use crate::auth::rate::RateDecision;
+use crate::auth::rate::{RateCheck, RateDecision};
 use crate::auth::signing::UrlSigner;
 use crate::auth::{AuthMode, Identity};
 use crate::clock;
@@ -472,36 +472,83 @@ where
             (format!("addr:{:x}", IpKey::of(ip).0), r, b, "address")
         })
     };
-    let decision = match &limit {
+    // A submission or a status read is counted by its handler's own store call,
+    // in the same round trip; the gate counts it after the handler if the
+    // handler did not get that far.
+    let check = limit
+        .as_ref()
+        .filter(|_| surface == Surface::Studio && counted_by_handler(req.method(), path))
+        .map(|(bucket, rate, burst, _)| Arc::new(RateCheck::new(bucket.clone(), *rate, *burst)));
+    let mut decision = match (&limit, &check) {
+        (_, Some(_)) | (None, _) => None,
         // A store outage is answered by the handler (503) anyway.
-        Some((bucket, rate, burst, _)) => access.store.rate_limit(bucket, *rate, *burst).await.ok(),
-        None => None,
+        (Some((bucket, rate, burst, _)), None) => {
+            access.store.rate_limit(bucket, *rate, *burst).await.ok()
+        }
     };
     if let (Some(d), Some((_, rate, burst, name))) = (decision, &limit)
         && !d.allowed
     {
         refused("rate-limited");
-        let mut res = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate-limited",
-            format!(
-                "too many requests: this {name} may make {rate} per second (bursts of {burst}); try again in {:.1} s",
-                d.retry_after_secs
-            ),
-        )
-        .retry_after(d.retry_after_secs.ceil().max(1.0) as u64)
-        .into_response();
-        rate_headers(res.headers_mut(), name, *rate, *burst, &d);
-        return res;
+        return rate_limited(name, *rate, *burst, &d);
     }
     req.extensions_mut().insert(identity);
-    let mut res = match inner.call(req).await {
+    if let Some(c) = &check {
+        req.extensions_mut().insert(c.clone());
+    }
+    let res = match inner.call(req).await {
         Ok(r) => r,
         Err(never) => match never {},
     };
+    if let (Some(c), Some((bucket, rate, burst, name))) = (&check, &limit) {
+        decision = match c.decision() {
+            Some(d) => Some(d),
+            None => access.store.rate_limit(bucket, *rate, *burst).await.ok(),
+        };
+        if let Some(d) = decision
+            && !d.allowed
+        {
+            // Nothing was written: the handler either stopped before its store
+            // call, or that call was refused for the limit.
+            refused("rate-limited");
+            return rate_limited(name, *rate, *burst, &d);
+        }
+    }
+    let mut res = res;
     if let (Some(d), Some((_, rate, burst, name))) = (decision, &limit) {
         rate_headers(res.headers_mut(), name, *rate, *burst, &d);
     }
+    res
+}
+
+/// The routes whose handler counts the request against its rate limit in its
+/// own store call (`POST /api/generate`, a job's status), so the count costs no
+/// round trip of its own.
+fn counted_by_handler(method: &axum::http::Method, path: &str) -> bool {
+    let one_segment = |rest: &str| !rest.is_empty() && !rest.contains('/');
+    match *method {
+        axum::http::Method::POST => path == "/api/generate",
+        axum::http::Method::GET => path
+            .strip_prefix("/api/status/")
+            .or_else(|| path.strip_prefix("/api/jobs/"))
+            .is_some_and(one_segment),
+        _ => false,
+    }
+}
+
+/// `429 rate-limited`, with the limit's figures.
+fn rate_limited(name: &str, rate: f64, burst: u32, d: &RateDecision) -> Response {
+    let mut res = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        format!(
+            "too many requests: this {name} may make {rate} per second (bursts of {burst}); try again in {:.1} s",
+            d.retry_after_secs
+        ),
+    )
+    .retry_after(d.retry_after_secs.ceil().max(1.0) as u64)
+    .into_response();
+    rate_headers(res.headers_mut(), name, rate, burst, d);
     res
 }
 

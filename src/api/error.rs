@@ -124,6 +124,13 @@ impl From<Refusal> for ApiError {
                 ),
             )
             .retry_after(30),
+            // The HTTP gate answers these itself, with the limit's figures.
+            Refusal::RateLimited => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "too many requests for this key's or address's rate limit; try again shortly",
+            )
+            .retry_after(1),
         }
     }
 }

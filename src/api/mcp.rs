@@ -274,6 +274,7 @@ async fn call(
                     idempotency_key: None,
                     extra: None,
                     job_id: None,
+                    rate: None,
                 })
                 .await
                 .map_err(|e| ToolError::from(super::error::ApiError::from(e)))?;

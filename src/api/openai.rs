@@ -250,6 +250,7 @@ async fn run(
             idempotency_key: None,
             extra: None,
             job_id: None,
+            rate: None,
         };
         match state.submit.submit(submission).await {
             Ok(a) => guard.ids.push(a.job_id),

@@ -9,17 +9,7 @@ use std::sync::Mutex;
 /// Buckets kept at most in memory; the ones already full (idle) go first.
 const MAX_BUCKETS: usize = 100_000;
 
-/// What a limit said about one request.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RateDecision {
-    pub allowed: bool,
-    /// Requests still allowed right now.
-    pub remaining: u32,
-    /// Seconds until the bucket is full again.
-    pub reset_secs: f64,
-    /// When refused: seconds until one request would be allowed.
-    pub retry_after_secs: f64,
-}
+pub use crate::limit::{RateCheck, RateDecision};
 
 /// One step of GCRA. `tat_ms` is the stored theoretical arrival time (0 when
 /// none); returns the decision and the new value to store (unchanged if refused).

@@ -22,8 +22,14 @@ pub struct NewJob {
     pub priority: Priority,
     /// The fingerprint of its requirement set ("" for none known).
     pub req: String,
+    /// That set's JSON, which the store registers with the job if it has not
+    /// yet ("" with no set). Not part of the job.
+    pub req_json: String,
     /// What the owner's lane allows (from its key): not part of the job.
     pub lane: LaneLimits,
+    /// The rate limit the request that submits it is counted against, with the
+    /// enqueue (see [`crate::limit::RateCheck`]). Not part of the job.
+    pub rate: Option<std::sync::Arc<crate::limit::RateCheck>>,
     /// Jobs of the same batch queued right after this one: the queue and the
     /// owner's quota must have room for them too, so a batch that does not fit
     /// is refused at its first job, whole. Not part of the job.
@@ -64,7 +70,9 @@ impl NewJob {
             owner: String::new(),
             priority: Priority::Normal,
             req: String::new(),
+            req_json: String::new(),
             lane: LaneLimits::default(),
+            rate: None,
             following: 0,
         }
     }
@@ -75,9 +83,11 @@ impl NewJob {
         self
     }
 
-    /// The same job, routed by the requirement set `req` (a fingerprint).
-    pub fn needing(mut self, req: String) -> Self {
+    /// The same job, routed by the requirement set `req` (a fingerprint; its
+    /// JSON `json`, registered with the job).
+    pub fn needing(mut self, req: String, json: String) -> Self {
         self.req = req;
+        self.req_json = json;
         self
     }
 

@@ -34,6 +34,10 @@ pub enum Refusal {
     /// The owner has its `limit` of webhooks waiting to be delivered already.
     #[error("the key's quota of pending webhooks is used ({limit})")]
     WebhookQuota { limit: u64 },
+    /// The request's rate limit, counted with the operation, refuses it (its
+    /// decision is in the [`crate::auth::rate::RateCheck`]).
+    #[error("the rate limit refuses the request")]
+    RateLimited,
 }
 
 impl StoreError {

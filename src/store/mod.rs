@@ -47,7 +47,7 @@ pub use self::queue::{
 };
 pub use self::redis::RedisStore;
 pub use self::retention::{Retention, StoredOutputs};
-pub use self::routing::{MAX_REQUIREMENT_SETS, Routing};
+pub use self::routing::{MAX_REQUIREMENT_SETS, Routing, warn_registry_full};
 pub use self::sqlite::SqliteStore;
 pub use self::steering::{MAX_PAUSED, Pauses, Steering};
 pub use self::uploads::{UploadQuota, Uploads};

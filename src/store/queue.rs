@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use super::{StoreError, StoreKind};
+use crate::auth::rate::RateCheck;
 use crate::job::{JobId, JobRecord, JobStatus, NewJob};
 
 /// The queue and the job records: submit, read, list, cancel, count, follow changes. Safe
@@ -56,6 +57,15 @@ pub trait JobQueue: Send + Sync + 'static {
         };
         Ok(Some((job, position)))
     }
+
+    /// [`JobQueue::status`], the request first counted against `check` (its
+    /// decision recorded there): `Err(Refused(RateLimited))`, nothing read, when
+    /// the limit refuses. Stores that can do both in one round trip do.
+    async fn status_counted(
+        &self,
+        id: &JobId,
+        check: &RateCheck,
+    ) -> Result<Option<(JobRecord, Option<u64>)>, StoreError>;
 
     /// Recent jobs, newest first.
     async fn list(&self, query: &ListQuery) -> Result<JobPage, StoreError>;

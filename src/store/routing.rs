@@ -39,3 +39,22 @@ pub trait Routing: Send + Sync + 'static {
 /// is for submissions accepted before any backend reported (then any file name
 /// passes).
 pub const MAX_REQUIREMENT_SETS: usize = 10_000;
+
+/// Says, once a minute at most (a flood of such jobs must not flood the log),
+/// that the registry is full and jobs with new sets go to any backend.
+pub fn warn_registry_full(fp: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WARNED_MS: AtomicU64 = AtomicU64::new(0);
+    let now = crate::clock::now_ms();
+    let last = WARNED_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 60_000
+        && WARNED_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            requirement_set = %fp,
+            "the requirement-set registry is full: jobs with new sets go to any backend"
+        );
+    }
+}

@@ -25,8 +25,10 @@ pub use self::batch::{BATCH_FIELDS, BatchAccepted, BatchSubmission, DEFAULT_MAX_
 pub use self::error::{Rejection, SubmitError};
 pub use self::idempotency::{IdempotencyKey, ORPHANED_AFTER, fingerprint, scope};
 pub use self::pictures::{UploadLimits, Uploader};
+pub use self::requirements::NeedMemory;
 pub use self::retry::{RETRY_OF, Retried, retry_body};
 use crate::auth::Identity;
+use crate::auth::rate::RateCheck;
 use crate::backends::Offers;
 use crate::catalog::{Catalog, Unresolved};
 use crate::job::{JobId, LaneLimits, NewJob};
@@ -71,6 +73,8 @@ pub struct Submitter {
     pub max_batch: usize,
     /// Bytes of outputs one key may have stored (`--max-stored-bytes`).
     pub max_stored_bytes: Option<u64>,
+    /// Requirement sets of recent submissions, worked out once.
+    pub needs: NeedMemory,
 }
 
 /// A request for one job, as a front door received it.
@@ -86,6 +90,9 @@ pub struct Submission<'a> {
     pub extra: Option<(&'static str, Value)>,
     /// The id the client chose (ComfyUI's `prompt_id`); refused if taken.
     pub job_id: Option<JobId>,
+    /// The rate limit the request is counted against when its job is queued
+    /// (the HTTP gate leaves it to the submission on `POST /api/generate`).
+    pub rate: Option<Arc<RateCheck>>,
 }
 
 /// A job the store has, new or (for a repeated `Idempotency-Key`) from before.
@@ -117,9 +124,10 @@ impl Submitter {
         let (wf, version, body) = self.workflow_of(who, s.body).await?;
         let wf = wf.as_ref();
         let (body, inline) = self.uploads.inline_pictures(wf, body).await?;
-        let (job, webhook) = self
+        let (mut job, webhook) = self
             .check(who, wf, version, &body, &inline, s.extra, s.job_id)
             .await?;
+        job.rate = s.rate;
         // Pictures given inline are stored only now that the rest is valid.
         self.uploads
             .store_all(self.store.as_ref(), who.owner(), inline, self.store_timeout)
@@ -206,7 +214,7 @@ impl Submitter {
                 .insert(GRAPH_FIELD.into(), Value::Object(wf.graph.clone()));
         }
         self.pictures_exist(who, wf, &job, inline).await?;
-        let req = self.requirements(wf, &job).await?;
+        let (req, req_json) = self.requirements(wf, &job).await?;
         if let Some(key) = &who.key
             && job.priority > key.limits.max_priority
         {
@@ -224,7 +232,7 @@ impl Submitter {
         }
         let webhook = self.webhook_of(&mut job, who.owner())?;
         let priority = job.priority;
-        let mut job = job.owned(who.owner(), priority).needing(req);
+        let mut job = job.owned(who.owner(), priority).needing(req, req_json);
         if let Some(key) = &who.key {
             job = job.limited(LaneLimits {
                 max_queued: key.limits.max_queued,

@@ -1,30 +1,100 @@
 //! What a job needs of a backend: refused now, not failed later on a GPU, when
-//! no live backend has it; else registered, so dispatchers route the job by it.
+//! no live backend has it; else named to the store, which registers the set with
+//! the job, so dispatchers route the job by it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
 
 use super::{Rejection, SubmitError, Submitter};
-use crate::capabilities::{self, Requirements};
-use crate::clock;
+use crate::capabilities::{self, Requirements, is_model_input};
 use crate::job::NewJob;
-use crate::workflow::Workflow;
+use crate::workflow::{GRAPH_WORKFLOW, Workflow};
+
+/// Requirement sets worked out at most before the memory starts again.
+const MAX_REMEMBERED: usize = 4096;
+
+/// A requirement set as a submission uses it: the set, its fingerprint, its JSON.
+pub(super) struct Need {
+    set: Requirements,
+    fp: String,
+    json: String,
+}
+
+/// The requirement sets of recent submissions, by workflow (name and version:
+/// both fixed for what they name) and the values of the parameters that choose
+/// a model file: what a set depends on beside the graph. A raw graph is worked
+/// out each time.
+#[derive(Default)]
+pub struct NeedMemory {
+    by_key: Mutex<HashMap<String, Arc<Need>>>,
+}
+
+impl NeedMemory {
+    /// `wf`'s set for a job with `params` (`prompt` and `seed` given apart).
+    fn of(
+        &self,
+        wf: &Workflow,
+        prompt: &str,
+        seed: u64,
+        params: &serde_json::Map<String, Value>,
+    ) -> Arc<Need> {
+        let work_out = || {
+            let graph = wf.render("", prompt, seed, params);
+            let set = Requirements::of_graph(&graph);
+            Arc::new(Need {
+                fp: set.fingerprint(),
+                json: serde_json::to_string(&set).unwrap_or_default(),
+                set,
+            })
+        };
+        if wf.name == GRAPH_WORKFLOW {
+            return work_out();
+        }
+        let mut key = format!("{}@{}", wf.name, wf.version.unwrap_or(0));
+        for (name, spec) in &wf.params {
+            if !spec.targets.iter().any(|t| is_model_input(&t.input)) {
+                continue;
+            }
+            let value = match name.as_str() {
+                "prompt" => Some(Value::from(prompt)),
+                "seed" => Some(Value::from(seed)),
+                _ => params.get(name).cloned().or_else(|| spec.default.clone()),
+            };
+            key.push('\0');
+            key.push_str(name);
+            key.push('=');
+            key.push_str(&value.map(|v| v.to_string()).unwrap_or_default());
+        }
+        if let Some(n) = self.by_key.lock().expect("needs").get(&key) {
+            return n.clone();
+        }
+        let need = work_out();
+        let mut m = self.by_key.lock().expect("needs");
+        if m.len() >= MAX_REMEMBERED {
+            m.clear();
+        }
+        m.insert(key, need.clone());
+        need
+    }
+}
 
 impl Submitter {
     /// The job's requirement set (a node or a model none offers is refused;
-    /// anything is accepted when no backend has reported yet), registered in
-    /// the store. Its fingerprint, or "" when it cannot be registered (the
-    /// registry is full: the job then goes to any backend).
+    /// anything is accepted when no backend has reported yet): its fingerprint
+    /// and JSON, for the store to register with the job; empty when the job
+    /// goes to any backend.
     pub(super) async fn requirements(
         &self,
         wf: &Workflow,
         job: &NewJob,
-    ) -> Result<String, SubmitError> {
-        let graph = wf.render(job.id.as_str(), &job.prompt, job.seed, &job.params);
-        let need = Requirements::of_graph(&graph);
+    ) -> Result<(String, String), SubmitError> {
+        let need = self.needs.of(wf, &job.prompt, job.seed, &job.params);
         let offers = self.within(self.offers.live(self.store.as_ref())).await?;
-        if let Some(why) = capabilities::refusal(&need, &offers) {
+        if let Some(why) = capabilities::refusal(&need.set, &offers) {
             // Name the parameter that chose the missing file, if one did.
-            let inputs = capabilities::missing_inputs(&need, &offers);
+            let inputs = capabilities::missing_inputs(&need.set, &offers);
             let field = wf
                 .params
                 .iter()
@@ -46,37 +116,13 @@ impl Submitter {
             // routed, or failed after the grace, once backends report); a job
             // that names other files goes to any backend, whose own check names
             // what is missing, and made-up names cannot fill the registry.
-            let defaults = wf.render(job.id.as_str(), &job.prompt, job.seed, &Default::default());
-            if Requirements::of_graph(&defaults).fingerprint() != need.fingerprint() {
-                return Ok(String::new());
+            let defaults = self
+                .needs
+                .of(wf, &job.prompt, job.seed, &Default::default());
+            if defaults.fp != need.fp {
+                return Ok((String::new(), String::new()));
             }
         }
-        let fp = need.fingerprint();
-        let json = serde_json::to_string(&need).unwrap_or_default();
-        if !self
-            .within(self.store.register_requirements(&fp, &json))
-            .await?
-        {
-            warn_registry_full(&fp);
-            return Ok(String::new());
-        }
-        Ok(fp)
-    }
-}
-
-/// Once a minute at most: a flood of such jobs must not flood the log.
-fn warn_registry_full(fp: &str) {
-    static WARNED_MS: AtomicU64 = AtomicU64::new(0);
-    let now = clock::now_ms();
-    let last = WARNED_MS.load(Ordering::Relaxed);
-    if now.saturating_sub(last) >= 60_000
-        && WARNED_MS
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        tracing::warn!(
-            requirement_set = %fp,
-            "the requirement-set registry is full: jobs with new sets go to any backend"
-        );
+        Ok((need.fp.clone(), need.json.clone()))
     }
 }

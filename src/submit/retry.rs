@@ -88,6 +88,7 @@ impl Submitter {
             idempotency_key: None,
             extra: Some((RETRY_OF, Value::String(r.id.clone()))),
             job_id: None,
+            rate: None,
         })
         .await
     }

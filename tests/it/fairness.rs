@@ -271,7 +271,7 @@ async fn an_owners_job_comes_back_to_its_own_lane(kind: Backing) {
 /// A job in requirement set `req` (registered first).
 async fn needing(store: &dyn studio_core::store::JobStore, owner: &str, req: &str) -> JobId {
     assert!(store.register_requirements(req, "{}").await.unwrap());
-    let job = job(owner, req).needing(req.to_owned());
+    let job = job(owner, req).needing(req.to_owned(), String::new());
     let id = job.id.clone();
     store.enqueue(&job).await.unwrap();
     id
@@ -374,7 +374,7 @@ async fn many_ownerless_jobs_a_backend_cannot_run_do_not_hold_it_up(kind: Backin
     let store = t.store.as_ref();
     assert!(store.register_requirements("rb", "{}").await.unwrap());
     for i in 0..250 {
-        let job = job("", &format!("rb-{i}")).needing("rb".into());
+        let job = job("", &format!("rb-{i}")).needing("rb".into(), String::new());
         store.enqueue(&job).await.unwrap();
     }
     needing(store, "", "ra").await;

@@ -462,6 +462,91 @@ async fn rate_limits_answer_429_with_their_headers(kind: Backing) {
     assert_eq!(res.status(), 200, "one more after a second");
 }
 
+/// Submissions and status reads are counted by the store call that does their
+/// work (one round trip for both); a request refused before that call is
+/// counted all the same, and a refused submission queues nothing.
+async fn submissions_and_status_reads_count_against_the_rate_limit_too(kind: Backing) {
+    let app = keyed(kind, ServerRole::Api, None).await;
+    let slow = app
+        .new_key(
+            "slow",
+            Role::User,
+            KeyLimits {
+                rate: Some(0.1),
+                burst: Some(3),
+                ..KeyLimits::default()
+            },
+        )
+        .await;
+    let submit = |body: Value| {
+        let app = &app;
+        let slow = &slow;
+        async move {
+            app.http
+                .post(app.url("/api/generate"))
+                .bearer_auth(slow)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let remaining = |res: &reqwest::Response| {
+        res.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .nth(1)
+            .map(str::to_owned)
+    };
+    let res = submit(json!({"prompt": "one", "workflow": "smoke"})).await;
+    assert_eq!(res.status(), 202);
+    assert_eq!(remaining(&res).as_deref(), Some("r=2"));
+    let id = res.json::<Value>().await.unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status = app
+        .http
+        .get(app.url(&format!("/api/status/{id}")))
+        .bearer_auth(&slow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 200);
+    assert_eq!(remaining(&status).as_deref(), Some("r=1"));
+    let bad = submit(json!({"prompt": "  "})).await;
+    assert_eq!(bad.status(), 400, "answered as before");
+    assert_eq!(remaining(&bad).as_deref(), Some("r=0"), "and counted");
+    let refused = submit(json!({"prompt": "two", "workflow": "smoke"})).await;
+    assert_eq!(refused.status(), 429);
+    assert!(
+        refused.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(
+        refused.json::<Value>().await.unwrap()["code"],
+        "rate-limited"
+    );
+    let status = app
+        .http
+        .get(app.url(&format!("/api/jobs/{id}")))
+        .bearer_auth(&slow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 429);
+    assert_eq!(
+        app.store.stats().await.unwrap().queued,
+        1,
+        "nothing more queued"
+    );
+}
+
 async fn requests_without_a_key_can_be_limited_per_address(kind: Backing) {
     let app = TestApp::spawn(kind, ServerRole::Api, |a| a.anon_rate = Some((1.0, 2))).await;
     let codes: Vec<u16> = futures_util::future::join_all((0..4).map(|_| async {
@@ -490,6 +575,7 @@ both_stores!(
     keys_are_managed_over_http_by_admins,
     a_priority_above_the_keys_maximum_is_refused,
     rate_limits_answer_429_with_their_headers,
+    submissions_and_status_reads_count_against_the_rate_limit_too,
     requests_without_a_key_can_be_limited_per_address,
     pictures_need_a_valid_signature_with_auth_on,
     health_shows_backends_in_detail_to_admins_only,

@@ -479,3 +479,52 @@ async fn a_late_claim_settle_does_not_list_a_finished_job_as_processing() {
         "not listed as processing again"
     );
 }
+
+/// A process remembers the requirement sets it registered and leaves their JSON
+/// out of later submissions; a registry emptied behind its back (a Redis that
+/// lost its data) is refilled by the next submission of the set, not left
+/// without it (its jobs would never be routed).
+#[tokio::test]
+async fn a_registry_emptied_behind_a_process_is_refilled_by_its_next_submission() {
+    let r = RedisPrefix::new();
+    let store = RedisStore::connect(&r.url, &r.prefix, fast_settings()).unwrap();
+    let json = r#"{"nodes":["KSampler"]}"#;
+    let first =
+        NewJob::new("a".into(), 1, "sdxl".into(), Map::new()).needing("fpx".into(), json.into());
+    store.enqueue(&first).await.unwrap();
+    let registry = format!("{{{}job_queue}}:req-sets", r.prefix);
+    let mut c = r.conn();
+    let kept: Option<String> = c.hget(&registry, "fpx").unwrap();
+    assert_eq!(kept.as_deref(), Some(json));
+    let _: () = c.del(&registry).unwrap();
+    let second =
+        NewJob::new("b".into(), 2, "sdxl".into(), Map::new()).needing("fpx".into(), json.into());
+    let rec = store.enqueue(&second).await.unwrap();
+    assert_eq!(rec.req, "fpx");
+    let kept: Option<String> = c.hget(&registry, "fpx").unwrap();
+    assert_eq!(kept.as_deref(), Some(json), "registered again");
+    assert_eq!(store.stats().await.unwrap().queued, 2);
+}
+
+/// A status read counted against a rate limit pipelines the limit's script; a
+/// Redis that forgot its scripts (a restart, `SCRIPT FLUSH`) is given it again.
+#[tokio::test]
+async fn a_counted_status_read_survives_a_redis_that_forgot_its_scripts() {
+    let r = RedisPrefix::new();
+    let store = RedisStore::connect(&r.url, &r.prefix, fast_settings()).unwrap();
+    let job = NewJob::new("a".into(), 1, "sdxl".into(), Map::new());
+    store.enqueue(&job).await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut r.conn())
+        .unwrap();
+    let check = studio_core::auth::rate::RateCheck::new("key:flush".into(), 100.0, 10);
+    let (rec, position) = store
+        .status_counted(&job.id, &check)
+        .await
+        .unwrap()
+        .expect("the job");
+    assert_eq!(rec.id, job.id.as_str());
+    assert_eq!(position, Some(0));
+    assert!(check.decision().unwrap().allowed);
+}

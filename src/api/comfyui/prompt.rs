@@ -135,6 +135,7 @@ pub async fn prompt(State(state): State<AppState>, Caller(who): Caller, req: Req
         idempotency_key: None,
         extra: Some((COMFYUI_FIELD, Value::Object(kept))),
         job_id: prompt_id,
+        rate: None,
     };
     match state.submit.submit(submission).await {
         Ok(accepted) => Json(json!({

@@ -2,10 +2,12 @@
 //! (`GET /api/jobs`, in `list.rs`), cancel (`POST /api/jobs/{id}/cancel`, in
 //! `cancel.rs`).
 
-use axum::Json;
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -20,6 +22,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{JobIdPath, JsonBody};
 use super::guard::Deliberate;
 use super::idempotency;
+use crate::auth::rate::RateCheck;
 use crate::job::{JobView, WebhookView};
 use crate::submit::Submission;
 
@@ -80,6 +83,7 @@ pub async fn generate(
     Caller(who): Caller,
     _: Deliberate,
     headers: HeaderMap,
+    rate: Option<Extension<Arc<RateCheck>>>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let submission = Submission {
@@ -88,6 +92,7 @@ pub async fn generate(
         idempotency_key: idempotency::key(&headers)?,
         extra: None,
         job_id: None,
+        rate: rate.map(|Extension(c)| c),
     };
     let accepted = state.submit.submit(submission).await?;
     Ok(accepted_answer(&state, accepted))
@@ -118,13 +123,18 @@ pub(crate) fn accepted_answer(state: &AppState, accepted: crate::submit::Accepte
 pub async fn status(
     State(state): State<AppState>,
     Caller(who): Caller,
+    rate: Option<Extension<Arc<RateCheck>>>,
     JobIdPath(id): JobIdPath,
 ) -> Result<Response, ApiError> {
-    let Some((job, position)) = state
-        .with_timeout(state.store.status(&id))
-        .await?
-        .filter(|(job, _)| who.may_see(&job.owner))
-    else {
+    let found = match &rate {
+        Some(Extension(check)) => {
+            state
+                .with_timeout(state.store.status_counted(&id, check))
+                .await?
+        }
+        None => state.with_timeout(state.store.status(&id)).await?,
+    };
+    let Some((job, position)) = found.filter(|(job, _)| who.may_see(&job.owner)) else {
         return Err(not_found(id.as_str()));
     };
     let signing = state.signing().await?;
@@ -157,8 +167,13 @@ pub async fn status(
         (status = 400, description = "Malformed job id (`invalid-job-id`)", body = ErrorBody),
         (status = 404, description = "Unknown or expired job (`job-not-found`)", body = ErrorBody),
     ))]
-pub async fn get(state: State<AppState>, who: Caller, id: JobIdPath) -> Result<Response, ApiError> {
-    status(state, who, id).await
+pub async fn get(
+    state: State<AppState>,
+    who: Caller,
+    rate: Option<Extension<Arc<RateCheck>>>,
+    id: JobIdPath,
+) -> Result<Response, ApiError> {
+    status(state, who, rate, id).await
 }
 
 pub(crate) fn not_found(id: &str) -> ApiError {

@@ -131,9 +131,10 @@ end
 
 -- Claims serve high first, then normal, then low; in arrival order within each.
 local PRIORITY_BAND = 17592186044416 -- 2^44: room for any sequence number
-local function lane_score(payload, seq)
+-- `priority` (the payload's, read from it when nil).
+local function lane_score(payload, seq, priority)
   local rank = 1
-  local priority = field_of(payload, 'priority')
+  priority = priority or field_of(payload, 'priority')
   if priority == 'high' then rank = 0 elseif priority == 'low' then rank = 2 end
   return rank * PRIORITY_BAND + seq
 end
@@ -171,7 +172,8 @@ end
 
 -- Queues an entry in its lane (job_queue for one without an owner): at `score`,
 -- or first in line when `front`.
-local function enlane(L, tag, queue, payload, job_id, owner, score, front)
+-- `req`: the payload's requirement set (read from it when nil).
+local function enlane(L, tag, queue, payload, job_id, owner, score, front, req)
   if owner == '' then
     if front then redis.call('RPUSH', queue, payload) else redis.call('LPUSH', queue, payload) end
     return
@@ -183,7 +185,7 @@ local function enlane(L, tag, queue, payload, job_id, owner, score, front)
   end
   redis.call('ZADD', lane, score, job_id)
   redis.call('HSET', L.entries, job_id, payload)
-  local req = req_of(payload)
+  req = req or req_of(payload)
   redis.call('ZADD', sublane_of(tag, owner, req), score, job_id)
   redis.call('SADD', reqs_of(tag, owner), req)
   activate(L, tag, owner)

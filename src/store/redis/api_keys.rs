@@ -83,12 +83,6 @@ impl KeyStore for RedisStore {
             .arg(burst);
         let mut conn = self.conn.clone();
         let r: Vec<i64> = self.run(inv.invoke_async(&mut conn)).await?;
-        let get = |i: usize| r.get(i).copied().unwrap_or(0);
-        Ok(RateDecision {
-            allowed: get(0) == 1,
-            remaining: get(1).max(0) as u32,
-            reset_secs: get(2).max(0) as f64 / 1000.0,
-            retry_after_secs: get(3).max(0) as f64 / 1000.0,
-        })
+        Ok(super::queue::decision_of(&r))
     }
 }

@@ -67,6 +67,10 @@ pub struct RedisStore {
     /// Ids of claims that got no answer: the next claim of that worker asks again
     /// under the same id (see claim.lua).
     unanswered: Mutex<Vec<(WorkerId, String)>>,
+    /// Requirement sets this process saw registered: its submissions of them
+    /// leave the set's JSON out (the script still checks, and asks for it if
+    /// the registry lost it).
+    sets_known: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Longest a write waits for `--redis-wait-replicas` replicas.
@@ -87,6 +91,7 @@ impl RedisStore {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (relayed, _) = broadcast::channel(crate::store::RELAY_BUFFER);
         Ok(RedisStore {
+            sets_known: Mutex::new(std::collections::HashSet::new()),
             stranded: Mutex::new(Vec::new()),
             unanswered: Mutex::new(Vec::new()),
             conn,

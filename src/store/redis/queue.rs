@@ -6,8 +6,10 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use super::{RedisStore, record_from_map};
+use crate::auth::rate::{RateCheck, RateDecision};
 use crate::clock;
 use crate::job::{JobId, JobRecord, NewJob};
+use crate::store::KeyStore;
 use crate::store::{
     CancelOutcome, DeadLetter, JobEvent, JobPage, JobQueue, ListQuery, QueueStats, Refusal,
     StoreError, StoreKind,
@@ -15,6 +17,161 @@ use crate::store::{
 
 /// Index entries examined at most by one `list` call when filtering by status.
 const LIST_SCAN_LIMIT: usize = 2000;
+
+/// A status hash's fields as the JSON object the scripts publish, written
+/// straight from them.
+struct EventOf<'a>(&'a [(&'static str, String)]);
+
+impl serde::Serialize for EventOf<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+/// A rate limit's decision from the scripts' four figures (`gcra.lua`).
+pub(super) fn decision_of(figures: &[i64]) -> RateDecision {
+    let get = |i: usize| figures.get(i).copied().unwrap_or(0);
+    RateDecision {
+        allowed: get(0) == 1,
+        remaining: get(1).max(0) as u32,
+        reset_secs: get(2).max(0) as f64 / 1000.0,
+        retry_after_secs: get(3).max(0) as f64 / 1000.0,
+    }
+}
+
+impl RedisStore {
+    /// One try at queueing `job` as `record`: `enqueue.lua` in one step, or in a
+    /// Cluster the status hash and then the push (the hash taken back if the
+    /// push refuses). `with_json`: the requirement set's JSON goes along, for
+    /// the script to register it. The scripts' answer: a sequence number, 0 for
+    /// a taken id, or a refusal (see `enqueue_push.lua`).
+    async fn push(
+        &self,
+        job: &NewJob,
+        record: &JobRecord,
+        with_json: bool,
+        rate: Option<&RateCheck>,
+    ) -> Result<i64, StoreError> {
+        let fields = record.to_fields();
+        let event = serde_json::to_string(&EventOf(&fields)).unwrap_or_default();
+        let k = &self.keys;
+        let status_key = k.status(job.id.as_str());
+        let one_step = !self.conn.is_cluster();
+        let mut conn = self.conn.clone();
+        if !one_step {
+            // The bucket is in another slot: counted on its own first.
+            if let Some(check) = rate {
+                let d = self
+                    .rate_limit(&check.bucket, check.rate, check.burst)
+                    .await?;
+                check.decide(d);
+                if !d.allowed {
+                    return Ok(-5);
+                }
+            }
+            let mut status = self.scripts.enqueue_status.prepare_invoke();
+            status.key(&status_key).arg(self.ttl_secs());
+            for (f, v) in &fields {
+                status.arg(*f).arg(v);
+            }
+            let created: i64 = self.run(status.invoke_async(&mut conn)).await?;
+            if created == 0 {
+                return Ok(0);
+            }
+        }
+        let script = if one_step {
+            &self.scripts.enqueue
+        } else {
+            &self.scripts.enqueue_push
+        };
+        let mut push = script.prepare_invoke();
+        push.key(k.queue())
+            .key(k.index())
+            .key(k.pending())
+            .key(k.seq());
+        for key in k.status_indexes() {
+            push.key(key);
+        }
+        for key in k.lane_keys() {
+            push.key(key);
+        }
+        push.key(k.requirement_sets());
+        push.arg(record.payload())
+            .arg(job.id.as_str())
+            .arg(self.settings.index_cap)
+            .arg(self.settings.max_queued)
+            .arg(k.events())
+            .arg(event)
+            .arg(k.tag())
+            .arg(&job.owner)
+            .arg(job.lane.max_queued.unwrap_or(0))
+            .arg(job.lane.weight.max(1))
+            .arg(job.lane.max_running.unwrap_or(0))
+            .arg(job.following)
+            .arg(&record.req)
+            .arg(if with_json && !record.req.is_empty() {
+                job.req_json.as_str()
+            } else {
+                ""
+            })
+            .arg(crate::store::MAX_REQUIREMENT_SETS)
+            .arg(record.priority.as_str());
+        if !one_step {
+            let pushed = self.run(push.invoke_async::<i64>(&mut conn)).await;
+            if !matches!(pushed, Ok(seq) if seq > 0) {
+                // Nothing is queued: take the record back, best effort (the
+                // caller's refusal means nobody will ask for this job).
+                let _ = self
+                    .run(
+                        ::redis::cmd("DEL")
+                            .arg(&status_key)
+                            .query_async::<i64>(&mut conn),
+                    )
+                    .await;
+            }
+            return pushed;
+        }
+        push.key(&status_key).arg(self.ttl_secs());
+        match rate {
+            Some(check) => {
+                push.key(k.rate_bucket(&check.bucket))
+                    .arg(clock::now_ms())
+                    .arg(1000.0 / check.rate)
+                    .arg(check.burst);
+            }
+            None => {
+                push.arg("").arg("").arg("");
+            }
+        }
+        for (f, v) in &fields {
+            push.arg(*f).arg(v);
+        }
+        let answer: Vec<i64> = self.run(push.invoke_async(&mut conn)).await?;
+        if let (Some(check), [_, figures @ ..]) = (rate, answer.as_slice()) {
+            check.decide(decision_of(figures));
+        }
+        Ok(answer.first().copied().unwrap_or(-1))
+    }
+
+    /// Whether this process registered requirement set `fp` already (or there
+    /// is none to register).
+    fn knows_set(&self, fp: &str) -> bool {
+        fp.is_empty() || self.sets_known.lock().expect("sets known").contains(fp)
+    }
+
+    fn remember_set(&self, fp: &str) {
+        if fp.is_empty() {
+            return;
+        }
+        let mut known = self.sets_known.lock().expect("sets known");
+        if known.len() >= crate::store::MAX_REQUIREMENT_SETS {
+            known.clear();
+        }
+        if !known.contains(fp) {
+            known.insert(fp.to_owned());
+        }
+    }
+}
 
 #[async_trait]
 impl JobQueue for RedisStore {
@@ -51,67 +208,47 @@ impl JobQueue for RedisStore {
     async fn enqueue(&self, job: &NewJob) -> Result<JobRecord, StoreError> {
         let mut record = JobRecord::queued(job);
         record.rev = 1;
-        let fields = record.to_fields();
-        let k = &self.keys;
-        let mut status = self.scripts.enqueue_status.prepare_invoke();
-        status.key(k.status(job.id.as_str())).arg(self.ttl_secs());
-        for (f, v) in &fields {
-            status.arg(*f).arg(v);
+        let mut with_json = !self.knows_set(&record.req);
+        let mut answer = self
+            .push(job, &record, with_json, job.rate.as_deref())
+            .await?;
+        for _ in 0..2 {
+            match answer {
+                // The set is not registered (the registry was emptied since this
+                // process registered it): again, with its JSON.
+                -4 if !with_json => with_json = true,
+                // No room for a new set: the job goes to any backend.
+                -3 => {
+                    crate::store::warn_registry_full(&record.req);
+                    record.req.clear();
+                }
+                _ => break,
+            }
+            // Counted once already.
+            answer = self.push(job, &record, with_json, None).await?;
         }
-        let mut conn = self.conn.clone();
-        let created: i64 = self.run(status.invoke_async(&mut conn)).await?;
-        if created == 0 {
-            return Ok(self.get(&job.id).await?.unwrap_or(record));
-        }
-        // The event other processes see: the hash as the scripts publish it.
-        let event: serde_json::Map<String, serde_json::Value> = fields
-            .into_iter()
-            .map(|(f, v)| (f.to_owned(), serde_json::Value::String(v)))
-            .collect();
-        let mut push = self.scripts.enqueue_push.prepare_invoke();
-        push.key(k.queue())
-            .key(k.index())
-            .key(k.pending())
-            .key(k.seq());
-        for key in k.status_indexes() {
-            push.key(key);
-        }
-        for key in k.lane_keys() {
-            push.key(key);
-        }
-        push.arg(job.payload())
-            .arg(job.id.as_str())
-            .arg(self.settings.index_cap)
-            .arg(self.settings.max_queued)
-            .arg(k.events())
-            .arg(serde_json::Value::Object(event).to_string())
-            .arg(k.tag())
-            .arg(&job.owner)
-            .arg(job.lane.max_queued.unwrap_or(0))
-            .arg(job.lane.weight.max(1))
-            .arg(job.lane.max_running.unwrap_or(0))
-            .arg(job.following);
-        let pushed = self.run(push.invoke_async::<i64>(&mut conn)).await;
-        if !matches!(pushed, Ok(seq) if seq > 0) {
-            // Nothing is queued: take the record back, best effort (the caller's
-            // refusal means nobody will ask for this job).
-            let _ = self
-                .run(
-                    ::redis::cmd("DEL")
-                        .arg(k.status(job.id.as_str()))
-                        .query_async::<i64>(&mut conn),
-                )
-                .await;
-            let refusal = match pushed? {
-                -2 => Refusal::QuotaFull {
+        match answer {
+            0 => return Ok(self.get(&job.id).await?.unwrap_or(record)),
+            -5 => return Err(StoreError::Refused(Refusal::RateLimited)),
+            -4 => {
+                return Err(StoreError::Internal(format!(
+                    "requirement set {} is not registered and came without its JSON",
+                    record.req
+                )));
+            }
+            -2 => {
+                return Err(StoreError::Refused(Refusal::QuotaFull {
                     limit: job.lane.max_queued.unwrap_or(0),
-                },
-                _ => Refusal::QueueFull {
+                }));
+            }
+            seq if seq < 0 => {
+                return Err(StoreError::Refused(Refusal::QueueFull {
                     limit: self.settings.max_queued,
-                },
-            };
-            return Err(StoreError::Refused(refusal));
+                }));
+            }
+            _ => {}
         }
+        self.remember_set(&record.req);
         self.replicated().await?;
         tracing::info!(job_id = %job.id, workflow = %job.workflow, "job queued");
         Ok(record)
@@ -184,6 +321,61 @@ impl JobQueue for RedisStore {
             )
             .await?
         };
+        Ok(record_from_map(id.as_str(), map).map(|job| {
+            let position = (job.status == crate::job::JobStatus::Queued)
+                .then_some(rank)
+                .flatten();
+            (job, position)
+        }))
+    }
+
+    async fn status_counted(
+        &self,
+        id: &JobId,
+        check: &RateCheck,
+    ) -> Result<Option<(JobRecord, Option<u64>)>, StoreError> {
+        if self.conn.is_cluster() {
+            // Three slots: the limit, then the read.
+            let d = self
+                .rate_limit(&check.bucket, check.rate, check.burst)
+                .await?;
+            check.decide(d);
+            if !d.allowed {
+                return Err(StoreError::Refused(Refusal::RateLimited));
+            }
+            return self.status(id).await;
+        }
+        // One round trip: the limit's script, then the reads (which are thrown
+        // away if it refuses).
+        let mut limit = self.scripts.gcra.prepare_invoke();
+        limit
+            .key(self.keys.rate_bucket(&check.bucket))
+            .arg(clock::now_ms())
+            .arg(1000.0 / check.rate)
+            .arg(check.burst);
+        let mut pipe = ::redis::pipe();
+        pipe.invoke_script(&limit)
+            .cmd("HGETALL")
+            .arg(self.keys.status(id.as_str()))
+            .cmd("ZRANK")
+            .arg(self.keys.pending())
+            .arg(id.as_str());
+        let mut conn = self.conn.clone();
+        type Read = (Vec<i64>, HashMap<String, String>, Option<u64>);
+        let read: Result<Read, _> = self.run(pipe.query_async(&mut conn)).await;
+        let (figures, map, rank) = match read {
+            Err(StoreError::Internal(e)) if e.contains("NOSCRIPT") || e.contains("NoScript") => {
+                // A Redis that restarted since: load it, and once more.
+                self.run(limit.load_async(&mut conn)).await?;
+                self.run(pipe.query_async::<Read>(&mut conn)).await?
+            }
+            other => other?,
+        };
+        let d = decision_of(&figures);
+        check.decide(d);
+        if !d.allowed {
+            return Err(StoreError::Refused(Refusal::RateLimited));
+        }
         Ok(record_from_map(id.as_str(), map).map(|job| {
             let position = (job.status == crate::job::JobStatus::Queued)
                 .then_some(rank)

@@ -8,6 +8,8 @@ use crate::store::DeadLetter;
 /// The compiled scripts. Those that change a status hash carry the prelude that
 /// publishes the change.
 pub(super) struct Scripts {
+    /// A whole submission outside a Cluster: the status hash and the push.
+    pub(super) enqueue: Script,
     pub(super) enqueue_status: Script,
     pub(super) enqueue_push: Script,
     pub(super) lease: Script,
@@ -47,12 +49,18 @@ impl Scripts {
         let queue_prelude = include_str!("../lua/queue_prelude.lua");
         // Scripts that change the queue and the listing's indexes.
         let requeueing = |body: &str| Script::new(&format!("{queue_prelude}\n{body}"));
+        let push = include_str!("../lua/enqueue_push.lua");
+        let gcra = include_str!("../lua/gcra.lua");
         let outbox_prelude = include_str!("../lua/webhook_out.lua");
         // Scripts that take entries out of the webhook outbox.
         let outbox = |body: &str| Script::new(&format!("{outbox_prelude}\n{body}"));
         Scripts {
             enqueue_status: Script::new(include_str!("../lua/enqueue_status.lua")),
-            enqueue_push: requeueing(include_str!("../lua/enqueue_push.lua")),
+            enqueue: requeueing(&format!(
+                "{push}\n{gcra}\n{}",
+                include_str!("../lua/enqueue.lua")
+            )),
+            enqueue_push: requeueing(&format!("{push}\nreturn push_job()")),
             lease: publishing(include_str!("../lua/lease.lua")),
             update: publishing(include_str!("../lua/update.lua")),
             complete: publishing(include_str!("../lua/complete.lua")),
@@ -69,7 +77,9 @@ impl Scripts {
             reap: requeueing(include_str!("../lua/reap.lua")),
             promote: requeueing(include_str!("../lua/promote.lua")),
             heartbeat: Script::new(include_str!("../lua/heartbeat.lua")),
-            gcra: Script::new(include_str!("../lua/gcra.lua")),
+            gcra: Script::new(&format!(
+                "{gcra}\nreturn gcra(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))"
+            )),
             // KEYS[1] the registry, ARGV[1] fingerprint, ARGV[2] JSON, ARGV[3] cap.
             register: Script::new(
                 "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 1 end \

@@ -6,11 +6,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::broadcast;
 
 use super::{COLUMN_COUNT, COLUMNS, SqliteStore, changed, get_record, next_seq, record_from_row};
+use crate::auth::rate::RateCheck;
 use crate::clock;
 use crate::job::{JobId, JobRecord, JobStatus, NewJob};
 use crate::store::{
-    CancelOutcome, DeadLetter, JobEvent, JobPage, JobQueue, ListQuery, QueueStats, Refusal,
-    StoreError, StoreKind,
+    CancelOutcome, DeadLetter, JobEvent, JobPage, JobQueue, KeyStore, ListQuery, QueueStats,
+    Refusal, StoreError, StoreKind,
 };
 
 /// How many queued jobs are ahead of this one: exact up to [`EXACT_POSITION_LIMIT`],
@@ -57,12 +58,23 @@ impl JobQueue for SqliteStore {
     }
 
     async fn enqueue(&self, job: &NewJob) -> Result<JobRecord, StoreError> {
+        if let Some(check) = &job.rate {
+            // Counted in memory here: no round trip to save.
+            let d = self
+                .rate_limit(&check.bucket, check.rate, check.burst)
+                .await?;
+            check.decide(d);
+            if !d.allowed {
+                return Err(StoreError::Refused(Refusal::RateLimited));
+            }
+        }
         let rec = JobRecord::queued(job);
         let params_json = serde_json::Value::Object(job.params.clone()).to_string();
         let max_queued = self.settings.max_queued as i64;
         let lane = job.lane.clone();
         let following = i64::from(job.following);
-        let r = rec.clone();
+        let mut r = rec.clone();
+        let req_json = job.req_json.clone();
         let out = self
             .write(move |conn| {
                 // The caps first, so a refusal writes nothing. (A resubmission of a
@@ -93,6 +105,11 @@ impl JobQueue for SqliteStore {
                          max_running = excluded.max_running",
                     )?
                     .execute(params![r.owner, lane.weight.max(1), lane.max_running.unwrap_or(0)])?;
+                }
+                if !r.req.is_empty() && !super::routing::register_set(conn, &r.req, &req_json)? {
+                    // No room for a new set: the job goes to any backend.
+                    crate::store::warn_registry_full(&r.req);
+                    r.req.clear();
                 }
                 let seq = next_seq(conn)?;
                 let inserted = conn
@@ -152,6 +169,21 @@ impl JobQueue for SqliteStore {
             Ok(Some((job, position)))
         })
         .await
+    }
+
+    async fn status_counted(
+        &self,
+        id: &JobId,
+        check: &RateCheck,
+    ) -> Result<Option<(JobRecord, Option<u64>)>, StoreError> {
+        let d = self
+            .rate_limit(&check.bucket, check.rate, check.burst)
+            .await?;
+        check.decide(d);
+        if !d.allowed {
+            return Err(StoreError::Refused(Refusal::RateLimited));
+        }
+        self.status(id).await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<JobPage, StoreError> {

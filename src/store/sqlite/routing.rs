@@ -9,28 +9,36 @@ use super::SqliteStore;
 use crate::clock;
 use crate::store::{Routing, StoreError, WorkerId};
 
+/// Registers requirement set `fp` with its JSON unless it is there: `false` when
+/// it is not and cannot be (the registry is full, or no JSON came with it).
+pub(super) fn register_set(
+    conn: &rusqlite::Connection,
+    fp: &str,
+    json: &str,
+) -> rusqlite::Result<bool> {
+    let there: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM requirement_sets WHERE fp = ?1")?
+        .query_row(params![fp], |r| r.get(0))?;
+    if there > 0 {
+        return Ok(true);
+    }
+    let n: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM requirement_sets")?
+        .query_row([], |r| r.get(0))?;
+    if json.is_empty() || n as usize >= crate::store::MAX_REQUIREMENT_SETS {
+        return Ok(false);
+    }
+    conn.prepare_cached("INSERT INTO requirement_sets (fp, json) VALUES (?1, ?2)")?
+        .execute(params![fp, json])?;
+    Ok(true)
+}
+
 #[async_trait]
 impl Routing for SqliteStore {
     async fn register_requirements(&self, fp: &str, json: &str) -> Result<bool, StoreError> {
         let (fp, json) = (fp.to_owned(), json.to_owned());
-        self.write(move |conn| {
-            let there: i64 = conn
-                .prepare_cached("SELECT COUNT(*) FROM requirement_sets WHERE fp = ?1")?
-                .query_row(params![fp], |r| r.get(0))?;
-            if there > 0 {
-                return Ok((true, Vec::new()));
-            }
-            let n: i64 = conn
-                .prepare_cached("SELECT COUNT(*) FROM requirement_sets")?
-                .query_row([], |r| r.get(0))?;
-            if n as usize >= crate::store::MAX_REQUIREMENT_SETS {
-                return Ok((false, Vec::new()));
-            }
-            conn.prepare_cached("INSERT INTO requirement_sets (fp, json) VALUES (?1, ?2)")?
-                .execute(params![fp, json])?;
-            Ok((true, Vec::new()))
-        })
-        .await
+        self.write(move |conn| Ok((register_set(conn, &fp, &json)?, Vec::new())))
+            .await
     }
 
     async fn requirement_sets(&self) -> Result<Vec<(String, String)>, StoreError> {
