@@ -93,7 +93,7 @@ impl Prototype {
         let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/prototype");
         let child = Command::new(venv.join("bin/gunicorn"))
             .args(["--workers", "4", "--bind", &format!("127.0.0.1:{port}")])
-            .arg("--chdir")
+            .arg("--pythonpath")
             .arg(&app)
             .arg("app:app")
             .current_dir(&dir)
