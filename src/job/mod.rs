@@ -324,20 +324,37 @@ impl JobRecord {
         self.params.get(BATCH_FIELD).and_then(Value::as_str)
     }
 
-    /// The prototype's queue entry for this job (what `job_queue` holds).
+    /// The prototype's queue entry for this job (what `job_queue` holds): the
+    /// fields of [`QueuePayload`], in its order, written from the record as it is.
     pub fn payload(&self) -> String {
-        QueuePayload {
-            job_id: self.id.clone(),
-            prompt: self.prompt.clone(),
-            seed: self.seed,
-            workflow: Some(self.workflow.clone()),
-            created_at: Some(self.created_at.clone()),
-            params: (!self.params.is_empty()).then(|| self.params.clone()),
-            owner: (!self.owner.is_empty()).then(|| self.owner.clone()),
-            priority: (self.priority != Priority::Normal).then_some(self.priority),
-            req: (!self.req.is_empty()).then(|| self.req.clone()),
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            job_id: &'a str,
+            prompt: &'a str,
+            seed: Option<u64>,
+            workflow: &'a str,
+            created_at: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            params: Option<&'a Map<String, Value>>,
+            #[serde(rename = "owner_key", skip_serializing_if = "Option::is_none")]
+            owner: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            priority: Option<Priority>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            req: Option<&'a str>,
         }
-        .to_json()
+        serde_json::to_string(&Entry {
+            job_id: &self.id,
+            prompt: &self.prompt,
+            seed: self.seed,
+            workflow: &self.workflow,
+            created_at: &self.created_at,
+            params: (!self.params.is_empty()).then_some(&self.params),
+            owner: (!self.owner.is_empty()).then_some(self.owner.as_str()),
+            priority: (self.priority != Priority::Normal).then_some(self.priority),
+            req: (!self.req.is_empty()).then_some(self.req.as_str()),
+        })
+        .expect("a payload always serializes")
     }
 
     /// The fields a new job's status hash starts with: the prototype's six plus ours.

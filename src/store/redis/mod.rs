@@ -71,6 +71,8 @@ pub struct RedisStore {
     /// leave the set's JSON out (the script still checks, and asks for it if
     /// the registry lost it).
     sets_known: Mutex<std::collections::HashSet<String>>,
+    /// The keys a submission's script takes, and the events channel.
+    push_keys: Vec<String>,
 }
 
 /// Longest a write waits for `--redis-wait-replicas` replicas.
@@ -90,13 +92,15 @@ impl RedisStore {
         let conn = Conn::open(url, config)?;
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (relayed, _) = broadcast::channel(crate::store::RELAY_BUFFER);
+        let keys = KeyNames::new(prefix);
         Ok(RedisStore {
+            push_keys: queue::push_keys(&keys),
             sets_known: Mutex::new(std::collections::HashSet::new()),
             stranded: Mutex::new(Vec::new()),
             unanswered: Mutex::new(Vec::new()),
             conn,
             wake: Arc::new(Notify::new()),
-            keys: KeyNames::new(prefix),
+            keys,
             settings,
             scripts: Scripts::new(),
             events,

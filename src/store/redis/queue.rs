@@ -39,6 +39,22 @@ pub(super) fn decision_of(figures: &[i64]) -> RateDecision {
     }
 }
 
+/// How many keys `enqueue_push.lua` takes (the events channel follows them in
+/// [`push_keys`]).
+const PUSH_KEYS: usize = 17;
+
+/// The keys `enqueue_push.lua` takes, in its order, then the events channel: the
+/// same for every submission, so named once.
+pub(super) fn push_keys(k: &super::KeyNames) -> Vec<String> {
+    let mut keys = vec![k.queue(), k.index(), k.pending(), k.seq()];
+    keys.extend(k.status_indexes());
+    keys.extend(k.lane_keys());
+    keys.push(k.requirement_sets());
+    debug_assert_eq!(keys.len(), PUSH_KEYS);
+    keys.push(k.events());
+    keys
+}
+
 impl RedisStore {
     /// One try at queueing `job` as `record`: `enqueue.lua` in one step, or in a
     /// Cluster the status hash and then the push (the hash taken back if the
@@ -85,22 +101,14 @@ impl RedisStore {
             &self.scripts.enqueue_push
         };
         let mut push = script.prepare_invoke();
-        push.key(k.queue())
-            .key(k.index())
-            .key(k.pending())
-            .key(k.seq());
-        for key in k.status_indexes() {
+        for key in &self.push_keys[..PUSH_KEYS] {
             push.key(key);
         }
-        for key in k.lane_keys() {
-            push.key(key);
-        }
-        push.key(k.requirement_sets());
         push.arg(record.payload())
             .arg(job.id.as_str())
             .arg(self.settings.index_cap)
             .arg(self.settings.max_queued)
-            .arg(k.events())
+            .arg(&self.push_keys[PUSH_KEYS])
             .arg(event)
             .arg(k.tag())
             .arg(&job.owner)

@@ -146,7 +146,7 @@ impl JobQueue for SqliteStore {
 
     async fn get(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         let id = id.to_string();
-        self.read(move |c| get_record(c, &id)).await
+        self.read_now(move |c| get_record(c, &id)).await
     }
 
     async fn queue_position(&self, id: &JobId) -> Result<Option<u64>, StoreError> {
@@ -155,9 +155,9 @@ impl JobQueue for SqliteStore {
     }
 
     async fn status(&self, id: &JobId) -> Result<Option<(JobRecord, Option<u64>)>, StoreError> {
-        // Both on one pooled connection, in one trip to the blocking pool.
+        // Both on one pooled connection, at once.
         let id = id.to_string();
-        self.read(move |c| {
+        self.read_now(move |c| {
             let Some(job) = get_record(c, &id)? else {
                 return Ok(None);
             };
