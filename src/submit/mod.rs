@@ -127,7 +127,26 @@ impl Submitter {
         let (mut job, webhook) = self
             .check(who, wf, version, &body, &inline, s.extra, s.job_id)
             .await?;
-        job.rate = s.rate;
+        match s.rate {
+            // Pictures given inline are stored before the job is queued: the
+            // request is counted first, so a refused one stores nothing.
+            Some(check) if !inline.is_empty() => {
+                let d = self
+                    .within(
+                        self.store
+                            .rate_limit(&check.bucket, check.rate, check.burst),
+                    )
+                    .await?;
+                check.decide(d);
+                if !d.allowed {
+                    return Err(SubmitError::Store(StoreError::Refused(
+                        crate::store::Refusal::RateLimited,
+                    )));
+                }
+            }
+            // Else counted with the enqueue, in the same round trip.
+            rate => job.rate = rate,
+        }
         // Pictures given inline are stored only now that the rest is valid.
         self.uploads
             .store_all(self.store.as_ref(), who.owner(), inline, self.store_timeout)

@@ -245,6 +245,64 @@ async fn img2img_puts_the_uploaded_bytes_on_the_backend_once(kind: Backing) {
     );
 }
 
+/// A submission with an inline picture is counted against its rate limit before
+/// the picture is stored: a refused one stores nothing. (Redis: its registry of
+/// stored files is what this counts; the submission path is the same for both.)
+#[tokio::test]
+async fn a_rate_limited_submission_stores_no_inline_picture() {
+    use base64::Engine;
+    let kind = Backing::Redis;
+    let app = TestApp::spawn(kind, Role::Api, |a| a.auth = AuthMode::Keys).await;
+    let slow = app
+        .new_key(
+            "slow",
+            KeyRole::User,
+            KeyLimits {
+                rate: Some(0.01),
+                burst: Some(1),
+                ..KeyLimits::default()
+            },
+        )
+        .await;
+    let stored = || async {
+        app.store
+            .expired_upload_files(u64::MAX, 1000)
+            .await
+            .unwrap()
+            .len()
+    };
+    let inline = |rgb| {
+        format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(png(4, 4, rgb))
+        )
+    };
+    let send = |image: String| {
+        let app = &app;
+        let slow = &slow;
+        async move {
+            app.http
+                .post(app.url("/api/generate"))
+                .bearer_auth(slow)
+                .json(&json!({"prompt": "inline", "workflow": "smoke-img2img", "image": image}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(stored().await, 0);
+    assert_eq!(send(inline([0, 255, 0])).await, 202);
+    assert_eq!(stored().await, 1);
+    assert_eq!(send(inline([255, 0, 0])).await, 429);
+    assert_eq!(
+        stored().await,
+        1,
+        "the refused submission's picture is not stored"
+    );
+}
+
 async fn inpainting_takes_a_picture_and_a_mask(kind: Backing) {
     let standin = StandIn::start();
     let url = standin.url();
