@@ -38,9 +38,9 @@ pub fn iso8601(micros: u64) -> String {
     };
     put(&mut out, y.clamp(0, 9999) as u64, 4);
     out.push('-');
-    put(&mut out, m, 2);
+    put(&mut out, u64::from(m), 2);
     out.push('-');
-    put(&mut out, d, 2);
+    put(&mut out, u64::from(d), 2);
     out.push('T');
     put(&mut out, t / 3600, 2);
     out.push(':');
@@ -55,15 +55,15 @@ pub fn iso8601(micros: u64) -> String {
 
 /// The proleptic Gregorian (year, month, day) of a day count since 1970-01-01
 /// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u64, u64) {
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u64;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
 }

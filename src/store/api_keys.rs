@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::StoreError;
 use crate::auth::ApiKey;
-use crate::auth::rate::RateDecision;
+use crate::auth::rate::{RateCheck, RateDecision};
 
 /// API keys, the URL-signing secret and the rate limits shared by every process. Safe to
 /// call from many tasks and processes at once.
@@ -31,4 +31,22 @@ pub trait KeyStore: Send + Sync + 'static {
         rate: f64,
         burst: u32,
     ) -> Result<RateDecision, StoreError>;
+}
+
+/// Counts a request against its rate limit in a store call of its own (where it
+/// cannot go with the request's work), recording the decision in `check`:
+/// `Err(Refused(RateLimited))` when the limit refuses.
+pub async fn count_apart<K: KeyStore + ?Sized>(
+    keys: &K,
+    check: &RateCheck,
+) -> Result<(), StoreError> {
+    let d = keys
+        .rate_limit(&check.bucket, check.rate, check.burst)
+        .await?;
+    check.decide(d);
+    if d.allowed {
+        Ok(())
+    } else {
+        Err(StoreError::Refused(super::Refusal::RateLimited))
+    }
 }

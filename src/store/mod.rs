@@ -32,7 +32,7 @@ pub mod uploads;
 pub mod usage;
 pub mod workflows;
 
-pub use self::api_keys::KeyStore;
+pub use self::api_keys::{KeyStore, count_apart};
 pub use self::batches::{Batches, MAX_BATCH};
 pub use self::error::{Refusal, StoreError, within};
 pub use self::idempotency::{IDEMPOTENCY_TTL, Idempotency, IdempotencyClaim};

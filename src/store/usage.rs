@@ -79,40 +79,27 @@ pub fn day_of(ms: u64) -> u64 {
 
 /// `YYYY-MM-DD` of a day since the epoch.
 pub fn day_name(day: u64) -> String {
-    let (y, m, d) = civil(day as i64);
+    let (y, m, d) = crate::clock::civil_from_days(day as i64);
     format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// `YYYY-MM` of `ms`.
 pub fn month_name(ms: u64) -> String {
-    let (y, m, _) = civil(day_of(ms) as i64);
+    let (y, m, _) = crate::clock::civil_from_days(day_of(ms) as i64);
     format!("{y:04}-{m:02}")
 }
 
 /// The first ms of the UTC month of `ms`.
 pub fn month_start_ms(ms: u64) -> u64 {
-    let (y, m, _) = civil(day_of(ms) as i64);
+    let (y, m, _) = crate::clock::civil_from_days(day_of(ms) as i64);
     days_from_civil(y, m, 1) as u64 * 86_400_000
 }
 
 /// The first ms of the next UTC month after `ms`.
 pub fn next_month_ms(ms: u64) -> u64 {
-    let (y, m, _) = civil(day_of(ms) as i64);
+    let (y, m, _) = crate::clock::civil_from_days(day_of(ms) as i64);
     let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
     days_from_civil(y, m, 1) as u64 * 86_400_000
-}
-
-/// Days since the epoch → (year, month, day) (Howard Hinnant's algorithm).
-fn civil(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// (year, month, day) → days since the epoch.
@@ -141,7 +128,7 @@ mod tests {
         assert_eq!(day_name(0), "1970-01-01");
         assert_eq!(day_name(day_of(951_782_400_000)), "2000-02-29");
         for d in [0i64, 59, 60, 10_957, 20_000, 30_000] {
-            let (y, m, dd) = civil(d);
+            let (y, m, dd) = crate::clock::civil_from_days(d);
             assert_eq!(days_from_civil(y, m, dd), d);
         }
     }

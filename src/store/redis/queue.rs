@@ -344,13 +344,7 @@ impl JobQueue for RedisStore {
     ) -> Result<Option<(JobRecord, Option<u64>)>, StoreError> {
         if self.conn.is_cluster() {
             // Three slots: the limit, then the read.
-            let d = self
-                .rate_limit(&check.bucket, check.rate, check.burst)
-                .await?;
-            check.decide(d);
-            if !d.allowed {
-                return Err(StoreError::Refused(Refusal::RateLimited));
-            }
+            crate::store::count_apart(self, check).await?;
             return self.status(id).await;
         }
         // One round trip: the limit's script, then the reads (which are thrown

@@ -10,8 +10,8 @@ use crate::auth::rate::RateCheck;
 use crate::clock;
 use crate::job::{JobId, JobRecord, JobStatus, NewJob};
 use crate::store::{
-    CancelOutcome, DeadLetter, JobEvent, JobPage, JobQueue, KeyStore, ListQuery, QueueStats,
-    Refusal, StoreError, StoreKind,
+    CancelOutcome, DeadLetter, JobEvent, JobPage, JobQueue, ListQuery, QueueStats, Refusal,
+    StoreError, StoreKind,
 };
 
 /// How many queued jobs are ahead of this one: exact up to [`EXACT_POSITION_LIMIT`],
@@ -60,13 +60,7 @@ impl JobQueue for SqliteStore {
     async fn enqueue(&self, job: &NewJob) -> Result<JobRecord, StoreError> {
         if let Some(check) = &job.rate {
             // Counted in memory here: no round trip to save.
-            let d = self
-                .rate_limit(&check.bucket, check.rate, check.burst)
-                .await?;
-            check.decide(d);
-            if !d.allowed {
-                return Err(StoreError::Refused(Refusal::RateLimited));
-            }
+            crate::store::count_apart(self, check).await?;
         }
         let rec = JobRecord::queued(job);
         let params_json = serde_json::Value::Object(job.params.clone()).to_string();
@@ -176,13 +170,7 @@ impl JobQueue for SqliteStore {
         id: &JobId,
         check: &RateCheck,
     ) -> Result<Option<(JobRecord, Option<u64>)>, StoreError> {
-        let d = self
-            .rate_limit(&check.bucket, check.rate, check.burst)
-            .await?;
-        check.decide(d);
-        if !d.allowed {
-            return Err(StoreError::Refused(Refusal::RateLimited));
-        }
+        crate::store::count_apart(self, check).await?;
         self.status(id).await
     }
 
