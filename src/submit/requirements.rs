@@ -126,3 +126,44 @@ impl Submitter {
         Ok((need.fp.clone(), need.json.clone()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Map, json};
+
+    use super::*;
+
+    fn sd15() -> Workflow {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows/sd15.json");
+        Workflow::parse("sd15.json", &std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_set_follows_the_model_choice_not_the_prompt_or_seed() {
+        let wf = sd15();
+        let memory = NeedMemory::default();
+        let a = memory.of(&wf, "a cat", 1, &Map::new());
+        let b = memory.of(&wf, "a dog", 2, &Map::new());
+        assert_eq!(a.fp, b.fp);
+        assert!(Arc::ptr_eq(&a, &b), "worked out once");
+        let mut other = Map::new();
+        other.insert("checkpoint".into(), json!("other.safetensors"));
+        let c = memory.of(&wf, "a cat", 1, &other);
+        assert_ne!(c.fp, a.fp);
+        assert!(c.json.contains("other.safetensors"));
+        let fresh = Requirements::of_graph(&wf.render("j", "a cat", 1, &other));
+        assert_eq!(c.fp, fresh.fingerprint(), "the same as working it out anew");
+    }
+
+    #[test]
+    fn the_memory_is_bounded() {
+        let wf = sd15();
+        let memory = NeedMemory::default();
+        for i in 0..MAX_REMEMBERED + 10 {
+            let mut p = Map::new();
+            p.insert("checkpoint".into(), json!(format!("m{i}.safetensors")));
+            memory.of(&wf, "x", 1, &p);
+            assert!(memory.by_key.lock().unwrap().len() <= MAX_REMEMBERED);
+        }
+    }
+}
