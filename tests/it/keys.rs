@@ -376,17 +376,7 @@ async fn a_priority_above_the_keys_maximum_is_refused(kind: Backing) {
 
 async fn rate_limits_answer_429_with_their_headers(kind: Backing) {
     let app = keyed(kind, ServerRole::Api, None).await;
-    let slow = app
-        .new_key(
-            "slow",
-            Role::User,
-            KeyLimits {
-                rate: Some(1.0),
-                burst: Some(3),
-                ..KeyLimits::default()
-            },
-        )
-        .await;
+    let slow = app.rate_limited_key("slow", 1.0, 3).await;
     let mut codes = Vec::new();
     let mut last = None;
     for _ in 0..5 {
@@ -424,17 +414,7 @@ async fn rate_limits_answer_429_with_their_headers(kind: Backing) {
         .unwrap();
     assert_eq!(health.status(), 200);
     // Another key has its own bucket.
-    let other = app
-        .new_key(
-            "other",
-            Role::User,
-            KeyLimits {
-                rate: Some(1.0),
-                burst: Some(3),
-                ..KeyLimits::default()
-            },
-        )
-        .await;
+    let other = app.rate_limited_key("other", 1.0, 3).await;
     let res = app
         .http
         .get(app.url("/api/jobs"))
@@ -467,17 +447,7 @@ async fn rate_limits_answer_429_with_their_headers(kind: Backing) {
 /// counted all the same, and a refused submission queues nothing.
 async fn submissions_and_status_reads_count_against_the_rate_limit_too(kind: Backing) {
     let app = keyed(kind, ServerRole::Api, None).await;
-    let slow = app
-        .new_key(
-            "slow",
-            Role::User,
-            KeyLimits {
-                rate: Some(0.1),
-                burst: Some(3),
-                ..KeyLimits::default()
-            },
-        )
-        .await;
+    let slow = app.rate_limited_key("slow", 0.1, 3).await;
     let submit = |body: Value| {
         let app = &app;
         let slow = &slow;

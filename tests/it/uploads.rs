@@ -253,17 +253,7 @@ async fn a_rate_limited_submission_stores_no_inline_picture() {
     use base64::Engine;
     let kind = Backing::Redis;
     let app = TestApp::spawn(kind, Role::Api, |a| a.auth = AuthMode::Keys).await;
-    let slow = app
-        .new_key(
-            "slow",
-            KeyRole::User,
-            KeyLimits {
-                rate: Some(0.01),
-                burst: Some(1),
-                ..KeyLimits::default()
-            },
-        )
-        .await;
+    let slow = app.rate_limited_key("slow", 0.01, 1).await;
     let stored = || async {
         app.store
             .expired_upload_files(u64::MAX, 1000)

@@ -363,6 +363,18 @@ impl TestApp {
             .secret
     }
 
+    /// A user key (its secret) limited to `rate` requests per second, in
+    /// bursts of `burst`.
+    pub async fn rate_limited_key(&self, name: &str, rate: f64, burst: u32) -> String {
+        let limits = studio_core::auth::KeyLimits {
+            rate: Some(rate),
+            burst: Some(burst),
+            ..Default::default()
+        };
+        self.new_key(name, studio_core::auth::Role::User, limits)
+            .await
+    }
+
     /// Stops the app the way SIGTERM does, and waits for it.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
