@@ -336,18 +336,12 @@ fn studio(bin: &Path, store: &str, redis: &Redis, keys: bool) -> (Studio, Option
     if !keys {
         return (server, None);
     }
-    let out = Command::new(bin)
-        .args(["keys", "create", "--name", "bench", "--rate", "1000000/s"])
-        .args(["--max-queued", "100000000"])
-        .env_clear()
-        .env("STUDIO_DATA_DIR", &server.dir)
-        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .expect("studio keys create runs");
-    assert!(out.status.success(), "{out:?}");
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let secret = stdout.lines().last().unwrap().trim().to_owned();
-    (server, Some(format!("Bearer {secret}")))
+    let key = server.create_key(
+        bin,
+        &envs,
+        &["--rate", "1000000/s", "--max-queued", "100000000"],
+    );
+    (server, Some(key))
 }
 
 /// One target's two phases on a fresh Redis: submissions, then status reads of

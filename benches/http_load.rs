@@ -51,17 +51,8 @@ fn start(bin: &Path, store: &str, prefix: &str, keys: bool) -> (Studio, Option<S
     if !keys {
         return (server, None);
     }
-    let out = std::process::Command::new(bin)
-        .args(["keys", "create", "--name", "bench"])
-        .env_clear()
-        .env("STUDIO_DATA_DIR", &server.dir)
-        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .expect("studio keys create runs");
-    assert!(out.status.success(), "{out:?}");
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let secret = stdout.lines().last().unwrap().trim().to_owned();
-    (server, Some(format!("Bearer {secret}")))
+    let key = server.create_key(bin, &envs, &[]);
+    (server, Some(key))
 }
 
 #[derive(Clone, Copy)]

@@ -94,6 +94,23 @@ impl Studio {
         Studio { child, port, dir }
     }
 
+    /// `studio keys create --name bench <extra>` on this server's store (the
+    /// same `envs` it started with): the key as an `Authorization` value.
+    pub fn create_key(&self, bin: &Path, envs: &[(&str, String)], extra: &[&str]) -> String {
+        let out = Command::new(bin)
+            .args(["keys", "create", "--name", "bench"])
+            .args(extra)
+            .env_clear()
+            .env("STUDIO_DATA_DIR", &self.dir)
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("studio keys create runs");
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let secret = stdout.lines().last().unwrap().trim();
+        format!("Bearer {secret}")
+    }
+
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
