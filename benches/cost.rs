@@ -13,12 +13,18 @@
 //! Each phase starts on its own Redis (a `redis-server` on a free port that this
 //! bench starts and stops), so Redis's CPU is this phase's alone.
 //!
+//! Beside them, the floor (benches/cost/floor.rs): the prototype's own work done
+//! on Studio Core's HTTP stack in one Redis round trip and nothing more, what no
+//! service could undercut on this machine.
+//!
 //! `BENCH_SECONDS` per phase (8); `BENCH_CONNECTIONS` (32); `BENCH_ROUNDS` (1;
 //! medians over rounds); `BENCH_STORES` (`redis,sqlite`); `BENCH_AUTH`
-//! (`off,keys`); `BENCH_PROTOTYPE=0` skips the prototype; `BENCH_BASELINE_BIN`
+//! (`off,keys`); `BENCH_PROTOTYPE=0` skips the prototype, `BENCH_FLOOR=0` the floor; `BENCH_BASELINE_BIN`
 //! runs the same phases against another `studio` build (the previous commit's) in
 //! turn with this one.
 
+#[path = "cost/floor.rs"]
+mod floor;
 mod support;
 
 use std::io::{Read, Write};
@@ -74,6 +80,38 @@ fn wait_listening(port: u16) {
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "nothing listens on {port}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The floor server (this bench's binary started again as it), stopped when
+/// dropped.
+struct Floor {
+    child: Child,
+    port: u16,
+}
+
+impl Floor {
+    /// On `redis`, or with the jobs in memory (`None`).
+    fn start(redis: Option<&Redis>) -> Floor {
+        let port = free_port();
+        let child = Command::new(std::env::current_exe().expect("the bench's own path"))
+            .env(
+                "COST_FLOOR_REDIS",
+                redis.map_or("memory".to_owned(), Redis::url),
+            )
+            .env("COST_FLOOR_PORT", port.to_string())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the floor server starts");
+        wait_listening(port);
+        Floor { child, port }
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -362,6 +400,10 @@ fn measure(target: &Target, dir: &Path) -> [Figures; 2] {
             let p = Prototype::start(&redis);
             run(p.port, None, &p.pids())
         }
+        Target::Floor { store } => {
+            let f = Floor::start((*store == "redis").then_some(&redis));
+            run(f.port, None, &[f.child.id()])
+        }
         Target::Studio {
             bin, store, keys, ..
         } => {
@@ -375,6 +417,11 @@ fn measure(target: &Target, dir: &Path) -> [Figures; 2] {
 
 enum Target {
     Prototype,
+    /// The floor on Redis, or in memory (`store` = `sqlite`: the floor of an
+    /// embedded store).
+    Floor {
+        store: &'static str,
+    },
     Studio {
         label: String,
         bin: PathBuf,
@@ -387,6 +434,8 @@ impl Target {
     fn label(&self) -> String {
         match self {
             Target::Prototype => "prototype (Redis)".into(),
+            Target::Floor { store: "redis" } => "floor (Redis)".into(),
+            Target::Floor { .. } => "floor (in memory)".into(),
             Target::Studio { label, .. } => label.clone(),
         }
     }
@@ -398,6 +447,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    floor::serve_if_asked();
     let rounds: usize = env_or("BENCH_ROUNDS", 1);
     let stores = std::env::var("BENCH_STORES").unwrap_or_else(|_| "redis,sqlite".into());
     let auths = std::env::var("BENCH_AUTH").unwrap_or_else(|_| "off,keys".into());
@@ -413,6 +463,9 @@ fn main() {
     for store in ["redis", "sqlite"] {
         if !stores.split(',').any(|s| s == store) {
             continue;
+        }
+        if std::env::var("BENCH_FLOOR").as_deref() != Ok("0") {
+            targets.push(Target::Floor { store });
         }
         for auth in ["off", "keys"] {
             if !auths.split(',').any(|a| a == auth) {
@@ -461,8 +514,16 @@ fn main() {
         env_or::<u32>("BENCH_CONNECTIONS", 32)
     );
     println!(
-        "| {:<28} | {:<19} | {:>8} | {:>8} | {:>9} | {:>8} | {:>8} | {:>11} |",
-        "target", "request", "req/s", "p99 ms", "server µs", "Redis µs", "total µs", "/ prototype"
+        "| {:<28} | {:<19} | {:>8} | {:>8} | {:>9} | {:>8} | {:>8} | {:>11} | {:>7} |",
+        "target",
+        "request",
+        "req/s",
+        "p99 ms",
+        "server µs",
+        "Redis µs",
+        "total µs",
+        "/ prototype",
+        "× floor"
     );
     for (t, target) in targets.iter().enumerate() {
         for (p, phase) in [Phase::Submit, Phase::Status].into_iter().enumerate() {
@@ -470,8 +531,17 @@ fn main() {
             let ratio = proto.map_or(String::from("—"), |q| {
                 format!("1/{:.1}", med(q, p, |f| f.server_us + f.redis_us) / total)
             });
+            let floor = match target {
+                Target::Studio { store, .. } => targets
+                    .iter()
+                    .position(|f| matches!(f, Target::Floor { store: s } if s == store)),
+                _ => None,
+            };
+            let above = floor.map_or(String::from("—"), |f| {
+                format!("{:.1}", total / med(f, p, |f| f.server_us + f.redis_us))
+            });
             println!(
-                "| {:<28} | {:<19} | {:>8.0} | {:>8.2} | {:>9.1} | {:>8.1} | {:>8.1} | {:>11} |",
+                "| {:<28} | {:<19} | {:>8.0} | {:>8.2} | {:>9.1} | {:>8.1} | {:>8.1} | {:>11} | {:>7} |",
                 target.label(),
                 phase.name(),
                 med(t, p, |f| f.rps),
@@ -479,7 +549,8 @@ fn main() {
                 med(t, p, |f| f.server_us),
                 med(t, p, |f| f.redis_us),
                 total,
-                ratio
+                ratio,
+                above
             );
         }
     }

@@ -149,17 +149,21 @@ impl JobQueue for SqliteStore {
     }
 
     async fn status(&self, id: &JobId) -> Result<Option<(JobRecord, Option<u64>)>, StoreError> {
-        // Both on one pooled connection, at once.
+        // Both on one pooled connection, in one read transaction: the position
+        // is of the record read (one snapshot), and the file's read lock is
+        // taken once instead of once per statement.
         let id = id.to_string();
         self.read_now(move |c| {
-            let Some(job) = get_record(c, &id)? else {
+            let tx = c.unchecked_transaction()?;
+            let Some(job) = get_record(&tx, &id)? else {
                 return Ok(None);
             };
             let position = if job.status == JobStatus::Queued {
-                queue_position(c, &id)?
+                queue_position(&tx, &id)?
             } else {
                 None
             };
+            tx.commit()?;
             Ok(Some((job, position)))
         })
         .await
