@@ -154,7 +154,10 @@ async fn status(
 /// The jobs, in memory: their status hashes' fields and queue entries. The
 /// bench's phases are bounded, so the map is too.
 #[derive(Clone, Default)]
-struct Memory(Arc<Mutex<(HashMap<String, [String; 6]>, VecDeque<String>)>>);
+struct Memory(Arc<Mutex<Jobs>>);
+
+/// Status hashes by job id (the prototype's six fields), and the queue.
+type Jobs = (HashMap<String, [String; 6]>, VecDeque<String>);
 
 async fn generate_in_memory(
     State(mem): State<Memory>,
