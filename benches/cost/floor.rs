@@ -69,23 +69,40 @@ pub fn serve_if_asked() {
     std::process::exit(0);
 }
 
-async fn generate(
-    State(mut conn): State<MultiplexedConnection>,
-    Json(body): Json<Value>,
-) -> (StatusCode, Json<Value>) {
-    let Some(prompt) = body["prompt"].as_str().filter(|p| !p.trim().is_empty()) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": "prompt is required"})),
-        );
-    };
+/// A new job, as the prototype makes it: its id, its time stamp, its queue entry.
+struct Accepted {
+    id: String,
+    created: String,
+    job: Value,
+}
+
+/// The prototype's check (a prompt) and its new job; `None` without a prompt.
+fn accept(body: &Value) -> Option<Accepted> {
+    let prompt = body["prompt"].as_str().filter(|p| !p.trim().is_empty())?;
     let seed = body["seed"].as_u64().unwrap_or_else(rand_seed);
     let workflow = body["workflow"].as_str().unwrap_or("sdxl");
     let id = uuid::Uuid::new_v4().to_string();
     let created = studio_core::clock::iso8601(studio_core::clock::now_micros());
-    let key = format!("job:status:{id}");
     let job = json!({"job_id": id, "prompt": prompt, "seed": seed, "workflow": workflow,
         "created_at": created});
+    Some(Accepted { id, created, job })
+}
+
+fn no_prompt() -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": "prompt is required"})),
+    )
+}
+
+async fn generate(
+    State(mut conn): State<MultiplexedConnection>,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let Some(Accepted { id, created, job }) = accept(&body) else {
+        return no_prompt();
+    };
+    let key = format!("job:status:{id}");
     let written: Result<(), _> = redis::pipe()
         .atomic()
         .hset_multiple(
@@ -163,18 +180,9 @@ async fn generate_in_memory(
     State(mem): State<Memory>,
     Json(body): Json<Value>,
 ) -> (StatusCode, Json<Value>) {
-    let Some(prompt) = body["prompt"].as_str().filter(|p| !p.trim().is_empty()) else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": "prompt is required"})),
-        );
+    let Some(Accepted { id, created, job }) = accept(&body) else {
+        return no_prompt();
     };
-    let seed = body["seed"].as_u64().unwrap_or_else(rand_seed);
-    let workflow = body["workflow"].as_str().unwrap_or("sdxl");
-    let id = uuid::Uuid::new_v4().to_string();
-    let created = studio_core::clock::iso8601(studio_core::clock::now_micros());
-    let job = json!({"job_id": id, "prompt": prompt, "seed": seed, "workflow": workflow,
-        "created_at": created});
     let hash = [
         id.clone(),
         "queued".to_owned(),
