@@ -246,12 +246,10 @@ async fn img2img_puts_the_uploaded_bytes_on_the_backend_once(kind: Backing) {
 }
 
 /// A submission with an inline picture is counted against its rate limit before
-/// the picture is stored: a refused one stores nothing. (Redis: its registry of
-/// stored files is what this counts; the submission path is the same for both.)
-#[tokio::test]
-async fn a_rate_limited_submission_stores_no_inline_picture() {
+/// the picture is stored: a refused one stores nothing (counted in the store's
+/// registry of stored files).
+async fn a_rate_limited_submission_stores_no_inline_picture(kind: Backing) {
     use base64::Engine;
-    let kind = Backing::Redis;
     let app = TestApp::spawn(kind, Role::Api, |a| a.auth = AuthMode::Keys).await;
     let slow = app.rate_limited_key("slow", 0.01, 1).await;
     let stored = || async {
@@ -444,4 +442,5 @@ both_stores!(
     img2img_puts_the_uploaded_bytes_on_the_backend_once,
     inpainting_takes_a_picture_and_a_mask,
     a_job_naming_a_missing_or_foreign_upload_is_refused,
+    a_rate_limited_submission_stores_no_inline_picture,
 );

@@ -13,6 +13,7 @@ pub mod conn;
 mod events;
 mod idempotency;
 mod key_names;
+mod known_sets;
 mod lease;
 mod outbox;
 mod previews;
@@ -38,6 +39,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use self::conn::Conn;
 use self::events::subscribe_loop;
 pub use self::key_names::KeyNames;
+use self::known_sets::KnownSets;
 use self::scripts::Scripts;
 use super::{EVENT_BUFFER, JobEvent, StoreError, StoreSettings, WorkerId};
 use crate::job::JobRecord;
@@ -67,10 +69,8 @@ pub struct RedisStore {
     /// Ids of claims that got no answer: the next claim of that worker asks again
     /// under the same id (see claim.lua).
     unanswered: Mutex<Vec<(WorkerId, String)>>,
-    /// Requirement sets this process saw registered: its submissions of them
-    /// leave the set's JSON out (the script still checks, and asks for it if
-    /// the registry lost it).
-    sets_known: Mutex<std::collections::HashSet<String>>,
+    /// Requirement sets this process saw registered.
+    sets_known: KnownSets,
     /// The keys a submission's script takes, and the events channel.
     push_keys: Vec<String>,
 }
@@ -95,7 +95,7 @@ impl RedisStore {
         let keys = KeyNames::new(prefix);
         Ok(RedisStore {
             push_keys: queue::push_keys(&keys),
-            sets_known: Mutex::new(std::collections::HashSet::new()),
+            sets_known: KnownSets::new(crate::store::MAX_REQUIREMENT_SETS),
             stranded: Mutex::new(Vec::new()),
             unanswered: Mutex::new(Vec::new()),
             conn,

@@ -160,25 +160,6 @@ impl RedisStore {
         }
         Ok(answer.first().copied().unwrap_or(-1))
     }
-
-    /// Whether this process registered requirement set `fp` already (or there
-    /// is none to register).
-    fn knows_set(&self, fp: &str) -> bool {
-        fp.is_empty() || self.sets_known.lock().expect("sets known").contains(fp)
-    }
-
-    fn remember_set(&self, fp: &str) {
-        if fp.is_empty() {
-            return;
-        }
-        let mut known = self.sets_known.lock().expect("sets known");
-        if known.len() >= crate::store::MAX_REQUIREMENT_SETS {
-            known.clear();
-        }
-        if !known.contains(fp) {
-            known.insert(fp.to_owned());
-        }
-    }
 }
 
 #[async_trait]
@@ -216,7 +197,7 @@ impl JobQueue for RedisStore {
     async fn enqueue(&self, job: &NewJob) -> Result<JobRecord, StoreError> {
         let mut record = JobRecord::queued(job);
         record.rev = 1;
-        let mut with_json = !self.knows_set(&record.req);
+        let mut with_json = !self.sets_known.knows(&record.req);
         let mut answer = self
             .push(job, &record, with_json, job.rate.as_deref())
             .await?;
@@ -256,7 +237,7 @@ impl JobQueue for RedisStore {
             }
             _ => {}
         }
-        self.remember_set(&record.req);
+        self.sets_known.remember(&record.req);
         self.replicated().await?;
         tracing::info!(job_id = %job.id, workflow = %job.workflow, "job queued");
         Ok(record)

@@ -83,6 +83,13 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// A time in ms since the epoch as SQLite stores it (a signed 64-bit integer):
+/// one past the last it can hold (`u64::MAX`, "every time") stays the greatest,
+/// not a negative number.
+fn sql_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
 fn internal(e: impl std::fmt::Display) -> StoreError {
     StoreError::Internal(format!("SQLite: {e}"))
 }

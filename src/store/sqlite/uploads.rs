@@ -127,7 +127,7 @@ impl Uploads for SqliteStore {
     ) -> Result<Vec<String>, StoreError> {
         self.read(move |c| {
             c.prepare_cached("SELECT id FROM upload_files WHERE expires_ms < ?1 LIMIT ?2")?
-                .query_map(params![before_ms as i64, max as i64], |r| r.get(0))?
+                .query_map(params![super::sql_ms(before_ms), max as i64], |r| r.get(0))?
                 .collect()
         })
         .await
@@ -138,7 +138,7 @@ impl Uploads for SqliteStore {
         self.write(move |conn| {
             let n = conn.execute(
                 "DELETE FROM upload_files WHERE id = ?1 AND expires_ms < ?2",
-                params![id, before_ms as i64],
+                params![id, super::sql_ms(before_ms)],
             )?;
             Ok((n == 1, Vec::new()))
         })
