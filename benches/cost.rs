@@ -19,9 +19,9 @@
 //!
 //! `BENCH_SECONDS` per phase (8); `BENCH_CONNECTIONS` (32); `BENCH_ROUNDS` (1;
 //! medians over rounds); `BENCH_STORES` (`redis,sqlite`); `BENCH_AUTH`
-//! (`off,keys`); `BENCH_PROTOTYPE=0` skips the prototype, `BENCH_FLOOR=0` the floor; `BENCH_BASELINE_BIN`
-//! runs the same phases against another `studio` build (the previous commit's) in
-//! turn with this one.
+//! (`off,keys`); `BENCH_PROTOTYPE=0` skips the prototype, `BENCH_FLOOR=0` the
+//! floor; `BENCH_BASELINE_BIN` runs the same phases against another `studio`
+//! build (the previous commit's) in turn with this one.
 
 #[path = "cost/floor.rs"]
 mod floor;

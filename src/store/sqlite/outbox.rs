@@ -67,7 +67,7 @@ impl WebhookOutbox for SqliteStore {
                  ON CONFLICT(job_id) DO UPDATE SET record = excluded.record, \
                  due_ms = excluded.due_ms, lease_ms = 0, expires_ms = excluded.expires_ms, \
                  owner = excluded.owner",
-                params![id, json, due_ms as i64, expires, owner],
+                params![id, json, super::sql_ms(due_ms), expires, owner],
             )?;
             Ok((Some(true), Vec::new()))
         })

@@ -16,7 +16,7 @@ impl Retention for SqliteStore {
             conn.execute(
                 "INSERT INTO outputs (job_id, owner, files, bytes, due_ms) VALUES (?1, ?2, ?3, ?4, ?5) \
                  ON CONFLICT(job_id) DO NOTHING",
-                params![o.job_id, o.owner, files, o.bytes as i64, due_ms as i64],
+                params![o.job_id, o.owner, files, o.bytes as i64, super::sql_ms(due_ms)],
             )?;
             Ok(((), Vec::new()))
         })
@@ -28,7 +28,7 @@ impl Retention for SqliteStore {
             let mut stmt = c.prepare_cached(
                 "SELECT job_id, owner, files, bytes FROM outputs WHERE due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![now_ms as i64, max as i64], |r| {
+            let rows = stmt.query_map(params![super::sql_ms(now_ms), max as i64], |r| {
                 let files: String = r.get(2)?;
                 Ok(StoredOutputs {
                     job_id: r.get(0)?,
@@ -47,7 +47,7 @@ impl Retention for SqliteStore {
         self.write(move |conn| {
             conn.execute(
                 "UPDATE outputs SET due_ms = ?2 WHERE job_id = ?1",
-                params![id, due_ms as i64],
+                params![id, super::sql_ms(due_ms)],
             )?;
             Ok(((), Vec::new()))
         })

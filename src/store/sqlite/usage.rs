@@ -57,7 +57,7 @@ impl Usage for SqliteStore {
                 };
                 let mut stmt = c.prepare_cached(sql)?;
                 let o: Option<String> = if has_owner { owner.clone() } else { None };
-                for row in stmt.query_map(params![from_ms as i64, to_ms as i64, o, max as i64], |r| r.get::<_, String>(0))? {
+                for row in stmt.query_map(params![super::sql_ms(from_ms), super::sql_ms(to_ms), o, max as i64], |r| r.get::<_, String>(0))? {
                     out.push(row?);
                 }
                 Ok(out)
