@@ -2,6 +2,7 @@
 //! request carries to whoever counts it ([`RateCheck`]). A leaf: plain data, so
 //! the job being submitted can carry its request's check down to the store.
 
+use std::net::IpAddr;
 use std::sync::OnceLock;
 
 /// What a limit said about one request.
@@ -55,5 +56,41 @@ impl RateCheck {
 impl PartialEq for RateCheck {
     fn eq(&self, other: &Self) -> bool {
         self.bucket == other.bucket && self.rate == other.rate && self.burst == other.burst
+    }
+}
+
+/// A client address as the per-client caps count it (event streams, uploads in
+/// flight, the address rate limit's bucket): an IPv4 address, or an IPv6 /64
+/// (one host gets a whole /64, so counting single IPv6 addresses would count
+/// nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IpKey(pub u128);
+
+impl IpKey {
+    pub fn of(ip: IpAddr) -> IpKey {
+        match ip {
+            IpAddr::V4(v4) => IpKey(u32::from(v4) as u128),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpKey(u32::from(v4) as u128),
+                None => IpKey((u128::from(v6) & !((1u128 << 64) - 1)) | (1 << 127) | 1),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let x: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let y: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let z: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(IpKey::of(x), IpKey::of(y));
+        assert_ne!(IpKey::of(x), IpKey::of(z));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(IpKey::of(v4), IpKey::of(mapped));
     }
 }

@@ -22,12 +22,12 @@ use tokio::sync::OnceCell;
 use tower::Service;
 
 use super::error::ApiError;
-use super::events::IpKey;
 use super::key_cache::{KeyCache, KeyRefusal};
 use crate::auth::rate::{RateCheck, RateDecision};
 use crate::auth::signing::UrlSigner;
 use crate::auth::{AuthMode, Identity};
 use crate::clock;
+use crate::limit::IpKey;
 use crate::store::{JobStore, StoreError};
 
 /// How the API decides who is asking. One per process, shared by every request.
@@ -217,7 +217,7 @@ fn presented_key(headers: &HeaderMap, surface: Surface) -> Option<Cow<'_, str>> 
             .flat_map(|v| v.split(';'))
             .find_map(|c| {
                 let (k, v) = c.trim().split_once('=')?;
-                (k == super::comfyui::KEY_COOKIE && !v.is_empty()).then_some(v)
+                (k == super::comfyui::paths::KEY_COOKIE && !v.is_empty()).then_some(v)
             });
         if let Some(c) = cookie {
             return Some(Cow::Borrowed(c));
@@ -403,7 +403,7 @@ where
         // The frontend's files and the login page are open (the page itself
         // sends a browser without a key to log in); ComfyUI's routes are API.
         Surface::ComfyUi => {
-            let api = super::comfyui::is_api(path);
+            let api = super::comfyui::paths::is_api(path);
             (!api, api)
         }
     };

@@ -33,6 +33,7 @@ use super::extract::JobIdPath;
 use crate::auth::signing::Signing;
 use crate::job::JobView;
 use crate::job::{JobId, JobRecord};
+use crate::limit::IpKey;
 use crate::shutdown::signalled;
 use crate::store::{JobEvent, JobStore};
 
@@ -176,24 +177,6 @@ pub struct StreamLimiter {
     max_total: usize,
     max_per_client: usize,
     open: Mutex<(usize, HashMap<IpKey, usize>)>,
-}
-
-/// A client address as the stream cap counts it: an IPv4 address, or an IPv6 /64
-/// (one host gets a whole /64, so counting single IPv6 addresses would count
-/// nothing).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct IpKey(pub u128);
-
-impl IpKey {
-    pub fn of(ip: IpAddr) -> IpKey {
-        match ip {
-            IpAddr::V4(v4) => IpKey(u32::from(v4) as u128),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => IpKey(u32::from(v4) as u128),
-                None => IpKey((u128::from(v6) & !((1u128 << 64) - 1)) | (1 << 127) | 1),
-            },
-        }
-    }
 }
 
 impl StreamLimiter {
@@ -514,17 +497,5 @@ mod tests {
         drop(_b2);
         drop(_a2);
         assert_eq!((l.open(), l.clients()), (0, 0), "nothing left behind");
-    }
-
-    #[test]
-    fn ipv6_clients_are_counted_by_their_64() {
-        let x: IpAddr = "2001:db8:1:2::1".parse().unwrap();
-        let y: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
-        let z: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(IpKey::of(x), IpKey::of(y));
-        assert_ne!(IpKey::of(x), IpKey::of(z));
-        let v4: IpAddr = "192.0.2.7".parse().unwrap();
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        assert_eq!(IpKey::of(v4), IpKey::of(mapped));
     }
 }

@@ -207,7 +207,7 @@ fn tools(state: &AppState) -> Vec<Value> {
             if name == "prompt" || props.contains_key(name) {
                 continue;
             }
-            let mut s = super::openapi::param_schema(name, spec);
+            let mut s = spec.json_schema(name);
             if let Some(o) = s.as_object_mut() {
                 o.remove("default");
                 o.insert(
@@ -305,7 +305,7 @@ async fn call(
                     let props: Map<String, Value> = wf
                         .params
                         .iter()
-                        .map(|(n, s)| (n.clone(), super::openapi::param_schema(n, s)))
+                        .map(|(n, s)| (n.clone(), s.json_schema(n)))
                         .collect();
                     json!({"name": wf.name, "description": wf.description, "version": wf.version,
                            "parameters": {"type": "object", "properties": props}})

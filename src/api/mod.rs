@@ -296,7 +296,7 @@ routes! {
     get "/" => pages::index,
     get "/docs" => pages::docs,
     get "/ops" => pages::ops_page,
-    get "/openapi.json" => pages::openapi_json,
+    get "/openapi.json" => openapi::openapi_json,
     get "/assets/{file}" => pages::asset,
     post "/v1/images/generations" => openai::generations,
     post "/v1/images/edits" => openai::edits,

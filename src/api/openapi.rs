@@ -1,20 +1,17 @@
 //! The OpenAPI 3 document, generated from the handlers' `#[utoipa::path]`
 //! annotations and the response types' `ToSchema` derives.
 
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 
+use super::AppState;
 use super::{
     admin, batches, events, health, images, jobs, keys, mcp, metrics, openai, ops, pages, previews,
     uploads, usage, workflows,
 };
-use crate::workflow::param::MAX_STRING_CHARS;
-use crate::workflow::{DEFAULT_WORKFLOW, ParamKind, ParamSpec, Workflow, WorkflowRegistry};
-
-/// A character the server does not count as blank (Rust's whitespace and the
-/// information separators U+001C–U+001F), spelled out: `\\S` means different sets
-/// in ECMAScript, Python and Rust.
-pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
+use crate::workflow::{DEFAULT_WORKFLOW, Workflow, WorkflowRegistry};
 
 /// The whole API.
 #[derive(OpenApi)]
@@ -70,7 +67,7 @@ pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0
         pages::index,
         pages::docs,
         pages::ops_page,
-        pages::openapi_json,
+        openapi_json,
         pages::asset,
     ),
     components(schemas(pages::AssetName, jobs::list::ListStatus, usage::GroupBy)),
@@ -333,7 +330,7 @@ fn variant(w: &Workflow, webhooks: WebhookDoc) -> Value {
         if name == "seed" {
             continue;
         }
-        props.insert(name.clone(), param_schema(name, spec));
+        props.insert(name.clone(), spec.json_schema(name));
     }
     let mut required = vec!["prompt"];
     if !default {
@@ -362,51 +359,44 @@ fn variant(w: &Workflow, webhooks: WebhookDoc) -> Value {
     v
 }
 
-pub(crate) fn param_schema(name: &str, spec: &ParamSpec) -> Value {
-    let mut s = match spec.kind {
-        ParamKind::String => {
-            let limit = spec.max_length.unwrap_or(MAX_STRING_CHARS);
-            json!({"type": ["string", "null"], "maxLength": limit})
-        }
-        ParamKind::Int => json!({"type": ["integer", "null"]}),
-        ParamKind::Float => json!({"type": ["number", "null"]}),
-        ParamKind::Bool => json!({"type": ["boolean", "null"]}),
-        ParamKind::Image | ParamKind::Mask if spec.default.is_none() => json!({
-            "type": "string",
-            "pattern": "^([0-9a-f]{64}|data:image/(png|jpeg|webp);base64,.*)$",
-            "x-studio-upload": true,
-        }),
-        ParamKind::Image | ParamKind::Mask => json!({
-            "type": ["string", "null"],
-            "pattern": "^([0-9a-f]{64}|data:image/(png|jpeg|webp);base64,.*)$",
-            "x-studio-upload": true,
-        }),
-        ParamKind::Enum => {
-            let mut choices: Vec<Value> = spec.choices.iter().map(|c| json!(c)).collect();
-            choices.push(Value::Null);
-            json!({"enum": choices})
+/// This API's OpenAPI 3 document, generated from the code.
+#[utoipa::path(get, path = "/openapi.json", tag = "pages",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
+pub async fn openapi_json(State(state): State<AppState>) -> Response {
+    let snap = state.catalog.snapshot();
+    let cached = state
+        .openapi
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .filter(|(generation, _)| *generation == snap.generation)
+        .map(|(_, doc)| doc.clone());
+    let doc = match cached {
+        Some(doc) => doc,
+        None => {
+            let webhooks = match (
+                state.webhooks.secrets.is_empty(),
+                &state.webhooks.default_url,
+            ) {
+                (true, _) => WebhookDoc::Off,
+                (false, None) => WebhookDoc::On,
+                (false, Some(_)) => WebhookDoc::OnWithDefault,
+            };
+            let doc = document(
+                &snap.registry,
+                webhooks,
+                state.access.keys_required(),
+                state.submit.max_batch,
+            );
+            let doc = bytes::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
+            *state.openapi.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((snap.generation, doc.clone()));
+            doc
         }
     };
-    let o = s.as_object_mut().expect("an object");
-    if matches!(spec.kind, ParamKind::Int | ParamKind::Float) {
-        if let Some(min) = &spec.min {
-            o.insert("minimum".into(), Value::Number(min.clone()));
-        }
-        if let Some(max) = &spec.max {
-            o.insert("maximum".into(), Value::Number(max.clone()));
-        }
-    }
-    if name == "prompt" {
-        // Required, so not null; something other than whitespace.
-        o.insert("type".into(), json!("string"));
-        o.insert("minLength".into(), json!(1));
-        o.insert("pattern".into(), json!(NOT_BLANK));
-    }
-    if !spec.description.is_empty() {
-        o.insert("description".into(), json!(spec.description));
-    }
-    if let Some(d) = &spec.default {
-        o.insert("default".into(), d.clone());
-    }
-    s
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        doc,
+    )
+        .into_response()
 }

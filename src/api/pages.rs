@@ -1,16 +1,14 @@
-//! The studio page (`/`), the API documentation (`/docs`, `/openapi.json`) and
+//! The studio page (`/`), the API documentation (`/docs`; the document itself is
+//! `openapi.rs`'s) and
 //! their static assets, all embedded in the binary: no CDN, no network, works
 //! offline and behind a firewall.
 
-use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
-use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::PathParams;
 use super::guard::PAGE_CSP;
-use super::openapi;
 
 /// The page's files, and Swagger UI (vendored, `web/vendor/swagger-ui/README.md`).
 const ASSETS: &[(&str, &str, &[u8])] = &[
@@ -80,48 +78,6 @@ pub async fn docs() -> Response {
     responses((status = 200, description = "The operator's page", content_type = "text/html", body = String)))]
 pub async fn ops_page() -> Response {
     page(include_str!("../../web/ops.html"))
-}
-
-/// This API's OpenAPI 3 document, generated from the code.
-#[utoipa::path(get, path = "/openapi.json", tag = "pages",
-    responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
-pub async fn openapi_json(State(state): State<AppState>) -> Response {
-    let snap = state.catalog.snapshot();
-    let cached = state
-        .openapi
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()
-        .filter(|(generation, _)| *generation == snap.generation)
-        .map(|(_, doc)| doc.clone());
-    let doc = match cached {
-        Some(doc) => doc,
-        None => {
-            let webhooks = match (
-                state.webhooks.secrets.is_empty(),
-                &state.webhooks.default_url,
-            ) {
-                (true, _) => openapi::WebhookDoc::Off,
-                (false, None) => openapi::WebhookDoc::On,
-                (false, Some(_)) => openapi::WebhookDoc::OnWithDefault,
-            };
-            let doc = openapi::document(
-                &snap.registry,
-                webhooks,
-                state.access.keys_required(),
-                state.submit.max_batch,
-            );
-            let doc = bytes::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
-            *state.openapi.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((snap.generation, doc.clone()));
-            doc
-        }
-    };
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        doc,
-    )
-        .into_response()
 }
 
 /// The assets' names, for the documentation.

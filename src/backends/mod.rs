@@ -6,6 +6,10 @@
 
 pub mod offers;
 
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -64,6 +68,55 @@ pub struct ProcessState {
     pub log: String,
     /// The last lines it printed when it failed or last exited (admins only).
     pub log_tail: Vec<String>,
+}
+
+/// A launched process's state, shared between its supervisor (which writes it),
+/// `/health` and the metrics (which read it).
+#[derive(Default)]
+pub struct Supervised {
+    state: Mutex<ProcessState>,
+    tail: Mutex<VecDeque<String>>,
+    restarts: AtomicU64,
+}
+
+impl Supervised {
+    pub fn snapshot(&self) -> ProcessState {
+        let mut s = self.state.lock().expect("process state").clone();
+        s.restarts = self.restarts.load(Ordering::Relaxed);
+        s
+    }
+
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Counts one restart.
+    pub fn restarted(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn set(&self, f: impl FnOnce(&mut ProcessState)) {
+        f(&mut self.state.lock().expect("process state"));
+    }
+
+    /// Keeps `line` among the last `keep` lines the process printed.
+    pub fn keep_line(&self, line: String, keep: usize) {
+        let mut t = self.tail.lock().expect("log tail");
+        while t.len() >= keep.max(1) {
+            t.pop_front();
+        }
+        t.push_back(line);
+    }
+
+    /// The last lines the process printed, oldest first.
+    pub fn tail(&self) -> Vec<String> {
+        self.tail
+            .lock()
+            .expect("log tail")
+            .iter()
+            .cloned()
+            .collect()
+    }
 }
 
 /// A backend as its worker sees it: what `/metrics` counts, and what the worker

@@ -75,7 +75,7 @@ pub struct Backend {
     /// Which jobs its dispatcher may claim.
     pub routing: super::routing::Routing,
     /// The process behind it, when this worker launched it.
-    pub process: Option<std::sync::Arc<super::launch::Supervised>>,
+    pub process: Option<std::sync::Arc<crate::backends::Supervised>>,
 }
 
 impl Backend {
@@ -90,7 +90,7 @@ impl Backend {
         url: &str,
         client_id: &str,
         stop: watch::Receiver<bool>,
-        process: Option<std::sync::Arc<super::launch::Supervised>>,
+        process: Option<std::sync::Arc<crate::backends::Supervised>>,
     ) -> Backend {
         let admitted = process.is_none();
         let client = ComfyClient::new(url, client_id);

@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::attempt::RunContext;
 use super::progress::ProgressTracker;
-use super::run::RunContext;
 use crate::comfy::{ComfyClient, ComfyError, HistoryEntry, SocketEvent, WsMessage};
 use crate::store::{JobEvent, Lease, LeaseState};
 

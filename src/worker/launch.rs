@@ -10,12 +10,10 @@
 //! in `/health`) when it crashes in a loop. On shutdown: SIGTERM to the group, then
 //! SIGKILL after a grace.
 
-use crate::backends::ProcessState;
-use std::collections::VecDeque;
+use crate::backends::Supervised;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -147,39 +145,6 @@ pub fn plan(config: &LaunchConfig) -> std::io::Result<Vec<Instance>> {
         .collect()
 }
 
-/// Shared between the supervisor, `/health` and the metrics.
-#[derive(Default)]
-pub struct Supervised {
-    state: Mutex<ProcessState>,
-    tail: Mutex<VecDeque<String>>,
-    restarts: AtomicU64,
-}
-
-impl Supervised {
-    pub fn snapshot(&self) -> ProcessState {
-        let mut s = self.state.lock().expect("process state").clone();
-        s.restarts = self.restarts.load(Ordering::Relaxed);
-        s
-    }
-
-    pub fn restarts(&self) -> u64 {
-        self.restarts.load(Ordering::Relaxed)
-    }
-
-    fn set(&self, f: impl FnOnce(&mut ProcessState)) {
-        f(&mut self.state.lock().expect("process state"));
-    }
-
-    fn tail(&self) -> Vec<String> {
-        self.tail
-            .lock()
-            .expect("log tail")
-            .iter()
-            .cloned()
-            .collect()
-    }
-}
-
 /// A rolling log shared by a child's stdout and stderr.
 struct Log {
     file: Mutex<rolling_file::RollingFileAppender<rolling_file::RollingConditionBasic>>,
@@ -228,11 +193,7 @@ async fn pump(reader: impl AsyncRead + Unpin, log: Arc<Log>, sup: Arc<Supervised
             line.truncate(cut);
         }
         log.line(&line);
-        let mut t = sup.tail.lock().expect("log tail");
-        if t.len() == TAIL_LINES {
-            t.pop_front();
-        }
-        t.push_back(line);
+        sup.keep_line(line, TAIL_LINES);
     }
 }
 
@@ -445,7 +406,7 @@ pub async fn supervise(
         let backoff = (Duration::from_secs(1) * 2u32.saturating_pow(fast_exits.saturating_sub(1)))
             .min(MAX_BACKOFF);
         tracing::warn!(instance = inst.n, %reason, backoff_s = backoff.as_secs_f64(), "ComfyUI ended; restarting it");
-        sup.restarts.fetch_add(1, Ordering::Relaxed);
+        sup.restarted();
         sup.set(|s| {
             s.state = "restarting";
             s.pid = None;

@@ -7,6 +7,7 @@
 //! prefetched job is claimed just before the running prompt should end
 //! (`pacing.rs`), so the fair queue's choice is as fresh as it can be.
 
+pub mod attempt;
 pub mod backend;
 pub mod convert;
 mod follow;
@@ -27,8 +28,9 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use self::attempt::RunContext;
 use self::backend::Backend;
-use self::run::{RunContext, Turn, run_job};
+use self::run::{Turn, run_job};
 use crate::backends::{BackendReport, BackendSample, BackendState, Offers};
 use crate::catalog::Catalog;
 use crate::metrics::Metrics;
@@ -128,7 +130,11 @@ pub struct Workers {
     config: Arc<WorkerConfig>,
     backends: Vec<Arc<Backend>>,
     /// ComfyUI processes this process launches, with their backends.
-    launched: Vec<(launch::Instance, Arc<Backend>, Arc<launch::Supervised>)>,
+    launched: Vec<(
+        launch::Instance,
+        Arc<Backend>,
+        Arc<crate::backends::Supervised>,
+    )>,
     /// Stops the sockets and health checks, last of all.
     stop_backends: watch::Sender<bool>,
     metrics: Arc<Metrics>,
@@ -198,7 +204,7 @@ impl Workers {
             let instances = launch::plan(l)
                 .map_err(|e| anyhow::anyhow!("no free loopback port for ComfyUI: {e}"))?;
             for inst in instances {
-                let sup = Arc::new(launch::Supervised::default());
+                let sup = Arc::new(crate::backends::Supervised::default());
                 let client_id = format!("studio-{}", uuid::Uuid::new_v4().simple());
                 let b = Arc::new(Backend::start_with(
                     &inst.url(),

@@ -2,8 +2,8 @@
 //! (images, gifs, videos, audio), fetched through `/view` and stored; names from the
 //! backend are checked before they touch a path.
 
+use super::attempt::{Outcome, RunContext};
 use super::convert::{Convert, MAX_CONVERT_BYTES};
-use super::run::{Outcome, RunContext};
 use crate::comfy::{ComfyClient, HistoryEntry};
 use crate::job::Output;
 use crate::storage::{StorageError, check_name, content_type, fit_name, kind_of, url_segment};

@@ -6,52 +6,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::WorkerConfig;
-use super::backend::Backend;
+use super::attempt::{Outcome, RunContext};
 use super::convert::Convert;
 use super::follow::{Followed, follow};
 use super::outputs::collect;
-use crate::catalog::Catalog;
 use crate::comfy::{ComfyClient, ComfyError, RunStatus};
-use crate::job::{JobRecord, Output};
-use crate::storage::ImageStore;
-use crate::store::{Claim, Completion, JobStore, Lease, LeaseState, RetryOutcome};
+use crate::job::JobRecord;
+use crate::store::{Claim, Completion, Lease, LeaseState, RetryOutcome};
 use crate::workflow::CONTRACT_PARAMS;
 
 /// After cancelling, how long we wait for the prompt to leave the backend before
 /// giving its slot to the next job anyway.
 const CANCEL_DRAIN: Duration = Duration::from_secs(30);
-
-/// Everything a job run needs.
-#[derive(Clone)]
-pub struct RunContext {
-    pub store: Arc<dyn JobStore>,
-    /// The workflows jobs name (a published one at the version the job records).
-    pub catalog: Arc<Catalog>,
-    pub images: Arc<dyn ImageStore>,
-    pub config: Arc<WorkerConfig>,
-    pub backend: Arc<Backend>,
-    /// Turns true when the grace period after shutdown is over: hand jobs back.
-    pub abort: watch::Receiver<bool>,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// What the live backends of every worker offer (shared by the process).
-    pub offers: Arc<crate::backends::Offers>,
-    /// What an operator has paused (read from the store every [`super::PAUSE_POLL`]).
-    pub pauses: watch::Receiver<crate::store::Pauses>,
-    /// What the running attempt learned of its prompt's run (one per job).
-    pub ran: Arc<std::sync::Mutex<Ran>>,
-}
-
-/// Where an attempt's prompt ran and for how long, by the backend's clock.
-#[derive(Clone, Debug, Default)]
-pub struct Ran {
-    pub backend: String,
-    pub run_ms: Option<u64>,
-}
 
 /// How recording an attempt's outcome went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,26 +82,6 @@ async fn put_input(ctx: &RunContext, upload: &str) -> Result<String, Outcome> {
             )))
         }
     }
-}
-
-/// How an attempt ended.
-#[derive(Debug)]
-pub(super) enum Outcome {
-    Finished {
-        image_url: String,
-        outputs: Vec<Output>,
-    },
-    /// The job's own fault: no retry.
-    Failed(String),
-    /// Cancelled; if a prompt was stopped on the backend, wait for it to leave (after
-    /// recording the cancel) before the slot goes to the next job.
-    Cancelled { drain: Option<ComfyClient> },
-    /// Not the job's fault: retry later, maybe elsewhere.
-    Retry(String),
-    /// Someone else holds the job now.
-    LeaseLost,
-    /// Shutting down: hand the job back.
-    HandBack,
 }
 
 /// The dispatcher's turn: given back once this job has been submitted to its

@@ -2,11 +2,16 @@
 //! submitted value must pass.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Number, Value};
+use serde_json::{Number, Value, json};
 
 /// Longest prompt (and any string parameter without its own limit), in characters.
 /// CLIP-based models read far fewer tokens; this bounds request size and storage.
 pub const MAX_STRING_CHARS: usize = 10_000;
+
+/// A character the server does not count as blank (Rust's whitespace and the
+/// information separators U+001C–U+001F), spelled out: `\\S` means different sets
+/// in ECMAScript, Python and Rust.
+pub const NOT_BLANK: &str = "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
 
 /// The type of a parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +90,58 @@ fn err(message: impl Into<String>) -> ParamError {
 }
 
 impl ParamSpec {
+    /// This parameter as JSON Schema (the API document's request bodies, the MCP
+    /// tools' input schemas): its type or `null`, its bounds, its default.
+    pub fn json_schema(&self, name: &str) -> Value {
+        let spec = self;
+        let mut s = match spec.kind {
+            ParamKind::String => {
+                let limit = spec.max_length.unwrap_or(MAX_STRING_CHARS);
+                json!({"type": ["string", "null"], "maxLength": limit})
+            }
+            ParamKind::Int => json!({"type": ["integer", "null"]}),
+            ParamKind::Float => json!({"type": ["number", "null"]}),
+            ParamKind::Bool => json!({"type": ["boolean", "null"]}),
+            ParamKind::Image | ParamKind::Mask if spec.default.is_none() => json!({
+                "type": "string",
+                "pattern": "^([0-9a-f]{64}|data:image/(png|jpeg|webp);base64,.*)$",
+                "x-studio-upload": true,
+            }),
+            ParamKind::Image | ParamKind::Mask => json!({
+                "type": ["string", "null"],
+                "pattern": "^([0-9a-f]{64}|data:image/(png|jpeg|webp);base64,.*)$",
+                "x-studio-upload": true,
+            }),
+            ParamKind::Enum => {
+                let mut choices: Vec<Value> = spec.choices.iter().map(|c| json!(c)).collect();
+                choices.push(Value::Null);
+                json!({"enum": choices})
+            }
+        };
+        let o = s.as_object_mut().expect("an object");
+        if matches!(spec.kind, ParamKind::Int | ParamKind::Float) {
+            if let Some(min) = &spec.min {
+                o.insert("minimum".into(), Value::Number(min.clone()));
+            }
+            if let Some(max) = &spec.max {
+                o.insert("maximum".into(), Value::Number(max.clone()));
+            }
+        }
+        if name == "prompt" {
+            // Required, so not null; something other than whitespace.
+            o.insert("type".into(), json!("string"));
+            o.insert("minLength".into(), json!(1));
+            o.insert("pattern".into(), json!(NOT_BLANK));
+        }
+        if !spec.description.is_empty() {
+            o.insert("description".into(), json!(spec.description));
+        }
+        if let Some(d) = &spec.default {
+            o.insert("default".into(), d.clone());
+        }
+        s
+    }
+
     /// Checks `value` against the declaration and returns it in canonical form
     /// (integers as JSON integers, floats as JSON floats).
     pub fn check(&self, value: &Value) -> Result<Value, ParamError> {

@@ -28,7 +28,7 @@ impl FieldError {
 
 /// What a prompt may not consist of only: Unicode whitespace and the information
 /// separators U+001C–U+001F. The OpenAPI document spells the complement out
-/// (`openapi::NOT_BLANK`), and a test checks that the two agree.
+/// (`param::NOT_BLANK`), and a test checks that the two agree.
 pub fn is_blank(c: char) -> bool {
     c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
 }

@@ -222,7 +222,7 @@ fn the_prompt_pattern_and_the_server_agree_on_blanks() {
             "-c",
             "import json, re, sys; p = re.compile(sys.argv[1]); \
              print(json.dumps([c for c in range(0x10000) if not (0xd800 <= c < 0xe000) and not p.search(chr(c))]))",
-            studio_core::api::openapi::NOT_BLANK,
+            studio_core::workflow::param::NOT_BLANK,
         ])
         .output()
         .expect("python runs");

@@ -598,8 +598,8 @@ mod cached {
     use studio_core::job::JobStatus;
     use studio_core::storage::FsImageStore;
     use studio_core::store::WorkerId;
+    use studio_core::worker::attempt::RunContext;
     use studio_core::worker::backend::Backend;
-    use studio_core::worker::run::RunContext;
     use studio_core::worker::{WorkerConfig, run_one};
     use studio_core::workflow::WorkflowRegistry;
     use studio_core::workflow::request::parse_submission;

@@ -15,6 +15,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use serde_json::{Map, Value, json};
 
+use super::paths::KEY_COOKIE;
 use crate::api::AppState;
 use crate::api::access::Caller;
 use crate::api::extract::{PathParams, read_body};
@@ -30,8 +31,6 @@ const FRONTEND_CSP: &str = "default-src 'self'; script-src 'self' 'unsafe-inline
 const LOGIN_CSP: &str =
     "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'";
 
-/// The cookie the login page sets.
-pub const KEY_COOKIE: &str = "studio_key";
 /// The largest frontend file served.
 const MAX_FILE: u64 = 64 << 20;
 /// Settings kept per key, in this process: at most this many keys, each at most

@@ -19,6 +19,7 @@
 mod frontend;
 mod history;
 mod info;
+pub mod paths;
 mod prompt;
 mod upload;
 mod ws;
@@ -29,60 +30,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-pub use self::frontend::{Frontend, KEY_COOKIE};
+pub use self::frontend::Frontend;
 use super::{ApiService, AppState};
 use crate::job::JobRecord;
 use crate::workflow::{COMFYUI_FIELD, GRAPH_FIELD};
-
-/// Every route: (method, path), each also under `/api`.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("get", "/prompt"),
-    ("post", "/prompt"),
-    ("get", "/history"),
-    ("get", "/history/{prompt_id}"),
-    ("get", "/queue"),
-    ("post", "/queue"),
-    ("post", "/interrupt"),
-    ("get", "/view"),
-    ("get", "/object_info"),
-    ("get", "/object_info/{node_class}"),
-    ("get", "/system_stats"),
-    ("get", "/embeddings"),
-    ("get", "/models"),
-    ("get", "/models/{folder}"),
-    ("get", "/features"),
-    ("get", "/ws"),
-    ("post", "/upload/image"),
-    ("post", "/upload/mask"),
-    ("get", "/users"),
-    ("get", "/settings"),
-    ("post", "/settings"),
-    ("get", "/settings/{id}"),
-    ("post", "/settings/{id}"),
-    ("get", "/userdata"),
-    ("get", "/v2/userdata"),
-    ("get", "/userdata/{file}"),
-    ("post", "/userdata/{file}"),
-    ("get", "/extensions"),
-    ("get", "/i18n"),
-    ("get", "/workflow_templates"),
-    ("get", "/experiment/models"),
-    ("get", "/api/jobs"),
-    ("get", "/api/jobs/{job_id}"),
-    ("post", "/api/jobs/{job_id}/cancel"),
-];
-
-/// Whether a path is one of ComfyUI's routes (API: a key needed, rate
-/// limited), not a file of the frontend or the login page.
-pub fn is_api(path: &str) -> bool {
-    if path.starts_with("/api/") || path.starts_with("/internal/") {
-        return true;
-    }
-    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
-    ROUTES
-        .iter()
-        .any(|(_, r)| r.trim_start_matches('/').split('/').next() == Some(first))
-}
 
 fn routes() -> Router<AppState> {
     let mut r = Router::new();
