@@ -1,6 +1,7 @@
 //! Upgrades keep everything: the release before this one (`target/debug/
 //! studio-prev`, built by `scripts/test` from its commit) writes a store (the
-//! embedded one, or a Redis) with jobs in every state, an API key, an upload, a
+//! embedded one, or a Redis) with jobs in every state (finished, failed, running
+//! when it is killed, queued, cancelled), an API key, an upload, a
 //! webhook waiting for a receiver that is down, and pictures; then this build
 //! runs on the same store and data directory and finds all of it.
 
@@ -193,6 +194,29 @@ async fn everything_the_previous_release_stored_is_read(kind: Backing) {
         .wait(&done, |v| v["webhook"]["attempts"].as_u64() >= Some(1))
         .await["webhook"]
         .clone();
+    // A job that failed on the backend (a blur wider than its picture).
+    let failed = old
+        .submit(
+            json!({"prompt": "fails", "workflow": "smoke", "width": 8, "height": 8,
+                       "blur_radius": 31}),
+        )
+        .await;
+    let failed_before = old.wait(&failed, |v| v["status"] == "failed").await;
+    // And one running when the previous release is killed: this build adopts
+    // its prompt, which the backend goes on running.
+    standin.knobs(|k| k.duration = Duration::from_secs(6));
+    let running = old
+        .submit(json!({"prompt": "running at the upgrade", "workflow": "smoke"}))
+        .await;
+    old.wait(&running, |v| v["status"] == "processing").await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while standin.running().as_deref() != Some(running.as_str()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the backend runs it");
+    standin.knobs(|k| k.duration = Duration::from_millis(60));
     drop(prev);
 
     // The API alone (no worker): one job stays queued, one is cancelled.
@@ -240,7 +264,7 @@ async fn everything_the_previous_release_stored_is_read(kind: Backing) {
         .iter()
         .map(|j| j["job_id"].as_str().unwrap())
         .collect();
-    for id in [&done, &queued, &cancelled] {
+    for id in [&done, &failed, &running, &queued, &cancelled] {
         assert!(listed.contains(&id.as_str()), "{id} is listed: {listed:?}");
     }
     // The finished job, its picture byte for byte, its webhook's story.
@@ -255,6 +279,27 @@ async fn everything_the_previous_release_stored_is_read(kind: Backing) {
     assert_eq!(
         v["webhook"]["state"], "retrying",
         "still waiting for its receiver: {v}"
+    );
+    // The failed one keeps its error; the running one ends, run once.
+    let (_, v) = new.get(&format!("/api/status/{failed}")).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(
+        failed_before["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("ImageBlur")),
+        "{failed_before}"
+    );
+    assert_eq!(v["error"], failed_before["error"], "the same error: {v}");
+    let (_, v) = new.get(&format!("/api/status/{running}")).await;
+    assert_eq!(
+        v["status"], "processing",
+        "still running after the upgrade: {v}"
+    );
+    new.wait(&running, finished).await;
+    assert_eq!(
+        standin.submitted(&running),
+        1,
+        "the running job's prompt was adopted, not sent again"
     );
     // The cancelled one stays so; the queued one runs now.
     let (_, v) = new.get(&format!("/api/status/{cancelled}")).await;
