@@ -191,50 +191,48 @@ fn named_paths(source: &str, here: &[String]) -> Vec<Vec<String>> {
 
 /// Reads a path or use tree at `code[i..]`, pushing each full path onto `out`;
 /// where it ends.
-fn use_tree(
-    code: &[u8],
-    mut i: usize,
-    mut prefix: Vec<String>,
-    out: &mut Vec<Vec<String>>,
-) -> usize {
-    loop {
-        while i < code.len() && code[i].is_ascii_whitespace() {
+fn use_tree(code: &[u8], i: usize, mut prefix: Vec<String>, out: &mut Vec<Vec<String>>) -> usize {
+    let skip_space = |mut i: usize| {
+        while code.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
             i += 1;
         }
-        if i < code.len() && code[i] == b'{' {
-            i += 1;
-            loop {
-                i = use_tree(code, i, prefix.clone(), out);
-                while i < code.len() && code[i].is_ascii_whitespace() {
-                    i += 1;
-                }
-                match code.get(i) {
-                    Some(b',') => i += 1,
-                    Some(b'}') => return i + 1,
-                    _ => return i,
-                }
-                while i < code.len() && code[i].is_ascii_whitespace() {
-                    i += 1;
-                }
-                if code.get(i) == Some(&b'}') {
-                    return i + 1;
+        i
+    };
+    let mut i = skip_space(i);
+    if code.get(i) == Some(&b'{') {
+        i += 1;
+        loop {
+            i = skip_space(i);
+            match code.get(i) {
+                None => return i,
+                Some(b'}') => return i + 1,
+                Some(b',') => i += 1,
+                Some(_) => {
+                    i = use_tree(code, i, prefix.clone(), out);
+                    // What may follow an item before its separator: `as name`.
+                    while code.get(i).is_some_and(|c| !matches!(c, b',' | b'}')) {
+                        i += 1;
+                    }
                 }
             }
         }
-        let start = i;
-        while i < code.len() && (code[i].is_ascii_alphanumeric() || code[i] == b'_') {
-            i += 1;
-        }
-        let word = String::from_utf8_lossy(&code[start..i]).into_owned();
-        if !word.is_empty() && word != "self" {
-            prefix.push(word);
-        }
-        if code[i..].starts_with(b"::") {
-            i += 2;
-        } else {
-            out.push(prefix);
-            return i;
-        }
+    }
+    let start = i;
+    while code
+        .get(i)
+        .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+    {
+        i += 1;
+    }
+    let word = String::from_utf8_lossy(&code[start..i]).into_owned();
+    if !word.is_empty() && word != "self" {
+        prefix.push(word);
+    }
+    if code[i..].starts_with(b"::") {
+        use_tree(code, i + 2, prefix, out)
+    } else {
+        out.push(prefix);
+        i
     }
 }
 
@@ -292,7 +290,7 @@ fn no_import_loops_between_files() {
 fn the_loop_check_reads_use_trees_and_relative_paths() {
     let here = ["api".to_owned(), "events".to_owned()];
     let paths = named_paths(
-        "use super::{AppState, access::{Access, Caller}};\nuse crate::limit::IpKey; // crate::worker\nfn f() { self::g(); x::crate::no() }",
+        "use super::{AppState as S, access::{Access, Caller}, *};\nuse crate::limit::IpKey; // crate::worker\nfn f() { self::g(); x::crate::no() }",
         &here,
     );
     let joined: Vec<String> = paths.iter().map(|p| p.join("::")).collect();
@@ -302,6 +300,7 @@ fn the_loop_check_reads_use_trees_and_relative_paths() {
             "api::AppState",
             "api::access::Access",
             "api::access::Caller",
+            "api",
             "limit::IpKey",
             "api::events::g"
         ]
