@@ -490,7 +490,114 @@ async fn a_comfyui_client_runs_prompts_on_the_farm(kind: Backing) {
     app.stop().await;
 }
 
-both_stores!(a_comfyui_client_runs_prompts_on_the_farm);
+/// Queues a smoke prompt as `key`; its id.
+async fn queue_prompt(http: &reqwest::Client, comfy: &str, key: &str) -> String {
+    let (s, r) = post(
+        http,
+        &format!("{comfy}/prompt"),
+        &json!({"prompt": smoke(), "client_id": "history-test"}),
+        |b| b.header("x-api-key", key),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    r["prompt_id"].as_str().unwrap().to_owned()
+}
+
+/// Waits until `id` is in `key`'s history.
+async fn in_history(http: &reqwest::Client, comfy: &str, key: &str, id: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, h) = get(http, &format!("{comfy}/history/{id}"), key).await;
+        if h.get(id).is_some() {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{id} never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// ComfyUI's `POST /history` (its frontend's "Clear history" and an entry's
+/// delete): the caller's ended prompts go, jobs and pictures with them; another
+/// key's, and prompts not yet ended, stay.
+async fn history_is_forgotten_as_comfyui_forgets_it(kind: Backing) {
+    let standin = StandIn::start();
+    let app = TestApp::serve(kind, &standin, |a| {
+        a.auth = AuthMode::Keys;
+        a.comfyui_api_port = Some(0);
+    })
+    .await;
+    let comfy = app.comfy.clone().expect("the ComfyUI port is on");
+    let graphs = KeyLimits {
+        graphs: true,
+        ..Default::default()
+    };
+    let alice = app.new_key("alice", KeyRole::User, graphs.clone()).await;
+    let bob = app.new_key("bob", KeyRole::User, graphs).await;
+    let http = reqwest::Client::new();
+    let (a1, a2, b1) = (
+        queue_prompt(&http, &comfy, &alice).await,
+        queue_prompt(&http, &comfy, &alice).await,
+        queue_prompt(&http, &comfy, &bob).await,
+    );
+    for (key, id) in [(&alice, &a1), (&alice, &a2), (&bob, &b1)] {
+        in_history(&http, &comfy, key, id).await;
+    }
+    let pictures = |id: &str| app.dir.path().join("images").join(id);
+    assert!(pictures(&a1).exists(), "a1's pictures are stored");
+
+    // Alice deletes one of hers, and names bob's too: only hers goes.
+    let (s, _) = post(
+        &http,
+        &format!("{comfy}/history"),
+        &json!({"delete": [a1, b1]}),
+        |b| b.header("x-api-key", &alice),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, ha) = get(&http, &format!("{comfy}/history"), &alice).await;
+    assert!(ha.get(&a1).is_none() && ha.get(&a2).is_some(), "{ha}");
+    let (s, _) = get(&http, &format!("{}/api/jobs/{a1}", app.base), &alice).await;
+    assert_eq!(s, 404, "the job went with its history entry");
+    assert!(!pictures(&a1).exists(), "and its pictures");
+    let (_, hb) = get(&http, &format!("{comfy}/history"), &bob).await;
+    assert!(hb.get(&b1).is_some(), "bob's stays: {hb}");
+
+    // A prompt still running is not history: "clear" leaves it.
+    standin.knobs(|k| k.duration = Duration::from_secs(2));
+    let a3 = queue_prompt(&http, &comfy, &alice).await;
+    let (s, _) = post(
+        &http,
+        &format!("{comfy}/api/history"),
+        &json!({"clear": true}),
+        |b| b.header("x-api-key", &alice),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, ha) = get(&http, &format!("{comfy}/history"), &alice).await;
+    assert!(ha.get(&a2).is_none(), "cleared: {ha}");
+    assert!(!pictures(&a2).exists());
+    let (s, _) = get(&http, &format!("{}/api/jobs/{a3}", app.base), &alice).await;
+    assert_eq!(s, 200, "the running prompt stays");
+    in_history(&http, &comfy, &alice, &a3).await;
+    let (_, hb) = get(&http, &format!("{comfy}/history"), &bob).await;
+    assert!(hb.get(&b1).is_some(), "bob's history is his: {hb}");
+    // Not an object: ComfyUI's 400, nothing deleted.
+    let res = http
+        .post(format!("{comfy}/history"))
+        .header("x-api-key", &alice)
+        .body("[1]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let (_, ha) = get(&http, &format!("{comfy}/history"), &alice).await;
+    assert!(ha.get(&a3).is_some(), "{ha}");
+}
+
+both_stores!(
+    a_comfyui_client_runs_prompts_on_the_farm,
+    history_is_forgotten_as_comfyui_forgets_it
+);
 
 /// A ComfyUI client library nobody here wrote (`comfy-api-simplified`, PyPI,
 /// installed by `scripts/test`) uploads a picture, runs a workflow loading it

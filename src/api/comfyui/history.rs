@@ -1,4 +1,5 @@
-//! The caller's prompts as ComfyUI shows them: `/history` (those that ended),
+//! The caller's prompts as ComfyUI shows them: `/history` (those that ended;
+//! `POST` forgets them),
 //! `/queue` (waiting and running; `POST` deletes), `/interrupt`.
 
 use axum::Json;
@@ -12,6 +13,7 @@ use crate::api::AppState;
 use crate::api::access::Caller;
 use crate::api::error::ApiError;
 use crate::api::extract::{PathParams, read_body};
+use crate::api::jobs::delete::delete_ended;
 use crate::auth::Identity;
 use crate::job::{JobId, JobRecord, JobStatus};
 use crate::store::ListQuery;
@@ -125,6 +127,68 @@ pub async fn history_of(
         Some(j) => Json(json!({j.id.clone(): history_entry(&j)})).into_response(),
         None => Json(json!({})).into_response(),
     })
+}
+
+/// `POST /history` (`{"clear": true}`, `{"delete": [ids]}`): forgets the
+/// caller's ended prompts. On one ComfyUI that drops history entries; on the
+/// farm an entry is the job, whose pictures only it reaches, so the job goes
+/// with its pictures, as `DELETE /api/jobs/{id}` does. Prompts still waiting or
+/// running are left alone (they are not history yet), as are jobs from Studio
+/// Core's own API (they are not in this history).
+pub async fn history_edit(
+    State(state): State<AppState>,
+    Caller(who): Caller,
+    req: Request,
+) -> Response {
+    let body = match object_body(&state, req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let mut ended: Vec<(JobId, JobRecord)> = Vec::new();
+    if body.get("clear").and_then(Value::as_bool) == Some(true) {
+        for status in [JobStatus::Finished, JobStatus::Failed] {
+            match own_jobs(&state, &who, status, MAX_EDITS).await {
+                Ok(jobs) => ended.extend(
+                    jobs.into_iter()
+                        .filter_map(|j| Some((JobId::parse(&j.id).ok()?, j))),
+                ),
+                Err(e) => return e.into_response(),
+            }
+        }
+    }
+    let named = body
+        .get("delete")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str);
+    for id in named.take(MAX_EDITS) {
+        let Ok(jid) = JobId::parse(id) else { continue };
+        match state.with_timeout(state.store.get(&jid)).await {
+            Ok(Some(j)) if who.may_see(&j.owner) && j.status.is_final() => ended.push((jid, j)),
+            Ok(_) => {}
+            Err(e) => return e.into_response(),
+        }
+    }
+    let mut deleted = 0;
+    let mut seen = std::collections::HashSet::new();
+    for (id, job) in ended.iter().filter(|(_, j)| graph_of(j).is_some()) {
+        if !seen.insert(id.as_str()) {
+            continue;
+        }
+        if let Err(e) = delete_ended(&state, id, job).await {
+            return e.into_response();
+        }
+        deleted += 1;
+    }
+    if deleted > 0 {
+        tracing::info!(
+            by = who.owner_or("anonymous"),
+            deleted,
+            "ComfyUI history deleted with its pictures"
+        );
+    }
+    axum::http::StatusCode::OK.into_response()
 }
 
 /// `GET /queue`: `{"queue_running": [...], "queue_pending": [...]}`, the

@@ -41,7 +41,10 @@ fn routes() -> Router<AppState> {
         let p = |path: &str| format!("{prefix}{path}");
         r = r
             .route(&p("/prompt"), get(prompt::queue_info).post(prompt::prompt))
-            .route(&p("/history"), get(history::history))
+            .route(
+                &p("/history"),
+                get(history::history).post(history::history_edit),
+            )
             .route(&p("/history/{prompt_id}"), get(history::history_of))
             .route(&p("/queue"), get(history::queue).post(history::queue_edit))
             .route(&p("/interrupt"), post(history::interrupt))

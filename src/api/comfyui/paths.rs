@@ -11,6 +11,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/prompt"),
     ("post", "/prompt"),
     ("get", "/history"),
+    ("post", "/history"),
     ("get", "/history/{prompt_id}"),
     ("get", "/queue"),
     ("post", "/queue"),

@@ -10,6 +10,7 @@ use crate::api::access::Caller;
 use crate::api::error::{ApiError, ErrorBody};
 use crate::api::extract::JobIdPath;
 use crate::api::guard::Deliberate;
+use crate::job::{JobId, JobRecord};
 use crate::storage::files_of;
 
 /// Deletes a job that has ended, its pictures and their thumbnails (on disk or
@@ -48,10 +49,23 @@ pub async fn delete(
             ),
         ));
     }
+    let files = delete_ended(&state, &id, &job).await?;
+    tracing::info!(job_id = %id, by = who.owner_or("anonymous"), files, "job deleted with its pictures");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Deletes an ended job's pictures and their thumbnails (on disk or in the
+/// bucket), its entry in the outputs index, then its record; how many pictures
+/// it had. What `DELETE /api/jobs/{id}` and ComfyUI's `POST /history` do.
+pub(crate) async fn delete_ended(
+    state: &AppState,
+    id: &JobId,
+    job: &JobRecord,
+) -> Result<usize, ApiError> {
     let names: Vec<String> = job.outputs.iter().map(|o| o.filename.clone()).collect();
     state
         .images
-        .delete(&id, &files_of(&names))
+        .delete(id, &files_of(&names))
         .await
         .map_err(|e| {
             ApiError::new(
@@ -66,6 +80,5 @@ pub async fn delete(
     state
         .with_timeout(state.store.delete_job(id.as_str()))
         .await?;
-    tracing::info!(job_id = %id, by = who.owner_or("anonymous"), files = names.len(), "job deleted with its pictures");
-    Ok(StatusCode::NO_CONTENT.into_response())
+    Ok(names.len())
 }
