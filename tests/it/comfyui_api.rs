@@ -594,9 +594,61 @@ async fn history_is_forgotten_as_comfyui_forgets_it(kind: Backing) {
     assert!(ha.get(&a3).is_some(), "{ha}");
 }
 
+/// ComfyUI's `front: true` puts a prompt ahead of the caller's others still
+/// waiting (as the highest priority the key may use), never ahead of the
+/// prompt already running.
+async fn a_front_prompt_runs_before_the_callers_waiting_ones(kind: Backing) {
+    let standin = StandIn::start();
+    standin.knobs(|k| k.duration = Duration::from_millis(600));
+    let app = TestApp::serve(kind, &standin, |a| {
+        a.auth = AuthMode::Keys;
+        a.comfyui_api_port = Some(0);
+        a.prefetch = 0;
+    })
+    .await;
+    let comfy = app.comfy.clone().expect("the ComfyUI port is on");
+    let alice = app
+        .new_key(
+            "alice",
+            KeyRole::User,
+            KeyLimits {
+                graphs: true,
+                max_priority: studio_core::job::Priority::High,
+                ..Default::default()
+            },
+        )
+        .await;
+    let http = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(queue_prompt(&http, &comfy, &alice).await);
+    }
+    let (s, r) = post(
+        &http,
+        &format!("{comfy}/prompt"),
+        &json!({"prompt": smoke(), "front": true}),
+        |b| b.header("x-api-key", &alice),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    let front = r["prompt_id"].as_str().unwrap().to_owned();
+    for id in ids.iter().chain([&front]) {
+        in_history(&http, &comfy, &alice, id).await;
+    }
+    let order: Vec<String> = standin.runs().into_iter().map(|r| r.prompt_id).collect();
+    let at = |id: &str| order.iter().position(|p| p == id).unwrap();
+    assert!(
+        at(&front) < at(&ids[1]) && at(&front) < at(&ids[2]),
+        "the front prompt ran before the waiting ones: {order:?} (front {front}, others {ids:?})"
+    );
+    let (_, job) = get(&http, &format!("{}/api/jobs/{front}", app.base), &alice).await;
+    assert_eq!(job["priority"], "high", "{job}");
+}
+
 both_stores!(
     a_comfyui_client_runs_prompts_on_the_farm,
-    history_is_forgotten_as_comfyui_forgets_it
+    history_is_forgotten_as_comfyui_forgets_it,
+    a_front_prompt_runs_before_the_callers_waiting_ones
 );
 
 /// A ComfyUI client library nobody here wrote (`comfy-api-simplified`, PyPI,

@@ -14,7 +14,7 @@ use super::{comfy_error, cross_site};
 use crate::api::AppState;
 use crate::api::access::Caller;
 use crate::api::extract::read_body;
-use crate::job::{JobId, JobStatus};
+use crate::job::{JobId, JobStatus, Priority};
 use crate::submit::{Submission, SubmitError};
 use crate::workflow::{COMFYUI_FIELD, GRAPH_FIELD};
 
@@ -129,9 +129,18 @@ pub async fn prompt(State(state): State<AppState>, Caller(who): Caller, req: Req
     {
         kept.insert("extra_pnginfo".into(), info.clone());
     }
+    // ComfyUI's `front`: ahead of the caller's other waiting prompts, as the
+    // highest priority its key may use (other keys keep their fair share).
+    let priority = if v.get("front").and_then(Value::as_bool) == Some(true) {
+        who.key
+            .as_ref()
+            .map_or(Priority::High, |k| k.limits.max_priority)
+    } else {
+        Priority::Normal
+    };
     let submission = Submission {
         who: &who,
-        body: json!({GRAPH_FIELD: graph}),
+        body: json!({GRAPH_FIELD: graph, "priority": priority.as_str()}),
         idempotency_key: None,
         extra: Some((COMFYUI_FIELD, Value::Object(kept))),
         job_id: prompt_id,
