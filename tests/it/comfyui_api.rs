@@ -631,6 +631,10 @@ async fn a_front_prompt_runs_before_the_callers_waiting_ones(kind: Backing) {
     )
     .await;
     assert_eq!(s, 200, "{r}");
+    assert!(
+        r["number"].as_i64().is_some_and(|n| n < 0),
+        "numbered as ComfyUI numbers a front prompt: {r}"
+    );
     let front = r["prompt_id"].as_str().unwrap().to_owned();
     for id in ids.iter().chain([&front]) {
         in_history(&http, &comfy, &alice, id).await;

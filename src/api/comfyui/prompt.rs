@@ -117,7 +117,10 @@ pub async fn prompt(State(state): State<AppState>, Caller(who): Caller, req: Req
             );
         }
     };
-    let number = NUMBER.fetch_add(1, Ordering::Relaxed);
+    let counted = NUMBER.fetch_add(1, Ordering::Relaxed) as i64;
+    let front = v.get("front").and_then(Value::as_bool) == Some(true);
+    // ComfyUI numbers a front prompt with the counter negated.
+    let number = if front { -counted } else { counted };
     let mut kept = Map::new();
     kept.insert("client_id".into(), json!(client_id));
     kept.insert("number".into(), json!(number));
@@ -131,7 +134,7 @@ pub async fn prompt(State(state): State<AppState>, Caller(who): Caller, req: Req
     }
     // ComfyUI's `front`: ahead of the caller's other waiting prompts, as the
     // highest priority its key may use (other keys keep their fair share).
-    let priority = if v.get("front").and_then(Value::as_bool) == Some(true) {
+    let priority = if front {
         who.key
             .as_ref()
             .map_or(Priority::High, |k| k.limits.max_priority)
