@@ -111,20 +111,38 @@ async fn get(http: &reqwest::Client, url: &str, key: &str) -> (u16, Value) {
     (s, res.json().await.unwrap_or(Value::Null))
 }
 
-async fn a_comfyui_client_runs_prompts_on_the_farm(kind: Backing) {
-    let standin = StandIn::start();
-    let app = TestApp::serve(kind, &standin, |a| {
+/// `studio serve` with keys and the ComfyUI port on, driving `standin`
+/// (`configure` adjusts the rest); the app and the port's base URL.
+async fn farm(
+    kind: Backing,
+    standin: &StandIn,
+    configure: impl FnOnce(&mut studio_core::config::ServerArgs),
+) -> (TestApp, String) {
+    let app = TestApp::serve(kind, standin, |a| {
         a.auth = AuthMode::Keys;
         a.comfyui_api_port = Some(0);
+        configure(a);
     })
     .await;
     let comfy = app.comfy.clone().expect("the ComfyUI port is on");
-    let graphs = KeyLimits {
+    (app, comfy)
+}
+
+/// A user key that may run graphs (what ComfyUI's clients send), with `limits`
+/// otherwise.
+async fn graph_key(app: &TestApp, name: &str, limits: KeyLimits) -> String {
+    let limits = KeyLimits {
         graphs: true,
-        ..Default::default()
+        ..limits
     };
-    let alice = app.new_key("alice", KeyRole::User, graphs.clone()).await;
-    let bob = app.new_key("bob", KeyRole::User, graphs).await;
+    app.new_key(name, KeyRole::User, limits).await
+}
+
+async fn a_comfyui_client_runs_prompts_on_the_farm(kind: Backing) {
+    let standin = StandIn::start();
+    let (app, comfy) = farm(kind, &standin, |_| {}).await;
+    let alice = graph_key(&app, "alice", KeyLimits::default()).await;
+    let bob = graph_key(&app, "bob", KeyLimits::default()).await;
     let carol = app
         .new_key("carol", KeyRole::User, KeyLimits::default())
         .await;
@@ -521,18 +539,9 @@ async fn in_history(http: &reqwest::Client, comfy: &str, key: &str, id: &str) {
 /// key's, and prompts not yet ended, stay.
 async fn history_is_forgotten_as_comfyui_forgets_it(kind: Backing) {
     let standin = StandIn::start();
-    let app = TestApp::serve(kind, &standin, |a| {
-        a.auth = AuthMode::Keys;
-        a.comfyui_api_port = Some(0);
-    })
-    .await;
-    let comfy = app.comfy.clone().expect("the ComfyUI port is on");
-    let graphs = KeyLimits {
-        graphs: true,
-        ..Default::default()
-    };
-    let alice = app.new_key("alice", KeyRole::User, graphs.clone()).await;
-    let bob = app.new_key("bob", KeyRole::User, graphs).await;
+    let (app, comfy) = farm(kind, &standin, |_| {}).await;
+    let alice = graph_key(&app, "alice", KeyLimits::default()).await;
+    let bob = graph_key(&app, "bob", KeyLimits::default()).await;
     let http = reqwest::Client::new();
     let (a1, a2, b1) = (
         queue_prompt(&http, &comfy, &alice).await,
@@ -600,24 +609,16 @@ async fn history_is_forgotten_as_comfyui_forgets_it(kind: Backing) {
 async fn a_front_prompt_runs_before_the_callers_waiting_ones(kind: Backing) {
     let standin = StandIn::start();
     standin.knobs(|k| k.duration = Duration::from_millis(600));
-    let app = TestApp::serve(kind, &standin, |a| {
-        a.auth = AuthMode::Keys;
-        a.comfyui_api_port = Some(0);
-        a.prefetch = 0;
-    })
+    let (app, comfy) = farm(kind, &standin, |a| a.prefetch = 0).await;
+    let alice = graph_key(
+        &app,
+        "alice",
+        KeyLimits {
+            max_priority: studio_core::job::Priority::High,
+            ..Default::default()
+        },
+    )
     .await;
-    let comfy = app.comfy.clone().expect("the ComfyUI port is on");
-    let alice = app
-        .new_key(
-            "alice",
-            KeyRole::User,
-            KeyLimits {
-                graphs: true,
-                max_priority: studio_core::job::Priority::High,
-                ..Default::default()
-            },
-        )
-        .await;
     let http = reqwest::Client::new();
     let mut ids = Vec::new();
     for _ in 0..3 {

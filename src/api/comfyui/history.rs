@@ -129,6 +129,22 @@ pub async fn history_of(
     })
 }
 
+/// What a `POST /queue` or `POST /history` body asks: the prompts named in
+/// `delete`, and whether to `clear` all of the caller's.
+fn named_edits(body: &Value) -> (Vec<String>, bool) {
+    let named = body
+        .get("delete")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    (
+        named,
+        body.get("clear").and_then(Value::as_bool) == Some(true),
+    )
+}
+
 /// `POST /history` (`{"clear": true}`, `{"delete": [ids]}`): forgets the
 /// caller's ended prompts. On one ComfyUI that drops history entries; on the
 /// farm an entry is the job, whose pictures only it reaches, so the job goes
@@ -144,8 +160,9 @@ pub async fn history_edit(
         Ok(b) => b,
         Err(r) => return r,
     };
+    let (named, clear) = named_edits(&body);
     let mut ended: Vec<(JobId, JobRecord)> = Vec::new();
-    if body.get("clear").and_then(Value::as_bool) == Some(true) {
+    if clear {
         for status in [JobStatus::Finished, JobStatus::Failed] {
             match own_jobs(&state, &who, status, MAX_EDITS).await {
                 Ok(jobs) => ended.extend(
@@ -156,13 +173,7 @@ pub async fn history_edit(
             }
         }
     }
-    let named = body
-        .get("delete")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str);
-    for id in named.take(MAX_EDITS) {
+    for id in named.iter().take(MAX_EDITS) {
         let Ok(jid) = JobId::parse(id) else { continue };
         match state.with_timeout(state.store.get(&jid)).await {
             Ok(Some(j)) if who.may_see(&j.owner) && j.status.is_final() => ended.push((jid, j)),
@@ -258,14 +269,8 @@ pub async fn queue_edit(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let mut ids: Vec<String> = body
-        .get("delete")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(str::to_owned))
-        .collect();
-    if body.get("clear").and_then(Value::as_bool) == Some(true) {
+    let (mut ids, clear) = named_edits(&body);
+    if clear {
         match own_jobs(&state, &who, JobStatus::Queued, MAX_EDITS).await {
             Ok(jobs) => ids.extend(jobs.into_iter().map(|j| j.id)),
             Err(e) => return e.into_response(),
