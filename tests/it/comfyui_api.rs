@@ -648,6 +648,19 @@ async fn a_front_prompt_runs_before_the_callers_waiting_ones(kind: Backing) {
     );
     let (_, job) = get(&http, &format!("{}/api/jobs/{front}", app.base), &alice).await;
     assert_eq!(job["priority"], "high", "{job}");
+    // A key held to low priority still queues (its clients cannot say "low").
+    let low = graph_key(
+        &app,
+        "low",
+        KeyLimits {
+            max_priority: studio_core::job::Priority::Low,
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = queue_prompt(&http, &comfy, &low).await;
+    let (_, job) = get(&http, &format!("{}/api/jobs/{id}", app.base), &low).await;
+    assert_eq!(job["priority"], "low", "{job}");
 }
 
 both_stores!(

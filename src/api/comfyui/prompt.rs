@@ -132,14 +132,17 @@ pub async fn prompt(State(state): State<AppState>, Caller(who): Caller, req: Req
     {
         kept.insert("extra_pnginfo".into(), info.clone());
     }
-    // ComfyUI's `front`: ahead of the caller's other waiting prompts, as the
-    // highest priority its key may use (other keys keep their fair share).
+    // ComfyUI's clients send no priority: normal, or the key's highest if that
+    // is lower; `front` is the highest the key may use, ahead of the caller's
+    // other waiting prompts (other keys keep their fair share).
+    let highest = who
+        .key
+        .as_ref()
+        .map_or(Priority::High, |k| k.limits.max_priority);
     let priority = if front {
-        who.key
-            .as_ref()
-            .map_or(Priority::High, |k| k.limits.max_priority)
+        highest
     } else {
-        Priority::Normal
+        Priority::Normal.min(highest)
     };
     let submission = Submission {
         who: &who,
