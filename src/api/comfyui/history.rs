@@ -3,7 +3,7 @@
 //! `/queue` (waiting and running; `POST` deletes), `/interrupt`.
 
 use axum::Json;
-use axum::extract::{Query, Request, State};
+use axum::extract::{FromRequest, Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -46,6 +46,19 @@ pub(super) async fn own_jobs(
         }))
         .await?;
     Ok(page.jobs)
+}
+
+/// What the caller's `/history` holds: its prompts that ended (finished or
+/// failed jobs carrying a graph), at most `limit` of each, newest first.
+async fn ended_prompts(
+    state: &AppState,
+    who: &Identity,
+    limit: usize,
+) -> Result<Vec<JobRecord>, ApiError> {
+    let mut jobs = own_jobs(state, who, JobStatus::Finished, limit).await?;
+    jobs.extend(own_jobs(state, who, JobStatus::Failed, limit).await?);
+    jobs.retain(|j| graph_of(j).is_some());
+    Ok(jobs)
 }
 
 /// One `/history` entry: the prompt, its outputs by node, how it ended.
@@ -98,9 +111,7 @@ pub async fn history(
     Query(q): Query<HistoryQuery>,
 ) -> Result<Response, ApiError> {
     let limit = q.max_items.unwrap_or(MAX_HISTORY).clamp(1, MAX_HISTORY);
-    let mut jobs = own_jobs(&state, &who, JobStatus::Finished, limit).await?;
-    jobs.extend(own_jobs(&state, &who, JobStatus::Failed, limit).await?);
-    jobs.retain(|j| graph_of(j).is_some());
+    let mut jobs = ended_prompts(&state, &who, limit).await?;
     jobs.sort_by_key(|j| j.updated_ms);
     let skip = jobs.len().saturating_sub(limit);
     let out: Map<String, Value> = jobs[skip..]
@@ -154,36 +165,34 @@ fn named_edits(body: &Value) -> (Vec<String>, bool) {
 pub async fn history_edit(
     State(state): State<AppState>,
     Caller(who): Caller,
-    req: Request,
+    EditBody(body): EditBody,
 ) -> Response {
-    let body = match object_body(&state, req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
     let (named, clear) = named_edits(&body);
     let mut ended: Vec<(JobId, JobRecord)> = Vec::new();
     if clear {
-        for status in [JobStatus::Finished, JobStatus::Failed] {
-            match own_jobs(&state, &who, status, MAX_EDITS).await {
-                Ok(jobs) => ended.extend(
-                    jobs.into_iter()
-                        .filter_map(|j| Some((JobId::parse(&j.id).ok()?, j))),
-                ),
-                Err(e) => return e.into_response(),
-            }
+        match ended_prompts(&state, &who, MAX_EDITS).await {
+            Ok(jobs) => ended.extend(
+                jobs.into_iter()
+                    .filter_map(|j| Some((JobId::parse(&j.id).ok()?, j))),
+            ),
+            Err(e) => return e.into_response(),
         }
     }
     for id in named.iter().take(MAX_EDITS) {
         let Ok(jid) = JobId::parse(id) else { continue };
         match state.with_timeout(state.store.get(&jid)).await {
-            Ok(Some(j)) if who.may_see(&j.owner) && j.status.is_final() => ended.push((jid, j)),
+            Ok(Some(j))
+                if who.may_see(&j.owner) && j.status.is_final() && graph_of(&j).is_some() =>
+            {
+                ended.push((jid, j))
+            }
             Ok(_) => {}
             Err(e) => return e.into_response(),
         }
     }
     let mut deleted = 0;
     let mut seen = std::collections::HashSet::new();
-    for (id, job) in ended.iter().filter(|(_, j)| graph_of(j).is_some()) {
+    for (id, job) in &ended {
         if !seen.insert(id.as_str()) {
             continue;
         }
@@ -216,6 +225,19 @@ pub async fn queue(
     let running = entries(own_jobs(&state, &who, JobStatus::Processing, MAX_HISTORY).await?);
     let pending = entries(own_jobs(&state, &who, JobStatus::Queued, MAX_HISTORY).await?);
     Ok(Json(json!({"queue_running": running, "queue_pending": pending})).into_response())
+}
+
+/// The body ComfyUI's clients send to `POST /queue`, `/history` and
+/// `/interrupt`: a JSON object (`{}` for none) from this origin; ComfyUI's 400
+/// otherwise (or the cross-site refusal).
+pub struct EditBody(Value);
+
+impl FromRequest<AppState> for EditBody {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Response> {
+        object_body(state, req).await.map(EditBody)
+    }
 }
 
 /// A JSON object body, or `{}` for none.
@@ -263,12 +285,8 @@ async fn cancel_all(state: &AppState, who: &Identity, ids: &[String]) -> Result<
 pub async fn queue_edit(
     State(state): State<AppState>,
     Caller(who): Caller,
-    req: Request,
+    EditBody(body): EditBody,
 ) -> Response {
-    let body = match object_body(&state, req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
     let (mut ids, clear) = named_edits(&body);
     if clear {
         match own_jobs(&state, &who, JobStatus::Queued, MAX_EDITS).await {
@@ -297,12 +315,8 @@ pub async fn queue_edit(
 pub async fn interrupt(
     State(state): State<AppState>,
     Caller(who): Caller,
-    req: Request,
+    EditBody(body): EditBody,
 ) -> Response {
-    let body = match object_body(&state, req).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
     let ids: Vec<String> = match body.get("prompt_id").and_then(Value::as_str) {
         Some(id) => vec![id.to_owned()],
         None => match own_jobs(&state, &who, JobStatus::Processing, MAX_EDITS).await {
