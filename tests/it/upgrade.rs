@@ -290,10 +290,13 @@ async fn everything_the_previous_release_stored_is_read(kind: Backing) {
         "{failed_before}"
     );
     assert_eq!(v["error"], failed_before["error"], "the same error: {v}");
+    // Its worker's lease has run out by now (2 s), so the job may be queued
+    // again, waiting for this build's worker to claim it and adopt the prompt;
+    // what it may not be is failed.
     let (_, v) = new.get(&format!("/api/status/{running}")).await;
-    assert_eq!(
-        v["status"], "processing",
-        "still running after the upgrade: {v}"
+    assert!(
+        ["queued", "processing", "finished"].contains(&v["status"].as_str().unwrap_or("")),
+        "not failed by the upgrade: {v}"
     );
     new.wait(&running, finished).await;
     assert_eq!(
